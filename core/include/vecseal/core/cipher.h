@@ -1,0 +1,120 @@
+// The Scale-And-Perturb (SAP) DCPE scheme, format v1 (docs/format.md):
+//   c = T(m) + r·u/‖u‖,  u ~ N(0, I_d),  r = (β/4)·x'^(1/d),  x' ~ U(0,1)
+// with T a key-derived permutation or Haar rotation, and u, x' drawn from a ChaCha20 stream
+// keyed by a seed that the Deriver computes from a fresh nonce.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string_view>
+#include <unordered_map>
+
+#include "vecseal/core/deriver.h"
+#include "vecseal/core/status.h"
+
+namespace vecseal::core {
+
+inline constexpr size_t kMaxDimension = 65536;
+// A rotation is a d×d matrix derived by QR; beyond this it costs too much memory and time.
+inline constexpr size_t kMaxRotateDimension = 4096;
+
+// Domain-separation prefixes for every HMAC under a model key (docs/format.md §2).
+inline constexpr std::string_view kDomainTransform = "vecseal/v1/transform";
+inline constexpr std::string_view kDomainNoise = "vecseal/v1/noise";
+inline constexpr std::string_view kDomainTokenKey = "vecseal/v1/token-key";
+inline constexpr std::string_view kDomainParams = "vecseal/v1/params";
+
+enum class TransformKind : uint8_t { kPermute = 1, kRotate = 2 };
+std::string_view TransformName(TransformKind kind);  // "permute" | "rotate"
+Result<TransformKind> ParseTransform(std::string_view name);
+
+struct SchemeParams {
+  double approximation_factor = 0;  // β: finite and > 0
+  TransformKind transform = TransformKind::kRotate;
+  uint32_t key_version = 1;
+};
+Status ValidateParams(const SchemeParams& params);
+
+// 0 < d <= kMaxDimension (kMaxRotateDimension for rotate).
+Status ValidateDimension(size_t dimension, TransformKind transform);
+// `data` holds n×d row-major floats: its size must be a multiple of d and every value finite.
+// Errors name the offending vector index.
+Status ValidateVectors(std::span<const float> data, size_t dimension);
+// For row-by-row input (JSON): all rows must have the length of row 0; names the first that
+// does not.
+Result<size_t> CommonDimension(std::span<const size_t> row_lengths);
+
+// Reversible-mode token, format v1: version(1) ‖ key_version(u32le) ‖ nonce(16) ‖ index(u32le)
+// ‖ tag(16) = 41 bytes.
+inline constexpr size_t kNonceSize = 16;
+inline constexpr size_t kTagSize = 16;
+inline constexpr size_t kTokenSize = 41;
+inline constexpr uint8_t kTokenVersion = 1;
+using Nonce = std::array<uint8_t, kNonceSize>;
+using Token = std::array<uint8_t, kTokenSize>;
+
+struct TokenFields {
+  uint8_t version = kTokenVersion;
+  uint32_t key_version = 0;
+  Nonce nonce{};
+  uint32_t index = 0;
+  std::array<uint8_t, kTagSize> tag{};
+};
+Result<TokenFields> ParseToken(std::span<const uint8_t> bytes);
+Token SerializeToken(const TokenFields& fields);
+
+// Where nonces come from: the OS CSPRNG by default; tests inject fixed ones for known answers.
+class NonceSource {
+ public:
+  virtual ~NonceSource() = default;
+  virtual Status Next(Nonce& nonce) = 0;
+};
+NonceSource& SystemNonceSource();
+
+struct EncryptOptions {
+  bool reversible = false;
+  // Vectors sharing one nonce, and so one derivation. 1 means one derivation per vector.
+  uint32_t group_size = 1;
+  NonceSource* nonces = nullptr;  // null: SystemNonceSource()
+};
+
+// One model key version. Thread-safe; derives and caches T per dimension in secure memory.
+class Cipher {
+ public:
+  static Result<std::shared_ptr<Cipher>> Create(std::shared_ptr<Deriver> deriver,
+                                                SchemeParams params);
+  ~Cipher();
+
+  const SchemeParams& params() const { return params_; }
+
+  // Encrypts n = in.size()/d vectors into `out` (which may alias `in`). `tokens` holds n entries
+  // when options.reversible, else is empty. On error, `out` and `tokens` are wiped.
+  Status Encrypt(std::span<const float> in, std::span<float> out, size_t dimension,
+                 const EncryptOptions& options, std::span<Token> tokens) const;
+
+  // Checks every token's tag before recomputing anything, then removes the noise and inverts T.
+  // tokens.size() == n, and every token must carry this key's version.
+  Status Decrypt(std::span<const float> in, std::span<float> out, size_t dimension,
+                 std::span<const Token> tokens) const;
+
+  // T(m) alone, without noise: for tests and for calibration's attacks.
+  Status ApplyTransform(std::span<const float> in, std::span<float> out, size_t dimension) const;
+
+ private:
+  struct Transform;
+  struct TokenKey;
+  Cipher(std::shared_ptr<Deriver> deriver, SchemeParams params);
+  Result<std::shared_ptr<const Transform>> TransformFor(size_t dimension) const;
+
+  std::shared_ptr<Deriver> deriver_;
+  SchemeParams params_;
+  mutable std::mutex mutex_;
+  mutable std::unordered_map<size_t, std::shared_ptr<const Transform>> transforms_;
+  mutable std::shared_ptr<const TokenKey> token_key_;
+};
+
+}  // namespace vecseal::core
