@@ -1,0 +1,168 @@
+// A thin, 1:1 layer over Cryptoki: a loaded module, a session and an object handle, each
+// move-only and released by its destructor. Nothing here retries, caches or logs; policy
+// (token choice, login, recovery, key layout) lives in hsm.h.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vecseal/core/status.h"
+
+namespace vecseal::pkcs11 {
+
+// "CKR_PIN_INCORRECT" for CKR_PIN_INCORRECT; "CKR_VENDOR_DEFINED+0x..." or "CKR_0x..." when
+// the code is not in PKCS#11 v3.0.
+std::string_view CkrName(CK_RV rv);
+// A plain sentence for people, e.g. "the user PIN is wrong".
+std::string CkrSentence(CK_RV rv);
+
+// True for the codes after which reopening the session (and logging in again) may succeed:
+// CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
+// CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN (and CKR_DEVICE_MEMORY,
+// CKR_CRYPTOKI_NOT_INITIALIZED, CKR_SESSION_COUNT).
+bool IsRecoverable(CK_RV rv);
+
+// A Status for a failed Cryptoki call: kUnavailable/"hsm_unavailable" for recoverable codes,
+// kUnavailable/"hsm_error" otherwise. The message names the function and the code, e.g.
+// "C_Sign failed: CKR_DEVICE_ERROR (the device reported an error)". rv must not be CKR_OK.
+Status CkrStatus(std::string_view function, CK_RV rv);
+
+// One dlopen()ed PKCS#11 module, initialised by us with CKF_OS_LOCKING_OK and finalised and
+// unloaded when the last owner lets go. Sessions hold the function list, not the Module, so the
+// Module must outlive every Session made from it (Hsm guarantees that).
+class Module {
+ public:
+  // Loads `path` (an absolute path to a .so), calls C_GetFunctionList and C_Initialize.
+  // A module that another component of this process already initialised
+  // (CKR_CRYPTOKI_ALREADY_INITIALIZED) is refused: we would not own its lifetime.
+  static Result<Module> Load(const std::string& path);
+
+  Module() = default;
+  ~Module();
+  Module(Module&& other) noexcept;
+  Module& operator=(Module&& other) noexcept;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  CK_FUNCTION_LIST_PTR functions() const { return functions_; }
+  const std::string& path() const { return path_; }
+
+  // The slot whose token carries `label` (compared after trimming the blank padding).
+  // kNotFound "token_not_found" when none does; kFailedPrecondition "token_label_ambiguous" when
+  // several do.
+  Result<CK_SLOT_ID> FindTokenSlot(std::string_view label) const;
+  // Labels of every token present, trimmed; for error messages and `vecseal hsm status`.
+  Result<std::vector<std::string>> TokenLabels() const;
+
+ private:
+  void Release();
+
+  void* library_ = nullptr;
+  CK_FUNCTION_LIST_PTR functions_ = nullptr;
+  std::string path_;
+};
+
+// An attribute read back from an object: its type and raw value bytes.
+struct Attribute {
+  CK_ATTRIBUTE_TYPE type = 0;
+  std::vector<uint8_t> value;
+};
+
+class Session;
+
+// A handle to an object seen through one session. Owning handles (session objects such as the
+// per-session key copies) destroy the object when released; non-owning handles (token objects)
+// leave it on the token. Valid only while its session is open.
+class Object {
+ public:
+  Object() = default;
+  Object(CK_FUNCTION_LIST_PTR functions, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE handle,
+         bool owned)
+      : functions_(functions), session_(session), handle_(handle), owned_(owned) {}
+  ~Object();
+  Object(Object&& other) noexcept;
+  Object& operator=(Object&& other) noexcept;
+  Object(const Object&) = delete;
+  Object& operator=(const Object&) = delete;
+
+  CK_OBJECT_HANDLE handle() const { return handle_; }
+  bool valid() const { return handle_ != CK_INVALID_HANDLE; }
+
+  // Reads one attribute. CKR_ATTRIBUTE_SENSITIVE (e.g. CKA_VALUE of a model key) comes back
+  // as kPermissionDenied "attribute_sensitive".
+  Result<std::vector<uint8_t>> GetAttribute(CK_ATTRIBUTE_TYPE type) const;
+  Result<bool> GetBool(CK_ATTRIBUTE_TYPE type) const;
+  // Destroys the object on the token or in the session, whatever `owned`.
+  Status Destroy();
+  // Forgets the handle without destroying anything.
+  CK_OBJECT_HANDLE Release();
+
+ private:
+  CK_FUNCTION_LIST_PTR functions_ = nullptr;
+  CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE handle_ = CK_INVALID_HANDLE;
+  bool owned_ = false;
+};
+
+// One Cryptoki session. Not thread-safe (Cryptoki sessions are not): callers serialise.
+class Session {
+ public:
+  // Opens a serial session, read-write when `read_write`.
+  static Result<Session> Open(const Module& module, CK_SLOT_ID slot, bool read_write);
+
+  Session() = default;
+  ~Session();
+  Session(Session&& other) noexcept;
+  Session& operator=(Session&& other) noexcept;
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  CK_SESSION_HANDLE handle() const { return handle_; }
+  CK_FUNCTION_LIST_PTR functions() const { return functions_; }
+  bool valid() const { return handle_ != CK_INVALID_HANDLE; }
+
+  // C_Login as CKU_USER. CKR_USER_ALREADY_LOGGED_IN counts as success (login state is shared by
+  // every session of the application). The caller owns and wipes `pin`. Exactly one attempt:
+  // CKR_PIN_INCORRECT is returned, never retried.
+  Status Login(std::span<const uint8_t> pin);
+  Status Logout();
+  // C_GetSessionInfo: cheap, and fails with a recoverable code when the token is gone.
+  Result<CK_SESSION_INFO> Info() const;
+
+  // Handles of every object matching `match` (C_FindObjectsInit/C_FindObjects/Final), as
+  // non-owning Objects.
+  Result<std::vector<Object>> Find(std::span<const CK_ATTRIBUTE> match) const;
+  Result<Object> Create(std::span<const CK_ATTRIBUTE> attributes);
+  Result<Object> GenerateKey(CK_MECHANISM_TYPE mechanism, std::span<const CK_ATTRIBUTE> attributes);
+  // Returns {public, private}.
+  Result<std::pair<Object, Object>> GenerateKeyPair(CK_MECHANISM_TYPE mechanism,
+                                                    std::span<const CK_ATTRIBUTE> public_attributes,
+                                                    std::span<const CK_ATTRIBUTE> private_attributes);
+  // C_CopyObject; the copy is owned (destroyed with the Object) when `owned`.
+  Result<Object> Copy(CK_OBJECT_HANDLE source, std::span<const CK_ATTRIBUTE> changes, bool owned);
+
+  // C_SignInit + C_Sign. `signature` must be large enough; returns the length written.
+  Result<size_t> Sign(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
+                      std::span<const uint8_t> data, std::span<uint8_t> signature) const;
+  // The raw CK_RV of C_SignInit + C_Sign, for the hot path that must not build a Status.
+  CK_RV SignRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key, std::span<const uint8_t> data,
+                std::span<uint8_t> signature, CK_ULONG* length) const;
+
+  // Closes now (the destructor does it otherwise); errors are ignored because the handle may
+  // already be gone with the device.
+  void Close();
+
+ private:
+  Session(CK_FUNCTION_LIST_PTR functions, CK_SESSION_HANDLE handle)
+      : functions_(functions), handle_(handle) {}
+
+  CK_FUNCTION_LIST_PTR functions_ = nullptr;
+  CK_SESSION_HANDLE handle_ = CK_INVALID_HANDLE;
+};
+
+}  // namespace vecseal::pkcs11

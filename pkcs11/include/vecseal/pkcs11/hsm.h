@@ -1,0 +1,148 @@
+// Model keys and the audit signing key inside a PKCS#11 token: token selection by label, login
+// from a PIN file or a systemd credential, a session pool, and recovery from lost sessions and
+// device errors. Key bytes never leave the token; nothing here logs.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vecseal/core/cipher.h"
+#include "vecseal/core/deriver.h"
+#include "vecseal/core/secure_memory.h"
+#include "vecseal/core/status.h"
+
+namespace vecseal::pkcs11 {
+
+// Where the user PIN comes from. Exactly one of the two is set.
+struct PinSource {
+  std::string file;        // an absolute path, e.g. /etc/vecseal/pin (mode 0600 or stricter)
+  std::string credential;  // a name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+};
+
+// Reads the PIN into locked memory, dropping one trailing "\n" or "\r\n". Errors never include
+// file content: kFailedPrecondition "pin_source_invalid" (both or neither set, or
+// $CREDENTIALS_DIRECTORY unset), kUnavailable "pin_unreadable" (missing, unreadable, not a
+// regular file, empty, longer than 255 bytes), kPermissionDenied "pin_file_permissions" (group or
+// other may read or write the file).
+Result<core::SecureBuffer> ReadPin(const PinSource& source);
+
+struct HsmConfig {
+  std::string module_path;  // e.g. /usr/lib/softhsm/libsofthsm2.so
+  std::string token_label;
+  PinSource pin;
+  // Sessions in the derivation pool; each serves one caller at a time. SoftHSM2 is fastest with
+  // one (docs/performance.md, pkcs11); network HSMs want about one per worker thread.
+  size_t sessions = 1;
+  // Recovery: after a recoverable failure, reopen and log in again up to `recovery_attempts`
+  // times, sleeping initial_backoff, 2·initial_backoff, ... capped at max_backoff in between,
+  // then retry the operation once. While the HSM stays down, a caller waits at most about
+  // recovery_attempts · max_backoff before getting "hsm_unavailable".
+  size_t recovery_attempts = 3;
+  std::chrono::milliseconds initial_backoff{50};
+  std::chrono::milliseconds max_backoff{1000};
+  // HMAC on a session copy of each model key (C_CopyObject, CKA_TOKEN=false) instead of the
+  // token object. SoftHSM2's file store re-reads token objects on every use (~3x slower). Needs
+  // CKA_COPYABLE true on the key; keys created with copyable=false are used in place.
+  bool session_key_copies = true;
+};
+
+struct KeyParams {
+  double approximation_factor = 0;  // β
+  core::TransformKind transform = core::TransformKind::kRotate;
+  std::optional<uint32_t> dimension;  // fixed by the key when set
+  int64_t created_unix = 0;           // set by CreateKey/RotateKey
+};
+
+struct KeyInfo {
+  std::string name;
+  uint32_t version = 0;
+  KeyParams params;
+  std::string label;  // CKA_LABEL on the token: "vecseal:<name>:v<version>"
+};
+
+struct ModelKey {
+  KeyInfo info;
+  // HMAC-SHA256 inside the token. Valid across recovery, usable from many threads, and keeps
+  // the Hsm's module loaded while it lives. Derive() with n messages is the batched form: one
+  // pool checkout and one key lookup for the whole batch (Cryptoki has no multi-message MAC).
+  std::shared_ptr<core::Deriver> deriver;
+};
+
+// An EC P-256 key pair generated in the token; the private half is sensitive and never
+// extractable. Copyable; shares the Hsm's state.
+class AuditKey {
+ public:
+  // ECDSA over a SHA-256 digest, DER-encoded (ECDSA-Sig-Value) so that OpenSSL verifies it.
+  Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) const;
+  // SubjectPublicKeyInfo PEM ("-----BEGIN PUBLIC KEY-----").
+  const std::string& PublicKeyPem() const;
+  const std::string& label() const;
+
+  struct State;
+  explicit AuditKey(std::shared_ptr<const State> state) : state_(std::move(state)) {}
+
+ private:
+  std::shared_ptr<const State> state_;
+};
+
+// [a-z0-9][a-z0-9._-]{0,63}; kInvalidArgument "invalid_key_name" otherwise.
+Status ValidateKeyName(std::string_view name);
+// β finite and > 0, dimension (when set) valid for the transform; kInvalidArgument
+// "invalid_key_params".
+Status ValidateKeyParams(const KeyParams& params);
+
+// The bytes authenticated by the parameter HMAC (format v1, little-endian):
+//   1 (u8) ‖ len(name) (u8) ‖ name ‖ version (u32) ‖ β (IEEE-754 binary64) ‖ transform (u8)
+//   ‖ has_dimension (u8) ‖ dimension (u32, 0 when absent) ‖ created_unix (i64)
+// The tag is HMAC-SHA256(K, "vecseal/v1/params" ‖ 0x00 ‖ these bytes) under the key itself.
+std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version,
+                                         const KeyParams& params);
+
+// Errors, all with Code and reason:
+//   kInvalidArgument "invalid_hsm_config"   bad HsmConfig field (named in the message)
+//   kUnavailable     "hsm_module_unloadable" the module cannot be loaded or initialised
+//   kNotFound        "token_not_found"       no token carries the label (lists those present)
+//   kUnavailable     "hsm_login_failed"      wrong PIN / PIN locked; names the PIN source only
+//   kUnavailable     "hsm_unavailable"       the HSM stayed down through recovery
+//   kNotFound        "key_not_found"; kAlreadyExists "key_exists"
+//   kFailedPrecondition "key_params_tampered" the stored parameters fail their HMAC
+//   kFailedPrecondition "key_params_missing"  a key without its parameter object
+class Hsm {
+ public:
+  // Loads and initialises the module, finds the token, logs in (one attempt), opens the anchor
+  // session that lives as long as the Hsm, and fills the pool.
+  static Result<std::unique_ptr<Hsm>> Open(const HsmConfig& config);
+  ~Hsm();
+  Hsm(const Hsm&) = delete;
+  Hsm& operator=(const Hsm&) = delete;
+
+  // Every version of every model key, sorted by name then version; never reads key values.
+  // A key whose parameters fail their HMAC makes the whole listing fail (fail closed).
+  Result<std::vector<KeyInfo>> ListKeys();
+  // Version 1 of a new key. created_unix in `params` is ignored and set to now.
+  Result<KeyInfo> CreateKey(std::string_view name, const KeyParams& params);
+  // Version N+1 with the parameters of version N; version N stays usable.
+  Result<KeyInfo> RotateKey(std::string_view name);
+  // The newest version when `version` is nullopt. Verifies the stored parameters.
+  Result<ModelKey> FindKey(std::string_view name, std::optional<uint32_t> version = {});
+  // The audit key pair with this label, generated on first use.
+  Result<AuditKey> EnsureAuditKey(std::string_view label = "vecseal-audit");
+  // Cheap liveness check (C_GetSessionInfo on the anchor session), recovering if needed.
+  Status Ping();
+
+  struct State;
+
+ private:
+  explicit Hsm(std::shared_ptr<State> state) : state_(std::move(state)) {}
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace vecseal::pkcs11
