@@ -1,0 +1,144 @@
+// Who is on the other end of a Unix socket, as the kernel says, never as the client says.
+//
+// PeerIdentity pins the peer process with a pidfd (SO_PEERPIDFD, or pidfd_open plus a start-time
+// check on kernels without it) and reads /proc/PID through a directory fd that is confirmed, after
+// the reads, to still belong to the pinned process. Take it once per connection; call Refresh()
+// before each request so a peer that exec'd another program is re-identified.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "vecseal/core/status.h"
+
+namespace vecseal::policy {
+
+// What the policy matches on. An empty string field means "could not be determined" (for
+// example /proc/PID/exe is unreadable without ptrace rights); conditions on it never match.
+struct CallerIdentity {
+  pid_t pid = 0;
+  uid_t uid = 0;  // effective uid at connect() (SO_PEERCRED), or after an exec, from /proc
+  gid_t gid = 0;  // effective gid, same source
+  std::string user;   // name of uid; empty when it has none
+  std::string group;  // name of gid; empty when it has none
+  std::vector<gid_t> supplementary_gids;
+  std::vector<std::string> group_names;  // names of supplementary_gids that have one
+  std::string exe;         // /proc/PID/exe link text (may end in " (deleted)")
+  std::string exe_sha256;  // lower-case hex of the image actually running
+  std::string unit;        // systemd system unit ("foo.service", "session-3.scope"), or empty
+  std::string script;         // interpreters only: canonical path of the script file
+  std::string script_sha256;  // when `script` is a regular file
+
+  // {"pid", "uid", "user", "gid", "group", "groups": [{"gid", "name"}], "exe", "exe_sha256",
+  //  "unit", "script", "script_sha256"}; unknown strings are null.
+  nlohmann::json ToJson() const;
+};
+
+struct IdentityResolverOptions {
+  // Use SO_PEERPIDFD when the kernel has it. Tests turn it off to exercise the fallback.
+  bool use_peer_pidfd = true;
+  // Executables and scripts larger than this are not hashed (their digest stays empty).
+  uint64_t max_hash_bytes = uint64_t{512} << 20;
+  // Digest cache entries, keyed by (dev, inode, size, mtime, ctime); cleared when full.
+  size_t digest_cache_capacity = 4096;
+};
+
+// Resolves identities and caches file digests. Thread-safe; share one per daemon.
+class IdentityResolver {
+ public:
+  struct Stats {
+    uint64_t digest_cache_hits = 0;
+    uint64_t digest_cache_misses = 0;
+    uint64_t resolutions = 0;  // full /proc reads (first identification and after an exec)
+  };
+
+  IdentityResolver() : IdentityResolver(IdentityResolverOptions{}) {}
+  explicit IdentityResolver(IdentityResolverOptions options);
+  IdentityResolver(const IdentityResolver&) = delete;
+  IdentityResolver& operator=(const IdentityResolver&) = delete;
+
+  const IdentityResolverOptions& options() const { return options_; }
+  Stats stats() const;
+
+  // SHA-256 (lower-case hex) of the open regular file `fd`, from the cache when its
+  // (dev, inode, size, mtime, ctime) is known. Reads through the fd, so the digest is of the
+  // file actually opened, whatever its path says now.
+  Result<std::string> DigestOf(int fd);
+
+  // The identity a process with these credentials and this executable would have: for
+  // `vecseald --check-policy --as-uid N --exe PATH`. Not from the kernel; never use it to decide
+  // a live request.
+  Result<CallerIdentity> Synthesize(uid_t uid, const std::string& exe_path);
+
+ private:
+  friend class PeerIdentity;
+  struct FileKey {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    int64_t mtime_ns;
+    int64_t ctime_ns;
+    bool operator==(const FileKey&) const = default;
+  };
+  struct FileKeyHash {
+    size_t operator()(const FileKey& key) const;
+  };
+
+  IdentityResolverOptions options_;
+  mutable std::mutex mutex_;
+  std::unordered_map<FileKey, std::string, FileKeyHash> digests_;
+  Stats stats_;
+};
+
+// The identity of one connection's peer. Holds the pidfd and a /proc/PID directory fd; move-only.
+//
+// Errors (reason, code):
+//   peer_credentials_unavailable (kPermissionDenied): the socket has no peer credentials.
+//   peer_gone (kPermissionDenied): the peer exited (or its PID was reused) before it could be
+//     identified. Fail closed: the daemon denies and closes; retrying on this connection cannot
+//     succeed, since the process that connected is gone.
+//   identity_unavailable (kUnavailable): /proc could not be read for a live peer.
+class PeerIdentity {
+ public:
+  static Result<PeerIdentity> FromSocket(int connected_fd, IdentityResolver& resolver);
+
+  PeerIdentity(PeerIdentity&& other) noexcept;
+  PeerIdentity& operator=(PeerIdentity&& other) noexcept;
+  PeerIdentity(const PeerIdentity&) = delete;
+  PeerIdentity& operator=(const PeerIdentity&) = delete;
+  ~PeerIdentity();
+
+  const CallerIdentity& identity() const { return identity_; }
+
+  // Cheap when nothing changed (a poll on the pidfd, a stat of /proc/PID/exe and a read of
+  // /proc/PID/cmdline). Re-resolves the whole identity when the peer exec'd since; returns
+  // peer_gone when it exited. On error the previous identity must not be used.
+  Status Refresh(IdentityResolver& resolver);
+
+  // True when the pidfd came from SO_PEERPIDFD rather than the pidfd_open fallback.
+  bool pinned_by_socket() const { return pinned_by_socket_; }
+
+ private:
+  PeerIdentity() = default;
+  void Close();
+
+  int pidfd_ = -1;
+  int proc_dir_fd_ = -1;
+  bool pinned_by_socket_ = false;
+  // What Refresh() compares to notice an exec.
+  dev_t exe_dev_ = 0;
+  ino_t exe_ino_ = 0;
+  std::string cmdline_;
+  CallerIdentity identity_;
+};
+
+}  // namespace vecseal::policy

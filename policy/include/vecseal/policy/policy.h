@@ -1,0 +1,103 @@
+// The policy file: which callers may use which model keys for which operations. Default deny.
+// See docs/policy.md for the file format and the matching rules.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <ostream>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "vecseal/core/status.h"
+#include "vecseal/policy/identity.h"
+
+namespace vecseal::policy {
+
+enum class Operation { kEncrypt, kDecrypt, kKeysList, kKeysCreate, kKeysRotate, kAuditRead };
+
+// "encrypt", "decrypt", "keys.list", "keys.create", "keys.rotate", "audit.read".
+std::string_view OperationName(Operation op);
+// The inverse of OperationName; false for anything else.
+bool ParseOperation(std::string_view name, Operation* op);
+
+struct Decision {
+  bool granted = false;
+  std::string rule_id;  // the rule that granted; empty when denied
+};
+
+// How one rule relates to a caller, for `--check-policy` ("which rule would decide, and why").
+struct RuleExplanation {
+  std::string rule_id;
+  bool caller_matches = false;
+  // When the caller does not match: the first failing condition, e.g.
+  // "unit is 'session-3.scope', the rule wants 'ticket-scorer.service'".
+  std::string why_not;
+};
+
+class Policy;
+using PolicyPtr = std::shared_ptr<const Policy>;
+
+// Immutable once built, so a reload can swap a shared_ptr<const Policy> atomically while requests
+// keep deciding against the old one.
+class Policy {
+ public:
+  // Errors: kInvalidArgument "policy_invalid", message "<JSON path>: <problem>; <fix>", e.g.
+  // "/rules/2/callers/uid: expected an integer or a list of integers".
+  static Result<PolicyPtr> Parse(std::string_view json_text);
+  // CheckTrustedFile, then Parse. Errors: file_untrusted (kPermissionDenied), policy_unreadable
+  // (kNotFound when missing, kUnavailable otherwise), policy_too_large (kResourceExhausted),
+  // policy_invalid (message prefixed with the file path).
+  static Result<PolicyPtr> LoadFile(const std::string& path);
+
+  // The dev-mode policy: the user `uid` may do every operation on every key.
+  static PolicyPtr AllowUser(uid_t uid);
+  // The same policy as JSON text, for writing DIR/policy.json.
+  static std::string AllowUserJson(uid_t uid);
+
+  // The first rule whose callers match and that lists `op` and a key pattern matching `key`
+  // grants. Operations that name no key (a listing of all keys, audit.read) pass an empty `key`,
+  // which only the pattern "*" matches.
+  Decision Decide(const CallerIdentity& caller, Operation op, std::string_view key) const;
+
+  // Whether any rule grants `op` to this caller on at least one key name (for keys.list: 403
+  // versus a filtered list).
+  bool GrantsAny(const CallerIdentity& caller, Operation op) const;
+
+  // The rules whose callers match: [{"rule", "keys": [patterns], "operations": [names]}], in
+  // file order; for /v1/whoami.
+  nlohmann::json GrantsFor(const CallerIdentity& caller) const;
+
+  // Every rule with whether the caller matches it and, if not, why.
+  std::vector<RuleExplanation> Explain(const CallerIdentity& caller) const;
+
+  size_t rule_count() const;
+
+  // Public for std::make_shared only; build with Parse.
+  struct Rule;
+  explicit Policy(std::vector<Rule> rules);
+  ~Policy();
+
+ private:
+  std::vector<Rule> rules_;
+};
+
+// sshd StrictModes for a file the daemon trusts (policy, config): the file and every directory
+// above it, up to /, must be owned by root or the daemon's euid and not writable by group or
+// others. A directory with the sticky bit (like /tmp) may be writable by others, since they cannot
+// replace entries they do not own. Symlinks are resolved and the target's path is checked.
+// Errors: file_untrusted (kPermissionDenied) naming the path and the chmod/chown that fixes it;
+// policy_unreadable (kNotFound / kUnavailable) when the path cannot be examined.
+Status CheckTrustedFile(const std::string& path);
+
+// The work behind `vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH]
+// [--unit UNIT] [--script PATH] [--op OPERATION --key NAME]`. `args` starts at FILE.
+// Prints a verdict to `out`, errors to `err`. Exit status: 0 valid (and granted, when --op was
+// given), 1 invalid or untrusted file or unresolvable caller, 2 usage error, 3 valid but denied.
+int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::ostream& err);
+
+}  // namespace vecseal::policy
