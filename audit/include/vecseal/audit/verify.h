@@ -1,0 +1,46 @@
+// The offline verifier: needs only the audit public key (PEM) and the files.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "vecseal/core/status.h"
+
+namespace vecseal::audit {
+
+// One problem, located. `code` is stable snake_case (docs/audit.md lists them all).
+struct Finding {
+  std::string code;
+  std::string file;
+  uint64_t line = 0;  // 1-based; 0 when about a whole file
+  uint64_t seq = 0;   // 0 when unknown
+  std::string message;
+};
+
+struct VerifyReport {
+  bool ok() const { return !error.has_value(); }
+
+  std::optional<Finding> error;    // the first alteration found; verification stops there
+  std::vector<Finding> warnings;   // unsealed tail, torn last line, ...
+  uint64_t files = 0;
+  uint64_t records = 0;
+  uint64_t seals = 0;
+  uint64_t first_seq = 0;
+  uint64_t last_seq = 0;
+  uint64_t last_sealed_seq = 0;  // seq of the last record covered by a valid seal
+  uint64_t unsealed_tail = 0;    // records after the last seal
+};
+
+// `files` in order (oldest first). Fails (rather than reporting) only when the key cannot be
+// parsed; an unreadable file is a finding.
+Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem);
+
+// `vecseal audit ARGS...` (ARGS after "audit"): verify | show. Returns the process exit code:
+// 0 verified (warnings allowed), 1 alteration found, 2 usage error, 3 cannot read key or files.
+int RunAuditCommand(std::span<const std::string> args, std::ostream& out, std::ostream& err);
+
+}  // namespace vecseal::audit
