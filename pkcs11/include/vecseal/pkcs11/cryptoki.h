@@ -15,8 +15,8 @@
 
 namespace vecseal::pkcs11 {
 
-// "CKR_PIN_INCORRECT" for CKR_PIN_INCORRECT; "CKR_VENDOR_DEFINED+0x..." or "CKR_0x..." when
-// the code is not in PKCS#11 v3.0.
+// "CKR_PIN_INCORRECT" for CKR_PIN_INCORRECT; "CKR_VENDOR_DEFINED" or "CKR_UNKNOWN" for codes
+// outside PKCS#11 v3.0 (CkrSentence then gives the number).
 std::string_view CkrName(CK_RV rv);
 // A plain sentence for people, e.g. "the user PIN is wrong".
 std::string CkrSentence(CK_RV rv);
