@@ -1,0 +1,101 @@
+// Measures, on the user's own vectors, what each approximation factor β costs in accuracy and
+// what it leaves an attacker, by encrypting under a throwaway key and running the models and
+// the attacks for real.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "vecseal/calibrate/estimate.h"
+#include "vecseal/calibrate/learners.h"
+#include "vecseal/calibrate/linalg.h"
+#include "vecseal/core/cipher.h"
+#include "vecseal/core/deriver.h"
+#include "vecseal/core/status.h"
+
+namespace vecseal::calibrate {
+
+struct CalibrationData {
+  Matrix sample;
+  Labels labels;  // empty, or one class index per sample row
+  size_t classes = 0;
+  std::optional<Matrix> queries;  // absent: queries are held out from the sample
+};
+
+struct CalibrationOptions {
+  std::vector<double> betas;
+  core::TransformKind transform = core::TransformKind::kRotate;
+  uint64_t seed = 1;  // drives splits and subsamples only; the key is always fresh
+  size_t recall_k = 10;
+  size_t max_queries = 200;
+  size_t knn_k = 5;
+  size_t max_train = 4000;
+  size_t max_test = 1000;
+  LogisticRegressionOptions logistic;
+  double ridge = 1e-4;
+  size_t max_attack_holdout = 200;
+  size_t max_identification_pool = 5000;
+  size_t max_alignment_half = 5000;
+};
+
+struct InversionResult {
+  size_t pairs = 0;
+  Estimate mean_cosine;
+  Estimate identified;
+};
+
+struct Leakage {
+  std::vector<InversionResult> inversion;  // one per N in {d/2, d, 2d} that the sample allows
+  Estimate aligned_permute;
+  Estimate aligned_rotate;
+};
+
+struct BetaResult {
+  double beta = 0;
+  Estimate recall;
+  std::optional<Estimate> knn_accuracy;
+  std::optional<Estimate> logistic_accuracy;
+  Leakage leakage;
+};
+
+struct CalibrationReport {
+  size_t dimension = 0;
+  size_t sample_rows = 0;
+  size_t query_rows = 0;
+  bool queries_given = false;
+  size_t database_rows = 0;
+  size_t train_rows = 0;
+  size_t test_rows = 0;
+  size_t classes = 0;
+  size_t attack_holdout = 0;
+  size_t identification_pool = 0;
+  size_t alignment_rows = 0;
+  core::TransformKind transform = core::TransformKind::kRotate;
+  size_t recall_k = 10;
+  size_t knn_k = 5;
+  double median_norm = 0;
+  double median_neighbour_distance = 0;  // from a query to its nearest database vector
+  std::optional<Estimate> plain_knn_accuracy;
+  std::optional<Estimate> plain_logistic_accuracy;
+  Leakage transform_only;  // β → 0: the secret transform with no noise at all
+  std::vector<BetaResult> results;
+  // The largest β meeting the targets below, or none if no β does.
+  std::optional<double> recommended_beta;
+  double min_recall = 0.9;
+  double max_accuracy_drop = 0.02;
+};
+
+// Fails with kInvalidArgument when the data cannot support the measurement (too few rows for
+// the splits, label count mismatch, query dimension mismatch, bad β).
+Result<CalibrationReport> RunCalibration(const CalibrationData& data,
+                                         const CalibrationOptions& options,
+                                         std::shared_ptr<core::Deriver> deriver);
+
+// The largest β whose recall@k ≥ min_recall and whose accuracies are within max_drop of
+// plaintext; fills report.recommended_beta.
+void Recommend(CalibrationReport& report);
+
+}  // namespace vecseal::calibrate

@@ -1,0 +1,224 @@
+#include "vecseal/calibrate/attacks.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <limits>
+
+namespace vecseal::calibrate {
+
+namespace {
+
+std::vector<float> ColumnMeans(const Matrix& x) {
+  std::vector<double> sums(x.cols, 0.0);
+  for (size_t i = 0; i < x.rows; ++i) {
+    const auto row = x.row(i);
+    for (size_t j = 0; j < x.cols; ++j) sums[j] += row[j];
+  }
+  std::vector<float> means(x.cols);
+  for (size_t j = 0; j < x.cols; ++j) {
+    means[j] = static_cast<float>(sums[j] / static_cast<double>(std::max<size_t>(x.rows, 1)));
+  }
+  return means;
+}
+
+}  // namespace
+
+InversionMap FitInversion(const Matrix& ciphertexts, const Matrix& plaintexts, double ridge) {
+  assert(ciphertexts.rows == plaintexts.rows && ciphertexts.rows > 0);
+  const size_t dc = ciphertexts.cols;
+  const size_t dm = plaintexts.cols;
+  InversionMap map;
+  map.cipher_mean = ColumnMeans(ciphertexts);
+  map.plain_mean = ColumnMeans(plaintexts);
+
+  // Normal equations (CᵀC + λI)·W = CᵀM on centred data, accumulated one pair at a time.
+  std::vector<double> gram(dc * dc, 0.0), cross(dc * dm, 0.0);
+  std::vector<double> c(dc), m(dm);
+  for (size_t i = 0; i < ciphertexts.rows; ++i) {
+    for (size_t j = 0; j < dc; ++j) c[j] = ciphertexts.row(i)[j] - map.cipher_mean[j];
+    for (size_t j = 0; j < dm; ++j) m[j] = plaintexts.row(i)[j] - map.plain_mean[j];
+    for (size_t a = 0; a < dc; ++a) {
+      double* gram_row = gram.data() + a * dc;
+      for (size_t b = 0; b <= a; ++b) gram_row[b] += c[a] * c[b];
+      double* cross_row = cross.data() + a * dm;
+      for (size_t b = 0; b < dm; ++b) cross_row[b] += c[a] * m[b];
+    }
+  }
+  double trace = 0;
+  for (size_t a = 0; a < dc; ++a) {
+    trace += gram[a * dc + a];
+    for (size_t b = 0; b < a; ++b) gram[b * dc + a] = gram[a * dc + b];
+  }
+  // A floor keeps the system positive definite even when every ciphertext is identical.
+  const double lambda = std::max(ridge * trace / static_cast<double>(dc), 1e-12);
+  for (size_t a = 0; a < dc; ++a) gram[a * dc + a] += lambda;
+  const bool solved = CholeskySolve(gram, dc, cross, dm);
+  assert(solved);  // CᵀC + λI with λ > 0 is positive definite
+  (void)solved;
+
+  map.weights = Matrix(dc, dm);
+  std::ranges::transform(cross, map.weights.values.begin(),
+                         [](double v) { return static_cast<float>(v); });
+  return map;
+}
+
+Matrix Reconstruct(const InversionMap& map, const Matrix& ciphertexts) {
+  const size_t dc = map.weights.rows;
+  const size_t dm = map.weights.cols;
+  assert(ciphertexts.cols == dc);
+  Matrix out(ciphertexts.rows, dm);
+  for (size_t i = 0; i < ciphertexts.rows; ++i) {
+    float* o = out.row(i).data();
+    std::ranges::copy(map.plain_mean, o);
+    for (size_t j = 0; j < dc; ++j) {
+      const float centred = ciphertexts.row(i)[j] - map.cipher_mean[j];
+      const float* w = map.weights.row(j).data();
+#pragma omp simd
+      for (size_t b = 0; b < dm; ++b) o[b] += centred * w[b];
+    }
+  }
+  return out;
+}
+
+InversionScore ScoreInversion(const Matrix& reconstructed, const Matrix& truth,
+                              const Matrix& pool, std::span<const size_t> truth_in_pool) {
+  assert(reconstructed.rows == truth.rows && truth.rows == truth_in_pool.size());
+  InversionScore score;
+  std::vector<double> cosines(truth.rows);
+  for (size_t i = 0; i < truth.rows; ++i) cosines[i] = Cosine(reconstructed.row(i), truth.row(i));
+  score.mean_cosine = MeanEstimate(cosines);
+  if (pool.rows < 2 || truth.rows == 0) return score;
+
+  // Two neighbours each, so that the vector itself can be skipped.
+  const std::vector<uint32_t> from_truth = NearestNeighbours(truth, pool, 2);
+  const std::vector<uint32_t> from_guess = NearestNeighbours(reconstructed, pool, 2);
+  const auto nearest_other = [](const std::vector<uint32_t>& pairs, size_t i, size_t self) {
+    return pairs[2 * i] != self ? pairs[2 * i] : pairs[2 * i + 1];
+  };
+  size_t identified = 0;
+  for (size_t i = 0; i < truth.rows; ++i) {
+    const size_t self = truth_in_pool[i];
+    identified += nearest_other(from_truth, i, self) == nearest_other(from_guess, i, self) ? 1 : 0;
+  }
+  score.identified = ShareEstimate(identified, truth.rows);
+  return score;
+}
+
+namespace {
+
+constexpr double kQuantiles[] = {0.05, 0.25, 0.5, 0.75, 0.95};
+constexpr size_t kFeatures = 2 + std::size(kQuantiles);
+
+// Per dimension: mean, standard deviation with `noise_variance` removed, and quantiles.
+std::vector<double> DimensionFeatures(const Matrix& x, double noise_variance) {
+  std::vector<double> features(x.cols * kFeatures);
+  std::vector<float> column(x.rows);
+  for (size_t j = 0; j < x.cols; ++j) {
+    double sum = 0, sum_squares = 0;
+    for (size_t i = 0; i < x.rows; ++i) {
+      column[i] = x.row(i)[j];
+      sum += column[i];
+      sum_squares += static_cast<double>(column[i]) * column[i];
+    }
+    const double n = static_cast<double>(std::max<size_t>(x.rows, 1));
+    const double mean = sum / n;
+    const double variance = sum_squares / n - mean * mean;
+    double* f = features.data() + j * kFeatures;
+    f[0] = mean;
+    f[1] = std::sqrt(std::max(0.0, variance - noise_variance));
+    std::ranges::sort(column);
+    for (size_t q = 0; q < std::size(kQuantiles); ++q) {
+      const size_t at = std::min(x.rows - 1, static_cast<size_t>(kQuantiles[q] * n));
+      f[2 + q] = x.rows > 0 ? column[at] : 0.0;
+    }
+  }
+  return features;
+}
+
+}  // namespace
+
+std::vector<uint32_t> AlignDimensions(const Matrix& public_plaintexts, const Matrix& ciphertexts,
+                                      double noise_variance_per_dimension) {
+  assert(public_plaintexts.cols == ciphertexts.cols);
+  const size_t d = ciphertexts.cols;
+  const std::vector<double> plain = DimensionFeatures(public_plaintexts, 0.0);
+  const std::vector<double> cipher = DimensionFeatures(ciphertexts, noise_variance_per_dimension);
+  std::vector<double> cost(d * d);
+  for (size_t j = 0; j < d; ++j) {
+    for (size_t i = 0; i < d; ++i) {
+      double sum = 0;
+      for (size_t f = 0; f < kFeatures; ++f) {
+        const double delta = cipher[j * kFeatures + f] - plain[i * kFeatures + f];
+        sum += delta * delta;
+      }
+      cost[j * d + i] = sum;
+    }
+  }
+  return MinimumCostAssignment(cost, d);
+}
+
+Estimate RecoveredDimensionShare(std::span<const uint32_t> guess, const Matrix& transform) {
+  assert(transform.rows == guess.size() && transform.cols == guess.size());
+  size_t recovered = 0;
+  for (size_t j = 0; j < guess.size(); ++j) {
+    const double weight = transform.row(j)[guess[j]];
+    recovered += weight * weight >= 0.5 ? 1 : 0;
+  }
+  return ShareEstimate(recovered, guess.size());
+}
+
+std::vector<uint32_t> MinimumCostAssignment(std::span<const double> cost, size_t n) {
+  assert(cost.size() == n * n);
+  // The Hungarian method with potentials (Kuhn–Munkres, O(n³)): rows are added one at a time,
+  // each along a shortest augmenting path in reduced costs. Index 0 is a sentinel column.
+  constexpr double kInfinity = std::numeric_limits<double>::infinity();
+  std::vector<double> row_potential(n + 1, 0.0), column_potential(n + 1, 0.0);
+  std::vector<size_t> column_owner(n + 1, 0), previous(n + 1, 0);
+  std::vector<double> slack(n + 1);
+  std::vector<char> visited(n + 1);
+  for (size_t row = 1; row <= n; ++row) {
+    column_owner[0] = row;
+    size_t column = 0;
+    std::ranges::fill(slack, kInfinity);
+    std::ranges::fill(visited, char{0});
+    do {
+      visited[column] = 1;
+      const size_t owner = column_owner[column];
+      double delta = kInfinity;
+      size_t next = 0;
+      for (size_t c = 1; c <= n; ++c) {
+        if (visited[c]) continue;
+        const double reduced =
+            cost[(owner - 1) * n + (c - 1)] - row_potential[owner] - column_potential[c];
+        if (reduced < slack[c]) {
+          slack[c] = reduced;
+          previous[c] = column;
+        }
+        if (slack[c] < delta) {
+          delta = slack[c];
+          next = c;
+        }
+      }
+      for (size_t c = 0; c <= n; ++c) {
+        if (visited[c]) {
+          row_potential[column_owner[c]] += delta;
+          column_potential[c] -= delta;
+        } else {
+          slack[c] -= delta;
+        }
+      }
+      column = next;
+    } while (column_owner[column] != 0);
+    do {
+      const size_t from = previous[column];
+      column_owner[column] = column_owner[from];
+      column = from;
+    } while (column != 0);
+  }
+  std::vector<uint32_t> assignment(n);
+  for (size_t c = 1; c <= n; ++c) assignment[column_owner[c] - 1] = static_cast<uint32_t>(c - 1);
+  return assignment;
+}
+
+}  // namespace vecseal::calibrate

@@ -1,0 +1,116 @@
+#include "vecseal/calibrate/linalg.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <numeric>
+
+namespace vecseal::calibrate {
+
+Matrix SelectRows(const Matrix& matrix, std::span<const size_t> indices) {
+  Matrix out(indices.size(), matrix.cols);
+  for (size_t i = 0; i < indices.size(); ++i) {
+    std::ranges::copy(matrix.row(indices[i]), out.row(i).begin());
+  }
+  return out;
+}
+
+float Dot(std::span<const float> a, std::span<const float> b) {
+  assert(a.size() == b.size());
+  const float* x = a.data();
+  const float* y = b.data();
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t i = 0; i < a.size(); ++i) sum += x[i] * y[i];
+  return sum;
+}
+
+float SquaredDistance(std::span<const float> a, std::span<const float> b) {
+  assert(a.size() == b.size());
+  const float* x = a.data();
+  const float* y = b.data();
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t i = 0; i < a.size(); ++i) sum += (x[i] - y[i]) * (x[i] - y[i]);
+  return sum;
+}
+
+double Cosine(std::span<const float> a, std::span<const float> b) {
+  const double norms = std::sqrt(static_cast<double>(Dot(a, a)) * Dot(b, b));
+  return norms > 0 ? Dot(a, b) / norms : 0.0;
+}
+
+std::vector<uint32_t> NearestNeighbours(const Matrix& queries, const Matrix& base, size_t k) {
+  assert(queries.cols == base.cols && k <= base.rows);
+  // Tiles of queries × base rows small enough to stay in L2 while every pair is computed.
+  constexpr size_t kQueryTile = 16;
+  constexpr size_t kBaseTile = 64;
+  std::vector<uint32_t> result(queries.rows * k);
+  std::vector<float> distances(kQueryTile * base.rows);
+  std::vector<uint32_t> order(base.rows);
+  for (size_t q0 = 0; q0 < queries.rows; q0 += kQueryTile) {
+    const size_t q1 = std::min(queries.rows, q0 + kQueryTile);
+    for (size_t b0 = 0; b0 < base.rows; b0 += kBaseTile) {
+      const size_t b1 = std::min(base.rows, b0 + kBaseTile);
+      for (size_t q = q0; q < q1; ++q) {
+        float* out = distances.data() + (q - q0) * base.rows;
+        for (size_t b = b0; b < b1; ++b) out[b] = SquaredDistance(queries.row(q), base.row(b));
+      }
+    }
+    for (size_t q = q0; q < q1; ++q) {
+      const float* dist = distances.data() + (q - q0) * base.rows;
+      std::iota(order.begin(), order.end(), 0u);
+      const auto closer = [dist](uint32_t x, uint32_t y) {
+        return dist[x] < dist[y] || (dist[x] == dist[y] && x < y);
+      };
+      std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
+                        closer);
+      std::copy_n(order.begin(), k, result.begin() + static_cast<std::ptrdiff_t>(q * k));
+    }
+  }
+  return result;
+}
+
+bool CholeskySolve(std::vector<double>& a, size_t n, std::vector<double>& b, size_t m) {
+  assert(a.size() == n * n && b.size() == n * m);
+  // A = L·Lᵀ, with L overwriting the lower triangle of A row by row.
+  for (size_t i = 0; i < n; ++i) {
+    double* row_i = a.data() + i * n;
+    for (size_t j = 0; j <= i; ++j) {
+      const double* row_j = a.data() + j * n;
+      double sum = row_i[j];
+      for (size_t p = 0; p < j; ++p) sum -= row_i[p] * row_j[p];
+      if (i == j) {
+        if (!(sum > 0) || !std::isfinite(sum)) return false;
+        row_i[i] = std::sqrt(sum);
+      } else {
+        row_i[j] = sum / row_j[j];
+      }
+    }
+  }
+  // Forward substitution L·Y = B, then back substitution Lᵀ·X = Y, one row of B at a time so
+  // that the inner loops run along contiguous rows.
+  for (size_t i = 0; i < n; ++i) {
+    double* bi = b.data() + i * m;
+    for (size_t p = 0; p < i; ++p) {
+      const double l = a[i * n + p];
+      const double* bp = b.data() + p * m;
+      for (size_t c = 0; c < m; ++c) bi[c] -= l * bp[c];
+    }
+    const double inverse = 1.0 / a[i * n + i];
+    for (size_t c = 0; c < m; ++c) bi[c] *= inverse;
+  }
+  for (size_t i = n; i-- > 0;) {
+    double* bi = b.data() + i * m;
+    for (size_t p = i + 1; p < n; ++p) {
+      const double l = a[p * n + i];
+      const double* bp = b.data() + p * m;
+      for (size_t c = 0; c < m; ++c) bi[c] -= l * bp[c];
+    }
+    const double inverse = 1.0 / a[i * n + i];
+    for (size_t c = 0; c < m; ++c) bi[c] *= inverse;
+  }
+  return true;
+}
+
+}  // namespace vecseal::calibrate
