@@ -1,0 +1,608 @@
+#include "vecseal/audit/log.h"
+
+#include <openssl/rand.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "record.h"
+
+namespace vecseal::audit {
+namespace {
+
+using internal::Digest;
+
+Status Unavailable(std::string message) {
+  return Status(Code::kUnavailable, "audit_unavailable", std::move(message));
+}
+
+constexpr std::string_view kFilePrefix = "audit-";
+constexpr std::string_view kFileSuffix = ".jsonl";
+constexpr size_t kFileNameLength = 6 + 20 + 1 + 8 + 6;
+
+bool IsLogFileName(std::string_view name) {
+  if (name.size() != kFileNameLength || !name.starts_with(kFilePrefix) ||
+      !name.ends_with(kFileSuffix) || name[26] != '-') {
+    return false;
+  }
+  return std::all_of(name.begin() + 6, name.begin() + 26, [](char c) { return c >= '0' && c <= '9'; });
+}
+
+std::string LogFileName(uint64_t first_seq, std::string_view file_id_hex) {
+  char digits[32];
+  snprintf(digits, sizeof digits, "%020llu", static_cast<unsigned long long>(first_seq));
+  return std::string(kFilePrefix) + digits + "-" + std::string(file_id_hex.substr(0, 8)) +
+         std::string(kFileSuffix);
+}
+
+std::string Basename(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string Dirname(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+}  // namespace
+
+class Log::Impl {
+ public:
+  Impl(LogOptions options, std::shared_ptr<Signer> signer, internal::PublicKey key)
+      : options_(std::move(options)), signer_(std::move(signer)), key_(std::move(key)) {
+    fs_ = options_.fs ? options_.fs : PosixFileSystem();
+    dir_ = options_.single_file.empty() ? options_.dir : Dirname(options_.single_file);
+    last_seal_micros_ = internal::NowMicros();
+  }
+
+  ~Impl() { (void)Close(); }
+
+  Status Start() {
+    {
+      std::unique_lock lock(mu_);
+      VECSEAL_RETURN_IF_ERROR(DiscoverHeadLocked());
+      const Status started = StartFileLocked("open");
+      if (!started.ok()) SuspendLocked(started);
+      FlushNoticesUnlocking(lock);
+    }
+    flusher_ = std::thread([this] { FlusherLoop(); });
+    return Status::Ok();
+  }
+
+  Status Append(const Event& event) {
+    Result<std::string> body = internal::SerializeEventBody(event);
+    if (!body.ok()) return std::move(body).TakeStatus();
+    std::unique_lock lock(mu_);
+    Status status = AppendLocked(*body);
+    FlushNoticesUnlocking(lock);
+    return status;
+  }
+
+  Status Seal() {
+    std::unique_lock lock(mu_);
+    Status status = closed_ ? Unavailable("the audit log is closed")
+                    : healthy_ ? SealLocked("request")
+                               : Unavailable(last_error_.message());
+    FlushNoticesUnlocking(lock);
+    return status;
+  }
+
+  Status Close() {
+    std::unique_lock lock(mu_);
+    if (closed_) return Status::Ok();
+    Status status = Status::Ok();
+    if (healthy_) {
+      status = SealLocked("close");
+      if (status.ok() && file_) status = file_->Sync();
+    } else {
+      status = Unavailable(last_error_.message());
+    }
+    closed_ = true;
+    stopping_ = true;
+    FlushNoticesUnlocking(lock);
+    cv_.notify_all();
+    if (flusher_.joinable()) flusher_.join();
+    return status;
+  }
+
+  bool healthy() const {
+    std::lock_guard lock(mu_);
+    return healthy_ && !closed_;
+  }
+  std::optional<SealInfo> last_seal() const {
+    std::lock_guard lock(mu_);
+    return last_seal_;
+  }
+  std::string current_file() const {
+    std::lock_guard lock(mu_);
+    return file_path_;
+  }
+  uint64_t next_seq() const {
+    std::lock_guard lock(mu_);
+    return next_seq_;
+  }
+
+ private:
+  // Finds the chain head: the last complete record of the newest file under dir_.
+  Status DiscoverHeadLocked() {
+    std::vector<std::string> candidates;
+    if (!options_.single_file.empty()) {
+      candidates.push_back(options_.single_file);
+    } else {
+      if (!options_.fs) ::mkdir(dir_.c_str(), 0700);  // the daemon's state dir; EEXIST is fine
+      Result<std::vector<std::string>> names = fs_->ListDir(dir_);
+      if (!names.ok()) {
+        return Status(Code::kFailedPrecondition, "audit_dir_unusable",
+                      "audit.dir: " + names.status().message() +
+                          "; create the directory (mode 0700, owned by the daemon's user)");
+      }
+      for (const std::string& name : *names) {
+        if (IsLogFileName(name)) candidates.push_back(dir_ + "/" + name);
+      }
+      std::sort(candidates.begin(), candidates.end(), std::greater<>());
+    }
+    for (const std::string& path : candidates) {
+      std::string tail;
+      uint64_t size = 0;
+      uint64_t window = 1 << 20;
+      std::optional<std::string> line;
+      while (true) {
+        const Status read = fs_->ReadTail(path, window, &tail, &size);
+        if (!read.ok()) {
+          if (!options_.single_file.empty()) break;  // a device or a file not yet created
+          return Status(Code::kFailedPrecondition, "audit_dir_unusable", read.message());
+        }
+        const size_t end = tail.rfind('\n');
+        if (end != std::string::npos) {
+          const size_t start = end == 0 ? std::string::npos : tail.rfind('\n', end - 1);
+          if (start != std::string::npos || tail.size() == size) {
+            const size_t begin = start == std::string::npos ? 0 : start + 1;
+            line = tail.substr(begin, end - begin);
+            break;
+          }
+        }
+        if (tail.size() == size) break;  // no complete line in the whole file
+        window = size;
+      }
+      if (!line) continue;  // only a torn fragment: the chain ends in an older file
+      const auto record = nlohmann::json::parse(*line, nullptr, false);
+      if (record.is_discarded() || !record.is_object() || !record.contains("seq") ||
+          !record["seq"].is_number_unsigned()) {
+        return Status(Code::kFailedPrecondition, "audit_log_corrupt",
+                      "the last record of " + path +
+                          " cannot be parsed, so the chain cannot be continued; check it with "
+                          "`vecseal audit verify`, then move the file aside to start a new chain");
+      }
+      next_seq_ = record["seq"].get<uint64_t>() + 1;
+      head_ = internal::Sha256(*line);
+      head_hex_ = internal::Hex(head_);
+      prev_file_ = Basename(path);
+      return Status::Ok();
+    }
+    return Status::Ok();  // the first file ever
+  }
+
+  Status StartFileLocked(std::string_view reason) {
+    std::array<uint8_t, 16> file_id{};
+    if (RAND_bytes(file_id.data(), static_cast<int>(file_id.size())) != 1) {
+      return Status(Code::kInternal, "audit_random_failed", "cannot draw a random file id");
+    }
+    const std::string file_id_hex = internal::Hex(file_id);
+    const std::string path = options_.single_file.empty()
+                                 ? dir_ + "/" + LogFileName(next_seq_, file_id_hex)
+                                 : options_.single_file;
+    Result<std::unique_ptr<AppendFile>> opened = fs_->OpenAppend(path);
+    if (!opened.ok()) return Unavailable(opened.status().message());
+    std::shared_ptr<AppendFile> file = std::move(*opened);
+    const bool append_only = options_.try_append_only && file->SetAppendOnly();
+    bool reserved = false;
+    if (options_.reserve_bytes > 0) {
+      reserved = file->Reserve(file->size(), options_.reserve_bytes).ok();
+    }
+    if (options_.single_file.empty()) {
+      const Status synced = fs_->SyncDir(dir_);
+      if (!synced.ok()) return Unavailable(synced.message());
+    }
+    file_ = std::move(file);
+    file_path_ = path;
+    file_id_ = file_id;
+    file_id_hex_ = file_id_hex;
+    file_torn_ = false;
+    reserve_supported_ = reserved;
+    reserved_until_ = reserved ? file_->size() + options_.reserve_bytes : 0;
+
+    std::string body;
+    internal::AppendStringField(&body, "event", "file_start");
+    internal::AppendStringField(&body, "version", internal::kFormatVersion);
+    internal::AppendStringField(&body, "file_id", file_id_hex_);
+    internal::AppendKey(&body, "prev_file");
+    if (prev_file_.empty()) {
+      body.append("null");
+    } else {
+      internal::AppendString(&body, prev_file_);
+    }
+    internal::AppendStringField(&body, "reason", reason);
+    internal::AppendBoolField(&body, "append_only", append_only);
+    internal::AppendUintField(&body, "reserve_bytes", reserved ? options_.reserve_bytes : 0);
+    internal::AppendStringField(&body, "key_id", key_.key_id());
+    pending_start_ = std::move(body);
+    VECSEAL_RETURN_IF_ERROR(WriteStartLocked());
+    if (options_.try_append_only && !append_only && !warned_append_only_) {
+      warned_append_only_ = true;
+      Notice("info", "audit files are not append-only (FS_APPEND_FL needs CAP_LINUX_IMMUTABLE "
+                     "and a file system that supports it)");
+    }
+    if (options_.reserve_bytes > 0 && !reserved) {
+      Notice("warning", "cannot preallocate the audit reserve in " + path);
+    }
+    return Status::Ok();
+  }
+
+  // The file_start record of the current file, retried in the same (still empty) file when it
+  // could not be written.
+  Status WriteStartLocked() {
+    const Status written = WriteRecordLocked(pending_start_);
+    if (written.ok()) {
+      pending_start_.clear();
+      prev_file_ = Basename(file_path_);
+    }
+    return written;
+  }
+
+  // One write() of one record; advances the chain only when every byte landed.
+  Status WriteRecordLocked(std::string_view body) {
+    if (!file_) return Unavailable("no audit file is open");
+    std::string line = internal::ComposeRecord(
+        next_seq_, internal::FormatTimeMicros(internal::NowMicros()), head_hex_, body);
+    const Digest digest = internal::Sha256(line);
+    line.push_back('\n');
+    size_t written = 0;
+    const Status status = file_->Append(line, &written);
+    if (!status.ok()) {
+      if (written > 0) file_torn_ = true;
+      return Unavailable(status.message());
+    }
+    head_ = digest;
+    head_hex_ = internal::Hex(head_);
+    ++next_seq_;
+    ++records_since_seal_;
+    bytes_since_space_check_ += line.size();
+    dirty_ = true;
+    if (options_.sync == LogOptions::Sync::kEveryRecord) {
+      const Status synced = file_->Sync();
+      if (!synced.ok()) {
+        // After a failed fdatasync the page cache may no longer match the disk: never append
+        // to this file again.
+        file_torn_ = true;
+        return Unavailable(synced.message());
+      }
+      dirty_ = false;
+    }
+    return Status::Ok();
+  }
+
+  Status AppendLocked(std::string_view body) {
+    if (closed_) return Unavailable("the audit log is closed");
+    if (!healthy_ && !TryResumeLocked()) {
+      ++refused_;
+      return Unavailable(last_error_.message());
+    }
+    const Status written = WriteRecordLocked(body);
+    if (!written.ok()) {
+      SuspendLocked(written);
+      ++refused_;
+      return written;
+    }
+    AfterWriteLocked();
+    return Status::Ok();
+  }
+
+  void AfterWriteLocked() {
+    if (bytes_since_space_check_ >= options_.reserve_bytes / 4) CheckSpaceLocked();
+    if (healthy_ && records_since_seal_ >= options_.seal_every_records &&
+        records_since_seal_ >= next_seal_retry_) {
+      if (!SealLocked("count").ok() && healthy_) {
+        next_seal_retry_ = records_since_seal_ + std::max<uint64_t>(1, options_.seal_every_records / 16);
+      }
+    }
+    if (healthy_ && options_.single_file.empty() && file_->size() >= options_.rotate_bytes) {
+      RotateLocked();
+    }
+  }
+
+  Status SealLocked(std::string_view reason) {
+    if (records_since_seal_ == 0) return Status::Ok();  // the last record is already a seal
+    const Digest digest = internal::SealDigest(file_id_, next_seq_, head_);
+    Result<std::vector<uint8_t>> signature = signer_->SignDigest(digest);
+    if (signature.ok()) signature = internal::NormalizeSignature(std::move(*signature));
+    if (!signature.ok()) {
+      Notice("error", "cannot seal the audit log: " + signature.status().ToString());
+      return Status(Code::kUnavailable, "audit_seal_failed", signature.status().message());
+    }
+    const std::string head_hex = head_hex_;
+    std::string body;
+    internal::AppendStringField(&body, "event", "seal");
+    internal::AppendStringField(&body, "file_id", file_id_hex_);
+    internal::AppendStringField(&body, "head", head_hex);
+    internal::AppendStringField(&body, "key_id", key_.key_id());
+    internal::AppendStringField(&body, "sig", internal::Base64(*signature));
+    internal::AppendStringField(&body, "reason", reason);
+    const uint64_t seal_seq = next_seq_;
+    Status status = WriteRecordLocked(body);
+    if (status.ok() && options_.sync == LogOptions::Sync::kInterval) {
+      status = file_->Sync();
+      if (!status.ok()) file_torn_ = true;
+      dirty_ = !status.ok();
+    }
+    if (!status.ok()) {
+      SuspendLocked(status);
+      return status;
+    }
+    records_since_seal_ = 0;
+    next_seal_retry_ = 0;
+    last_seal_micros_ = internal::NowMicros();
+    last_seal_ = SealInfo{file_path_, seal_seq, head_hex};
+    return Status::Ok();
+  }
+
+  void RotateLocked() {
+    (void)SealLocked("rotation");  // if it fails, the next file's seals still cover this one
+    if (!healthy_) return;
+    const Status synced = file_->Sync();
+    if (!synced.ok()) {
+      file_torn_ = true;
+      SuspendLocked(Unavailable(synced.message()));
+      return;
+    }
+    dirty_ = false;
+    const Status started = StartFileLocked("rotation");
+    if (!started.ok()) SuspendLocked(started);
+  }
+
+  // Free-space thresholds, and the preallocated reserve kept ahead of the end of the file.
+  void CheckSpaceLocked() {
+    bytes_since_space_check_ = 0;
+    Result<uint64_t> free_bytes = fs_->FreeBytes(dir_);
+    if (!free_bytes.ok()) return;  // e.g. a device; the writes themselves still fail closed
+    if (*free_bytes < options_.refuse_free_bytes) {
+      SuspendForSpaceLocked(*free_bytes, "free space is below refuse_free_bytes");
+      return;
+    }
+    if (*free_bytes < options_.warn_free_bytes) {
+      if (!space_low_) {
+        space_low_ = true;
+        std::string body;
+        internal::AppendStringField(&body, "event", "space_low");
+        internal::AppendUintField(&body, "free_bytes", *free_bytes);
+        internal::AppendUintField(&body, "refuse_below", options_.refuse_free_bytes);
+        const Status written = WriteRecordLocked(body);
+        if (!written.ok()) {
+          SuspendLocked(written);
+          return;
+        }
+        Notice("warning", "audit log: only " + std::to_string(*free_bytes) + " bytes free on " +
+                              dir_ + "; requests are refused below " +
+                              std::to_string(options_.refuse_free_bytes));
+      }
+    } else {
+      space_low_ = false;
+    }
+    if (reserve_supported_ && file_->size() + options_.reserve_bytes / 2 > reserved_until_) {
+      if (file_->Reserve(file_->size(), options_.reserve_bytes).ok()) {
+        reserved_until_ = file_->size() + options_.reserve_bytes;
+      } else {
+        SuspendForSpaceLocked(*free_bytes, "cannot renew the preallocated reserve");
+      }
+    }
+  }
+
+  // A controlled suspension: the "suspended" record goes into the reserve.
+  void SuspendForSpaceLocked(uint64_t free_bytes, std::string_view why) {
+    if (!healthy_) return;
+    std::string body;
+    internal::AppendStringField(&body, "event", "suspended");
+    internal::AppendStringField(&body, "reason", "disk_space");
+    internal::AppendUintField(&body, "free_bytes", free_bytes);
+    Status written = WriteRecordLocked(body);
+    if (written.ok() && options_.sync == LogOptions::Sync::kInterval) {
+      written = file_->Sync();
+      if (!written.ok()) file_torn_ = true;
+    }
+    space_suspended_ = true;
+    SuspendLocked(Unavailable("audit log suspended: " + std::string(why) + " (" +
+                              std::to_string(free_bytes) + " bytes free on " + dir_ + ")"));
+  }
+
+  void SuspendLocked(Status cause) {
+    if (file_torn_ || !file_) needs_new_file_ = true;
+    last_error_ = Status(Code::kUnavailable, "audit_unavailable", cause.message());
+    next_retry_micros_ = internal::NowMicros() +
+        std::chrono::duration_cast<std::chrono::microseconds>(options_.retry_interval).count();
+    if (healthy_) {
+      healthy_ = false;
+      Notice("error", "audit log suspended, requests are refused: " + cause.message());
+    }
+  }
+
+  bool TryResumeLocked() {
+    const int64_t now = internal::NowMicros();
+    if (now < next_retry_micros_) return false;
+    next_retry_micros_ = now + std::chrono::duration_cast<std::chrono::microseconds>(
+                                   options_.retry_interval).count();
+    if (space_suspended_) {
+      Result<uint64_t> free_bytes = fs_->FreeBytes(dir_);
+      if (free_bytes.ok() && *free_bytes < options_.refuse_free_bytes) return false;
+    }
+    if (needs_new_file_) {
+      const Status started = StartFileLocked("recover");
+      if (!started.ok()) {
+        last_error_ = Status(Code::kUnavailable, "audit_unavailable", started.message());
+        return false;
+      }
+      needs_new_file_ = false;
+    } else if (!pending_start_.empty()) {
+      const Status written = WriteStartLocked();
+      if (!written.ok()) {
+        if (file_torn_) needs_new_file_ = true;
+        last_error_ = Status(Code::kUnavailable, "audit_unavailable", written.message());
+        return false;
+      }
+    }
+    std::string body;
+    internal::AppendStringField(&body, "event", "resumed");
+    internal::AppendUintField(&body, "refused", refused_);
+    internal::AppendStringField(&body, "cause", last_error_.message());
+    const Status written = WriteRecordLocked(body);
+    if (!written.ok()) {
+      if (file_torn_) needs_new_file_ = true;
+      last_error_ = written;
+      return false;
+    }
+    Notice("info", "audit log resumed after refusing " + std::to_string(refused_) + " events");
+    healthy_ = true;
+    space_suspended_ = false;
+    space_low_ = false;
+    refused_ = 0;
+    return true;
+  }
+
+  void FlusherLoop() {
+    const auto seal_every = std::chrono::duration_cast<std::chrono::milliseconds>(options_.seal_every);
+    const auto tick = options_.sync == LogOptions::Sync::kInterval
+                          ? std::min(options_.sync_interval, seal_every)
+                          : seal_every;
+    std::unique_lock lock(mu_);
+    while (!stopping_) {
+      cv_.wait_for(lock, tick, [this] { return stopping_; });
+      if (stopping_) break;
+      if (healthy_ && records_since_seal_ > 0 &&
+          internal::NowMicros() - last_seal_micros_ >=
+              std::chrono::duration_cast<std::chrono::microseconds>(options_.seal_every).count()) {
+        (void)SealLocked("time");
+      }
+      if (healthy_ && dirty_ && file_) {
+        // fdatasync outside the lock, so that appends go on meanwhile.
+        std::shared_ptr<AppendFile> file = file_;
+        dirty_ = false;
+        lock.unlock();
+        const Status synced = file->Sync();
+        lock.lock();
+        if (!synced.ok() && file == file_) {
+          file_torn_ = true;
+          SuspendLocked(synced);
+        }
+      }
+      FlushNoticesUnlocking(lock);
+      lock.lock();
+    }
+  }
+
+  void Notice(std::string level, std::string message) {
+    if (options_.notice) pending_notices_.emplace_back(std::move(level), std::move(message));
+  }
+
+  // Delivers queued notices without the lock held, so that the callback may take its own locks.
+  void FlushNoticesUnlocking(std::unique_lock<std::mutex>& lock) {
+    std::vector<std::pair<std::string, std::string>> notices;
+    notices.swap(pending_notices_);
+    lock.unlock();
+    for (const auto& [level, message] : notices) options_.notice(level, message);
+  }
+
+  const LogOptions options_;
+  const std::shared_ptr<Signer> signer_;
+  const internal::PublicKey key_;
+  std::shared_ptr<FileSystem> fs_;
+  std::string dir_;
+
+  mutable std::mutex mu_;
+  std::shared_ptr<AppendFile> file_;
+  std::string file_path_;
+  std::array<uint8_t, 16> file_id_{};
+  std::string file_id_hex_;
+  std::string prev_file_;
+  uint64_t next_seq_ = 1;
+  Digest head_{};
+  std::string head_hex_{internal::kZeroHead};
+  bool file_torn_ = false;       // the file ends in a partial line or failed fdatasync
+  bool needs_new_file_ = false;  // so resume in a fresh file
+  std::string pending_start_;    // a file_start body not yet written
+  bool dirty_ = false;           // written since the last fdatasync
+  uint64_t bytes_since_space_check_ = 0;
+  bool reserve_supported_ = false;
+  uint64_t reserved_until_ = 0;
+  bool space_low_ = false;
+  bool space_suspended_ = false;
+  bool warned_append_only_ = false;
+
+  bool healthy_ = true;
+  Status last_error_;
+  uint64_t refused_ = 0;
+  int64_t next_retry_micros_ = 0;
+
+  uint64_t records_since_seal_ = 0;
+  uint64_t next_seal_retry_ = 0;
+  int64_t last_seal_micros_ = 0;
+  std::optional<SealInfo> last_seal_;
+
+  bool closed_ = false;
+  bool stopping_ = false;
+  std::condition_variable cv_;
+  std::thread flusher_;
+  std::vector<std::pair<std::string, std::string>> pending_notices_;
+};
+
+Result<std::unique_ptr<Log>> Log::Open(LogOptions options, std::shared_ptr<Signer> signer) {
+  const auto bad = [](std::string path, std::string why) {
+    return Status(Code::kInvalidArgument, "audit_bad_option", "audit." + path + ": " + why);
+  };
+  if (options.dir.empty() && options.single_file.empty()) return bad("dir", "must be set");
+  if (!signer) return bad("signer", "an audit signer is required");
+  if (options.seal_every_records == 0) return bad("seal_every_records", "must be at least 1");
+  if (options.seal_every.count() <= 0) return bad("seal_every", "must be at least 1 second");
+  if (options.rotate_bytes < 4096) return bad("rotate_bytes", "must be at least 4096");
+  if (options.sync == LogOptions::Sync::kInterval && options.sync_interval.count() <= 0) {
+    return bad("sync_interval", "must be positive; use sync \"every-record\" for no interval");
+  }
+  if (options.refuse_free_bytes > options.warn_free_bytes) {
+    return bad("refuse_free_bytes", "must not exceed warn_free_bytes");
+  }
+  Result<std::string> pem = signer->PublicKeyPem();
+  if (!pem.ok()) return std::move(pem).TakeStatus();
+  Result<internal::PublicKey> key = internal::PublicKey::FromPem(*pem);
+  if (!key.ok()) return std::move(key).TakeStatus();
+  // A signer that does not match its own public key would write seals no one can verify.
+  const Digest probe = internal::Sha256("vecseal/v1/audit-signer-self-test");
+  Result<std::vector<uint8_t>> signature = signer->SignDigest(probe);
+  if (signature.ok()) signature = internal::NormalizeSignature(std::move(*signature));
+  if (!signature.ok()) return std::move(signature).TakeStatus();
+  if (!key->VerifyDigest(probe, *signature)) {
+    return Status(Code::kFailedPrecondition, "audit_signer_mismatch",
+                  "the audit signer's signatures do not verify under its public key");
+  }
+  auto impl = std::make_unique<Impl>(std::move(options), std::move(signer), std::move(*key));
+  VECSEAL_RETURN_IF_ERROR(impl->Start());
+  return std::unique_ptr<Log>(new Log(std::move(impl)));
+}
+
+Log::Log(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Log::~Log() = default;
+Status Log::Append(const Event& event) { return impl_->Append(event); }
+Status Log::Seal() { return impl_->Seal(); }
+Status Log::Close() { return impl_->Close(); }
+bool Log::healthy() const { return impl_->healthy(); }
+std::optional<SealInfo> Log::last_seal() const { return impl_->last_seal(); }
+std::string Log::current_file() const { return impl_->current_file(); }
+uint64_t Log::next_seq() const { return impl_->next_seq(); }
+
+}  // namespace vecseal::audit
