@@ -31,7 +31,7 @@ struct CallerIdentity {
   std::string user;   // name of uid; empty when it has none
   std::string group;  // name of gid; empty when it has none
   std::vector<gid_t> supplementary_gids;
-  std::vector<std::string> group_names;  // names of supplementary_gids that have one
+  std::vector<std::string> group_names;  // group_names[i] names supplementary_gids[i], or ""
   std::string exe;         // /proc/PID/exe link text (may end in " (deleted)")
   std::string exe_sha256;  // lower-case hex of the image actually running
   std::string unit;        // systemd system unit ("foo.service", "session-3.scope"), or empty
@@ -39,7 +39,7 @@ struct CallerIdentity {
   std::string script_sha256;  // when `script` is a regular file
 
   // {"pid", "uid", "user", "gid", "group", "groups": [{"gid", "name"}], "exe", "exe_sha256",
-  //  "unit", "script", "script_sha256"}; unknown strings are null.
+  //  "unit", "script", "script_sha256"}; unknown strings are null. No lookups: cheap per request.
   nlohmann::json ToJson() const;
 };
 
@@ -110,6 +110,9 @@ class IdentityResolver {
 class PeerIdentity {
  public:
   static Result<PeerIdentity> FromSocket(int connected_fd, IdentityResolver& resolver);
+  // A process named by PID, for `--check-policy --as-pid`: credentials come from /proc/PID/status
+  // instead of the socket. Diagnostics only; requests are decided from FromSocket.
+  static Result<PeerIdentity> FromPid(pid_t pid, IdentityResolver& resolver);
 
   PeerIdentity(PeerIdentity&& other) noexcept;
   PeerIdentity& operator=(PeerIdentity&& other) noexcept;

@@ -49,9 +49,9 @@ class Policy {
   // Errors: kInvalidArgument "policy_invalid", message "<JSON path>: <problem>; <fix>", e.g.
   // "/rules/2/callers/uid: expected an integer or a list of integers".
   static Result<PolicyPtr> Parse(std::string_view json_text);
-  // CheckTrustedFile, then Parse. Errors: file_untrusted (kPermissionDenied), policy_unreadable
-  // (kNotFound when missing, kUnavailable otherwise), policy_too_large (kResourceExhausted),
-  // policy_invalid (message prefixed with the file path).
+  // CheckTrustedFile, then Parse. Errors: file_untrusted (kPermissionDenied), file_unreadable
+  // (kNotFound when missing, kUnavailable otherwise), policy_too_large (kResourceExhausted, over
+  // 1 MiB), policy_invalid (message prefixed with the file path).
   static Result<PolicyPtr> LoadFile(const std::string& path);
 
   // The dev-mode policy: the user `uid` may do every operation on every key.
@@ -91,7 +91,7 @@ class Policy {
 // others. A directory with the sticky bit (like /tmp) may be writable by others, since they cannot
 // replace entries they do not own. Symlinks are resolved and the target's path is checked.
 // Errors: file_untrusted (kPermissionDenied) naming the path and the chmod/chown that fixes it;
-// policy_unreadable (kNotFound / kUnavailable) when the path cannot be examined.
+// file_unreadable (kNotFound when missing, kUnavailable otherwise) when it cannot be examined.
 Status CheckTrustedFile(const std::string& path);
 
 // The work behind `vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH]

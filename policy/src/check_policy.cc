@@ -1,0 +1,150 @@
+// `vecseald --check-policy`: validate a policy file and show how it treats one caller.
+#include <charconv>
+#include <optional>
+
+#include "policy_internal.h"
+#include "vecseal/policy/policy.h"
+
+namespace vecseal::policy {
+namespace {
+
+constexpr std::string_view kUsage =
+    "usage: vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH] "
+    "[--op OPERATION --key NAME]\n";
+
+struct Args {
+  std::string file;
+  std::optional<uint32_t> pid;
+  std::optional<uint32_t> uid;
+  std::string exe;
+  std::optional<Operation> op;
+  std::optional<std::string> key;
+};
+
+bool ParseU32(const std::string& text, uint32_t* out) {
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), *out);
+  return ec == std::errc() && ptr == text.data() + text.size() && !text.empty();
+}
+
+// Empty on success, else the usage problem.
+std::string ParseArgs(std::span<const std::string> args, Args* out) {
+  if (args.empty()) return "missing the policy FILE";
+  out->file = args[0];
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& flag = args[i];
+    if (i + 1 >= args.size()) return flag + " needs a value";
+    const std::string& value = args[++i];
+    uint32_t number = 0;
+    if (flag == "--as-pid") {
+      if (!ParseU32(value, &number) || number == 0) return "--as-pid needs a positive PID";
+      out->pid = number;
+    } else if (flag == "--as-uid") {
+      if (!ParseU32(value, &number)) return "--as-uid needs a numeric uid";
+      out->uid = number;
+    } else if (flag == "--exe") {
+      out->exe = value;
+    } else if (flag == "--op") {
+      Operation op;
+      if (!ParseOperation(value, &op)) {
+        return "--op must be one of encrypt, decrypt, keys.list, keys.create, keys.rotate, "
+               "audit.read";
+      }
+      out->op = op;
+    } else if (flag == "--key") {
+      out->key = value;
+    } else {
+      return "unknown option " + internal::Quote(flag);
+    }
+  }
+  if (out->pid && out->uid) return "give either --as-pid or --as-uid, not both";
+  if (out->uid.has_value() != !out->exe.empty()) return "--as-uid and --exe go together";
+  if (out->op && !out->pid && !out->uid) return "--op needs a caller (--as-pid or --as-uid)";
+  if (out->key && !out->op) return "--key needs --op";
+  return "";
+}
+
+std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+void PrintCaller(const CallerIdentity& id, std::ostream& out) {
+  out << "caller: pid " << id.pid << ", uid " << id.uid << " (" << OrDash(id.user) << "), gid "
+      << id.gid << " (" << OrDash(id.group) << "), groups [";
+  for (size_t i = 0; i < id.supplementary_gids.size(); ++i) {
+    out << (i ? ", " : "") << id.supplementary_gids[i];
+    if (i < id.group_names.size() && !id.group_names[i].empty()) {
+      out << " (" << id.group_names[i] << ")";
+    }
+  }
+  out << "]\n"
+      << "  exe " << OrDash(id.exe) << "\n"
+      << "  exe_sha256 " << OrDash(id.exe_sha256) << "\n"
+      << "  unit " << OrDash(id.unit) << "\n"
+      << "  script " << OrDash(id.script) << "\n"
+      << "  script_sha256 " << OrDash(id.script_sha256) << "\n";
+}
+
+}  // namespace
+
+int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::ostream& err) {
+  Args parsed;
+  std::string problem = ParseArgs(args, &parsed);
+  if (!problem.empty()) {
+    err << "vecseald: " << problem << "\n" << kUsage;
+    return 2;
+  }
+  Result<PolicyPtr> policy = Policy::LoadFile(parsed.file);
+  if (!policy.ok()) {
+    err << "vecseald: " << policy.status().message() << "\n";
+    return 1;
+  }
+  out << "policy " << parsed.file << ": valid, " << (*policy)->rule_count() << " rule"
+      << ((*policy)->rule_count() == 1 ? "" : "s") << "\n";
+  if (!parsed.pid && !parsed.uid) return 0;
+
+  IdentityResolver resolver;
+  CallerIdentity caller;
+  if (parsed.pid) {
+    Result<PeerIdentity> peer = PeerIdentity::FromPid(static_cast<pid_t>(*parsed.pid), resolver);
+    if (!peer.ok()) {
+      err << "vecseald: " << peer.status().message() << "\n";
+      return 1;
+    }
+    caller = peer->identity();
+  } else {
+    Result<CallerIdentity> synthesized = resolver.Synthesize(*parsed.uid, parsed.exe);
+    if (!synthesized.ok()) {
+      err << "vecseald: " << synthesized.status().message() << "\n";
+      return 1;
+    }
+    caller = std::move(synthesized).value();
+  }
+  PrintCaller(caller, out);
+  nlohmann::json grants = (*policy)->GrantsFor(caller);
+  for (const RuleExplanation& rule : (*policy)->Explain(caller)) {
+    out << "rule " << internal::Quote(rule.rule_id) << ": ";
+    if (!rule.caller_matches) {
+      out << "does not match: " << rule.why_not << "\n";
+      continue;
+    }
+    for (const nlohmann::json& grant : grants) {
+      if (grant["rule"] != rule.rule_id) continue;
+      out << "matches: grants";
+      for (const auto& op : grant["operations"]) out << " " << op.get<std::string>();
+      out << " on";
+      for (const auto& key : grant["keys"]) out << " " << key.get<std::string>();
+      out << "\n";
+    }
+  }
+  if (!parsed.op) return 0;
+  std::string key = parsed.key.value_or("");
+  Decision decision = (*policy)->Decide(caller, *parsed.op, key);
+  if (decision.granted) {
+    out << "decision: " << OperationName(*parsed.op) << " on key " << internal::Quote(key)
+        << " granted by rule " << internal::Quote(decision.rule_id) << "\n";
+    return 0;
+  }
+  out << "decision: no rule grants " << OperationName(*parsed.op) << " on key "
+      << internal::Quote(key) << "\n";
+  return 3;
+}
+
+}  // namespace vecseal::policy

@@ -1,0 +1,540 @@
+#include "vecseal/policy/identity.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/openat2.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <utility>
+
+#include "proc.h"
+
+// Debian 12's headers predate Linux 6.5.
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+namespace vecseal::policy {
+namespace {
+
+constexpr size_t kMaxCmdlineBytes = size_t{1} << 20;
+constexpr size_t kMaxSmallFileBytes = size_t{1} << 16;
+
+// Closes a file descriptor on scope exit.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+Status PeerGone(pid_t pid) {
+  return Status(Code::kPermissionDenied, "peer_gone",
+                "the peer process " + std::to_string(pid) + " exited before it could be identified");
+}
+
+Status ProcError(pid_t pid, const char* what, int err) {
+  return Status(Code::kUnavailable, "identity_unavailable",
+                "cannot read " + std::string(what) + " of process " + std::to_string(pid) + ": " +
+                    std::strerror(err));
+}
+
+// Reads up to `limit` bytes of a /proc file relative to `dir_fd`; errno-style error in `*err`.
+bool ReadProcFile(int dir_fd, const char* name, size_t limit, std::string* out, int* err) {
+  Fd fd(openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (fd.get() < 0) {
+    *err = errno;
+    return false;
+  }
+  out->clear();
+  char buffer[4096];
+  while (out->size() < limit) {
+    ssize_t n = read(fd.get(), buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      *err = errno;
+      return false;
+    }
+    if (n == 0) break;
+    out->append(buffer, static_cast<size_t>(n));
+  }
+  if (out->size() > limit) out->resize(limit);
+  return true;
+}
+
+// Whether the process behind `pidfd` is still running (not exited, not a zombie).
+bool Alive(int pidfd) {
+  // A pidfd polls readable once the process has exited, reaped or not.
+  pollfd p{pidfd, POLLIN, 0};
+  int ready;
+  do {
+    ready = poll(&p, 1, 0);
+  } while (ready < 0 && errno == EINTR);
+  if (ready != 0) return false;
+  // EPERM still proves the process exists; only ESRCH means it is gone.
+  long rc = syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0u);
+  return rc == 0 || errno == EPERM;
+}
+
+uint64_t BootTimeTicks() {
+  timespec now{};
+  clock_gettime(CLOCK_BOOTTIME, &now);
+  auto ticks_per_second = static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+  return static_cast<uint64_t>(now.tv_sec) * ticks_per_second +
+         static_cast<uint64_t>(now.tv_nsec) * ticks_per_second / 1000000000u;
+}
+
+std::string UserName(uid_t uid) {
+  passwd entry{};
+  passwd* found = nullptr;
+  std::vector<char> buffer(4096);
+  while (getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) == ERANGE &&
+         buffer.size() < (size_t{1} << 20)) {
+    buffer.resize(buffer.size() * 2);
+  }
+  return found ? std::string(found->pw_name) : std::string();
+}
+
+std::string GroupName(gid_t gid) {
+  group entry{};
+  group* found = nullptr;
+  std::vector<char> buffer(4096);
+  while (getgrgid_r(gid, &entry, buffer.data(), buffer.size(), &found) == ERANGE &&
+         buffer.size() < (size_t{1} << 20)) {
+    buffer.resize(buffer.size() * 2);
+  }
+  return found ? std::string(found->gr_name) : std::string();
+}
+
+void FillNames(CallerIdentity* id) {
+  id->user = UserName(id->uid);
+  id->group = GroupName(id->gid);
+  id->group_names.clear();
+  for (gid_t gid : id->supplementary_gids) id->group_names.push_back(GroupName(gid));
+}
+
+// The canonical path of an open file, as the daemon sees it.
+std::string PathOfFd(int fd) {
+  std::string link = "/proc/self/fd/" + std::to_string(fd);
+  char buffer[PATH_MAX];
+  ssize_t n = readlink(link.c_str(), buffer, sizeof buffer);
+  return n > 0 && static_cast<size_t>(n) < sizeof buffer ? std::string(buffer, static_cast<size_t>(n))
+                                                       : std::string();
+}
+
+// Opens the script the way the peer would: absolute paths inside its root directory, relative
+// ones from its working directory. O_NONBLOCK so a FIFO cannot stall the daemon.
+int OpenScript(int proc_dir_fd, const std::string& script) {
+  bool absolute = script[0] == '/';
+  Fd base(openat(proc_dir_fd, absolute ? "root" : "cwd", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (base.get() < 0) return -1;
+  open_how how{};
+  how.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  how.resolve = absolute ? RESOLVE_IN_ROOT : 0;
+  return static_cast<int>(syscall(SYS_openat2, base.get(), script.c_str(), &how, sizeof how));
+}
+
+struct Snapshot {
+  CallerIdentity identity;
+  dev_t exe_dev = 0;
+  ino_t exe_ino = 0;
+  std::string cmdline;
+};
+
+// Reads everything but the credentials from /proc/PID (through `proc_dir_fd`). The caller must
+// confirm afterwards that the pidfd's process is still alive, which proves the reads were of it.
+Status ReadProcess(int proc_dir_fd, IdentityResolver& resolver, Snapshot* snap) {
+  CallerIdentity& id = snap->identity;
+  pid_t pid = id.pid;
+  int err = 0;
+
+  char link[PATH_MAX];
+  ssize_t n = readlinkat(proc_dir_fd, "exe", link, sizeof link);
+  if (n < 0 && (errno == ENOENT || errno == ESRCH)) return PeerGone(pid);
+  // Without ptrace rights (a non-root daemon and another user's process) exe stays unknown, and
+  // rules that need it do not match.
+  if (n > 0 && static_cast<size_t>(n) < sizeof link) id.exe.assign(link, static_cast<size_t>(n));
+
+  Fd exe(openat(proc_dir_fd, "exe", O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (exe.get() >= 0) {
+    struct stat st;
+    if (fstat(exe.get(), &st) == 0) {
+      snap->exe_dev = st.st_dev;
+      snap->exe_ino = st.st_ino;
+      Result<std::string> digest = resolver.DigestOf(exe.get());
+      if (digest.ok()) id.exe_sha256 = std::move(digest).value();
+    }
+  } else if (errno == ENOENT || errno == ESRCH) {
+    return PeerGone(pid);
+  }
+
+  if (!ReadProcFile(proc_dir_fd, "cmdline", kMaxCmdlineBytes, &snap->cmdline, &err)) {
+    return err == ESRCH ? PeerGone(pid) : ProcError(pid, "cmdline", err);
+  }
+  std::string cgroup;
+  if (!ReadProcFile(proc_dir_fd, "cgroup", kMaxSmallFileBytes, &cgroup, &err)) {
+    return err == ESRCH ? PeerGone(pid) : ProcError(pid, "cgroup", err);
+  }
+  id.unit = internal::UnitFromCgroup(cgroup);
+
+  std::optional<std::string> script =
+      internal::ScriptArgument(id.exe, internal::SplitCmdline(snap->cmdline));
+  if (script && !script->empty()) {
+    Fd file(OpenScript(proc_dir_fd, *script));
+    struct stat st;
+    if (file.get() >= 0 && fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode)) {
+      id.script = PathOfFd(file.get());
+      Result<std::string> digest = resolver.DigestOf(file.get());
+      if (digest.ok()) id.script_sha256 = std::move(digest).value();
+    } else {
+      // Not a file we can open: keep the path as written, with no digest.
+      id.script = *script;
+    }
+  }
+  return Status::Ok();
+}
+
+Status ReadCredentialsFromStatus(int proc_dir_fd, CallerIdentity* id) {
+  std::string text;
+  int err = 0;
+  if (!ReadProcFile(proc_dir_fd, "status", kMaxSmallFileBytes, &text, &err)) {
+    return err == ESRCH ? PeerGone(id->pid) : ProcError(id->pid, "status", err);
+  }
+  std::optional<internal::StatusIds> ids = internal::ParseStatusIds(text);
+  if (!ids) return PeerGone(id->pid);  // a zombie has no credentials lines worth trusting
+  id->uid = ids->euid;
+  id->gid = ids->egid;
+  id->supplementary_gids = std::move(ids->groups);
+  return Status::Ok();
+}
+
+std::vector<gid_t> PeerGroups(int socket_fd) {
+  std::vector<gid_t> groups(64);
+  while (true) {
+    auto len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(socket_fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+      groups.resize(len / sizeof(gid_t));
+      return groups;
+    }
+    if (errno != ERANGE || len <= groups.size() * sizeof(gid_t)) return {};
+    groups.resize(len / sizeof(gid_t));
+  }
+}
+
+}  // namespace
+
+nlohmann::json CallerIdentity::ToJson() const {
+  auto text = [](const std::string& s) { return s.empty() ? nlohmann::json() : nlohmann::json(s); };
+  nlohmann::json groups = nlohmann::json::array();
+  for (size_t i = 0; i < supplementary_gids.size(); ++i) {
+    std::string name = i < group_names.size() ? group_names[i] : std::string();
+    groups.push_back({{"gid", supplementary_gids[i]}, {"name", text(name)}});
+  }
+  return {{"pid", pid},
+          {"uid", uid},
+          {"user", text(user)},
+          {"gid", gid},
+          {"group", text(group)},
+          {"groups", groups},
+          {"exe", text(exe)},
+          {"exe_sha256", text(exe_sha256)},
+          {"unit", text(unit)},
+          {"script", text(script)},
+          {"script_sha256", text(script_sha256)}};
+}
+
+IdentityResolver::IdentityResolver(IdentityResolverOptions options) : options_(options) {}
+
+IdentityResolver::Stats IdentityResolver::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+size_t IdentityResolver::FileKeyHash::operator()(const FileKey& key) const {
+  size_t h = std::hash<uint64_t>()(key.dev);
+  for (uint64_t part : {static_cast<uint64_t>(key.ino), static_cast<uint64_t>(key.size),
+                        static_cast<uint64_t>(key.mtime_ns), static_cast<uint64_t>(key.ctime_ns)}) {
+    h ^= std::hash<uint64_t>()(part) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  }
+  return h;
+}
+
+Result<std::string> IdentityResolver::DigestOf(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    return Status(Code::kUnavailable, "identity_unavailable",
+                  std::string("cannot examine a file to hash: ") + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Status(Code::kInvalidArgument, "not_a_regular_file", "only regular files are hashed");
+  }
+  if (static_cast<uint64_t>(st.st_size) > options_.max_hash_bytes) {
+    return Status(Code::kResourceExhausted, "file_too_large",
+                  "the file is larger than the hashing limit of " +
+                      std::to_string(options_.max_hash_bytes) + " bytes");
+  }
+  FileKey key{st.st_dev, st.st_ino, st.st_size,
+              int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
+              int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec};
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = digests_.find(key);
+    if (it != digests_.end()) {
+      ++stats_.digest_cache_hits;
+      return it->second;
+    }
+    ++stats_.digest_cache_misses;
+  }
+  // Hash outside the lock: a large file must not stall other connections' lookups.
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    return Status(Code::kInternal, "digest_failed", "OpenSSL could not start a SHA-256 digest");
+  }
+  std::vector<unsigned char> buffer(size_t{1} << 16);
+  off_t offset = 0;
+  while (true) {
+    ssize_t n = pread(fd, buffer.data(), buffer.size(), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return Status(Code::kUnavailable, "identity_unavailable",
+                    std::string("cannot read a file to hash: ") + std::strerror(errno));
+    }
+    if (n == 0) break;
+    if (EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(n)) != 1) {
+      return Status(Code::kInternal, "digest_failed", "OpenSSL SHA-256 update failed");
+    }
+    offset += n;
+    if (static_cast<uint64_t>(offset) > options_.max_hash_bytes) {
+      return Status(Code::kResourceExhausted, "file_too_large",
+                    "the file grew past the hashing limit while it was read");
+    }
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_len = 0;
+  if (EVP_DigestFinal_ex(ctx.get(), digest, &digest_len) != 1) {
+    return Status(Code::kInternal, "digest_failed", "OpenSSL SHA-256 final failed");
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < digest_len; ++i) {
+    hex += kHex[digest[i] >> 4];
+    hex += kHex[digest[i] & 0xf];
+  }
+  // A file modified while it was hashed would cache a digest of mixed contents under its old key;
+  // its mtime/ctime now differ, so the entry is never found again.
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (digests_.size() >= options_.digest_cache_capacity) digests_.clear();
+  digests_.emplace(key, hex);
+  return hex;
+}
+
+Result<CallerIdentity> IdentityResolver::Synthesize(uid_t uid, const std::string& exe_path) {
+  CallerIdentity id;
+  id.uid = uid;
+  passwd entry{};
+  passwd* found = nullptr;
+  std::vector<char> buffer(1 << 16);
+  if (getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) != 0 || found == nullptr) {
+    return Status(Code::kNotFound, "unknown_user",
+                  "uid " + std::to_string(uid) + " has no passwd entry; give a uid that has one");
+  }
+  id.user = found->pw_name;
+  id.gid = found->pw_gid;
+  int count = 64;
+  std::vector<gid_t> groups(static_cast<size_t>(count));
+  if (getgrouplist(found->pw_name, found->pw_gid, groups.data(), &count) < 0) {
+    groups.resize(static_cast<size_t>(count));
+    getgrouplist(found->pw_name, found->pw_gid, groups.data(), &count);
+  }
+  groups.resize(static_cast<size_t>(count));
+  id.supplementary_gids = std::move(groups);
+  FillNames(&id);
+  Fd exe(open(exe_path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (exe.get() < 0) {
+    return Status(Code::kNotFound, "file_unreadable",
+                  "cannot open " + exe_path + ": " + std::strerror(errno));
+  }
+  id.exe = PathOfFd(exe.get());
+  Result<std::string> digest = DigestOf(exe.get());
+  if (!digest.ok()) return std::move(digest).TakeStatus();
+  id.exe_sha256 = std::move(digest).value();
+  return id;
+}
+
+Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver& resolver) {
+  uint64_t accepted_ticks = BootTimeTicks();
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (getsockopt(connected_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred ||
+      cred.pid <= 0) {
+    return Status(Code::kPermissionDenied, "peer_credentials_unavailable",
+                  "the socket carries no peer credentials; only local Unix-socket peers are "
+                  "served");
+  }
+  PeerIdentity peer;
+  peer.identity_.pid = cred.pid;
+  peer.identity_.uid = cred.uid;
+  peer.identity_.gid = cred.gid;
+  peer.identity_.supplementary_gids = PeerGroups(connected_fd);
+
+  if (resolver.options().use_peer_pidfd) {
+    int pidfd = -1;
+    socklen_t pidfd_len = sizeof pidfd;
+    if (getsockopt(connected_fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &pidfd_len) == 0 && pidfd >= 0) {
+      peer.pidfd_ = pidfd;
+      peer.pinned_by_socket_ = true;
+    }
+  }
+  if (peer.pidfd_ < 0) {
+    // The PID may already name a different process; the start-time check below catches a
+    // process that started after the connection was accepted.
+    peer.pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, cred.pid, 0u));
+    if (peer.pidfd_ < 0) {
+      if (errno == ESRCH) return PeerGone(cred.pid);
+      return ProcError(cred.pid, "a pidfd", errno);
+    }
+  }
+  std::string dir = "/proc/" + std::to_string(cred.pid);
+  peer.proc_dir_fd_ = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (peer.proc_dir_fd_ < 0) {
+    return errno == ENOENT ? PeerGone(cred.pid) : ProcError(cred.pid, "/proc", errno);
+  }
+  if (!peer.pinned_by_socket_) {
+    std::string stat_text;
+    int err = 0;
+    if (!ReadProcFile(peer.proc_dir_fd_, "stat", kMaxSmallFileBytes, &stat_text, &err)) {
+      return err == ESRCH ? PeerGone(cred.pid) : ProcError(cred.pid, "stat", err);
+    }
+    std::optional<uint64_t> started = internal::ParseStartTime(stat_text);
+    if (!started || *started > accepted_ticks) return PeerGone(cred.pid);
+  }
+  Snapshot snap;
+  snap.identity = peer.identity_;
+  VECSEAL_RETURN_IF_ERROR(ReadProcess(peer.proc_dir_fd_, resolver, &snap));
+  if (!Alive(peer.pidfd_)) return PeerGone(cred.pid);
+  FillNames(&snap.identity);
+  peer.identity_ = std::move(snap.identity);
+  peer.exe_dev_ = snap.exe_dev;
+  peer.exe_ino_ = snap.exe_ino;
+  peer.cmdline_ = std::move(snap.cmdline);
+  {
+    std::lock_guard<std::mutex> lock(resolver.mutex_);
+    ++resolver.stats_.resolutions;
+  }
+  return peer;
+}
+
+Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver) {
+  if (pid <= 0) {
+    return Status(Code::kInvalidArgument, "invalid_pid", "a PID must be a positive integer");
+  }
+  PeerIdentity peer;
+  peer.identity_.pid = pid;
+  peer.pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, pid, 0u));
+  if (peer.pidfd_ < 0) {
+    if (errno == ESRCH) return PeerGone(pid);
+    return ProcError(pid, "a pidfd", errno);
+  }
+  std::string dir = "/proc/" + std::to_string(pid);
+  peer.proc_dir_fd_ = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (peer.proc_dir_fd_ < 0) {
+    return errno == ENOENT ? PeerGone(pid) : ProcError(pid, "/proc", errno);
+  }
+  Snapshot snap;
+  snap.identity = peer.identity_;
+  VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(peer.proc_dir_fd_, &snap.identity));
+  VECSEAL_RETURN_IF_ERROR(ReadProcess(peer.proc_dir_fd_, resolver, &snap));
+  if (!Alive(peer.pidfd_)) return PeerGone(pid);
+  FillNames(&snap.identity);
+  peer.identity_ = std::move(snap.identity);
+  peer.exe_dev_ = snap.exe_dev;
+  peer.exe_ino_ = snap.exe_ino;
+  peer.cmdline_ = std::move(snap.cmdline);
+  return peer;
+}
+
+Status PeerIdentity::Refresh(IdentityResolver& resolver) {
+  pid_t pid = identity_.pid;
+  if (pidfd_ < 0 || proc_dir_fd_ < 0) return PeerGone(pid);
+  if (!Alive(pidfd_)) return PeerGone(pid);
+  struct stat st;
+  if (fstatat(proc_dir_fd_, "exe", &st, 0) != 0) {
+    // A process we may not ptrace: nothing to compare but the command line.
+    if (errno == ENOENT || errno == ESRCH) return PeerGone(pid);
+    st.st_dev = exe_dev_;
+    st.st_ino = exe_ino_;
+  }
+  std::string cmdline;
+  int err = 0;
+  if (!ReadProcFile(proc_dir_fd_, "cmdline", kMaxCmdlineBytes, &cmdline, &err)) {
+    return err == ESRCH ? PeerGone(pid) : ProcError(pid, "cmdline", err);
+  }
+  if (st.st_dev == exe_dev_ && st.st_ino == exe_ino_ && cmdline == cmdline_) return Status::Ok();
+
+  // The peer exec'd: it is a different program now, possibly with different credentials.
+  Snapshot snap;
+  snap.identity.pid = pid;
+  VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(proc_dir_fd_, &snap.identity));
+  VECSEAL_RETURN_IF_ERROR(ReadProcess(proc_dir_fd_, resolver, &snap));
+  if (!Alive(pidfd_)) return PeerGone(pid);
+  FillNames(&snap.identity);
+  identity_ = std::move(snap.identity);
+  exe_dev_ = snap.exe_dev;
+  exe_ino_ = snap.exe_ino;
+  cmdline_ = std::move(snap.cmdline);
+  std::lock_guard<std::mutex> lock(resolver.mutex_);
+  ++resolver.stats_.resolutions;
+  return Status::Ok();
+}
+
+PeerIdentity::PeerIdentity(PeerIdentity&& other) noexcept
+    : pidfd_(std::exchange(other.pidfd_, -1)),
+      proc_dir_fd_(std::exchange(other.proc_dir_fd_, -1)),
+      pinned_by_socket_(other.pinned_by_socket_),
+      exe_dev_(other.exe_dev_),
+      exe_ino_(other.exe_ino_),
+      cmdline_(std::move(other.cmdline_)),
+      identity_(std::move(other.identity_)) {}
+
+PeerIdentity& PeerIdentity::operator=(PeerIdentity&& other) noexcept {
+  if (this != &other) {
+    Close();
+    pidfd_ = std::exchange(other.pidfd_, -1);
+    proc_dir_fd_ = std::exchange(other.proc_dir_fd_, -1);
+    pinned_by_socket_ = other.pinned_by_socket_;
+    exe_dev_ = other.exe_dev_;
+    exe_ino_ = other.exe_ino_;
+    cmdline_ = std::move(other.cmdline_);
+    identity_ = std::move(other.identity_);
+  }
+  return *this;
+}
+
+PeerIdentity::~PeerIdentity() { Close(); }
+
+void PeerIdentity::Close() {
+  if (pidfd_ >= 0) close(std::exchange(pidfd_, -1));
+  if (proc_dir_fd_ >= 0) close(std::exchange(proc_dir_fd_, -1));
+}
+
+}  // namespace vecseal::policy

@@ -1,0 +1,220 @@
+#include "proc.h"
+
+#include <charconv>
+
+namespace vecseal::policy::internal {
+namespace {
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+bool StartsWith(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+std::string UnitFromCgroupPath(std::string_view path) {
+  size_t i = 0;
+  while (i < path.size()) {
+    while (i < path.size() && path[i] == '/') ++i;
+    size_t end = path.find('/', i);
+    if (end == std::string_view::npos) end = path.size();
+    std::string_view component = path.substr(i, end - i);
+    if (component.empty()) break;
+    if (!EndsWith(component, ".slice")) {
+      bool is_unit = EndsWith(component, ".service") || EndsWith(component, ".scope");
+      return is_unit ? std::string(component) : std::string();
+    }
+    i = end;
+  }
+  return "";
+}
+
+template <typename T>
+std::optional<T> ParseNumber(std::string_view text) {
+  T value{};
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || ptr != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+std::vector<std::string_view> SplitWhitespace(std::string_view text) {
+  std::vector<std::string_view> out;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && (text[i] == ' ' || text[i] == '\t')) ++i;
+    size_t start = i;
+    while (i < text.size() && text[i] != ' ' && text[i] != '\t') ++i;
+    if (i > start) out.push_back(text.substr(start, i - start));
+  }
+  return out;
+}
+
+enum class Family { kNone, kPython, kNode, kPerl, kRuby, kPhp, kJava, kShell };
+
+Family FamilyOf(std::string_view exe_path) {
+  if (EndsWith(exe_path, " (deleted)")) exe_path.remove_suffix(10);
+  std::string_view base = exe_path.substr(exe_path.rfind('/') + 1);
+  if (StartsWith(base, "python") || StartsWith(base, "pypy")) return Family::kPython;
+  if (base == "node" || base == "nodejs") return Family::kNode;
+  if (StartsWith(base, "perl")) return Family::kPerl;
+  if (StartsWith(base, "ruby")) return Family::kRuby;
+  if (StartsWith(base, "php")) return Family::kPhp;
+  if (base == "java") return Family::kJava;
+  if (base == "sh" || base == "bash" || base == "dash" || base == "zsh" || base == "ksh") {
+    return Family::kShell;
+  }
+  return Family::kNone;
+}
+
+struct Grammar {
+  // Options after which no script file runs (code inline, a module, stdin).
+  std::vector<std::string_view> no_script;
+  // Options whose value is the next argument.
+  std::vector<std::string_view> takes_value;
+};
+
+const Grammar& GrammarOf(Family family) {
+  static const Grammar kPython{{"-c", "-m", "-"},
+                               {"-W", "-X", "--check-hash-based-pycs"}};
+  static const Grammar kNode{{"-e", "--eval", "-p", "--print", "-", "-i", "--interactive"},
+                             {"-r", "--require", "--import", "--loader",
+                              "--experimental-loader", "-C", "--conditions", "--title"}};
+  static const Grammar kPerl{{"-e", "-E", "-"}, {}};
+  static const Grammar kRuby{{"-e", "-"}, {"-I", "-r", "-C", "-E", "--encoding"}};
+  static const Grammar kPhp{{"-r", "-a", "-"}, {"-c", "-d", "-z"}};
+  static const Grammar kShell{{"-c", "-s", "-i", "-"}, {"-o", "+o", "-O", "+O"}};
+  static const Grammar kJava{{}, {"-cp", "-classpath", "--class-path", "-p", "--module-path",
+                                  "--add-modules", "--add-opens", "--add-exports", "-d"}};
+  switch (family) {
+    case Family::kPython: return kPython;
+    case Family::kNode: return kNode;
+    case Family::kPerl: return kPerl;
+    case Family::kRuby: return kRuby;
+    case Family::kPhp: return kPhp;
+    case Family::kShell: return kShell;
+    case Family::kJava:
+    case Family::kNone: break;
+  }
+  return kJava;
+}
+
+bool Contains(const std::vector<std::string_view>& list, std::string_view s) {
+  for (std::string_view item : list) {
+    if (item == s) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string UnitFromCgroup(std::string_view text) {
+  std::string v1_unit;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    if (StartsWith(line, "0::")) return UnitFromCgroupPath(line.substr(3));
+    size_t first = line.find(':');
+    if (first == std::string_view::npos) continue;
+    size_t second = line.find(':', first + 1);
+    if (second == std::string_view::npos) continue;
+    if (line.substr(first + 1, second - first - 1) == "name=systemd" && v1_unit.empty()) {
+      v1_unit = UnitFromCgroupPath(line.substr(second + 1));
+    }
+  }
+  return v1_unit;
+}
+
+std::vector<std::string> SplitCmdline(std::string_view cmdline) {
+  std::vector<std::string> args;
+  while (!cmdline.empty()) {
+    size_t nul = cmdline.find('\0');
+    args.emplace_back(cmdline.substr(0, nul));
+    if (nul == std::string_view::npos) break;
+    cmdline.remove_prefix(nul + 1);
+  }
+  return args;
+}
+
+std::optional<std::string> ScriptArgument(std::string_view exe_path,
+                                          const std::vector<std::string>& argv) {
+  Family family = FamilyOf(exe_path);
+  if (family == Family::kNone) return std::nullopt;
+  const Grammar& grammar = GrammarOf(family);
+  for (size_t i = 1; i < argv.size(); ++i) {
+    std::string_view arg = argv[i];
+    if (family == Family::kJava && (arg == "-jar" || arg == "--jar")) {
+      if (i + 1 < argv.size() && !argv[i + 1].empty()) return argv[i + 1];
+      return std::nullopt;
+    }
+    if (arg == "--") {
+      if (i + 1 < argv.size() && !argv[i + 1].empty() && argv[i + 1] != "-") return argv[i + 1];
+      return std::nullopt;
+    }
+    if (Contains(grammar.no_script, arg)) return std::nullopt;
+    // Attached inline code, as in "-cprint(1)" or "-mpkg".
+    if (family == Family::kPython && (StartsWith(arg, "-c") || StartsWith(arg, "-m"))) {
+      return std::nullopt;
+    }
+    if (Contains(grammar.takes_value, arg)) {
+      ++i;
+      continue;
+    }
+    if (arg.empty() || arg[0] == '-' || (family == Family::kShell && arg[0] == '+')) continue;
+    // Java without -jar runs a class named on the command line, not a file.
+    if (family == Family::kJava) return std::nullopt;
+    return std::string(arg);
+  }
+  return std::nullopt;
+}
+
+std::optional<StatusIds> ParseStatusIds(std::string_view text) {
+  StatusIds ids;
+  bool have_uid = false;
+  bool have_gid = false;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    size_t colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    std::string_view name = line.substr(0, colon);
+    std::vector<std::string_view> fields = SplitWhitespace(line.substr(colon + 1));
+    if (name == "Uid" || name == "Gid") {
+      // Real, effective, saved, filesystem.
+      if (fields.size() != 4) return std::nullopt;
+      auto value = ParseNumber<uint32_t>(fields[1]);
+      if (!value) return std::nullopt;
+      if (name == "Uid") {
+        ids.euid = *value;
+        have_uid = true;
+      } else {
+        ids.egid = *value;
+        have_gid = true;
+      }
+    } else if (name == "Groups") {
+      for (std::string_view field : fields) {
+        auto value = ParseNumber<uint32_t>(field);
+        if (!value) return std::nullopt;
+        ids.groups.push_back(*value);
+      }
+    }
+  }
+  if (!have_uid || !have_gid) return std::nullopt;
+  return ids;
+}
+
+std::optional<uint64_t> ParseStartTime(std::string_view text) {
+  // The command name in parentheses may itself contain spaces and parentheses.
+  size_t paren = text.rfind(')');
+  if (paren == std::string_view::npos) return std::nullopt;
+  std::vector<std::string_view> fields = SplitWhitespace(text.substr(paren + 1));
+  constexpr size_t kStartTimeIndex = 22 - 3;  // fields after ')' begin at field 3 (state)
+  if (fields.size() <= kStartTimeIndex) return std::nullopt;
+  std::string_view field = fields[kStartTimeIndex];
+  while (!field.empty() && field.back() == '\n') field.remove_suffix(1);
+  return ParseNumber<uint64_t>(field);
+}
+
+}  // namespace vecseal::policy::internal

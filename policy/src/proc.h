@@ -1,0 +1,40 @@
+// Parsers for /proc text, kept pure so tests can drive them with tables.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace vecseal::policy::internal {
+
+// The systemd system unit from /proc/PID/cgroup text: the first cgroup path component that is
+// not a slice ("/system.slice/foo.service" -> "foo.service"; a user's own units below
+// "user@1000.service" yield "user@1000.service", so users cannot claim a system unit's name).
+// Uses the cgroup v2 line ("0::"), else the v1 "name=systemd" line. Empty when none.
+std::string UnitFromCgroup(std::string_view cgroup_text);
+
+// Splits NUL-separated /proc/PID/cmdline bytes into arguments.
+std::vector<std::string> SplitCmdline(std::string_view cmdline);
+
+// For an interpreter (by executable base name: python*, pypy*, node, nodejs, perl*, ruby*, php*,
+// java, sh, bash, dash, zsh, ksh), the script argument of `argv` as written (possibly relative);
+// nullopt when the executable is not an interpreter or runs no script file (-c, -m, -e, stdin).
+std::optional<std::string> ScriptArgument(std::string_view exe_path,
+                                          const std::vector<std::string>& argv);
+
+struct StatusIds {
+  uid_t euid = 0;
+  gid_t egid = 0;
+  std::vector<gid_t> groups;
+};
+// The effective uid and gid and the supplementary groups from /proc/PID/status text.
+std::optional<StatusIds> ParseStatusIds(std::string_view status_text);
+
+// Field 22 (start time, clock ticks after boot) of /proc/PID/stat text.
+std::optional<uint64_t> ParseStartTime(std::string_view stat_text);
+
+}  // namespace vecseal::policy::internal
