@@ -1,0 +1,582 @@
+#include "cli.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <iomanip>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "vecseal/client/client.h"
+#include "vecseal/client/formats.h"
+
+#ifdef VECSEAL_CLI_HAS_AUDIT
+#include "vecseal/audit/verify.h"
+#endif
+#ifdef VECSEAL_CLI_HAS_CALIBRATE
+#include "vecseal/calibrate/calibrate.h"
+#endif
+
+namespace vecseal::cli {
+namespace {
+
+using client::Client;
+using client::ClientOptions;
+
+constexpr std::string_view kUsage = R"(usage: vecseal [--socket PATH] COMMAND [ARGS]
+
+Commands:
+  encrypt --key NAME [--reversible --tokens OUT.tok] [--field F] [--dim D] [--batch N] IN OUT
+  decrypt --key NAME --tokens IN.tok [--field F] [--dim D] [--batch N] IN OUT
+  keys list
+  keys create NAME --approximation-factor BETA [--transform rotate|permute] [--dimension D]
+  keys rotate NAME
+  whoami          what vecseald knows about you and what the policy grants you
+  status          vecseald's health (HSM, audit log)
+  audit verify|show ...   check or read the audit log (vecseal audit --help)
+  calibrate ...           choose the approximation factor on your own vectors
+
+Files are read and written by extension: .npy (float32/float64, 2-D), .fvecs, .jsonl (one
+object per line, vector in --field, default "embedding"; other fields are copied), .f32 (raw
+little-endian float32, needs --dim). Outputs appear only when complete.
+
+The socket is --socket, else $VECSEAL_SOCKET, else /run/vecseal/vecseald.sock.
+
+Exit codes:
+  0 success          4 permission denied     7 vecseald unavailable (HSM, audit log, busy)
+  1 other failure    5 input rejected        8 local file cannot be read or written
+  2 usage error      6 no such key / exists  130 interrupted (outputs removed)
+  3 cannot reach vecseald
+)";
+
+constexpr size_t kDefaultBatch = 1024;
+
+Status Usage(std::string message) {
+  return Status(Code::kInvalidArgument, "usage", std::move(message));
+}
+
+// A small option parser: "--name VALUE", "--name=VALUE", flags, and positionals.
+class Args {
+ public:
+  Args(std::span<const std::string> args, std::initializer_list<std::string_view> with_value,
+       std::initializer_list<std::string_view> flags)
+      : args_(args), with_value_(with_value), flags_(flags) {}
+
+  Status Parse() {
+    for (size_t i = 0; i < args_.size(); ++i) {
+      const std::string& arg = args_[i];
+      if (arg == "--") {
+        positionals_.insert(positionals_.end(), args_.begin() + static_cast<ptrdiff_t>(i) + 1, args_.end());
+        break;
+      }
+      if (arg.size() < 2 || arg.compare(0, 2, "--") != 0) {
+        positionals_.push_back(arg);
+        continue;
+      }
+      const size_t eq = arg.find('=');
+      const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+      if (std::find(flags_.begin(), flags_.end(), name) != flags_.end()) {
+        if (eq != std::string::npos) return Usage("option --" + name + " takes no value");
+        values_[name] = "true";
+      } else if (std::find(with_value_.begin(), with_value_.end(), name) != with_value_.end()) {
+        if (eq != std::string::npos) {
+          values_[name] = arg.substr(eq + 1);
+        } else if (i + 1 < args_.size()) {
+          values_[name] = args_[++i];
+        } else {
+          return Usage("option --" + name + " needs a value");
+        }
+      } else {
+        return Usage("unknown option " + arg.substr(0, eq));
+      }
+    }
+    return Status::Ok();
+  }
+
+  bool Has(const std::string& name) const { return values_.count(name) != 0; }
+  std::string Get(const std::string& name, std::string fallback = "") const {
+    const auto it = values_.find(name);
+    return it == values_.end() ? fallback : it->second;
+  }
+  Result<size_t> GetSize(const std::string& name, size_t fallback, size_t min) const {
+    if (!Has(name)) return fallback;
+    const std::string text = Get(name);
+    size_t value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size() || value < min) {
+      return Usage("--" + name + " must be an integer of at least " + std::to_string(min) +
+                   ", not '" + text + "'");
+    }
+    return value;
+  }
+  const std::vector<std::string>& positionals() const { return positionals_; }
+
+ private:
+  std::span<const std::string> args_;
+  std::vector<std::string_view> with_value_;
+  std::vector<std::string_view> flags_;
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positionals_;
+};
+
+// Rate and ETA on stderr when it is a terminal; nothing otherwise, so logs stay clean.
+class Progress {
+ public:
+  Progress(std::ostream& err, bool enabled, uint64_t total_bytes)
+      : err_(err), enabled_(enabled), total_bytes_(total_bytes), start_(Clock::now()) {}
+
+  void Update(uint64_t rows, uint64_t bytes) {
+    if (!enabled_) return;
+    const auto now = Clock::now();
+    if (now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    const double seconds = std::chrono::duration<double>(now - start_).count();
+    const double fraction = total_bytes_ == 0 ? 1.0 : static_cast<double>(bytes) / static_cast<double>(total_bytes_);
+    const double rate = seconds > 0 ? static_cast<double>(rows) / seconds : 0;
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(fraction * kWidth);
+    std::ostringstream line;
+    line << "\r[" << std::string(static_cast<size_t>(filled), '=')
+         << std::string(static_cast<size_t>(kWidth - filled), ' ') << "] " << std::setw(3)
+         << static_cast<int>(fraction * 100) << "% " << rows << " vectors, "
+         << static_cast<uint64_t>(rate) << "/s";
+    if (fraction > 0 && fraction < 1) {
+      const auto eta = static_cast<uint64_t>(seconds * (1 - fraction) / fraction);
+      line << ", ETA " << eta / 60 << ":" << std::setw(2) << std::setfill('0') << eta % 60;
+    }
+    line << "   ";
+    err_ << line.str() << std::flush;
+    drawn_ = true;
+  }
+
+  void Finish() {
+    if (drawn_) err_ << "\r" << std::string(78, ' ') << "\r" << std::flush;
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  std::ostream& err_;
+  bool enabled_;
+  uint64_t total_bytes_;
+  Clock::time_point start_;
+  Clock::time_point last_draw_{};
+  bool drawn_ = false;
+};
+
+Status Interrupted() {
+  return Status(Code::kUnavailable, "interrupted", "interrupted; no output was written");
+}
+
+// A daemon error about vector i of a batch that starts at row `first_row` of `path`.
+Status AtRow(Status status, const std::string& path, uint64_t first_row) {
+  if (!status.vector_index()) return status;
+  const uint64_t row = first_row + *status.vector_index();
+  return Status(status.code(), status.reason(),
+                path + ": row " + std::to_string(row) + ": " + status.message());
+}
+
+Result<std::unique_ptr<Client>> ConnectClient(const std::string& socket) {
+  ClientOptions options;
+  options.socket_path = socket;
+  return Client::Connect(std::move(options));
+}
+
+struct TransferArgs {
+  std::string key, in, out, tokens, field;
+  size_t dimension = 0;
+  size_t batch = kDefaultBatch;
+  bool reversible = false;
+};
+
+Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encrypt) {
+  Args parsed(args, {"key", "tokens", "field", "dim", "batch"}, {"reversible"});
+  VECSEAL_RETURN_IF_ERROR(parsed.Parse());
+  TransferArgs t;
+  t.key = parsed.Get("key");
+  t.tokens = parsed.Get("tokens");
+  t.field = parsed.Get("field", "embedding");
+  t.reversible = parsed.Has("reversible");
+  const std::string command = encrypt ? "encrypt" : "decrypt";
+  if (!encrypt && t.reversible) return Usage("decrypt takes no --reversible");
+  if (t.key.empty()) return Usage(command + " needs --key NAME");
+  if (parsed.positionals().size() != 2) return Usage(command + " needs IN and OUT files");
+  t.in = parsed.positionals()[0];
+  t.out = parsed.positionals()[1];
+  if (encrypt && t.reversible != !t.tokens.empty()) {
+    return Usage("--reversible and --tokens OUT.tok go together");
+  }
+  if (!encrypt && t.tokens.empty()) return Usage("decrypt needs --tokens IN.tok");
+  Result<size_t> dim = parsed.GetSize("dim", 0, 1);
+  if (!dim.ok()) return std::move(dim).TakeStatus();
+  t.dimension = *dim;
+  Result<size_t> batch = parsed.GetSize("batch", kDefaultBatch, 1);
+  if (!batch.ok()) return std::move(batch).TakeStatus();
+  t.batch = *batch;
+  if (t.in == t.out || t.tokens == t.in || t.tokens == t.out) {
+    return Usage("IN, OUT and the token file must be different files");
+  }
+  return t;
+}
+
+Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socket,
+                   std::ostream& err, const std::atomic<bool>& interrupted) {
+  client::FormatOptions in_options;
+  in_options.dimension = t.dimension;
+  in_options.field = t.field;
+  Result<client::VectorFormat> out_format = client::FormatFromPath(t.out);
+  if (!out_format.ok()) return std::move(out_format).TakeStatus();
+
+  Result<std::unique_ptr<client::VectorReader>> reader = client::OpenVectorReader(t.in, in_options);
+  if (!reader.ok()) return std::move(reader).TakeStatus();
+  const size_t dimension = (*reader)->dimension();
+
+  std::unique_ptr<client::TokenFileReader> token_in;
+  if (!encrypt) {
+    Result<std::unique_ptr<client::TokenFileReader>> opened =
+        client::TokenFileReader::Open(t.tokens, client::kTokenSize);
+    if (!opened.ok()) return std::move(opened).TakeStatus();
+    token_in = std::move(opened).value();
+    if ((*reader)->rows() && *(*reader)->rows() != token_in->count()) {
+      return Status(Code::kInvalidArgument, "token_count_mismatch",
+                    t.tokens + " holds " + std::to_string(token_in->count()) + " tokens but " +
+                        t.in + " holds " + std::to_string(*(*reader)->rows()) + " vectors");
+    }
+  }
+
+  Result<std::unique_ptr<Client>> connected = ConnectClient(socket);
+  if (!connected.ok()) return std::move(connected).TakeStatus();
+  Client& daemon = **connected;
+
+  // The destination files exist only as temporaries until both are committed.
+  std::unique_ptr<client::TokenFileWriter> token_out;
+  if (encrypt && t.reversible) {
+    Result<std::unique_ptr<client::TokenFileWriter>> created =
+        client::TokenFileWriter::Create(t.tokens, client::kTokenSize);
+    if (!created.ok()) return std::move(created).TakeStatus();
+    token_out = std::move(created).value();
+  }
+  client::FormatOptions out_options;
+  out_options.field = t.field;
+  Result<std::unique_ptr<client::VectorWriter>> writer =
+      client::CreateVectorWriter(t.out, dimension, out_options);
+  if (!writer.ok()) return std::move(writer).TakeStatus();
+
+  Progress progress(err, ::isatty(STDERR_FILENO) == 1, (*reader)->file_size());
+  std::vector<float> chunk;
+  std::vector<uint8_t> tokens;
+  uint64_t rows_done = 0;
+  std::optional<uint32_t> key_version;
+  while (true) {
+    if (interrupted.load()) return Interrupted();
+    Result<size_t> n = (*reader)->Next(t.batch, chunk);
+    if (!n.ok()) return std::move(n).TakeStatus();
+    if (*n == 0) break;
+    std::vector<client::JsonlRecord> records((*reader)->records().begin(), (*reader)->records().end());
+    uint32_t version = 0;
+    if (encrypt) {
+      Result<client::EncryptResult> sealed = daemon.Encrypt(t.key, chunk, dimension, t.reversible);
+      if (!sealed.ok()) return AtRow(std::move(sealed).TakeStatus(), t.in, rows_done);
+      version = sealed->key_version;
+      VECSEAL_RETURN_IF_ERROR((*writer)->Write(sealed->vectors, records));
+      if (token_out) VECSEAL_RETURN_IF_ERROR(token_out->Write(sealed->tokens));
+    } else {
+      Result<size_t> got = token_in->Next(*n, tokens);
+      if (!got.ok()) return std::move(got).TakeStatus();
+      if (*got != *n) {
+        return Status(Code::kInvalidArgument, "token_count_mismatch",
+                      t.tokens + " holds fewer tokens than " + t.in + " holds vectors");
+      }
+      Result<client::DecryptResult> opened = daemon.Decrypt(t.key, chunk, dimension, tokens);
+      if (!opened.ok()) return AtRow(std::move(opened).TakeStatus(), t.in, rows_done);
+      VECSEAL_RETURN_IF_ERROR((*writer)->Write(opened->vectors, records));
+    }
+    // One output file, one key version: a rotation mid-run would mix two keys in one training
+    // set, which no model could use.
+    if (encrypt) {
+      if (key_version && *key_version != version) {
+        return Status(Code::kFailedPrecondition, "key_rotated",
+                      "key '" + t.key + "' was rotated during the run (version " +
+                          std::to_string(*key_version) + " then " + std::to_string(version) +
+                          "); run the command again");
+      }
+      key_version = version;
+    }
+    rows_done += *n;
+    progress.Update(rows_done, (*reader)->bytes_read());
+  }
+  if (!encrypt && rows_done != token_in->count()) {
+    return Status(Code::kInvalidArgument, "token_count_mismatch",
+                  t.tokens + " holds " + std::to_string(token_in->count()) + " tokens but " +
+                      t.in + " holds " + std::to_string(rows_done) + " vectors");
+  }
+  if (interrupted.load()) return Interrupted();
+  if (token_out) VECSEAL_RETURN_IF_ERROR(token_out->Commit());
+  VECSEAL_RETURN_IF_ERROR((*writer)->Commit());
+  progress.Finish();
+  if (::isatty(STDERR_FILENO) == 1) {
+    err << (encrypt ? "encrypted " : "decrypted ") << rows_done << " vectors of dimension "
+        << dimension << " with key '" << t.key << "'"
+        << (key_version ? " version " + std::to_string(*key_version) : std::string()) << " into "
+        << t.out << "\n";
+  }
+  return Status::Ok();
+}
+
+void PrintKey(const client::KeyInfo& key, std::ostream& out) {
+  out << key.name << "  version " << key.version << "  " << key.transform << "  beta "
+      << key.approximation_factor << "  dimension "
+      << (key.dimension ? std::to_string(*key.dimension) : std::string("any")) << "  created "
+      << key.created << "\n";
+}
+
+Status RunKeys(std::span<const std::string> args, const std::string& socket, std::ostream& out) {
+  Args parsed(args, {"approximation-factor", "transform", "dimension"}, {});
+  VECSEAL_RETURN_IF_ERROR(parsed.Parse());
+  const std::vector<std::string>& pos = parsed.positionals();
+  if (pos.empty()) return Usage("keys needs list, create or rotate");
+  const std::string& sub = pos[0];
+  if (sub == "list") {
+    if (pos.size() != 1) return Usage("keys list takes no arguments");
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<std::vector<client::KeyInfo>> keys = (*daemon)->ListKeys();
+    if (!keys.ok()) return std::move(keys).TakeStatus();
+    if (keys->empty()) out << "no keys (or none the policy lets you use)\n";
+    for (const client::KeyInfo& key : *keys) PrintKey(key, out);
+    return Status::Ok();
+  }
+  if (sub == "create") {
+    if (pos.size() != 2) return Usage("keys create needs exactly one NAME");
+    client::KeySpec spec;
+    spec.name = pos[1];
+    if (!parsed.Has("approximation-factor")) {
+      return Usage("keys create needs --approximation-factor BETA (see: vecseal calibrate)");
+    }
+    const std::string beta = parsed.Get("approximation-factor");
+    const auto [end, ec] = std::from_chars(beta.data(), beta.data() + beta.size(), spec.approximation_factor);
+    if (ec != std::errc() || end != beta.data() + beta.size() || !(spec.approximation_factor > 0)) {
+      return Usage("--approximation-factor must be a positive number, not '" + beta + "'");
+    }
+    spec.transform = parsed.Get("transform", "rotate");
+    if (spec.transform != "rotate" && spec.transform != "permute") {
+      return Usage("--transform must be rotate or permute, not '" + spec.transform + "'");
+    }
+    if (parsed.Has("dimension")) {
+      Result<size_t> dim = parsed.GetSize("dimension", 0, 1);
+      if (!dim.ok()) return std::move(dim).TakeStatus();
+      spec.dimension = *dim;
+    }
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<client::KeyInfo> key = (*daemon)->CreateKey(spec);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    out << "created ";
+    PrintKey(*key, out);
+    return Status::Ok();
+  }
+  if (sub == "rotate") {
+    if (pos.size() != 2) return Usage("keys rotate needs exactly one NAME");
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<client::KeyInfo> key = (*daemon)->RotateKey(pos[1]);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    out << "rotated ";
+    PrintKey(*key, out);
+    return Status::Ok();
+  }
+  return Usage("unknown keys command '" + sub + "' (list, create or rotate)");
+}
+
+std::string Scalar(const nlohmann::json& value) {
+  if (value.is_string()) return value.get<std::string>();
+  if (value.is_null()) return "-";
+  if (value.is_array()) {
+    std::string joined;
+    for (const nlohmann::json& v : value) joined += (joined.empty() ? "" : ", ") + Scalar(v);
+    return joined.empty() ? "-" : joined;
+  }
+  return value.dump();
+}
+
+Status RunWhoami(std::span<const std::string> args, const std::string& socket, std::ostream& out) {
+  if (!args.empty()) return Usage("whoami takes no arguments");
+  Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+  if (!daemon.ok()) return std::move(daemon).TakeStatus();
+  Result<std::string> body = (*daemon)->Whoami();
+  if (!body.ok()) return std::move(body).TakeStatus();
+  const nlohmann::json who = nlohmann::json::parse(*body, nullptr, false);
+  if (!who.is_object()) {
+    return Status(Code::kInternal, "bad_response", "unexpected answer from vecseald: whoami is not JSON");
+  }
+  if (who.contains("identity") && who["identity"].is_object()) {
+    for (const auto& [name, value] : who["identity"].items()) {
+      out << std::left << std::setw(14) << (name + ":") << Scalar(value) << "\n";
+    }
+  }
+  out << "grants:";
+  if (!who.contains("grants") || !who["grants"].is_array() || who["grants"].empty()) {
+    out << " none (the policy grants this caller nothing)\n";
+    return Status::Ok();
+  }
+  out << "\n";
+  for (const nlohmann::json& grant : who["grants"]) {
+    if (!grant.is_object()) continue;
+    out << "  rule " << Scalar(grant.value("rule", nlohmann::json())) << ": "
+        << Scalar(grant.value("operations", nlohmann::json())) << " on keys "
+        << Scalar(grant.value("keys", nlohmann::json())) << "\n";
+  }
+  return Status::Ok();
+}
+
+Result<int> RunStatus(std::span<const std::string> args, const std::string& socket, std::ostream& out) {
+  if (!args.empty()) return Usage("status takes no arguments");
+  Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+  if (!daemon.ok()) return std::move(daemon).TakeStatus();
+  Result<client::HttpResponse> health = (*daemon)->Health();
+  if (!health.ok()) return std::move(health).TakeStatus();
+  const nlohmann::json body = nlohmann::json::parse(health->body, nullptr, false);
+  const auto field = [&](const char* name) {
+    return body.is_object() && body.contains(name) ? Scalar(body[name]) : std::string("?");
+  };
+  out << "vecseald at " << (*daemon)->socket_path() << ": " << field("status") << " (hsm "
+      << field("hsm") << ", audit " << field("audit") << ", version " << field("version")
+      << ")\n";
+  return health->status == 200 ? kExitOk : kExitUnavailable;
+}
+
+bool IsFileReason(const std::string& reason) {
+  return reason == "file_not_found" || reason == "file_permission_denied" ||
+         reason == "io_error" || reason == "no_space" || reason == "write_failed" ||
+         reason == "not_a_regular_file" || reason == "invalid_path";
+}
+
+}  // namespace
+
+ExitCode ExitCodeFor(const Status& status) {
+  if (status.ok()) return kExitOk;
+  const std::string& reason = status.reason();
+  if (reason == "usage") return kExitUsage;
+  if (reason == "interrupted") return kExitInterrupted;
+  if (reason == "connect_failed" || reason == "connection_lost" || reason == "daemon_timeout") {
+    return kExitUnreachable;
+  }
+  if (IsFileReason(reason)) return kExitFileError;
+  switch (status.code()) {
+    case Code::kPermissionDenied: return kExitDenied;
+    case Code::kNotFound:
+    case Code::kAlreadyExists: return kExitNoKey;
+    case Code::kUnavailable: return kExitUnavailable;
+    case Code::kInvalidArgument:
+    case Code::kAuthenticationFailed:
+    case Code::kFailedPrecondition:
+    case Code::kResourceExhausted: return kExitBadInput;
+    default: return kExitFailure;
+  }
+}
+
+std::string ErrorLine(const Status& status) {
+  const std::string& reason = status.reason();
+  const std::string& message = status.message();
+  if (reason == "connect_failed") {
+    if (status.code() == Code::kPermissionDenied) {
+      return message + " (is this user allowed on the socket? check its group and mode)";
+    }
+    return message + " (is vecseald running? try: systemctl status vecseald)";
+  }
+  if (reason == "permission_denied") return "permission denied: " + message + " (see: vecseal whoami)";
+  if (reason == "key_not_found") return message + " (see: vecseal keys list)";
+  if (reason == "usage") return message + " (see: vecseal --help)";
+  return message;
+}
+
+int Run(std::span<const std::string> args, std::ostream& out, std::ostream& err,
+        const std::atomic<bool>& interrupted) {
+  std::string socket;
+  size_t i = 0;
+  // Global options come before the command; --socket is also accepted after it.
+  for (; i < args.size(); ++i) {
+    if (args[i] == "--help" || args[i] == "-h" || args[i] == "help") {
+      out << kUsage;
+      return kExitOk;
+    }
+    if (args[i] == "--version") {
+      out << "vecseal 0.1.0\n";
+      return kExitOk;
+    }
+    if (args[i] == "--socket" && i + 1 < args.size()) {
+      socket = args[++i];
+    } else if (args[i].rfind("--socket=", 0) == 0) {
+      socket = args[i].substr(9);
+    } else {
+      break;
+    }
+  }
+  if (i == args.size()) {
+    err << kUsage;
+    return kExitUsage;
+  }
+  const std::string command = args[i];
+  std::vector<std::string> rest;
+  for (size_t j = i + 1; j < args.size(); ++j) {
+    if (command != "audit" && command != "calibrate") {
+      if (args[j] == "--socket" && j + 1 < args.size()) {
+        socket = args[++j];
+        continue;
+      }
+      if (args[j].rfind("--socket=", 0) == 0) {
+        socket = args[j].substr(9);
+        continue;
+      }
+    }
+    rest.push_back(args[j]);
+  }
+  if ((command == "encrypt" || command == "decrypt" || command == "keys" || command == "whoami" ||
+       command == "status") &&
+      std::find(rest.begin(), rest.end(), "--help") != rest.end()) {
+    out << kUsage;
+    return kExitOk;
+  }
+
+  Status status;
+  int code = kExitOk;
+  if (command == "encrypt" || command == "decrypt") {
+    Result<TransferArgs> parsed = ParseTransfer(rest, command == "encrypt");
+    status = parsed.ok() ? RunTransfer(*parsed, command == "encrypt", socket, err, interrupted)
+                         : std::move(parsed).TakeStatus();
+  } else if (command == "keys") {
+    status = RunKeys(rest, socket, out);
+  } else if (command == "whoami") {
+    status = RunWhoami(rest, socket, out);
+  } else if (command == "status") {
+    Result<int> result = RunStatus(rest, socket, out);
+    if (result.ok()) return *result;
+    status = std::move(result).TakeStatus();
+  } else if (command == "audit") {
+#ifdef VECSEAL_CLI_HAS_AUDIT
+    return audit::RunAuditCommand(rest, out, err);
+#else
+    status = Status(Code::kInternal, "not_built", "this vecseal was built without the audit module");
+#endif
+  } else if (command == "calibrate") {
+#ifdef VECSEAL_CLI_HAS_CALIBRATE
+    return calibrate::RunCalibrateCommand(rest, out, err);
+#else
+    status = Status(Code::kInternal, "not_built", "this vecseal was built without calibrate");
+#endif
+  } else {
+    status = Usage("unknown command '" + command + "'");
+  }
+  if (status.ok()) return code;
+  err << "vecseal: " << ErrorLine(status) << "\n";
+  return ExitCodeFor(status);
+}
+
+}  // namespace vecseal::cli

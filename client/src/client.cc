@@ -1,0 +1,707 @@
+#include "vecseal/client/client.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+
+namespace vecseal::client {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr size_t kMaxHeaderBytes = 64 * 1024;
+constexpr size_t kMaxBodyBytes = size_t{1} << 31;
+
+// JSON whose numbers parse as float32 directly (strtof), so that vectors come back bit-exact.
+using FloatJson = nlohmann::basic_json<std::map, std::vector, std::string, bool, int64_t, uint64_t,
+                                       float>;
+
+std::string Lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string_view Trim(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t' || text.back() == '\r'))
+    text.remove_suffix(1);
+  return text;
+}
+
+template <typename T>
+std::optional<T> ParseDecimal(std::string_view text) {
+  T value{};
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) return std::nullopt;
+  return value;
+}
+
+Status BadResponse(std::string message) {
+  return Status(Code::kInternal, "bad_response", "unexpected answer from vecseald: " + message);
+}
+
+// Short, lower-case errno text for the one-line messages the CLI prints.
+std::string ConnectErrorText(int error) {
+  switch (error) {
+    case ENOENT: return "no such file";
+    case ECONNREFUSED: return "connection refused";
+    case EACCES:
+    case EPERM: return "permission denied";
+    case ENOTSOCK: return "not a socket";
+    case ENOTDIR: return "a path component is not a directory";
+    default: return Lower(std::strerror(error));
+  }
+}
+
+Code CodeForHttpStatus(int status) {
+  switch (status) {
+    case 400: return Code::kInvalidArgument;
+    case 403: return Code::kPermissionDenied;
+    case 404: return Code::kNotFound;
+    case 409: return Code::kAlreadyExists;
+    case 408:
+    case 503: return Code::kUnavailable;
+    case 411:
+    case 415:
+    case 405: return Code::kInvalidArgument;
+    case 413:
+    case 429: return Code::kResourceExhausted;
+    default: return Code::kInternal;
+  }
+}
+
+bool ValidKeyName(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-'))) return false;
+  }
+  return true;
+}
+
+Status CheckKeyName(std::string_view name) {
+  if (ValidKeyName(name)) return Status::Ok();
+  return Status(Code::kInvalidArgument, "invalid_key_name",
+                "key name '" + std::string(name) +
+                    "' is invalid (1-64 characters: a-z 0-9 . _ -, starting with a letter or digit)");
+}
+
+void AppendFloatsLe(std::string& out, std::span<const float> values) {
+  const size_t start = out.size();
+  out.resize(start + values.size() * 4);
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(out.data() + start, values.data(), values.size() * 4);
+  } else {
+    for (size_t i = 0; i < values.size(); ++i) {
+      const auto bits = std::bit_cast<uint32_t>(values[i]);
+      for (int b = 0; b < 4; ++b) out[start + i * 4 + b] = static_cast<char>(bits >> (8 * b));
+    }
+  }
+}
+
+void DecodeFloatsLe(std::string_view bytes, std::vector<float>& out) {
+  out.resize(bytes.size() / 4);
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(out.data(), bytes.data(), out.size() * 4);
+  } else {
+    for (size_t i = 0; i < out.size(); ++i) {
+      uint32_t bits = 0;
+      for (int b = 0; b < 4; ++b) bits |= static_cast<uint32_t>(static_cast<uint8_t>(bytes[i * 4 + b])) << (8 * b);
+      out[i] = std::bit_cast<float>(bits);
+    }
+  }
+}
+
+constexpr char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+std::string Base64(std::span<const uint8_t> in) {
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < in.size(); i += 3) {
+    uint32_t v = static_cast<uint32_t>(in[i]) << 16;
+    if (i + 1 < in.size()) v |= static_cast<uint32_t>(in[i + 1]) << 8;
+    if (i + 2 < in.size()) v |= in[i + 2];
+    out += kBase64[(v >> 18) & 63];
+    out += kBase64[(v >> 12) & 63];
+    out += i + 1 < in.size() ? kBase64[(v >> 6) & 63] : '=';
+    out += i + 2 < in.size() ? kBase64[v & 63] : '=';
+  }
+  return out;
+}
+
+std::optional<std::vector<uint8_t>> Unbase64(std::string_view in) {
+  if (in.size() % 4 != 0) return std::nullopt;
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i < in.size(); i += 4) {
+    uint32_t v = 0;
+    int pad = 0;
+    for (size_t j = 0; j < 4; ++j) {
+      const char c = in[i + j];
+      const char* at = std::strchr(kBase64, c);
+      if (c == '=' && i + 4 == in.size() && j >= 2) {
+        ++pad;
+        v <<= 6;
+        continue;
+      }
+      if (c == '\0' || at == nullptr || pad > 0) return std::nullopt;
+      v = (v << 6) | static_cast<uint32_t>(at - kBase64);
+    }
+    out.push_back(static_cast<uint8_t>(v >> 16));
+    if (pad < 2) out.push_back(static_cast<uint8_t>(v >> 8));
+    if (pad < 1) out.push_back(static_cast<uint8_t>(v));
+  }
+  return out;
+}
+
+Result<KeyInfo> ParseKeyInfo(const nlohmann::json& j) {
+  try {
+    KeyInfo key;
+    key.name = j.at("name").get<std::string>();
+    key.version = j.at("version").get<uint32_t>();
+    if (j.contains("versions")) key.versions = j.at("versions").get<std::vector<uint32_t>>();
+    key.approximation_factor = j.at("approximation_factor").get<double>();
+    key.transform = j.at("transform").get<std::string>();
+    if (j.contains("dimension") && !j.at("dimension").is_null()) {
+      key.dimension = j.at("dimension").get<size_t>();
+    }
+    if (j.contains("created")) key.created = j.at("created").get<std::string>();
+    return key;
+  } catch (const nlohmann::json::exception& e) {
+    return BadResponse(std::string("malformed key object (") + e.what() + ")");
+  }
+}
+
+Result<nlohmann::json> ParseJsonBody(const HttpResponse& response) {
+  nlohmann::json body = nlohmann::json::parse(response.body, nullptr, false);
+  if (body.is_discarded()) return BadResponse("a body that is not JSON");
+  return body;
+}
+
+}  // namespace
+
+std::string ResolveSocketPath(std::string_view explicit_path) {
+  if (!explicit_path.empty()) return std::string(explicit_path);
+  const char* env = std::getenv("VECSEAL_SOCKET");
+  if (env != nullptr && *env != '\0') return env;
+  return std::string(kDefaultSocketPath);
+}
+
+std::optional<std::string_view> HttpResponse::Header(std::string_view lower_case_name) const {
+  for (const auto& [name, value] : headers) {
+    if (name == lower_case_name) return std::string_view(value);
+  }
+  return std::nullopt;
+}
+
+Status StatusFromResponse(const HttpResponse& response) {
+  const Code code = CodeForHttpStatus(response.status);
+  nlohmann::json body = nlohmann::json::parse(response.body, nullptr, false);
+  if (body.is_object() && body.contains("error") && body["error"].is_object()) {
+    const nlohmann::json& error = body["error"];
+    std::string reason = error.value("code", "");
+    std::string message = error.value("message", "");
+    if (!reason.empty()) {
+      Status status(code == Code::kOk ? Code::kInternal : code, reason,
+                    message.empty() ? reason : message);
+      if (error.contains("vector_index") && error["vector_index"].is_number_unsigned()) {
+        return std::move(status).WithVectorIndex(error["vector_index"].get<size_t>());
+      }
+      return status;
+    }
+  }
+  return Status(code, "http_" + std::to_string(response.status),
+                "vecseald answered HTTP " + std::to_string(response.status));
+}
+
+// One keep-alive connection: request writer and a bounded HTTP/1.1 response reader.
+class Client::Connection {
+ public:
+  Connection(std::string path, std::chrono::milliseconds timeout)
+      : path_(std::move(path)), timeout_(timeout) {}
+  ~Connection() { Close(); }
+
+  bool is_open() const { return fd_ >= 0; }
+  void Close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    buffer_.clear();
+  }
+
+  Status Open() {
+    Close();
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    if (path_.empty() || path_.size() >= sizeof(address.sun_path)) {
+      return Status(Code::kInvalidArgument, "connect_failed",
+                    "cannot connect to " + path_ + ": socket path is empty or too long");
+    }
+    std::memcpy(address.sun_path, path_.data(), path_.size());
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return ConnectError(errno);
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+      const int error = errno;
+      ::close(fd);
+      return ConnectError(error);
+    }
+    // Non-blocking from here on, so that every wait goes through poll() and its deadline.
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+      const int error = errno;
+      ::close(fd);
+      return ConnectError(error);
+    }
+    fd_ = fd;
+    return Status::Ok();
+  }
+
+  Status Send(std::string_view bytes) {
+    const auto deadline = Clock::now() + timeout_;
+    size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t n = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      if (n > 0) {
+        done += static_cast<size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        VECSEAL_RETURN_IF_ERROR(Wait(POLLOUT, deadline));
+        continue;
+      }
+      return Lost(std::string("sending failed: ") + std::strerror(errno));
+    }
+    return Status::Ok();
+  }
+
+  // Reads one response. `idle_close` is set when the daemon closed before sending any byte: on a
+  // reused connection that is a keep-alive timeout, and the caller may retry once.
+  Result<HttpResponse> Receive(bool& idle_close) {
+    idle_close = false;
+    const auto deadline = Clock::now() + timeout_;
+    size_t header_end;
+    while ((header_end = buffer_.find("\r\n\r\n")) == std::string::npos) {
+      if (buffer_.size() > kMaxHeaderBytes) return BadResponse("headers over 64 KiB");
+      Result<size_t> n = Fill(deadline);
+      if (!n.ok()) return std::move(n).TakeStatus();
+      if (*n == 0) {
+        idle_close = buffer_.empty();
+        return Lost("the daemon closed the connection");
+      }
+    }
+    HttpResponse response;
+    bool chunked = false, close_after = false;
+    std::optional<size_t> content_length;
+    VECSEAL_RETURN_IF_ERROR(ParseHead(std::string_view(buffer_).substr(0, header_end), response,
+                                      content_length, chunked, close_after));
+    buffer_.erase(0, header_end + 4);
+    if (chunked) {
+      VECSEAL_RETURN_IF_ERROR(ReadChunked(response.body, deadline));
+    } else if (content_length) {
+      if (*content_length > kMaxBodyBytes) return BadResponse("a body over 2 GiB");
+      while (buffer_.size() < *content_length) {
+        Result<size_t> n = Fill(deadline);
+        if (!n.ok()) return std::move(n).TakeStatus();
+        if (*n == 0) return Lost("the daemon closed the connection mid-response");
+      }
+      response.body = buffer_.substr(0, *content_length);
+      buffer_.erase(0, *content_length);
+    } else {
+      // No length: the body runs to the end of the connection (HTTP/1.0 style).
+      while (true) {
+        Result<size_t> n = Fill(deadline);
+        if (!n.ok()) return std::move(n).TakeStatus();
+        if (*n == 0) break;
+        if (buffer_.size() > kMaxBodyBytes) return BadResponse("a body over 2 GiB");
+      }
+      response.body = std::move(buffer_);
+      close_after = true;
+    }
+    if (close_after) Close();
+    return response;
+  }
+
+ private:
+  Status ConnectError(int error) const {
+    return Status(error == EACCES || error == EPERM ? Code::kPermissionDenied : Code::kUnavailable,
+                  "connect_failed", "cannot connect to " + path_ + ": " + ConnectErrorText(error));
+  }
+  Status Lost(const std::string& what) {
+    Close();
+    return Status(Code::kUnavailable, "connection_lost", "lost the connection to " + path_ + ": " + what);
+  }
+
+  Status Wait(short events, Clock::time_point deadline) {
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) {
+        Close();
+        return Status(Code::kUnavailable, "daemon_timeout",
+                      "vecseald at " + path_ + " did not answer within " +
+                          std::to_string(timeout_.count() / 1000.0).substr(0, 4) + " s");
+      }
+      pollfd p{fd_, events, 0};
+      const int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
+      if (r > 0) return Status::Ok();
+      if (r < 0 && errno != EINTR) return Lost(std::string("poll failed: ") + std::strerror(errno));
+    }
+  }
+
+  Result<size_t> Fill(Clock::time_point deadline) {
+    char block[65536];
+    while (true) {
+      const ssize_t n = ::recv(fd_, block, sizeof(block), MSG_DONTWAIT);
+      if (n >= 0) {
+        buffer_.append(block, static_cast<size_t>(n));
+        return static_cast<size_t>(n);
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        VECSEAL_RETURN_IF_ERROR(Wait(POLLIN, deadline));
+        continue;
+      }
+      if (errno == ECONNRESET) return size_t{0};
+      return Lost(std::string("receiving failed: ") + std::strerror(errno));
+    }
+  }
+
+  static Status ParseHead(std::string_view head, HttpResponse& response,
+                          std::optional<size_t>& content_length, bool& chunked, bool& close_after) {
+    size_t line_end = head.find("\r\n");
+    const std::string_view status_line = head.substr(0, line_end);
+    // "HTTP/1.1 200 OK"
+    if (status_line.size() < 12 || status_line.substr(0, 7) != "HTTP/1." || status_line[8] != ' ') {
+      return BadResponse("a malformed status line");
+    }
+    const std::optional<int> status = ParseDecimal<int>(status_line.substr(9, 3));
+    if (!status || *status < 100 || *status > 599) return BadResponse("a malformed status code");
+    response.status = *status;
+    close_after = status_line[7] == '0';
+    while (line_end != std::string_view::npos) {
+      const size_t start = line_end + 2;
+      line_end = head.find("\r\n", start);
+      const std::string_view line = head.substr(start, line_end == std::string_view::npos
+                                                           ? std::string_view::npos
+                                                           : line_end - start);
+      const size_t colon = line.find(':');
+      if (colon == std::string_view::npos || colon == 0) return BadResponse("a malformed header");
+      std::string name = Lower(line.substr(0, colon));
+      std::string value(Trim(line.substr(colon + 1)));
+      if (name == "content-length") {
+        const std::optional<size_t> length = ParseDecimal<size_t>(value);
+        if (!length || (content_length && *content_length != *length)) {
+          return BadResponse("a malformed Content-Length");
+        }
+        content_length = length;
+      } else if (name == "transfer-encoding") {
+        if (Lower(value) != "chunked") return BadResponse("Transfer-Encoding '" + value + "'");
+        chunked = true;
+      } else if (name == "connection") {
+        if (Lower(value) == "close") close_after = true;
+      }
+      response.headers.emplace_back(std::move(name), std::move(value));
+    }
+    return Status::Ok();
+  }
+
+  Status ReadChunked(std::string& body, Clock::time_point deadline) {
+    while (true) {
+      size_t line_end;
+      while ((line_end = buffer_.find("\r\n")) == std::string::npos) {
+        if (buffer_.size() > 1024) return BadResponse("a malformed chunk header");
+        Result<size_t> n = Fill(deadline);
+        if (!n.ok()) return std::move(n).TakeStatus();
+        if (*n == 0) return Lost("the daemon closed the connection mid-response");
+      }
+      std::string_view size_text = std::string_view(buffer_).substr(0, line_end);
+      size_text = size_text.substr(0, size_text.find(';'));
+      size_t size = 0;
+      const auto [end, ec] =
+          std::from_chars(size_text.data(), size_text.data() + size_text.size(), size, 16);
+      if (ec != std::errc() || end != size_text.data() + size_text.size() || size_text.empty()) {
+        return BadResponse("a malformed chunk size");
+      }
+      if (size > kMaxBodyBytes - body.size()) return BadResponse("a body over 2 GiB");
+      buffer_.erase(0, line_end + 2);
+      // The chunk, its CRLF; for the last (empty) chunk, the trailer section's final CRLF.
+      while (buffer_.size() < size + 2) {
+        Result<size_t> n = Fill(deadline);
+        if (!n.ok()) return std::move(n).TakeStatus();
+        if (*n == 0) return Lost("the daemon closed the connection mid-response");
+      }
+      if (size == 0) {
+        // Skip trailers, if any, up to the empty line.
+        size_t trailer_end;
+        while ((trailer_end = buffer_.find("\r\n")) != 0) {
+          if (trailer_end == std::string::npos) {
+            Result<size_t> n = Fill(deadline);
+            if (!n.ok()) return std::move(n).TakeStatus();
+            if (*n == 0) return Lost("the daemon closed the connection mid-response");
+            continue;
+          }
+          buffer_.erase(0, trailer_end + 2);
+        }
+        buffer_.erase(0, 2);
+        return Status::Ok();
+      }
+      if (buffer_.compare(size, 2, "\r\n") != 0) return BadResponse("a malformed chunk");
+      body.append(buffer_, 0, size);
+      buffer_.erase(0, size + 2);
+    }
+  }
+
+  std::string path_;
+  std::chrono::milliseconds timeout_;
+  int fd_ = -1;
+  std::string buffer_;
+};
+
+Client::Client(ClientOptions options) : options_(std::move(options)) {
+  options_.socket_path = ResolveSocketPath(options_.socket_path);
+  connection_ = std::make_unique<Connection>(options_.socket_path, options_.timeout);
+}
+
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
+  std::unique_ptr<Client> client(new Client(std::move(options)));
+  VECSEAL_RETURN_IF_ERROR(client->connection_->Open());
+  return client;
+}
+
+Result<HttpResponse> Client::Call(std::string_view method, std::string_view target,
+                                  std::string_view content_type, std::string_view body,
+                                  std::span<const std::pair<std::string, std::string>> headers) {
+  std::string request;
+  request.reserve(256 + body.size());
+  request.append(method).append(" ").append(target).append(" HTTP/1.1\r\nHost: localhost\r\n");
+  if (!content_type.empty()) request.append("Content-Type: ").append(content_type).append("\r\n");
+  if (method != "GET" || !body.empty()) {
+    request.append("Content-Length: ").append(std::to_string(body.size())).append("\r\n");
+  }
+  for (const auto& [name, value] : headers) request.append(name).append(": ").append(value).append("\r\n");
+  request.append("\r\n");
+  // The body goes in a second send: copying megabytes of vectors into the header buffer
+  // would cost more than the extra system call.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const bool reused = connection_->is_open();
+    if (!reused) VECSEAL_RETURN_IF_ERROR(connection_->Open());
+    Status sent = connection_->Send(request);
+    if (sent.ok() && !body.empty()) sent = connection_->Send(body);
+    bool idle_close = false;
+    Result<HttpResponse> response = sent.ok() ? connection_->Receive(idle_close) : Result<HttpResponse>(sent);
+    // A reused connection that the daemon closed while idle never saw this request: retry
+    // once on a fresh one. Anything else is reported, never silently repeated.
+    const bool retry = reused && (sent.ok() ? idle_close : sent.reason() == "connection_lost");
+    if (response.ok() || !retry || attempt == 1) return response;
+  }
+  return Status(Code::kInternal, "internal", "unreachable");
+}
+
+Result<HttpResponse> Client::Request(std::string_view method, std::string_view target,
+                                     std::string_view content_type, std::string_view body,
+                                     std::span<const std::pair<std::string, std::string>> headers) {
+  return Call(method, target, content_type, body, headers);
+}
+
+Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const float> vectors,
+                                      size_t dimension, bool reversible) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  if (dimension == 0 || vectors.size() % dimension != 0) {
+    return Status(Code::kInvalidArgument, "invalid_length",
+                  std::to_string(vectors.size()) + " values are not whole vectors of dimension " +
+                      std::to_string(dimension));
+  }
+  const size_t n = vectors.size() / dimension;
+  const std::string target = "/v1/keys/" + std::string(key) + "/encrypt";
+  EncryptResult result;
+  if (options_.wire == Wire::kBinary) {
+    std::string body;
+    AppendFloatsLe(body, vectors);
+    const std::pair<std::string, std::string> headers[] = {
+        {"Vecseal-Dimension", std::to_string(dimension)},
+        {"Vecseal-Reversible", reversible ? "true" : "false"}};
+    Result<HttpResponse> response = Call("POST", target, "application/octet-stream", body, headers);
+    if (!response.ok()) return std::move(response).TakeStatus();
+    if (response->status != 200) return StatusFromResponse(*response);
+    const auto version = ParseDecimal<uint32_t>(response->Header("vecseal-key-version").value_or(""));
+    if (!version) return BadResponse("no Vecseal-Key-Version header");
+    const size_t token_size = reversible ? kTokenSize : 0;
+    if (response->body.size() != n * (dimension * 4 + token_size)) {
+      return BadResponse("a body of " + std::to_string(response->body.size()) + " bytes for " +
+                         std::to_string(n) + " vectors");
+    }
+    result.key_version = *version;
+    result.dimension = dimension;
+    DecodeFloatsLe(std::string_view(response->body).substr(0, n * dimension * 4), result.vectors);
+    const auto* token_bytes = reinterpret_cast<const uint8_t*>(response->body.data()) + n * dimension * 4;
+    result.tokens.assign(token_bytes, token_bytes + n * token_size);
+    return result;
+  }
+  std::string body = R"({"reversible":)";
+  body += reversible ? "true" : "false";
+  body += R"(,"vectors":[)";
+  char number[32];
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    body += i == 0 ? "[" : (i % dimension == 0 ? "],[" : ",");
+    const auto [end, ec] = std::to_chars(number, number + sizeof(number), vectors[i]);
+    body.append(number, end);
+  }
+  body += "]]}";
+  Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  FloatJson parsed = FloatJson::parse(response->body, nullptr, false);
+  try {
+    result.key_version = parsed.at("key_version").get<uint32_t>();
+    result.dimension = parsed.at("dimension").get<size_t>();
+    result.vectors.reserve(vectors.size());
+    for (const FloatJson& row : parsed.at("vectors")) {
+      if (row.size() != dimension) return BadResponse("a vector of the wrong dimension");
+      for (const FloatJson& v : row) result.vectors.push_back(v.get<float>());
+    }
+    if (reversible) {
+      for (const FloatJson& token : parsed.at("tokens")) {
+        std::optional<std::vector<uint8_t>> bytes = Unbase64(token.get<std::string>());
+        if (!bytes || bytes->size() != kTokenSize) return BadResponse("a malformed token");
+        result.tokens.insert(result.tokens.end(), bytes->begin(), bytes->end());
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return BadResponse(std::string("malformed encrypt response (") + e.what() + ")");
+  }
+  if (result.vectors.size() != vectors.size() || result.tokens.size() != (reversible ? n * kTokenSize : 0)) {
+    return BadResponse("a response with the wrong number of vectors or tokens");
+  }
+  return result;
+}
+
+Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const float> vectors,
+                                      size_t dimension, std::span<const uint8_t> tokens) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  if (dimension == 0 || vectors.size() % dimension != 0 ||
+      tokens.size() != vectors.size() / dimension * kTokenSize) {
+    return Status(Code::kInvalidArgument, "invalid_length",
+                  "decrypt needs whole vectors of dimension " + std::to_string(dimension) +
+                      " and one " + std::to_string(kTokenSize) + "-byte token per vector");
+  }
+  const std::string target = "/v1/keys/" + std::string(key) + "/decrypt";
+  DecryptResult result;
+  if (options_.wire == Wire::kBinary) {
+    std::string body;
+    AppendFloatsLe(body, vectors);
+    body.append(reinterpret_cast<const char*>(tokens.data()), tokens.size());
+    const std::pair<std::string, std::string> headers[] = {
+        {"Vecseal-Dimension", std::to_string(dimension)}};
+    Result<HttpResponse> response = Call("POST", target, "application/octet-stream", body, headers);
+    if (!response.ok()) return std::move(response).TakeStatus();
+    if (response->status != 200) return StatusFromResponse(*response);
+    if (response->body.size() != vectors.size() * 4) {
+      return BadResponse("a body of " + std::to_string(response->body.size()) + " bytes");
+    }
+    const auto version = ParseDecimal<uint32_t>(response->Header("vecseal-key-version").value_or("0"));
+    result.key_version = version.value_or(0);
+    result.dimension = dimension;
+    DecodeFloatsLe(response->body, result.vectors);
+    return result;
+  }
+  std::string body = R"({"vectors":[)";
+  char number[32];
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    body += i == 0 ? "[" : (i % dimension == 0 ? "],[" : ",");
+    const auto [end, ec] = std::to_chars(number, number + sizeof(number), vectors[i]);
+    body.append(number, end);
+  }
+  body += R"(]],"tokens":[)";
+  for (size_t i = 0; i < tokens.size(); i += kTokenSize) {
+    body += i == 0 ? "\"" : ",\"";
+    body += Base64(tokens.subspan(i, kTokenSize));
+    body += '"';
+  }
+  body += "]}";
+  Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  FloatJson parsed = FloatJson::parse(response->body, nullptr, false);
+  try {
+    result.key_version = parsed.at("key_version").get<uint32_t>();
+    result.dimension = parsed.at("dimension").get<size_t>();
+    for (const FloatJson& row : parsed.at("vectors")) {
+      for (const FloatJson& v : row) result.vectors.push_back(v.get<float>());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return BadResponse(std::string("malformed decrypt response (") + e.what() + ")");
+  }
+  if (result.vectors.size() != vectors.size()) return BadResponse("the wrong number of vectors");
+  return result;
+}
+
+Result<std::vector<KeyInfo>> Client::ListKeys() {
+  Result<HttpResponse> response = Call("GET", "/v1/keys", "", "", {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  Result<nlohmann::json> body = ParseJsonBody(*response);
+  if (!body.ok()) return std::move(body).TakeStatus();
+  if (!body->contains("keys") || !(*body)["keys"].is_array()) return BadResponse("no \"keys\" array");
+  std::vector<KeyInfo> keys;
+  for (const nlohmann::json& entry : (*body)["keys"]) {
+    Result<KeyInfo> key = ParseKeyInfo(entry);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    keys.push_back(std::move(key).value());
+  }
+  return keys;
+}
+
+Result<KeyInfo> Client::CreateKey(const KeySpec& spec) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(spec.name));
+  nlohmann::json request = {{"name", spec.name},
+                            {"approximation_factor", spec.approximation_factor},
+                            {"transform", spec.transform}};
+  if (spec.dimension) request["dimension"] = *spec.dimension;
+  Result<HttpResponse> response = Call("POST", "/v1/keys", "application/json", request.dump(), {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 201 && response->status != 200) return StatusFromResponse(*response);
+  Result<nlohmann::json> body = ParseJsonBody(*response);
+  if (!body.ok()) return std::move(body).TakeStatus();
+  return ParseKeyInfo(*body);
+}
+
+Result<KeyInfo> Client::RotateKey(std::string_view key) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  Result<HttpResponse> response =
+      Call("POST", "/v1/keys/" + std::string(key) + "/rotate", "application/json", "{}", {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  Result<nlohmann::json> body = ParseJsonBody(*response);
+  if (!body.ok()) return std::move(body).TakeStatus();
+  return ParseKeyInfo(*body);
+}
+
+Result<std::string> Client::Whoami() {
+  Result<HttpResponse> response = Call("GET", "/v1/whoami", "", "", {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  return std::move(response->body);
+}
+
+Result<HttpResponse> Client::Health() {
+  Result<HttpResponse> response = Call("GET", "/v1/health", "", "", {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200 && response->status != 503) return StatusFromResponse(*response);
+  return response;
+}
+
+}  // namespace vecseal::client
