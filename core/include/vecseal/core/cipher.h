@@ -109,6 +109,8 @@ class Cipher {
   struct TokenKey;
   Cipher(std::shared_ptr<Deriver> deriver, SchemeParams params);
   Result<std::shared_ptr<const Transform>> TransformFor(size_t dimension) const;
+  // TK of docs/format.md §1, derived on first use so that one-way use never asks for it.
+  Result<std::shared_ptr<const TokenKey>> TokenKeyFor() const;
 
   std::shared_ptr<Deriver> deriver_;
   SchemeParams params_;

@@ -1,0 +1,546 @@
+#include "vecseal/core/cipher.h"
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels.h"
+#include "keystream.h"
+#include "transform.h"
+
+namespace vecseal::core {
+
+struct Cipher::Transform {
+  TransformKind kind;
+  size_t dimension;
+  SecureBuffer perm;     // permute: π as uint32
+  SecureBuffer forward;  // rotate: Qᵀ packed for GEMM, so that C = M·Qᵀ
+  SecureBuffer inverse;  // rotate: Q packed, so that M = (C − noise)·Q
+};
+
+struct Cipher::TokenKey {
+  SecureBuffer key;
+};
+
+namespace {
+
+constexpr size_t kGemmChunkRows = 48;  // rows staged per GEMM call for rotate
+constexpr std::string_view kDomainToken = "vecseal/v1/token";
+
+void PutU32(uint8_t* out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+size_t Align64(size_t n) { return (n + 63) / 64 * 64; }
+
+// Per-thread working memory in secure pages: grows, never shrinks, so that the steady state
+// allocates nothing per vector or per call.
+struct Scratch {
+  SecureBuffer buffer;
+  detail::KeyStream stream;
+  size_t used = 0;  // bytes the last call touched, wiped at its end
+
+  Status Reserve(size_t bytes) {
+    if (buffer.size() >= bytes) return Status::Ok();
+    auto grown = SecureBuffer::Allocate(std::max(bytes, 2 * buffer.size()));
+    if (!grown.ok()) return std::move(grown).TakeStatus();
+    buffer = std::move(grown).value();
+    return Status::Ok();
+  }
+};
+
+Scratch& ThreadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+// Where each piece of a call's scratch lives, for vectors of dimension d.
+struct ScratchLayout {
+  size_t pairs, words_offset, z_offset, row_offset, chunk_offset, total;
+  explicit ScratchLayout(size_t d, bool rotate) {
+    pairs = (d + 1) / 2;
+    words_offset = 0;
+    z_offset = Align64(words_offset + (2 * pairs + 1) * sizeof(uint32_t));
+    row_offset = Align64(z_offset + 2 * pairs * sizeof(float));
+    chunk_offset = Align64(row_offset + d * sizeof(float));
+    total = chunk_offset + (rotate ? kGemmChunkRows * d * sizeof(float) : 0);
+  }
+};
+
+// Wipes the noise and staged vectors of this call on every exit path.
+class ScratchUse {
+ public:
+  ScratchUse(Scratch& scratch, const ScratchLayout& layout) : scratch_(scratch) {
+    status_ = scratch_.Reserve(layout.total);
+    if (status_.ok()) scratch_.used = layout.total;
+    words = scratch_.buffer.as<uint32_t>();
+    z = reinterpret_cast<float*>(scratch_.buffer.data() + layout.z_offset);
+    row = reinterpret_cast<float*>(scratch_.buffer.data() + layout.row_offset);
+    chunk = reinterpret_cast<float*>(scratch_.buffer.data() + layout.chunk_offset);
+  }
+  ~ScratchUse() { SecureWipe(scratch_.buffer.data(), scratch_.used); }
+  const Status& status() const { return status_; }
+  detail::KeyStream& stream() { return scratch_.stream; }
+
+  uint32_t* words;
+  float* z;
+  float* row;
+  float* chunk;
+
+ private:
+  Scratch& scratch_;
+  Status status_;
+};
+
+// The per-vector noise of §6: fills z with z_0..z_{d−1} and returns r/‖z‖.
+Result<float> NoiseFor(ScratchUse& scratch, const Seed& seed, uint32_t index, size_t d,
+                       double beta) {
+  const size_t pairs = (d + 1) / 2;
+  VECSEAL_RETURN_IF_ERROR(scratch.stream().Start(seed, index));
+  VECSEAL_RETURN_IF_ERROR(scratch.stream().Read(scratch.words, 2 * pairs + 1));
+  detail::NormalsFromWords(scratch.words, pairs, scratch.z);
+  const double norm = std::sqrt(static_cast<double>(detail::SumOfSquares(scratch.z, d)));
+  const double x = detail::UniformFromWord(scratch.words[2 * pairs]);
+  const double radius = beta / 4 * std::pow(x, 1.0 / static_cast<double>(d));
+  if (!(norm > 0) || !std::isfinite(norm)) {
+    return Status(Code::kInternal, "noise_degenerate", "the noise direction has no length");
+  }
+  return static_cast<float>(radius / norm);
+}
+
+// HMAC-SHA256 under TK, truncated to 16 bytes (§7). One context per call, re-initialised per
+// vector with the same key, so that tags cost no allocation.
+class Tagger {
+ public:
+  Tagger() = default;
+  ~Tagger() {
+    EVP_MAC_CTX_free(ctx_);
+    EVP_MAC_free(mac_);
+  }
+  Tagger(const Tagger&) = delete;
+  Tagger& operator=(const Tagger&) = delete;
+
+  Status Init(const SecureBuffer& key) {
+    mac_ = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    if (mac_ != nullptr) ctx_ = EVP_MAC_CTX_new(mac_);
+    char digest[] = "SHA256";
+    const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                                 OSSL_PARAM_END};
+    if (ctx_ == nullptr || EVP_MAC_init(ctx_, key.data(), key.size(), params) != 1) {
+      return Failed();
+    }
+    return Status::Ok();
+  }
+
+  Status Compute(uint32_t key_version, const Nonce& nonce, uint32_t index, double beta,
+                 TransformKind kind, std::span<const float> c, std::array<uint8_t, kTagSize>& tag) {
+    uint8_t header[64];
+    size_t n = 0;
+    std::memcpy(header, kDomainToken.data(), kDomainToken.size());
+    n += kDomainToken.size();
+    header[n++] = 0x00;
+    header[n++] = kTokenVersion;
+    PutU32(header + n, key_version);
+    n += 4;
+    std::memcpy(header + n, nonce.data(), nonce.size());
+    n += nonce.size();
+    PutU32(header + n, index);
+    n += 4;
+    const auto beta_bits = std::bit_cast<uint64_t>(beta);
+    for (int i = 0; i < 8; ++i) header[n++] = static_cast<uint8_t>(beta_bits >> (8 * i));
+    header[n++] = static_cast<uint8_t>(kind);
+    PutU32(header + n, static_cast<uint32_t>(c.size()));
+    n += 4;
+    uint8_t full[32];
+    size_t out_length = 0;
+    if (EVP_MAC_init(ctx_, nullptr, 0, nullptr) != 1 || EVP_MAC_update(ctx_, header, n) != 1 ||
+        !UpdateFloats(c) || EVP_MAC_final(ctx_, full, &out_length, sizeof(full)) != 1 ||
+        out_length != sizeof(full)) {
+      return Failed();
+    }
+    std::memcpy(tag.data(), full, kTagSize);
+    return Status::Ok();
+  }
+
+ private:
+  bool UpdateFloats(std::span<const float> c) {
+    if constexpr (std::endian::native == std::endian::little) {
+      return EVP_MAC_update(ctx_, reinterpret_cast<const uint8_t*>(c.data()),
+                            c.size() * sizeof(float)) == 1;
+    } else {
+      for (float value : c) {
+        const auto bits = std::bit_cast<uint32_t>(value);
+        uint8_t le[4];
+        PutU32(le, bits);
+        if (EVP_MAC_update(ctx_, le, sizeof(le)) != 1) return false;
+      }
+      return true;
+    }
+  }
+  static Status Failed() {
+    return Status(Code::kInternal, "hmac_failed", "OpenSSL HMAC-SHA256 for a token tag failed");
+  }
+
+  EVP_MAC* mac_ = nullptr;
+  EVP_MAC_CTX* ctx_ = nullptr;
+};
+
+// "vecseal/v1/noise" ‖ 0x00 ‖ nonce, for each nonce, as one buffer and a span per message.
+struct NoiseMessages {
+  std::vector<uint8_t> bytes;
+  std::vector<std::span<const uint8_t>> spans;
+  explicit NoiseMessages(std::span<const Nonce> nonces) {
+    const size_t size = kDomainNoise.size() + 1 + kNonceSize;
+    bytes.resize(size * nonces.size());
+    spans.reserve(nonces.size());
+    for (size_t g = 0; g < nonces.size(); ++g) {
+      uint8_t* m = bytes.data() + g * size;
+      std::memcpy(m, kDomainNoise.data(), kDomainNoise.size());
+      m[kDomainNoise.size()] = 0x00;
+      std::memcpy(m + kDomainNoise.size() + 1, nonces[g].data(), kNonceSize);
+      spans.emplace_back(m, size);
+    }
+  }
+};
+
+Result<SecureBuffer> DeriveSeeds(Deriver& deriver, std::span<const Nonce> nonces) {
+  auto seeds = SecureBuffer::Allocate(nonces.size() * sizeof(Seed));
+  if (!seeds.ok()) return seeds;
+  NoiseMessages messages(nonces);
+  VECSEAL_RETURN_IF_ERROR(
+      deriver.Derive(messages.spans, std::span<Seed>(seeds->as<Seed>(), nonces.size())));
+  return seeds;
+}
+
+Status CheckLengths(std::span<const float> in, std::span<float> out, size_t dimension) {
+  if (in.size() % dimension != 0) {
+    return Status(Code::kInvalidArgument, "invalid_length",
+                  "the input holds " + std::to_string(in.size()) +
+                      " values, which is not a whole number of vectors of dimension " +
+                      std::to_string(dimension));
+  }
+  if (out.size() != in.size()) {
+    return Status(Code::kInvalidArgument, "invalid_length",
+                  "the output holds " + std::to_string(out.size()) +
+                      " values but the input holds " + std::to_string(in.size()));
+  }
+  return Status::Ok();
+}
+
+Status TokenCountError(size_t tokens, size_t vectors) {
+  return Status(
+      Code::kInvalidArgument, "invalid_length",
+      std::to_string(tokens) + " tokens were given for " + std::to_string(vectors) + " vectors");
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Cipher>> Cipher::Create(std::shared_ptr<Deriver> deriver,
+                                               SchemeParams params) {
+  if (deriver == nullptr) {
+    return Status(Code::kInvalidArgument, "invalid_deriver", "a Cipher needs a Deriver");
+  }
+  VECSEAL_RETURN_IF_ERROR(ValidateParams(params));
+  return std::shared_ptr<Cipher>(new Cipher(std::move(deriver), params));
+}
+
+Cipher::Cipher(std::shared_ptr<Deriver> deriver, SchemeParams params)
+    : deriver_(std::move(deriver)), params_(params) {}
+
+Cipher::~Cipher() = default;
+
+Result<std::shared_ptr<const Cipher::Transform>> Cipher::TransformFor(size_t dimension) const {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = transforms_.find(dimension);
+    if (it != transforms_.end()) return it->second;
+  }
+  // Derived outside the lock: a large rotation takes seconds and must not stall other sizes.
+  uint8_t message[64];
+  size_t n = kDomainTransform.size();
+  std::memcpy(message, kDomainTransform.data(), n);
+  message[n++] = 0x00;
+  message[n++] = static_cast<uint8_t>(params_.transform);
+  PutU32(message + n, static_cast<uint32_t>(dimension));
+  n += 4;
+  auto seed_buffer = SecureBuffer::Allocate(sizeof(Seed));
+  if (!seed_buffer.ok()) return std::move(seed_buffer).TakeStatus();
+  Seed& seed = *seed_buffer->as<Seed>();
+  VECSEAL_RETURN_IF_ERROR(deriver_->DeriveOne(std::span<const uint8_t>(message, n), seed));
+
+  auto transform = std::make_shared<Transform>();
+  transform->kind = params_.transform;
+  transform->dimension = dimension;
+  const size_t d = dimension;
+  if (params_.transform == TransformKind::kPermute) {
+    auto perm = SecureBuffer::Allocate(d * sizeof(uint32_t));
+    if (!perm.ok()) return std::move(perm).TakeStatus();
+    transform->perm = std::move(perm).value();
+    VECSEAL_RETURN_IF_ERROR(detail::DerivePermutation(seed, d, transform->perm.as<uint32_t>()));
+  } else {
+    auto q = detail::DeriveRotation(seed, d);
+    if (!q.ok()) return std::move(q).TakeStatus();
+    const double* qcol = q->as<const double>();  // Q[row][col] = qcol[col·d + row]
+    auto staging = SecureBuffer::Allocate(d * d * sizeof(float));
+    auto forward = SecureBuffer::Allocate(detail::PackedBSize(d, d) * sizeof(float));
+    auto inverse = SecureBuffer::Allocate(detail::PackedBSize(d, d) * sizeof(float));
+    if (!staging.ok()) return std::move(staging).TakeStatus();
+    if (!forward.ok()) return std::move(forward).TakeStatus();
+    if (!inverse.ok()) return std::move(inverse).TakeStatus();
+    float* b = staging->as<float>();
+    // Qᵀ row-major is Q column-major.
+    for (size_t i = 0; i < d * d; ++i) b[i] = static_cast<float>(qcol[i]);
+    detail::PackB(b, d, d, forward->as<float>());
+    for (size_t row = 0; row < d; ++row) {
+      for (size_t col = 0; col < d; ++col)
+        b[row * d + col] = static_cast<float>(qcol[col * d + row]);
+    }
+    detail::PackB(b, d, d, inverse->as<float>());
+    transform->forward = std::move(forward).value();
+    transform->inverse = std::move(inverse).value();
+  }
+
+  std::lock_guard lock(mutex_);
+  auto [it, inserted] = transforms_.emplace(dimension, std::move(transform));
+  return it->second;
+}
+
+Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t dimension,
+                       const EncryptOptions& options, std::span<Token> tokens) const {
+  Status status = [&]() -> Status {
+    VECSEAL_RETURN_IF_ERROR(ValidateDimension(dimension, params_.transform));
+    VECSEAL_RETURN_IF_ERROR(CheckLengths(in, out, dimension));
+    const size_t d = dimension;
+    const size_t n = in.size() / d;
+    if (options.group_size == 0) {
+      return Status(Code::kInvalidArgument, "invalid_group_size",
+                    "the group size must be at least 1, got 0");
+    }
+    if (tokens.size() != (options.reversible ? n : 0)) {
+      if (!options.reversible) {
+        return Status(Code::kInvalidArgument, "invalid_length",
+                      "one-way encryption returns no tokens, but room for " +
+                          std::to_string(tokens.size()) + " was given");
+      }
+      return TokenCountError(tokens.size(), n);
+    }
+    VECSEAL_RETURN_IF_ERROR(ValidateVectors(in, d));
+    if (n == 0) return Status::Ok();
+
+    auto transform = TransformFor(d);
+    if (!transform.ok()) return std::move(transform).TakeStatus();
+    const Transform& t = **transform;
+    Tagger tagger;
+    if (options.reversible) {
+      auto key = TokenKeyFor();
+      if (!key.ok()) return std::move(key).TakeStatus();
+      VECSEAL_RETURN_IF_ERROR(tagger.Init((*key)->key));
+    }
+
+    const size_t group = options.group_size;
+    const size_t groups = (n + group - 1) / group;
+    std::vector<Nonce> nonces(groups);
+    NonceSource& source = options.nonces != nullptr ? *options.nonces : SystemNonceSource();
+    for (auto& nonce : nonces) VECSEAL_RETURN_IF_ERROR(source.Next(nonce));
+    auto seeds = DeriveSeeds(*deriver_, nonces);
+    if (!seeds.ok()) return std::move(seeds).TakeStatus();
+    const Seed* seed = seeds->as<const Seed>();
+
+    const bool rotate = t.kind == TransformKind::kRotate;
+    ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate));
+    VECSEAL_RETURN_IF_ERROR(scratch.status());
+    const size_t chunk_rows = rotate ? kGemmChunkRows : 1;
+    for (size_t first = 0; first < n; first += chunk_rows) {
+      const size_t rows = std::min(chunk_rows, n - first);
+      if (rotate) {
+        // `out` may alias `in`: stage the inputs before the GEMM overwrites them.
+        std::memcpy(scratch.chunk, in.data() + first * d, rows * d * sizeof(float));
+        detail::GemmPackedB(scratch.chunk, d, rows, d, t.forward.as<const float>(), d,
+                            out.data() + first * d, d);
+      }
+      for (size_t k = first; k < first + rows; ++k) {
+        const auto index = static_cast<uint32_t>(k % group);
+        auto scale = NoiseFor(scratch, seed[k / group], index, d, params_.approximation_factor);
+        if (!scale.ok()) return std::move(scale).TakeStatus();
+        float* c = out.data() + k * d;
+        if (rotate) {
+          detail::AddScaled(c, scratch.z, *scale, d);
+        } else {
+          detail::GatherAddScaled(in.data() + k * d, t.perm.as<const uint32_t>(), scratch.z, *scale,
+                                  scratch.row, d);
+          std::memcpy(c, scratch.row, d * sizeof(float));
+        }
+        if (options.reversible) {
+          TokenFields fields;
+          fields.key_version = params_.key_version;
+          fields.nonce = nonces[k / group];
+          fields.index = index;
+          VECSEAL_RETURN_IF_ERROR(tagger.Compute(params_.key_version, fields.nonce, index,
+                                                 params_.approximation_factor, params_.transform,
+                                                 std::span<const float>(c, d), fields.tag));
+          tokens[k] = SerializeToken(fields);
+        }
+      }
+    }
+    return Status::Ok();
+  }();
+  if (!status.ok()) {
+    std::fill(out.begin(), out.end(), 0.0f);
+    for (auto& token : tokens) token.fill(0);
+  }
+  return status;
+}
+
+Status Cipher::Decrypt(std::span<const float> in, std::span<float> out, size_t dimension,
+                       std::span<const Token> tokens) const {
+  Status status = [&]() -> Status {
+    VECSEAL_RETURN_IF_ERROR(ValidateDimension(dimension, params_.transform));
+    VECSEAL_RETURN_IF_ERROR(CheckLengths(in, out, dimension));
+    const size_t d = dimension;
+    const size_t n = in.size() / d;
+    if (tokens.size() != n) return TokenCountError(tokens.size(), n);
+    VECSEAL_RETURN_IF_ERROR(ValidateVectors(in, d));
+    if (n == 0) return Status::Ok();
+
+    std::vector<TokenFields> fields(n);
+    for (size_t k = 0; k < n; ++k) {
+      auto parsed = ParseToken(tokens[k]);
+      if (!parsed.ok()) {
+        const Status& error = parsed.status();
+        return Status(error.code(), error.reason(),
+                      "token " + std::to_string(k) + ": " + error.message())
+            .WithVectorIndex(k);
+      }
+      if (parsed->key_version != params_.key_version) {
+        return Status(Code::kInvalidArgument, "token_key_version_mismatch",
+                      "token " + std::to_string(k) + " was made under key version " +
+                          std::to_string(parsed->key_version) + ", but this key is version " +
+                          std::to_string(params_.key_version))
+            .WithVectorIndex(k);
+      }
+      fields[k] = *parsed;
+    }
+    // Every tag is checked before anything secret is recomputed.
+    auto key = TokenKeyFor();
+    if (!key.ok()) return std::move(key).TakeStatus();
+    Tagger tagger;
+    VECSEAL_RETURN_IF_ERROR(tagger.Init((*key)->key));
+    for (size_t k = 0; k < n; ++k) {
+      std::array<uint8_t, kTagSize> expected;
+      VECSEAL_RETURN_IF_ERROR(tagger.Compute(params_.key_version, fields[k].nonce, fields[k].index,
+                                             params_.approximation_factor, params_.transform,
+                                             in.subspan(k * d, d), expected));
+      if (CRYPTO_memcmp(expected.data(), fields[k].tag.data(), kTagSize) != 0) {
+        return Status(Code::kAuthenticationFailed, "token_authentication_failed",
+                      "token " + std::to_string(k) +
+                          " does not authenticate its vector: the vector, the token or the key "
+                          "differs from the encryption")
+            .WithVectorIndex(k);
+      }
+    }
+
+    // Consecutive vectors of one group share a nonce, so derive once per run of equal nonces.
+    std::vector<Nonce> nonces;
+    std::vector<size_t> seed_of(n);
+    for (size_t k = 0; k < n; ++k) {
+      if (nonces.empty() || nonces.back() != fields[k].nonce) nonces.push_back(fields[k].nonce);
+      seed_of[k] = nonces.size() - 1;
+    }
+    auto seeds = DeriveSeeds(*deriver_, nonces);
+    if (!seeds.ok()) return std::move(seeds).TakeStatus();
+    const Seed* seed = seeds->as<const Seed>();
+    auto transform = TransformFor(d);
+    if (!transform.ok()) return std::move(transform).TakeStatus();
+    const Transform& t = **transform;
+
+    const bool rotate = t.kind == TransformKind::kRotate;
+    ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate));
+    VECSEAL_RETURN_IF_ERROR(scratch.status());
+    const size_t chunk_rows = rotate ? kGemmChunkRows : 1;
+    for (size_t first = 0; first < n; first += chunk_rows) {
+      const size_t rows = std::min(chunk_rows, n - first);
+      for (size_t k = first; k < first + rows; ++k) {
+        auto scale =
+            NoiseFor(scratch, seed[seed_of[k]], fields[k].index, d, params_.approximation_factor);
+        if (!scale.ok()) return std::move(scale).TakeStatus();
+        if (rotate) {
+          float* staged = scratch.chunk + (k - first) * d;
+          std::memcpy(staged, in.data() + k * d, d * sizeof(float));
+          detail::AddScaled(staged, scratch.z, -*scale, d);
+        } else {
+          detail::ScatterSubScaled(in.data() + k * d, t.perm.as<const uint32_t>(), scratch.z,
+                                   *scale, scratch.row, d);
+          std::memcpy(out.data() + k * d, scratch.row, d * sizeof(float));
+        }
+      }
+      if (rotate) {
+        detail::GemmPackedB(scratch.chunk, d, rows, d, t.inverse.as<const float>(), d,
+                            out.data() + first * d, d);
+      }
+    }
+    return Status::Ok();
+  }();
+  if (!status.ok()) std::fill(out.begin(), out.end(), 0.0f);
+  return status;
+}
+
+Status Cipher::ApplyTransform(std::span<const float> in, std::span<float> out,
+                              size_t dimension) const {
+  VECSEAL_RETURN_IF_ERROR(ValidateDimension(dimension, params_.transform));
+  VECSEAL_RETURN_IF_ERROR(CheckLengths(in, out, dimension));
+  VECSEAL_RETURN_IF_ERROR(ValidateVectors(in, dimension));
+  const size_t d = dimension;
+  const size_t n = in.size() / d;
+  if (n == 0) return Status::Ok();
+  auto transform = TransformFor(d);
+  if (!transform.ok()) return std::move(transform).TakeStatus();
+  const Transform& t = **transform;
+  const bool rotate = t.kind == TransformKind::kRotate;
+  ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate));
+  VECSEAL_RETURN_IF_ERROR(scratch.status());
+  std::fill(scratch.z, scratch.z + d, 0.0f);
+  for (size_t first = 0; first < n; first += kGemmChunkRows) {
+    const size_t rows = std::min(kGemmChunkRows, n - first);
+    if (rotate) {
+      std::memcpy(scratch.chunk, in.data() + first * d, rows * d * sizeof(float));
+      detail::GemmPackedB(scratch.chunk, d, rows, d, t.forward.as<const float>(), d,
+                          out.data() + first * d, d);
+      continue;
+    }
+    for (size_t k = first; k < first + rows; ++k) {
+      detail::GatherAddScaled(in.data() + k * d, t.perm.as<const uint32_t>(), scratch.z, 0.0f,
+                              scratch.row, d);
+      std::memcpy(out.data() + k * d, scratch.row, d * sizeof(float));
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::shared_ptr<const Cipher::TokenKey>> Cipher::TokenKeyFor() const {
+  {
+    std::lock_guard lock(mutex_);
+    if (token_key_ != nullptr) return token_key_;
+  }
+  auto key = std::make_shared<TokenKey>();
+  auto buffer = SecureBuffer::Allocate(sizeof(Seed));
+  if (!buffer.ok()) return std::move(buffer).TakeStatus();
+  key->key = std::move(buffer).value();
+  uint8_t message[32];
+  std::memcpy(message, kDomainTokenKey.data(), kDomainTokenKey.size());
+  message[kDomainTokenKey.size()] = 0x00;
+  VECSEAL_RETURN_IF_ERROR(deriver_->DeriveOne(
+      std::span<const uint8_t>(message, kDomainTokenKey.size() + 1), *key->key.as<Seed>()));
+  std::lock_guard lock(mutex_);
+  if (token_key_ == nullptr) token_key_ = std::move(key);
+  return token_key_;
+}
+
+}  // namespace vecseal::core

@@ -1,0 +1,313 @@
+#include "kernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <numbers>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define VECSEAL_X86 1
+#define VECSEAL_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define VECSEAL_X86 0
+#endif
+
+#define VECSEAL_INLINE inline __attribute__((always_inline))
+
+namespace vecseal::core::detail {
+namespace {
+
+// The bodies below are branch-free loops written so that the compiler vectorises them; each is
+// compiled twice, once inside an AVX2+FMA function and once for the baseline ISA.
+
+// ln(a) for a = U(w), to float precision even as a → 1, where a itself is not representable:
+// a = 2^e·m with m ∈ [√½, √2), and when e = 0 the offset m − 1 = −(1 − a) is formed from the
+// integer ~w exactly instead of from the rounded a.
+VECSEAL_INLINE float LogUniform(uint32_t w) {
+  const float a = static_cast<float>(w) * 0x1p-32f + 0x1p-33f;
+  const uint32_t bits = std::bit_cast<uint32_t>(a);
+  int32_t e = static_cast<int32_t>(bits >> 23) - 127;
+  float m = std::bit_cast<float>((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  const bool high = m > 1.41421356f;
+  m = high ? m * 0.5f : m;
+  e = high ? e + 1 : e;
+  const float one_minus_a = static_cast<float>(~w) * 0x1p-32f + 0x1p-33f;
+  const float f = e == 0 ? -one_minus_a : m - 1.0f;
+  const float s = f / (2.0f + f);
+  const float s2 = s * s;
+  // 2·atanh(s) = ln((1+s)/(1−s)) = ln(m); |s| ≤ 0.1716, so terms to s^9 reach float precision.
+  const float series = 1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9))));
+  const float ln_m = 2.0f * s * series;
+  const float ef = static_cast<float>(e);
+  return ef * 0.693145752f + (ef * 1.42860677e-06f + ln_m);  // ln 2 split hi + lo
+}
+
+// (cos 2πb, sin 2πb) for b = U(w): the top two bits (after rounding) pick the quadrant and the
+// rest, centred, gives an angle in (−π/4, π/4) with no precision lost to reduction.
+VECSEAL_INLINE void SinCosUniform(uint32_t w, float& c, float& s) {
+  const uint32_t shifted = w + (1u << 29);
+  const uint32_t quadrant = shifted >> 30;
+  const int32_t offset = static_cast<int32_t>(shifted & ((1u << 30) - 1)) - (1 << 29);
+  const float t = (static_cast<float>(offset) + 0.5f) * (0x1p-30f * std::numbers::pi_v<float> / 2);
+  const float t2 = t * t;
+  const float sin_t =
+      t *
+      (1.0f + t2 * (-1.0f / 6 + t2 * (1.0f / 120 + t2 * (-1.0f / 5040 + t2 * (1.0f / 362880)))));
+  const float cos_t =
+      1.0f + t2 * (-0.5f + t2 * (1.0f / 24 + t2 * (-1.0f / 720 + t2 * (1.0f / 40320))));
+  const bool swap = (quadrant & 1u) != 0;
+  const float cc = swap ? sin_t : cos_t;
+  const float ss = swap ? cos_t : sin_t;
+  c = (quadrant == 1u || quadrant == 2u) ? -cc : cc;
+  s = (quadrant >= 2u) ? -ss : ss;
+}
+
+VECSEAL_INLINE void NormalsBody(const uint32_t* __restrict words, size_t pairs,
+                                float* __restrict z) {
+  for (size_t k = 0; k < pairs; ++k) {
+    const float rho = std::sqrt(-2.0f * LogUniform(words[2 * k]));
+    float c, s;
+    SinCosUniform(words[2 * k + 1], c, s);
+    z[2 * k] = rho * c;
+    z[2 * k + 1] = rho * s;
+  }
+}
+
+VECSEAL_INLINE float SumOfSquaresBody(const float* __restrict x, size_t n) {
+  // Independent partial sums so that the loop vectorises without reassociation flags.
+  constexpr size_t kLanes = 16;
+  float acc[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) acc[l] += x[i + l] * x[i + l];
+  }
+  for (; i < n; ++i) acc[0] += x[i] * x[i];
+  float total = 0;
+  for (float a : acc) total += a;
+  return total;
+}
+
+VECSEAL_INLINE void GatherBody(const float* __restrict m, const uint32_t* __restrict perm,
+                               const float* __restrict z, float k, float* __restrict out,
+                               size_t d) {
+  for (size_t i = 0; i < d; ++i) out[i] = m[perm[i]] + k * z[i];
+}
+
+VECSEAL_INLINE void ScatterBody(const float* __restrict c, const uint32_t* __restrict perm,
+                                const float* __restrict z, float k, float* __restrict out,
+                                size_t d) {
+  for (size_t i = 0; i < d; ++i) out[perm[i]] = c[i] - k * z[i];
+}
+
+VECSEAL_INLINE void AddScaledBody(float* __restrict x, const float* __restrict z, float k,
+                                  size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] += k * z[i];
+}
+
+VECSEAL_INLINE void ReflectBody(const double* __restrict v, double* __restrict x, size_t n) {
+  constexpr size_t kLanes = 8;
+  double acc[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) acc[l] += v[i + l] * x[i + l];
+  }
+  for (; i < n; ++i) acc[0] += v[i] * x[i];
+  double dot = 0;
+  for (double a : acc) dot += a;
+  const double scale = 2.0 * dot;
+  for (i = 0; i < n; ++i) x[i] -= scale * v[i];
+}
+
+constexpr size_t kTileRows = 6;
+constexpr size_t kRowBlock = 96;  // rows of A kept hot in L2 while the panels stream past
+
+// One 6×16 tile of C over the full depth k; rows past `rows` repeat the last row and are not
+// stored, columns past `cols` hit zero padding and are not stored.
+void TilePortable(const float* a, size_t lda, size_t rows, size_t k, const float* panel, float* c,
+                  size_t ldc, size_t cols) {
+  const float* row[kTileRows];
+  for (size_t r = 0; r < kTileRows; ++r) row[r] = a + std::min(r, rows - 1) * lda;
+  float acc[kTileRows][kGemmPanelWidth] = {};
+  for (size_t p = 0; p < k; ++p) {
+    const float* b = panel + p * kGemmPanelWidth;
+    for (size_t r = 0; r < kTileRows; ++r) {
+      const float av = row[r][p];
+      for (size_t j = 0; j < kGemmPanelWidth; ++j) acc[r][j] += av * b[j];
+    }
+  }
+  for (size_t r = 0; r < rows; ++r) std::memcpy(c + r * ldc, acc[r], cols * sizeof(float));
+}
+
+#if VECSEAL_X86
+VECSEAL_AVX2 void TileAvx2(const float* a, size_t lda, size_t rows, size_t k, const float* panel,
+                           float* c, size_t ldc, size_t cols) {
+  const float* row[kTileRows];
+  for (size_t r = 0; r < kTileRows; ++r) row[r] = a + std::min(r, rows - 1) * lda;
+  __m256 acc[kTileRows][2];
+  for (auto& pair : acc) pair[0] = pair[1] = _mm256_setzero_ps();
+  for (size_t p = 0; p < k; ++p) {
+    const __m256 b0 = _mm256_loadu_ps(panel + p * kGemmPanelWidth);
+    const __m256 b1 = _mm256_loadu_ps(panel + p * kGemmPanelWidth + 8);
+    for (size_t r = 0; r < kTileRows; ++r) {
+      const __m256 av = _mm256_broadcast_ss(row[r] + p);
+      acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+    }
+  }
+  if (cols == kGemmPanelWidth) {
+    for (size_t r = 0; r < rows; ++r) {
+      _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+      _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+    }
+    return;
+  }
+  alignas(32) float tile[kGemmPanelWidth];
+  for (size_t r = 0; r < rows; ++r) {
+    _mm256_store_ps(tile, acc[r][0]);
+    _mm256_store_ps(tile + 8, acc[r][1]);
+    std::memcpy(c + r * ldc, tile, cols * sizeof(float));
+  }
+}
+#endif
+
+using TileFn = void (*)(const float*, size_t, size_t, size_t, const float*, float*, size_t, size_t);
+
+void GemmWith(TileFn tile, const float* a, size_t lda, size_t n, size_t k, const float* packed_b,
+              size_t m, float* c, size_t ldc) {
+  const size_t panels = (m + kGemmPanelWidth - 1) / kGemmPanelWidth;
+  for (size_t i0 = 0; i0 < n; i0 += kRowBlock) {
+    const size_t i_end = std::min(n, i0 + kRowBlock);
+    for (size_t q = 0; q < panels; ++q) {
+      const float* panel = packed_b + q * kGemmPanelWidth * k;
+      const size_t j0 = q * kGemmPanelWidth;
+      const size_t cols = std::min(kGemmPanelWidth, m - j0);
+      for (size_t i = i0; i < i_end; i += kTileRows) {
+        const size_t rows = std::min(kTileRows, i_end - i);
+        tile(a + i * lda, lda, rows, k, panel, c + i * ldc + j0, ldc, cols);
+      }
+    }
+  }
+}
+
+struct Kernels {
+  const char* name;
+  void (*normals)(const uint32_t*, size_t, float*);
+  float (*sum_of_squares)(const float*, size_t);
+  void (*gather)(const float*, const uint32_t*, const float*, float, float*, size_t);
+  void (*scatter)(const float*, const uint32_t*, const float*, float, float*, size_t);
+  void (*add_scaled)(float*, const float*, float, size_t);
+  void (*reflect)(const double*, double*, size_t);
+  TileFn tile;
+};
+
+#define VECSEAL_DEFINE_KERNELS(suffix, attr)                                                       \
+  attr void Normals##suffix(const uint32_t* w, size_t pairs, float* z) {                           \
+    NormalsBody(w, pairs, z);                                                                      \
+  }                                                                                                \
+  attr float SumOfSquares##suffix(const float* x, size_t n) { return SumOfSquaresBody(x, n); }     \
+  attr void Gather##suffix(const float* m, const uint32_t* p, const float* z, float k, float* out, \
+                           size_t d) {                                                             \
+    GatherBody(m, p, z, k, out, d);                                                                \
+  }                                                                                                \
+  attr void Scatter##suffix(const float* c, const uint32_t* p, const float* z, float k,            \
+                            float* out, size_t d) {                                                \
+    ScatterBody(c, p, z, k, out, d);                                                               \
+  }                                                                                                \
+  attr void AddScaled##suffix(float* x, const float* z, float k, size_t n) {                       \
+    AddScaledBody(x, z, k, n);                                                                     \
+  }                                                                                                \
+  attr void Reflect##suffix(const double* v, double* x, size_t n) { ReflectBody(v, x, n); }
+
+VECSEAL_DEFINE_KERNELS(Portable, )
+#if VECSEAL_X86
+VECSEAL_DEFINE_KERNELS(Avx2, VECSEAL_AVX2)
+#endif
+
+const Kernels& Portable() {
+  static const Kernels kernels{"portable",      NormalsPortable, SumOfSquaresPortable,
+                               GatherPortable,  ScatterPortable, AddScaledPortable,
+                               ReflectPortable, TilePortable};
+  return kernels;
+}
+
+const Kernels& Best() {
+  static const Kernels kernels = [] {
+#if VECSEAL_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      return Kernels{"avx2",      NormalsAvx2,   SumOfSquaresAvx2, GatherAvx2,
+                     ScatterAvx2, AddScaledAvx2, ReflectAvx2,      TileAvx2};
+    }
+#endif
+    return Portable();
+  }();
+  return kernels;
+}
+
+std::atomic<bool> g_force_portable{false};
+
+const Kernels& Selected() {
+  return g_force_portable.load(std::memory_order_relaxed) ? Portable() : Best();
+}
+
+}  // namespace
+
+void ForcePortableKernelsForTesting(bool force) {
+  g_force_portable.store(force, std::memory_order_relaxed);
+}
+
+void NormalsFromWords(const uint32_t* words, size_t pairs, float* z) {
+  Selected().normals(words, pairs, z);
+}
+
+void NormalsFromWordsExact(const uint32_t* words, size_t pairs, double* z) {
+  for (size_t k = 0; k < pairs; ++k) {
+    const double rho = std::sqrt(-2.0 * std::log(UniformFromWord(words[2 * k])));
+    const double angle = 2.0 * std::numbers::pi * UniformFromWord(words[2 * k + 1]);
+    z[2 * k] = rho * std::cos(angle);
+    z[2 * k + 1] = rho * std::sin(angle);
+  }
+}
+
+float SumOfSquares(const float* x, size_t n) { return Selected().sum_of_squares(x, n); }
+
+void GatherAddScaled(const float* m, const uint32_t* perm, const float* z, float k, float* out,
+                     size_t d) {
+  Selected().gather(m, perm, z, k, out, d);
+}
+
+void ScatterSubScaled(const float* c, const uint32_t* perm, const float* z, float k, float* out,
+                      size_t d) {
+  Selected().scatter(c, perm, z, k, out, d);
+}
+
+void AddScaled(float* x, const float* z, float k, size_t n) { Selected().add_scaled(x, z, k, n); }
+
+void ReflectColumn(const double* v, double* x, size_t n) { Selected().reflect(v, x, n); }
+
+void PackB(const float* b, size_t k, size_t m, float* packed) {
+  const size_t panels = (m + kGemmPanelWidth - 1) / kGemmPanelWidth;
+  for (size_t q = 0; q < panels; ++q) {
+    const size_t j0 = q * kGemmPanelWidth;
+    const size_t cols = std::min(kGemmPanelWidth, m - j0);
+    float* panel = packed + q * kGemmPanelWidth * k;
+    for (size_t p = 0; p < k; ++p) {
+      float* dst = panel + p * kGemmPanelWidth;
+      std::memcpy(dst, b + p * m + j0, cols * sizeof(float));
+      std::fill(dst + cols, dst + kGemmPanelWidth, 0.0f);
+    }
+  }
+}
+
+void GemmPackedB(const float* a, size_t lda, size_t n, size_t k, const float* packed_b, size_t m,
+                 float* c, size_t ldc) {
+  if (n == 0 || m == 0) return;
+  GemmWith(Selected().tile, a, lda, n, k, packed_b, m, c, ldc);
+}
+
+const char* KernelName() { return Selected().name; }
+
+}  // namespace vecseal::core::detail

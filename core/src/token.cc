@@ -1,0 +1,71 @@
+// Token v1 bytes (docs/format.md §7) and the default nonce source.
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <string>
+
+#include "vecseal/core/cipher.h"
+
+namespace vecseal::core {
+namespace {
+
+void PutU32(uint8_t* out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+uint32_t GetU32(const uint8_t* in) {
+  return static_cast<uint32_t>(in[0]) | static_cast<uint32_t>(in[1]) << 8 |
+         static_cast<uint32_t>(in[2]) << 16 | static_cast<uint32_t>(in[3]) << 24;
+}
+
+class OsNonceSource final : public NonceSource {
+ public:
+  Status Next(Nonce& nonce) override {
+    if (RAND_bytes(nonce.data(), static_cast<int>(nonce.size())) != 1) {
+      return Status(Code::kUnavailable, "entropy_unavailable",
+                    "the OpenSSL random generator could not produce a nonce");
+    }
+    return Status::Ok();
+  }
+};
+
+}  // namespace
+
+Result<TokenFields> ParseToken(std::span<const uint8_t> bytes) {
+  if (bytes.size() != kTokenSize) {
+    return Status(
+        Code::kInvalidArgument, "invalid_token",
+        "a token is " + std::to_string(kTokenSize) + " bytes, got " + std::to_string(bytes.size()));
+  }
+  if (bytes[0] != kTokenVersion) {
+    return Status(Code::kInvalidArgument, "invalid_token",
+                  "token format version " + std::to_string(bytes[0]) +
+                      " is not supported; this build reads version " +
+                      std::to_string(kTokenVersion));
+  }
+  TokenFields fields;
+  fields.version = bytes[0];
+  fields.key_version = GetU32(&bytes[1]);
+  std::copy_n(&bytes[5], kNonceSize, fields.nonce.begin());
+  fields.index = GetU32(&bytes[5 + kNonceSize]);
+  std::copy_n(&bytes[9 + kNonceSize], kTagSize, fields.tag.begin());
+  return fields;
+}
+
+Token SerializeToken(const TokenFields& fields) {
+  Token token{};
+  token[0] = fields.version;
+  PutU32(&token[1], fields.key_version);
+  std::copy(fields.nonce.begin(), fields.nonce.end(), &token[5]);
+  PutU32(&token[5 + kNonceSize], fields.index);
+  std::copy(fields.tag.begin(), fields.tag.end(), &token[9 + kNonceSize]);
+  return token;
+}
+
+NonceSource& SystemNonceSource() {
+  // Stateless: one shared instance is as good as many.
+  static OsNonceSource source;
+  return source;
+}
+
+}  // namespace vecseal::core

@@ -1,0 +1,105 @@
+#include "transform.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "kernels.h"
+#include "keystream.h"
+
+namespace vecseal::core::detail {
+
+Status DerivePermutation(const Seed& seed, size_t dimension, uint32_t* perm) {
+  KeyStream stream;
+  VECSEAL_RETURN_IF_ERROR(stream.Start(seed, 0));
+  constexpr size_t kBuffered = 256;
+  uint32_t words[kBuffered];
+  size_t next = kBuffered;
+  for (size_t i = 0; i < dimension; ++i) perm[i] = static_cast<uint32_t>(i);
+  for (size_t i = dimension - 1; i >= 1; --i) {
+    const uint64_t bound = i + 1;
+    // The largest multiple of `bound` that fits in 2^32: words at or above it would bias j.
+    const uint64_t limit = (uint64_t{1} << 32) - ((uint64_t{1} << 32) % bound);
+    uint32_t w;
+    do {
+      if (next == kBuffered) {
+        VECSEAL_RETURN_IF_ERROR(stream.Read(words, kBuffered));
+        next = 0;
+      }
+      w = words[next++];
+    } while (w >= limit);
+    std::swap(perm[i], perm[w % bound]);
+  }
+  SecureWipe(words, sizeof(words));
+  return Status::Ok();
+}
+
+Result<SecureBuffer> DeriveRotation(const Seed& seed, size_t dimension) {
+  const size_t d = dimension;
+  auto a_buffer = SecureBuffer::Allocate(d * d * sizeof(double));
+  if (!a_buffer.ok()) return std::move(a_buffer).TakeStatus();
+  auto q_buffer = SecureBuffer::Allocate(d * d * sizeof(double));
+  if (!q_buffer.ok()) return std::move(q_buffer).TakeStatus();
+  auto scratch =
+      SecureBuffer::Allocate(d * sizeof(double) + 4096 * (sizeof(uint32_t) + sizeof(double)));
+  if (!scratch.ok()) return std::move(scratch).TakeStatus();
+  double* a = a_buffer->as<double>();  // column-major: a[col·d + row]
+  double* q = q_buffer->as<double>();
+  double* rdiag = scratch->as<double>();
+  auto* words = reinterpret_cast<uint32_t*>(rdiag + d);
+  auto* z = reinterpret_cast<double*>(words + 4096);
+
+  // G[i][j] = z_{i·d+j}: Box–Muller pairs run across row boundaries.
+  KeyStream stream;
+  VECSEAL_RETURN_IF_ERROR(stream.Start(seed, 0));
+  const size_t total = d * d;
+  for (size_t base = 0; base < total; base += 4096) {
+    const size_t count = std::min<size_t>(4096, total - base);
+    const size_t pairs = (count + 1) / 2;
+    VECSEAL_RETURN_IF_ERROR(stream.Read(words, 2 * pairs));
+    NormalsFromWordsExact(words, pairs, z);
+    for (size_t t = 0; t < count; ++t) {
+      const size_t flat = base + t;
+      a[(flat % d) * d + flat / d] = z[t];
+    }
+  }
+
+  // Householder QR: column k's reflector v (unit norm) replaces A[k:, k]; R_kk goes to rdiag.
+  for (size_t k = 0; k < d; ++k) {
+    double* x = a + k * d + k;
+    const size_t len = d - k;
+    double norm2 = 0;
+    for (size_t i = 0; i < len; ++i) norm2 += x[i] * x[i];
+    const double norm = std::sqrt(norm2);
+    const double alpha = x[0] >= 0 ? -norm : norm;
+    x[0] -= alpha;
+    double vnorm2 = 0;
+    for (size_t i = 0; i < len; ++i) vnorm2 += x[i] * x[i];
+    rdiag[k] = alpha;
+    if (vnorm2 == 0) {
+      // A zero column (probability zero): the reflector is the identity.
+      std::fill(x, x + len, 0.0);
+      continue;
+    }
+    const double inv = 1.0 / std::sqrt(vnorm2);
+    for (size_t i = 0; i < len; ++i) x[i] *= inv;
+    for (size_t j = k + 1; j < d; ++j) ReflectColumn(x, a + j * d + k, len);
+  }
+
+  // Q = H_0·H_1·…·H_{d−1}, applied to I from the right end; H_k touches rows and columns ≥ k.
+  std::fill(q, q + d * d, 0.0);
+  for (size_t i = 0; i < d; ++i) q[i * d + i] = 1.0;
+  for (size_t k = d; k-- > 0;) {
+    const double* v = a + k * d + k;
+    for (size_t j = k; j < d; ++j) ReflectColumn(v, q + j * d + k, d - k);
+  }
+  // Sign correction makes diag(R) > 0, which makes Q unique and Haar-distributed.
+  for (size_t k = 0; k < d; ++k) {
+    if (rdiag[k] < 0) {
+      for (size_t i = 0; i < d; ++i) q[k * d + i] = -q[k * d + i];
+    }
+  }
+  return std::move(q_buffer).value();
+}
+
+}  // namespace vecseal::core::detail

@@ -1,0 +1,113 @@
+// Two implementations agree: the independent Python reference (tools/reference) checks a
+// random case produced here, and regenerates the known answers printed in docs/format.md.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "test_util.h"
+#include "vecseal/core/cipher.h"
+
+namespace vecseal::core {
+namespace {
+
+using testing::FixedNonces;
+using testing::ToHex;
+
+constexpr const char* kPython = "/usr/bin/python3";
+
+// Runs a command, returning its exit status and capturing stdout+stderr.
+int RunCommand(const std::string& command, std::string& output) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return -1;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  const int status = pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+class ReferenceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string output;
+    if (access(kPython, X_OK) != 0 ||
+        RunCommand(std::string(kPython) + " -c 'import numpy'", output) != 0) {
+      GTEST_SKIP() << kPython << " with numpy is needed to run the Python reference: " << output;
+    }
+  }
+};
+
+TEST_F(ReferenceTest, AgreesOnARandomCaseInBothTransforms) {
+  constexpr size_t kD = 64, kN = 16;
+  constexpr uint32_t kGroup = 4;
+  std::mt19937 rng(64);
+  std::vector<uint8_t> key(32);
+  for (auto& b : key) b = static_cast<uint8_t>(rng());
+  std::normal_distribution<float> normal;
+  std::vector<float> m(kD * kN);
+  for (float& v : m) v = normal(rng);
+  for (TransformKind transform : {TransformKind::kPermute, TransformKind::kRotate}) {
+    std::vector<Nonce> nonces(kN / kGroup);
+    for (auto& nonce : nonces) {
+      for (auto& b : nonce) b = static_cast<uint8_t>(rng());
+    }
+    auto cipher = testing::MakeCipher(transform, 2.0, key);
+    FixedNonces source(nonces);
+    std::vector<float> c(m.size());
+    std::vector<Token> tokens(kN);
+    ASSERT_TRUE(cipher->Encrypt(m, c, kD, EncryptOptions{true, kGroup, &source}, tokens).ok());
+
+    const std::string path = ::testing::TempDir() + "/vecseal_reference_" +
+                             std::string(TransformName(transform)) + "_" +
+                             std::to_string(getpid()) + ".json";
+    {
+      std::ofstream json(path);
+      json << "{\"key\": \"" << ToHex(key) << "\", \"transform\": \"" << TransformName(transform)
+           << "\", \"beta\": 2.0, \"key_version\": 1, \"dimension\": " << kD
+           << ", \"group_size\": " << kGroup << ", \"nonces\": [";
+      for (size_t g = 0; g < nonces.size(); ++g)
+        json << (g ? ", " : "") << '"' << ToHex(nonces[g]) << '"';
+      json << "], \"m\": [";
+      for (size_t k = 0; k < kN; ++k) {
+        json << (k ? ", [" : "[");
+        for (size_t i = 0; i < kD; ++i) {
+          char text[32];
+          std::snprintf(text, sizeof(text), "%.9g", double{m[k * kD + i]});
+          json << (i ? ", " : "") << text;
+        }
+        json << "]";
+      }
+      json << "], \"c_f32_hex\": [";
+      for (size_t k = 0; k < kN; ++k) {
+        const auto* bytes = reinterpret_cast<const uint8_t*>(&c[k * kD]);
+        json << (k ? ", " : "") << '"' << ToHex({bytes, kD * sizeof(float)}) << '"';
+      }
+      json << "], \"tokens\": [";
+      for (size_t k = 0; k < kN; ++k) json << (k ? ", " : "") << '"' << ToHex(tokens[k]) << '"';
+      json << "]}\n";
+    }
+    std::string output;
+    const int rc =
+        RunCommand(std::string(kPython) + " " VECSEAL_REFERENCE_SCRIPT " check " + path, output);
+    EXPECT_EQ(rc, 0) << output;
+    std::printf("%s: %s", std::string(TransformName(transform)).c_str(), output.c_str());
+    std::remove(path.c_str());
+  }
+}
+
+TEST_F(ReferenceTest, FormatDocumentListsTheReferenceKnownAnswers) {
+  std::string output;
+  EXPECT_EQ(RunCommand(std::string(kPython) + " " VECSEAL_REFERENCE_SCRIPT
+                                              " check-docs " VECSEAL_FORMAT_DOC,
+                       output),
+            0)
+      << output;
+}
+
+}  // namespace
+}  // namespace vecseal::core
