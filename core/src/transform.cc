@@ -65,33 +65,48 @@ Result<SecureBuffer> DeriveRotation(const Seed& seed, size_t dimension) {
   }
 
   // Householder QR: column k's reflector v (unit norm) replaces A[k:, k]; R_kk goes to rdiag.
-  for (size_t k = 0; k < d; ++k) {
-    double* x = a + k * d + k;
-    const size_t len = d - k;
-    double norm2 = 0;
-    for (size_t i = 0; i < len; ++i) norm2 += x[i] * x[i];
-    const double norm = std::sqrt(norm2);
-    const double alpha = x[0] >= 0 ? -norm : norm;
-    x[0] -= alpha;
-    double vnorm2 = 0;
-    for (size_t i = 0; i < len; ++i) vnorm2 += x[i] * x[i];
-    rdiag[k] = alpha;
-    if (vnorm2 == 0) {
-      // A zero column (probability zero): the reflector is the identity.
-      std::fill(x, x + len, 0.0);
-      continue;
+  // Blocked: a panel of kPanel reflectors is applied to each trailing column while that column
+  // sits in L1, instead of streaming the whole trailing matrix once per reflector.
+  constexpr size_t kPanel = 32;
+  for (size_t k0 = 0; k0 < d; k0 += kPanel) {
+    const size_t k1 = std::min(d, k0 + kPanel);
+    for (size_t k = k0; k < k1; ++k) {
+      double* x = a + k * d + k;
+      const size_t len = d - k;
+      double norm2 = 0;
+      for (size_t i = 0; i < len; ++i) norm2 += x[i] * x[i];
+      const double norm = std::sqrt(norm2);
+      const double alpha = x[0] >= 0 ? -norm : norm;
+      x[0] -= alpha;
+      double vnorm2 = 0;
+      for (size_t i = 0; i < len; ++i) vnorm2 += x[i] * x[i];
+      rdiag[k] = alpha;
+      if (vnorm2 == 0) {
+        // A zero column (probability zero): the reflector is the identity.
+        std::fill(x, x + len, 0.0);
+        continue;
+      }
+      const double inv = 1.0 / std::sqrt(vnorm2);
+      for (size_t i = 0; i < len; ++i) x[i] *= inv;
+      for (size_t j = k + 1; j < k1; ++j) ReflectColumn(x, a + j * d + k, len);
     }
-    const double inv = 1.0 / std::sqrt(vnorm2);
-    for (size_t i = 0; i < len; ++i) x[i] *= inv;
-    for (size_t j = k + 1; j < d; ++j) ReflectColumn(x, a + j * d + k, len);
+    for (size_t j = k1; j < d; ++j) {
+      for (size_t k = k0; k < k1; ++k) ReflectColumn(a + k * d + k, a + j * d + k, d - k);
+    }
   }
 
-  // Q = H_0·H_1·…·H_{d−1}, applied to I from the right end; H_k touches rows and columns ≥ k.
+  // Q = H_0·H_1·…·H_{d−1}·I: each column of I takes the reflectors from the last to the first
+  // (H_k leaves columns < k alone), again a panel at a time per column.
   std::fill(q, q + d * d, 0.0);
   for (size_t i = 0; i < d; ++i) q[i * d + i] = 1.0;
-  for (size_t k = d; k-- > 0;) {
-    const double* v = a + k * d + k;
-    for (size_t j = k; j < d; ++j) ReflectColumn(v, q + j * d + k, d - k);
+  for (size_t k1 = d; k1 > 0;) {
+    const size_t k0 = k1 >= kPanel ? k1 - kPanel : 0;
+    for (size_t j = k0; j < d; ++j) {
+      for (size_t k = k1; k-- > k0;) {
+        if (j >= k) ReflectColumn(a + k * d + k, q + j * d + k, d - k);
+      }
+    }
+    k1 = k0;
   }
   // Sign correction makes diag(R) > 0, which makes Q unique and Haar-distributed.
   for (size_t k = 0; k < d; ++k) {
