@@ -10,6 +10,7 @@
 #include <charconv>
 #include <chrono>
 #include <ctime>
+#include <fstream>
 #include <memory>
 
 namespace vecseal::audit::internal {
@@ -292,6 +293,17 @@ bool ParseBase64(std::string_view text, std::vector<uint8_t>* out) {
   if (text.size() >= 2 && text[text.size() - 2] == '=') ++padding;
   out->resize(static_cast<size_t>(n) - padding);
   return Base64(*out) == text;  // only the canonical encoding
+}
+
+bool ReadWholeFile(const std::string& path, std::string* content) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  content->clear();
+  char buffer[1 << 16];
+  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    content->append(buffer, static_cast<size_t>(in.gcount()));
+  }
+  return !in.bad();
 }
 
 Result<std::vector<uint8_t>> NormalizeSignature(std::vector<uint8_t> signature) {

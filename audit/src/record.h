@@ -52,6 +52,10 @@ Digest SealDigest(std::span<const uint8_t, 16> file_id, uint64_t seq, const Dige
 std::string Base64(std::span<const uint8_t> bytes);
 bool ParseBase64(std::string_view text, std::vector<uint8_t>* out);
 
+// The whole file; false if it cannot be opened or read. (Not istreambuf_iterator: GCC 12's
+// -Wnull-dereference misfires on it.)
+bool ReadWholeFile(const std::string& path, std::string* content);
+
 // DER as is; a 64-byte r||s converted to DER; anything else an error.
 Result<std::vector<uint8_t>> NormalizeSignature(std::vector<uint8_t> signature);
 

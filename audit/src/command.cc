@@ -1,0 +1,257 @@
+// `vecseal audit verify|show`.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "record.h"
+#include "vecseal/audit/verify.h"
+
+namespace vecseal::audit {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitAltered = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitUnreadable = 3;
+
+constexpr std::string_view kUsage =
+    "usage: vecseal audit verify --pubkey KEY.pem [--json] FILE|DIR...\n"
+    "       vecseal audit show [--key NAME] [--caller USER|UID|EXE|UNIT] [--event NAME]\n"
+    "                          [--since TIME] [--until TIME] [--json] FILE|DIR...\n"
+    "A DIR stands for its audit-*.jsonl files in order. TIME is UTC, ISO 8601, any prefix\n"
+    "of 2026-11-25T03:04:31.123456Z (e.g. 2026-11-25 or 2026-11-25T03:04).\n";
+
+// Directories become their audit files, oldest first (the names sort by first seq).
+bool ExpandPaths(const std::vector<std::string>& operands, std::vector<std::string>* files,
+                 std::ostream& err) {
+  for (const std::string& operand : operands) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(operand, ec)) {
+      std::vector<std::string> found;
+      for (const auto& entry : std::filesystem::directory_iterator(operand, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name.starts_with("audit-") && name.ends_with(".jsonl")) {
+          found.push_back(entry.path().string());
+        }
+      }
+      if (ec) {
+        err << "vecseal audit: cannot list " << operand << ": " << ec.message() << "\n";
+        return false;
+      }
+      std::sort(found.begin(), found.end());
+      files->insert(files->end(), found.begin(), found.end());
+    } else {
+      files->push_back(operand);
+    }
+  }
+  return true;
+}
+
+nlohmann::json FindingJson(const Finding& finding) {
+  return {{"code", finding.code}, {"file", finding.file}, {"line", finding.line},
+          {"seq", finding.seq},   {"message", finding.message}};
+}
+
+std::string FindingText(const Finding& finding) {
+  std::string out = finding.file;
+  if (finding.line > 0) out += ":" + std::to_string(finding.line);
+  if (finding.seq > 0) out += (out.empty() ? "" : ": ") + std::string("seq ") + std::to_string(finding.seq);
+  if (!out.empty()) out += ": ";
+  return out + finding.code + ": " + finding.message;
+}
+
+int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  std::string pubkey_path;
+  bool json = false;
+  std::vector<std::string> operands;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--pubkey" && i + 1 < args.size()) {
+      pubkey_path = args[++i];
+    } else if (args[i] == "--json") {
+      json = true;
+    } else if (args[i].starts_with("--")) {
+      err << "vecseal audit verify: unknown or incomplete option " << args[i] << "\n" << kUsage;
+      return kExitUsage;
+    } else {
+      operands.push_back(args[i]);
+    }
+  }
+  if (pubkey_path.empty() || operands.empty()) {
+    err << "vecseal audit verify: needs --pubkey and at least one file\n" << kUsage;
+    return kExitUsage;
+  }
+  std::string pem;
+  if (!internal::ReadWholeFile(pubkey_path, &pem)) {
+    err << "vecseal audit verify: cannot read " << pubkey_path << "\n";
+    return kExitUnreadable;
+  }
+  std::vector<std::string> files;
+  if (!ExpandPaths(operands, &files, err)) return kExitUnreadable;
+  Result<VerifyReport> result = Verify(files, pem);
+  if (!result.ok()) {
+    err << "vecseal audit verify: " << pubkey_path << ": " << result.status().message() << "\n";
+    return kExitUnreadable;
+  }
+  const VerifyReport& report = *result;
+  if (json) {
+    nlohmann::json warnings = nlohmann::json::array();
+    for (const Finding& warning : report.warnings) warnings.push_back(FindingJson(warning));
+    nlohmann::json body = {{"ok", report.ok()},
+                           {"files", report.files},
+                           {"records", report.records},
+                           {"seals", report.seals},
+                           {"first_seq", report.first_seq},
+                           {"last_seq", report.last_seq},
+                           {"last_sealed_seq", report.last_sealed_seq},
+                           {"unsealed_tail", report.unsealed_tail},
+                           {"error", report.error ? FindingJson(*report.error) : nlohmann::json()},
+                           {"warnings", warnings}};
+    out << body.dump(2) << "\n";
+  } else {
+    for (const Finding& warning : report.warnings) out << "warning: " << FindingText(warning) << "\n";
+    if (report.error) {
+      out << "error: " << FindingText(*report.error) << "\n";
+      out << "FAILED: the audit log was altered (checked " << report.records << " records in "
+          << report.files << " files before the error)\n";
+    } else {
+      out << "OK: " << report.records << " records (seq " << report.first_seq << ".."
+          << report.last_seq << ") in " << report.files << " files, " << report.seals
+          << " valid seals, " << report.warnings.size() << " warnings\n";
+    }
+  }
+  if (report.error && report.error->code == "unreadable_file") return kExitUnreadable;
+  return report.ok() ? kExitOk : kExitAltered;
+}
+
+struct ShowFilter {
+  std::string key, caller, event, since, until;
+};
+
+bool Matches(const nlohmann::json& record, const ShowFilter& filter) {
+  const auto str = [](const nlohmann::json& j, const char* name) {
+    const auto it = j.find(name);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (!filter.key.empty() && str(record, "key") != filter.key) return false;
+  if (!filter.event.empty() && str(record, "event") != filter.event) return false;
+  const std::string time = str(record, "time");
+  if (!filter.since.empty() && time < filter.since) return false;
+  if (!filter.until.empty() && time >= filter.until) return false;
+  if (!filter.caller.empty()) {
+    const auto caller = record.find("caller");
+    if (caller == record.end() || !caller->is_object()) return false;
+    const auto uid = caller->find("uid");
+    const bool uid_match = uid != caller->end() && uid->is_number_integer() &&
+                           std::to_string(uid->get<int64_t>()) == filter.caller;
+    if (!uid_match && str(*caller, "user") != filter.caller && str(*caller, "exe") != filter.caller &&
+        str(*caller, "unit") != filter.caller) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string HumanLine(const nlohmann::json& r) {
+  std::ostringstream line;
+  const auto put = [&](const char* label, const char* name) {
+    const auto it = r.find(name);
+    if (it == r.end()) return;
+    line << " " << label << "=" << (it->is_string() ? it->get<std::string>() : it->dump());
+  };
+  line << r.value("seq", uint64_t{0}) << " " << r.value("time", "") << " " << r.value("event", "");
+  if (r.contains("decision")) line << " " << r.value("decision", "");
+  put("key", "key");
+  put("version", "key_version");
+  put("op", "operation");
+  put("vectors", "vectors");
+  put("dim", "dimension");
+  put("reversible", "reversible");
+  if (const auto caller = r.find("caller"); caller != r.end() && caller->is_object()) {
+    line << " caller=" << caller->value("user", "?") << "(" << caller->value("uid", int64_t{-1})
+         << ") pid=" << caller->value("pid", int64_t{-1});
+    if (caller->contains("exe")) line << " exe=" << caller->value("exe", "");
+    if (caller->contains("unit")) line << " unit=" << caller->value("unit", "");
+  }
+  put("rule", "rule_id");
+  put("error", "error_code");
+  put("request", "request_id");
+  put("reason", "reason");
+  return line.str();
+}
+
+int RunShow(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  ShowFilter filter;
+  bool json = false;
+  std::vector<std::string> operands;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    const bool has_value = i + 1 < args.size();
+    if (arg == "--json") {
+      json = true;
+    } else if (arg == "--key" && has_value) {
+      filter.key = args[++i];
+    } else if (arg == "--caller" && has_value) {
+      filter.caller = args[++i];
+    } else if (arg == "--event" && has_value) {
+      filter.event = args[++i];
+    } else if ((arg == "--since" || arg == "--until") && has_value) {
+      const std::string& time = args[++i];
+      if (time.size() < 4 || !std::all_of(time.begin(), time.begin() + 4, [](char c) { return c >= '0' && c <= '9'; })) {
+        err << "vecseal audit show: " << arg << " " << time
+            << ": not an ISO 8601 UTC time such as 2026-11-25T03:04\n";
+        return kExitUsage;
+      }
+      (arg == "--since" ? filter.since : filter.until) = time;
+    } else if (arg.starts_with("--")) {
+      err << "vecseal audit show: unknown or incomplete option " << arg << "\n" << kUsage;
+      return kExitUsage;
+    } else {
+      operands.push_back(arg);
+    }
+  }
+  if (operands.empty()) {
+    err << "vecseal audit show: needs at least one file\n" << kUsage;
+    return kExitUsage;
+  }
+  std::vector<std::string> files;
+  if (!ExpandPaths(operands, &files, err)) return kExitUnreadable;
+  for (const std::string& file : files) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) {
+      err << "vecseal audit show: cannot open " << file << "\n";
+      return kExitUnreadable;
+    }
+    std::string text;
+    while (std::getline(in, text)) {
+      if (in.eof()) break;  // a torn last line
+      const auto record = nlohmann::json::parse(text, nullptr, false);
+      if (record.is_discarded() || !record.is_object()) continue;
+      if (!Matches(record, filter)) continue;
+      out << (json ? text : HumanLine(record)) << "\n";
+    }
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int RunAuditCommand(std::span<const std::string> args, std::ostream& out, std::ostream& err) {
+  if (args.empty()) {
+    err << kUsage;
+    return kExitUsage;
+  }
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "verify") return RunVerify(rest, out, err);
+  if (args[0] == "show") return RunShow(rest, out, err);
+  if (args[0] == "--help" || args[0] == "help") {
+    out << kUsage;
+    return kExitOk;
+  }
+  err << "vecseal audit: unknown command \"" << args[0] << "\"\n" << kUsage;
+  return kExitUsage;
+}
+
+}  // namespace vecseal::audit

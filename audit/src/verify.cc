@@ -1,0 +1,311 @@
+#include "vecseal/audit/verify.h"
+
+
+#include <nlohmann/json.hpp>
+
+#include "record.h"
+
+namespace vecseal::audit {
+namespace {
+
+using internal::Digest;
+
+struct Line {
+  std::string text;  // without the newline
+  uint64_t number = 0;
+  bool parsed = false;
+  nlohmann::json json;
+  uint64_t seq = 0;
+  std::string prev;
+  std::string event;
+};
+
+bool IsHex(const nlohmann::json& value, size_t bytes) {
+  if (!value.is_string()) return false;
+  std::vector<uint8_t> out(bytes);
+  return internal::ParseHex(value.get_ref<const std::string&>(), out);
+}
+
+Line ParseLine(std::string text, uint64_t number) {
+  Line line;
+  line.number = number;
+  line.json = nlohmann::json::parse(text, nullptr, false);
+  line.text = std::move(text);
+  const nlohmann::json& j = line.json;
+  if (j.is_discarded() || !j.is_object()) return line;
+  const auto seq = j.find("seq");
+  const auto prev = j.find("prev");
+  const auto event = j.find("event");
+  const auto time = j.find("time");
+  if (seq == j.end() || !seq->is_number_unsigned() || prev == j.end() || !IsHex(*prev, 32) ||
+      event == j.end() || !event->is_string() || time == j.end() || !time->is_string()) {
+    return line;
+  }
+  line.seq = seq->get<uint64_t>();
+  line.prev = prev->get<std::string>();
+  line.event = event->get<std::string>();
+  line.parsed = line.seq > 0;
+  return line;
+}
+
+std::string Basename(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string StringField(const nlohmann::json& object, const char* name) {
+  const auto it = object.find(name);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+class Verifier {
+ public:
+  explicit Verifier(const internal::PublicKey& key) : key_(key) {}
+
+  // False once an alteration is found.
+  bool VerifyFile(const std::string& path) {
+    ++report_.files;
+    std::string content;
+    if (!internal::ReadWholeFile(path, &content)) {
+      return Fail("unreadable_file", path, 0, expected_seq_, "cannot read " + path);
+    }
+
+    std::vector<Line> lines;
+    size_t begin = 0;
+    while (begin < content.size()) {
+      const size_t end = content.find('\n', begin);
+      if (end == std::string::npos) {
+        Warn("torn_line", path, lines.size() + 1, 0,
+             "the last line of " + Basename(path) + " is incomplete (" +
+                 std::to_string(content.size() - begin) +
+                 " bytes without a newline), as a crash leaves it; it is not part of the chain");
+        break;
+      }
+      lines.push_back(ParseLine(content.substr(begin, end - begin), lines.size() + 1));
+      begin = end + 1;
+    }
+    if (lines.empty()) {
+      Warn("empty_file", path, 0, 0, Basename(path) + " holds no complete record");
+      return true;
+    }
+    for (size_t i = 0; i < lines.size(); ++i) {
+      const Line* next = i + 1 < lines.size() && lines[i + 1].parsed ? &lines[i + 1] : nullptr;
+      const Line* after_next =
+          i + 2 < lines.size() && lines[i + 2].parsed ? &lines[i + 2] : nullptr;
+      if (!CheckLine(path, lines[i], i == 0, next, after_next)) return false;
+    }
+    prev_file_path_ = path;
+    return true;
+  }
+
+  VerifyReport Finish() {
+    if (report_.ok() && report_.records == 0) {
+      Fail("no_records", "", 0, 0, "the files hold no audit record");
+    }
+    if (report_.ok()) {
+      report_.unsealed_tail = report_.last_seq - std::max(report_.last_sealed_seq,
+                                                          report_.first_seq - 1);
+      if (report_.unsealed_tail > 0) {
+        Warn("unsealed_tail", last_record_file_, last_record_line_, report_.last_seq,
+             "unsealed tail: " + std::to_string(report_.unsealed_tail) + " records (seq " +
+                 std::to_string(report_.last_seq - report_.unsealed_tail + 1) + ".." +
+                 std::to_string(report_.last_seq) +
+                 ") were written after the last seal; no signature covers them yet");
+      }
+    }
+    return std::move(report_);
+  }
+
+ private:
+  bool CheckLine(const std::string& path, const Line& line, bool first_in_file, const Line* next,
+                 const Line* after_next) {
+    const std::string file = Basename(path);
+    if (!line.parsed) {
+      return Fail("malformed_record", path, line.number, expected_seq_,
+                  "line " + std::to_string(line.number) + " of " + file +
+                      " is not an audit record (not JSON, or seq, time, prev or event missing)");
+    }
+    if (have_head_ && !CheckOrder(path, line, first_in_file, next, after_next)) return false;
+    if (!have_head_ && !CheckChainStart(path, line)) return false;
+
+    if (first_in_file) {
+      if (line.event != "file_start" || !IsHex(line.json.value("file_id", nlohmann::json()), 16)) {
+        return Fail("missing_file_start", path, line.number, line.seq,
+                    file + " does not begin with a file_start record");
+      }
+      file_id_hex_ = line.json["file_id"].get<std::string>();
+      const std::string named = StringField(line.json, "prev_file");
+      if (have_head_ && named != Basename(prev_file_path_)) {
+        Warn("renamed_file", path, line.number, line.seq,
+             file + " names \"" + named + "\" as its predecessor, but the chain continues from " +
+                 Basename(prev_file_path_) + " (renamed?)");
+      }
+    } else if (line.event == "file_start") {
+      return Fail("unexpected_file_start", path, line.number, line.seq,
+                  "a file_start record in the middle of " + file);
+    }
+    if (line.event == "seal" && !CheckSeal(path, line)) return false;
+
+    previous_head_hex_ = head_hex_;
+    head_hex_ = internal::Hex(internal::Sha256(line.text));
+    have_head_ = true;
+    expected_seq_ = line.seq + 1;
+    if (report_.records == 0) report_.first_seq = line.seq;
+    ++report_.records;
+    report_.last_seq = line.seq;
+    last_record_file_ = path;
+    last_record_line_ = line.number;
+    return true;
+  }
+
+  // The record expected next is seq expected_seq_ linked to head_hex_.
+  bool CheckOrder(const std::string& path, const Line& line, bool first_in_file, const Line* next,
+                  const Line* after_next) {
+    const uint64_t expected = expected_seq_;
+    const std::string e = std::to_string(expected);
+    const std::string s = std::to_string(line.seq);
+    if (line.seq > expected) {
+      const std::string missing =
+          line.seq == expected + 1 ? "record seq " + e + " is"
+                                   : "records seq " + e + ".." + std::to_string(line.seq - 1) + " are";
+      if (first_in_file) {
+        const std::string named = StringField(line.json, "prev_file");
+        if (!named.empty() && named != Basename(prev_file_path_)) {
+          return Fail("missing_file", path, line.number, expected,
+                      missing + " missing: " + Basename(path) + " continues \"" + named +
+                          "\", which was not given (the file before it here is " +
+                          Basename(prev_file_path_) + ")");
+        }
+        return Fail("missing_records", last_record_file_, last_record_line_ + 1, expected,
+                    missing + " missing: the end of " + Basename(last_record_file_) +
+                        " was truncated or deleted");
+      }
+      if (next != nullptr && next->seq == expected) {
+        if (line.seq == expected + 1 && (after_next == nullptr || after_next->seq == expected + 2)) {
+          return Fail("out_of_order", path, line.number, expected,
+                      "records seq " + e + " and " + s + " are out of order (swapped)");
+        }
+        return Fail("inserted_record", path, line.number, line.seq,
+                    "line " + std::to_string(line.number) + " (seq " + s +
+                        ") does not belong here: seq " + e + " was expected");
+      }
+      return Fail("missing_records", path, line.number, expected,
+                  missing + " missing (deleted): found seq " + s + " where " + e +
+                      " was expected");
+    }
+    if (line.seq < expected) {
+      // A repeated seq: either the line before was forged in, or this one is.
+      if (!first_in_file && line.prev == previous_head_hex_) {
+        return Fail("inserted_record", path, line.number - 1, line.seq,
+                    "seq " + s + " appears twice: line " + std::to_string(line.number - 1) +
+                        " was inserted (line " + std::to_string(line.number) +
+                        " continues the chain without it)");
+      }
+      return Fail("inserted_record", path, line.number, line.seq,
+                  "line " + std::to_string(line.number) + " repeats seq " + s +
+                      " (replayed or inserted): seq " + e + " was expected");
+    }
+    if (line.prev != head_hex_) {
+      // A changed record changes its own hash, so it breaks the link after it; only a change
+      // to its prev field also breaks the link before it.
+      const bool this_altered =
+          next != nullptr && next->prev != internal::Hex(internal::Sha256(line.text));
+      if (this_altered) {
+        return Fail("altered_record", path, line.number, line.seq,
+                    "record seq " + s + " was altered: its prev does not match the hash of seq " +
+                        std::to_string(line.seq - 1) + ", nor its hash the prev of seq " +
+                        std::to_string(line.seq + 1));
+      }
+      return Fail("altered_record", last_record_file_, last_record_line_, line.seq - 1,
+                  "record seq " + std::to_string(line.seq - 1) +
+                      " was altered: its hash does not match the prev of seq " + s);
+    }
+    return true;
+  }
+
+  bool CheckChainStart(const std::string& path, const Line& line) {
+    if (line.event != "file_start") return true;  // reported as missing_file_start
+    const auto prev_file = line.json.find("prev_file");
+    if (prev_file != line.json.end() && prev_file->is_null()) {
+      if (line.seq != 1 || line.prev != internal::kZeroHead) {
+        return Fail("altered_record", path, line.number, line.seq,
+                    "the first record ever must have seq 1 and an all-zero prev");
+      }
+      return true;
+    }
+    Warn("chain_starts_later", path, line.number, line.seq,
+         Basename(path) + " continues \"" + StringField(line.json, "prev_file") +
+             "\", which was not given: records before seq " + std::to_string(line.seq) +
+             " were not checked");
+    return true;
+  }
+
+  bool CheckSeal(const std::string& path, const Line& line) {
+    const std::string s = std::to_string(line.seq);
+    const std::string file_id = StringField(line.json, "file_id");
+    const std::string head = StringField(line.json, "head");
+    const std::string key_id = StringField(line.json, "key_id");
+    if (file_id != file_id_hex_) {
+      return Fail("bad_seal", path, line.number, line.seq,
+                  "seal seq " + s + " names file id " + file_id + ", not this file's " +
+                      file_id_hex_ + " (copied from another file?)");
+    }
+    if (head != line.prev) {
+      return Fail("bad_seal", path, line.number, line.seq,
+                  "seal seq " + s + " signs a head that is not its prev");
+    }
+    if (key_id != key_.key_id()) {
+      return Fail("unknown_seal_key", path, line.number, line.seq,
+                  "seal seq " + s + " was made by key " + key_id +
+                      ", not by the given public key (key id " + key_.key_id() + ")");
+    }
+    std::vector<uint8_t> signature;
+    std::array<uint8_t, 16> file_id_bytes{};
+    Digest head_bytes{};
+    if (!internal::ParseBase64(StringField(line.json, "sig"), &signature) ||
+        !internal::ParseHex(file_id, file_id_bytes) || !internal::ParseHex(head, head_bytes) ||
+        !key_.VerifyDigest(internal::SealDigest(file_id_bytes, line.seq, head_bytes), signature)) {
+      return Fail("bad_signature", path, line.number, line.seq,
+                  "the signature of seal seq " + s + " does not verify under the given public key");
+    }
+    ++report_.seals;
+    report_.last_sealed_seq = line.seq;
+    return true;
+  }
+
+  bool Fail(std::string code, const std::string& path, uint64_t line, uint64_t seq,
+            std::string message) {
+    report_.error = Finding{std::move(code), path, line, seq, std::move(message)};
+    return false;
+  }
+
+  void Warn(std::string code, const std::string& path, uint64_t line, uint64_t seq,
+            std::string message) {
+    report_.warnings.push_back(Finding{std::move(code), path, line, seq, std::move(message)});
+  }
+
+  const internal::PublicKey& key_;
+  VerifyReport report_;
+  bool have_head_ = false;
+  uint64_t expected_seq_ = 0;
+  std::string head_hex_;
+  std::string previous_head_hex_;
+  std::string file_id_hex_;
+  std::string prev_file_path_;
+  std::string last_record_file_;
+  uint64_t last_record_line_ = 0;
+};
+
+}  // namespace
+
+Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem) {
+  Result<internal::PublicKey> key = internal::PublicKey::FromPem(pubkey_pem);
+  if (!key.ok()) return std::move(key).TakeStatus();
+  Verifier verifier(*key);
+  for (const std::string& file : files) {
+    if (!verifier.VerifyFile(file)) break;
+  }
+  return verifier.Finish();
+}
+
+}  // namespace vecseal::audit

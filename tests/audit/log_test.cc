@@ -1,0 +1,331 @@
+// The writer: record format, chain, seals, rotation, restart.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "support/audit_test_util.h"
+#include "support/software_signer.h"
+#include "vecseal/audit/log.h"
+#include "vecseal/audit/verify.h"
+
+namespace vecseal::audit {
+namespace {
+
+using testing::LogFiles;
+using testing::ReadLines;
+using testing::SampleEvent;
+using testing::SoftwareSigner;
+using testing::TempDir;
+using testing::TestOptions;
+using ::testing::HasSubstr;
+
+std::string Pem(const std::shared_ptr<SoftwareSigner>& signer) { return *signer->PublicKeyPem(); }
+
+VerifyReport VerifyDir(const std::string& dir, const std::shared_ptr<SoftwareSigner>& signer) {
+  const std::vector<std::string> files = LogFiles(dir);
+  Result<VerifyReport> report = Verify(files, Pem(signer));
+  EXPECT_TRUE(report.ok()) << report.status().ToString();
+  return std::move(report).value();
+}
+
+std::unique_ptr<Log> OpenLog(const LogOptions& options, std::shared_ptr<Signer> signer) {
+  Result<std::unique_ptr<Log>> log = Log::Open(options, std::move(signer));
+  EXPECT_TRUE(log.ok()) << log.status().ToString();
+  return log.ok() ? std::move(log).value() : nullptr;
+}
+
+TEST(AuditLogTest, RecordsAreCanonicalJsonInFixedOrderAndChained) {
+  TempDir dir;
+  auto signer = SoftwareSigner::Generate();
+  auto log = OpenLog(TestOptions(dir.path()), signer);
+  ASSERT_NE(log, nullptr);
+  Event event = SampleEvent(2);
+  event.caller->exe = std::string("/opt/odd\xff\"name\n", 15);
+  event.extra = {{"zeta", 1}, {"alpha", "x"}};
+  ASSERT_TRUE(log->Append(event).ok());
+  ASSERT_TRUE(log->Close().ok());
+
+  const auto files = LogFiles(dir.path());
+  ASSERT_EQ(files.size(), 1u);
+  const auto lines = ReadLines(files[0]);
+  ASSERT_EQ(lines.size(), 3u);  // file_start, the event, the final seal
+  const auto start = nlohmann::json::parse(lines[0]);
+  EXPECT_EQ(start["event"], "file_start");
+  EXPECT_EQ(start["seq"], 1);
+  EXPECT_EQ(start["prev"], std::string(64, '0'));
+  EXPECT_TRUE(start["prev_file"].is_null());
+  EXPECT_EQ(start["file_id"].get<std::string>().size(), 32u);
+
+  // Field order is part of the format: seq, time, prev, event, then the event's fields.
+  EXPECT_THAT(lines[1], ::testing::StartsWith("{\"seq\":2,\"time\":\""));
+  const size_t prev_at = lines[1].find(",\"prev\":\"");
+  EXPECT_EQ(lines[1].substr(prev_at + 9 + 64, 30), "\",\"event\":\"encrypt\",\"request_i");
+  EXPECT_THAT(lines[1], HasSubstr("\"caller\":{\"pid\":1002,\"uid\":1000,\"user\":\"alice\","
+                                  "\"gid\":1000,\"exe\":\"/opt/odd\\ufffd\\\"name\\u000a\""));
+  EXPECT_THAT(lines[1], HasSubstr("\"extra\":{\"alpha\":\"x\",\"zeta\":1}}"));
+  const auto record = nlohmann::json::parse(lines[1]);
+  EXPECT_EQ(record["key"], "demo");
+  EXPECT_EQ(record["key_version"], 3);
+  EXPECT_EQ(record["vectors"], 3);
+  EXPECT_EQ(record["dimension"], 768);
+  EXPECT_EQ(record["reversible"], true);
+  EXPECT_EQ(record["decision"], "granted");
+  EXPECT_FALSE(record.contains("error_code"));  // empty fields are left out
+  EXPECT_THAT(record["time"].get<std::string>(),
+              ::testing::MatchesRegex("20[0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:"
+                                      "[0-6][0-9]\\.[0-9]{6}Z"));
+
+  const auto seal = nlohmann::json::parse(lines[2]);
+  EXPECT_EQ(seal["event"], "seal");
+  EXPECT_EQ(seal["reason"], "close");
+  EXPECT_EQ(seal["file_id"], start["file_id"]);
+  EXPECT_EQ(seal["head"], seal["prev"]);
+  EXPECT_EQ(seal["key_id"], start["key_id"]);
+
+  const VerifyReport report = VerifyDir(dir.path(), signer);
+  EXPECT_TRUE(report.ok()) << report.error->message;
+  EXPECT_EQ(report.records, 3u);
+  EXPECT_EQ(report.seals, 1u);
+  EXPECT_EQ(report.unsealed_tail, 0u);
+  EXPECT_TRUE(report.warnings.empty());
+}
+
+TEST(AuditLogTest, RefusesEventsThatCouldCarrySecretsOrImpersonateTheLog) {
+  TempDir dir;
+  auto log = OpenLog(TestOptions(dir.path()), SoftwareSigner::Generate());
+  ASSERT_NE(log, nullptr);
+  struct Case {
+    std::string name;
+    std::function<void(Event*)> mutate;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {"no name", [](Event* e) { e->event.clear(); }, "audit_bad_event"},
+      {"seal", [](Event* e) { e->event = "seal"; }, "audit_reserved_event"},
+      {"file_start", [](Event* e) { e->event = "file_start"; }, "audit_reserved_event"},
+      {"resumed", [](Event* e) { e->event = "resumed"; }, "audit_reserved_event"},
+      {"extra not object", [](Event* e) { e->extra = 5; }, "audit_bad_event"},
+      {"pin", [](Event* e) { e->extra = {{"pin", "1234"}}; }, "audit_forbidden_field"},
+      {"nested vectors", [](Event* e) { e->extra = {{"a", {{"vectors", {1.0}}}}}; },
+       "audit_forbidden_field"},
+      {"token", [](Event* e) { e->extra = {{"token", "x"}}; }, "audit_forbidden_field"},
+      {"huge", [](Event* e) { e->extra = {{"note", std::string(20000, 'x')}}; },
+       "audit_record_too_large"},
+  };
+  for (const Case& c : cases) {
+    Event event = SampleEvent(1);
+    c.mutate(&event);
+    const Status status = log->Append(event);
+    EXPECT_EQ(status.code(), Code::kInvalidArgument) << c.name;
+    EXPECT_EQ(status.reason(), c.reason) << c.name;
+  }
+  EXPECT_EQ(log->next_seq(), 2u) << "nothing but file_start was written";
+}
+
+TEST(AuditLogTest, SealsEveryNRecordsAndAcceptsRawSignatures) {
+  TempDir dir;
+  auto signer = SoftwareSigner::Generate();
+  signer->raw_signatures = true;  // what CKM_ECDSA returns
+  LogOptions options = TestOptions(dir.path());
+  options.seal_every_records = 4;
+  auto log = OpenLog(options, signer);
+  ASSERT_NE(log, nullptr);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(log->Append(SampleEvent(i)).ok());
+  ASSERT_TRUE(log->last_seal().has_value());
+  const SealInfo seal = *log->last_seal();
+  const auto lines = ReadLines(LogFiles(dir.path())[0]);
+  const auto seal_record = nlohmann::json::parse(lines[seal.seq - 1]);
+  EXPECT_EQ(seal_record["event"], "seal");
+  EXPECT_EQ(seal_record["head"], seal.head);
+
+  const VerifyReport open_report = VerifyDir(dir.path(), signer);
+  EXPECT_TRUE(open_report.ok());
+  EXPECT_GE(open_report.seals, 2u);
+  EXPECT_EQ(open_report.unsealed_tail, open_report.last_seq - seal.seq);
+  ASSERT_TRUE(log->Close().ok());
+  const VerifyReport closed = VerifyDir(dir.path(), signer);
+  EXPECT_TRUE(closed.ok());
+  EXPECT_EQ(closed.unsealed_tail, 0u);
+}
+
+TEST(AuditLogTest, SignerFailureLeavesRecordsUnsealedButWritten) {
+  TempDir dir;
+  auto signer = SoftwareSigner::Generate();
+  LogOptions options = TestOptions(dir.path());
+  options.seal_every_records = 2;
+  std::vector<std::string> notices;
+  options.notice = [&](std::string_view level, std::string_view message) {
+    notices.push_back(std::string(level) + ": " + std::string(message));
+  };
+  auto log = OpenLog(options, signer);
+  ASSERT_NE(log, nullptr);
+  signer->fail = true;
+  for (int i = 0; i < 6; ++i) EXPECT_TRUE(log->Append(SampleEvent(i)).ok());
+  EXPECT_EQ(log->Seal().reason(), "audit_seal_failed");
+  EXPECT_THAT(notices, ::testing::Contains(HasSubstr("cannot seal the audit log")));
+  signer->fail = false;
+  ASSERT_TRUE(log->Close().ok());
+  const VerifyReport report = VerifyDir(dir.path(), signer);
+  EXPECT_TRUE(report.ok());
+  EXPECT_EQ(report.seals, 1u);
+  EXPECT_EQ(report.unsealed_tail, 0u);
+}
+
+TEST(AuditLogTest, RotatesBySizeAndLinksFiles) {
+  TempDir dir;
+  auto signer = SoftwareSigner::Generate();
+  LogOptions options = TestOptions(dir.path());
+  options.rotate_bytes = 4096;
+  options.seal_every_records = 1000;
+  auto log = OpenLog(options, signer);
+  ASSERT_NE(log, nullptr);
+  for (int i = 0; i < 60; ++i) ASSERT_TRUE(log->Append(SampleEvent(i)).ok());
+  ASSERT_TRUE(log->Close().ok());
+  const auto files = LogFiles(dir.path());
+  ASSERT_GE(files.size(), 3u);
+  for (size_t f = 1; f < files.size(); ++f) {
+    const auto previous = ReadLines(files[f - 1]);
+    const auto first = nlohmann::json::parse(ReadLines(files[f])[0]);
+    EXPECT_EQ(first["event"], "file_start");
+    EXPECT_EQ(first["reason"], "rotation");
+    EXPECT_EQ(first["prev_file"], std::filesystem::path(files[f - 1]).filename().string());
+    EXPECT_EQ(nlohmann::json::parse(previous.back())["event"], "seal")
+        << "each rotated file ends sealed";
+    EXPECT_EQ(first["seq"], nlohmann::json::parse(previous.back())["seq"].get<uint64_t>() + 1);
+  }
+  const VerifyReport report = VerifyDir(dir.path(), signer);
+  EXPECT_TRUE(report.ok()) << report.error->message;
+  EXPECT_EQ(report.files, files.size());
+  EXPECT_EQ(report.seals, files.size());
+}
+
+TEST(AuditLogTest, ReopenContinuesTheChainInANewFile) {
+  TempDir dir;
+  auto signer = SoftwareSigner::Generate();
+  for (int run = 0; run < 3; ++run) {
+    auto log = OpenLog(TestOptions(dir.path()), signer);
+    ASSERT_NE(log, nullptr);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(log->Append(SampleEvent(i)).ok());
+    ASSERT_TRUE(log->Close().ok());
+  }
+  const auto files = LogFiles(dir.path());
+  ASSERT_EQ(files.size(), 3u);
+  const auto third = nlohmann::json::parse(ReadLines(files[2])[0]);
+  EXPECT_EQ(third["reason"], "open");
+  EXPECT_EQ(third["prev_file"], std::filesystem::path(files[1]).filename().string());
+  const VerifyReport report = VerifyDir(dir.path(), signer);
+  EXPECT_TRUE(report.ok());
+  EXPECT_EQ(report.last_seq, 15u);  // 3 x (file_start + 3 events + seal)
+}
+
+TEST(AuditLogTest, RejectsASignerThatDoesNotMatchItsPublicKey) {
+  class Mismatched final : public Signer {
+   public:
+    Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> d) override {
+      return a_->SignDigest(d);
+    }
+    Result<std::string> PublicKeyPem() override { return b_->PublicKeyPem(); }
+    std::shared_ptr<SoftwareSigner> a_ = SoftwareSigner::Generate();
+    std::shared_ptr<SoftwareSigner> b_ = SoftwareSigner::Generate();
+  };
+  TempDir dir;
+  Result<std::unique_ptr<Log>> log = Log::Open(TestOptions(dir.path()), std::make_shared<Mismatched>());
+  ASSERT_FALSE(log.ok());
+  EXPECT_EQ(log.status().reason(), "audit_signer_mismatch");
+}
+
+TEST(AuditLogTest, RejectsBadOptionsNamingTheSetting) {
+  TempDir dir;
+  struct Case {
+    std::function<void(LogOptions*)> mutate;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[](LogOptions* o) { o->dir.clear(); }, "audit.dir: must be set"},
+      {[](LogOptions* o) { o->seal_every_records = 0; }, "audit.seal_every_records: must be at least 1"},
+      {[](LogOptions* o) { o->seal_every = std::chrono::seconds(0); },
+       "audit.seal_every: must be at least 1 second"},
+      {[](LogOptions* o) { o->rotate_bytes = 100; }, "audit.rotate_bytes: must be at least 4096"},
+      {[](LogOptions* o) { o->sync_interval = std::chrono::milliseconds(0); },
+       "audit.sync_interval: must be positive; use sync \"every-record\" for no interval"},
+      {[](LogOptions* o) { o->refuse_free_bytes = 10, o->warn_free_bytes = 5; },
+       "audit.refuse_free_bytes: must not exceed warn_free_bytes"},
+  };
+  for (const Case& c : cases) {
+    LogOptions options = TestOptions(dir.path());
+    c.mutate(&options);
+    Result<std::unique_ptr<Log>> log = Log::Open(options, SoftwareSigner::Generate());
+    ASSERT_FALSE(log.ok()) << c.message;
+    EXPECT_EQ(log.status().reason(), "audit_bad_option");
+    EXPECT_EQ(log.status().message(), c.message);
+  }
+}
+
+TEST(AuditLogTest, RefusesToContinueAChainWhoseLastRecordIsUnreadable) {
+  TempDir dir;
+  auto signer = SoftwareSigner::Generate();
+  {
+    auto log = OpenLog(TestOptions(dir.path()), signer);
+    ASSERT_TRUE(log->Append(SampleEvent(0)).ok());
+    ASSERT_TRUE(log->Close().ok());
+  }
+  const std::string file = LogFiles(dir.path())[0];
+  auto lines = ReadLines(file);
+  lines.back() = "garbage";
+  testing::WriteLines(file, lines);
+  Result<std::unique_ptr<Log>> log = Log::Open(TestOptions(dir.path()), signer);
+  ASSERT_FALSE(log.ok());
+  EXPECT_EQ(log.status().reason(), "audit_log_corrupt");
+}
+
+TEST(AuditLogTest, ConcurrentAppendsKeepSeqAndChainIntact) {
+  TempDir dir;
+  auto signer = SoftwareSigner::Generate();
+  LogOptions options = TestOptions(dir.path());
+  options.seal_every_records = 50;
+  options.rotate_bytes = 64 << 10;
+  auto log = OpenLog(options, signer);
+  ASSERT_NE(log, nullptr);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 500; ++i) EXPECT_TRUE(log->Append(SampleEvent(t * 1000 + i)).ok());
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  ASSERT_TRUE(log->Close().ok());
+  const VerifyReport report = VerifyDir(dir.path(), signer);
+  EXPECT_TRUE(report.ok()) << report.error->message;
+  EXPECT_EQ(report.records - report.seals - report.files, 2000u);
+}
+
+TEST(AuditLogTest, SetsAppendOnlyWhenPrivilegedAndSaysSo) {
+  TempDir dir;
+  LogOptions options = TestOptions(dir.path());
+  options.try_append_only = true;
+  auto log = OpenLog(options, SoftwareSigner::Generate());
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Close().ok());
+  const std::string file = LogFiles(dir.path())[0];
+  const auto start = nlohmann::json::parse(ReadLines(file)[0]);
+  int flags = 0;
+  const int fd = ::open(file.c_str(), O_RDONLY);
+  const bool can_query = fd >= 0 && ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+  const bool is_append_only = can_query && (flags & FS_APPEND_FL) != 0;
+  // The record says exactly what the file system says.
+  EXPECT_EQ(start["append_only"].get<bool>(), is_append_only);
+  if (is_append_only) {
+    flags &= ~FS_APPEND_FL;  // so that the temp dir can be removed
+    ::ioctl(fd, FS_IOC_SETFLAGS, &flags);
+  }
+  if (fd >= 0) ::close(fd);
+  if (!is_append_only) GTEST_SKIP() << "FS_APPEND_FL did not take (needs CAP_LINUX_IMMUTABLE)";
+}
+
+}  // namespace
+}  // namespace vecseal::audit
