@@ -1,0 +1,304 @@
+// Every kind of tampering the issue lists, each detected at the exact seq (and line).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <openssl/sha.h>
+
+#include <filesystem>
+#include <functional>
+
+#include <nlohmann/json.hpp>
+
+#include "support/audit_test_util.h"
+#include "support/software_signer.h"
+#include "vecseal/audit/log.h"
+#include "vecseal/audit/verify.h"
+
+namespace vecseal::audit {
+namespace {
+
+using testing::LogFiles;
+using testing::ReadLines;
+using testing::SampleEvent;
+using testing::SoftwareSigner;
+using testing::TempDir;
+using testing::WriteLines;
+using ::testing::HasSubstr;
+using Json = nlohmann::ordered_json;
+
+std::string Sha256Hex(const std::string& text) {
+  unsigned char digest[32];
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : digest) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 0xF]);
+  }
+  return out;
+}
+
+uint64_t SeqOf(const std::string& line) { return Json::parse(line)["seq"].get<uint64_t>(); }
+std::string EventOf(const std::string& line) { return Json::parse(line)["event"].get<std::string>(); }
+
+// A log of several rotated files with seals every 5 records, as a list of files of lines.
+class TamperTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    signer_ = SoftwareSigner::Generate();
+    LogOptions options = testing::TestOptions(dir_.path());
+    options.rotate_bytes = 8192;
+    auto log = Log::Open(options, signer_);
+    ASSERT_TRUE(log.ok());
+    for (int i = 0; i < 70; ++i) ASSERT_TRUE((*log)->Append(SampleEvent(i)).ok());
+    ASSERT_TRUE((*log)->Close().ok());
+    files_ = LogFiles(dir_.path());
+    ASSERT_GE(files_.size(), 4u);
+    for (const auto& file : files_) lines_.push_back(ReadLines(file));
+    // The victim: a request record in the middle file, followed by another request record.
+    for (k_ = 3; k_ + 2 < lines_[1].size(); ++k_) {
+      if (EventOf(lines_[1][k_]) != "seal" && EventOf(lines_[1][k_ + 1]) != "seal") break;
+    }
+    ASSERT_LT(k_ + 2, lines_[1].size());
+  }
+
+  void Save() {
+    for (size_t f = 0; f < files_.size(); ++f) WriteLines(files_[f], lines_[f]);
+  }
+
+  VerifyReport VerifyAll(std::vector<std::string> files = {}) {
+    if (files.empty()) files = files_;
+    Result<VerifyReport> report = Verify(files, *signer_->PublicKeyPem());
+    EXPECT_TRUE(report.ok());
+    return std::move(report).value();
+  }
+
+  // What an attacker without the key can do best: recompute every hash after a change.
+  void Rechain(size_t file, size_t line) {
+    std::string previous = line == 0 ? lines_[file - 1].back() : lines_[file][line - 1];
+    for (size_t f = file; f < lines_.size(); ++f) {
+      for (size_t i = f == file ? line : 0; i < lines_[f].size(); ++i) {
+        Json record = Json::parse(lines_[f][i]);
+        record["prev"] = Sha256Hex(previous);
+        if (record["event"] == "seal") record["head"] = record["prev"];
+        lines_[f][i] = record.dump();
+        previous = lines_[f][i];
+      }
+    }
+  }
+
+  std::string Name(size_t f) const { return files_[f]; }
+
+  TempDir dir_;
+  std::shared_ptr<SoftwareSigner> signer_;
+  std::vector<std::string> files_;
+  std::vector<std::vector<std::string>> lines_;
+  size_t k_ = 0;
+};
+
+TEST_F(TamperTest, UntouchedLogVerifiesWithNoWarnings) {
+  const VerifyReport report = VerifyAll();
+  ASSERT_TRUE(report.ok()) << report.error->message;
+  EXPECT_TRUE(report.warnings.empty());
+  EXPECT_EQ(report.files, files_.size());
+  EXPECT_EQ(report.last_seq, SeqOf(lines_.back().back()));
+}
+
+TEST_F(TamperTest, FlippedByteInAFieldIsAnAlteredRecord) {
+  const uint64_t seq = SeqOf(lines_[1][k_]);
+  std::string& line = lines_[1][k_];
+  line[line.find("\"req-") + 2] ^= 0x04;  // "req-" -> "raq-": still valid JSON
+  Save();
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "altered_record");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->file, Name(1));
+  EXPECT_EQ(report.error->line, k_ + 1);
+  EXPECT_EQ(report.error->message, "record seq " + std::to_string(seq) +
+                                       " was altered: its hash does not match the prev of seq " +
+                                       std::to_string(seq + 1));
+}
+
+TEST_F(TamperTest, FlippedByteInPrevIsAnAlteredRecord) {
+  const uint64_t seq = SeqOf(lines_[1][k_]);
+  std::string& line = lines_[1][k_];
+  char& c = line[line.find("\"prev\":\"") + 10];
+  c = c == 'a' ? 'b' : 'a';
+  Save();
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "altered_record");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->line, k_ + 1);
+}
+
+TEST_F(TamperTest, FlippedByteThatBreaksTheJsonIsAMalformedRecord) {
+  const uint64_t seq = SeqOf(lines_[1][k_]);
+  lines_[1][k_][0] ^= 0x01;  // '{' -> 'z'
+  Save();
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "malformed_record");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->line, k_ + 1);
+}
+
+TEST_F(TamperTest, DeletedLineIsAMissingRecord) {
+  const uint64_t seq = SeqOf(lines_[1][k_]);
+  lines_[1].erase(lines_[1].begin() + static_cast<long>(k_));
+  Save();
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "missing_records");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->line, k_ + 1);
+  EXPECT_EQ(report.error->message, "record seq " + std::to_string(seq) +
+                                       " is missing (deleted): found seq " +
+                                       std::to_string(seq + 1) + " where " +
+                                       std::to_string(seq) + " was expected");
+}
+
+TEST_F(TamperTest, SwappedLinesAreOutOfOrder) {
+  const uint64_t seq = SeqOf(lines_[1][k_]);
+  std::swap(lines_[1][k_], lines_[1][k_ + 1]);
+  Save();
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "out_of_order");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->line, k_ + 1);
+}
+
+TEST_F(TamperTest, ForgedLineWithAConsistentHashIsAnInsertedRecord) {
+  Json forged = Json::parse(lines_[1][k_]);
+  const uint64_t seq = forged["seq"].get<uint64_t>() + 1;
+  forged["seq"] = seq;
+  forged["prev"] = Sha256Hex(lines_[1][k_]);
+  forged["request_id"] = "forged";
+  lines_[1].insert(lines_[1].begin() + static_cast<long>(k_ + 1), forged.dump());
+  Save();
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "inserted_record");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->line, k_ + 2) << "the forged line, not the genuine one after it";
+}
+
+TEST_F(TamperTest, ReplayedLineIsAnInsertedRecord) {
+  const uint64_t seq = SeqOf(lines_[1][k_ - 2]);
+  lines_[1].insert(lines_[1].begin() + static_cast<long>(k_ + 1), lines_[1][k_ - 2]);
+  Save();
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "inserted_record");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->line, k_ + 2);
+}
+
+TEST_F(TamperTest, TruncatedMiddleFileIsMissingRecords) {
+  const uint64_t seq = SeqOf(lines_[1][k_]);
+  std::string text;
+  for (size_t i = 0; i < k_; ++i) text += lines_[1][i] + "\n";
+  text += lines_[1][k_].substr(0, 40);  // cut inside record seq
+  Save();
+  testing::WriteFileText(files_[1], text);
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "missing_records");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->file, Name(1));
+  EXPECT_EQ(report.error->line, k_ + 1);
+  EXPECT_THAT(report.error->message, HasSubstr("was truncated or deleted"));
+}
+
+TEST_F(TamperTest, DroppedMiddleFileIsAMissingFile) {
+  const uint64_t seq = SeqOf(lines_[1][0]);
+  const VerifyReport report = VerifyAll({files_[0], files_[2], files_[3]});
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "missing_file");
+  EXPECT_EQ(report.error->seq, seq);
+  EXPECT_EQ(report.error->file, Name(2));
+  EXPECT_EQ(report.error->line, 1u);
+  EXPECT_THAT(report.error->message,
+              HasSubstr("continues \"" + std::filesystem::path(files_[1]).filename().string() +
+                        "\", which was not given"));
+}
+
+TEST_F(TamperTest, AlteredSignatureIsABadSignature) {
+  size_t seal = 0;
+  while (EventOf(lines_[1][seal]) != "seal") ++seal;
+  Json record = Json::parse(lines_[1][seal]);
+  std::string sig = record["sig"];
+  sig[10] = sig[10] == 'A' ? 'B' : 'A';
+  record["sig"] = sig;
+  lines_[1][seal] = record.dump();
+  Rechain(1, seal + 1);
+  Save();
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "bad_signature");
+  EXPECT_EQ(report.error->seq, record["seq"].get<uint64_t>());
+  EXPECT_EQ(report.error->line, seal + 1);
+}
+
+TEST_F(TamperTest, RewrittenChainIsCaughtByTheNextSeal) {
+  Json record = Json::parse(lines_[1][k_]);
+  record["key"] = "someone-else";
+  lines_[1][k_] = record.dump();
+  Rechain(1, k_ + 1);
+  Save();
+  size_t seal = k_ + 1;
+  while (EventOf(lines_[1][seal]) != "seal") ++seal;
+  const VerifyReport report = VerifyAll();
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.error->code, "bad_signature");
+  EXPECT_EQ(report.error->seq, SeqOf(lines_[1][seal]));
+}
+
+TEST_F(TamperTest, SealsFromAnotherKeyAreRejected) {
+  auto other = SoftwareSigner::Generate();
+  Result<VerifyReport> report = Verify(files_, *other->PublicKeyPem());
+  ASSERT_TRUE(report.ok());
+  ASSERT_FALSE(report->ok());
+  EXPECT_EQ(report->error->code, "unknown_seal_key");
+  size_t seal = 0;
+  while (EventOf(lines_[0][seal]) != "seal") ++seal;
+  EXPECT_EQ(report->error->seq, SeqOf(lines_[0][seal]));
+}
+
+TEST_F(TamperTest, TornLastLineIsOnlyAWarning) {
+  const std::string& last = lines_.back().back();
+  std::string text;
+  for (const auto& line : lines_.back()) text += line + "\n";
+  text += last.substr(0, 30);  // what a crash mid-write leaves
+  testing::WriteFileText(files_.back(), text);
+  const VerifyReport report = VerifyAll();
+  EXPECT_TRUE(report.ok());
+  ASSERT_EQ(report.warnings.size(), 1u);
+  EXPECT_EQ(report.warnings[0].code, "torn_line");
+  EXPECT_EQ(report.warnings[0].line, lines_.back().size() + 1);
+}
+
+TEST_F(TamperTest, RecordsAfterTheLastSealAreAnUnsealedTailWarning) {
+  lines_.back().pop_back();  // the final seal: as if the daemon crashed before Close
+  Save();
+  const VerifyReport report = VerifyAll();
+  EXPECT_TRUE(report.ok());
+  ASSERT_EQ(report.warnings.size(), 1u);
+  EXPECT_EQ(report.warnings[0].code, "unsealed_tail");
+  EXPECT_EQ(report.unsealed_tail, report.last_seq - report.last_sealed_seq);
+  EXPECT_GT(report.unsealed_tail, 0u);
+  EXPECT_THAT(report.warnings[0].message,
+              ::testing::StartsWith("unsealed tail: " + std::to_string(report.unsealed_tail) +
+                                    " records"));
+}
+
+TEST(VerifyTest, RejectsAKeyThatIsNotP256) {
+  const std::vector<std::string> none;
+  Result<VerifyReport> report = Verify(none, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
+  ASSERT_FALSE(report.ok());
+  EXPECT_EQ(report.status().reason(), "audit_bad_public_key");
+}
+
+}  // namespace
+}  // namespace vecseal::audit
