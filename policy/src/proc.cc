@@ -52,14 +52,21 @@ std::vector<std::string_view> SplitWhitespace(std::string_view text) {
 
 enum class Family { kNone, kPython, kNode, kPerl, kRuby, kPhp, kJava, kShell };
 
+// Matches "python", "python3" and "python3.11", but not "pythonista".
+bool IsVersioned(std::string_view base, std::string_view name) {
+  if (!StartsWith(base, name)) return false;
+  std::string_view version = base.substr(name.size());
+  return version.find_first_not_of("0123456789.") == std::string_view::npos;
+}
+
 Family FamilyOf(std::string_view exe_path) {
   if (EndsWith(exe_path, " (deleted)")) exe_path.remove_suffix(10);
   std::string_view base = exe_path.substr(exe_path.rfind('/') + 1);
-  if (StartsWith(base, "python") || StartsWith(base, "pypy")) return Family::kPython;
+  if (IsVersioned(base, "python") || IsVersioned(base, "pypy")) return Family::kPython;
   if (base == "node" || base == "nodejs") return Family::kNode;
-  if (StartsWith(base, "perl")) return Family::kPerl;
-  if (StartsWith(base, "ruby")) return Family::kRuby;
-  if (StartsWith(base, "php")) return Family::kPhp;
+  if (IsVersioned(base, "perl")) return Family::kPerl;
+  if (IsVersioned(base, "ruby")) return Family::kRuby;
+  if (IsVersioned(base, "php")) return Family::kPhp;
   if (base == "java") return Family::kJava;
   if (base == "sh" || base == "bash" || base == "dash" || base == "zsh" || base == "ksh") {
     return Family::kShell;

@@ -1,0 +1,407 @@
+// PeerIdentity with real processes on a real Unix socket: helpers that connect, a child that
+// drops to another uid, a copied binary, a python3 script, a peer that execs, a peer that exits.
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+#include "vecseal/policy/identity.h"
+#include "vecseal/policy/policy.h"
+
+namespace vecseal::policy {
+namespace {
+
+using testing_util::Sha256OfFile;
+using testing_util::TempDir;
+using testing_util::WriteFile;
+
+// Only a guard against a broken helper hanging the suite; correctness never depends on it.
+constexpr int kGuardMillis = 20000;
+
+std::string RealPath(const std::string& path) {
+  char buffer[PATH_MAX];
+  return realpath(path.c_str(), buffer) ? std::string(buffer) : std::string();
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(Fd&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  Fd& operator=(Fd&& other) noexcept {
+    std::swap(fd_, other.fd_);
+    return *this;
+  }
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int get() const { return fd_; }
+  void reset() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+bool WaitReadable(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return poll(&p, 1, kGuardMillis) == 1;
+}
+
+// The daemon's side: a listening socket in a temp dir, and the processes started against it.
+class PeerTest : public testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);
+    socket_path_ = dir_ / "s";
+    listener_ = Fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    ASSERT_LT(socket_path_.size(), sizeof addr.sun_path);
+    std::strcpy(addr.sun_path, socket_path_.c_str());
+    ASSERT_EQ(bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(chmod(socket_path_.c_str(), 0777), 0);
+    ASSERT_EQ(listen(listener_.get(), 8), 0);
+  }
+
+  void TearDown() override {
+    for (pid_t pid : children_) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+
+  IdentityResolverOptions Options() const {
+    IdentityResolverOptions options;
+    options.use_peer_pidfd = GetParam();
+    return options;
+  }
+
+  // Starts `argv` with `cwd`; returns its pid.
+  pid_t Spawn(const std::vector<std::string>& argv, const std::string& cwd = "/") {
+    pid_t pid = fork();
+    if (pid == 0) {
+      if (chdir(cwd.c_str()) != 0) _exit(126);
+      std::vector<char*> args;
+      for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    children_.push_back(pid);
+    return pid;
+  }
+
+  // Accepts one connection and reads the peer's 'A'.
+  Fd Accept() {
+    if (!WaitReadable(listener_.get())) return Fd();
+    Fd conn(accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    char byte = 0;
+    if (!WaitReadable(conn.get()) || read(conn.get(), &byte, 1) != 1 || byte != 'A') return Fd();
+    return conn;
+  }
+
+  void Reap(pid_t pid) {
+    waitpid(pid, nullptr, 0);
+    std::erase(children_, pid);
+  }
+
+  std::vector<std::string> HelperArgs() const {
+    return {VECSEAL_PEER_HELPER, "connect", socket_path_};
+  }
+
+  TempDir dir_;
+  std::string socket_path_;
+  Fd listener_;
+  std::vector<pid_t> children_;
+};
+
+TEST_P(PeerTest, IdentifiesHelperFromTheKernel) {
+  IdentityResolver resolver(Options());
+  pid_t pid = Spawn(HelperArgs());
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  EXPECT_EQ(peer->pinned_by_socket(), GetParam());
+  const CallerIdentity& id = peer->identity();
+  EXPECT_EQ(id.pid, pid);
+  EXPECT_EQ(id.uid, geteuid());
+  EXPECT_EQ(id.gid, getegid());
+  EXPECT_EQ(id.exe, RealPath(VECSEAL_PEER_HELPER));
+  EXPECT_EQ(id.exe_sha256, Sha256OfFile(VECSEAL_PEER_HELPER));
+  EXPECT_EQ(id.script, "");
+  EXPECT_EQ(id.script_sha256, "");
+  // Nothing changed: Refresh keeps the identity and does not re-resolve.
+  uint64_t resolutions = resolver.stats().resolutions;
+  ASSERT_TRUE(peer->Refresh(resolver).ok());
+  EXPECT_EQ(resolver.stats().resolutions, resolutions);
+  EXPECT_EQ(peer->identity().exe_sha256, id.exe_sha256);
+}
+
+TEST_P(PeerTest, DigestIsCachedAcrossConnections) {
+  IdentityResolver resolver(Options());
+  Spawn(HelperArgs());
+  Fd first = Accept();
+  ASSERT_GE(first.get(), 0);
+  ASSERT_TRUE(PeerIdentity::FromSocket(first.get(), resolver).ok());
+  IdentityResolver::Stats after_first = resolver.stats();
+  Spawn(HelperArgs());
+  Fd second = Accept();
+  ASSERT_GE(second.get(), 0);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(second.get(), resolver);
+  ASSERT_TRUE(peer.ok());
+  IdentityResolver::Stats after_second = resolver.stats();
+  EXPECT_EQ(after_second.digest_cache_misses, after_first.digest_cache_misses);
+  EXPECT_EQ(after_second.digest_cache_hits, after_first.digest_cache_hits + 1);
+  EXPECT_EQ(peer->identity().exe_sha256, Sha256OfFile(VECSEAL_PEER_HELPER));
+}
+
+TEST_P(PeerTest, CopiedBinaryWithOtherDigestIsDenied) {
+  std::string copy = dir_ / "helper-copy";
+  WriteFile(copy, testing_util::ReadFile(VECSEAL_PEER_HELPER) + std::string(1, '\0'), 0755);
+  std::string original_digest = Sha256OfFile(VECSEAL_PEER_HELPER);
+  ASSERT_NE(Sha256OfFile(copy), original_digest);
+  Result<PolicyPtr> policy = Policy::Parse(R"({"version": 1, "rules": [{"id": "reviewed",
+      "callers": {"exe_sha256": ")" + original_digest + R"("}, "keys": ["*"],
+      "operations": ["encrypt"]}]})");
+  ASSERT_TRUE(policy.ok());
+
+  IdentityResolver resolver(Options());
+  Spawn(HelperArgs());
+  Fd original_conn = Accept();
+  ASSERT_GE(original_conn.get(), 0);
+  Result<PeerIdentity> original = PeerIdentity::FromSocket(original_conn.get(), resolver);
+  ASSERT_TRUE(original.ok());
+  EXPECT_EQ((*policy)->Decide(original->identity(), Operation::kEncrypt, "k").rule_id, "reviewed");
+
+  Spawn({copy, "connect", socket_path_});
+  Fd copy_conn = Accept();
+  ASSERT_GE(copy_conn.get(), 0);
+  Result<PeerIdentity> copied = PeerIdentity::FromSocket(copy_conn.get(), resolver);
+  ASSERT_TRUE(copied.ok());
+  EXPECT_EQ(copied->identity().exe, copy);
+  EXPECT_EQ(copied->identity().exe_sha256, Sha256OfFile(copy));
+  EXPECT_FALSE((*policy)->Decide(copied->identity(), Operation::kEncrypt, "k").granted);
+}
+
+TEST_P(PeerTest, ReplacingTheFileOnDiskDoesNotChangeTheDigest) {
+  // The peer runs a modified copy, then puts the reviewed binary at the path it ran from. The
+  // digest must still be that of the image running, read through /proc/PID/exe.
+  std::string path = dir_ / "helper";
+  WriteFile(path, testing_util::ReadFile(VECSEAL_PEER_HELPER) + "tampered", 0755);
+  std::string running_digest = Sha256OfFile(path);
+  IdentityResolver resolver(Options());
+  Spawn({path, "connect", socket_path_});
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  ASSERT_EQ(unlink(path.c_str()), 0);
+  WriteFile(path, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  ASSERT_NE(Sha256OfFile(path), running_digest);
+
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  EXPECT_EQ(peer->identity().exe_sha256, running_digest);
+  EXPECT_EQ(peer->identity().exe, path + " (deleted)");
+}
+
+TEST_P(PeerTest, PythonScriptIsIdentifiedByPathAndDigest) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "/usr/bin/python3 is not installed";
+  std::string script = dir_ / "export.py";
+  WriteFile(script,
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "s.connect(sys.argv[1])\n"
+            "s.sendall(b'A')\n"
+            "s.recv(1)\n");
+  IdentityResolver resolver(Options());
+  // A relative script path, resolved against the peer's working directory.
+  Spawn({"/usr/bin/python3", "-u", "export.py", socket_path_}, dir_.path());
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  const CallerIdentity& id = peer->identity();
+  EXPECT_EQ(id.exe, RealPath("/usr/bin/python3"));
+  EXPECT_EQ(id.script, RealPath(script));
+  EXPECT_EQ(id.script_sha256, Sha256OfFile(script));
+
+  Result<PolicyPtr> policy = Policy::Parse(R"({"version": 1, "rules": [{"id": "export",
+      "callers": {"script": ")" + RealPath(script) + R"(", "script_sha256": ")" +
+                                           Sha256OfFile(script) + R"("},
+      "keys": ["support-*"], "operations": ["encrypt"]}]})");
+  ASSERT_TRUE(policy.ok()) << policy.status().ToString();
+  EXPECT_EQ((*policy)->Decide(id, Operation::kEncrypt, "support-ratings").rule_id, "export");
+  CallerIdentity edited = id;
+  edited.script_sha256 = std::string(64, '0');
+  EXPECT_FALSE((*policy)->Decide(edited, Operation::kEncrypt, "support-ratings").granted);
+}
+
+TEST_P(PeerTest, PeerThatExecsIsReidentified) {
+  std::string other = dir_ / "other-program";
+  WriteFile(other, testing_util::ReadFile(VECSEAL_PEER_HELPER) + "other", 0755);
+  IdentityResolver resolver(Options());
+  std::vector<std::string> args = HelperArgs();
+  args.insert(args.end(), {other, "hold"});
+  Spawn(args);
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok());
+  EXPECT_EQ(peer->identity().exe, RealPath(VECSEAL_PEER_HELPER));
+
+  // Let it exec, and wait for the new program's 'R'.
+  char byte = 'G';
+  ASSERT_EQ(write(conn.get(), &byte, 1), 1);
+  ASSERT_TRUE(WaitReadable(conn.get()));
+  ASSERT_EQ(read(conn.get(), &byte, 1), 1);
+  ASSERT_EQ(byte, 'R');
+
+  uint64_t resolutions = resolver.stats().resolutions;
+  ASSERT_TRUE(peer->Refresh(resolver).ok());
+  EXPECT_EQ(resolver.stats().resolutions, resolutions + 1);
+  EXPECT_EQ(peer->identity().exe, other);
+  EXPECT_EQ(peer->identity().exe_sha256, Sha256OfFile(other));
+  EXPECT_EQ(peer->identity().uid, geteuid());
+}
+
+TEST_P(PeerTest, PeerThatExitsIsGone) {
+  IdentityResolver resolver(Options());
+  pid_t pid = Spawn(HelperArgs());
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok());
+  // Exited but not yet reaped (a zombie) already counts as gone.
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  siginfo_t info{};
+  ASSERT_EQ(waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT), 0);
+  Status zombie = peer->Refresh(resolver);
+  EXPECT_EQ(zombie.reason(), "peer_gone");
+  EXPECT_EQ(zombie.code(), Code::kPermissionDenied);
+  Reap(pid);
+  EXPECT_EQ(peer->Refresh(resolver).reason(), "peer_gone");
+}
+
+TEST_P(PeerTest, PeerGoneBeforeIdentification) {
+  IdentityResolver resolver(Options());
+  pid_t pid = Spawn(HelperArgs());
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  Reap(pid);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_FALSE(peer.ok());
+  EXPECT_EQ(peer.status().reason(), "peer_gone");
+  EXPECT_EQ(peer.status().code(), Code::kPermissionDenied);
+}
+
+TEST_P(PeerTest, ChildThatDropsToAnotherUidAndGid) {
+  if (geteuid() != 0) GTEST_SKIP() << "dropping to another uid and gid needs root";
+  constexpr uid_t kNobody = 65534;
+  constexpr gid_t kNogroup = 65534;
+  constexpr gid_t kUsers = 100;
+  pid_t pid = fork();
+  if (pid == 0) {
+    // Only async-signal-safe calls between fork and _exit.
+    if (setgroups(1, &kUsers) != 0 || setgid(kNogroup) != 0 || setuid(kNobody) != 0) _exit(10);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, socket_path_.c_str());
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) _exit(11);
+    char byte = 'A';
+    if (write(fd, &byte, 1) != 1) _exit(12);
+    while (read(fd, &byte, 1) > 0) {
+    }
+    _exit(0);
+  }
+  children_.push_back(pid);
+  IdentityResolver resolver(Options());
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  const CallerIdentity& id = peer->identity();
+  EXPECT_EQ(id.uid, kNobody);
+  EXPECT_EQ(id.gid, kNogroup);
+  EXPECT_EQ(id.supplementary_gids, std::vector<gid_t>{kUsers});
+  const struct group* users = getgrgid(kUsers);
+  const struct passwd* nobody = getpwuid(kNobody);
+  ASSERT_NE(nobody, nullptr) << "this test expects uid 65534 to be in /etc/passwd";
+  ASSERT_NE(users, nullptr) << "this test expects gid 100 to be in /etc/group";
+  EXPECT_EQ(id.user, nobody->pw_name);
+  EXPECT_EQ(id.group_names, std::vector<std::string>{users->gr_name});
+  // The running image is this test binary, whatever the uid.
+  EXPECT_EQ(id.exe_sha256, Sha256OfFile("/proc/self/exe"));
+
+  Result<PolicyPtr> policy = Policy::Parse(R"({"version": 1, "rules": [
+      {"id": "root-only", "callers": {"uid": 0}, "keys": ["*"], "operations": ["encrypt"]},
+      {"id": "by-gid", "callers": {"uid": 65534, "gid": 100}, "keys": ["k"],
+       "operations": ["decrypt"]}]})");
+  ASSERT_TRUE(policy.ok());
+  EXPECT_FALSE((*policy)->Decide(id, Operation::kEncrypt, "k").granted);
+  EXPECT_EQ((*policy)->Decide(id, Operation::kDecrypt, "k").rule_id, "by-gid");
+}
+
+TEST_P(PeerTest, SocketPairWithoutPeerProcessCredentialsStillNamesUs) {
+  // socketpair() records the creator's credentials: the peer is this process.
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+  Fd a(fds[0]);
+  Fd b(fds[1]);
+  IdentityResolver resolver(Options());
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(a.get(), resolver);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  EXPECT_EQ(peer->identity().pid, getpid());
+}
+
+TEST(PeerIdentityErrorsTest, NonSocketHasNoCredentials) {
+  IdentityResolver resolver;
+  Fd file(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(file.get(), resolver);
+  ASSERT_FALSE(peer.ok());
+  EXPECT_EQ(peer.status().reason(), "peer_credentials_unavailable");
+  EXPECT_EQ(peer.status().code(), Code::kPermissionDenied);
+}
+
+TEST(PeerIdentityErrorsTest, FromPidOfAnExitedProcess) {
+  pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  waitpid(pid, nullptr, 0);
+  IdentityResolver resolver;
+  Result<PeerIdentity> peer = PeerIdentity::FromPid(pid, resolver);
+  ASSERT_FALSE(peer.ok());
+  EXPECT_EQ(peer.status().reason(), "peer_gone");
+}
+
+TEST(PeerIdentityErrorsTest, FromPidOfSelf) {
+  IdentityResolver resolver;
+  Result<PeerIdentity> peer = PeerIdentity::FromPid(getpid(), resolver);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  EXPECT_EQ(peer->identity().uid, geteuid());
+  EXPECT_EQ(peer->identity().exe_sha256, Sha256OfFile("/proc/self/exe"));
+}
+
+INSTANTIATE_TEST_SUITE_P(PidfdSource, PeerTest, testing::Values(true, false),
+                         [](const testing::TestParamInfo<bool>& param) {
+                           return param.param ? "SoPeerPidfd" : "PidfdOpenFallback";
+                         });
+
+}  // namespace
+}  // namespace vecseal::policy

@@ -1,0 +1,51 @@
+// A real peer for the identity tests.
+//   peer_helper connect SOCKET [PROGRAM ARGS...]
+//     Connects, sends 'A', waits for one byte from the server, then either execs PROGRAM (the
+//     socket stays open across exec, its fd number in VECSEAL_TEST_FD) or holds the connection.
+//   peer_helper hold
+//     Sends 'R' on fd $VECSEAL_TEST_FD and holds the connection until the server closes it.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+int Hold(int fd, char greeting) {
+  if (write(fd, &greeting, 1) != 1) return 3;
+  char byte;
+  while (read(fd, &byte, 1) > 0) {
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "hold") == 0) {
+    const char* fd_text = std::getenv("VECSEAL_TEST_FD");
+    if (fd_text == nullptr) return 2;
+    return Hold(std::atoi(fd_text), 'R');
+  }
+  if (argc < 3 || std::strcmp(argv[1], "connect") != 0) {
+    std::fprintf(stderr, "usage: peer_helper connect SOCKET [PROGRAM ARGS...] | hold\n");
+    return 2;
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);  // no SOCK_CLOEXEC: it must survive exec
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, argv[2], sizeof addr.sun_path - 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return 3;
+  char byte = 'A';
+  if (write(fd, &byte, 1) != 1) return 3;
+  if (read(fd, &byte, 1) != 1) return 0;
+  if (argc == 3) return Hold(fd, 'R');
+  std::string fd_text = std::to_string(fd);
+  setenv("VECSEAL_TEST_FD", fd_text.c_str(), 1);
+  execv(argv[3], argv + 3);
+  return 4;
+}

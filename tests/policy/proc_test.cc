@@ -1,0 +1,109 @@
+// The /proc text parsers, driven by tables of real-looking inputs.
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "proc.h"
+
+namespace vecseal::policy::internal {
+namespace {
+
+TEST(UnitFromCgroupTest, Table) {
+  struct Case {
+    std::string cgroup;
+    std::string unit;
+  };
+  const Case cases[] = {
+      {"0::/system.slice/ticket-scorer.service\n", "ticket-scorer.service"},
+      {"0::/system.slice/system-getty.slice/getty@tty1.service\n", "getty@tty1.service"},
+      {"0::/user.slice/user-1000.slice/session-3.scope\n", "session-3.scope"},
+      // A user's own units live below user@.service; they must not pass as system units.
+      {"0::/user.slice/user-1000.slice/user@1000.service/app.slice/ticket-scorer.service\n",
+       "user@1000.service"},
+      {"0::/system.slice/docker-abc.scope/init\n", "docker-abc.scope"},
+      {"0::/\n", ""},
+      {"0::/init.scope\n", "init.scope"},
+      {"0::/mygroup/ticket-scorer.service\n", ""},
+      {"", ""},
+      // cgroup v1: only the name=systemd hierarchy counts.
+      {"12:cpu,cpuacct:/system.slice/evil.service\n1:name=systemd:/system.slice/real.service\n",
+       "real.service"},
+      // Hybrid: the v2 line wins.
+      {"1:name=systemd:/system.slice/old.service\n0::/system.slice/new.service\n", "new.service"},
+  };
+  for (const Case& c : cases) EXPECT_EQ(UnitFromCgroup(c.cgroup), c.unit) << c.cgroup;
+}
+
+TEST(SplitCmdlineTest, SplitsOnNul) {
+  EXPECT_EQ(SplitCmdline(std::string("python3\0-u\0a b.py\0", 17)),
+            (std::vector<std::string>{"python3", "-u", "a b.py"}));
+  EXPECT_EQ(SplitCmdline(""), std::vector<std::string>{});
+  // A process that rewrote its arguments may drop the final NUL.
+  EXPECT_EQ(SplitCmdline("x"), std::vector<std::string>{"x"});
+}
+
+TEST(ScriptArgumentTest, Table) {
+  struct Case {
+    std::string exe;
+    std::vector<std::string> argv;
+    std::optional<std::string> script;
+  };
+  const Case cases[] = {
+      {"/usr/bin/python3.11", {"python3", "/opt/etl/export.py", "--day", "1"},
+       "/opt/etl/export.py"},
+      {"/usr/bin/python3.11", {"python3", "-u", "-W", "ignore", "-X", "dev", "job.py"}, "job.py"},
+      {"/usr/bin/python3.11", {"python3", "-c", "print(1)", "x.py"}, std::nullopt},
+      {"/usr/bin/python3.11", {"python3", "-cprint(1)"}, std::nullopt},
+      {"/usr/bin/python3.11", {"python3", "-m", "http.server"}, std::nullopt},
+      {"/usr/bin/python3.11", {"python3"}, std::nullopt},
+      {"/usr/bin/python3.11", {"python3", "-"}, std::nullopt},
+      {"/usr/bin/python3.11", {"python3", "--", "-weird.py"}, "-weird.py"},
+      {"/usr/bin/python3.11 (deleted)", {"python3", "a.py"}, "a.py"},
+      {"/usr/local/bin/pypy3", {"pypy3", "a.py"}, "a.py"},
+      {"/usr/bin/node", {"node", "--require", "x", "server.js"}, "server.js"},
+      {"/usr/bin/node", {"node", "-e", "1"}, std::nullopt},
+      {"/usr/bin/perl", {"perl", "-w", "t.pl"}, "t.pl"},
+      {"/usr/bin/perl", {"perl", "-e", "print"}, std::nullopt},
+      {"/usr/bin/ruby3.1", {"ruby", "-I", "lib", "app.rb"}, "app.rb"},
+      {"/usr/bin/bash", {"bash", "-e", "/opt/run.sh"}, "/opt/run.sh"},
+      {"/usr/bin/dash", {"sh", "-c", "echo"}, std::nullopt},
+      {"/usr/bin/bash", {"bash", "-o", "pipefail", "run.sh"}, "run.sh"},
+      {"/usr/lib/jvm/java-17-openjdk-amd64/bin/java", {"java", "-Xmx1g", "-jar", "/opt/app.jar"},
+       "/opt/app.jar"},
+      {"/usr/lib/jvm/java-17-openjdk-amd64/bin/java", {"java", "-cp", "a.jar", "com.x.Main"},
+       std::nullopt},
+      {"/usr/bin/php8.2", {"php", "-d", "x=1", "index.php"}, "index.php"},
+      // Not interpreters.
+      {"/usr/bin/scorer", {"scorer", "config.py"}, std::nullopt},
+      {"/usr/bin/pythonista-tool", {"pythonista-tool", "x"}, std::nullopt},
+      {"", {"python3", "a.py"}, std::nullopt},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(ScriptArgument(c.exe, c.argv), c.script) << c.exe << " " << testing::PrintToString(c.argv);
+  }
+}
+
+TEST(ParseStatusIdsTest, TakesEffectiveIds) {
+  std::optional<StatusIds> ids = ParseStatusIds(
+      "Name:\tx\nUid:\t1000\t1001\t1002\t1003\nGid:\t20\t21\t22\t23\nGroups:\t4 24 27 \n");
+  ASSERT_TRUE(ids.has_value());
+  EXPECT_EQ(ids->euid, 1001u);
+  EXPECT_EQ(ids->egid, 21u);
+  EXPECT_EQ(ids->groups, (std::vector<gid_t>{4, 24, 27}));
+  EXPECT_FALSE(ParseStatusIds("Name:\tx\nUid:\t1\t2\t3\t4\n").has_value());
+  EXPECT_FALSE(ParseStatusIds("Uid:\t1\t2\nGid:\t1\t2\t3\t4\n").has_value());
+  EXPECT_FALSE(ParseStatusIds("Uid:\t1\tx\t3\t4\nGid:\t1\t2\t3\t4\n").has_value());
+}
+
+TEST(ParseStartTimeTest, SurvivesHostileCommandNames) {
+  std::string rest = " S 1 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 1";
+  EXPECT_EQ(ParseStartTime("123 (cat)" + rest), std::optional<uint64_t>(987654));
+  EXPECT_EQ(ParseStartTime("123 (a) 1 2 3 (b)" + rest), std::optional<uint64_t>(987654));
+  EXPECT_EQ(ParseStartTime("123 (cat) S 1 1"), std::nullopt);
+  EXPECT_EQ(ParseStartTime("garbage"), std::nullopt);
+}
+
+}  // namespace
+}  // namespace vecseal::policy::internal
