@@ -7,10 +7,12 @@ With VECSEAL_TEST_NO_NUMPY=1 numpy is hidden, so the same tests cover the JSON-o
 """
 
 import base64
+import json
 import math
 import os
 import random
 import re
+import signal
 import socket
 import sys
 import tempfile
@@ -256,6 +258,66 @@ class DaemonTest(unittest.TestCase):
                     'operation="encrypt"' in match.group(1):
                 total += float(match.group(2))
         return total
+
+
+@unittest.skipUnless(os.environ.get("VECSEAL_DAEMON_PID") and os.environ.get("VECSEAL_STATE_DIR"),
+                     "needs a dev daemon whose policy it may change: run via with_daemon.py")
+class PolicyTest(unittest.TestCase):
+    """Narrows the dev daemon's policy (STATE/policy.json, reloaded on SIGHUP), then restores it."""
+
+    RULE = "python-test-encrypt-demo-only"
+
+    def setUp(self):
+        self.policy_path = os.path.join(os.environ["VECSEAL_STATE_DIR"], "policy.json")
+        with open(self.policy_path) as f:
+            original = f.read()
+        self.addCleanup(self.install_policy, original)
+        self.install_policy(json.dumps({"version": 1, "rules": [{
+            "id": self.RULE, "callers": {"uid": os.getuid()}, "keys": ["demo"],
+            "operations": ["encrypt"]}]}))
+        self.client = vecseal.Client()
+        self.addCleanup(self.client.close)
+
+    def install_policy(self, text):
+        """Replaces the policy file and waits (bounded) until the daemon reports the change."""
+        temporary = self.policy_path + ".new"
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text)
+        os.replace(temporary, self.policy_path)
+        wanted = [rule["id"] for rule in json.loads(text)["rules"]]
+        with vecseal.Client() as client:
+            for _ in range(100):
+                os.kill(int(os.environ["VECSEAL_DAEMON_PID"]), signal.SIGHUP)
+                grants = [g["rule"] for g in client.whoami()["grants"]]
+                if grants == wanted:
+                    return
+                threading.Event().wait(0.1)
+        self.fail(f"the daemon did not load the policy: grants {grants}, wanted {wanted}")
+
+    def test_whoami_names_the_granting_rule(self):
+        (grant,) = self.client.whoami()["grants"]
+        self.assertEqual((grant["rule"], grant["keys"], grant["operations"]),
+                         (self.RULE, ["demo"], ["encrypt"]))
+
+    def test_the_granted_operation_works(self):
+        self.assertEqual(len(self.client.encrypt("demo", batch([[1.0, 0.0]]))), 1)
+
+    def test_other_operations_raise_permission_denied(self):
+        vectors, tokens = [[1.0, 0.0]], [b"\x01" + b"\x00" * 40]
+        cases = [
+            ("decrypt on demo", lambda: self.client.decrypt("demo", batch(vectors), tokens),
+             "no rule grants decrypt on key 'demo'"),
+            ("encrypt on another key", lambda: self.client.encrypt("other", batch(vectors)),
+             "no rule grants encrypt on key 'other'"),
+            ("rotate demo", lambda: self.client.rotate_key("demo"),
+             "no rule grants keys.rotate on key 'demo'"),
+        ]
+        for name, call, message in cases:
+            with self.subTest(name), self.assertRaises(vecseal.PermissionDenied) as caught:
+                call()
+            self.assertEqual((caught.exception.status, caught.exception.code),
+                             (403, "permission_denied"))
+            self.assertEqual(caught.exception.message, message)
 
 
 class InputTest(unittest.TestCase):

@@ -4,7 +4,8 @@
     with_daemon.py VECSEALD COMMAND [ARGS...]
 
 The daemon gets its own temporary state directory (SoftHSM2 token, policy, audit log); the command
-sees VECSEAL_SOCKET and VECSEAL_STATE_DIR. Exits with the command's status, or 77 (ctest's skip
+sees VECSEAL_SOCKET, VECSEAL_STATE_DIR and VECSEAL_DAEMON_PID (to send SIGHUP after changing
+STATE/policy.json). Exits with the command's status, or 77 (ctest's skip
 code here) with the reason when the daemon has not been built.
 """
 
@@ -66,7 +67,8 @@ def main():
         state_dir = os.path.join(tmp, "state")
         daemon, socket_path = start_daemon(vecseald, state_dir)
         try:
-            env = dict(os.environ, VECSEAL_SOCKET=socket_path, VECSEAL_STATE_DIR=state_dir)
+            env = dict(os.environ, VECSEAL_SOCKET=socket_path, VECSEAL_STATE_DIR=state_dir,
+                       VECSEAL_DAEMON_PID=str(daemon.pid))
             status = subprocess.call(command, env=env)
         finally:
             stop_daemon(daemon)
