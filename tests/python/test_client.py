@@ -347,6 +347,12 @@ class InputTest(unittest.TestCase):
             self.client.decrypt("demo", [[1.0], [2.0]], [b"\x01" * 41])
         self.assertEqual(str(caught.exception), "invalid_request: 2 vectors but 1 tokens")
 
+    def test_tokens_must_have_the_token_size(self):
+        with self.assertRaises(vecseal.InvalidInput) as caught:
+            self.client.decrypt("demo", [[1.0], [2.0]], [b"\x01" * 41, b"\x01" * 40])
+        self.assertEqual(str(caught.exception), "invalid_token: token 1 has 40 bytes, not 41")
+        self.assertEqual(caught.exception.vector_index, 1)
+
     def test_a_missing_socket_is_unavailable_and_named(self):
         with self.assertRaises(vecseal.Unavailable) as caught:
             self.client.keys()

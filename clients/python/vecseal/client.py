@@ -467,7 +467,13 @@ def _token_bytes(token: Any, index: int) -> bytes:
     if not isinstance(token, (bytes, bytearray, memoryview)):
         raise InvalidInput("invalid_token", f"token {index} must be bytes or a base64 string",
                            vector_index=index)
-    return bytes(token)
+    token = bytes(token)
+    if len(token) != TOKEN_SIZE:
+        # In the binary protocol a short token would shift every later one.
+        raise InvalidInput("invalid_token",
+                           f"token {index} has {len(token)} bytes, not {TOKEN_SIZE}",
+                           vector_index=index)
+    return token
 
 
 def _select(matrix: _Matrix, positions: List[int]) -> _Matrix:
