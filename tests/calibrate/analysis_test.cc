@@ -167,8 +167,9 @@ TEST_P(InversionTest, CosineIsOneWithoutNoiseAndFallsWithNoise) {
   for (double noise : {0.0, 0.3, 1.0, 3.0}) {
     const InversionMap map =
         FitInversion(Apply(transform, pairs_plain, noise, 12), pairs_plain, 1e-6);
-    const InversionScore score = ScoreInversion(
-        Reconstruct(map, Apply(transform, holdout, noise, 13)), holdout, pool, holdout_rows);
+    const InversionScore score =
+        ScoreInversion(Reconstruct(map, Apply(transform, holdout, noise, 13)), holdout, pool,
+                       holdout_rows, NearestOthers(holdout, pool, holdout_rows));
     cosines.push_back(score.mean_cosine.value);
     if (noise == 0.0) {
       EXPECT_GT(score.mean_cosine.value, 0.9999);
@@ -189,8 +190,9 @@ TEST_P(InversionTest, FewerPairsThanDimensionsRecoverLess) {
   const Matrix holdout = SelectRows(data.vectors, holdout_rows);
   const Matrix pairs_plain = SelectRows(data.vectors, pair_rows);
   const InversionMap map = FitInversion(Apply(transform, pairs_plain, 0, 16), pairs_plain, 1e-6);
-  const InversionScore score = ScoreInversion(Reconstruct(map, Apply(transform, holdout, 0, 17)),
-                                              holdout, data.vectors, holdout_rows);
+  const InversionScore score =
+      ScoreInversion(Reconstruct(map, Apply(transform, holdout, 0, 17)), holdout, data.vectors,
+                     holdout_rows, NearestOthers(holdout, data.vectors, holdout_rows));
   EXPECT_LT(score.mean_cosine.value, 0.98);
 }
 

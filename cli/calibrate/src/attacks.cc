@@ -24,43 +24,68 @@ std::vector<float> ColumnMeans(const Matrix& x) {
 
 }  // namespace
 
-InversionMap FitInversion(const Matrix& ciphertexts, const Matrix& plaintexts, double ridge) {
-  assert(ciphertexts.rows == plaintexts.rows && ciphertexts.rows > 0);
-  const size_t dc = ciphertexts.cols;
-  const size_t dm = plaintexts.cols;
-  InversionMap map;
-  map.cipher_mean = ColumnMeans(ciphertexts);
-  map.plain_mean = ColumnMeans(plaintexts);
+namespace {
 
-  // Normal equations (CᵀC + λI)·W = CᵀM on centred data, accumulated one pair at a time.
-  std::vector<double> gram(dc * dc, 0.0), cross(dc * dm, 0.0);
-  std::vector<double> c(dc), m(dm);
-  for (size_t i = 0; i < ciphertexts.rows; ++i) {
-    for (size_t j = 0; j < dc; ++j) c[j] = ciphertexts.row(i)[j] - map.cipher_mean[j];
-    for (size_t j = 0; j < dm; ++j) m[j] = plaintexts.row(i)[j] - map.plain_mean[j];
-    for (size_t a = 0; a < dc; ++a) {
-      double* gram_row = gram.data() + a * dc;
-      for (size_t b = 0; b <= a; ++b) gram_row[b] += c[a] * c[b];
-      double* cross_row = cross.data() + a * dm;
-      for (size_t b = 0; b < dm; ++b) cross_row[b] += c[a] * m[b];
+// The centred normal equations CᵀC and CᵀM of a set of pairs, solved for any ridge strength.
+class InversionProblem {
+ public:
+  InversionProblem(const Matrix& ciphertexts, const Matrix& plaintexts)
+      : dc_(ciphertexts.cols), dm_(plaintexts.cols), gram_(dc_ * dc_, 0.0), cross_(dc_ * dm_, 0.0) {
+    assert(ciphertexts.rows == plaintexts.rows && ciphertexts.rows > 0);
+    cipher_mean_ = ColumnMeans(ciphertexts);
+    plain_mean_ = ColumnMeans(plaintexts);
+    std::vector<double> c(dc_), m(dm_);
+    for (size_t i = 0; i < ciphertexts.rows; ++i) {
+      for (size_t j = 0; j < dc_; ++j) c[j] = ciphertexts.row(i)[j] - cipher_mean_[j];
+      for (size_t j = 0; j < dm_; ++j) m[j] = plaintexts.row(i)[j] - plain_mean_[j];
+      for (size_t a = 0; a < dc_; ++a) {
+        const double ca = c[a];
+        double* gram_row = gram_.data() + a * dc_;
+#pragma omp simd
+        for (size_t b = 0; b <= a; ++b) gram_row[b] += ca * c[b];
+        double* cross_row = cross_.data() + a * dm_;
+#pragma omp simd
+        for (size_t b = 0; b < dm_; ++b) cross_row[b] += ca * m[b];
+      }
+    }
+    for (size_t a = 0; a < dc_; ++a) {
+      trace_ += gram_[a * dc_ + a];
+      for (size_t b = 0; b < a; ++b) gram_[b * dc_ + a] = gram_[a * dc_ + b];
     }
   }
-  double trace = 0;
-  for (size_t a = 0; a < dc; ++a) {
-    trace += gram[a * dc + a];
-    for (size_t b = 0; b < a; ++b) gram[b * dc + a] = gram[a * dc + b];
-  }
-  // A floor keeps the system positive definite even when every ciphertext is identical.
-  const double lambda = std::max(ridge * trace / static_cast<double>(dc), 1e-12);
-  for (size_t a = 0; a < dc; ++a) gram[a * dc + a] += lambda;
-  const bool solved = CholeskySolve(gram, dc, cross, dm);
-  assert(solved);  // CᵀC + λI with λ > 0 is positive definite
-  (void)solved;
 
-  map.weights = Matrix(dc, dm);
-  std::ranges::transform(cross, map.weights.values.begin(),
-                         [](double v) { return static_cast<float>(v); });
-  return map;
+  InversionMap Solve(double ridge) const {
+    std::vector<double> system = gram_;
+    std::vector<double> solution = cross_;
+    // A floor keeps the system positive definite even when every ciphertext is identical.
+    const double lambda = std::max(ridge * trace_ / static_cast<double>(dc_), 1e-12);
+    for (size_t a = 0; a < dc_; ++a) system[a * dc_ + a] += lambda;
+    const bool solved = CholeskySolve(system, dc_, solution, dm_);
+    assert(solved);  // CᵀC + λI with λ > 0 is positive definite
+    (void)solved;
+    InversionMap map;
+    map.cipher_mean = cipher_mean_;
+    map.plain_mean = plain_mean_;
+    map.weights = Matrix(dc_, dm_);
+    std::ranges::transform(solution, map.weights.values.begin(),
+                           [](double v) { return static_cast<float>(v); });
+    return map;
+  }
+
+ private:
+  size_t dc_;
+  size_t dm_;
+  std::vector<float> cipher_mean_;
+  std::vector<float> plain_mean_;
+  std::vector<double> gram_;
+  std::vector<double> cross_;
+  double trace_ = 0;
+};
+
+}  // namespace
+
+InversionMap FitInversion(const Matrix& ciphertexts, const Matrix& plaintexts, double ridge) {
+  return InversionProblem(ciphertexts, plaintexts).Solve(ridge);
 }
 
 Matrix Reconstruct(const InversionMap& map, const Matrix& ciphertexts) {
@@ -81,26 +106,58 @@ Matrix Reconstruct(const InversionMap& map, const Matrix& ciphertexts) {
   return out;
 }
 
+double ChooseRidge(const Matrix& ciphertexts, const Matrix& plaintexts,
+                   std::span<const double> candidates) {
+  assert(!candidates.empty() && ciphertexts.rows == plaintexts.rows);
+  const size_t fit_rows = ciphertexts.rows - ciphertexts.rows / 5;
+  if (fit_rows == 0 || fit_rows == ciphertexts.rows) return candidates.front();
+  std::vector<size_t> fit(fit_rows), check(ciphertexts.rows - fit_rows);
+  for (size_t i = 0; i < fit.size(); ++i) fit[i] = i;
+  for (size_t i = 0; i < check.size(); ++i) check[i] = fit_rows + i;
+  const Matrix fit_cipher = SelectRows(ciphertexts, fit);
+  const Matrix fit_plain = SelectRows(plaintexts, fit);
+  const Matrix check_cipher = SelectRows(ciphertexts, check);
+  const Matrix check_plain = SelectRows(plaintexts, check);
+  const InversionProblem problem(fit_cipher, fit_plain);
+  double best_ridge = candidates.front();
+  double best_error = std::numeric_limits<double>::infinity();
+  for (double ridge : candidates) {
+    const Matrix guess = Reconstruct(problem.Solve(ridge), check_cipher);
+    double error = 0;
+    for (size_t i = 0; i < guess.rows; ++i) error += SquaredDistance(guess.row(i), check_plain.row(i));
+    if (error < best_error) {
+      best_error = error;
+      best_ridge = ridge;
+    }
+  }
+  return best_ridge;
+}
+
+std::vector<uint32_t> NearestOthers(const Matrix& vectors, const Matrix& pool,
+                                    std::span<const size_t> self_in_pool) {
+  assert(vectors.rows == self_in_pool.size() && pool.rows >= 2);
+  // Two neighbours each, so that the vector itself can be skipped.
+  const std::vector<uint32_t> pairs = NearestNeighbours(vectors, pool, 2);
+  std::vector<uint32_t> nearest(vectors.rows);
+  for (size_t i = 0; i < vectors.rows; ++i) {
+    nearest[i] = pairs[2 * i] != self_in_pool[i] ? pairs[2 * i] : pairs[2 * i + 1];
+  }
+  return nearest;
+}
+
 InversionScore ScoreInversion(const Matrix& reconstructed, const Matrix& truth,
-                              const Matrix& pool, std::span<const size_t> truth_in_pool) {
-  assert(reconstructed.rows == truth.rows && truth.rows == truth_in_pool.size());
+                              const Matrix& pool, std::span<const size_t> truth_in_pool,
+                              std::span<const uint32_t> true_nearest) {
+  assert(reconstructed.rows == truth.rows && truth.rows == truth_in_pool.size() &&
+         truth.rows == true_nearest.size());
   InversionScore score;
   std::vector<double> cosines(truth.rows);
   for (size_t i = 0; i < truth.rows; ++i) cosines[i] = Cosine(reconstructed.row(i), truth.row(i));
   score.mean_cosine = MeanEstimate(cosines);
   if (pool.rows < 2 || truth.rows == 0) return score;
-
-  // Two neighbours each, so that the vector itself can be skipped.
-  const std::vector<uint32_t> from_truth = NearestNeighbours(truth, pool, 2);
-  const std::vector<uint32_t> from_guess = NearestNeighbours(reconstructed, pool, 2);
-  const auto nearest_other = [](const std::vector<uint32_t>& pairs, size_t i, size_t self) {
-    return pairs[2 * i] != self ? pairs[2 * i] : pairs[2 * i + 1];
-  };
+  const std::vector<uint32_t> guessed = NearestOthers(reconstructed, pool, truth_in_pool);
   size_t identified = 0;
-  for (size_t i = 0; i < truth.rows; ++i) {
-    const size_t self = truth_in_pool[i];
-    identified += nearest_other(from_truth, i, self) == nearest_other(from_guess, i, self) ? 1 : 0;
-  }
+  for (size_t i = 0; i < truth.rows; ++i) identified += guessed[i] == true_nearest[i] ? 1 : 0;
   score.identified = ShareEstimate(identified, truth.rows);
   return score;
 }
@@ -127,10 +184,14 @@ std::vector<double> DimensionFeatures(const Matrix& x, double noise_variance) {
     double* f = features.data() + j * kFeatures;
     f[0] = mean;
     f[1] = std::sqrt(std::max(0.0, variance - noise_variance));
-    std::ranges::sort(column);
-    for (size_t q = 0; q < std::size(kQuantiles); ++q) {
-      const size_t at = std::min(x.rows - 1, static_cast<size_t>(kQuantiles[q] * n));
-      f[2 + q] = x.rows > 0 ? column[at] : 0.0;
+    // Quantiles in increasing order, each selection narrowing the range of the next.
+    auto from = column.begin();
+    for (size_t q = 0; q < std::size(kQuantiles) && x.rows > 0; ++q) {
+      const auto at = column.begin() + static_cast<std::ptrdiff_t>(
+                                           std::min(x.rows - 1, static_cast<size_t>(kQuantiles[q] * n)));
+      std::nth_element(from, at, column.end());
+      f[2 + q] = *at;
+      from = at;
     }
   }
   return features;

@@ -49,6 +49,11 @@ struct Plan {
   std::vector<size_t> public_rows;    // the distribution the alignment attacker knows
   std::vector<size_t> hidden_rows;    // what it sees encrypted
   std::vector<size_t> pair_counts;    // N ∈ {d/2, d, 2d} that fit
+  // Fixed across β, so computed once.
+  Matrix holdout_plain;
+  Matrix pool;
+  std::vector<size_t> holdout_in_pool;
+  std::vector<uint32_t> true_nearest;
 };
 
 Plan MakePlan(const CalibrationData& data, const CalibrationOptions& options) {
@@ -83,6 +88,12 @@ Plan MakePlan(const CalibrationData& data, const CalibrationOptions& options) {
   const size_t half = std::min(n / 2, options.max_alignment_half);
   plan.public_rows = Slice(order, 0, half);
   plan.hidden_rows = Slice(order, n - half, n);
+
+  plan.holdout_plain = SelectRows(data.sample, plan.holdout_rows);
+  plan.pool = SelectRows(data.sample, plan.pool_rows);
+  plan.holdout_in_pool.resize(holdout);  // the pool starts with the holdout
+  std::iota(plan.holdout_in_pool.begin(), plan.holdout_in_pool.end(), size_t{0});
+  plan.true_nearest = NearestOthers(plan.holdout_plain, plan.pool, plan.holdout_in_pool);
   return plan;
 }
 
@@ -130,17 +141,17 @@ Result<Leakage> MeasureLeakage(const CalibrationData& data, const Plan& plan,
                                const CalibrationOptions& options) {
   const Matrix& sample = data.sample;
   Leakage leakage;
-  const Matrix holdout_plain = SelectRows(sample, plan.holdout_rows);
+  const Matrix& holdout_plain = plan.holdout_plain;
+  const Matrix& pool = plan.pool;
   const Matrix holdout_cipher = SelectRows(encrypted_sample, plan.holdout_rows);
-  const Matrix pool = SelectRows(sample, plan.pool_rows);
-  std::vector<size_t> truth_in_pool(plan.holdout_rows.size());
-  std::iota(truth_in_pool.begin(), truth_in_pool.end(), size_t{0});
   for (size_t pairs : plan.pair_counts) {
     const std::span<const size_t> rows(plan.pair_rows.data(), pairs);
-    const InversionMap map =
-        FitInversion(SelectRows(encrypted_sample, rows), SelectRows(sample, rows), options.ridge);
-    const InversionScore score =
-        ScoreInversion(Reconstruct(map, holdout_cipher), holdout_plain, pool, truth_in_pool);
+    const Matrix pair_cipher = SelectRows(encrypted_sample, rows);
+    const Matrix pair_plain = SelectRows(sample, rows);
+    const InversionMap map = FitInversion(
+        pair_cipher, pair_plain, ChooseRidge(pair_cipher, pair_plain, options.ridge_candidates));
+    const InversionScore score = ScoreInversion(Reconstruct(map, holdout_cipher), holdout_plain,
+                                                pool, plan.holdout_in_pool, plan.true_nearest);
     leakage.inversion.push_back({pairs, score.mean_cosine, score.identified});
   }
 
@@ -278,6 +289,17 @@ Result<CalibrationReport> RunCalibration(const CalibrationData& data,
                                           plain_database.row(plain_neighbours[q * k])));
   }
   report.median_neighbour_distance = Median(values);
+
+  {
+    const Matrix known = SelectRows(sample, plan.pair_rows);
+    std::vector<float> mean(d, 0.0f);
+    for (size_t i = 0; i < known.rows; ++i) {
+      for (size_t j = 0; j < d; ++j) mean[j] += known.row(i)[j] / static_cast<float>(known.rows);
+    }
+    std::vector<double> cosines;
+    for (size_t row : plan.holdout_rows) cosines.push_back(Cosine(mean, sample.row(row)));
+    report.prior_cosine = MeanEstimate(cosines).value;
+  }
 
   Matrix plain_train, plain_test;
   Labels train_labels, test_labels;

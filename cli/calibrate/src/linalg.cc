@@ -78,8 +78,10 @@ bool CholeskySolve(std::vector<double>& a, size_t n, std::vector<double>& b, siz
     double* row_i = a.data() + i * n;
     for (size_t j = 0; j <= i; ++j) {
       const double* row_j = a.data() + j * n;
-      double sum = row_i[j];
-      for (size_t p = 0; p < j; ++p) sum -= row_i[p] * row_j[p];
+      double sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (size_t p = 0; p < j; ++p) sum += row_i[p] * row_j[p];
+      sum = row_i[j] - sum;
       if (i == j) {
         if (!(sum > 0) || !std::isfinite(sum)) return false;
         row_i[i] = std::sqrt(sum);
@@ -95,6 +97,7 @@ bool CholeskySolve(std::vector<double>& a, size_t n, std::vector<double>& b, siz
     for (size_t p = 0; p < i; ++p) {
       const double l = a[i * n + p];
       const double* bp = b.data() + p * m;
+#pragma omp simd
       for (size_t c = 0; c < m; ++c) bi[c] -= l * bp[c];
     }
     const double inverse = 1.0 / a[i * n + i];
@@ -105,6 +108,7 @@ bool CholeskySolve(std::vector<double>& a, size_t n, std::vector<double>& b, siz
     for (size_t p = i + 1; p < n; ++p) {
       const double l = a[p * n + i];
       const double* bp = b.data() + p * m;
+#pragma omp simd
       for (size_t c = 0; c < m; ++c) bi[c] -= l * bp[c];
     }
     const double inverse = 1.0 / a[i * n + i];

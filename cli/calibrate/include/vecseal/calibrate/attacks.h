@@ -21,16 +21,30 @@ struct InversionMap {
 InversionMap FitInversion(const Matrix& ciphertexts, const Matrix& plaintexts, double ridge);
 Matrix Reconstruct(const InversionMap& map, const Matrix& ciphertexts);
 
+// What an attacker does before FitInversion: fits on the first 80% of its pairs with each
+// candidate ridge and keeps the one that reconstructs the last 20% best (squared error).
+// Without it the fit degrades badly near N = d, where the unregularised solution interpolates
+// the noise.
+double ChooseRidge(const Matrix& ciphertexts, const Matrix& plaintexts,
+                   std::span<const double> candidates);
+
 struct InversionScore {
   Estimate mean_cosine;  // between reconstruction and true plaintext
   Estimate identified;   // share whose nearest plaintext neighbour was found, see below
 };
+// For each row of `vectors`, the nearest row of `pool` other than vectors' own row
+// self_in_pool[i].
+std::vector<uint32_t> NearestOthers(const Matrix& vectors, const Matrix& pool,
+                                    std::span<const size_t> self_in_pool);
+
 // `pool` holds plaintexts the attacker can search (a public corpus, a customer table), and
 // truth_in_pool[i] is the row of pool holding truth[i]. A held-out vector counts as identified
 // when the nearest pool row to its reconstruction, other than itself, is its own nearest pool
-// row other than itself: the attacker learns which known record it is closest to.
+// row other than itself (true_nearest, from NearestOthers): the attacker learns which known
+// record it is closest to.
 InversionScore ScoreInversion(const Matrix& reconstructed, const Matrix& truth,
-                              const Matrix& pool, std::span<const size_t> truth_in_pool);
+                              const Matrix& pool, std::span<const size_t> truth_in_pool,
+                              std::span<const uint32_t> true_nearest);
 
 // Ciphertext-only alignment: the attacker knows the public distribution of plaintexts and sees
 // ciphertexts only. It summarises every dimension by statistics that a permutation carries over

@@ -35,7 +35,8 @@ struct CalibrationOptions {
   size_t max_train = 4000;
   size_t max_test = 1000;
   LogisticRegressionOptions logistic;
-  double ridge = 1e-4;
+  // The attacker picks its ridge from these by validation on its own pairs.
+  std::vector<double> ridge_candidates = {1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1};
   size_t max_attack_holdout = 200;
   size_t max_identification_pool = 5000;
   size_t max_alignment_half = 5000;
@@ -78,6 +79,9 @@ struct CalibrationReport {
   size_t knn_k = 5;
   double median_norm = 0;
   double median_neighbour_distance = 0;  // from a query to its nearest database vector
+  // The inversion cosine an attacker gets with no ciphertext at all, by guessing the mean of
+  // the plaintexts it knows: the floor against which inversion cosines should be read.
+  double prior_cosine = 0;
   std::optional<Estimate> plain_knn_accuracy;
   std::optional<Estimate> plain_logistic_accuracy;
   Leakage transform_only;  // β → 0: the secret transform with no noise at all
