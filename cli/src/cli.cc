@@ -183,9 +183,11 @@ Status AtRow(Status status, const std::string& path, uint64_t first_row) {
                 path + ": row " + std::to_string(row) + ": " + status.message());
 }
 
-Result<std::unique_ptr<Client>> ConnectClient(const std::string& socket) {
+Result<std::unique_ptr<Client>> ConnectClient(const std::string& socket,
+                                              const std::atomic<bool>* cancel = nullptr) {
   ClientOptions options;
   options.socket_path = socket;
+  options.cancel = cancel;
   return Client::Connect(std::move(options));
 }
 
@@ -251,7 +253,7 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
     }
   }
 
-  Result<std::unique_ptr<Client>> connected = ConnectClient(socket);
+  Result<std::unique_ptr<Client>> connected = ConnectClient(socket, &interrupted);
   if (!connected.ok()) return std::move(connected).TakeStatus();
   Client& daemon = **connected;
 

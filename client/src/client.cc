@@ -230,8 +230,8 @@ Status StatusFromResponse(const HttpResponse& response) {
 // One keep-alive connection: request writer and a bounded HTTP/1.1 response reader.
 class Client::Connection {
  public:
-  Connection(std::string path, std::chrono::milliseconds timeout)
-      : path_(std::move(path)), timeout_(timeout) {}
+  Connection(std::string path, std::chrono::milliseconds timeout, const std::atomic<bool>* cancel)
+      : path_(std::move(path)), timeout_(timeout), cancel_(cancel) {}
   ~Connection() { Close(); }
 
   bool is_open() const { return fd_ >= 0; }
@@ -357,6 +357,10 @@ class Client::Connection {
       const int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
       if (r > 0) return Status::Ok();
       if (r < 0 && errno != EINTR) return Lost(std::string("poll failed: ") + std::strerror(errno));
+      if (cancel_ != nullptr && cancel_->load()) {
+        Close();
+        return Status(Code::kUnavailable, "interrupted", "interrupted while waiting for vecseald");
+      }
     }
   }
 
@@ -465,13 +469,15 @@ class Client::Connection {
 
   std::string path_;
   std::chrono::milliseconds timeout_;
+  const std::atomic<bool>* cancel_;
   int fd_ = -1;
   std::string buffer_;
 };
 
 Client::Client(ClientOptions options) : options_(std::move(options)) {
   options_.socket_path = ResolveSocketPath(options_.socket_path);
-  connection_ = std::make_unique<Connection>(options_.socket_path, options_.timeout);
+  connection_ = std::make_unique<Connection>(options_.socket_path, options_.timeout,
+                                             options_.cancel);
 }
 
 Client::~Client() = default;

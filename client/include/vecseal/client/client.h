@@ -9,6 +9,7 @@
 // Boost. A Client is one connection and is not thread-safe; use one per thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -38,6 +39,9 @@ struct ClientOptions {
   // yields an error instead of a hang.
   std::chrono::milliseconds timeout{60000};
   Wire wire = Wire::kBinary;  // JSON exists for comparison and debugging
+  // When set and true, a wait interrupted by a signal gives up with reason "interrupted"
+  // instead of waiting on (the CLI sets it from SIGINT/SIGTERM).
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct HttpResponse {
@@ -85,6 +89,7 @@ struct KeySpec {
 //   daemon_timeout   no progress within ClientOptions::timeout
 //   connection_lost  the daemon closed the connection mid-response
 //   bad_response     the daemon answered something this client cannot parse
+//   interrupted      ClientOptions::cancel became true during a wait
 class Client {
  public:
   static Result<std::unique_ptr<Client>> Connect(ClientOptions options);

@@ -1,0 +1,340 @@
+// The `vecseal` binary as users run it: real processes against a real `vecseald --dev`.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "dev_daemon.h"
+#include "vecseal/client/formats.h"
+
+namespace vecseal::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+using vecseal::testing::DevDaemon;
+using vecseal::testing::ProcessResult;
+
+::testing::Environment* const daemon_environment = [] {
+  auto* daemon = new DevDaemon(VECSEALD_PATH);
+  DevDaemon::set_instance(daemon);
+  return ::testing::AddGlobalTestEnvironment(daemon);
+}();
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = vecseal::testing::MakeTempDir("vecseal-cli"); }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
+
+  static std::string Socket() {
+    DevDaemon* daemon = DevDaemon::instance();
+    return daemon != nullptr ? daemon->socket() : "";
+  }
+
+  // Runs `vecseal ARGS` against the dev daemon (through $VECSEAL_SOCKET, as a user would).
+  ProcessResult Vecseal(std::vector<std::string> args, std::vector<std::string> env = {}) const {
+    args.insert(args.begin(), VECSEAL_CLI_PATH);
+    if (env.empty()) env.push_back("VECSEAL_SOCKET=" + Socket());
+    return vecseal::testing::RunProcess(std::move(args), env);
+  }
+
+  void CreateKey(const std::string& name, const std::string& extra = "") const {
+    std::vector<std::string> args = {"keys", "create", name, "--approximation-factor", "0.5",
+                                     "--transform", "permute"};
+    if (!extra.empty()) {
+      args.push_back("--dimension");
+      args.push_back(extra);
+    }
+    const ProcessResult r = Vecseal(args);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+
+  static client::Matrix Sample(size_t rows, size_t dimension) {
+    client::Matrix m{rows, dimension, std::vector<float>(rows * dimension)};
+    for (size_t i = 0; i < m.data.size(); ++i) {
+      m.data[i] = std::sin(0.37f * static_cast<float>(i)) * 2.0f;
+    }
+    return m;
+  }
+
+  std::vector<std::string> Listing() const {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(dir_)) names.push_back(entry.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(CliTest, HelpListsCommandsAndExitCodes) {
+  const ProcessResult r = Vecseal({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("encrypt --key NAME [--reversible --tokens OUT.tok]"));
+  EXPECT_THAT(r.out, HasSubstr("Exit codes:"));
+  EXPECT_THAT(r.out, HasSubstr("3 cannot reach vecseald"));
+  EXPECT_THAT(r.out, HasSubstr("130 interrupted (outputs removed)"));
+  const ProcessResult none = Vecseal({});
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_THAT(none.err, StartsWith("usage: vecseal"));
+}
+
+TEST_F(CliTest, UsageErrorsAreOneLineWithExitCodeTwo) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"encrypt", "a.npy", "b.npy"}, "encrypt needs --key NAME"},
+      {{"encrypt", "--key", "k", "a.npy"}, "encrypt needs IN and OUT files"},
+      {{"encrypt", "--key", "k", "--reversible", "a.npy", "b.npy"},
+       "--reversible and --tokens OUT.tok go together"},
+      {{"encrypt", "--key", "k", "--batch", "0", "a.npy", "b.npy"},
+       "--batch must be an integer of at least 1, not '0'"},
+      {{"encrypt", "--key", "k", "--colour", "a.npy", "b.npy"}, "unknown option --colour"},
+      {{"decrypt", "--key", "k", "a.npy", "b.npy"}, "decrypt needs --tokens IN.tok"},
+      {{"keys", "create", "k"}, "keys create needs --approximation-factor BETA (see: vecseal calibrate)"},
+      {{"keys", "create", "k", "--approximation-factor", "-1"},
+       "--approximation-factor must be a positive number, not '-1'"},
+      {{"keys", "drop", "k"}, "unknown keys command 'drop' (list, create or rotate)"},
+      {{"frobnicate"}, "unknown command 'frobnicate'"},
+  };
+  for (const auto& [args, message] : cases) {
+    SCOPED_TRACE(args.front() + " " + message);
+    const ProcessResult r = Vecseal(args, {"VECSEAL_SOCKET=" + Path("unused.sock")});
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_EQ(r.err, "vecseal: " + message + " (see: vecseal --help)\n");
+    EXPECT_EQ(r.out, "");
+  }
+}
+
+TEST_F(CliTest, MissingSocketSaysSoAndHowToCheck) {
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(3, 4)).ok());
+  const std::string socket = Path("none.sock");
+  // From $VECSEAL_SOCKET, and from --socket, which wins over it.
+  const ProcessResult by_env =
+      Vecseal({"encrypt", "--key", "k", Path("in.npy"), Path("out.npy")}, {"VECSEAL_SOCKET=" + socket});
+  const ProcessResult by_flag = Vecseal({"--socket", socket, "encrypt", "--key", "k", Path("in.npy"),
+                                        Path("out.npy")},
+                                       {"VECSEAL_SOCKET=" + Path("other.sock")});
+  for (const ProcessResult& r : {by_env, by_flag}) {
+    EXPECT_EQ(r.exit_code, 3);
+    EXPECT_EQ(r.err, "vecseal: cannot connect to " + socket +
+                         ": no such file (is vecseald running? try: systemctl status vecseald)\n");
+  }
+  EXPECT_FALSE(fs::exists(Path("out.npy")));
+}
+
+TEST_F(CliTest, LocalFileErrorsNameTheFile) {
+  const ProcessResult missing = Vecseal({"encrypt", "--key", "k", Path("no.npy"), Path("o.npy")});
+  EXPECT_EQ(missing.exit_code, 8);
+  EXPECT_EQ(missing.err, "vecseal: cannot open " + Path("no.npy") + ": No such file or directory\n");
+  std::ofstream(Path("bad.npy")) << "not numpy at all";
+  const ProcessResult bad = Vecseal({"encrypt", "--key", "k", Path("bad.npy"), Path("o.npy")});
+  EXPECT_EQ(bad.exit_code, 5);
+  EXPECT_EQ(bad.err, "vecseal: " + Path("bad.npy") + ": not an .npy file (bad magic)\n");
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(2, 2)).ok());
+  const ProcessResult ext = Vecseal({"encrypt", "--key", "k", Path("in.npy"), Path("o.csv")});
+  EXPECT_EQ(ext.exit_code, 5);
+  EXPECT_EQ(ext.err, "vecseal: " + Path("o.csv") +
+                         ": unknown file type (use .npy, .fvecs, .jsonl or .f32, or name the format)\n");
+}
+
+// Encrypt reversibly, then decrypt, for every format; batches far smaller than the file, so the
+// streaming path is what is tested.
+class CliRoundTripTest : public CliTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(CliRoundTripTest, EncryptsAndDecryptsBack) {
+  VECSEAL_REQUIRE_DAEMON();
+  const std::string ext = GetParam();
+  const std::string key = "rt-" + ext;
+  CreateKey(key);
+  constexpr size_t kRows = 103, kDim = 16;
+  const client::Matrix plain = Sample(kRows, kDim);
+  const std::string in = Path("in." + ext), sealed = Path("sealed." + ext),
+                    tokens = Path("sealed.tok"), back = Path("back." + ext);
+  ASSERT_TRUE(client::WriteMatrix(in, plain).ok());
+  std::vector<std::string> dim_args;
+  if (ext == "f32") dim_args = {"--dim", std::to_string(kDim)};
+
+  std::vector<std::string> enc = {"encrypt", "--key", key, "--reversible", "--tokens", tokens,
+                                  "--batch", "10", in, sealed};
+  enc.insert(enc.end(), dim_args.begin(), dim_args.end());
+  const ProcessResult e = Vecseal(enc);
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  EXPECT_EQ(e.out, "");
+  EXPECT_EQ(e.err, "");  // not a terminal: no progress bar, no summary
+
+  client::FormatOptions options;
+  options.dimension = kDim;
+  Result<client::Matrix> ciphertext = client::ReadMatrix(sealed, options);
+  ASSERT_TRUE(ciphertext.ok()) << ciphertext.status().ToString();
+  ASSERT_EQ(ciphertext->rows, kRows);
+  EXPECT_NE(ciphertext->data, plain.data);
+  EXPECT_EQ(fs::file_size(tokens), client::kTokenFileHeaderSize + kRows * 41);
+
+  std::vector<std::string> dec = {"decrypt", "--key", key, "--tokens", tokens, "--batch", "7",
+                                  sealed, back};
+  dec.insert(dec.end(), dim_args.begin(), dim_args.end());
+  const ProcessResult d = Vecseal(dec);
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  Result<client::Matrix> decrypted = client::ReadMatrix(back, options);
+  ASSERT_TRUE(decrypted.ok()) << decrypted.status().ToString();
+  ASSERT_EQ(decrypted->data.size(), plain.data.size());
+  for (size_t i = 0; i < plain.data.size(); ++i) {
+    ASSERT_NEAR(decrypted->data[i], plain.data[i], 1e-3) << "value " << i;
+  }
+  EXPECT_EQ(Listing().size(), 4u);  // in, sealed, tokens, back: no temporary files left
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, CliRoundTripTest, ::testing::Values("npy", "fvecs", "jsonl", "f32"));
+
+TEST_F(CliTest, JsonlKeepsOtherFields) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("jsonl-fields");
+  std::ofstream(Path("in.jsonl")) << "{\"id\": \"a-1\", \"emb\": [0.5, 1, 2], \"label\": 3}\n"
+                                  << "{\"emb\": [1, 2, 3], \"id\": \"a-2\", \"label\": null}\n";
+  const ProcessResult r = Vecseal({"encrypt", "--key", "jsonl-fields", "--field", "emb",
+                                   Path("in.jsonl"), Path("out.jsonl")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ifstream out(Path("out.jsonl"));
+  std::string line1, line2;
+  std::getline(out, line1);
+  std::getline(out, line2);
+  EXPECT_THAT(line1, StartsWith("{\"id\": \"a-1\", \"emb\": ["));
+  EXPECT_THAT(line1, ::testing::EndsWith("], \"label\": 3}"));
+  EXPECT_THAT(line2, StartsWith("{\"emb\": ["));
+  EXPECT_THAT(line2, ::testing::EndsWith("], \"id\": \"a-2\", \"label\": null}"));
+  EXPECT_EQ(line1.find("[0.5, 1, 2]"), std::string::npos);
+}
+
+TEST_F(CliTest, BadVectorIsNamedByItsRowInTheFile) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("nan-row");
+  client::Matrix m = Sample(1100, 4);
+  m.data[1029 * 4 + 2] = std::nanf("");
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), m).ok());
+  const ProcessResult r =
+      Vecseal({"encrypt", "--key", "nan-row", Path("in.npy"), Path("out.npy")});
+  EXPECT_EQ(r.exit_code, 5);
+  // Row 1029 is vector 5 of the second batch of 1024; the line names the row in the file.
+  EXPECT_THAT(r.err, StartsWith("vecseal: " + Path("in.npy") + ": row 1029: "));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+  EXPECT_EQ(Listing(), std::vector<std::string>{"in.npy"});
+}
+
+TEST_F(CliTest, DaemonErrorsMapToExitCodes) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("fixed-8", "8");
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(3, 16)).ok());
+  const ProcessResult mismatch =
+      Vecseal({"encrypt", "--key", "fixed-8", Path("in.npy"), Path("out.npy")});
+  EXPECT_EQ(mismatch.exit_code, 5) << mismatch.err;
+  EXPECT_THAT(mismatch.err, HasSubstr("16"));
+  EXPECT_THAT(mismatch.err, HasSubstr("8"));
+
+  const ProcessResult unknown =
+      Vecseal({"encrypt", "--key", "no-such-key", Path("in.npy"), Path("out.npy")});
+  EXPECT_EQ(unknown.exit_code, 6) << unknown.err;
+  EXPECT_THAT(unknown.err, ::testing::EndsWith(" (see: vecseal keys list)\n"));
+
+  const ProcessResult again = Vecseal({"keys", "create", "fixed-8", "--approximation-factor", "1"});
+  EXPECT_EQ(again.exit_code, 6) << again.err;
+
+  const ProcessResult bad_name = Vecseal({"keys", "rotate", "Bad/Name"});
+  EXPECT_EQ(bad_name.exit_code, 5);
+  EXPECT_EQ(bad_name.err,
+            "vecseal: key name 'Bad/Name' is invalid (1-64 characters: a-z 0-9 . _ -, starting "
+            "with a letter or digit)\n");
+  EXPECT_FALSE(fs::exists(Path("out.npy")));
+}
+
+TEST_F(CliTest, KeysWhoamiAndStatus) {
+  VECSEAL_REQUIRE_DAEMON();
+  const ProcessResult created = Vecseal(
+      {"keys", "create", "model-a", "--approximation-factor", "2.5", "--transform", "rotate"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  EXPECT_THAT(created.out, StartsWith("created model-a  version 1  rotate  beta 2.5  dimension any"));
+  const ProcessResult rotated = Vecseal({"keys", "rotate", "model-a"});
+  ASSERT_EQ(rotated.exit_code, 0) << rotated.err;
+  EXPECT_THAT(rotated.out, StartsWith("rotated model-a  version 2  rotate  beta 2.5"));
+  const ProcessResult listed = Vecseal({"keys", "list"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  EXPECT_THAT(listed.out, HasSubstr("model-a  version 2  rotate  beta 2.5"));
+
+  const ProcessResult status = Vecseal({"status"});
+  EXPECT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_EQ(status.out.rfind("vecseald at " + Socket() + ": ok (hsm ok, audit ok, version ", 0), 0u)
+      << status.out;
+
+  const ProcessResult who = Vecseal({"whoami"});
+  EXPECT_EQ(who.exit_code, 0) << who.err;
+  EXPECT_THAT(who.out, HasSubstr("uid:"));
+  EXPECT_THAT(who.out, HasSubstr("grants:"));
+}
+
+TEST_F(CliTest, DecryptChecksTokenCount) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("tok-count");
+  ASSERT_TRUE(client::WriteMatrix(Path("a.npy"), Sample(5, 4)).ok());
+  ASSERT_TRUE(client::WriteMatrix(Path("b.npy"), Sample(6, 4)).ok());
+  ASSERT_EQ(Vecseal({"encrypt", "--key", "tok-count", "--reversible", "--tokens", Path("a.tok"),
+                     Path("a.npy"), Path("a-sealed.npy")})
+                .exit_code,
+            0);
+  const ProcessResult r =
+      Vecseal({"decrypt", "--key", "tok-count", "--tokens", Path("a.tok"), Path("b.npy"), Path("o.npy")});
+  EXPECT_EQ(r.exit_code, 5);
+  EXPECT_EQ(r.err, "vecseal: " + Path("a.tok") + " holds 5 tokens but " + Path("b.npy") +
+                       " holds 6 vectors\n");
+}
+
+// An interrupted run never leaves a file under the output name. The daemon is stopped
+// (SIGSTOP) so that the command is certainly mid-run, waiting for an answer, when it is killed.
+class CliInterruptTest : public CliTest, public ::testing::WithParamInterface<int> {};
+
+TEST_P(CliInterruptTest, LeavesNoOutput) {
+  VECSEAL_REQUIRE_DAEMON();
+  const int signal = GetParam();
+  const std::string key = "interrupt-" + std::to_string(signal);
+  CreateKey(key);
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(3000, 8)).ok());
+  const pid_t daemon = DevDaemon::instance()->pid();
+  ASSERT_EQ(::kill(daemon, SIGSTOP), 0);
+  int out_fd = -1, err_fd = -1;
+  const pid_t cli = vecseal::testing::Spawn(
+      {VECSEAL_CLI_PATH, "encrypt", "--key", key, "--reversible", "--tokens", Path("out.tok"),
+       "--batch", "100", Path("in.npy"), Path("out.npy")},
+      {"VECSEAL_SOCKET=" + Socket()}, out_fd, err_fd);
+  ASSERT_GT(cli, 0);
+  // The temporary output appears before the first request is answered.
+  bool temp_seen = false;
+  for (int i = 0; i < 6000 && !temp_seen; ++i) {
+    for (const std::string& name : Listing()) temp_seen |= name.rfind(".out.npy.tmp-", 0) == 0;
+    if (!temp_seen) ::usleep(10000);
+  }
+  ASSERT_EQ(::kill(cli, signal), 0);
+  const ProcessResult r = vecseal::testing::Collect(cli, out_fd, err_fd);
+  ::kill(daemon, SIGCONT);
+  ASSERT_TRUE(temp_seen);
+  EXPECT_FALSE(fs::exists(Path("out.npy")));
+  EXPECT_FALSE(fs::exists(Path("out.tok")));
+  if (signal == SIGKILL) {
+    EXPECT_EQ(r.exit_code, 128 + SIGKILL);
+  } else {
+    // A catchable signal: the command stops at once and removes its temporary files too.
+    EXPECT_EQ(r.exit_code, 130) << r.err;
+    EXPECT_EQ(Listing(), std::vector<std::string>{"in.npy"});
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Signals, CliInterruptTest, ::testing::Values(SIGTERM, SIGINT, SIGKILL));
+
+}  // namespace
+}  // namespace vecseal::cli
