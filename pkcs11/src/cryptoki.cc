@@ -1,0 +1,545 @@
+#include "vecseal/pkcs11/cryptoki.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <utility>
+
+namespace vecseal::pkcs11 {
+namespace {
+
+struct CkrEntry {
+  CK_RV rv;
+  std::string_view name;
+  std::string_view sentence;
+};
+
+// PKCS#11 v3.0 return values; 0x201-0x203 are v3.0 additions that p11-kit's header lacks.
+constexpr CkrEntry kCkrTable[] = {
+    {CKR_OK, "CKR_OK", "the call succeeded"},
+    {CKR_CANCEL, "CKR_CANCEL", "the application cancelled the call"},
+    {CKR_HOST_MEMORY, "CKR_HOST_MEMORY", "the module ran out of host memory"},
+    {CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID", "the slot does not exist"},
+    {CKR_GENERAL_ERROR, "CKR_GENERAL_ERROR", "the module hit an unrecoverable error"},
+    {CKR_FUNCTION_FAILED, "CKR_FUNCTION_FAILED", "the module could not perform the function"},
+    {CKR_ARGUMENTS_BAD, "CKR_ARGUMENTS_BAD", "the module rejected the arguments of the call"},
+    {CKR_NO_EVENT, "CKR_NO_EVENT", "no slot event is pending"},
+    {CKR_NEED_TO_CREATE_THREADS, "CKR_NEED_TO_CREATE_THREADS",
+     "the module needs to create threads but was told not to"},
+    {CKR_CANT_LOCK, "CKR_CANT_LOCK", "the module cannot provide the requested locking"},
+    {CKR_ATTRIBUTE_READ_ONLY, "CKR_ATTRIBUTE_READ_ONLY", "an attribute cannot be set or changed"},
+    {CKR_ATTRIBUTE_SENSITIVE, "CKR_ATTRIBUTE_SENSITIVE",
+     "the attribute is sensitive and cannot be read"},
+    {CKR_ATTRIBUTE_TYPE_INVALID, "CKR_ATTRIBUTE_TYPE_INVALID",
+     "an attribute type is not valid for this object"},
+    {CKR_ATTRIBUTE_VALUE_INVALID, "CKR_ATTRIBUTE_VALUE_INVALID", "an attribute value is invalid"},
+    {CKR_ACTION_PROHIBITED, "CKR_ACTION_PROHIBITED",
+     "the object's attributes prohibit this action"},
+    {CKR_DATA_INVALID, "CKR_DATA_INVALID", "the input data is invalid for this mechanism"},
+    {CKR_DATA_LEN_RANGE, "CKR_DATA_LEN_RANGE", "the input data has the wrong length"},
+    {CKR_DEVICE_ERROR, "CKR_DEVICE_ERROR", "the device reported an error"},
+    {CKR_DEVICE_MEMORY, "CKR_DEVICE_MEMORY", "the device ran out of memory"},
+    {CKR_DEVICE_REMOVED, "CKR_DEVICE_REMOVED", "the device was removed"},
+    {CKR_ENCRYPTED_DATA_INVALID, "CKR_ENCRYPTED_DATA_INVALID", "the ciphertext is invalid"},
+    {CKR_ENCRYPTED_DATA_LEN_RANGE, "CKR_ENCRYPTED_DATA_LEN_RANGE",
+     "the ciphertext has the wrong length"},
+    {CKR_FUNCTION_CANCELED, "CKR_FUNCTION_CANCELED", "the function was cancelled"},
+    {CKR_FUNCTION_NOT_PARALLEL, "CKR_FUNCTION_NOT_PARALLEL",
+     "no function is running in parallel"},
+    {CKR_FUNCTION_NOT_SUPPORTED, "CKR_FUNCTION_NOT_SUPPORTED",
+     "the module does not support this function"},
+    {CKR_KEY_HANDLE_INVALID, "CKR_KEY_HANDLE_INVALID", "the key handle is not valid"},
+    {CKR_KEY_SIZE_RANGE, "CKR_KEY_SIZE_RANGE", "the key size is outside the supported range"},
+    {CKR_KEY_TYPE_INCONSISTENT, "CKR_KEY_TYPE_INCONSISTENT",
+     "the key type does not fit the mechanism"},
+    {CKR_KEY_NOT_NEEDED, "CKR_KEY_NOT_NEEDED", "a key was given where none is needed"},
+    {CKR_KEY_CHANGED, "CKR_KEY_CHANGED", "the key differs from the one used before"},
+    {CKR_KEY_NEEDED, "CKR_KEY_NEEDED", "the operation needs a key that was not given"},
+    {CKR_KEY_INDIGESTIBLE, "CKR_KEY_INDIGESTIBLE", "the key cannot be digested"},
+    {CKR_KEY_FUNCTION_NOT_PERMITTED, "CKR_KEY_FUNCTION_NOT_PERMITTED",
+     "the key's attributes do not permit this operation"},
+    {CKR_KEY_NOT_WRAPPABLE, "CKR_KEY_NOT_WRAPPABLE", "the key cannot be wrapped"},
+    {CKR_KEY_UNEXTRACTABLE, "CKR_KEY_UNEXTRACTABLE", "the key is not extractable"},
+    {CKR_MECHANISM_INVALID, "CKR_MECHANISM_INVALID",
+     "the token does not support this mechanism"},
+    {CKR_MECHANISM_PARAM_INVALID, "CKR_MECHANISM_PARAM_INVALID",
+     "the mechanism parameters are invalid"},
+    {CKR_OBJECT_HANDLE_INVALID, "CKR_OBJECT_HANDLE_INVALID", "the object handle is not valid"},
+    {CKR_OPERATION_ACTIVE, "CKR_OPERATION_ACTIVE", "another operation is active on the session"},
+    {CKR_OPERATION_NOT_INITIALIZED, "CKR_OPERATION_NOT_INITIALIZED",
+     "no operation of this kind was initialised"},
+    {CKR_PIN_INCORRECT, "CKR_PIN_INCORRECT", "the PIN is wrong"},
+    {CKR_PIN_INVALID, "CKR_PIN_INVALID", "the PIN contains invalid characters"},
+    {CKR_PIN_LEN_RANGE, "CKR_PIN_LEN_RANGE", "the PIN is too long or too short"},
+    {CKR_PIN_EXPIRED, "CKR_PIN_EXPIRED", "the PIN has expired"},
+    {CKR_PIN_LOCKED, "CKR_PIN_LOCKED", "the PIN is locked after too many wrong attempts"},
+    {CKR_SESSION_CLOSED, "CKR_SESSION_CLOSED", "the session was closed during the call"},
+    {CKR_SESSION_COUNT, "CKR_SESSION_COUNT", "the token has too many open sessions"},
+    {CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID", "the session handle is not valid"},
+    {CKR_SESSION_PARALLEL_NOT_SUPPORTED, "CKR_SESSION_PARALLEL_NOT_SUPPORTED",
+     "the module does not support parallel sessions"},
+    {CKR_SESSION_READ_ONLY, "CKR_SESSION_READ_ONLY", "the session is read-only"},
+    {CKR_SESSION_EXISTS, "CKR_SESSION_EXISTS", "a session is already open with the token"},
+    {CKR_SESSION_READ_ONLY_EXISTS, "CKR_SESSION_READ_ONLY_EXISTS",
+     "a read-only session exists, so the security officer cannot log in"},
+    {CKR_SESSION_READ_WRITE_SO_EXISTS, "CKR_SESSION_READ_WRITE_SO_EXISTS",
+     "a read-write security-officer session exists"},
+    {CKR_SIGNATURE_INVALID, "CKR_SIGNATURE_INVALID", "the signature is invalid"},
+    {CKR_SIGNATURE_LEN_RANGE, "CKR_SIGNATURE_LEN_RANGE", "the signature has the wrong length"},
+    {CKR_TEMPLATE_INCOMPLETE, "CKR_TEMPLATE_INCOMPLETE",
+     "the object template lacks a required attribute"},
+    {CKR_TEMPLATE_INCONSISTENT, "CKR_TEMPLATE_INCONSISTENT",
+     "the object template has conflicting attributes"},
+    {CKR_TOKEN_NOT_PRESENT, "CKR_TOKEN_NOT_PRESENT", "the token is not present in its slot"},
+    {CKR_TOKEN_NOT_RECOGNIZED, "CKR_TOKEN_NOT_RECOGNIZED", "the module does not recognise the token"},
+    {CKR_TOKEN_WRITE_PROTECTED, "CKR_TOKEN_WRITE_PROTECTED", "the token is write-protected"},
+    {CKR_UNWRAPPING_KEY_HANDLE_INVALID, "CKR_UNWRAPPING_KEY_HANDLE_INVALID",
+     "the unwrapping key handle is not valid"},
+    {CKR_UNWRAPPING_KEY_SIZE_RANGE, "CKR_UNWRAPPING_KEY_SIZE_RANGE",
+     "the unwrapping key has an unsupported size"},
+    {CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT, "CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT",
+     "the unwrapping key type does not fit the mechanism"},
+    {CKR_USER_ALREADY_LOGGED_IN, "CKR_USER_ALREADY_LOGGED_IN", "the user is already logged in"},
+    {CKR_USER_NOT_LOGGED_IN, "CKR_USER_NOT_LOGGED_IN", "the user is not logged in"},
+    {CKR_USER_PIN_NOT_INITIALIZED, "CKR_USER_PIN_NOT_INITIALIZED",
+     "the token has no user PIN yet"},
+    {CKR_USER_TYPE_INVALID, "CKR_USER_TYPE_INVALID", "the user type is not valid"},
+    {CKR_USER_ANOTHER_ALREADY_LOGGED_IN, "CKR_USER_ANOTHER_ALREADY_LOGGED_IN",
+     "another user is already logged in"},
+    {CKR_USER_TOO_MANY_TYPES, "CKR_USER_TOO_MANY_TYPES",
+     "too many distinct users are logged in"},
+    {CKR_WRAPPED_KEY_INVALID, "CKR_WRAPPED_KEY_INVALID", "the wrapped key is invalid"},
+    {CKR_WRAPPED_KEY_LEN_RANGE, "CKR_WRAPPED_KEY_LEN_RANGE", "the wrapped key has the wrong length"},
+    {CKR_WRAPPING_KEY_HANDLE_INVALID, "CKR_WRAPPING_KEY_HANDLE_INVALID",
+     "the wrapping key handle is not valid"},
+    {CKR_WRAPPING_KEY_SIZE_RANGE, "CKR_WRAPPING_KEY_SIZE_RANGE",
+     "the wrapping key has an unsupported size"},
+    {CKR_WRAPPING_KEY_TYPE_INCONSISTENT, "CKR_WRAPPING_KEY_TYPE_INCONSISTENT",
+     "the wrapping key type does not fit the mechanism"},
+    {CKR_RANDOM_SEED_NOT_SUPPORTED, "CKR_RANDOM_SEED_NOT_SUPPORTED",
+     "the token's random generator cannot be seeded"},
+    {CKR_RANDOM_NO_RNG, "CKR_RANDOM_NO_RNG", "the token has no random generator"},
+    {CKR_DOMAIN_PARAMS_INVALID, "CKR_DOMAIN_PARAMS_INVALID", "the domain parameters are invalid"},
+    {CKR_CURVE_NOT_SUPPORTED, "CKR_CURVE_NOT_SUPPORTED", "the token does not support this curve"},
+    {CKR_BUFFER_TOO_SMALL, "CKR_BUFFER_TOO_SMALL", "the output buffer is too small"},
+    {CKR_SAVED_STATE_INVALID, "CKR_SAVED_STATE_INVALID", "the saved state is invalid"},
+    {CKR_INFORMATION_SENSITIVE, "CKR_INFORMATION_SENSITIVE", "the information is sensitive"},
+    {CKR_STATE_UNSAVEABLE, "CKR_STATE_UNSAVEABLE", "the operation state cannot be saved"},
+    {CKR_CRYPTOKI_NOT_INITIALIZED, "CKR_CRYPTOKI_NOT_INITIALIZED",
+     "the module has not been initialised"},
+    {CKR_CRYPTOKI_ALREADY_INITIALIZED, "CKR_CRYPTOKI_ALREADY_INITIALIZED",
+     "the module was already initialised by another component of this process"},
+    {CKR_MUTEX_BAD, "CKR_MUTEX_BAD", "a mutex object is bad"},
+    {CKR_MUTEX_NOT_LOCKED, "CKR_MUTEX_NOT_LOCKED", "a mutex was not locked"},
+    {CKR_NEW_PIN_MODE, "CKR_NEW_PIN_MODE", "the token expects a new PIN"},
+    {CKR_NEXT_OTP, "CKR_NEXT_OTP", "the token expects the next one-time password"},
+    {CKR_EXCEEDED_MAX_ITERATIONS, "CKR_EXCEEDED_MAX_ITERATIONS",
+     "the operation exceeded its maximum iterations"},
+    {CKR_FIPS_SELF_TEST_FAILED, "CKR_FIPS_SELF_TEST_FAILED", "a FIPS self-test failed"},
+    {CKR_LIBRARY_LOAD_FAILED, "CKR_LIBRARY_LOAD_FAILED", "the module could not load a library"},
+    {CKR_PIN_TOO_WEAK, "CKR_PIN_TOO_WEAK", "the PIN is too weak"},
+    {CKR_PUBLIC_KEY_INVALID, "CKR_PUBLIC_KEY_INVALID", "the public key is invalid"},
+    {CKR_FUNCTION_REJECTED, "CKR_FUNCTION_REJECTED", "the token rejected the function"},
+    {0x201UL, "CKR_TOKEN_RESOURCE_EXCEEDED", "the token ran out of a resource"},
+    {0x202UL, "CKR_OPERATION_CANCEL_FAILED", "the operation could not be cancelled"},
+    {0x203UL, "CKR_KEY_EXHAUSTED", "the key has reached its usage limit"},
+};
+
+const CkrEntry* FindCkr(CK_RV rv) {
+  for (const auto& entry : kCkrTable) {
+    if (entry.rv == rv) return &entry;
+  }
+  return nullptr;
+}
+
+// Cryptoki's initialisation state is per process, so two Module objects for the same library
+// must share one C_Initialize/C_Finalize pair. Keyed by the dlopen handle, which dlopen itself
+// reference-counts per library.
+std::mutex& RegistryMutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::map<void*, size_t>& Registry() {
+  static std::map<void*, size_t> registry;
+  return registry;
+}
+
+std::string TrimLabel(const CK_UTF8CHAR* label, size_t size) {
+  std::string text(reinterpret_cast<const char*>(label), size);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\0')) text.pop_back();
+  return text;
+}
+
+Status ModuleError(const std::string& path, std::string detail) {
+  return Status(Code::kUnavailable, "hsm_module_unloadable",
+                "cannot load the PKCS#11 module " + path + ": " + detail);
+}
+
+}  // namespace
+
+std::string_view CkrName(CK_RV rv) {
+  if (const CkrEntry* entry = FindCkr(rv)) return entry->name;
+  return rv >= CKR_VENDOR_DEFINED ? "CKR_VENDOR_DEFINED" : "CKR_UNKNOWN";
+}
+
+std::string CkrSentence(CK_RV rv) {
+  if (const CkrEntry* entry = FindCkr(rv)) return std::string(entry->sentence);
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "0x%lx", static_cast<unsigned long>(rv));
+  return (rv >= CKR_VENDOR_DEFINED ? "the module returned vendor-defined code "
+                                   : "the module returned unknown code ") +
+         std::string(hex);
+}
+
+bool IsRecoverable(CK_RV rv) {
+  switch (rv) {
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_REMOVED:
+    case CKR_DEVICE_MEMORY:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_SESSION_COUNT:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Status CkrStatus(std::string_view function, CK_RV rv) {
+  assert(rv != CKR_OK);
+  std::string message = std::string(function) + " failed: " + std::string(CkrName(rv)) + " (" +
+                        CkrSentence(rv) + ")";
+  return Status(Code::kUnavailable, IsRecoverable(rv) ? "hsm_unavailable" : "hsm_error",
+                std::move(message));
+}
+
+// Module
+
+Result<Module> Module::Load(const std::string& path) {
+  if (path.empty() || path.front() != '/') {
+    return ModuleError(path, "the module path must be absolute, so that no search path decides "
+                             "which code holds the keys");
+  }
+  Module module;
+  module.path_ = path;
+  module.library_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (module.library_ == nullptr) {
+    const char* error = dlerror();
+    return ModuleError(path, error != nullptr ? error : "dlopen failed");
+  }
+  auto get_function_list =
+      reinterpret_cast<CK_C_GetFunctionList>(dlsym(module.library_, "C_GetFunctionList"));
+  if (get_function_list == nullptr) {
+    return ModuleError(path, "it does not export C_GetFunctionList");
+  }
+  CK_FUNCTION_LIST_PTR functions = nullptr;
+  if (CK_RV rv = get_function_list(&functions); rv != CKR_OK || functions == nullptr) {
+    return ModuleError(path, "C_GetFunctionList failed: " + std::string(CkrName(rv)));
+  }
+
+  std::lock_guard lock(RegistryMutex());
+  size_t& users = Registry()[module.library_];
+  if (users == 0) {
+    CK_C_INITIALIZE_ARGS args{};
+    args.flags = CKF_OS_LOCKING_OK;
+    CK_RV rv = functions->C_Initialize(&args);
+    if (rv != CKR_OK) {
+      Registry().erase(module.library_);
+      if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        return ModuleError(path, "another component of this process already initialised it");
+      }
+      return ModuleError(path, "C_Initialize failed: " + std::string(CkrName(rv)) + " (" +
+                                   CkrSentence(rv) + ")");
+    }
+  }
+  ++users;
+  module.functions_ = functions;
+  return module;
+}
+
+Module::~Module() { Release(); }
+
+Module::Module(Module&& other) noexcept
+    : library_(std::exchange(other.library_, nullptr)),
+      functions_(std::exchange(other.functions_, nullptr)),
+      path_(std::move(other.path_)) {}
+
+Module& Module::operator=(Module&& other) noexcept {
+  if (this != &other) {
+    Release();
+    library_ = std::exchange(other.library_, nullptr);
+    functions_ = std::exchange(other.functions_, nullptr);
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+void Module::Release() {
+  if (library_ == nullptr) return;
+  if (functions_ != nullptr) {
+    std::lock_guard lock(RegistryMutex());
+    auto it = Registry().find(library_);
+    if (it != Registry().end() && --it->second == 0) {
+      functions_->C_Finalize(nullptr);
+      Registry().erase(it);
+    }
+  }
+  dlclose(library_);
+  library_ = nullptr;
+  functions_ = nullptr;
+}
+
+Result<std::vector<std::string>> Module::TokenLabels() const {
+  CK_ULONG count = 0;
+  if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, nullptr, &count); rv != CKR_OK) {
+    return CkrStatus("C_GetSlotList", rv);
+  }
+  std::vector<CK_SLOT_ID> slots(count);
+  if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, slots.data(), &count); rv != CKR_OK) {
+    return CkrStatus("C_GetSlotList", rv);
+  }
+  slots.resize(count);
+  std::vector<std::string> labels;
+  for (CK_SLOT_ID slot : slots) {
+    CK_TOKEN_INFO info{};
+    if (functions_->C_GetTokenInfo(slot, &info) != CKR_OK) continue;  // removed meanwhile
+    if ((info.flags & CKF_TOKEN_INITIALIZED) == 0) continue;
+    labels.push_back(TrimLabel(info.label, sizeof info.label));
+  }
+  return labels;
+}
+
+Result<CK_SLOT_ID> Module::FindTokenSlot(std::string_view label) const {
+  CK_ULONG count = 0;
+  if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, nullptr, &count); rv != CKR_OK) {
+    return CkrStatus("C_GetSlotList", rv);
+  }
+  std::vector<CK_SLOT_ID> slots(count);
+  if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, slots.data(), &count); rv != CKR_OK) {
+    return CkrStatus("C_GetSlotList", rv);
+  }
+  slots.resize(count);
+  std::vector<CK_SLOT_ID> matches;
+  std::string present;
+  for (CK_SLOT_ID slot : slots) {
+    CK_TOKEN_INFO info{};
+    if (functions_->C_GetTokenInfo(slot, &info) != CKR_OK) continue;
+    if ((info.flags & CKF_TOKEN_INITIALIZED) == 0) continue;
+    std::string token_label = TrimLabel(info.label, sizeof info.label);
+    if (token_label == label) matches.push_back(slot);
+    present += (present.empty() ? "\"" : ", \"") + token_label + "\"";
+  }
+  if (matches.size() > 1) {
+    return Status(Code::kFailedPrecondition, "token_label_ambiguous",
+                  std::to_string(matches.size()) + " tokens carry the label \"" +
+                      std::string(label) + "\"; give each token a unique label");
+  }
+  if (matches.empty()) {
+    return Status(Code::kNotFound, "token_not_found",
+                  "no token labelled \"" + std::string(label) + "\" in " + path_ +
+                      " (tokens present: " + (present.empty() ? "none" : present) + ")");
+  }
+  return matches.front();
+}
+
+// Object
+
+Object::~Object() {
+  if (owned_ && handle_ != CK_INVALID_HANDLE) functions_->C_DestroyObject(session_, handle_);
+}
+
+Object::Object(Object&& other) noexcept
+    : functions_(other.functions_),
+      session_(other.session_),
+      handle_(std::exchange(other.handle_, CK_INVALID_HANDLE)),
+      owned_(std::exchange(other.owned_, false)) {}
+
+Object& Object::operator=(Object&& other) noexcept {
+  if (this != &other) {
+    if (owned_ && handle_ != CK_INVALID_HANDLE) functions_->C_DestroyObject(session_, handle_);
+    functions_ = other.functions_;
+    session_ = other.session_;
+    handle_ = std::exchange(other.handle_, CK_INVALID_HANDLE);
+    owned_ = std::exchange(other.owned_, false);
+  }
+  return *this;
+}
+
+Result<std::vector<uint8_t>> Object::GetAttribute(CK_ATTRIBUTE_TYPE type) const {
+  CK_ATTRIBUTE attribute{type, nullptr, 0};
+  CK_RV rv = functions_->C_GetAttributeValue(session_, handle_, &attribute, 1);
+  if (rv == CKR_ATTRIBUTE_SENSITIVE ||
+      (rv == CKR_OK && attribute.ulValueLen == CK_UNAVAILABLE_INFORMATION)) {
+    return Status(Code::kPermissionDenied, "attribute_sensitive",
+                  "the token refuses to reveal this attribute (CKR_ATTRIBUTE_SENSITIVE)");
+  }
+  if (rv != CKR_OK) return CkrStatus("C_GetAttributeValue", rv);
+  std::vector<uint8_t> value(attribute.ulValueLen);
+  attribute.pValue = value.data();
+  rv = functions_->C_GetAttributeValue(session_, handle_, &attribute, 1);
+  if (rv != CKR_OK) return CkrStatus("C_GetAttributeValue", rv);
+  value.resize(attribute.ulValueLen);
+  return value;
+}
+
+Result<bool> Object::GetBool(CK_ATTRIBUTE_TYPE type) const {
+  auto value = GetAttribute(type);
+  if (!value.ok()) return std::move(value).TakeStatus();
+  if (value->size() != sizeof(CK_BBOOL)) {
+    return Status(Code::kInternal, "hsm_error", "a boolean attribute has the wrong size");
+  }
+  return value->front() != CK_FALSE;
+}
+
+Status Object::Destroy() {
+  CK_RV rv = functions_->C_DestroyObject(session_, handle_);
+  handle_ = CK_INVALID_HANDLE;
+  owned_ = false;
+  return rv == CKR_OK ? Status::Ok() : CkrStatus("C_DestroyObject", rv);
+}
+
+CK_OBJECT_HANDLE Object::Release() {
+  owned_ = false;
+  return std::exchange(handle_, CK_INVALID_HANDLE);
+}
+
+// Session
+
+Result<Session> Session::Open(const Module& module, CK_SLOT_ID slot, bool read_write) {
+  CK_FLAGS flags = CKF_SERIAL_SESSION | (read_write ? CKF_RW_SESSION : 0);
+  CK_SESSION_HANDLE handle = CK_INVALID_HANDLE;
+  CK_RV rv = module.functions()->C_OpenSession(slot, flags, nullptr, nullptr, &handle);
+  if (rv != CKR_OK) return CkrStatus("C_OpenSession", rv);
+  return Session(module.functions(), handle);
+}
+
+Session::~Session() { Close(); }
+
+Session::Session(Session&& other) noexcept
+    : functions_(other.functions_), handle_(std::exchange(other.handle_, CK_INVALID_HANDLE)) {}
+
+Session& Session::operator=(Session&& other) noexcept {
+  if (this != &other) {
+    Close();
+    functions_ = other.functions_;
+    handle_ = std::exchange(other.handle_, CK_INVALID_HANDLE);
+  }
+  return *this;
+}
+
+void Session::Close() {
+  if (handle_ != CK_INVALID_HANDLE) functions_->C_CloseSession(handle_);
+  handle_ = CK_INVALID_HANDLE;
+}
+
+Status Session::Login(std::span<const uint8_t> pin) {
+  // Cryptoki takes a non-const pointer but does not write through it.
+  CK_RV rv = functions_->C_Login(handle_, CKU_USER,
+                                 const_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
+  if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) return Status::Ok();
+  return CkrStatus("C_Login", rv);
+}
+
+Status Session::Logout() {
+  CK_RV rv = functions_->C_Logout(handle_);
+  return rv == CKR_OK || rv == CKR_USER_NOT_LOGGED_IN ? Status::Ok() : CkrStatus("C_Logout", rv);
+}
+
+Result<CK_SESSION_INFO> Session::Info() const {
+  CK_SESSION_INFO info{};
+  if (CK_RV rv = functions_->C_GetSessionInfo(handle_, &info); rv != CKR_OK) {
+    return CkrStatus("C_GetSessionInfo", rv);
+  }
+  return info;
+}
+
+Result<std::vector<Object>> Session::Find(std::span<const CK_ATTRIBUTE> match) const {
+  CK_RV rv = functions_->C_FindObjectsInit(handle_, const_cast<CK_ATTRIBUTE_PTR>(match.data()),
+                                           match.size());
+  if (rv != CKR_OK) return CkrStatus("C_FindObjectsInit", rv);
+  std::vector<Object> objects;
+  std::array<CK_OBJECT_HANDLE, 64> batch{};
+  for (;;) {
+    CK_ULONG found = 0;
+    rv = functions_->C_FindObjects(handle_, batch.data(), batch.size(), &found);
+    if (rv != CKR_OK) {
+      functions_->C_FindObjectsFinal(handle_);
+      return CkrStatus("C_FindObjects", rv);
+    }
+    for (CK_ULONG i = 0; i < found; ++i) objects.emplace_back(functions_, handle_, batch[i], false);
+    if (found < batch.size()) break;
+  }
+  rv = functions_->C_FindObjectsFinal(handle_);
+  if (rv != CKR_OK) return CkrStatus("C_FindObjectsFinal", rv);
+  return objects;
+}
+
+Result<Object> Session::Create(std::span<const CK_ATTRIBUTE> attributes) {
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  CK_RV rv = functions_->C_CreateObject(
+      handle_, const_cast<CK_ATTRIBUTE_PTR>(attributes.data()), attributes.size(), &handle);
+  if (rv != CKR_OK) return CkrStatus("C_CreateObject", rv);
+  return Object(functions_, handle_, handle, false);
+}
+
+Result<Object> Session::GenerateKey(CK_MECHANISM_TYPE mechanism,
+                                    std::span<const CK_ATTRIBUTE> attributes) {
+  CK_MECHANISM mech{mechanism, nullptr, 0};
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  CK_RV rv = functions_->C_GenerateKey(
+      handle_, &mech, const_cast<CK_ATTRIBUTE_PTR>(attributes.data()), attributes.size(), &handle);
+  if (rv != CKR_OK) return CkrStatus("C_GenerateKey", rv);
+  return Object(functions_, handle_, handle, false);
+}
+
+Result<std::pair<Object, Object>> Session::GenerateKeyPair(
+    CK_MECHANISM_TYPE mechanism, std::span<const CK_ATTRIBUTE> public_attributes,
+    std::span<const CK_ATTRIBUTE> private_attributes) {
+  CK_MECHANISM mech{mechanism, nullptr, 0};
+  CK_OBJECT_HANDLE public_key = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE private_key = CK_INVALID_HANDLE;
+  CK_RV rv = functions_->C_GenerateKeyPair(
+      handle_, &mech, const_cast<CK_ATTRIBUTE_PTR>(public_attributes.data()),
+      public_attributes.size(), const_cast<CK_ATTRIBUTE_PTR>(private_attributes.data()),
+      private_attributes.size(), &public_key, &private_key);
+  if (rv != CKR_OK) return CkrStatus("C_GenerateKeyPair", rv);
+  return std::pair(Object(functions_, handle_, public_key, false),
+                   Object(functions_, handle_, private_key, false));
+}
+
+Result<Object> Session::Copy(CK_OBJECT_HANDLE source, std::span<const CK_ATTRIBUTE> changes,
+                             bool owned) {
+  CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  CK_RV rv = functions_->C_CopyObject(
+      handle_, source, const_cast<CK_ATTRIBUTE_PTR>(changes.data()), changes.size(), &handle);
+  if (rv != CKR_OK) return CkrStatus("C_CopyObject", rv);
+  return Object(functions_, handle_, handle, owned);
+}
+
+CK_RV Session::SignRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
+                       std::span<const uint8_t> data, std::span<uint8_t> signature,
+                       CK_ULONG* length) const {
+  CK_MECHANISM mech{mechanism, nullptr, 0};
+  CK_RV rv = functions_->C_SignInit(handle_, &mech, key);
+  if (rv != CKR_OK) return rv;
+  *length = signature.size();
+  return functions_->C_Sign(handle_, const_cast<CK_BYTE_PTR>(data.data()), data.size(),
+                            signature.data(), length);
+}
+
+Result<size_t> Session::Sign(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
+                             std::span<const uint8_t> data, std::span<uint8_t> signature) const {
+  CK_ULONG length = 0;
+  CK_RV rv = SignRaw(mechanism, key, data, signature, &length);
+  if (rv != CKR_OK) return CkrStatus("C_Sign", rv);
+  return static_cast<size_t>(length);
+}
+
+}  // namespace vecseal::pkcs11

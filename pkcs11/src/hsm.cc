@@ -1,0 +1,945 @@
+// Audit key: raw Cryptoki (CKM_EC_KEY_PAIR_GEN, CKM_ECDSA) rather than libp11, because libp11
+// calls C_Finalize when it unloads, which would kill the sessions this layer owns, and because
+// one code path for both key kinds keeps recovery in one place.
+#include "vecseal/pkcs11/hsm.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/pem.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <unordered_map>
+
+#include "vecseal/pkcs11/cryptoki.h"
+
+namespace vecseal::pkcs11 {
+namespace {
+
+constexpr std::string_view kLabelPrefix = "vecseal:";
+constexpr std::string_view kParamsApplication = "vecseal/v1/params";
+constexpr uint8_t kParamsFormat = 1;
+constexpr size_t kMaxPinSize = 255;
+constexpr size_t kMacSize = 32;
+// DER of OID 1.2.840.10045.3.1.7 (prime256v1).
+constexpr uint8_t kP256Oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+
+CK_BBOOL kTrue = CK_TRUE;
+CK_BBOOL kFalse = CK_FALSE;
+
+CK_ATTRIBUTE Attr(CK_ATTRIBUTE_TYPE type, CK_BBOOL& value) { return {type, &value, sizeof value}; }
+template <typename T>
+  requires std::is_arithmetic_v<T>
+CK_ATTRIBUTE Attr(CK_ATTRIBUTE_TYPE type, T& value) {
+  return {type, &value, sizeof value};
+}
+CK_ATTRIBUTE Attr(CK_ATTRIBUTE_TYPE type, const std::string& value) {
+  return {type, const_cast<char*>(value.data()), value.size()};
+}
+CK_ATTRIBUTE Attr(CK_ATTRIBUTE_TYPE type, std::span<const uint8_t> value) {
+  return {type, const_cast<uint8_t*>(value.data()), value.size()};
+}
+
+bool IsUnavailable(const Status& status) { return status.reason() == "hsm_unavailable"; }
+
+std::string KeyLabel(std::string_view name, uint32_t version) {
+  return std::string(kLabelPrefix) + std::string(name) + ":v" + std::to_string(version);
+}
+
+// "vecseal:<name>:v<version>" -> (name, version); nullopt for anything else on the token.
+std::optional<std::pair<std::string, uint32_t>> ParseKeyLabel(std::string_view label) {
+  if (!label.starts_with(kLabelPrefix)) return std::nullopt;
+  label.remove_prefix(kLabelPrefix.size());
+  size_t colon = label.rfind(":v");
+  if (colon == std::string_view::npos) return std::nullopt;
+  std::string_view name = label.substr(0, colon);
+  std::string_view digits = label.substr(colon + 2);
+  if (!ValidateKeyName(name).ok() || digits.empty() || digits.size() > 10 || digits[0] == '0') {
+    return std::nullopt;
+  }
+  uint64_t version = 0;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return std::nullopt;
+    version = version * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (version > UINT32_MAX) return std::nullopt;
+  return std::pair(std::string(name), static_cast<uint32_t>(version));
+}
+
+void PutU32(std::vector<uint8_t>& out, uint32_t value) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(value >> (8 * i)));
+}
+void PutU64(std::vector<uint8_t>& out, uint64_t value) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(value >> (8 * i)));
+}
+uint64_t GetLe(std::span<const uint8_t> bytes) {
+  uint64_t value = 0;
+  for (size_t i = bytes.size(); i-- > 0;) value = (value << 8) | bytes[i];
+  return value;
+}
+
+Status Tampered(std::string_view label, std::string_view what) {
+  return Status(Code::kFailedPrecondition, "key_params_tampered",
+                "the stored parameters of " + std::string(label) + " " + std::string(what) +
+                    "; they were changed outside vecseal, so the key is refused. Restore the "
+                    "token from backup or rotate to a new key");
+}
+
+Result<KeyParams> ParseCanonicalParams(std::span<const uint8_t> bytes, std::string_view name,
+                                       uint32_t version, std::string_view label) {
+  // Fixed part after the name: version 4, β 8, transform 1, has_dim 1, dim 4, created 8.
+  constexpr size_t kFixed = 4 + 8 + 1 + 1 + 4 + 8;
+  if (bytes.size() < 2 || bytes[0] != kParamsFormat || bytes.size() != 2 + bytes[1] + kFixed) {
+    return Tampered(label, "have an unknown layout");
+  }
+  std::string_view stored_name(reinterpret_cast<const char*>(bytes.data() + 2), bytes[1]);
+  auto rest = bytes.subspan(2 + bytes[1]);
+  if (stored_name != name || GetLe(rest.subspan(0, 4)) != version) {
+    return Tampered(label, "belong to another key");
+  }
+  KeyParams params;
+  params.approximation_factor = std::bit_cast<double>(GetLe(rest.subspan(4, 8)));
+  uint8_t transform = rest[12];
+  if (transform != static_cast<uint8_t>(core::TransformKind::kPermute) &&
+      transform != static_cast<uint8_t>(core::TransformKind::kRotate)) {
+    return Tampered(label, "name an unknown transform");
+  }
+  params.transform = static_cast<core::TransformKind>(transform);
+  if (rest[13] > 1) return Tampered(label, "have an invalid dimension flag");
+  if (rest[13] == 1) params.dimension = static_cast<uint32_t>(GetLe(rest.subspan(14, 4)));
+  params.created_unix = static_cast<int64_t>(GetLe(rest.subspan(18, 8)));
+  if (!ValidateKeyParams(params).ok()) return Tampered(label, "are out of range");
+  return params;
+}
+
+Status LoginFailed(const HsmConfig& config, CK_RV rv) {
+  std::string source = !config.pin.credential.empty()
+                           ? "systemd credential \"" + config.pin.credential + "\""
+                           : "PIN file " + config.pin.file;
+  return Status(Code::kUnavailable, "hsm_login_failed",
+                "login to token \"" + config.token_label + "\" failed: " + CkrSentence(rv) + " (" +
+                    std::string(CkrName(rv)) + "); check the PIN in " + source +
+                    ". vecseal tried exactly once, so at most one attempt counted against the "
+                    "token's retry limit");
+}
+
+bool IsPinError(CK_RV rv) {
+  return rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED ||
+         rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE || rv == CKR_USER_PIN_NOT_INITIALIZED;
+}
+
+// Private objects are invisible until login, so a session that lost its login state (another
+// session logged out, the token was reset) must recover rather than report keys as missing.
+Status RequireLogin(const Session& session) {
+  auto info = session.Info();
+  if (!info.ok()) return std::move(info).TakeStatus();
+  if (info->state != CKS_RO_USER_FUNCTIONS && info->state != CKS_RW_USER_FUNCTIONS) {
+    return CkrStatus("C_GetSessionInfo", CKR_USER_NOT_LOGGED_IN);
+  }
+  return Status::Ok();
+}
+
+Status InvalidConfig(std::string field, std::string fix) {
+  return Status(Code::kInvalidArgument, "invalid_hsm_config", field + ": " + fix);
+}
+
+}  // namespace
+
+// PIN
+
+Result<core::SecureBuffer> ReadPin(const PinSource& source) {
+  if (source.file.empty() == source.credential.empty()) {
+    return Status(Code::kFailedPrecondition, "pin_source_invalid",
+                  "set exactly one of the PIN file and the systemd credential name");
+  }
+  std::string path = source.file;
+  if (!source.credential.empty()) {
+    if (source.credential.find('/') != std::string::npos || source.credential == "." ||
+        source.credential == "..") {
+      return Status(Code::kFailedPrecondition, "pin_source_invalid",
+                    "a credential name is a plain file name under $CREDENTIALS_DIRECTORY, "
+                    "without \"/\"");
+    }
+    const char* directory = std::getenv("CREDENTIALS_DIRECTORY");
+    if (directory == nullptr || *directory == '\0') {
+      return Status(Code::kFailedPrecondition, "pin_source_invalid",
+                    "the PIN is the systemd credential \"" + source.credential +
+                        "\" but $CREDENTIALS_DIRECTORY is not set; add LoadCredential=" +
+                        source.credential + ":<path> to the unit");
+    }
+    path = std::string(directory) + "/" + source.credential;
+  }
+  auto unreadable = [&path](std::string why) {
+    return Status(Code::kUnavailable, "pin_unreadable",
+                  "cannot read the PIN from " + path + ": " + why);
+  };
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return unreadable(std::strerror(errno));
+  struct stat info {};
+  if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    close(fd);
+    return unreadable("not a regular file");
+  }
+  if ((info.st_mode & (S_IROTH | S_IWOTH)) != 0) {
+    close(fd);
+    return Status(Code::kPermissionDenied, "pin_file_permissions",
+                  path + " is readable or writable by other users; chmod o-rw " + path);
+  }
+  auto buffer = core::SecureBuffer::Allocate(kMaxPinSize + 2);
+  if (!buffer.ok()) {
+    close(fd);
+    return std::move(buffer).TakeStatus();
+  }
+  size_t size = 0;
+  for (;;) {
+    ssize_t n = read(fd, buffer->data() + size, buffer->size() - size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int error = errno;
+      close(fd);
+      return unreadable(std::strerror(error));
+    }
+    if (n == 0) break;
+    size += static_cast<size_t>(n);
+    if (size == buffer->size()) break;
+  }
+  close(fd);
+  if (size > 0 && buffer->data()[size - 1] == '\n') --size;
+  if (size > 0 && buffer->data()[size - 1] == '\r') --size;
+  if (size == 0) return unreadable("the file is empty");
+  if (size > kMaxPinSize) return unreadable("longer than 255 bytes");
+  auto pin = core::SecureBuffer::Allocate(size);
+  if (!pin.ok()) return std::move(pin).TakeStatus();
+  std::memcpy(pin->data(), buffer->data(), size);
+  return std::move(pin).value();  // `buffer` is wiped by its destructor
+}
+
+// Names and parameters
+
+Status ValidateKeyName(std::string_view name) {
+  auto ok_first = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  auto ok_rest = [&](char c) { return ok_first(c) || c == '.' || c == '_' || c == '-'; };
+  bool valid = !name.empty() && name.size() <= 64 && ok_first(name[0]) &&
+               std::all_of(name.begin() + 1, name.end(), ok_rest);
+  if (valid) return Status::Ok();
+  return Status(Code::kInvalidArgument, "invalid_key_name",
+                "a key name is 1 to 64 characters from a-z, 0-9, '.', '_' and '-', starting with "
+                "a letter or digit");
+}
+
+Status ValidateKeyParams(const KeyParams& params) {
+  if (!std::isfinite(params.approximation_factor) || params.approximation_factor <= 0) {
+    return Status(Code::kInvalidArgument, "invalid_key_params",
+                  "the approximation factor (beta) must be a finite number greater than 0");
+  }
+  if (params.transform != core::TransformKind::kPermute &&
+      params.transform != core::TransformKind::kRotate) {
+    return Status(Code::kInvalidArgument, "invalid_key_params",
+                  "the transform must be \"permute\" or \"rotate\"");
+  }
+  if (params.dimension) {
+    size_t limit = params.transform == core::TransformKind::kRotate ? core::kMaxRotateDimension
+                                                                    : core::kMaxDimension;
+    if (*params.dimension == 0 || *params.dimension > limit) {
+      return Status(Code::kInvalidArgument, "invalid_key_params",
+                    "the dimension must be between 1 and " + std::to_string(limit) + " for " +
+                        std::string(core::TransformName(params.transform)));
+    }
+  }
+  return Status::Ok();
+}
+
+std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version,
+                                         const KeyParams& params) {
+  assert(name.size() <= 255);
+  std::vector<uint8_t> out;
+  out.push_back(kParamsFormat);
+  out.push_back(static_cast<uint8_t>(name.size()));
+  for (char c : name) out.push_back(static_cast<uint8_t>(c));  // insert() trips GCC 12's -Warray-bounds
+  PutU32(out, version);
+  PutU64(out, std::bit_cast<uint64_t>(params.approximation_factor));
+  out.push_back(static_cast<uint8_t>(params.transform));
+  out.push_back(params.dimension ? 1 : 0);
+  PutU32(out, params.dimension.value_or(0));
+  PutU64(out, static_cast<uint64_t>(params.created_unix));
+  return out;
+}
+
+// Shared state
+
+namespace {
+
+// Model keys and the audit key may share a label on a foreign token; the class tells them apart.
+std::string CacheKey(const std::string& label, CK_OBJECT_CLASS klass) {
+  return std::to_string(klass) + ":" + label;
+}
+
+// One pooled session and the key handles it has looked up (or copied) for itself.
+struct PoolSlot {
+  std::mutex mutex;
+  Session session;
+  uint64_t generation = 0;  // the Hsm generation this session was opened in; 0: none
+  std::unordered_map<std::string, Object> keys;
+};
+
+}  // namespace
+
+struct Hsm::State {
+  HsmConfig config;
+  Module module;
+  std::atomic<CK_SLOT_ID> slot{0};
+
+  // Guards the anchor session, key administration and recovery.
+  std::mutex admin_mutex;
+  Session anchor;
+  // Bumped by every successful (re)connection; pooled sessions from an older generation are
+  // reopened before use.
+  std::atomic<uint64_t> generation{0};
+  std::atomic<uint64_t> recovery_failures{0};
+
+  std::vector<std::unique_ptr<PoolSlot>> pool;
+  std::atomic<size_t> next_slot{0};
+
+  Status ConnectLocked();
+  Status Recover(uint64_t observed_generation);
+
+  // Runs fn(anchor) under the admin lock; on a recoverable failure, recovers and runs it once
+  // more.
+  template <typename T, typename F>
+  Result<T> Admin(F&& fn);
+
+  // Runs fn(slot) on a pooled session opened in the current generation, with the same
+  // recover-and-retry-once rule.
+  template <typename T, typename F>
+  Result<T> Pooled(F&& fn);
+
+  PoolSlot& Acquire(std::unique_lock<std::mutex>& lock);
+  Status EnsureOpen(PoolSlot& slot);
+  // The handle to use for signing with the private or secret key labelled `label`.
+  Result<CK_OBJECT_HANDLE> KeyHandle(PoolSlot& slot, const std::string& label,
+                                     CK_OBJECT_CLASS klass);
+
+  Result<std::vector<std::pair<std::string, uint32_t>>> KeyVersionsLocked(
+      std::optional<std::string_view> name);
+  Result<KeyInfo> LoadKeyLocked(const std::string& name, uint32_t version);
+  Result<KeyInfo> CreateVersionLocked(const std::string& name, uint32_t version,
+                                      const KeyParams& params);
+  Result<std::array<uint8_t, kMacSize>> ParamsMacLocked(CK_OBJECT_HANDLE key,
+                                                        std::span<const uint8_t> canonical);
+};
+
+Status Hsm::State::ConnectLocked() {
+  auto slot_id = module.FindTokenSlot(config.token_label);
+  if (!slot_id.ok()) return std::move(slot_id).TakeStatus();
+  auto session = Session::Open(module, *slot_id, true);
+  if (!session.ok()) return std::move(session).TakeStatus();
+  auto pin = ReadPin(config.pin);
+  if (!pin.ok()) return std::move(pin).TakeStatus();
+  CK_RV rv = module.functions()->C_Login(session->handle(), CKU_USER, pin->data(), pin->size());
+  pin = core::SecureBuffer();  // wiped now, not at scope end
+  if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+    if (IsPinError(rv)) return LoginFailed(config, rv);
+    return CkrStatus("C_Login", rv);
+  }
+  anchor = std::move(session).value();
+  slot = *slot_id;
+  generation.fetch_add(1);
+  return Status::Ok();
+}
+
+Status Hsm::State::Recover(uint64_t observed_generation) {
+  uint64_t failures_seen = recovery_failures.load();
+  std::lock_guard lock(admin_mutex);
+  if (generation.load() != observed_generation) return Status::Ok();  // someone else did it
+  if (recovery_failures.load() != failures_seen) {
+    // A recovery failed while we waited for the lock; do not stack another backoff on it.
+    return Status(Code::kUnavailable, "hsm_unavailable",
+                  "the HSM (token \"" + config.token_label +
+                      "\") is unavailable; a reconnection attempt just failed");
+  }
+  std::chrono::milliseconds backoff = config.initial_backoff;
+  Status last;
+  for (size_t attempt = 0; attempt < config.recovery_attempts; ++attempt) {
+    if (attempt > 0) {
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, config.max_backoff);
+    }
+    last = ConnectLocked();
+    if (last.ok()) return last;
+    if (last.reason() == "hsm_login_failed" || last.reason() == "pin_source_invalid" ||
+        last.reason() == "pin_file_permissions") {
+      break;  // retrying a wrong PIN could lock the token
+    }
+  }
+  recovery_failures.fetch_add(1);
+  if (last.reason() == "hsm_login_failed") return last;
+  return Status(Code::kUnavailable, "hsm_unavailable",
+                "the HSM (token \"" + config.token_label + "\" in " + config.module_path +
+                    ") is unavailable after " + std::to_string(config.recovery_attempts) +
+                    " reconnection attempts; last error: " + last.message());
+}
+
+template <typename T, typename F>
+Result<T> Hsm::State::Admin(F&& fn) {
+  uint64_t observed = generation.load();
+  {
+    std::lock_guard lock(admin_mutex);
+    if (anchor.valid()) {
+      Status login = RequireLogin(anchor);
+      if (!login.ok() && !IsUnavailable(login)) return login;
+      if (login.ok()) {
+        Result<T> result = fn(anchor);
+        if (result.ok() || !IsUnavailable(result.status())) return result;
+      }
+    }
+  }
+  VECSEAL_RETURN_IF_ERROR(Recover(observed));
+  std::lock_guard lock(admin_mutex);
+  VECSEAL_RETURN_IF_ERROR(RequireLogin(anchor));
+  return fn(anchor);
+}
+
+PoolSlot& Hsm::State::Acquire(std::unique_lock<std::mutex>& lock) {
+  size_t start = next_slot.fetch_add(1, std::memory_order_relaxed);
+  for (size_t i = 0; i < pool.size(); ++i) {
+    PoolSlot& candidate = *pool[(start + i) % pool.size()];
+    std::unique_lock attempt(candidate.mutex, std::try_to_lock);
+    if (attempt.owns_lock()) {
+      lock = std::move(attempt);
+      return candidate;
+    }
+  }
+  PoolSlot& slot_ref = *pool[start % pool.size()];
+  lock = std::unique_lock(slot_ref.mutex);
+  return slot_ref;
+}
+
+Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
+  uint64_t current = generation.load();
+  if (pool_slot.generation == current && pool_slot.session.valid()) return Status::Ok();
+  pool_slot.keys.clear();  // session copies die with their session; drop them first
+  pool_slot.session.Close();
+  auto session = Session::Open(module, slot.load(), false);
+  if (!session.ok()) return std::move(session).TakeStatus();
+  pool_slot.session = std::move(session).value();
+  pool_slot.generation = current;
+  return Status::Ok();
+}
+
+template <typename T, typename F>
+Result<T> Hsm::State::Pooled(F&& fn) {
+  uint64_t observed = generation.load();
+  {
+    std::unique_lock<std::mutex> lock;
+    PoolSlot& pool_slot = Acquire(lock);
+    Status open = EnsureOpen(pool_slot);
+    if (open.ok()) {
+      Result<T> result = fn(pool_slot);
+      if (result.ok()) return result;
+      // After any failure the session may hold a half-finished operation: start afresh.
+      pool_slot.generation = 0;
+      if (!IsUnavailable(result.status())) return result;
+    } else if (!IsUnavailable(open)) {
+      return open;
+    }
+    pool_slot.generation = 0;
+  }
+  VECSEAL_RETURN_IF_ERROR(Recover(observed));
+  std::unique_lock<std::mutex> lock;
+  PoolSlot& pool_slot = Acquire(lock);
+  VECSEAL_RETURN_IF_ERROR(EnsureOpen(pool_slot));
+  Result<T> result = fn(pool_slot);
+  if (!result.ok()) pool_slot.generation = 0;
+  return result;
+}
+
+Result<CK_OBJECT_HANDLE> Hsm::State::KeyHandle(PoolSlot& pool_slot, const std::string& label,
+                                               CK_OBJECT_CLASS klass) {
+  const std::string cache_key = CacheKey(label, klass);
+  if (auto it = pool_slot.keys.find(cache_key); it != pool_slot.keys.end()) {
+    return it->second.handle();
+  }
+  // Token objects only: session copies made by other pooled sessions carry the same label.
+  CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue), Attr(CKA_LABEL, label)};
+  auto found = pool_slot.session.Find(match);
+  if (!found.ok()) return std::move(found).TakeStatus();
+  if (found->empty()) VECSEAL_RETURN_IF_ERROR(RequireLogin(pool_slot.session));
+  if (found->size() != 1) {
+    return Status(Code::kNotFound, "key_not_found",
+                  found->empty() ? "the token no longer holds " + label
+                                 : "the token holds several objects labelled " + label);
+  }
+  Object key = std::move(found->front());
+  if (klass == CKO_SECRET_KEY && config.session_key_copies) {
+    auto copyable = key.GetBool(CKA_COPYABLE);
+    if (copyable.ok() && *copyable) {
+      CK_ATTRIBUTE changes[] = {Attr(CKA_TOKEN, kFalse)};
+      auto copy = pool_slot.session.Copy(key.handle(), changes, true);
+      if (copy.ok()) key = std::move(copy).value();
+      // A refused copy only costs speed: fall through and use the token object.
+    }
+  }
+  CK_OBJECT_HANDLE handle = key.handle();
+  pool_slot.keys.emplace(cache_key, std::move(key));
+  return handle;
+}
+
+Result<std::vector<std::pair<std::string, uint32_t>>> Hsm::State::KeyVersionsLocked(
+    std::optional<std::string_view> name) {
+  CK_OBJECT_CLASS klass = CKO_SECRET_KEY;
+  CK_KEY_TYPE type = CKK_GENERIC_SECRET;
+  CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue),
+                          Attr(CKA_KEY_TYPE, type)};
+  auto objects = anchor.Find(match);
+  if (!objects.ok()) return std::move(objects).TakeStatus();
+  std::vector<std::pair<std::string, uint32_t>> versions;
+  for (const Object& object : *objects) {
+    auto label = object.GetAttribute(CKA_LABEL);
+    if (!label.ok()) return std::move(label).TakeStatus();
+    auto parsed = ParseKeyLabel(std::string_view(reinterpret_cast<const char*>(label->data()),
+                                                 label->size()));
+    if (!parsed || (name && parsed->first != *name)) continue;
+    versions.push_back(std::move(*parsed));
+  }
+  std::sort(versions.begin(), versions.end());
+  versions.erase(std::unique(versions.begin(), versions.end()), versions.end());
+  return versions;
+}
+
+Result<std::array<uint8_t, kMacSize>> Hsm::State::ParamsMacLocked(
+    CK_OBJECT_HANDLE key, std::span<const uint8_t> canonical) {
+  std::vector<uint8_t> message(core::kDomainParams.begin(), core::kDomainParams.end());
+  message.push_back(0);
+  message.insert(message.end(), canonical.begin(), canonical.end());
+  std::array<uint8_t, kMacSize> mac{};
+  auto length = anchor.Sign(CKM_SHA256_HMAC, key, message, mac);
+  if (!length.ok()) return std::move(length).TakeStatus();
+  if (*length != kMacSize) {
+    return Status(Code::kInternal, "hsm_error", "CKM_SHA256_HMAC returned a short MAC");
+  }
+  return mac;
+}
+
+Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t version) {
+  std::string label = KeyLabel(name, version);
+  CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+  CK_ATTRIBUTE key_match[] = {Attr(CKA_CLASS, key_class), Attr(CKA_TOKEN, kTrue),
+                              Attr(CKA_LABEL, label)};
+  auto keys = anchor.Find(key_match);
+  if (!keys.ok()) return std::move(keys).TakeStatus();
+  if (keys->empty()) {
+    return Status(Code::kNotFound, "key_not_found",
+                  "no key " + name + " version " + std::to_string(version) + " on the token");
+  }
+  if (keys->size() > 1) return Tampered(label, "exist twice (two keys carry the label)");
+
+  CK_OBJECT_CLASS data_class = CKO_DATA;
+  std::string application(kParamsApplication);
+  CK_ATTRIBUTE data_match[] = {Attr(CKA_CLASS, data_class), Attr(CKA_TOKEN, kTrue),
+                               Attr(CKA_APPLICATION, application), Attr(CKA_LABEL, label)};
+  auto data = anchor.Find(data_match);
+  if (!data.ok()) return std::move(data).TakeStatus();
+  if (data->empty()) {
+    return Status(Code::kFailedPrecondition, "key_params_missing",
+                  "the key " + label + " has no parameter object beside it on the token; it was "
+                  "not created by vecseal or its parameters were deleted");
+  }
+  if (data->size() > 1) return Tampered(label, "exist twice");
+  auto value = data->front().GetAttribute(CKA_VALUE);
+  if (!value.ok()) return std::move(value).TakeStatus();
+  if (value->size() < kMacSize) return Tampered(label, "are truncated");
+  std::span<const uint8_t> stored(*value);
+  auto canonical = stored.first(stored.size() - kMacSize);
+  auto tag = stored.last(kMacSize);
+  auto mac = ParamsMacLocked(keys->front().handle(), canonical);
+  if (!mac.ok()) return std::move(mac).TakeStatus();
+  if (CRYPTO_memcmp(mac->data(), tag.data(), kMacSize) != 0) {
+    return Tampered(label, "fail their HMAC");
+  }
+  auto params = ParseCanonicalParams(canonical, name, version, label);
+  if (!params.ok()) return std::move(params).TakeStatus();
+  return KeyInfo{name, version, *params, label};
+}
+
+Result<KeyInfo> Hsm::State::CreateVersionLocked(const std::string& name, uint32_t version,
+                                                const KeyParams& params) {
+  std::string label = KeyLabel(name, version);
+  CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+  CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
+  CK_ULONG key_size = 32;
+  CK_BBOOL copyable = config.create_copyable_keys ? CK_TRUE : CK_FALSE;
+  CK_ATTRIBUTE key_template[] = {
+      Attr(CKA_CLASS, key_class),      Attr(CKA_KEY_TYPE, key_type),
+      Attr(CKA_VALUE_LEN, key_size),   Attr(CKA_TOKEN, kTrue),
+      Attr(CKA_PRIVATE, kTrue),        Attr(CKA_SENSITIVE, kTrue),
+      Attr(CKA_EXTRACTABLE, kFalse),   Attr(CKA_COPYABLE, copyable),
+      Attr(CKA_MODIFIABLE, copyable),  Attr(CKA_SIGN, kTrue),
+      Attr(CKA_VERIFY, kFalse),        Attr(CKA_DERIVE, kFalse),
+      Attr(CKA_ENCRYPT, kFalse),       Attr(CKA_DECRYPT, kFalse),
+      Attr(CKA_WRAP, kFalse),          Attr(CKA_UNWRAP, kFalse),
+      Attr(CKA_LABEL, label),          Attr(CKA_ID, label),
+  };
+  auto key = anchor.GenerateKey(CKM_GENERIC_SECRET_KEY_GEN, key_template);
+  if (!key.ok()) return std::move(key).TakeStatus();
+
+  std::vector<uint8_t> value = CanonicalParamBytes(name, version, params);
+  auto mac = ParamsMacLocked(key->handle(), value);
+  if (mac.ok()) {
+    value.insert(value.end(), mac->begin(), mac->end());
+    CK_OBJECT_CLASS data_class = CKO_DATA;
+    std::string application(kParamsApplication);
+    CK_ATTRIBUTE data_template[] = {
+        Attr(CKA_CLASS, data_class),  Attr(CKA_TOKEN, kTrue),
+        Attr(CKA_PRIVATE, kTrue),     Attr(CKA_MODIFIABLE, kFalse),
+        Attr(CKA_LABEL, label),       Attr(CKA_APPLICATION, application),
+        Attr(CKA_VALUE, std::span<const uint8_t>(value)),
+    };
+    auto data = anchor.Create(data_template);
+    if (data.ok()) return KeyInfo{name, version, params, label};
+    mac = std::move(data).TakeStatus();
+  }
+  // Without its parameters the key is useless; take it back so that a retry starts clean.
+  (void)key->Destroy();
+  return mac.status();
+}
+
+// Hsm
+
+Result<std::unique_ptr<Hsm>> Hsm::Open(const HsmConfig& config) {
+  if (config.module_path.empty() || config.module_path.front() != '/') {
+    return InvalidConfig("module_path", "give the absolute path of the PKCS#11 module (.so)");
+  }
+  if (config.token_label.empty() || config.token_label.size() > 32) {
+    return InvalidConfig("token_label", "give the token label, 1 to 32 bytes");
+  }
+  if (config.sessions == 0 || config.sessions > 64) {
+    return InvalidConfig("sessions", "give between 1 and 64 pooled sessions");
+  }
+  if (config.recovery_attempts == 0 || config.initial_backoff.count() < 0 ||
+      config.max_backoff < config.initial_backoff) {
+    return InvalidConfig("recovery", "recovery_attempts must be at least 1 and max_backoff at "
+                                     "least initial_backoff");
+  }
+  auto module = Module::Load(config.module_path);
+  if (!module.ok()) return std::move(module).TakeStatus();
+  auto state = std::make_shared<State>();
+  state->config = config;
+  state->module = std::move(module).value();
+  for (size_t i = 0; i < config.sessions; ++i) state->pool.push_back(std::make_unique<PoolSlot>());
+  {
+    std::lock_guard lock(state->admin_mutex);
+    VECSEAL_RETURN_IF_ERROR(state->ConnectLocked());
+  }
+  return std::unique_ptr<Hsm>(new Hsm(std::move(state)));
+}
+
+Hsm::~Hsm() = default;
+
+Result<std::vector<KeyInfo>> Hsm::ListKeys() {
+  return state_->Admin<std::vector<KeyInfo>>([&](Session&) -> Result<std::vector<KeyInfo>> {
+    auto versions = state_->KeyVersionsLocked(std::nullopt);
+    if (!versions.ok()) return std::move(versions).TakeStatus();
+    std::vector<KeyInfo> keys;
+    for (const auto& [name, version] : *versions) {
+      auto info = state_->LoadKeyLocked(name, version);
+      if (!info.ok()) return std::move(info).TakeStatus();
+      keys.push_back(std::move(info).value());
+    }
+    return keys;
+  });
+}
+
+Result<KeyInfo> Hsm::CreateKey(std::string_view name, const KeyParams& params) {
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyParams(params));
+  KeyParams stamped = params;
+  stamped.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+  std::string key_name(name);
+  return state_->Admin<KeyInfo>([&](Session&) -> Result<KeyInfo> {
+    auto versions = state_->KeyVersionsLocked(std::string_view(key_name));
+    if (!versions.ok()) return std::move(versions).TakeStatus();
+    if (!versions->empty()) {
+      return Status(Code::kAlreadyExists, "key_exists",
+                    "the key " + key_name + " already exists (newest version " +
+                        std::to_string(versions->back().second) + "); rotate it instead");
+    }
+    return state_->CreateVersionLocked(key_name, 1, stamped);
+  });
+}
+
+Result<KeyInfo> Hsm::RotateKey(std::string_view name) {
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  std::string key_name(name);
+  return state_->Admin<KeyInfo>([&](Session&) -> Result<KeyInfo> {
+    auto versions = state_->KeyVersionsLocked(std::string_view(key_name));
+    if (!versions.ok()) return std::move(versions).TakeStatus();
+    if (versions->empty()) {
+      return Status(Code::kNotFound, "key_not_found",
+                    "no key " + key_name + " on the token; create it first");
+    }
+    uint32_t newest = versions->back().second;
+    if (newest == UINT32_MAX) {
+      return Status(Code::kFailedPrecondition, "key_version_exhausted",
+                    "the key " + key_name + " cannot be rotated further");
+    }
+    auto current = state_->LoadKeyLocked(key_name, newest);
+    if (!current.ok()) return std::move(current).TakeStatus();
+    KeyParams params = current->params;
+    params.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+    return state_->CreateVersionLocked(key_name, newest + 1, params);
+  });
+}
+
+namespace {
+
+// HMAC-SHA256 inside the token through the session pool.
+class HsmDeriver final : public core::Deriver {
+ public:
+  HsmDeriver(std::shared_ptr<Hsm::State> state, std::string label)
+      : state_(std::move(state)), label_(std::move(label)) {}
+
+  Status Derive(std::span<const std::span<const uint8_t>> messages,
+                std::span<core::Seed> out) override;
+
+ private:
+  std::shared_ptr<Hsm::State> state_;
+  std::string label_;
+};
+
+}  // namespace
+
+Status HsmDeriver::Derive(std::span<const std::span<const uint8_t>> messages,
+                          std::span<core::Seed> out) {
+  assert(messages.size() == out.size());
+  auto result = state_->Pooled<bool>([&](PoolSlot& slot) -> Result<bool> {
+    // A handle that went stale (the key object was replaced) is looked up once more.
+    for (int lookup = 0; lookup < 2; ++lookup) {
+      auto key = state_->KeyHandle(slot, label_, CKO_SECRET_KEY);
+      if (!key.ok()) return std::move(key).TakeStatus();
+      CK_RV rv = CKR_OK;
+      for (size_t i = 0; i < messages.size() && rv == CKR_OK; ++i) {
+        CK_ULONG length = 0;
+        rv = slot.session.SignRaw(CKM_SHA256_HMAC, *key, messages[i], out[i], &length);
+        if (rv == CKR_OK && length != core::kSeedSize) rv = CKR_FUNCTION_FAILED;
+      }
+      if (rv == CKR_OK) return true;
+      if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) && lookup == 0) {
+        slot.keys.erase(CacheKey(label_, CKO_SECRET_KEY));
+        continue;
+      }
+      return CkrStatus("C_Sign", rv);
+    }
+    return Status(Code::kInternal, "hsm_error", "unreachable");
+  });
+  if (result.ok()) return Status::Ok();
+  for (auto& seed : out) core::SecureWipe(seed.data(), seed.size());
+  return std::move(result).TakeStatus();
+}
+
+Result<ModelKey> Hsm::FindKey(std::string_view name, std::optional<uint32_t> version) {
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  std::string key_name(name);
+  auto info = state_->Admin<KeyInfo>([&](Session&) -> Result<KeyInfo> {
+    uint32_t wanted = version.value_or(0);
+    if (!version) {
+      auto versions = state_->KeyVersionsLocked(std::string_view(key_name));
+      if (!versions.ok()) return std::move(versions).TakeStatus();
+      if (versions->empty()) {
+        return Status(Code::kNotFound, "key_not_found", "no key " + key_name + " on the token");
+      }
+      wanted = versions->back().second;
+    }
+    return state_->LoadKeyLocked(key_name, wanted);
+  });
+  if (!info.ok()) return std::move(info).TakeStatus();
+  auto deriver = std::make_shared<HsmDeriver>(state_, info->label);
+  return ModelKey{std::move(info).value(), std::move(deriver)};
+}
+
+Status Hsm::Ping() {
+  auto result = state_->Admin<bool>([](Session& anchor) -> Result<bool> {
+    VECSEAL_RETURN_IF_ERROR(RequireLogin(anchor));  // Admin checked it; this is the probe
+    return true;
+  });
+  return result.ok() ? Status::Ok() : std::move(result).TakeStatus();
+}
+
+// Audit key
+
+struct AuditKey::State {
+  std::shared_ptr<Hsm::State> hsm;
+  std::string label;
+  std::string pem;
+};
+
+namespace {
+
+// CKA_EC_POINT is a DER OCTET STRING around the uncompressed point in v2.40; some modules
+// return the bare point. Accept both.
+std::optional<std::vector<uint8_t>> UnwrapEcPoint(const std::vector<uint8_t>& value) {
+  if (value.size() == 65 && value[0] == 0x04) return value;
+  if (value.size() == 67 && value[0] == 0x04 && value[1] == 65 && value[2] == 0x04) {
+    return std::vector<uint8_t>(value.begin() + 2, value.end());
+  }
+  return std::nullopt;
+}
+
+Result<std::string> PemFromPoint(std::span<const uint8_t> point) {
+  auto failed = [] {
+    return Status(Code::kInternal, "audit_key_invalid",
+                  "OpenSSL could not encode the audit public key read from the token");
+  };
+  OSSL_PARAM_BLD* builder = OSSL_PARAM_BLD_new();
+  if (builder == nullptr) return failed();
+  OSSL_PARAM_BLD_push_utf8_string(builder, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0);
+  OSSL_PARAM_BLD_push_octet_string(builder, OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size());
+  OSSL_PARAM* params = OSSL_PARAM_BLD_to_param(builder);
+  OSSL_PARAM_BLD_free(builder);
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr);
+  EVP_PKEY* pkey = nullptr;
+  bool ok = params != nullptr && ctx != nullptr && EVP_PKEY_fromdata_init(ctx) == 1 &&
+            EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) == 1;
+  OSSL_PARAM_free(params);
+  EVP_PKEY_CTX_free(ctx);
+  std::string pem;
+  if (ok) {
+    BIO* bio = BIO_new(BIO_s_mem());
+    ok = bio != nullptr && PEM_write_bio_PUBKEY(bio, pkey) == 1;
+    if (ok) {
+      char* data = nullptr;
+      long size = BIO_get_mem_data(bio, &data);
+      pem.assign(data, static_cast<size_t>(size));
+    }
+    BIO_free(bio);
+  }
+  EVP_PKEY_free(pkey);
+  if (!ok) return failed();
+  return pem;
+}
+
+}  // namespace
+
+Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
+  if (label.empty() || label.size() > 64) {
+    return Status(Code::kInvalidArgument, "invalid_audit_key_label",
+                  "the audit key label must be 1 to 64 bytes");
+  }
+  std::string key_label(label);
+  auto pem = state_->Admin<std::string>([&](Session& anchor) -> Result<std::string> {
+    CK_OBJECT_CLASS public_class = CKO_PUBLIC_KEY;
+    CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE ec = CKK_EC;
+    CK_ATTRIBUTE public_match[] = {Attr(CKA_CLASS, public_class), Attr(CKA_TOKEN, kTrue),
+                                   Attr(CKA_KEY_TYPE, ec), Attr(CKA_LABEL, key_label)};
+    CK_ATTRIBUTE private_match[] = {Attr(CKA_CLASS, private_class), Attr(CKA_TOKEN, kTrue),
+                                    Attr(CKA_KEY_TYPE, ec), Attr(CKA_LABEL, key_label)};
+    auto publics = anchor.Find(public_match);
+    if (!publics.ok()) return std::move(publics).TakeStatus();
+    auto privates = anchor.Find(private_match);
+    if (!privates.ok()) return std::move(privates).TakeStatus();
+    if (publics->size() > 1 || privates->size() > 1 || publics->size() != privates->size()) {
+      return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                    "the token holds " + std::to_string(publics->size()) + " public and " +
+                        std::to_string(privates->size()) + " private keys labelled \"" +
+                        key_label + "\"; exactly one pair is expected");
+    }
+    Object public_key;
+    if (publics->empty()) {
+      std::span<const uint8_t> oid(kP256Oid);
+      CK_ATTRIBUTE public_template[] = {
+          Attr(CKA_TOKEN, kTrue),        Attr(CKA_PRIVATE, kFalse),
+          Attr(CKA_VERIFY, kTrue),       Attr(CKA_ENCRYPT, kFalse),
+          Attr(CKA_WRAP, kFalse),        Attr(CKA_EC_PARAMS, oid),
+          Attr(CKA_LABEL, key_label),    Attr(CKA_ID, key_label),
+      };
+      CK_ATTRIBUTE private_template[] = {
+          Attr(CKA_TOKEN, kTrue),          Attr(CKA_PRIVATE, kTrue),
+          Attr(CKA_SENSITIVE, kTrue),      Attr(CKA_EXTRACTABLE, kFalse),
+          Attr(CKA_COPYABLE, kFalse),      Attr(CKA_MODIFIABLE, kFalse),
+          Attr(CKA_SIGN, kTrue),           Attr(CKA_DECRYPT, kFalse),
+          Attr(CKA_DERIVE, kFalse),        Attr(CKA_UNWRAP, kFalse),
+          Attr(CKA_LABEL, key_label),      Attr(CKA_ID, key_label),
+      };
+      auto pair = anchor.GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, public_template, private_template);
+      if (!pair.ok()) return std::move(pair).TakeStatus();
+      public_key = std::move(pair->first);
+    } else {
+      public_key = std::move(publics->front());
+    }
+    auto params = public_key.GetAttribute(CKA_EC_PARAMS);
+    if (!params.ok()) return std::move(params).TakeStatus();
+    if (!std::equal(params->begin(), params->end(), std::begin(kP256Oid), std::end(kP256Oid))) {
+      return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                    "the audit key \"" + key_label + "\" is not on curve P-256");
+    }
+    auto point = public_key.GetAttribute(CKA_EC_POINT);
+    if (!point.ok()) return std::move(point).TakeStatus();
+    auto raw = UnwrapEcPoint(*point);
+    if (!raw) {
+      return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                    "the audit key \"" + key_label + "\" has a malformed CKA_EC_POINT");
+    }
+    return PemFromPoint(*raw);
+  });
+  if (!pem.ok()) return std::move(pem).TakeStatus();
+  auto audit_state = std::make_shared<AuditKey::State>();
+  audit_state->hsm = state_;
+  audit_state->label = key_label;
+  audit_state->pem = std::move(pem).value();
+  return AuditKey(std::move(audit_state));
+}
+
+Result<std::vector<uint8_t>> AuditKey::SignDigest(std::span<const uint8_t, 32> digest) const {
+  std::array<uint8_t, 64> raw{};
+  auto signed_length = state_->hsm->Pooled<size_t>([&](PoolSlot& slot) -> Result<size_t> {
+    auto key = state_->hsm->KeyHandle(slot, state_->label, CKO_PRIVATE_KEY);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    return slot.session.Sign(CKM_ECDSA, *key, digest, raw);
+  });
+  if (!signed_length.ok()) return std::move(signed_length).TakeStatus();
+  if (*signed_length != raw.size()) {
+    return Status(Code::kInternal, "hsm_error", "CKM_ECDSA returned a signature of odd size");
+  }
+  ECDSA_SIG* signature = ECDSA_SIG_new();
+  BIGNUM* r = BN_bin2bn(raw.data(), 32, nullptr);
+  BIGNUM* s = BN_bin2bn(raw.data() + 32, 32, nullptr);
+  if (signature == nullptr || r == nullptr || s == nullptr || ECDSA_SIG_set0(signature, r, s) != 1) {
+    BN_free(r);
+    BN_free(s);
+    ECDSA_SIG_free(signature);
+    return Status(Code::kInternal, "hsm_error", "OpenSSL could not encode the signature");
+  }
+  int size = i2d_ECDSA_SIG(signature, nullptr);
+  std::vector<uint8_t> der(static_cast<size_t>(std::max(size, 0)));
+  uint8_t* cursor = der.data();
+  if (size <= 0 || i2d_ECDSA_SIG(signature, &cursor) != size) der.clear();
+  ECDSA_SIG_free(signature);
+  if (der.empty()) return Status(Code::kInternal, "hsm_error", "DER encoding failed");
+  return der;
+}
+
+const std::string& AuditKey::PublicKeyPem() const { return state_->pem; }
+const std::string& AuditKey::label() const { return state_->label; }
+
+}  // namespace vecseal::pkcs11

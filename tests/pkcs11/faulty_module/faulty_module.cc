@@ -1,0 +1,248 @@
+// A PKCS#11 module for tests that forwards to a real one (SoftHSM2) and fails chosen calls on
+// command, so that recovery can be proven against faults a real token cannot be made to raise.
+//
+//   VECSEAL_FAULTY_REAL_MODULE  the module to forward to (default: SoftHSM2's)
+//   VECSEAL_FAULTY_CONTROL      a file re-read whenever it changes (inode, size or mtime), one
+//                               command per line:
+//     C_Sign CKR_DEVICE_ERROR     every C_Sign fails with CKR_DEVICE_ERROR
+//     C_Sign CKR_DEVICE_ERROR 2   the next two C_Sign calls fail
+//     down [CKR_...]              every call fails (default CKR_DEVICE_REMOVED)
+//     up                          nothing fails (also: an empty or missing file)
+//     close-sessions              once, when read: closes every session in the real module
+// Read by several processes at once (a test and the vecseald it runs) without coordination:
+// writers replace the file with rename(2).
+#include <dlfcn.h>
+#include <p11-kit/pkcs11.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+
+namespace {
+
+struct Rule {
+  CK_RV rv = CKR_OK;
+  long remaining = -1;  // -1: forever
+};
+
+struct Faults {
+  std::mutex mutex;
+  std::string control_path;
+  struct stat seen {};
+  bool have_seen = false;
+  bool down = false;
+  CK_RV down_rv = CKR_DEVICE_REMOVED;
+  std::map<std::string, Rule> rules;
+  std::set<CK_SLOT_ID> slots;
+};
+
+CK_FUNCTION_LIST_PTR g_real = nullptr;
+CK_FUNCTION_LIST g_list;
+Faults g_faults;
+
+CK_RV ParseCkr(const std::string& name) {
+  static const std::map<std::string, CK_RV> kCodes = {
+      {"CKR_GENERAL_ERROR", CKR_GENERAL_ERROR},
+      {"CKR_FUNCTION_FAILED", CKR_FUNCTION_FAILED},
+      {"CKR_DEVICE_ERROR", CKR_DEVICE_ERROR},
+      {"CKR_DEVICE_MEMORY", CKR_DEVICE_MEMORY},
+      {"CKR_DEVICE_REMOVED", CKR_DEVICE_REMOVED},
+      {"CKR_TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
+      {"CKR_SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
+      {"CKR_SESSION_CLOSED", CKR_SESSION_CLOSED},
+      {"CKR_SESSION_COUNT", CKR_SESSION_COUNT},
+      {"CKR_USER_NOT_LOGGED_IN", CKR_USER_NOT_LOGGED_IN},
+      {"CKR_PIN_INCORRECT", CKR_PIN_INCORRECT},
+      {"CKR_PIN_LOCKED", CKR_PIN_LOCKED},
+      {"CKR_KEY_HANDLE_INVALID", CKR_KEY_HANDLE_INVALID},
+      {"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
+  };
+  if (auto it = kCodes.find(name); it != kCodes.end()) return it->second;
+  return std::strtoul(name.c_str(), nullptr, 0);  // a number, e.g. 0x80000001
+}
+
+// Re-reads the control file if it changed; called with the mutex held.
+void RefreshLocked() {
+  if (g_faults.control_path.empty()) return;
+  struct stat now {};
+  if (stat(g_faults.control_path.c_str(), &now) != 0) {
+    if (g_faults.have_seen) {
+      g_faults.have_seen = false;
+      g_faults.down = false;
+      g_faults.rules.clear();
+    }
+    return;
+  }
+  if (g_faults.have_seen && now.st_ino == g_faults.seen.st_ino &&
+      now.st_size == g_faults.seen.st_size &&
+      now.st_mtim.tv_sec == g_faults.seen.st_mtim.tv_sec &&
+      now.st_mtim.tv_nsec == g_faults.seen.st_mtim.tv_nsec) {
+    return;
+  }
+  g_faults.seen = now;
+  g_faults.have_seen = true;
+  g_faults.down = false;
+  g_faults.rules.clear();
+  std::ifstream in(g_faults.control_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string command, code;
+    long count = -1;
+    words >> command;
+    if (command.empty() || command[0] == '#' || command == "up") continue;
+    if (command == "down") {
+      g_faults.down = true;
+      if (words >> code) g_faults.down_rv = ParseCkr(code);
+      else g_faults.down_rv = CKR_DEVICE_REMOVED;
+    } else if (command == "close-sessions") {
+      for (CK_SLOT_ID slot : g_faults.slots) g_real->C_CloseAllSessions(slot);
+    } else if (words >> code) {
+      if (!(words >> count)) count = -1;
+      g_faults.rules[command] = Rule{ParseCkr(code), count};
+    }
+  }
+}
+
+CK_RV Fault(const char* function) {
+  std::lock_guard lock(g_faults.mutex);
+  RefreshLocked();
+  if (g_faults.down) return g_faults.down_rv;
+  auto it = g_faults.rules.find(function);
+  if (it == g_faults.rules.end() || it->second.remaining == 0) return CKR_OK;
+  if (it->second.remaining > 0) --it->second.remaining;
+  return it->second.rv;
+}
+
+#define VECSEAL_FAULTY(name, params, args)                   \
+  CK_RV Faulty_##name params {                               \
+    if (CK_RV fault = Fault(#name); fault != CKR_OK) return fault; \
+    return g_real->name args;                                \
+  }
+
+CK_RV Faulty_C_Initialize(CK_VOID_PTR init_args) {
+  {
+    std::lock_guard lock(g_faults.mutex);
+    const char* control = std::getenv("VECSEAL_FAULTY_CONTROL");
+    g_faults.control_path = control != nullptr ? control : "";
+    g_faults.have_seen = false;
+    g_faults.down = false;
+    g_faults.rules.clear();
+    g_faults.slots.clear();
+  }
+  if (CK_RV fault = Fault("C_Initialize"); fault != CKR_OK) return fault;
+  return g_real->C_Initialize(init_args);
+}
+
+CK_RV Faulty_C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR application,
+                           CK_NOTIFY notify, CK_SESSION_HANDLE_PTR session) {
+  if (CK_RV fault = Fault("C_OpenSession"); fault != CKR_OK) return fault;
+  {
+    std::lock_guard lock(g_faults.mutex);
+    g_faults.slots.insert(slot);
+  }
+  return g_real->C_OpenSession(slot, flags, application, notify, session);
+}
+
+VECSEAL_FAULTY(C_GetSlotList, (CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count),
+               (present, list, count))
+VECSEAL_FAULTY(C_GetTokenInfo, (CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info), (slot, info))
+VECSEAL_FAULTY(C_CloseSession, (CK_SESSION_HANDLE session), (session))
+VECSEAL_FAULTY(C_GetSessionInfo, (CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info),
+               (session, info))
+VECSEAL_FAULTY(C_Login,
+               (CK_SESSION_HANDLE session, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG size),
+               (session, user, pin, size))
+VECSEAL_FAULTY(C_Logout, (CK_SESSION_HANDLE session), (session))
+VECSEAL_FAULTY(C_CreateObject,
+               (CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR attributes, CK_ULONG count,
+                CK_OBJECT_HANDLE_PTR object),
+               (session, attributes, count, object))
+VECSEAL_FAULTY(C_CopyObject,
+               (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE source, CK_ATTRIBUTE_PTR attributes,
+                CK_ULONG count, CK_OBJECT_HANDLE_PTR object),
+               (session, source, attributes, count, object))
+VECSEAL_FAULTY(C_DestroyObject, (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object),
+               (session, object))
+VECSEAL_FAULTY(C_GetAttributeValue,
+               (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, CK_ATTRIBUTE_PTR attributes,
+                CK_ULONG count),
+               (session, object, attributes, count))
+VECSEAL_FAULTY(C_FindObjectsInit,
+               (CK_SESSION_HANDLE session, CK_ATTRIBUTE_PTR attributes, CK_ULONG count),
+               (session, attributes, count))
+VECSEAL_FAULTY(C_FindObjects,
+               (CK_SESSION_HANDLE session, CK_OBJECT_HANDLE_PTR objects, CK_ULONG max,
+                CK_ULONG_PTR count),
+               (session, objects, max, count))
+VECSEAL_FAULTY(C_FindObjectsFinal, (CK_SESSION_HANDLE session), (session))
+VECSEAL_FAULTY(C_SignInit,
+               (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE key),
+               (session, mechanism, key))
+// A failed C_Sign ends the operation (PKCS#11 §5.2), so the real one is finished and discarded.
+CK_RV Faulty_C_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG size,
+                    CK_BYTE_PTR signature, CK_ULONG_PTR signature_size) {
+  if (CK_RV fault = Fault("C_Sign"); fault != CKR_OK) {
+    CK_BYTE scratch[1024];
+    CK_ULONG scratch_size = sizeof scratch;
+    g_real->C_Sign(session, data, size, scratch, &scratch_size);
+    return fault;
+  }
+  return g_real->C_Sign(session, data, size, signature, signature_size);
+}
+VECSEAL_FAULTY(C_GenerateKey,
+               (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR attributes,
+                CK_ULONG count, CK_OBJECT_HANDLE_PTR key),
+               (session, mechanism, attributes, count, key))
+VECSEAL_FAULTY(C_GenerateKeyPair,
+               (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism,
+                CK_ATTRIBUTE_PTR public_attributes, CK_ULONG public_count,
+                CK_ATTRIBUTE_PTR private_attributes, CK_ULONG private_count,
+                CK_OBJECT_HANDLE_PTR public_key, CK_OBJECT_HANDLE_PTR private_key),
+               (session, mechanism, public_attributes, public_count, private_attributes,
+                private_count, public_key, private_key))
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) CK_RV C_GetFunctionList(
+    CK_FUNCTION_LIST_PTR_PTR list) {
+  if (list == nullptr) return CKR_ARGUMENTS_BAD;
+  static std::mutex load_mutex;
+  std::lock_guard lock(load_mutex);
+  if (g_real == nullptr) {
+    const char* path = std::getenv("VECSEAL_FAULTY_REAL_MODULE");
+    void* library = dlopen(path != nullptr ? path : "/usr/lib/softhsm/libsofthsm2.so",
+                           RTLD_NOW | RTLD_LOCAL);
+    if (library == nullptr) return CKR_GENERAL_ERROR;
+    auto get = reinterpret_cast<CK_C_GetFunctionList>(dlsym(library, "C_GetFunctionList"));
+    if (get == nullptr || get(&g_real) != CKR_OK || g_real == nullptr) return CKR_GENERAL_ERROR;
+    g_list = *g_real;
+    g_list.C_Initialize = Faulty_C_Initialize;
+    g_list.C_OpenSession = Faulty_C_OpenSession;
+    g_list.C_GetSlotList = Faulty_C_GetSlotList;
+    g_list.C_GetTokenInfo = Faulty_C_GetTokenInfo;
+    g_list.C_CloseSession = Faulty_C_CloseSession;
+    g_list.C_GetSessionInfo = Faulty_C_GetSessionInfo;
+    g_list.C_Login = Faulty_C_Login;
+    g_list.C_Logout = Faulty_C_Logout;
+    g_list.C_CreateObject = Faulty_C_CreateObject;
+    g_list.C_CopyObject = Faulty_C_CopyObject;
+    g_list.C_DestroyObject = Faulty_C_DestroyObject;
+    g_list.C_GetAttributeValue = Faulty_C_GetAttributeValue;
+    g_list.C_FindObjectsInit = Faulty_C_FindObjectsInit;
+    g_list.C_FindObjects = Faulty_C_FindObjects;
+    g_list.C_FindObjectsFinal = Faulty_C_FindObjectsFinal;
+    g_list.C_SignInit = Faulty_C_SignInit;
+    g_list.C_Sign = Faulty_C_Sign;
+    g_list.C_GenerateKey = Faulty_C_GenerateKey;
+    g_list.C_GenerateKeyPair = Faulty_C_GenerateKeyPair;
+  }
+  *list = &g_list;
+  return CKR_OK;
+}

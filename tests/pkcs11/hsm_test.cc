@@ -1,0 +1,649 @@
+#include "vecseal/pkcs11/hsm.h"
+
+#include <gtest/gtest.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "softhsm_fixture.h"
+#include "vecseal/pkcs11/cryptoki.h"
+
+namespace vecseal::pkcs11 {
+namespace {
+
+using testing::SoftHsmToken;
+
+std::span<const uint8_t> Bytes(std::string_view text) {
+  return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
+}
+
+PinSource FilePin(std::string path) { return PinSource{std::move(path), ""}; }
+PinSource CredentialPin(std::string name) { return PinSource{"", std::move(name)}; }
+
+core::Seed OpenSslHmac(std::span<const uint8_t> key, std::span<const uint8_t> message) {
+  core::Seed out{};
+  unsigned int length = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), message.data(), message.size(),
+       out.data(), &length);
+  return out;
+}
+
+KeyParams Params(double beta, core::TransformKind transform = core::TransformKind::kRotate,
+                 std::optional<uint32_t> dimension = std::nullopt) {
+  KeyParams params;
+  params.approximation_factor = beta;
+  params.transform = transform;
+  params.dimension = dimension;
+  return params;
+}
+
+struct NameCase {
+  std::string name;
+  bool valid;
+};
+
+class KeyNameTest : public ::testing::TestWithParam<NameCase> {};
+
+TEST_P(KeyNameTest, Validates) {
+  Status status = ValidateKeyName(GetParam().name);
+  EXPECT_EQ(status.ok(), GetParam().valid) << GetParam().name;
+  if (!status.ok()) {
+    EXPECT_EQ(status.code(), Code::kInvalidArgument);
+    EXPECT_EQ(status.reason(), "invalid_key_name");
+    EXPECT_EQ(status.message(),
+              "a key name is 1 to 64 characters from a-z, 0-9, '.', '_' and '-', starting with a "
+              "letter or digit");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Names, KeyNameTest,
+                         ::testing::Values(NameCase{"support-ratings", true},
+                                           NameCase{"m1.v2_x", true}, NameCase{"0", true},
+                                           NameCase{std::string(64, 'a'), true},
+                                           NameCase{std::string(65, 'a'), false},
+                                           NameCase{"", false}, NameCase{"-lead", false},
+                                           NameCase{".hidden", false}, NameCase{"Upper", false},
+                                           NameCase{"a:b", false}, NameCase{"a/b", false},
+                                           NameCase{"a b", false}));
+
+struct ParamsCase {
+  KeyParams params;
+  std::string message;  // empty: valid
+};
+
+class KeyParamsTest : public ::testing::TestWithParam<ParamsCase> {};
+
+TEST_P(KeyParamsTest, Validates) {
+  Status status = ValidateKeyParams(GetParam().params);
+  if (GetParam().message.empty()) {
+    EXPECT_TRUE(status.ok()) << status.ToString();
+  } else {
+    EXPECT_EQ(status.reason(), "invalid_key_params");
+    EXPECT_EQ(status.message(), GetParam().message);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Params, KeyParamsTest,
+    ::testing::Values(
+        ParamsCase{Params(2.5), ""},
+        ParamsCase{Params(1, core::TransformKind::kPermute, 65536), ""},
+        ParamsCase{Params(0), "the approximation factor (beta) must be a finite number greater than 0"},
+        ParamsCase{Params(-1), "the approximation factor (beta) must be a finite number greater than 0"},
+        ParamsCase{Params(std::numeric_limits<double>::infinity()),
+                   "the approximation factor (beta) must be a finite number greater than 0"},
+        ParamsCase{Params(1, core::TransformKind::kRotate, 0),
+                   "the dimension must be between 1 and 4096 for rotate"},
+        ParamsCase{Params(1, core::TransformKind::kRotate, 4097),
+                   "the dimension must be between 1 and 4096 for rotate"}));
+
+TEST(CanonicalParamBytesTest, LayoutIsFixed) {
+  KeyParams params = Params(2.5, core::TransformKind::kPermute, 768);
+  params.created_unix = 0x0102030405060708;
+  std::vector<uint8_t> bytes = CanonicalParamBytes("ab", 7, params);
+  std::vector<uint8_t> expected = {1, 2, 'a', 'b', 7, 0, 0, 0,
+                                   // 2.5 as binary64, little-endian
+                                   0, 0, 0, 0, 0, 0, 0x04, 0x40,
+                                   1,  // permute
+                                   1, 0x00, 0x03, 0, 0,  // dimension 768
+                                   8, 7, 6, 5, 4, 3, 2, 1};
+  EXPECT_EQ(bytes, expected);
+}
+
+// PIN sources
+
+class PinTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string reason = testing::SoftHsmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    auto token = SoftHsmToken::Create();
+    ASSERT_TRUE(token.ok()) << token.status().ToString();
+    token_ = std::move(token).value();
+  }
+  void TearDown() override { unsetenv("CREDENTIALS_DIRECTORY"); }
+  std::unique_ptr<SoftHsmToken> token_;
+};
+
+TEST_F(PinTest, ReadsFileAndDropsTrailingNewline) {
+  auto path = token_->WriteFile("crlf.pin", "abc\r\n");
+  ASSERT_TRUE(path.ok());
+  auto pin = ReadPin(FilePin(*path));
+  ASSERT_TRUE(pin.ok()) << pin.status().ToString();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(pin->data()), pin->size()), "abc");
+}
+
+TEST_F(PinTest, ReadsSystemdCredential) {
+  ASSERT_TRUE(token_->WriteFile("hsm-pin", "s3cret\n", 0400).ok());
+  setenv("CREDENTIALS_DIRECTORY", token_->dir().c_str(), 1);
+  auto pin = ReadPin(CredentialPin("hsm-pin"));
+  ASSERT_TRUE(pin.ok()) << pin.status().ToString();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(pin->data()), pin->size()), "s3cret");
+}
+
+TEST_F(PinTest, ErrorsNameTheSourceNeverTheContent) {
+  ASSERT_TRUE(token_->WriteFile("open.pin", "leaky-pin\n", 0644).ok());
+  ASSERT_TRUE(token_->WriteFile("empty.pin", "\n").ok());
+  const std::string dir = token_->dir();
+  struct Case {
+    PinSource source;
+    std::string reason;
+    std::string message;
+  } cases[] = {
+      {PinSource{}, "pin_source_invalid", "set exactly one of the PIN file and the systemd credential name"},
+      {PinSource{"/x", "y"},
+       "pin_source_invalid",
+       "set exactly one of the PIN file and the systemd credential name"},
+      {CredentialPin("hsm-pin"),
+       "pin_source_invalid",
+       "the PIN is the systemd credential \"hsm-pin\" but $CREDENTIALS_DIRECTORY is not set; add "
+       "LoadCredential=hsm-pin:<path> to the unit"},
+      {CredentialPin("../pin"),
+       "pin_source_invalid",
+       "a credential name is a plain file name under $CREDENTIALS_DIRECTORY, without \"/\""},
+      {FilePin(dir + "/missing.pin"),
+       "pin_unreadable",
+       "cannot read the PIN from " + dir + "/missing.pin: No such file or directory"},
+      {FilePin(dir + "/empty.pin"),
+       "pin_unreadable",
+       "cannot read the PIN from " + dir + "/empty.pin: the file is empty"},
+      {FilePin(dir + "/open.pin"),
+       "pin_file_permissions",
+       dir + "/open.pin is readable or writable by other users; chmod o-rw " + dir + "/open.pin"},
+  };
+  for (const Case& c : cases) {
+    auto pin = ReadPin(c.source);
+    ASSERT_FALSE(pin.ok()) << c.message;
+    EXPECT_EQ(pin.status().reason(), c.reason);
+    EXPECT_EQ(pin.status().message(), c.message);
+    EXPECT_EQ(pin.status().message().find("leaky-pin"), std::string::npos);
+  }
+}
+
+// The Hsm against a real SoftHSM2 token.
+
+class HsmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string reason = testing::SoftHsmUnavailableReason();
+    if (!reason.empty()) GTEST_SKIP() << reason;
+    auto token = SoftHsmToken::Create();
+    ASSERT_TRUE(token.ok()) << token.status().ToString();
+    token_ = std::move(token).value();
+  }
+
+  std::unique_ptr<Hsm> OpenHsm(HsmConfig config) {
+    auto hsm = Hsm::Open(config);
+    EXPECT_TRUE(hsm.ok()) << hsm.status().ToString();
+    return hsm.ok() ? std::move(hsm).value() : nullptr;
+  }
+  std::unique_ptr<Hsm> OpenHsm() { return OpenHsm(token_->Config()); }
+
+  // A raw session on the same token, logged in, for inspecting and tampering.
+  struct Raw {
+    Module module;
+    Session session;
+  };
+  std::unique_ptr<Raw> OpenRaw() {
+    auto raw = std::make_unique<Raw>();
+    auto module = Module::Load(testing::kSoftHsmModule);
+    EXPECT_TRUE(module.ok()) << module.status().ToString();
+    raw->module = std::move(module).value();
+    auto slot = raw->module.FindTokenSlot(token_->label());
+    EXPECT_TRUE(slot.ok());
+    auto session = Session::Open(raw->module, *slot, true);
+    EXPECT_TRUE(session.ok());
+    raw->session = std::move(session).value();
+    EXPECT_TRUE(raw->session.Login(Bytes(token_->user_pin())).ok());
+    return raw;
+  }
+
+  Object FindOne(Session& session, CK_OBJECT_CLASS klass, const std::string& label) {
+    CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass},
+                            {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+    auto found = session.Find(match);
+    EXPECT_TRUE(found.ok());
+    EXPECT_EQ(found->size(), 1u) << label;
+    return found->empty() ? Object() : std::move(found->front());
+  }
+
+  // Replaces the parameter object of `label` with `value` (what an attacker with the PIN can do).
+  void ReplaceParams(Session& session, const std::string& label, std::vector<uint8_t> value) {
+    Object old = FindOne(session, CKO_DATA, label);
+    ASSERT_TRUE(old.Destroy().ok());
+    CK_OBJECT_CLASS klass = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    std::string application = "vecseal/v1/params";
+    CK_ATTRIBUTE data[] = {{CKA_CLASS, &klass, sizeof klass},
+                           {CKA_TOKEN, &yes, sizeof yes},
+                           {CKA_PRIVATE, &yes, sizeof yes},
+                           {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                           {CKA_APPLICATION, application.data(), application.size()},
+                           {CKA_VALUE, value.data(), value.size()}};
+    ASSERT_TRUE(session.Create(data).ok());
+  }
+
+  std::unique_ptr<SoftHsmToken> token_;
+};
+
+TEST_F(HsmTest, TokenNotFoundNamesTheLabel) {
+  HsmConfig config = token_->Config();
+  config.token_label = "prod-hsm";
+  auto hsm = Hsm::Open(config);
+  ASSERT_FALSE(hsm.ok());
+  EXPECT_EQ(hsm.status().code(), Code::kNotFound);
+  EXPECT_EQ(hsm.status().reason(), "token_not_found");
+  EXPECT_EQ(hsm.status().message(),
+            "no token labelled \"prod-hsm\" in /usr/lib/softhsm/libsofthsm2.so (tokens present: "
+            "\"vecseal-test\")");
+}
+
+TEST_F(HsmTest, InvalidConfigNamesTheField) {
+  struct Case {
+    void (*change)(HsmConfig&);
+    std::string message;
+  } cases[] = {
+      {[](HsmConfig& c) { c.module_path = "libsofthsm2.so"; },
+       "module_path: give the absolute path of the PKCS#11 module (.so)"},
+      {[](HsmConfig& c) { c.token_label = ""; }, "token_label: give the token label, 1 to 32 bytes"},
+      {[](HsmConfig& c) { c.sessions = 0; }, "sessions: give between 1 and 64 pooled sessions"},
+      {[](HsmConfig& c) { c.recovery_attempts = 0; },
+       "recovery: recovery_attempts must be at least 1 and max_backoff at least initial_backoff"},
+  };
+  for (const Case& c : cases) {
+    HsmConfig config = token_->Config();
+    c.change(config);
+    auto hsm = Hsm::Open(config);
+    ASSERT_FALSE(hsm.ok());
+    EXPECT_EQ(hsm.status().reason(), "invalid_hsm_config");
+    EXPECT_EQ(hsm.status().message(), c.message);
+  }
+}
+
+TEST_F(HsmTest, WrongPinIsOneClearErrorAndDoesNotLockTheToken) {
+  auto wrong = token_->WriteFile("wrong.pin", "not-the-pin\n");
+  ASSERT_TRUE(wrong.ok());
+  HsmConfig config = token_->Config();
+  config.pin.file = *wrong;
+  // SoftHSM2 locks the user PIN after a handful of failures; three Opens must not lock it, which
+  // also proves no retry loop hides inside Open.
+  for (int i = 0; i < 3; ++i) {
+    auto hsm = Hsm::Open(config);
+    ASSERT_FALSE(hsm.ok());
+    EXPECT_EQ(hsm.status().code(), Code::kUnavailable);
+    EXPECT_EQ(hsm.status().reason(), "hsm_login_failed");
+    EXPECT_EQ(hsm.status().message(),
+              "login to token \"vecseal-test\" failed: the PIN is wrong (CKR_PIN_INCORRECT); "
+              "check the PIN in PIN file " + *wrong +
+                  ". vecseal tried exactly once, so at most one attempt counted against the "
+                  "token's retry limit");
+    EXPECT_EQ(hsm.status().message().find("not-the-pin"), std::string::npos);
+  }
+  auto right = Hsm::Open(token_->Config());
+  ASSERT_TRUE(right.ok()) << right.status().ToString();
+  EXPECT_TRUE((*right)->Ping().ok());
+}
+
+TEST_F(HsmTest, LogsInWithSystemdCredential) {
+  ASSERT_TRUE(token_->WriteFile("vecseal-pin", token_->user_pin(), 0400).ok());
+  setenv("CREDENTIALS_DIRECTORY", token_->dir().c_str(), 1);
+  HsmConfig config = token_->Config();
+  config.pin = CredentialPin("vecseal-pin");
+  auto hsm = Hsm::Open(config);
+  unsetenv("CREDENTIALS_DIRECTORY");
+  ASSERT_TRUE(hsm.ok()) << hsm.status().ToString();
+  EXPECT_TRUE((*hsm)->Ping().ok());
+}
+
+TEST_F(HsmTest, CreateFindListRotate) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto empty = hsm->ListKeys();
+  ASSERT_TRUE(empty.ok()) << empty.status().ToString();
+  EXPECT_TRUE(empty->empty());
+
+  auto created = hsm->CreateKey("ratings", Params(2.5, core::TransformKind::kPermute, 768));
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_EQ(created->version, 1u);
+  EXPECT_EQ(created->label, "vecseal:ratings:v1");
+  EXPECT_GT(created->params.created_unix, 1700000000);
+  ASSERT_TRUE(hsm->CreateKey("topics", Params(1.0)).ok());
+
+  auto again = hsm->CreateKey("ratings", Params(1.0));
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), Code::kAlreadyExists);
+  EXPECT_EQ(again.status().reason(), "key_exists");
+
+  auto rotated = hsm->RotateKey("ratings");
+  ASSERT_TRUE(rotated.ok()) << rotated.status().ToString();
+  EXPECT_EQ(rotated->version, 2u);
+  EXPECT_EQ(rotated->params.approximation_factor, 2.5);
+  EXPECT_EQ(rotated->params.transform, core::TransformKind::kPermute);
+  EXPECT_EQ(rotated->params.dimension, 768u);
+
+  auto list = hsm->ListKeys();
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  ASSERT_EQ(list->size(), 3u);
+  EXPECT_EQ((*list)[0].name, "ratings");
+  EXPECT_EQ((*list)[0].version, 1u);
+  EXPECT_EQ((*list)[1].name, "ratings");
+  EXPECT_EQ((*list)[1].version, 2u);
+  EXPECT_EQ((*list)[2].name, "topics");
+  EXPECT_EQ((*list)[2].params.dimension, std::nullopt);
+
+  auto newest = hsm->FindKey("ratings");
+  ASSERT_TRUE(newest.ok()) << newest.status().ToString();
+  EXPECT_EQ(newest->info.version, 2u);
+  auto v1 = hsm->FindKey("ratings", 1);
+  ASSERT_TRUE(v1.ok());
+  EXPECT_EQ(v1->info.version, 1u);
+
+  // Both versions derive, and differently: rotation made a new key and kept the old one.
+  core::Seed a{}, b{};
+  ASSERT_TRUE(v1->deriver->DeriveOne(Bytes("nonce"), a).ok());
+  ASSERT_TRUE(newest->deriver->DeriveOne(Bytes("nonce"), b).ok());
+  EXPECT_NE(a, b);
+
+  for (auto [name, version] : {std::pair<std::string, std::optional<uint32_t>>{"nope", {}},
+                               {"ratings", 3u}}) {
+    auto missing = hsm->FindKey(name, version);
+    ASSERT_FALSE(missing.ok());
+    EXPECT_EQ(missing.status().code(), Code::kNotFound);
+    EXPECT_EQ(missing.status().reason(), "key_not_found");
+  }
+  auto rotate_missing = hsm->RotateKey("nope");
+  EXPECT_EQ(rotate_missing.status().reason(), "key_not_found");
+  EXPECT_EQ(hsm->FindKey("Bad Name").status().reason(), "invalid_key_name");
+}
+
+TEST_F(HsmTest, KeysPersistAcrossReopen) {
+  {
+    auto hsm = OpenHsm();
+    ASSERT_TRUE(hsm);
+    ASSERT_TRUE(hsm->CreateKey("persist", Params(1.5)).ok());
+  }
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto key = hsm->FindKey("persist");
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  EXPECT_EQ(key->info.params.approximation_factor, 1.5);
+}
+
+TEST_F(HsmTest, ModelKeyAttributesKeepTheValueInside) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("secret", Params(2.0)).ok());
+  auto raw = OpenRaw();
+  Object key = FindOne(raw->session, CKO_SECRET_KEY, "vecseal:secret:v1");
+  auto value = key.GetAttribute(CKA_VALUE);
+  ASSERT_FALSE(value.ok());
+  EXPECT_EQ(value.status().code(), Code::kPermissionDenied);
+  EXPECT_EQ(value.status().reason(), "attribute_sensitive");
+  struct Expect {
+    CK_ATTRIBUTE_TYPE type;
+    bool value;
+  } expected[] = {{CKA_TOKEN, true},        {CKA_SENSITIVE, true}, {CKA_ALWAYS_SENSITIVE, true},
+                  {CKA_EXTRACTABLE, false}, {CKA_NEVER_EXTRACTABLE, true},
+                  {CKA_COPYABLE, false},    {CKA_MODIFIABLE, false}, {CKA_SIGN, true},
+                  {CKA_DERIVE, false},      {CKA_PRIVATE, true}};
+  for (const Expect& e : expected) {
+    auto flag = key.GetBool(e.type);
+    ASSERT_TRUE(flag.ok()) << std::hex << e.type;
+    EXPECT_EQ(*flag, e.value) << "attribute 0x" << std::hex << e.type;
+  }
+  auto size = key.GetAttribute(CKA_VALUE_LEN);
+  ASSERT_TRUE(size.ok());
+  CK_ULONG length = 0;
+  std::memcpy(&length, size->data(), sizeof length);
+  EXPECT_EQ(length, 32u);
+  // And the copy that would speed SoftHSM2 up is refused for such a key.
+  CK_BBOOL no = CK_FALSE;
+  CK_ATTRIBUTE session_only[] = {{CKA_TOKEN, &no, sizeof no}};
+  auto copy = raw->session.Copy(key.handle(), session_only, true);
+  ASSERT_FALSE(copy.ok());
+  EXPECT_NE(copy.status().message().find("CKR_ACTION_PROHIBITED"), std::string::npos);
+}
+
+// Imports a key whose value the test knows, labelled and parameterised as vecseal would, so
+// that derivations can be compared with OpenSSL. Only this test knows a key value.
+TEST_F(HsmTest, DerivationsEqualOpenSslHmacForAKnownKey) {
+  for (bool copies : {false, true}) {
+    SCOPED_TRACE(copies ? "copyable key, session copies" : "non-copyable key, token object");
+    auto hsm = OpenHsm();
+    ASSERT_TRUE(hsm);
+    auto raw = OpenRaw();
+    const std::string name = copies ? "known-copy" : "known";
+    std::array<uint8_t, 32> key_value{};
+    for (size_t i = 0; i < key_value.size(); ++i) key_value[i] = static_cast<uint8_t>(i * 7 + 1);
+    std::string label = "vecseal:" + name + ":v1";
+    CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+    CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL copyable = copies ? CK_TRUE : CK_FALSE;
+    CK_ATTRIBUTE key_template[] = {{CKA_CLASS, &key_class, sizeof key_class},
+                                   {CKA_KEY_TYPE, &key_type, sizeof key_type},
+                                   {CKA_TOKEN, &yes, 1},
+                                   {CKA_PRIVATE, &yes, 1},
+                                   {CKA_SENSITIVE, &yes, 1},
+                                   {CKA_EXTRACTABLE, &no, 1},
+                                   {CKA_COPYABLE, &copyable, 1},
+                                   {CKA_SIGN, &yes, 1},
+                                   {CKA_LABEL, label.data(), label.size()},
+                                   {CKA_VALUE, key_value.data(), key_value.size()}};
+    ASSERT_TRUE(raw->session.Create(key_template).ok());
+    KeyParams params = Params(2.0);
+    params.created_unix = 1750000000;
+    std::vector<uint8_t> canonical = CanonicalParamBytes(name, 1, params);
+    std::string message = std::string(core::kDomainParams) + '\0' +
+                          std::string(canonical.begin(), canonical.end());
+    core::Seed tag = OpenSslHmac(key_value, Bytes(message));
+    std::vector<uint8_t> stored = canonical;
+    stored.insert(stored.end(), tag.begin(), tag.end());
+    CK_OBJECT_CLASS data_class = CKO_DATA;
+    std::string application = "vecseal/v1/params";
+    CK_ATTRIBUTE data[] = {{CKA_CLASS, &data_class, sizeof data_class},
+                           {CKA_TOKEN, &yes, 1},
+                           {CKA_PRIVATE, &yes, 1},
+                           {CKA_LABEL, label.data(), label.size()},
+                           {CKA_APPLICATION, application.data(), application.size()},
+                           {CKA_VALUE, stored.data(), stored.size()}};
+    ASSERT_TRUE(raw->session.Create(data).ok());
+
+    auto key = hsm->FindKey(name);
+    ASSERT_TRUE(key.ok()) << key.status().ToString();
+    EXPECT_EQ(key->info.params.created_unix, 1750000000);
+    std::vector<std::string> texts = {"", "a", std::string(1000, 'x'), "vecseal/v1/noise"};
+    std::vector<std::span<const uint8_t>> messages;
+    for (const auto& text : texts) messages.push_back(Bytes(text));
+    std::vector<core::Seed> seeds(messages.size());
+    ASSERT_TRUE(key->deriver->Derive(messages, seeds).ok());
+    for (size_t i = 0; i < messages.size(); ++i) {
+      EXPECT_EQ(seeds[i], OpenSslHmac(key_value, messages[i])) << "message " << i;
+    }
+    // Single derivations agree with the batch.
+    core::Seed one{};
+    ASSERT_TRUE(key->deriver->DeriveOne(messages[1], one).ok());
+    EXPECT_EQ(one, seeds[1]);
+  }
+}
+
+TEST_F(HsmTest, ConcurrentDerivationsAgree) {
+  HsmConfig config = token_->Config();
+  config.sessions = 2;
+  config.create_copyable_keys = true;
+  auto hsm = OpenHsm(config);
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("threads", Params(1.0)).ok());
+  auto key = hsm->FindKey("threads");
+  ASSERT_TRUE(key.ok());
+  core::Seed expected{};
+  ASSERT_TRUE(key->deriver->DeriveOne(Bytes("same"), expected).ok());
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) {
+        core::Seed seed{};
+        Status status = key->deriver->DeriveOne(Bytes("same"), seed);
+        if (!status.ok() || seed != expected) {
+          if (mismatches++ == 0) ADD_FAILURE() << status.ToString();
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(mismatches.load(), 0);
+}
+
+TEST_F(HsmTest, TamperedParametersAreRefused) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("tamper", Params(2.0)).ok());
+  auto raw = OpenRaw();
+  Object data = FindOne(raw->session, CKO_DATA, "vecseal:tamper:v1");
+  auto stored = data.GetAttribute(CKA_VALUE);
+  ASSERT_TRUE(stored.ok());
+
+  // β raised from 2.0 to 8.0 with the old tag: the HMAC no longer matches.
+  std::vector<uint8_t> changed = *stored;
+  size_t beta_offset = 2 + std::string("tamper").size() + 4;
+  double beta = 8.0;
+  std::memcpy(changed.data() + beta_offset, &beta, sizeof beta);
+  ReplaceParams(raw->session, "vecseal:tamper:v1", changed);
+  for (auto result : {hsm->FindKey("tamper").status(), hsm->ListKeys().status()}) {
+    EXPECT_EQ(result.code(), Code::kFailedPrecondition);
+    EXPECT_EQ(result.reason(), "key_params_tampered");
+    EXPECT_EQ(result.message(),
+              "the stored parameters of vecseal:tamper:v1 fail their HMAC; they were changed "
+              "outside vecseal, so the key is refused. Restore the token from backup or rotate "
+              "to a new key");
+  }
+  auto rotate = hsm->RotateKey("tamper");
+  EXPECT_EQ(rotate.status().reason(), "key_params_tampered") << "rotation must not copy them";
+
+  // Truncated, and missing altogether.
+  ReplaceParams(raw->session, "vecseal:tamper:v1", {1, 2, 3});
+  EXPECT_EQ(hsm->FindKey("tamper").status().reason(), "key_params_tampered");
+  Object gone = FindOne(raw->session, CKO_DATA, "vecseal:tamper:v1");
+  ASSERT_TRUE(gone.Destroy().ok());
+  auto missing = hsm->FindKey("tamper");
+  EXPECT_EQ(missing.status().code(), Code::kFailedPrecondition);
+  EXPECT_EQ(missing.status().reason(), "key_params_missing");
+
+  // The original bytes verify again.
+  CK_OBJECT_CLASS klass = CKO_DATA;
+  CK_BBOOL yes = CK_TRUE;
+  std::string label = "vecseal:tamper:v1";
+  std::string application = "vecseal/v1/params";
+  CK_ATTRIBUTE restore[] = {{CKA_CLASS, &klass, sizeof klass},
+                            {CKA_TOKEN, &yes, 1},
+                            {CKA_PRIVATE, &yes, 1},
+                            {CKA_LABEL, label.data(), label.size()},
+                            {CKA_APPLICATION, application.data(), application.size()},
+                            {CKA_VALUE, stored->data(), stored->size()}};
+  ASSERT_TRUE(raw->session.Create(restore).ok());
+  EXPECT_TRUE(hsm->FindKey("tamper").ok());
+}
+
+TEST_F(HsmTest, ParametersOfOneKeyDoNotVerifyForAnother) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("swap", Params(2.0)).ok());
+  ASSERT_TRUE(hsm->RotateKey("swap").ok());
+  auto raw = OpenRaw();
+  auto v1 = FindOne(raw->session, CKO_DATA, "vecseal:swap:v1").GetAttribute(CKA_VALUE);
+  ASSERT_TRUE(v1.ok());
+  ReplaceParams(raw->session, "vecseal:swap:v2", *v1);
+  EXPECT_EQ(hsm->FindKey("swap", 2).status().reason(), "key_params_tampered");
+  EXPECT_TRUE(hsm->FindKey("swap", 1).ok());
+}
+
+TEST_F(HsmTest, AuditKeySignsAndVerifiesWithOpenSsl) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto audit = hsm->EnsureAuditKey();
+  ASSERT_TRUE(audit.ok()) << audit.status().ToString();
+  EXPECT_TRUE(audit->PublicKeyPem().starts_with("-----BEGIN PUBLIC KEY-----\n"));
+  auto again = hsm->EnsureAuditKey();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->PublicKeyPem(), audit->PublicKeyPem()) << "the existing pair is reused";
+  auto other = hsm->EnsureAuditKey("second-audit");
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(other->PublicKeyPem(), audit->PublicKeyPem());
+
+  std::array<uint8_t, 32> digest{};
+  SHA256(reinterpret_cast<const uint8_t*>("record"), 6, digest.data());
+  auto signature = audit->SignDigest(digest);
+  ASSERT_TRUE(signature.ok()) << signature.status().ToString();
+
+  BIO* bio = BIO_new_mem_buf(audit->PublicKeyPem().data(),
+                             static_cast<int>(audit->PublicKeyPem().size()));
+  EVP_PKEY* pkey = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  ASSERT_NE(pkey, nullptr);
+  EXPECT_EQ(EVP_PKEY_get_bits(pkey), 256);
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new(pkey, nullptr);
+  ASSERT_EQ(EVP_PKEY_verify_init(ctx), 1);
+  EXPECT_EQ(EVP_PKEY_verify(ctx, signature->data(), signature->size(), digest.data(),
+                            digest.size()),
+            1);
+  digest[0] ^= 1;
+  EXPECT_NE(EVP_PKEY_verify(ctx, signature->data(), signature->size(), digest.data(),
+                            digest.size()),
+            1);
+  EVP_PKEY_CTX_free(ctx);
+  EVP_PKEY_free(pkey);
+
+  auto raw = OpenRaw();
+  Object priv = FindOne(raw->session, CKO_PRIVATE_KEY, "vecseal-audit");
+  EXPECT_EQ(priv.GetAttribute(CKA_VALUE).status().reason(), "attribute_sensitive");
+  auto extractable = priv.GetBool(CKA_EXTRACTABLE);
+  ASSERT_TRUE(extractable.ok());
+  EXPECT_FALSE(*extractable);
+}
+
+TEST_F(HsmTest, PingFailsClosedWithoutLogin) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  EXPECT_TRUE(hsm->Ping().ok());
+  // Logging out from another session of this process logs every session out; Ping notices and
+  // logs in again.
+  auto raw = OpenRaw();
+  ASSERT_TRUE(raw->session.Logout().ok());
+  auto info = raw->session.Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, static_cast<CK_STATE>(CKS_RW_PUBLIC_SESSION));
+  EXPECT_TRUE(hsm->Ping().ok());
+  info = raw->session.Info();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->state, static_cast<CK_STATE>(CKS_RW_USER_FUNCTIONS));
+}
+
+}  // namespace
+}  // namespace vecseal::pkcs11
