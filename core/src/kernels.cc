@@ -23,19 +23,30 @@ namespace {
 // The bodies below are branch-free loops written so that the compiler vectorises them; each is
 // compiled twice, once inside an AVX2+FMA function and once for the baseline ISA.
 
+// mask ? a : b for mask all-ones or zero, in integer operations so that loops stay
+// branch-free and vectorise.
+VECSEAL_INLINE float Select(uint32_t mask, float a, float b) {
+  return std::bit_cast<float>((std::bit_cast<uint32_t>(a) & mask) |
+                              (std::bit_cast<uint32_t>(b) & ~mask));
+}
+
+VECSEAL_INLINE uint32_t MaskIf(bool condition) { return 0u - static_cast<uint32_t>(condition); }
+
 // ln(a) for a = U(w), to float precision even as a → 1, where a itself is not representable:
 // a = 2^e·m with m ∈ [√½, √2), and when e = 0 the offset m − 1 = −(1 − a) is formed from the
 // integer ~w exactly instead of from the rounded a.
 VECSEAL_INLINE float LogUniform(uint32_t w) {
-  const float a = static_cast<float>(w) * 0x1p-32f + 0x1p-33f;
+  const float a = static_cast<float>(static_cast<int32_t>(w >> 1)) * 0x1p-31f + 0x1p-33f +
+                  static_cast<float>(static_cast<int32_t>(w & 1u)) * 0x1p-32f;
   const uint32_t bits = std::bit_cast<uint32_t>(a);
-  int32_t e = static_cast<int32_t>(bits >> 23) - 127;
-  float m = std::bit_cast<float>((bits & 0x007fffffu) | 0x3f800000u);  // [1, 2)
-  const bool high = m > 1.41421356f;
-  m = high ? m * 0.5f : m;
-  e = high ? e + 1 : e;
-  const float one_minus_a = static_cast<float>(~w) * 0x1p-32f + 0x1p-33f;
-  const float f = e == 0 ? -one_minus_a : m - 1.0f;
+  const uint32_t mantissa = bits & 0x007fffffu;
+  const uint32_t high = mantissa > 0x3504f3u ? 1u : 0u;  // m > √2: halve m, bump e
+  const float m = std::bit_cast<float>(mantissa | (0x3f800000u - (high << 23)));
+  const int32_t e = static_cast<int32_t>(bits >> 23) - 127 + static_cast<int32_t>(high);
+  const uint32_t rest = ~w;
+  const float one_minus_a = static_cast<float>(static_cast<int32_t>(rest >> 1)) * 0x1p-31f +
+                            0x1p-33f + static_cast<float>(static_cast<int32_t>(rest & 1u)) * 0x1p-32f;
+  const float f = Select(MaskIf(e == 0), -one_minus_a, m - 1.0f);
   const float s = f / (2.0f + f);
   const float s2 = s * s;
   // 2·atanh(s) = ln((1+s)/(1−s)) = ln(m); |s| ≤ 0.1716, so terms to s^9 reach float precision.
@@ -58,11 +69,13 @@ VECSEAL_INLINE void SinCosUniform(uint32_t w, float& c, float& s) {
       (1.0f + t2 * (-1.0f / 6 + t2 * (1.0f / 120 + t2 * (-1.0f / 5040 + t2 * (1.0f / 362880)))));
   const float cos_t =
       1.0f + t2 * (-0.5f + t2 * (1.0f / 24 + t2 * (-1.0f / 720 + t2 * (1.0f / 40320))));
-  const bool swap = (quadrant & 1u) != 0;
-  const float cc = swap ? sin_t : cos_t;
-  const float ss = swap ? cos_t : sin_t;
-  c = (quadrant == 1u || quadrant == 2u) ? -cc : cc;
-  s = (quadrant >= 2u) ? -ss : ss;
+  // Quadrant q rotates by q·π/2: odd q swaps sine and cosine; q ∈ {1, 2} negates the cosine,
+  // q ∈ {2, 3} the sine.
+  const uint32_t swap = 0u - (quadrant & 1u);
+  const uint32_t cos_sign = ((quadrant + 1u) & 2u) << 30;
+  const uint32_t sin_sign = (quadrant & 2u) << 30;
+  c = std::bit_cast<float>(std::bit_cast<uint32_t>(Select(swap, sin_t, cos_t)) ^ cos_sign);
+  s = std::bit_cast<float>(std::bit_cast<uint32_t>(Select(swap, cos_t, sin_t)) ^ sin_sign);
 }
 
 VECSEAL_INLINE void NormalsBody(const uint32_t* __restrict words, size_t pairs,
@@ -88,6 +101,16 @@ VECSEAL_INLINE float SumOfSquaresBody(const float* __restrict x, size_t n) {
   float total = 0;
   for (float a : acc) total += a;
   return total;
+}
+
+VECSEAL_INLINE bool AllFiniteBody(const float* __restrict x, size_t n) {
+  // A value is NaN or ±Inf exactly when its exponent bits are all ones.
+  uint32_t worst = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t exponent = std::bit_cast<uint32_t>(x[i]) & 0x7f800000u;
+    worst = exponent > worst ? exponent : worst;
+  }
+  return worst != 0x7f800000u;
 }
 
 VECSEAL_INLINE void GatherBody(const float* __restrict m, const uint32_t* __restrict perm,
@@ -196,6 +219,7 @@ struct Kernels {
   const char* name;
   void (*normals)(const uint32_t*, size_t, float*);
   float (*sum_of_squares)(const float*, size_t);
+  bool (*all_finite)(const float*, size_t);
   void (*gather)(const float*, const uint32_t*, const float*, float, float*, size_t);
   void (*scatter)(const float*, const uint32_t*, const float*, float, float*, size_t);
   void (*add_scaled)(float*, const float*, float, size_t);
@@ -208,6 +232,7 @@ struct Kernels {
     NormalsBody(w, pairs, z);                                                                      \
   }                                                                                                \
   attr float SumOfSquares##suffix(const float* x, size_t n) { return SumOfSquaresBody(x, n); }     \
+  attr bool AllFinite##suffix(const float* x, size_t n) { return AllFiniteBody(x, n); }             \
   attr void Gather##suffix(const float* m, const uint32_t* p, const float* z, float k, float* out, \
                            size_t d) {                                                             \
     GatherBody(m, p, z, k, out, d);                                                                \
@@ -227,9 +252,9 @@ VECSEAL_DEFINE_KERNELS(Avx2, VECSEAL_AVX2)
 #endif
 
 const Kernels& Portable() {
-  static const Kernels kernels{"portable",      NormalsPortable, SumOfSquaresPortable,
-                               GatherPortable,  ScatterPortable, AddScaledPortable,
-                               ReflectPortable, TilePortable};
+  static const Kernels kernels{"portable",       NormalsPortable,   SumOfSquaresPortable,
+                               AllFinitePortable, GatherPortable,    ScatterPortable,
+                               AddScaledPortable, ReflectPortable,   TilePortable};
   return kernels;
 }
 
@@ -238,8 +263,8 @@ const Kernels& Best() {
 #if VECSEAL_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return Kernels{"avx2",      NormalsAvx2,   SumOfSquaresAvx2, GatherAvx2,
-                     ScatterAvx2, AddScaledAvx2, ReflectAvx2,      TileAvx2};
+      return Kernels{"avx2",        NormalsAvx2,   SumOfSquaresAvx2, AllFiniteAvx2, GatherAvx2,
+                     ScatterAvx2,   AddScaledAvx2, ReflectAvx2,      TileAvx2};
     }
 #endif
     return Portable();
@@ -273,6 +298,8 @@ void NormalsFromWordsExact(const uint32_t* words, size_t pairs, double* z) {
 }
 
 float SumOfSquares(const float* x, size_t n) { return Selected().sum_of_squares(x, n); }
+
+bool AllFinite(const float* x, size_t n) { return Selected().all_finite(x, n); }
 
 void GatherAddScaled(const float* m, const uint32_t* perm, const float* z, float k, float* out,
                      size_t d) {

@@ -18,6 +18,8 @@ void NormalsFromWords(const uint32_t* words, size_t pairs, float* z);
 void NormalsFromWordsExact(const uint32_t* words, size_t pairs, double* z);
 
 float SumOfSquares(const float* x, size_t n);
+// Whether no value is NaN or ±Inf (input validation's fast path).
+bool AllFinite(const float* x, size_t n);
 // out[i] = m[perm[i]] + k·z[i]. `out` must not alias `m`.
 void GatherAddScaled(const float* m, const uint32_t* perm, const float* z, float k, float* out,
                      size_t d);

@@ -1,7 +1,6 @@
 #include "keystream.h"
 
 #include <bit>
-#include <climits>
 #include <cstring>
 
 namespace vecseal::core::detail {
@@ -34,13 +33,13 @@ Status KeyStream::Start(const Seed& seed, uint32_t index) {
 
 Status KeyStream::Read(uint32_t* words, size_t count) {
   // Encrypting zeros yields the keystream itself.
+  static constexpr uint8_t kZeros[16384] = {};
   auto* bytes = reinterpret_cast<uint8_t*>(words);
   size_t remaining = count * sizeof(uint32_t);
-  std::memset(bytes, 0, remaining);
   while (remaining > 0) {
-    const int chunk = static_cast<int>(std::min<size_t>(remaining, INT_MAX / 2));
+    const int chunk = static_cast<int>(std::min(remaining, sizeof(kZeros)));
     int written = 0;
-    if (EVP_EncryptUpdate(ctx_, bytes, &written, bytes, chunk) != 1 || written != chunk) {
+    if (EVP_EncryptUpdate(ctx_, bytes, &written, kZeros, chunk) != 1 || written != chunk) {
       return ChaChaFailed();
     }
     bytes += chunk;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <string>
 
+#include "kernels.h"
 #include "vecseal/core/cipher.h"
 
 namespace vecseal::core {
@@ -76,6 +77,7 @@ Status ValidateVectors(std::span<const float> data, size_t dimension) {
                       " values, which is not a whole number of vectors of dimension " +
                       std::to_string(dimension));
   }
+  if (detail::AllFinite(data.data(), data.size())) return Status::Ok();
   for (size_t i = 0; i < data.size(); ++i) {
     if (!std::isfinite(data[i])) {
       const size_t vector = i / dimension;
