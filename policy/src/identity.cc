@@ -156,10 +156,35 @@ int OpenScript(int proc_dir_fd, const std::string& script) {
 
 struct Snapshot {
   CallerIdentity identity;
-  dev_t exe_dev = 0;
-  ino_t exe_ino = 0;
-  std::string cmdline;
+  internal::ExecMarker marker;
+  uint64_t start_time = 0;
 };
+
+// Reads the parts of /proc/PID that change on exec.
+Status ReadMarker(int proc_dir_fd, pid_t pid, internal::ExecMarker* marker, uint64_t* start_time) {
+  int err = 0;
+  struct stat st;
+  if (fstatat(proc_dir_fd, "exe", &st, 0) == 0) {
+    marker->exe_dev = st.st_dev;
+    marker->exe_ino = st.st_ino;
+  } else if (errno == ENOENT || errno == ESRCH) {
+    return PeerGone(pid);
+  }
+  // Otherwise (no ptrace rights) the exe cannot be compared; stat and cmdline still can.
+  std::string stat_text;
+  if (!ReadProcFile(proc_dir_fd, "stat", kMaxSmallFileBytes, &stat_text, &err)) {
+    return err == ESRCH ? PeerGone(pid) : ProcError(pid, "stat", err);
+  }
+  std::optional<internal::ProcStat> stat = internal::ParseStat(stat_text);
+  if (!stat) return ProcError(pid, "stat", EINVAL);
+  marker->start_code = stat->start_code;
+  marker->start_stack = stat->start_stack;
+  if (start_time != nullptr) *start_time = stat->start_time;
+  if (!ReadProcFile(proc_dir_fd, "cmdline", kMaxCmdlineBytes, &marker->cmdline, &err)) {
+    return err == ESRCH ? PeerGone(pid) : ProcError(pid, "cmdline", err);
+  }
+  return Status::Ok();
+}
 
 // Reads everything but the credentials from /proc/PID (through `proc_dir_fd`). The caller must
 // confirm afterwards that the pidfd's process is still alive, which proves the reads were of it.
@@ -175,21 +200,16 @@ Status ReadProcess(int proc_dir_fd, IdentityResolver& resolver, Snapshot* snap) 
   // rules that need it do not match.
   if (n > 0 && static_cast<size_t>(n) < sizeof link) id.exe.assign(link, static_cast<size_t>(n));
 
+  // Read the marker before the contents, so an exec racing with these reads is noticed by the
+  // next Refresh rather than hidden under an already-updated marker.
+  VECSEAL_RETURN_IF_ERROR(ReadMarker(proc_dir_fd, pid, &snap->marker, &snap->start_time));
+
   Fd exe(openat(proc_dir_fd, "exe", O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   if (exe.get() >= 0) {
-    struct stat st;
-    if (fstat(exe.get(), &st) == 0) {
-      snap->exe_dev = st.st_dev;
-      snap->exe_ino = st.st_ino;
-      Result<std::string> digest = resolver.DigestOf(exe.get());
-      if (digest.ok()) id.exe_sha256 = std::move(digest).value();
-    }
+    Result<std::string> digest = resolver.DigestOf(exe.get());
+    if (digest.ok()) id.exe_sha256 = std::move(digest).value();
   } else if (errno == ENOENT || errno == ESRCH) {
     return PeerGone(pid);
-  }
-
-  if (!ReadProcFile(proc_dir_fd, "cmdline", kMaxCmdlineBytes, &snap->cmdline, &err)) {
-    return err == ESRCH ? PeerGone(pid) : ProcError(pid, "cmdline", err);
   }
   std::string cgroup;
   if (!ReadProcFile(proc_dir_fd, "cgroup", kMaxSmallFileBytes, &cgroup, &err)) {
@@ -198,7 +218,7 @@ Status ReadProcess(int proc_dir_fd, IdentityResolver& resolver, Snapshot* snap) 
   id.unit = internal::UnitFromCgroup(cgroup);
 
   std::optional<std::string> script =
-      internal::ScriptArgument(id.exe, internal::SplitCmdline(snap->cmdline));
+      internal::ScriptArgument(id.exe, internal::SplitCmdline(snap->marker.cmdline));
   if (script && !script->empty()) {
     Fd file(OpenScript(proc_dir_fd, *script));
     struct stat st;
@@ -419,24 +439,16 @@ Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver
   if (peer.proc_dir_fd_ < 0) {
     return errno == ENOENT ? PeerGone(cred.pid) : ProcError(cred.pid, "/proc", errno);
   }
-  if (!peer.pinned_by_socket_) {
-    std::string stat_text;
-    int err = 0;
-    if (!ReadProcFile(peer.proc_dir_fd_, "stat", kMaxSmallFileBytes, &stat_text, &err)) {
-      return err == ESRCH ? PeerGone(cred.pid) : ProcError(cred.pid, "stat", err);
-    }
-    std::optional<uint64_t> started = internal::ParseStartTime(stat_text);
-    if (!started || *started > accepted_ticks) return PeerGone(cred.pid);
-  }
   Snapshot snap;
   snap.identity = peer.identity_;
   VECSEAL_RETURN_IF_ERROR(ReadProcess(peer.proc_dir_fd_, resolver, &snap));
+  // A process that started after the connection was accepted reused the PID of the one that
+  // connected (only possible without SO_PEERPIDFD).
+  if (!peer.pinned_by_socket_ && snap.start_time > accepted_ticks) return PeerGone(cred.pid);
   if (!Alive(peer.pidfd_)) return PeerGone(cred.pid);
   FillNames(&snap.identity);
   peer.identity_ = std::move(snap.identity);
-  peer.exe_dev_ = snap.exe_dev;
-  peer.exe_ino_ = snap.exe_ino;
-  peer.cmdline_ = std::move(snap.cmdline);
+  peer.marker_ = std::move(snap.marker);
   {
     std::lock_guard<std::mutex> lock(resolver.mutex_);
     ++resolver.stats_.resolutions;
@@ -467,9 +479,7 @@ Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver
   if (!Alive(peer.pidfd_)) return PeerGone(pid);
   FillNames(&snap.identity);
   peer.identity_ = std::move(snap.identity);
-  peer.exe_dev_ = snap.exe_dev;
-  peer.exe_ino_ = snap.exe_ino;
-  peer.cmdline_ = std::move(snap.cmdline);
+  peer.marker_ = std::move(snap.marker);
   return peer;
 }
 
@@ -477,19 +487,9 @@ Status PeerIdentity::Refresh(IdentityResolver& resolver) {
   pid_t pid = identity_.pid;
   if (pidfd_ < 0 || proc_dir_fd_ < 0) return PeerGone(pid);
   if (!Alive(pidfd_)) return PeerGone(pid);
-  struct stat st;
-  if (fstatat(proc_dir_fd_, "exe", &st, 0) != 0) {
-    // A process we may not ptrace: nothing to compare but the command line.
-    if (errno == ENOENT || errno == ESRCH) return PeerGone(pid);
-    st.st_dev = exe_dev_;
-    st.st_ino = exe_ino_;
-  }
-  std::string cmdline;
-  int err = 0;
-  if (!ReadProcFile(proc_dir_fd_, "cmdline", kMaxCmdlineBytes, &cmdline, &err)) {
-    return err == ESRCH ? PeerGone(pid) : ProcError(pid, "cmdline", err);
-  }
-  if (st.st_dev == exe_dev_ && st.st_ino == exe_ino_ && cmdline == cmdline_) return Status::Ok();
+  internal::ExecMarker marker;
+  VECSEAL_RETURN_IF_ERROR(ReadMarker(proc_dir_fd_, pid, &marker, nullptr));
+  if (marker == marker_) return Status::Ok();
 
   // The peer exec'd: it is a different program now, possibly with different credentials.
   Snapshot snap;
@@ -499,9 +499,7 @@ Status PeerIdentity::Refresh(IdentityResolver& resolver) {
   if (!Alive(pidfd_)) return PeerGone(pid);
   FillNames(&snap.identity);
   identity_ = std::move(snap.identity);
-  exe_dev_ = snap.exe_dev;
-  exe_ino_ = snap.exe_ino;
-  cmdline_ = std::move(snap.cmdline);
+  marker_ = std::move(snap.marker);
   std::lock_guard<std::mutex> lock(resolver.mutex_);
   ++resolver.stats_.resolutions;
   return Status::Ok();
@@ -511,9 +509,7 @@ PeerIdentity::PeerIdentity(PeerIdentity&& other) noexcept
     : pidfd_(std::exchange(other.pidfd_, -1)),
       proc_dir_fd_(std::exchange(other.proc_dir_fd_, -1)),
       pinned_by_socket_(other.pinned_by_socket_),
-      exe_dev_(other.exe_dev_),
-      exe_ino_(other.exe_ino_),
-      cmdline_(std::move(other.cmdline_)),
+      marker_(std::move(other.marker_)),
       identity_(std::move(other.identity_)) {}
 
 PeerIdentity& PeerIdentity::operator=(PeerIdentity&& other) noexcept {
@@ -522,9 +518,7 @@ PeerIdentity& PeerIdentity::operator=(PeerIdentity&& other) noexcept {
     pidfd_ = std::exchange(other.pidfd_, -1);
     proc_dir_fd_ = std::exchange(other.proc_dir_fd_, -1);
     pinned_by_socket_ = other.pinned_by_socket_;
-    exe_dev_ = other.exe_dev_;
-    exe_ino_ = other.exe_ino_;
-    cmdline_ = std::move(other.cmdline_);
+    marker_ = std::move(other.marker_);
     identity_ = std::move(other.identity_);
   }
   return *this;

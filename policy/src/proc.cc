@@ -212,16 +212,23 @@ std::optional<StatusIds> ParseStatusIds(std::string_view text) {
   return ids;
 }
 
-std::optional<uint64_t> ParseStartTime(std::string_view text) {
+std::optional<ProcStat> ParseStat(std::string_view text) {
   // The command name in parentheses may itself contain spaces and parentheses.
   size_t paren = text.rfind(')');
   if (paren == std::string_view::npos) return std::nullopt;
   std::vector<std::string_view> fields = SplitWhitespace(text.substr(paren + 1));
-  constexpr size_t kStartTimeIndex = 22 - 3;  // fields after ')' begin at field 3 (state)
-  if (fields.size() <= kStartTimeIndex) return std::nullopt;
-  std::string_view field = fields[kStartTimeIndex];
-  while (!field.empty() && field.back() == '\n') field.remove_suffix(1);
-  return ParseNumber<uint64_t>(field);
+  // Fields after ')' begin with field 3 (state).
+  auto field = [&](size_t number) -> std::optional<uint64_t> {
+    if (fields.size() <= number - 3) return std::nullopt;
+    std::string_view value = fields[number - 3];
+    while (!value.empty() && value.back() == '\n') value.remove_suffix(1);
+    return ParseNumber<uint64_t>(value);
+  };
+  std::optional<uint64_t> start_time = field(22);
+  std::optional<uint64_t> start_code = field(26);
+  std::optional<uint64_t> start_stack = field(28);
+  if (!start_time || !start_code || !start_stack) return std::nullopt;
+  return ProcStat{*start_time, *start_code, *start_stack};
 }
 
 }  // namespace vecseal::policy::internal

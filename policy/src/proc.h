@@ -34,7 +34,12 @@ struct StatusIds {
 // The effective uid and gid and the supplementary groups from /proc/PID/status text.
 std::optional<StatusIds> ParseStatusIds(std::string_view status_text);
 
-// Field 22 (start time, clock ticks after boot) of /proc/PID/stat text.
-std::optional<uint64_t> ParseStartTime(std::string_view stat_text);
+struct ProcStat {
+  uint64_t start_time = 0;   // field 22: clock ticks after boot
+  uint64_t start_code = 0;   // field 26: with ASLR, different after each exec; 0 without ptrace
+  uint64_t start_stack = 0;  // field 28: likewise
+};
+// The fields above of /proc/PID/stat text.
+std::optional<ProcStat> ParseStat(std::string_view stat_text);
 
 }  // namespace vecseal::policy::internal

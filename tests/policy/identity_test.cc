@@ -280,6 +280,29 @@ TEST_P(PeerTest, PeerThatExecsIsReidentified) {
   EXPECT_EQ(peer->identity().uid, geteuid());
 }
 
+TEST_P(PeerTest, ExecOfTheSameProgramWithTheSameArgumentsIsNoticed) {
+  if (testing_util::ReadFile("/proc/sys/kernel/randomize_va_space") == "0\n") {
+    GTEST_SKIP() << "ASLR is off (kernel.randomize_va_space=0): such an exec is invisible";
+  }
+  setenv("VECSEAL_TEST_SOCKET", socket_path_.c_str(), 1);
+  Spawn({VECSEAL_PEER_HELPER, "again"});
+  unsetenv("VECSEAL_TEST_SOCKET");
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  IdentityResolver resolver(Options());
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok());
+  char byte = 'G';
+  ASSERT_EQ(write(conn.get(), &byte, 1), 1);
+  ASSERT_TRUE(WaitReadable(conn.get()));
+  ASSERT_EQ(read(conn.get(), &byte, 1), 1);
+  ASSERT_EQ(byte, 'R');
+  uint64_t resolutions = resolver.stats().resolutions;
+  ASSERT_TRUE(peer->Refresh(resolver).ok());
+  EXPECT_EQ(resolver.stats().resolutions, resolutions + 1);
+  EXPECT_EQ(peer->identity().exe, RealPath(VECSEAL_PEER_HELPER));
+}
+
 TEST_P(PeerTest, PeerThatExitsIsGone) {
   IdentityResolver resolver(Options());
   pid_t pid = Spawn(HelperArgs());

@@ -4,6 +4,9 @@
 //     socket stays open across exec, its fd number in VECSEAL_TEST_FD) or holds the connection.
 //   peer_helper hold
 //     Sends 'R' on fd $VECSEAL_TEST_FD and holds the connection until the server closes it.
+//   peer_helper again
+//     Connects to $VECSEAL_TEST_SOCKET like `connect`, then execs itself with the very same
+//     arguments; the second run finds $VECSEAL_TEST_FD set and holds like `hold`.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -31,21 +34,30 @@ int main(int argc, char** argv) {
     if (fd_text == nullptr) return 2;
     return Hold(std::atoi(fd_text), 'R');
   }
-  if (argc < 3 || std::strcmp(argv[1], "connect") != 0) {
-    std::fprintf(stderr, "usage: peer_helper connect SOCKET [PROGRAM ARGS...] | hold\n");
+  bool again = argc == 2 && std::strcmp(argv[1], "again") == 0;
+  if (again && std::getenv("VECSEAL_TEST_FD") != nullptr) {
+    return Hold(std::atoi(std::getenv("VECSEAL_TEST_FD")), 'R');
+  }
+  const char* socket_path = again ? std::getenv("VECSEAL_TEST_SOCKET") : argc >= 3 ? argv[2] : "";
+  if (socket_path == nullptr || (!again && (argc < 3 || std::strcmp(argv[1], "connect") != 0))) {
+    std::fprintf(stderr, "usage: peer_helper connect SOCKET [PROGRAM ARGS...] | hold | again\n");
     return 2;
   }
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);  // no SOCK_CLOEXEC: it must survive exec
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, argv[2], sizeof addr.sun_path - 1);
+  std::strncpy(addr.sun_path, socket_path, sizeof addr.sun_path - 1);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return 3;
   char byte = 'A';
   if (write(fd, &byte, 1) != 1) return 3;
   if (read(fd, &byte, 1) != 1) return 0;
-  if (argc == 3) return Hold(fd, 'R');
+  if (!again && argc == 3) return Hold(fd, 'R');
   std::string fd_text = std::to_string(fd);
   setenv("VECSEAL_TEST_FD", fd_text.c_str(), 1);
-  execv(argv[3], argv + 3);
+  if (again) {
+    execv("/proc/self/exe", argv);
+  } else {
+    execv(argv[3], argv + 3);
+  }
   return 4;
 }

@@ -97,12 +97,21 @@ TEST(ParseStatusIdsTest, TakesEffectiveIds) {
   EXPECT_FALSE(ParseStatusIds("Uid:\t1\tx\t3\t4\nGid:\t1\t2\t3\t4\n").has_value());
 }
 
-TEST(ParseStartTimeTest, SurvivesHostileCommandNames) {
-  std::string rest = " S 1 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 1";
-  EXPECT_EQ(ParseStartTime("123 (cat)" + rest), std::optional<uint64_t>(987654));
-  EXPECT_EQ(ParseStartTime("123 (a) 1 2 3 (b)" + rest), std::optional<uint64_t>(987654));
-  EXPECT_EQ(ParseStartTime("123 (cat) S 1 1"), std::nullopt);
-  EXPECT_EQ(ParseStartTime("garbage"), std::nullopt);
+TEST(ParseStatTest, SurvivesHostileCommandNames) {
+  // Fields 3..28 after the command name; 22 is the start time, 26 start_code, 28 start_stack.
+  std::string rest =
+      " S 1 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 1 18446744073709551615 4096 "
+      "8192 140000\n";
+  std::optional<ProcStat> stat = ParseStat("123 (cat)" + rest);
+  ASSERT_TRUE(stat.has_value());
+  EXPECT_EQ(stat->start_time, 987654u);
+  EXPECT_EQ(stat->start_code, 4096u);
+  EXPECT_EQ(stat->start_stack, 140000u);
+  stat = ParseStat("123 (a) 1 2 3 (b)" + rest);
+  ASSERT_TRUE(stat.has_value());
+  EXPECT_EQ(stat->start_time, 987654u);
+  EXPECT_FALSE(ParseStat("123 (cat) S 1 1").has_value());
+  EXPECT_FALSE(ParseStat("garbage").has_value());
 }
 
 }  // namespace

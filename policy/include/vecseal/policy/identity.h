@@ -99,6 +99,19 @@ class IdentityResolver {
   Stats stats_;
 };
 
+namespace internal {
+// What PeerIdentity::Refresh compares to notice an exec. ASLR places code and stack anew on each
+// exec, even of the same program with the same arguments.
+struct ExecMarker {
+  dev_t exe_dev = 0;
+  ino_t exe_ino = 0;
+  uint64_t start_code = 0;
+  uint64_t start_stack = 0;
+  std::string cmdline;
+  bool operator==(const ExecMarker&) const = default;
+};
+}  // namespace internal
+
 // The identity of one connection's peer. Holds the pidfd and a /proc/PID directory fd; move-only.
 //
 // Errors (reason, code):
@@ -122,8 +135,8 @@ class PeerIdentity {
 
   const CallerIdentity& identity() const { return identity_; }
 
-  // Cheap when nothing changed (a poll on the pidfd, a stat of /proc/PID/exe and a read of
-  // /proc/PID/cmdline). Re-resolves the whole identity when the peer exec'd since; returns
+  // Cheap when nothing changed (a poll on the pidfd, a stat of /proc/PID/exe and reads of
+  // /proc/PID/stat and /proc/PID/cmdline). Re-resolves the whole identity when the peer exec'd since; returns
   // peer_gone when it exited. On error the previous identity must not be used.
   Status Refresh(IdentityResolver& resolver);
 
@@ -137,10 +150,7 @@ class PeerIdentity {
   int pidfd_ = -1;
   int proc_dir_fd_ = -1;
   bool pinned_by_socket_ = false;
-  // What Refresh() compares to notice an exec.
-  dev_t exe_dev_ = 0;
-  ino_t exe_ino_ = 0;
-  std::string cmdline_;
+  internal::ExecMarker marker_;
   CallerIdentity identity_;
 };
 
