@@ -1,0 +1,100 @@
+// vecseald's configuration file (/etc/vecseal/vecseald.json, docs/configuration.md). Parsing is
+// strict: unknown keys, wrong types and out-of-range values are rejected with the JSON path of
+// the problem, so that a typo never silently falls back to a default.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "vecseal/core/status.h"
+
+namespace vecseal::daemon {
+
+inline constexpr std::string_view kDefaultConfigPath = "/etc/vecseal/vecseald.json";
+inline constexpr std::string_view kDefaultSocketPath = "/run/vecseal/vecseald.sock";
+inline constexpr std::string_view kDefaultModulePath = "/usr/lib/softhsm/libsofthsm2.so";
+
+struct SocketConfig {
+  std::string path{kDefaultSocketPath};
+  mode_t mode = 0660;
+  std::string group;  // empty: the daemon's own group
+};
+
+// Where the token PIN comes from. Exactly one of the two is set.
+struct PinSource {
+  std::string file;        // a file holding the PIN (mode 0600 or stricter)
+  std::string credential;  // a name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+};
+
+struct Pkcs11Config {
+  std::string module{kDefaultModulePath};
+  std::string token_label = "vecseal";
+  PinSource pin;
+  size_t sessions = 1;  // derivation sessions; network HSMs want about one per worker
+};
+
+struct Limits {
+  size_t max_body_bytes = 64 << 20;
+  size_t max_vectors = 10000;
+  size_t max_connections = 256;
+  size_t max_header_bytes = 16 << 10;
+  std::chrono::milliseconds header_timeout{10'000};  // first byte to end of headers
+  std::chrono::milliseconds body_timeout{60'000};    // end of headers to end of body
+  std::chrono::milliseconds idle_timeout{60'000};    // keep-alive wait for the next request
+  std::chrono::milliseconds write_timeout{60'000};   // sending one response
+};
+
+struct ThreadsConfig {
+  unsigned io = 2;       // accept, parse, write
+  unsigned workers = 4;  // HSM derivations, encryption, audit writes
+};
+
+// The audit log (docs/audit.md). Defaults are audit::LogOptions's.
+struct AuditConfig {
+  std::string directory = "/var/lib/vecseal/audit";
+  std::string single_file;                  // one fixed file instead of rotated files in directory
+  std::string key_label = "vecseal-audit";  // the signing key's label on the token
+  bool sync_every_record = false;           // fdatasync per record instead of every sync_interval
+  std::chrono::milliseconds sync_interval{100};
+  uint64_t seal_every_records = 1000;
+  std::chrono::seconds seal_every{60};
+  uint64_t rotate_bytes = 64ull << 20;
+  uint64_t warn_free_bytes = 256ull << 20;
+  uint64_t refuse_free_bytes = 64ull << 20;
+  bool try_append_only = true;
+};
+
+struct Config {
+  SocketConfig socket;
+  Pkcs11Config pkcs11;
+  uint32_t group_size = 1;  // vectors per HSM derivation
+  Limits limits;
+  ThreadsConfig threads;
+  std::string policy_file = "/etc/vecseal/policy.json";
+  AuditConfig audit;
+};
+
+// kDaemon: a production config, which must say where the PIN is. kDevOverlay: the tunables
+// given to `vecseald --dev --config FILE`, where dev mode supplies the token and PIN.
+enum class ConfigKind { kDaemon, kDevOverlay };
+
+// Parses the JSON text of a config file. Errors are kInvalidArgument, reason "invalid_config",
+// with a message that starts with the JSON path (e.g. "$.limits.max_vectors: ...").
+Result<Config> ParseConfig(std::string_view json_text, ConfigKind kind = ConfigKind::kDaemon);
+
+// Reads and parses `path`. It does not check ownership or mode: callers do that with
+// policy::CheckTrustedFile first, so that --check-config and the daemon agree.
+Result<Config> LoadConfigFile(const std::string& path, ConfigKind kind = ConfigKind::kDaemon);
+
+// What changes on SIGHUP: the policy path and the limits that new connections see. The socket,
+// module, token, PIN, threads and audit settings need a restart; this names the first of those
+// that differs, or returns nullopt when a reload can apply `next` in full.
+std::optional<std::string> RestartOnlyChange(const Config& current, const Config& next);
+
+}  // namespace vecseal::daemon

@@ -1,0 +1,104 @@
+// HTTP/1.1 over a Unix-domain socket with Boost.Beast. I/O threads accept, parse and write;
+// handlers run on a separate worker pool, so that a slow HSM or audit write never stalls the
+// parsing of unrelated connections. Every limit is enforced here and answered in JSON.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include "vecseal/core/status.h"
+#include "vecseal/daemon/config.h"
+
+namespace vecseal::daemon {
+
+using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>;
+using HttpResponse = boost::beast::http::response<boost::beast::http::string_body>;
+
+// Per-connection state owned by the handler (e.g. the peer's identity from SO_PEERCRED).
+class ConnectionContext {
+ public:
+  virtual ~ConnectionContext() = default;
+};
+
+class RequestHandler {
+ public:
+  virtual ~RequestHandler() = default;
+  // On an I/O thread, once per accepted connection, before anything is read from it.
+  virtual std::unique_ptr<ConnectionContext> Accept(int fd) = 0;
+  // On a worker thread. Must not throw; errors become JSON error responses.
+  virtual HttpResponse Handle(ConnectionContext& connection, const HttpRequest& request) = 0;
+  // On a worker thread, for a request the transport refused (a limit, malformed HTTP): the
+  // handler records it and shapes the error body. `request` holds whatever headers were read.
+  virtual HttpResponse Refuse(ConnectionContext& connection, const HttpRequest& request,
+                              const Status& status) = 0;
+};
+
+// The JSON error body of the API: {"error": {"code", "message"[, "vector_index"]}}, with the
+// HTTP status from HttpStatusFor. `version` is the request's HTTP version (11 or 10).
+HttpResponse ErrorResponse(const Status& status, unsigned version = 11);
+unsigned HttpStatusFor(const Status& status);
+
+struct ServerOptions {
+  unsigned io_threads = 2;
+  unsigned worker_threads = 4;
+};
+
+class HttpServer {
+ public:
+  HttpServer(RequestHandler& handler, ServerOptions options, const Limits& limits);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Adopts a listening Unix stream socket (created by us or passed by systemd).
+  Status Adopt(int listen_fd);
+  void Start();
+
+  // Limits apply to connections accepted, and requests started, after the call.
+  void SetLimits(const Limits& limits);
+  std::shared_ptr<const Limits> limits() const;
+
+  // Stops accepting, closes idle keep-alive connections, lets in-flight requests finish (their
+  // responses carry Connection: close), then joins every thread.
+  void Drain();
+
+  size_t active_connections() const { return active_connections_.load(); }
+
+ private:
+  class Connection;
+  friend class Connection;
+
+  void Accept();
+  void Register(const std::shared_ptr<Connection>& connection);
+  void Unregister(Connection* connection);
+
+  RequestHandler& handler_;
+  ServerOptions options_;
+  boost::asio::io_context io_;
+  boost::asio::thread_pool workers_;
+  boost::asio::local::stream_protocol::acceptor acceptor_;
+  std::vector<std::thread> io_threads_;
+
+  mutable std::mutex mutex_;
+  std::shared_ptr<const Limits> limits_;
+  std::vector<std::weak_ptr<Connection>> connections_;
+  std::condition_variable drained_;
+  std::atomic<size_t> active_connections_{0};
+  std::atomic<bool> draining_{false};
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace vecseal::daemon

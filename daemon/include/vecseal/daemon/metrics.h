@@ -1,0 +1,47 @@
+// Counters for GET /metrics in the Prometheus text format. Label values are key names that
+// exist on the token and fixed operation/outcome words, never caller input, so that a client
+// cannot grow the label set.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+namespace vecseal::daemon {
+
+class Metrics {
+ public:
+  // `key` is empty when the request named no key or a key that does not exist.
+  void CountRequest(const std::string& key, const std::string& operation,
+                    const std::string& outcome, std::chrono::duration<double> duration);
+  void CountVectors(const std::string& key, const std::string& operation, uint64_t vectors);
+  void CountHsmError() { hsm_errors_.fetch_add(1, std::memory_order_relaxed); }
+  void CountAuditError() { audit_errors_.fetch_add(1, std::memory_order_relaxed); }
+  // Read at render time (the server's live connection count).
+  void SetConnectionsSource(std::function<size_t()> source);
+
+  std::string RenderPrometheus() const;
+
+  // Upper bounds, in seconds, of the request-duration histogram buckets (then +Inf).
+  static constexpr std::array<double, 12> kBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                      0.05,   0.1,   0.25,   0.5,   1.0,  5.0};
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::tuple<std::string, std::string, std::string>, uint64_t> requests_;
+  std::map<std::tuple<std::string, std::string>, uint64_t> vectors_;
+  std::array<uint64_t, kBuckets.size() + 1> duration_buckets_{};
+  double duration_sum_ = 0;
+  uint64_t duration_count_ = 0;
+  std::atomic<uint64_t> hsm_errors_{0};
+  std::atomic<uint64_t> audit_errors_{0};
+  std::function<size_t()> connections_;
+};
+
+}  // namespace vecseal::daemon

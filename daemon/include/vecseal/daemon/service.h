@@ -1,0 +1,87 @@
+// The API v1 handlers (docs/api.md): route, identify, decide, parse, run, audit, answer. The
+// logic of keys, policy and audit lives in their libraries; this layer only wires them and maps
+// every outcome to one HTTP status through HttpStatusFor.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "vecseal/audit/log.h"
+#include "vecseal/core/cipher.h"
+#include "vecseal/daemon/http_server.h"
+#include "vecseal/daemon/metrics.h"
+#include "vecseal/pkcs11/hsm.h"
+#include "vecseal/policy/identity.h"
+#include "vecseal/policy/policy.h"
+
+namespace vecseal::daemon {
+
+inline constexpr std::string_view kVersion = "0.1.0";
+
+// What a SIGHUP may change while requests are in flight.
+struct ServiceSettings {
+  uint32_t group_size = 1;
+  size_t max_vectors = 10000;
+};
+
+class Service final : public RequestHandler {
+ public:
+  // `hsm`, `audit_log`, `resolver` and `metrics` must outlive the Service.
+  Service(pkcs11::Hsm& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
+          Metrics& metrics, policy::PolicyPtr policy, ServiceSettings settings);
+
+  // Atomic for requests: each request decides against one policy and one settings snapshot.
+  void Reload(policy::PolicyPtr policy, ServiceSettings settings);
+  // Forgets cached ciphers, e.g. after keys were changed on the token by another tool.
+  void ForgetKeys();
+
+  std::unique_ptr<ConnectionContext> Accept(int fd) override;
+  HttpResponse Handle(ConnectionContext& connection, const HttpRequest& request) override;
+  HttpResponse Refuse(ConnectionContext& connection, const HttpRequest& request,
+                      const Status& status) override;
+
+ private:
+  struct Call;
+  struct CachedKey {
+    pkcs11::KeyInfo info;
+    std::shared_ptr<core::Cipher> cipher;
+  };
+
+  Status Route(Call& call);
+  Status Encrypt(Call& call, const std::string& key_name);
+  Status Decrypt(Call& call, const std::string& key_name);
+  Status ListKeys(Call& call);
+  Status CreateKey(Call& call);
+  Status RotateKey(Call& call, const std::string& key_name);
+  Status WhoAmI(Call& call);
+  Status Health(Call& call);
+  Status Metrics(Call& call);
+
+  Status Authorize(Call& call, policy::Operation op, const std::string& key);
+  Result<CachedKey> KeyFor(const std::string& name, std::optional<uint32_t> version);
+  Result<nlohmann::json> KeyObject(const std::string& name);
+  // Writes the audit record for `call` (outcome `status`) and returns the response to send: the
+  // prepared one, or 503 audit_unavailable when the record could not be written.
+  HttpResponse Finish(Call& call, const Status& status);
+  Status CountHsm(Status status);
+
+  pkcs11::Hsm& hsm_;
+  audit::Log& audit_log_;
+  policy::IdentityResolver& resolver_;
+  daemon::Metrics& metrics_;
+
+  mutable std::mutex mutex_;
+  policy::PolicyPtr policy_;
+  ServiceSettings settings_;
+  // (name, version) -> cipher; versions_[name] is the newest version we know of.
+  std::map<std::pair<std::string, uint32_t>, CachedKey> ciphers_;
+  std::map<std::string, uint32_t, std::less<>> newest_;
+  uint64_t next_request_ = 1;
+};
+
+}  // namespace vecseal::daemon

@@ -1,0 +1,61 @@
+// Vectors on the wire: JSON request bodies parsed with a SAX handler (numbers converted from
+// their exact text with std::from_chars<float>), JSON output with the shortest float32 text
+// (std::to_chars), little-endian float32 binary bodies, and base64 tokens.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vecseal/core/cipher.h"
+#include "vecseal/core/status.h"
+
+namespace vecseal::daemon {
+
+// n vectors of `dimension` floats, row-major.
+struct VectorBatch {
+  std::vector<float> values;
+  size_t dimension = 0;
+  size_t count() const { return dimension == 0 ? 0 : values.size() / dimension; }
+};
+
+// The body of an encrypt or decrypt request in JSON. Fields absent from the body stay empty.
+struct JsonVectorRequest {
+  VectorBatch batch;
+  std::optional<bool> reversible;
+  std::optional<std::vector<std::string>> tokens;  // base64 text, decoded by DecodeTokens
+};
+
+// Errors: invalid_json (syntax, with the byte offset), invalid_request (wrong shape, unknown or
+// duplicate field, no vectors), too_many_vectors (more than max_vectors rows, kResourceExhausted),
+// core's ragged-row and dimension reasons, non_finite_value (a number outside float32's range)
+// with its vector_index.
+Result<JsonVectorRequest> ParseJsonVectorRequest(std::string_view body, size_t max_vectors);
+
+// A binary body: n×d little-endian float32 (then, for decrypt, n tokens of 41 bytes when
+// `token_bytes` is non-null). Errors: invalid_length, too_many_vectors, non_finite_value.
+Result<VectorBatch> ParseBinaryVectors(std::string_view body, size_t dimension, size_t max_vectors,
+                                       std::vector<core::Token>* tokens);
+
+// The Vecseal-Dimension header's value; invalid_dimension when missing or not a decimal in
+// [1, core::kMaxDimension].
+Result<size_t> ParseDimensionHeader(std::string_view value, bool present);
+
+// Shortest text that reads back as the same float32.
+void AppendFloat(std::string& out, float value);
+// [[v, ...], ...] for n×d floats.
+void AppendVectorsJson(std::string& out, std::span<const float> values, size_t dimension);
+void AppendFloatsLittleEndian(std::string& out, std::span<const float> values);
+
+std::string Base64Encode(std::span<const uint8_t> bytes);
+// Strict RFC 4648 base64 with padding; nullopt on anything else.
+std::optional<std::vector<uint8_t>> Base64Decode(std::string_view text);
+
+// Every token must be base64 of exactly core::kTokenSize bytes: invalid_token with its
+// vector_index otherwise.
+Result<std::vector<core::Token>> DecodeTokens(std::span<const std::string> texts);
+
+}  // namespace vecseal::daemon

@@ -1,0 +1,341 @@
+#include "vecseal/daemon/config.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+namespace vecseal::daemon {
+namespace {
+
+using nlohmann::json;
+
+Status ConfigError(const std::string& path, const std::string& what) {
+  return Status(Code::kInvalidArgument, "invalid_config", path + ": " + what);
+}
+
+const char* TypeName(const json& value) {
+  if (value.is_number_integer()) return "an integer";
+  if (value.is_number()) return "a number";
+  return value.type_name();
+}
+
+// Walks one JSON object: each Take* consumes a key; Finish rejects whatever was not consumed.
+class ObjectReader {
+ public:
+  ObjectReader(const json& object, std::string path) : object_(object), path_(std::move(path)) {}
+
+  Status CheckIsObject() const {
+    if (!object_.is_object()) {
+      return ConfigError(path_, std::string("must be an object, not ") + TypeName(object_));
+    }
+    return Status::Ok();
+  }
+
+  std::string PathOf(std::string_view key) const { return path_ + "." + std::string(key); }
+
+  const json* Find(std::string_view key) {
+    auto it = object_.find(std::string(key));
+    if (it == object_.end()) return nullptr;
+    seen_.insert(std::string(key));
+    return &*it;
+  }
+
+  Status TakeString(std::string_view key, std::string& out, bool allow_empty = false) {
+    const json* value = Find(key);
+    if (value == nullptr) return Status::Ok();
+    if (!value->is_string()) {
+      return ConfigError(PathOf(key), std::string("must be a string, not ") + TypeName(*value));
+    }
+    auto text = value->get<std::string>();
+    if (text.empty() && !allow_empty) return ConfigError(PathOf(key), "must not be empty");
+    if (text.find('\0') != std::string::npos) {
+      return ConfigError(PathOf(key), "must not contain a NUL character");
+    }
+    out = std::move(text);
+    return Status::Ok();
+  }
+
+  Status TakePath(std::string_view key, std::string& out) {
+    std::string text = out;
+    VECSEAL_RETURN_IF_ERROR(TakeString(key, text));
+    if (text.front() != '/') {
+      return ConfigError(PathOf(key), "must be an absolute path (starting with '/'), got '" +
+                                          text + "'");
+    }
+    out = std::move(text);
+    return Status::Ok();
+  }
+
+  Status TakeBool(std::string_view key, bool& out) {
+    const json* value = Find(key);
+    if (value == nullptr) return Status::Ok();
+    if (!value->is_boolean()) {
+      return ConfigError(PathOf(key), std::string("must be true or false, not ") +
+                                          TypeName(*value));
+    }
+    out = value->get<bool>();
+    return Status::Ok();
+  }
+
+  Status TakeUnsigned(std::string_view key, uint64_t min, uint64_t max, uint64_t& out) {
+    const json* value = Find(key);
+    if (value == nullptr) return Status::Ok();
+    if (!value->is_number_integer()) {
+      return ConfigError(PathOf(key), std::string("must be an integer, not ") + TypeName(*value));
+    }
+    if (value->is_number_integer() && !value->is_number_unsigned() && value->get<int64_t>() < 0) {
+      return ConfigError(PathOf(key), "must be between " + std::to_string(min) + " and " +
+                                          std::to_string(max) + ", got " + value->dump());
+    }
+    uint64_t number = value->get<uint64_t>();
+    if (number < min || number > max) {
+      return ConfigError(PathOf(key), "must be between " + std::to_string(min) + " and " +
+                                          std::to_string(max) + ", got " + value->dump());
+    }
+    out = number;
+    return Status::Ok();
+  }
+
+  template <typename T>
+  Status TakeNumber(std::string_view key, uint64_t min, uint64_t max, T& out) {
+    uint64_t number = static_cast<uint64_t>(out);
+    VECSEAL_RETURN_IF_ERROR(TakeUnsigned(key, min, max, number));
+    out = static_cast<T>(number);
+    return Status::Ok();
+  }
+
+  Status TakeMillis(std::string_view key, std::chrono::milliseconds& out) {
+    uint64_t millis = static_cast<uint64_t>(out.count());
+    VECSEAL_RETURN_IF_ERROR(TakeUnsigned(key, 1, 24ull * 3600 * 1000, millis));
+    out = std::chrono::milliseconds(millis);
+    return Status::Ok();
+  }
+
+  Status Finish() const {
+    for (const auto& [key, value] : object_.items()) {
+      if (!seen_.contains(key)) {
+        return ConfigError(PathOf(key), "unknown key (check the spelling against "
+                                        "docs/configuration.md)");
+      }
+    }
+    return Status::Ok();
+  }
+
+ private:
+  const json& object_;
+  std::string path_;
+  std::set<std::string, std::less<>> seen_;
+};
+
+// Runs `parse` on the sub-object at `key` when present.
+template <typename Parse>
+Status TakeObject(ObjectReader& parent, std::string_view key, Parse&& parse) {
+  const json* value = parent.Find(key);
+  if (value == nullptr) return Status::Ok();
+  ObjectReader reader(*value, parent.PathOf(key));
+  VECSEAL_RETURN_IF_ERROR(reader.CheckIsObject());
+  VECSEAL_RETURN_IF_ERROR(parse(reader));
+  return reader.Finish();
+}
+
+Status ParseMode(ObjectReader& reader, mode_t& mode) {
+  const json* value = reader.Find("mode");
+  if (value == nullptr) return Status::Ok();
+  const std::string path = reader.PathOf("mode");
+  // An octal string, because JSON has no octal literals and 660 as a decimal is a trap.
+  if (!value->is_string()) {
+    return ConfigError(path, std::string("must be an octal string such as \"0660\", not ") +
+                                 TypeName(*value));
+  }
+  const auto text = value->get<std::string>();
+  if (text.empty() || text.size() > 4 || text.find_first_not_of("01234567") != std::string::npos) {
+    return ConfigError(path, "must be an octal string such as \"0660\", got \"" + text + "\"");
+  }
+  const auto parsed = static_cast<mode_t>(std::stoul(text, nullptr, 8));
+  if ((parsed & 0007) != 0) {
+    return ConfigError(path, "must not grant any permission to others (the last digit must be "
+                             "0), got \"" + text + "\"");
+  }
+  if ((parsed & 0600) != 0600) {
+    return ConfigError(path, "must give the owner read and write (0600 at least), got \"" +
+                                 text + "\"");
+  }
+  mode = parsed;
+  return Status::Ok();
+}
+
+Status ParsePin(ObjectReader& reader, PinSource& pin) {
+  VECSEAL_RETURN_IF_ERROR(reader.TakePath("file", pin.file));
+  VECSEAL_RETURN_IF_ERROR(reader.TakeString("credential", pin.credential));
+  if (pin.credential.find('/') != std::string::npos) {
+    return ConfigError(reader.PathOf("credential"),
+                       "must be a credential name, not a path (no '/')");
+  }
+  if (!pin.file.empty() && !pin.credential.empty()) {
+    return ConfigError(reader.PathOf("file"),
+                       "set either \"file\" or \"credential\", not both");
+  }
+  return Status::Ok();
+}
+
+Status ParseSocket(ObjectReader& r, SocketConfig& socket) {
+  VECSEAL_RETURN_IF_ERROR(r.TakePath("path", socket.path));
+  VECSEAL_RETURN_IF_ERROR(ParseMode(r, socket.mode));
+  return r.TakeString("group", socket.group);
+}
+
+Status ParsePkcs11(ObjectReader& r, Pkcs11Config& pkcs11, bool require_pin) {
+  VECSEAL_RETURN_IF_ERROR(r.TakePath("module", pkcs11.module));
+  VECSEAL_RETURN_IF_ERROR(r.TakeString("token_label", pkcs11.token_label));
+  if (pkcs11.token_label.size() > 32) {
+    return ConfigError(r.PathOf("token_label"), "must be at most 32 bytes (PKCS#11 limit)");
+  }
+  const auto parse_pin = [&](ObjectReader& p) { return ParsePin(p, pkcs11.pin); };
+  VECSEAL_RETURN_IF_ERROR(TakeObject(r, "pin", parse_pin));
+  if (require_pin && pkcs11.pin.file.empty() && pkcs11.pin.credential.empty()) {
+    return ConfigError(r.PathOf("pin"), "is required: {\"file\": \"/etc/vecseal/pin\"} or "
+                                        "{\"credential\": \"vecseal-pin\"}");
+  }
+  return r.TakeNumber("sessions", 1, 256, pkcs11.sessions);
+}
+
+Status ParseLimits(ObjectReader& r, Limits& limits) {
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_body_bytes", 64, 1ull << 32, limits.max_body_bytes));
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_vectors", 1, 10'000'000, limits.max_vectors));
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_connections", 1, 65536, limits.max_connections));
+  VECSEAL_RETURN_IF_ERROR(
+      r.TakeNumber("max_header_bytes", 1024, 1 << 20, limits.max_header_bytes));
+  VECSEAL_RETURN_IF_ERROR(r.TakeMillis("header_timeout_ms", limits.header_timeout));
+  VECSEAL_RETURN_IF_ERROR(r.TakeMillis("body_timeout_ms", limits.body_timeout));
+  VECSEAL_RETURN_IF_ERROR(r.TakeMillis("idle_timeout_ms", limits.idle_timeout));
+  return r.TakeMillis("write_timeout_ms", limits.write_timeout);
+}
+
+Status ParseThreads(ObjectReader& r, ThreadsConfig& threads) {
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("io", 1, 64, threads.io));
+  return r.TakeNumber("workers", 1, 256, threads.workers);
+}
+
+Status ParseAudit(ObjectReader& r, AuditConfig& audit) {
+  VECSEAL_RETURN_IF_ERROR(r.TakePath("directory", audit.directory));
+  VECSEAL_RETURN_IF_ERROR(r.TakePath("single_file", audit.single_file));
+  VECSEAL_RETURN_IF_ERROR(r.TakeString("key_label", audit.key_label));
+  const json* sync = r.Find("sync");
+  if (sync != nullptr) {
+    if (!sync->is_string() || (*sync != "every_record" && *sync != "interval")) {
+      return ConfigError(r.PathOf("sync"), "must be \"every_record\" or \"interval\"");
+    }
+    audit.sync_every_record = *sync == "every_record";
+  }
+  VECSEAL_RETURN_IF_ERROR(r.TakeMillis("sync_interval_ms", audit.sync_interval));
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("seal_every_records", 1, 1'000'000'000,
+                                       audit.seal_every_records));
+  uint64_t seal_seconds = static_cast<uint64_t>(audit.seal_every.count());
+  VECSEAL_RETURN_IF_ERROR(r.TakeUnsigned("seal_every_seconds", 1, 86400, seal_seconds));
+  audit.seal_every = std::chrono::seconds(seal_seconds);
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("rotate_bytes", 1 << 20, 1ull << 40, audit.rotate_bytes));
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("warn_free_bytes", 0, 1ull << 50, audit.warn_free_bytes));
+  VECSEAL_RETURN_IF_ERROR(
+      r.TakeNumber("refuse_free_bytes", 0, 1ull << 50, audit.refuse_free_bytes));
+  return r.TakeBool("try_append_only", audit.try_append_only);
+}
+
+Status ParseRoot(ObjectReader& root, Config& config, ConfigKind kind) {
+  const bool production = kind == ConfigKind::kDaemon;
+  const auto parse_socket = [&](ObjectReader& r) { return ParseSocket(r, config.socket); };
+  const auto parse_pkcs11 = [&](ObjectReader& r) {
+    return ParsePkcs11(r, config.pkcs11, production);
+  };
+  const auto parse_derivation = [&](ObjectReader& r) {
+    return r.TakeNumber("group_size", 1, 4096, config.group_size);
+  };
+  const auto parse_limits = [&](ObjectReader& r) { return ParseLimits(r, config.limits); };
+  const auto parse_threads = [&](ObjectReader& r) { return ParseThreads(r, config.threads); };
+  const auto parse_policy = [&](ObjectReader& r) { return r.TakePath("file", config.policy_file); };
+  const auto parse_audit = [&](ObjectReader& r) { return ParseAudit(r, config.audit); };
+  VECSEAL_RETURN_IF_ERROR(TakeObject(root, "socket", parse_socket));
+  VECSEAL_RETURN_IF_ERROR(TakeObject(root, "pkcs11", parse_pkcs11));
+  if (production && root.Find("pkcs11") == nullptr) {
+    return ConfigError("$.pkcs11", "is required (at least \"pin\")");
+  }
+  VECSEAL_RETURN_IF_ERROR(TakeObject(root, "derivation", parse_derivation));
+  VECSEAL_RETURN_IF_ERROR(TakeObject(root, "limits", parse_limits));
+  VECSEAL_RETURN_IF_ERROR(TakeObject(root, "threads", parse_threads));
+  VECSEAL_RETURN_IF_ERROR(TakeObject(root, "policy", parse_policy));
+  VECSEAL_RETURN_IF_ERROR(TakeObject(root, "audit", parse_audit));
+  return root.Finish();
+}
+
+}  // namespace
+
+Result<Config> ParseConfig(std::string_view json_text, ConfigKind kind) {
+  json document;
+  try {
+    document = json::parse(json_text.begin(), json_text.end());
+  } catch (const json::parse_error& error) {
+    // nlohmann's message names the line, column and the offending token.
+    return ConfigError("$", std::string("not valid JSON (") + error.what() + ")");
+  }
+  Config config;
+  ObjectReader root(document, "$");
+  VECSEAL_RETURN_IF_ERROR(root.CheckIsObject());
+  VECSEAL_RETURN_IF_ERROR(ParseRoot(root, config, kind));
+  return config;
+}
+
+Result<Config> LoadConfigFile(const std::string& path, ConfigKind kind) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return Status(Code::kNotFound, "config_unreadable",
+                  "cannot open config file " + path + ": " + std::strerror(errno));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) {
+    return Status(Code::kUnavailable, "config_unreadable", "cannot read config file " + path);
+  }
+  auto config = ParseConfig(text.str(), kind);
+  if (!config.ok()) {
+    const Status& error = config.status();
+    return Status(error.code(), error.reason(), path + ": " + error.message());
+  }
+  return config;
+}
+
+std::optional<std::string> RestartOnlyChange(const Config& current, const Config& next) {
+  if (current.socket.path != next.socket.path) return "socket.path";
+  if (current.socket.mode != next.socket.mode) return "socket.mode";
+  if (current.socket.group != next.socket.group) return "socket.group";
+  if (current.pkcs11.module != next.pkcs11.module) return "pkcs11.module";
+  if (current.pkcs11.token_label != next.pkcs11.token_label) return "pkcs11.token_label";
+  if (current.pkcs11.pin.file != next.pkcs11.pin.file ||
+      current.pkcs11.pin.credential != next.pkcs11.pin.credential) {
+    return "pkcs11.pin";
+  }
+  if (current.pkcs11.sessions != next.pkcs11.sessions) return "pkcs11.sessions";
+  if (current.threads.io != next.threads.io) return "threads.io";
+  if (current.threads.workers != next.threads.workers) return "threads.workers";
+  if (current.audit.directory != next.audit.directory) return "audit.directory";
+  if (current.audit.key_label != next.audit.key_label) return "audit.key_label";
+  if (current.audit.single_file != next.audit.single_file) return "audit.single_file";
+  if (current.audit.sync_every_record != next.audit.sync_every_record ||
+      current.audit.sync_interval != next.audit.sync_interval ||
+      current.audit.seal_every_records != next.audit.seal_every_records ||
+      current.audit.seal_every != next.audit.seal_every ||
+      current.audit.rotate_bytes != next.audit.rotate_bytes ||
+      current.audit.warn_free_bytes != next.audit.warn_free_bytes ||
+      current.audit.refuse_free_bytes != next.audit.refuse_free_bytes ||
+      current.audit.try_append_only != next.audit.try_append_only) {
+    return "audit";
+  }
+  return std::nullopt;
+}
+
+}  // namespace vecseal::daemon

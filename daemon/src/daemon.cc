@@ -1,0 +1,548 @@
+#include "vecseal/daemon/daemon.h"
+
+#include <grp.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <utility>
+
+#include "log.h"
+#include "vecseal/audit/log.h"
+#include "vecseal/daemon/http_server.h"
+#include "vecseal/daemon/metrics.h"
+#include "vecseal/daemon/service.h"
+#include "vecseal/pkcs11/hsm.h"
+#include "vecseal/policy/identity.h"
+#include "vecseal/policy/policy.h"
+
+namespace vecseal::daemon {
+namespace {
+
+Status UsageError(std::string message) {
+  return Status(Code::kInvalidArgument, "usage", std::move(message));
+}
+
+Status SocketError(std::string message) {
+  return Status(Code::kUnavailable, "socket_unavailable", std::move(message));
+}
+
+// No core dumps and no ptrace by other users: derived secrets live in this process's memory.
+void HardenProcess() {
+  const rlimit no_core{0, 0};
+  if (setrlimit(RLIMIT_CORE, &no_core) != 0) {
+    LogLine("warning", "harden", "what=rlimit_core error=" + LogValue(std::strerror(errno)));
+  }
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+    LogLine("warning", "harden", "what=dumpable error=" + LogValue(std::strerror(errno)));
+  }
+}
+
+// The signals the main thread waits for; blocked before any thread starts so that every thread
+// inherits the mask and only sigtimedwait sees them.
+sigset_t ControlSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  return set;
+}
+
+class HsmAuditSigner final : public audit::Signer {
+ public:
+  explicit HsmAuditSigner(pkcs11::AuditKey key) : key_(std::move(key)) {}
+  Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) override {
+    return key_.SignDigest(digest);
+  }
+  Result<std::string> PublicKeyPem() override { return key_.PublicKeyPem(); }
+
+ private:
+  pkcs11::AuditKey key_;
+};
+
+struct Listener {
+  int fd = -1;
+  std::string created_path;  // unlinked at exit; empty for a socket passed by systemd
+};
+
+Status CheckSocketDirectory(const std::string& socket_path) {
+  const std::string dir = std::filesystem::path(socket_path).parent_path().string();
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0) {
+    return SocketError("the socket directory " + dir + " does not exist (systemd creates it with "
+                       "RuntimeDirectory=vecseal)");
+  }
+  // Anyone who can write the directory can replace the socket with their own.
+  if ((st.st_mode & S_IWOTH) != 0 && (st.st_mode & S_ISVTX) == 0) {
+    return SocketError("the socket directory " + dir + " is writable by others (chmod o-w " +
+                       dir + ")");
+  }
+  return Status::Ok();
+}
+
+Result<Listener> OpenListener(const SocketConfig& config) {
+  const int passed = sd_listen_fds(1);
+  if (passed < 0) return SocketError(std::string("sd_listen_fds: ") + std::strerror(-passed));
+  if (passed > 1) {
+    return SocketError("systemd passed " + std::to_string(passed) +
+                       " sockets; vecseald.socket must declare exactly one ListenStream=");
+  }
+  if (passed == 1) {
+    if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, nullptr, 0) <= 0) {
+      return SocketError("the socket systemd passed is not a listening Unix stream socket");
+    }
+    LogLine("info", "socket", "source=systemd");
+    return Listener{.fd = SD_LISTEN_FDS_START, .created_path = {}};
+  }
+
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (config.path.size() >= sizeof(address.sun_path)) {
+    return SocketError("socket path " + config.path + " is longer than " +
+                       std::to_string(sizeof(address.sun_path) - 1) + " bytes");
+  }
+  std::memcpy(address.sun_path, config.path.c_str(), config.path.size() + 1);
+  VECSEAL_RETURN_IF_ERROR(CheckSocketDirectory(config.path));
+
+  gid_t gid = static_cast<gid_t>(-1);
+  if (!config.group.empty()) {
+    std::vector<char> buffer(16384);
+    group entry{};
+    group* found = nullptr;
+    if (getgrnam_r(config.group.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 ||
+        found == nullptr) {
+      return SocketError("socket.group '" + config.group + "' is not a known group");
+    }
+    gid = found->gr_gid;
+  }
+
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return SocketError(std::string("socket: ") + std::strerror(errno));
+  const auto* raw_address = reinterpret_cast<const sockaddr*>(&address);
+  struct stat st {};
+  if (lstat(config.path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) {
+      close(fd);
+      return SocketError(config.path + " exists and is not a socket; remove it");
+    }
+    // A stale socket from a crashed daemon is replaced; a live one means a second daemon.
+    if (connect(fd, raw_address, sizeof(address)) == 0) {
+      close(fd);
+      return SocketError("another daemon is already listening on " + config.path);
+    }
+    unlink(config.path.c_str());
+  }
+  // Bind under a tight umask so that the socket is never reachable with looser permissions.
+  const mode_t old_umask = umask(0177);
+  const int bound = bind(fd, raw_address, sizeof(address));
+  umask(old_umask);
+  if (bound != 0) {
+    const Status error = SocketError("bind " + config.path + ": " + std::strerror(errno));
+    close(fd);
+    return error;
+  }
+  if ((gid != static_cast<gid_t>(-1) && chown(config.path.c_str(), static_cast<uid_t>(-1), gid) != 0) ||
+      chmod(config.path.c_str(), config.mode) != 0 || listen(fd, SOMAXCONN) != 0) {
+    const Status error = SocketError("setting up " + config.path + ": " + std::strerror(errno));
+    close(fd);
+    unlink(config.path.c_str());
+    return error;
+  }
+  LogLine("info", "socket", "source=self path=" + LogValue(config.path));
+  return Listener{.fd = fd, .created_path = config.path};
+}
+
+audit::LogOptions AuditOptions(const AuditConfig& config) {
+  audit::LogOptions options;
+  options.dir = config.directory;
+  options.single_file = config.single_file;
+  options.sync = config.sync_every_record ? audit::LogOptions::Sync::kEveryRecord
+                                          : audit::LogOptions::Sync::kInterval;
+  options.sync_interval = config.sync_interval;
+  options.seal_every_records = config.seal_every_records;
+  options.seal_every = config.seal_every;
+  options.rotate_bytes = config.rotate_bytes;
+  options.warn_free_bytes = config.warn_free_bytes;
+  options.refuse_free_bytes = config.refuse_free_bytes;
+  options.try_append_only = config.try_append_only;
+  options.notice = [](std::string_view level, std::string_view message) {
+    LogLine(level, "audit_notice", "message=" + LogValue(message));
+  };
+  return options;
+}
+
+ServiceSettings SettingsOf(const Config& config) {
+  return ServiceSettings{.group_size = config.group_size,
+                         .max_vectors = config.limits.max_vectors};
+}
+
+// Loads a config file the way the daemon trusts it: StrictModes first, then the parser.
+Result<Config> LoadTrustedConfig(const std::string& path, ConfigKind kind) {
+  VECSEAL_RETURN_IF_ERROR(policy::CheckTrustedFile(path));
+  return LoadConfigFile(path, kind);
+}
+
+// The model key `demo` and the exported audit public key of dev mode.
+Status SeedDevKeys(pkcs11::Hsm& hsm, const pkcs11::AuditKey& audit_key, const std::string& dir) {
+  auto demo = hsm.FindKey("demo");
+  if (!demo.ok() && demo.status().reason() == "key_not_found") {
+    pkcs11::KeyParams params;
+    params.approximation_factor = 2.5;
+    params.transform = core::TransformKind::kRotate;
+    auto created = hsm.CreateKey("demo", params);
+    if (!created.ok()) return std::move(created).TakeStatus();
+  } else if (!demo.ok()) {
+    return std::move(demo).TakeStatus();
+  }
+  const std::string pem_path = dir + "/audit-key.pem";
+  std::ofstream pem(pem_path, std::ios::trunc);
+  pem << audit_key.PublicKeyPem();
+  pem.close();
+  if (!pem) return Status(Code::kUnavailable, "dev_setup_failed", "cannot write " + pem_path);
+  return Status::Ok();
+}
+
+// Everything the running daemon holds; torn down in reverse order.
+class Daemon {
+ public:
+  explicit Daemon(const CommandLine& command_line) : command_line_(command_line) {}
+
+  int Run() {
+    const Status started = Start();
+    if (!started.ok()) {
+      LogLine("error", "start_failed",
+              "reason=" + started.reason() + " message=" + LogValue(started.message()));
+      std::cerr << "vecseald: " << started.message() << "\n";
+      Cleanup();
+      return 1;
+    }
+    WaitForSignals();
+    Stop();
+    return 0;
+  }
+
+ private:
+  Status LoadConfig() {
+    if (!command_line_.dev) {
+      config_path_ = command_line_.config_path.empty() ? std::string(kDefaultConfigPath)
+                                                       : command_line_.config_path;
+      auto config = LoadTrustedConfig(config_path_, ConfigKind::kDaemon);
+      if (!config.ok()) return std::move(config).TakeStatus();
+      config_ = std::move(config).value();
+      return Status::Ok();
+    }
+    std::cerr << "\n"
+                 "  ==============================================================\n"
+                 "  vecseald DEV MODE: NOT FOR PRODUCTION.\n"
+                 "  The token, its PIN and a grant-everything policy sit in one\n"
+                 "  directory readable by you. Use it to try vecseal, never with\n"
+                 "  real data or a real model key.\n"
+                 "  ==============================================================\n\n";
+    Config overlay;
+    config_path_ = command_line_.config_path;
+    if (!config_path_.empty()) {
+      auto loaded = LoadTrustedConfig(config_path_, ConfigKind::kDevOverlay);
+      if (!loaded.ok()) return std::move(loaded).TakeStatus();
+      overlay = std::move(loaded).value();
+    }
+    auto state = PrepareDevState(command_line_.state_dir, std::move(overlay));
+    if (!state.ok()) return std::move(state).TakeStatus();
+    dev_dir_ = state->dir;
+    config_ = std::move(state->config);
+    LogLine("warning", "dev_mode", "state_dir=" + LogValue(dev_dir_));
+    return Status::Ok();
+  }
+
+  Status Start() {
+    HardenProcess();
+    VECSEAL_RETURN_IF_ERROR(LoadConfig());
+
+    pkcs11::HsmConfig hsm_config;
+    hsm_config.module_path = config_.pkcs11.module;
+    hsm_config.token_label = config_.pkcs11.token_label;
+    hsm_config.pin.file = config_.pkcs11.pin.file;
+    hsm_config.pin.credential = config_.pkcs11.pin.credential;
+    hsm_config.sessions = config_.pkcs11.sessions;
+    auto hsm = pkcs11::Hsm::Open(hsm_config);
+    if (!hsm.ok()) return std::move(hsm).TakeStatus();
+    hsm_ = std::move(hsm).value();
+    auto audit_key = hsm_->EnsureAuditKey(config_.audit.key_label);
+    if (!audit_key.ok()) return std::move(audit_key).TakeStatus();
+    if (!dev_dir_.empty()) VECSEAL_RETURN_IF_ERROR(SeedDevKeys(*hsm_, *audit_key, dev_dir_));
+
+    auto log = audit::Log::Open(AuditOptions(config_.audit),
+                                std::make_shared<HsmAuditSigner>(*audit_key));
+    if (!log.ok()) return std::move(log).TakeStatus();
+    audit_log_ = std::move(log).value();
+
+    auto policy = policy::Policy::LoadFile(config_.policy_file);
+    if (!policy.ok()) return std::move(policy).TakeStatus();
+
+    auto listener = OpenListener(config_.socket);
+    if (!listener.ok()) return std::move(listener).TakeStatus();
+    listener_ = *listener;
+
+    service_ = std::make_unique<Service>(*hsm_, *audit_log_, resolver_, metrics_,
+                                         std::move(policy).value(), SettingsOf(config_));
+    server_ = std::make_unique<HttpServer>(
+        *service_,
+        ServerOptions{.io_threads = config_.threads.io, .worker_threads = config_.threads.workers},
+        config_.limits);
+    VECSEAL_RETURN_IF_ERROR(server_->Adopt(listener_.fd));
+    metrics_.SetConnectionsSource([server = server_.get()] {
+      return server->active_connections();
+    });
+    server_->Start();
+
+    AuditEvent("start", Status::Ok(), nlohmann::json{{"version", kVersion}});
+    sd_notify(0, "READY=1\nSTATUS=serving");
+    LogLine("info", "ready", "socket=" + LogValue(config_.socket.path) +
+                                 " version=" + std::string(kVersion));
+    if (!dev_dir_.empty()) {
+      std::cout << "vecseald ready: socket " << config_.socket.path << std::endl;
+    }
+    return Status::Ok();
+  }
+
+  void WaitForSignals() {
+    const sigset_t signals = ControlSignals();
+    uint64_t watchdog_usec = 0;
+    const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
+    // Pet the watchdog at half its period; otherwise wake up only for signals.
+    const uint64_t wait_usec = watchdog ? watchdog_usec / 2 : 3600ull * 1000000;
+    for (;;) {
+      const timespec timeout{.tv_sec = static_cast<time_t>(wait_usec / 1000000),
+                             .tv_nsec = static_cast<long>((wait_usec % 1000000) * 1000)};
+      const int signal_number = sigtimedwait(&signals, nullptr, &timeout);
+      if (watchdog) sd_notify(0, "WATCHDOG=1");
+      if (signal_number == SIGHUP) {
+        Reload();
+      } else if (signal_number == SIGTERM || signal_number == SIGINT) {
+        LogLine("info", "stopping", std::string("signal=") + strsignal(signal_number));
+        return;
+      }
+    }
+  }
+
+  // All or nothing: a new config and policy replace the old ones only when both load.
+  void Reload() {
+    sd_notify(0, "RELOADING=1");
+    Config next = config_;
+    Status status = Status::Ok();
+    if (!config_path_.empty()) {
+      auto loaded = LoadTrustedConfig(
+          config_path_, command_line_.dev ? ConfigKind::kDevOverlay : ConfigKind::kDaemon);
+      if (!loaded.ok()) {
+        status = std::move(loaded).TakeStatus();
+      } else {
+        next = std::move(loaded).value();
+        if (command_line_.dev) {
+          // Dev mode owns the paths; the overlay only tunes.
+          next.socket = config_.socket;
+          next.pkcs11.token_label = config_.pkcs11.token_label;
+          next.pkcs11.pin = config_.pkcs11.pin;
+          next.policy_file = config_.policy_file;
+          next.audit.directory = config_.audit.directory;
+        }
+        if (auto field = RestartOnlyChange(config_, next)) {
+          status = Status(Code::kFailedPrecondition, "restart_required",
+                          config_path_ + ": " + *field +
+                              " changed, which takes effect only on a restart; nothing reloaded");
+        }
+      }
+    }
+    policy::PolicyPtr policy;
+    if (status.ok()) {
+      auto loaded = policy::Policy::LoadFile(next.policy_file);
+      if (loaded.ok()) {
+        policy = std::move(loaded).value();
+      } else {
+        status = std::move(loaded).TakeStatus();
+      }
+    }
+    if (status.ok()) {
+      service_->Reload(policy, SettingsOf(next));
+      service_->ForgetKeys();
+      server_->SetLimits(next.limits);
+      config_ = std::move(next);
+      LogLine("info", "reloaded", "policy_rules=" + std::to_string(policy->rule_count()));
+    } else {
+      LogLine("error", "reload_failed", "reason=" + status.reason() + " message=" +
+                                            LogValue(status.message()) + " kept=previous");
+    }
+    AuditEvent("reload", status,
+               status.ok() ? nlohmann::json(nullptr)
+                           : nlohmann::json{{"message", status.message()}});
+    sd_notify(0, "READY=1\nSTATUS=serving");
+  }
+
+  void Stop() {
+    sd_notify(0, "STOPPING=1");
+    if (server_) server_->Drain();
+    AuditEvent("stop", Status::Ok(), nullptr);
+    Cleanup();
+    LogLine("info", "stopped");
+  }
+
+  void Cleanup() {
+    server_.reset();
+    service_.reset();
+    if (audit_log_) {
+      const Status closed = audit_log_->Close();
+      if (!closed.ok()) LogLine("error", "audit_close_failed", "reason=" + closed.reason());
+      if (auto seal = audit_log_->last_seal()) {
+        // An anchor outside the log: a verifier compares it with the log's last seal.
+        LogLine("info", "audit_seal", "file=" + LogValue(seal->file) +
+                                          " seq=" + std::to_string(seal->seq) +
+                                          " head=" + seal->head);
+      }
+      audit_log_.reset();
+    }
+    if (!listener_.created_path.empty()) unlink(listener_.created_path.c_str());
+    if (listener_.fd >= 0 && listener_.created_path.empty()) close(listener_.fd);
+    listener_ = {};
+    hsm_.reset();
+  }
+
+  void AuditEvent(const char* name, const Status& status, nlohmann::json extra) {
+    if (!audit_log_) return;
+    audit::Event event;
+    event.event = name;
+    event.operation = name;
+    if (!status.ok()) event.error_code = status.reason();
+    event.extra = std::move(extra);
+    const Status recorded = audit_log_->Append(event);
+    if (!recorded.ok()) {
+      metrics_.CountAuditError();
+      LogLine("error", "audit_failed", std::string("event=") + name + " reason=" +
+                                           recorded.reason());
+    }
+  }
+
+  const CommandLine& command_line_;
+  std::string config_path_;
+  std::string dev_dir_;
+  Config config_;
+  std::unique_ptr<pkcs11::Hsm> hsm_;
+  std::unique_ptr<audit::Log> audit_log_;
+  policy::IdentityResolver resolver_;
+  Metrics metrics_;
+  Listener listener_;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<HttpServer> server_;
+};
+
+}  // namespace
+
+std::string UsageText() {
+  return "usage: vecseald [--config FILE]\n"
+         "       vecseald --dev [--state-dir DIR] [--config FILE]\n"
+         "       vecseald --check-config FILE\n"
+         "       vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH] "
+         "[--unit UNIT] [--script PATH] [--op OPERATION --key NAME]\n"
+         "       vecseald --version\n";
+}
+
+Result<CommandLine> ParseCommandLine(std::span<const std::string> args) {
+  CommandLine result;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    const auto value = [&](const char* flag) -> Result<std::string> {
+      if (i + 1 >= args.size()) return UsageError(std::string(flag) + " needs a value");
+      return args[++i];
+    };
+    if (arg == "--help" || arg == "-h") {
+      result.mode = CommandLine::Mode::kHelp;
+    } else if (arg == "--version") {
+      result.mode = CommandLine::Mode::kVersion;
+    } else if (arg == "--dev") {
+      result.dev = true;
+    } else if (arg == "--config" || arg == "--check-config" || arg == "--state-dir") {
+      auto text = value(arg.c_str());
+      if (!text.ok()) return std::move(text).TakeStatus();
+      if (arg == "--state-dir") {
+        result.state_dir = *text;
+      } else {
+        result.config_path = *text;
+        if (arg == "--check-config") result.mode = CommandLine::Mode::kCheckConfig;
+      }
+    } else if (arg == "--check-policy") {
+      result.mode = CommandLine::Mode::kCheckPolicy;
+      result.check_policy_args.assign(args.begin() + static_cast<ptrdiff_t>(i) + 1, args.end());
+      break;
+    } else {
+      return UsageError("unknown argument '" + arg + "'");
+    }
+  }
+  if (!result.state_dir.empty() && !result.dev) {
+    return UsageError("--state-dir is only meaningful with --dev");
+  }
+  if (result.dev && result.mode != CommandLine::Mode::kServe &&
+      result.mode != CommandLine::Mode::kHelp) {
+    return UsageError("--dev cannot be combined with --check-config or --check-policy");
+  }
+  return result;
+}
+
+int CheckConfig(const std::string& path, std::ostream& out, std::ostream& err) {
+  auto config = LoadTrustedConfig(path, ConfigKind::kDaemon);
+  if (!config.ok()) {
+    err << config.status().message() << "\n";
+    return 1;
+  }
+  auto policy = policy::Policy::LoadFile(config->policy_file);
+  if (!policy.ok()) {
+    err << path << ": policy.file: " << policy.status().message() << "\n";
+    return 1;
+  }
+  out << path << ": ok (policy " << config->policy_file << ": " << (*policy)->rule_count()
+      << " rules)\n";
+  return 0;
+}
+
+int Serve(const CommandLine& command_line) {
+  const sigset_t signals = ControlSignals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A client that hangs up mid-response must not kill the daemon.
+  signal(SIGPIPE, SIG_IGN);
+  Daemon daemon(command_line);
+  return daemon.Run();
+}
+
+int Main(std::span<const std::string> args) {
+  auto command_line = ParseCommandLine(args);
+  if (!command_line.ok()) {
+    std::cerr << "vecseald: " << command_line.status().message() << "\n" << UsageText();
+    return 2;
+  }
+  switch (command_line->mode) {
+    case CommandLine::Mode::kHelp:
+      std::cout << UsageText();
+      return 0;
+    case CommandLine::Mode::kVersion:
+      std::cout << "vecseald " << kVersion << "\n";
+      return 0;
+    case CommandLine::Mode::kCheckConfig:
+      return CheckConfig(command_line->config_path, std::cout, std::cerr);
+    case CommandLine::Mode::kCheckPolicy:
+      return policy::RunCheckPolicy(command_line->check_policy_args, std::cout, std::cerr);
+    case CommandLine::Mode::kServe:
+      break;
+  }
+  return Serve(*command_line);
+}
+
+}  // namespace vecseal::daemon

@@ -1,0 +1,400 @@
+// GCC 12 reports a -Wnull-dereference false positive inside Boost.Asio 1.74's scheduler once it
+// is inlined here; the pragma must precede the includes to cover the inlined code.
+#pragma GCC diagnostic ignored "-Wnull-dereference"
+
+#include "vecseal/daemon/http_server.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <exception>
+#include <optional>
+#include <utility>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include "log.h"
+
+namespace vecseal::daemon {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using Socket = asio::local::stream_protocol::socket;
+using ErrorCode = boost::system::error_code;
+
+// After a final response we stop sending and discard what the client still sends for at most
+// this long, so that it reads our error instead of a connection reset.
+constexpr std::chrono::milliseconds kLingerLimit{2000};
+
+Status TransportError(Code code, const char* reason, std::string message) {
+  return Status(code, reason, std::move(message));
+}
+
+}  // namespace
+
+class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(HttpServer& server, Socket socket, bool over_limit)
+      : server_(server),
+        socket_(std::move(socket)),
+        timer_(socket_.get_executor()),
+        over_limit_(over_limit) {}
+
+  ~Connection() {
+    if (!over_limit_) server_.Unregister(this);
+  }
+
+  void Start() {
+    limits_ = server_.limits();
+    if (over_limit_) {
+      // Refused before anything is read: no identity, no handler, just the error.
+      Write(std::make_shared<HttpResponse>(ErrorResponse(TransportError(
+                Code::kResourceExhausted, "too_many_connections",
+                "the daemon already serves its maximum of " +
+                    std::to_string(limits_->max_connections) + " connections; retry later"))),
+            /*keep_alive=*/false);
+      return;
+    }
+    try {
+      context_ = server_.handler_.Accept(socket_.native_handle());
+    } catch (const std::exception& error) {
+      LogLine("error", "identify_failed", "error=" + LogValue(error.what()));
+    }
+    if (context_ == nullptr) return Close();
+    ReadNext();
+  }
+
+  Socket::executor_type socket_executor() { return socket_.get_executor(); }
+
+  // Called on this connection's strand when the server drains.
+  void CloseIfIdle() {
+    if (phase_ == Phase::kIdle) Close();
+  }
+
+ private:
+  enum class Phase { kIdle, kHeader, kBody, kHandling, kWriting, kLingering, kClosed };
+
+  void ReadNext() {
+    if (server_.draining_.load()) return Close();
+    limits_ = server_.limits();
+    parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(limits_->max_header_bytes));
+    parser_->body_limit(limits_->max_body_bytes);
+    if (buffer_.size() > 0) return ReadHeader();
+    phase_ = Phase::kIdle;
+    Arm(limits_->idle_timeout);
+    socket_.async_wait(Socket::wait_read,
+                       [self = shared_from_this()](ErrorCode ec) { self->OnReadable(ec); });
+  }
+
+  void OnReadable(ErrorCode ec) {
+    if (ec || phase_ == Phase::kClosed) return Close();
+    ReadHeader();
+  }
+
+  void ReadHeader() {
+    phase_ = Phase::kHeader;
+    Arm(limits_->header_timeout);
+    http::async_read_header(socket_, buffer_, *parser_,
+                            [self = shared_from_this()](ErrorCode ec, size_t) {
+                              self->OnHeader(ec);
+                            });
+  }
+
+  void OnHeader(ErrorCode ec) {
+    if (phase_ == Phase::kClosed) return;
+    if (timed_out_) {
+      return Refuse(TransportError(Code::kResourceExhausted, "request_timeout",
+                                   "the request headers did not arrive within " +
+                                       std::to_string(limits_->header_timeout.count()) + " ms"));
+    }
+    if (ec == http::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+      return Close();
+    }
+    if (ec == http::error::header_limit) {
+      return Refuse(TransportError(Code::kInvalidArgument, "header_too_large",
+                                   "the request headers exceed " +
+                                       std::to_string(limits_->max_header_bytes) + " bytes"));
+    }
+    if (ec) {
+      return Refuse(TransportError(Code::kInvalidArgument, "invalid_request",
+                                   "malformed HTTP request: " + ec.message()));
+    }
+    const auto& request = parser_->get();
+    const bool has_body_method =
+        request.method() == http::verb::post || request.method() == http::verb::put;
+    if (has_body_method && !parser_->content_length() && !parser_->chunked()) {
+      return Refuse(TransportError(Code::kInvalidArgument, "length_required",
+                                   "a POST needs a Content-Length header (or chunked encoding)"));
+    }
+    if (parser_->content_length() && *parser_->content_length() > limits_->max_body_bytes) {
+      return Refuse(BodyTooLarge());
+    }
+    if (!parser_->is_done() &&
+        beast::iequals(request[http::field::expect], "100-continue")) {
+      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      phase_ = Phase::kBody;
+      Arm(limits_->write_timeout);
+      asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
+                        [self = shared_from_this()](ErrorCode write_ec, size_t) {
+                          if (write_ec || self->phase_ == Phase::kClosed) return self->Close();
+                          self->ReadBody();
+                        });
+      return;
+    }
+    ReadBody();
+  }
+
+  void ReadBody() {
+    phase_ = Phase::kBody;
+    Arm(limits_->body_timeout);
+    http::async_read(socket_, buffer_, *parser_,
+                     [self = shared_from_this()](ErrorCode ec, size_t) { self->OnBody(ec); });
+  }
+
+  void OnBody(ErrorCode ec) {
+    if (phase_ == Phase::kClosed) return;
+    if (timed_out_) {
+      return Refuse(TransportError(Code::kResourceExhausted, "request_timeout",
+                                   "the request body did not arrive within " +
+                                       std::to_string(limits_->body_timeout.count()) + " ms"));
+    }
+    if (ec == http::error::body_limit) return Refuse(BodyTooLarge());
+    if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
+        ec == asio::error::eof || ec == asio::error::connection_reset ||
+        ec == asio::error::operation_aborted) {
+      return Close();
+    }
+    if (ec) {
+      return Refuse(TransportError(Code::kInvalidArgument, "invalid_request",
+                                   "malformed HTTP request body: " + ec.message()));
+    }
+    Dispatch(/*refusal=*/std::nullopt);
+  }
+
+  Status BodyTooLarge() const {
+    return TransportError(Code::kResourceExhausted, "body_too_large",
+                          "the request body exceeds the limit of " +
+                              std::to_string(limits_->max_body_bytes) + " bytes");
+  }
+
+  void Refuse(Status status) { Dispatch(std::move(status)); }
+
+  // Hands the request (or its refusal) to a worker, then writes the answer on our strand.
+  void Dispatch(std::optional<Status> refusal) {
+    phase_ = Phase::kHandling;
+    timer_.cancel();
+    auto request = std::make_shared<HttpRequest>(parser_->release());
+    const bool keep_alive = !refusal && request->keep_alive();
+    asio::post(server_.workers_, [self = shared_from_this(), request, keep_alive,
+                                  refusal = std::move(refusal)]() {
+      auto response = std::make_shared<HttpResponse>();
+      try {
+        *response = refusal ? self->server_.handler_.Refuse(*self->context_, *request, *refusal)
+                            : self->server_.handler_.Handle(*self->context_, *request);
+      } catch (const std::exception& error) {
+        LogLine("error", "handler_exception", "error=" + LogValue(error.what()));
+        *response = ErrorResponse(
+            Status(Code::kInternal, "internal", "the daemon failed to handle the request"));
+      }
+      response->version(request->version() == 10 ? 10 : 11);
+      asio::post(self->socket_.get_executor(), [self, response, keep_alive]() {
+        self->Write(response, keep_alive);
+      });
+    });
+  }
+
+  void Write(std::shared_ptr<HttpResponse> response, bool keep_alive) {
+    if (phase_ == Phase::kClosed) return;
+    keep_alive = keep_alive && !server_.draining_.load();
+    response->keep_alive(keep_alive);
+    response->prepare_payload();
+    phase_ = Phase::kWriting;
+    Arm(limits_->write_timeout);
+    http::async_write(socket_, *response,
+                      [self = shared_from_this(), response, keep_alive](ErrorCode ec, size_t) {
+                        self->timer_.cancel();
+                        if (ec || self->phase_ == Phase::kClosed) return self->Close();
+                        if (!keep_alive) return self->Linger();
+                        self->ReadNext();
+                      });
+  }
+
+  void Linger() {
+    ErrorCode ignored;
+    socket_.shutdown(Socket::shutdown_send, ignored);
+    phase_ = Phase::kLingering;
+    Arm(std::min(limits_->write_timeout, kLingerLimit));
+    Discard();
+  }
+
+  void Discard() {
+    socket_.async_read_some(asio::buffer(discard_),
+                            [self = shared_from_this()](ErrorCode ec, size_t) {
+                              if (ec || self->phase_ == Phase::kClosed) return self->Close();
+                              self->Discard();
+                            });
+  }
+
+  // One deadline per phase; expiry cancels the pending read so that its handler can answer 408,
+  // or closes outright when there is nothing to answer.
+  void Arm(std::chrono::milliseconds timeout) {
+    timed_out_ = false;
+    const uint64_t generation = ++timer_generation_;
+    timer_.expires_after(timeout);
+    timer_.async_wait([self = shared_from_this(), generation](ErrorCode ec) {
+      if (ec || generation != self->timer_generation_ || self->phase_ == Phase::kClosed) return;
+      self->timed_out_ = true;
+      if (self->phase_ == Phase::kHeader || self->phase_ == Phase::kBody) {
+        ErrorCode ignored;
+        self->socket_.cancel(ignored);
+      } else {
+        self->Close();
+      }
+    });
+  }
+
+  void Close() {
+    if (phase_ == Phase::kClosed) return;
+    phase_ = Phase::kClosed;
+    ++timer_generation_;
+    timer_.cancel();
+    ErrorCode ignored;
+    socket_.shutdown(Socket::shutdown_both, ignored);
+    socket_.close(ignored);
+  }
+
+  HttpServer& server_;
+  Socket socket_;
+  asio::steady_timer timer_;
+  const bool over_limit_;
+  std::unique_ptr<ConnectionContext> context_;
+  std::shared_ptr<const Limits> limits_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  Phase phase_ = Phase::kIdle;
+  bool timed_out_ = false;
+  uint64_t timer_generation_ = 0;
+  std::array<char, 4096> discard_{};
+};
+
+HttpServer::HttpServer(RequestHandler& handler, ServerOptions options, const Limits& limits)
+    : handler_(handler),
+      options_(options),
+      io_(static_cast<int>(std::max(1u, options.io_threads))),
+      workers_(std::max(1u, options.worker_threads)),
+      acceptor_(io_),
+      limits_(std::make_shared<const Limits>(limits)) {}
+
+HttpServer::~HttpServer() { Drain(); }
+
+Status HttpServer::Adopt(int listen_fd) {
+  ErrorCode ec;
+  acceptor_.assign(asio::local::stream_protocol(), listen_fd, ec);
+  if (ec) {
+    return Status(Code::kUnavailable, "socket_unavailable",
+                  "cannot use the listening socket: " + ec.message());
+  }
+  return Status::Ok();
+}
+
+void HttpServer::Start() {
+  {
+    std::lock_guard lock(mutex_);
+    if (started_) return;
+    started_ = true;
+  }
+  asio::post(io_, [this] { Accept(); });
+  for (unsigned i = 0; i < std::max(1u, options_.io_threads); ++i) {
+    io_threads_.emplace_back([this] { io_.run(); });
+  }
+}
+
+void HttpServer::SetLimits(const Limits& limits) {
+  std::lock_guard lock(mutex_);
+  limits_ = std::make_shared<const Limits>(limits);
+}
+
+std::shared_ptr<const Limits> HttpServer::limits() const {
+  std::lock_guard lock(mutex_);
+  return limits_;
+}
+
+void HttpServer::Accept() {
+  acceptor_.async_accept(asio::make_strand(io_), [this](ErrorCode ec, Socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open() || draining_.load()) return;
+    if (ec) {
+      // EMFILE and friends: back off briefly instead of spinning on a failing accept.
+      LogLine("warning", "accept_failed", "error=" + LogValue(ec.message()));
+      auto timer = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(100));
+      timer->async_wait([this, timer](ErrorCode) { Accept(); });
+      return;
+    }
+    const bool over_limit = active_connections_.load() >= limits()->max_connections;
+    auto connection = std::make_shared<Connection>(*this, std::move(socket), over_limit);
+    if (!over_limit) Register(connection);
+    asio::post(connection->socket_executor(), [connection] { connection->Start(); });
+    Accept();
+  });
+}
+
+void HttpServer::Register(const std::shared_ptr<Connection>& connection) {
+  std::lock_guard lock(mutex_);
+  ++active_connections_;
+  connections_.push_back(connection);
+}
+
+void HttpServer::Unregister(Connection* /*connection*/) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(connections_, [](const auto& weak) { return weak.expired(); });
+  --active_connections_;
+  drained_.notify_all();
+}
+
+void HttpServer::Drain() {
+  {
+    std::lock_guard lock(mutex_);
+    if (!started_ || stopped_) return;
+    stopped_ = true;
+  }
+  draining_.store(true);
+  asio::post(io_, [this] {
+    ErrorCode ignored;
+    acceptor_.close(ignored);
+  });
+  std::vector<std::shared_ptr<Connection>> live;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& weak : connections_) {
+      if (auto connection = weak.lock()) live.push_back(std::move(connection));
+    }
+  }
+  for (auto& connection : live) {
+    asio::post(connection->socket_executor(), [connection] { connection->CloseIfIdle(); });
+  }
+  live.clear();
+  {
+    std::unique_lock lock(mutex_);
+    drained_.wait(lock, [this] { return active_connections_.load() == 0; });
+  }
+  io_.stop();
+  for (auto& thread : io_threads_) thread.join();
+  io_threads_.clear();
+  workers_.join();
+}
+
+}  // namespace vecseal::daemon

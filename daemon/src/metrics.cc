@@ -1,0 +1,70 @@
+#include "vecseal/daemon/metrics.h"
+
+#include <sstream>
+
+namespace vecseal::daemon {
+
+void Metrics::CountRequest(const std::string& key, const std::string& operation,
+                           const std::string& outcome, std::chrono::duration<double> duration) {
+  std::lock_guard lock(mutex_);
+  ++requests_[{key, operation, outcome}];
+  size_t bucket = 0;
+  while (bucket < kBuckets.size() && duration.count() > kBuckets[bucket]) ++bucket;
+  ++duration_buckets_[bucket];
+  duration_sum_ += duration.count();
+  ++duration_count_;
+}
+
+void Metrics::CountVectors(const std::string& key, const std::string& operation,
+                           uint64_t vectors) {
+  std::lock_guard lock(mutex_);
+  vectors_[{key, operation}] += vectors;
+}
+
+void Metrics::SetConnectionsSource(std::function<size_t()> source) {
+  std::lock_guard lock(mutex_);
+  connections_ = std::move(source);
+}
+
+std::string Metrics::RenderPrometheus() const {
+  std::ostringstream out;
+  std::lock_guard lock(mutex_);
+  out << "# HELP vecseal_requests_total Requests answered, by key, operation and outcome.\n"
+         "# TYPE vecseal_requests_total counter\n";
+  for (const auto& [labels, count] : requests_) {
+    const auto& [key, operation, outcome] = labels;
+    out << "vecseal_requests_total{key=\"" << key << "\",operation=\"" << operation
+        << "\",outcome=\"" << outcome << "\"} " << count << '\n';
+  }
+  out << "# HELP vecseal_vectors_total Vectors encrypted or decrypted.\n"
+         "# TYPE vecseal_vectors_total counter\n";
+  for (const auto& [labels, count] : vectors_) {
+    const auto& [key, operation] = labels;
+    out << "vecseal_vectors_total{key=\"" << key << "\",operation=\"" << operation << "\"} "
+        << count << '\n';
+  }
+  out << "# HELP vecseal_request_duration_seconds Time from a complete request to its response.\n"
+         "# TYPE vecseal_request_duration_seconds histogram\n";
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < kBuckets.size(); ++i) {
+    cumulative += duration_buckets_[i];
+    out << "vecseal_request_duration_seconds_bucket{le=\"" << kBuckets[i] << "\"} " << cumulative
+        << '\n';
+  }
+  cumulative += duration_buckets_.back();
+  out << "vecseal_request_duration_seconds_bucket{le=\"+Inf\"} " << cumulative << '\n'
+      << "vecseal_request_duration_seconds_sum " << duration_sum_ << '\n'
+      << "vecseal_request_duration_seconds_count " << duration_count_ << '\n';
+  out << "# HELP vecseal_hsm_errors_total HSM operations that failed.\n"
+         "# TYPE vecseal_hsm_errors_total counter\n"
+      << "vecseal_hsm_errors_total " << hsm_errors_.load() << '\n'
+      << "# HELP vecseal_audit_errors_total Audit records that could not be written.\n"
+         "# TYPE vecseal_audit_errors_total counter\n"
+      << "vecseal_audit_errors_total " << audit_errors_.load() << '\n'
+      << "# HELP vecseal_connections Open client connections.\n"
+         "# TYPE vecseal_connections gauge\n"
+      << "vecseal_connections " << (connections_ ? connections_() : 0) << '\n';
+  return out.str();
+}
+
+}  // namespace vecseal::daemon

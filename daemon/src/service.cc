@@ -1,0 +1,658 @@
+#include "vecseal/daemon/service.h"
+
+#include <algorithm>
+#include <cctype>
+#include <ctime>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/verb.hpp>
+
+#include "log.h"
+#include "vecseal/daemon/vector_codec.h"
+
+namespace vecseal::daemon {
+namespace {
+
+namespace http = boost::beast::http;
+using nlohmann::json;
+using policy::Operation;
+
+constexpr Operation kAllOperations[] = {Operation::kEncrypt,    Operation::kDecrypt,
+                                        Operation::kKeysList,   Operation::kKeysCreate,
+                                        Operation::kKeysRotate, Operation::kAuditRead};
+
+// The identity of one connection, taken from the kernel when it was accepted.
+class PeerConnection final : public ConnectionContext {
+ public:
+  explicit PeerConnection(Result<policy::PeerIdentity> peer) {
+    if (peer.ok()) {
+      peer_.emplace(std::move(peer).value());
+    } else {
+      error_ = std::move(peer).TakeStatus();
+    }
+  }
+
+  // Re-reads the identity (the peer may have exec'd since the last request).
+  Result<const policy::CallerIdentity*> Refresh(policy::IdentityResolver& resolver) {
+    if (!peer_) return error_;
+    Status status = peer_->Refresh(resolver);
+    if (!status.ok()) return status;
+    return &peer_->identity();
+  }
+
+ private:
+  std::optional<policy::PeerIdentity> peer_;
+  Status error_;
+};
+
+enum class ContentType { kJson, kBinary, kOther };
+
+ContentType ContentTypeOf(const HttpRequest& request) {
+  std::string value(request[http::field::content_type]);
+  value = value.substr(0, value.find(';'));
+  std::erase_if(value, [](unsigned char c) { return std::isspace(c) != 0; });
+  std::transform(value.begin(), value.end(), value.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (value == "application/json") return ContentType::kJson;
+  if (value == "application/octet-stream") return ContentType::kBinary;
+  return ContentType::kOther;
+}
+
+Status UnsupportedMediaType() {
+  return Status(Code::kInvalidArgument, "unsupported_media_type",
+                "Content-Type must be application/json or application/octet-stream");
+}
+
+Status InvalidRequest(std::string message) {
+  return Status(Code::kInvalidArgument, "invalid_request", std::move(message));
+}
+
+std::string Rfc3339(int64_t unix_seconds) {
+  const auto seconds = static_cast<time_t>(unix_seconds);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+audit::Caller AuditCaller(const policy::CallerIdentity& identity) {
+  audit::Caller caller;
+  caller.pid = identity.pid;
+  caller.uid = identity.uid;
+  caller.user = identity.user;
+  caller.gid = identity.gid;
+  caller.exe = identity.exe;
+  caller.exe_sha256 = identity.exe_sha256;
+  caller.unit = identity.unit;
+  caller.script = identity.script;
+  return caller;
+}
+
+HttpResponse JsonResponse(http::status status, const json& body, unsigned version) {
+  HttpResponse response(status, version);
+  response.set(http::field::content_type, "application/json");
+  response.body() = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  response.body() += '\n';
+  return response;
+}
+
+// A header's value, or nullopt when the request does not carry it.
+std::optional<std::string_view> HeaderValue(const HttpRequest& request, const char* name) {
+  const auto it = request.find(boost::beast::string_view(name));
+  if (it == request.end()) return std::nullopt;
+  return std::string_view(it->value().data(), it->value().size());
+}
+
+Result<bool> ParseBoolHeader(const HttpRequest& request, const char* name) {
+  const auto value = HeaderValue(request, name);
+  if (!value || *value == "false") return false;
+  if (*value == "true") return true;
+  return InvalidRequest(std::string(name) + " must be true or false");
+}
+
+Result<size_t> DimensionHeader(const HttpRequest& request) {
+  const auto value = HeaderValue(request, "Vecseal-Dimension");
+  return ParseDimensionHeader(value.value_or(""), value.has_value());
+}
+
+}  // namespace
+
+struct Service::Call {
+  Call(const HttpRequest& http_request, ConnectionContext& context)
+      : request(http_request), connection(static_cast<PeerConnection&>(context)) {}
+
+  const HttpRequest& request;
+  PeerConnection& connection;
+  policy::PolicyPtr policy;
+  ServiceSettings settings;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  const policy::CallerIdentity* identity = nullptr;
+  audit::Event event;
+  std::string metric_key;   // set only once the key is known to exist
+  std::string allow;        // the Allow header of a 405
+  bool health = false;
+  HttpResponse response;
+};
+
+Service::Service(pkcs11::Hsm& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
+                 daemon::Metrics& metrics, policy::PolicyPtr policy, ServiceSettings settings)
+    : hsm_(hsm),
+      audit_log_(audit_log),
+      resolver_(resolver),
+      metrics_(metrics),
+      policy_(std::move(policy)),
+      settings_(settings) {
+  // Request ids are unique across restarts without being guessable from the start time.
+  next_request_ = (uint64_t{std::random_device{}()} << 32) | 1;
+}
+
+void Service::Reload(policy::PolicyPtr policy, ServiceSettings settings) {
+  std::lock_guard lock(mutex_);
+  policy_ = std::move(policy);
+  settings_ = settings;
+}
+
+void Service::ForgetKeys() {
+  std::lock_guard lock(mutex_);
+  ciphers_.clear();
+  newest_.clear();
+}
+
+std::unique_ptr<ConnectionContext> Service::Accept(int fd) {
+  return std::make_unique<PeerConnection>(policy::PeerIdentity::FromSocket(fd, resolver_));
+}
+
+HttpResponse Service::Handle(ConnectionContext& connection, const HttpRequest& request) {
+  Call call(request, connection);
+  {
+    std::lock_guard lock(mutex_);
+    call.policy = policy_;
+    call.settings = settings_;
+    call.event.request_id = std::to_string(next_request_++);
+  }
+  const Status status = Route(call);
+  return Finish(call, status);
+}
+
+HttpResponse Service::Refuse(ConnectionContext& connection, const HttpRequest& request,
+                             const Status& status) {
+  Call call(request, connection);
+  {
+    std::lock_guard lock(mutex_);
+    call.event.request_id = std::to_string(next_request_++);
+  }
+  call.event.operation = "http";
+  auto identity = call.connection.Refresh(resolver_);
+  if (identity.ok()) call.event.caller = AuditCaller(**identity);
+  return Finish(call, status);
+}
+
+Status Service::Route(Call& call) {
+  std::string_view target(call.request.target().data(), call.request.target().size());
+  target = target.substr(0, target.find('?'));
+  const http::verb method = call.request.method();
+
+  auto identity = call.connection.Refresh(resolver_);
+  if (!identity.ok()) return std::move(identity).TakeStatus();
+  call.identity = *identity;
+  call.event.caller = AuditCaller(*call.identity);
+
+  const auto only = [&](http::verb allowed, const char* allow) -> Status {
+    if (method == allowed) return Status::Ok();
+    call.allow = allow;
+    return Status(Code::kInvalidArgument, "method_not_allowed",
+                  std::string(call.request.method_string()) + " is not allowed on " +
+                      std::string(target) + " (allowed: " + allow + ")");
+  };
+
+  if (target == "/v1/health") {
+    call.event.operation = "health";
+    VECSEAL_RETURN_IF_ERROR(only(http::verb::get, "GET"));
+    return Health(call);
+  }
+  if (target == "/metrics") {
+    call.event.operation = "metrics";
+    VECSEAL_RETURN_IF_ERROR(only(http::verb::get, "GET"));
+    return Metrics(call);
+  }
+  if (target == "/v1/whoami") {
+    call.event.operation = "whoami";
+    VECSEAL_RETURN_IF_ERROR(only(http::verb::get, "GET"));
+    return WhoAmI(call);
+  }
+  if (target == "/v1/keys") {
+    if (method == http::verb::get) {
+      call.event.operation = "keys.list";
+      return ListKeys(call);
+    }
+    call.event.operation = "keys.create";
+    VECSEAL_RETURN_IF_ERROR(only(http::verb::post, "GET, POST"));
+    return CreateKey(call);
+  }
+  constexpr std::string_view kKeysPrefix = "/v1/keys/";
+  if (target.starts_with(kKeysPrefix)) {
+    const std::string_view rest = target.substr(kKeysPrefix.size());
+    const size_t slash = rest.find('/');
+    if (slash != std::string_view::npos) {
+      const std::string name(rest.substr(0, slash));
+      const std::string_view action = rest.substr(slash + 1);
+      if (action == "encrypt" || action == "decrypt" || action == "rotate") {
+        call.event.operation = action == "rotate" ? "keys.rotate" : std::string(action);
+        call.event.key = name;
+        VECSEAL_RETURN_IF_ERROR(only(http::verb::post, "POST"));
+        const Status valid = pkcs11::ValidateKeyName(name);
+        if (!valid.ok()) {
+          call.event.key.clear();  // not a name: keep caller input out of the record
+          return valid;
+        }
+        if (action == "encrypt") return Encrypt(call, name);
+        if (action == "decrypt") return Decrypt(call, name);
+        return RotateKey(call, name);
+      }
+    }
+  }
+  call.event.operation = "unknown";
+  return Status(Code::kNotFound, "not_found", "no such endpoint; see docs/api.md");
+}
+
+Status Service::Authorize(Call& call, Operation op, const std::string& key) {
+  const policy::Decision decision = call.policy->Decide(*call.identity, op, key);
+  call.event.decision = decision.granted ? "granted" : "denied";
+  call.event.rule_id = decision.rule_id;
+  if (decision.granted) return Status::Ok();
+  return Status(Code::kPermissionDenied, "permission_denied",
+                "no rule grants " + std::string(policy::OperationName(op)) + " on key '" + key +
+                    "'");
+}
+
+Status Service::CountHsm(Status status) {
+  if (status.code() == Code::kUnavailable) metrics_.CountHsmError();
+  return status;
+}
+
+Result<Service::CachedKey> Service::KeyFor(const std::string& name,
+                                           std::optional<uint32_t> version) {
+  {
+    std::lock_guard lock(mutex_);
+    std::optional<uint32_t> wanted = version;
+    if (!wanted) {
+      const auto newest = newest_.find(name);
+      if (newest != newest_.end()) wanted = newest->second;
+    }
+    if (wanted) {
+      const auto cached = ciphers_.find({name, *wanted});
+      if (cached != ciphers_.end()) return cached->second;
+    }
+  }
+  auto key = hsm_.FindKey(name, version);
+  if (!key.ok()) return CountHsm(std::move(key).TakeStatus());
+  core::SchemeParams params;
+  params.approximation_factor = key->info.params.approximation_factor;
+  params.transform = key->info.params.transform;
+  params.key_version = key->info.version;
+  auto cipher = core::Cipher::Create(key->deriver, params);
+  if (!cipher.ok()) return std::move(cipher).TakeStatus();
+  CachedKey entry{key->info, std::move(cipher).value()};
+  std::lock_guard lock(mutex_);
+  ciphers_[{name, entry.info.version}] = entry;
+  if (!version) newest_[name] = entry.info.version;
+  return entry;
+}
+
+Status Service::Encrypt(Call& call, const std::string& key_name) {
+  VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kEncrypt, key_name));
+  VectorBatch batch;
+  bool reversible = false;
+  const ContentType type = ContentTypeOf(call.request);
+  if (type == ContentType::kJson) {
+    auto parsed = ParseJsonVectorRequest(call.request.body(), call.settings.max_vectors);
+    if (!parsed.ok()) return std::move(parsed).TakeStatus();
+    if (parsed->tokens) return InvalidRequest("\"tokens\" belongs in decrypt requests");
+    reversible = parsed->reversible.value_or(false);
+    batch = std::move(parsed->batch);
+  } else if (type == ContentType::kBinary) {
+    auto dimension = DimensionHeader(call.request);
+    if (!dimension.ok()) return std::move(dimension).TakeStatus();
+    auto flag = ParseBoolHeader(call.request, "Vecseal-Reversible");
+    if (!flag.ok()) return std::move(flag).TakeStatus();
+    reversible = *flag;
+    auto parsed = ParseBinaryVectors(call.request.body(), *dimension, call.settings.max_vectors,
+                                     nullptr);
+    if (!parsed.ok()) return std::move(parsed).TakeStatus();
+    batch = std::move(parsed).value();
+  } else {
+    return UnsupportedMediaType();
+  }
+  const size_t count = batch.count();
+  call.event.vectors = count;
+  call.event.dimension = batch.dimension;
+  call.event.reversible = reversible;
+
+  auto key = KeyFor(key_name, std::nullopt);
+  if (!key.ok()) return std::move(key).TakeStatus();
+  call.metric_key = key_name;
+  call.event.key_version = key->info.version;
+  if (key->info.params.dimension && *key->info.params.dimension != batch.dimension) {
+    return Status(Code::kInvalidArgument, "dimension_mismatch",
+                  "key '" + key_name + "' takes vectors of dimension " +
+                      std::to_string(*key->info.params.dimension) + ", got " +
+                      std::to_string(batch.dimension));
+  }
+  std::vector<core::Token> tokens(reversible ? count : 0);
+  core::EncryptOptions options;
+  options.reversible = reversible;
+  options.group_size = call.settings.group_size;
+  VECSEAL_RETURN_IF_ERROR(CountHsm(key->cipher->Encrypt(batch.values, batch.values,
+                                                        batch.dimension, options, tokens)));
+  metrics_.CountVectors(key_name, "encrypt", count);
+
+  const unsigned version = call.request.version();
+  if (type == ContentType::kBinary) {
+    call.response = HttpResponse(http::status::ok, version);
+    call.response.set(http::field::content_type, "application/octet-stream");
+    call.response.set("Vecseal-Key-Version", std::to_string(key->info.version));
+    call.response.set("Vecseal-Dimension", std::to_string(batch.dimension));
+    call.response.set("Vecseal-Vectors", std::to_string(count));
+    std::string& body = call.response.body();
+    body.reserve(batch.values.size() * sizeof(float) + tokens.size() * core::kTokenSize);
+    AppendFloatsLittleEndian(body, batch.values);
+    if (reversible) {
+      call.response.set("Vecseal-Token-Size", std::to_string(core::kTokenSize));
+      for (const auto& token : tokens) body.append(token.begin(), token.end());
+    }
+    return Status::Ok();
+  }
+  std::string body = "{\"key\":\"" + key_name +
+                     "\",\"key_version\":" + std::to_string(key->info.version) +
+                     ",\"dimension\":" + std::to_string(batch.dimension) + ",\"vectors\":";
+  AppendVectorsJson(body, batch.values, batch.dimension);
+  if (reversible) {
+    body += ",\"tokens\":[";
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      if (i > 0) body += ',';
+      body += '"' + Base64Encode(tokens[i]) + '"';
+    }
+    body += ']';
+  }
+  body += "}\n";
+  call.response = HttpResponse(http::status::ok, version);
+  call.response.set(http::field::content_type, "application/json");
+  call.response.body() = std::move(body);
+  return Status::Ok();
+}
+
+Status Service::Decrypt(Call& call, const std::string& key_name) {
+  VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kDecrypt, key_name));
+  VectorBatch batch;
+  std::vector<core::Token> tokens;
+  const ContentType type = ContentTypeOf(call.request);
+  if (type == ContentType::kJson) {
+    auto parsed = ParseJsonVectorRequest(call.request.body(), call.settings.max_vectors);
+    if (!parsed.ok()) return std::move(parsed).TakeStatus();
+    if (parsed->reversible) return InvalidRequest("\"reversible\" belongs in encrypt requests");
+    if (!parsed->tokens) return InvalidRequest("a decrypt request needs a \"tokens\" field");
+    if (parsed->tokens->size() != parsed->batch.count()) {
+      return InvalidRequest("\"tokens\" holds " + std::to_string(parsed->tokens->size()) +
+                            " tokens for " + std::to_string(parsed->batch.count()) +
+                            " vectors; send one token per vector");
+    }
+    auto decoded = DecodeTokens(*parsed->tokens);
+    if (!decoded.ok()) return std::move(decoded).TakeStatus();
+    tokens = std::move(decoded).value();
+    batch = std::move(parsed->batch);
+  } else if (type == ContentType::kBinary) {
+    auto dimension = DimensionHeader(call.request);
+    if (!dimension.ok()) return std::move(dimension).TakeStatus();
+    auto parsed = ParseBinaryVectors(call.request.body(), *dimension, call.settings.max_vectors,
+                                     &tokens);
+    if (!parsed.ok()) return std::move(parsed).TakeStatus();
+    batch = std::move(parsed).value();
+  } else {
+    return UnsupportedMediaType();
+  }
+  const size_t count = batch.count();
+  call.event.vectors = count;
+  call.event.dimension = batch.dimension;
+
+  // The key version comes from the tokens, so that old versions decrypt after a rotation.
+  std::optional<uint32_t> key_version;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    auto fields = core::ParseToken(tokens[i]);
+    if (!fields.ok()) return std::move(fields).TakeStatus().WithVectorIndex(i);
+    if (key_version && *key_version != fields->key_version) {
+      return Status(Code::kInvalidArgument, "token_key_version_mismatch",
+                    "token " + std::to_string(i) + " is for key version " +
+                        std::to_string(fields->key_version) + ", token 0 for version " +
+                        std::to_string(*key_version) + "; send one version per request")
+          .WithVectorIndex(i);
+    }
+    key_version = fields->key_version;
+  }
+  call.event.key_version = key_version;
+  auto key = KeyFor(key_name, key_version);
+  if (!key.ok()) return std::move(key).TakeStatus();
+  call.metric_key = key_name;
+  VECSEAL_RETURN_IF_ERROR(CountHsm(key->cipher->Decrypt(batch.values, batch.values,
+                                                        batch.dimension, tokens)));
+  metrics_.CountVectors(key_name, "decrypt", count);
+
+  const unsigned version = call.request.version();
+  call.response = HttpResponse(http::status::ok, version);
+  if (type == ContentType::kBinary) {
+    call.response.set(http::field::content_type, "application/octet-stream");
+    call.response.set("Vecseal-Key-Version", std::to_string(key->info.version));
+    call.response.set("Vecseal-Dimension", std::to_string(batch.dimension));
+    call.response.set("Vecseal-Vectors", std::to_string(count));
+    AppendFloatsLittleEndian(call.response.body(), batch.values);
+    return Status::Ok();
+  }
+  std::string body = "{\"key\":\"" + key_name +
+                     "\",\"key_version\":" + std::to_string(key->info.version) +
+                     ",\"dimension\":" + std::to_string(batch.dimension) + ",\"vectors\":";
+  AppendVectorsJson(body, batch.values, batch.dimension);
+  body += "}\n";
+  call.response.set(http::field::content_type, "application/json");
+  call.response.body() = std::move(body);
+  return Status::Ok();
+}
+
+Result<nlohmann::json> Service::KeyObject(const std::string& name) {
+  auto keys = hsm_.ListKeys();
+  if (!keys.ok()) return CountHsm(std::move(keys).TakeStatus());
+  json versions = json::array();
+  const pkcs11::KeyInfo* newest = nullptr;
+  for (const auto& info : *keys) {
+    if (info.name != name) continue;
+    versions.push_back(info.version);
+    if (newest == nullptr || info.version > newest->version) newest = &info;
+  }
+  if (newest == nullptr) {
+    return Status(Code::kNotFound, "key_not_found", "no key named '" + name + "'");
+  }
+  json dimension = nullptr;
+  if (newest->params.dimension) dimension = *newest->params.dimension;
+  return json{{"name", name},
+              {"version", newest->version},
+              {"versions", std::move(versions)},
+              {"approximation_factor", newest->params.approximation_factor},
+              {"transform", core::TransformName(newest->params.transform)},
+              {"dimension", std::move(dimension)},
+              {"created", Rfc3339(newest->params.created_unix)}};
+}
+
+Status Service::ListKeys(Call& call) {
+  if (!call.policy->GrantsAny(*call.identity, Operation::kKeysList)) {
+    call.event.decision = "denied";
+    return Status(Code::kPermissionDenied, "permission_denied",
+                  "no rule grants keys.list on any key");
+  }
+  call.event.decision = "granted";
+  auto keys = hsm_.ListKeys();
+  if (!keys.ok()) return CountHsm(std::move(keys).TakeStatus());
+  json listed = json::array();
+  std::string current;
+  for (const auto& info : *keys) {
+    if (info.name == current) continue;
+    current = info.name;
+    const bool visible = std::any_of(std::begin(kAllOperations), std::end(kAllOperations),
+                                     [&](Operation op) {
+                                       return call.policy->Decide(*call.identity, op, info.name)
+                                           .granted;
+                                     });
+    if (!visible) continue;
+    auto object = KeyObject(info.name);
+    if (!object.ok()) return std::move(object).TakeStatus();
+    listed.push_back(std::move(object).value());
+  }
+  call.response = JsonResponse(http::status::ok, json{{"keys", std::move(listed)}},
+                               call.request.version());
+  return Status::Ok();
+}
+
+Status Service::CreateKey(Call& call) {
+  if (ContentTypeOf(call.request) != ContentType::kJson) return UnsupportedMediaType();
+  const json body = json::parse(call.request.body(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    return Status(Code::kInvalidArgument, "invalid_json", "the request body is not valid JSON");
+  }
+  if (!body.is_object()) return InvalidRequest("the request body must be a JSON object");
+  for (const auto& [field, value] : body.items()) {
+    if (field != "name" && field != "approximation_factor" && field != "transform" &&
+        field != "dimension") {
+      return InvalidRequest("unknown field \"" + field.substr(0, 32) +
+                            "\" (expected name, approximation_factor, transform, dimension)");
+    }
+  }
+  if (!body.contains("name") || !body["name"].is_string()) {
+    return InvalidRequest("\"name\" must be a string");
+  }
+  const std::string name = body["name"].get<std::string>();
+  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  call.event.key = name;
+  VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kKeysCreate, name));
+
+  pkcs11::KeyParams params;
+  if (!body.contains("approximation_factor") || !body["approximation_factor"].is_number()) {
+    return InvalidRequest("\"approximation_factor\" must be a number (β, e.g. 2.5)");
+  }
+  params.approximation_factor = body["approximation_factor"].get<double>();
+  if (body.contains("transform")) {
+    if (!body["transform"].is_string()) {
+      return InvalidRequest("\"transform\" must be \"rotate\" or \"permute\"");
+    }
+    auto transform = core::ParseTransform(body["transform"].get<std::string>());
+    if (!transform.ok()) return std::move(transform).TakeStatus();
+    params.transform = *transform;
+  }
+  if (body.contains("dimension") && !body["dimension"].is_null()) {
+    if (!body["dimension"].is_number_unsigned() ||
+        body["dimension"].get<uint64_t>() > core::kMaxDimension) {
+      return Status(Code::kInvalidArgument, "invalid_dimension",
+                    "\"dimension\" must be null or an integer between 1 and " +
+                        std::to_string(core::kMaxDimension));
+    }
+    params.dimension = body["dimension"].get<uint32_t>();
+  }
+  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyParams(params));
+  auto created = hsm_.CreateKey(name, params);
+  if (!created.ok()) return CountHsm(std::move(created).TakeStatus());
+  call.event.key_version = created->version;
+  call.metric_key = name;
+  auto object = KeyObject(name);
+  if (!object.ok()) return std::move(object).TakeStatus();
+  call.response = JsonResponse(http::status::created, *object, call.request.version());
+  return Status::Ok();
+}
+
+Status Service::RotateKey(Call& call, const std::string& key_name) {
+  VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kKeysRotate, key_name));
+  auto rotated = hsm_.RotateKey(key_name);
+  if (!rotated.ok()) return CountHsm(std::move(rotated).TakeStatus());
+  {
+    std::lock_guard lock(mutex_);
+    newest_.erase(key_name);
+  }
+  call.event.key_version = rotated->version;
+  call.metric_key = key_name;
+  auto object = KeyObject(key_name);
+  if (!object.ok()) return std::move(object).TakeStatus();
+  call.response = JsonResponse(http::status::ok, *object, call.request.version());
+  return Status::Ok();
+}
+
+Status Service::WhoAmI(Call& call) {
+  json body = {{"identity", call.identity->ToJson()},
+               {"grants", call.policy->GrantsFor(*call.identity)}};
+  call.response = JsonResponse(http::status::ok, body, call.request.version());
+  return Status::Ok();
+}
+
+Status Service::Health(Call& call) {
+  call.health = true;
+  const Status hsm = hsm_.Ping();
+  if (!hsm.ok()) metrics_.CountHsmError();
+  const bool audit_ok = audit_log_.healthy();
+  const bool ok = hsm.ok() && audit_ok;
+  json body = {{"status", ok ? "ok" : "unavailable"},
+               {"hsm", hsm.ok() ? "ok" : "unavailable"},
+               {"audit", audit_ok ? "ok" : "unavailable"},
+               {"version", kVersion}};
+  call.response = JsonResponse(ok ? http::status::ok : http::status::service_unavailable, body,
+                               call.request.version());
+  if (!hsm.ok()) call.event.extra = json{{"hsm", hsm.reason()}};
+  return Status::Ok();
+}
+
+Status Service::Metrics(Call& call) {
+  call.response = HttpResponse(http::status::ok, call.request.version());
+  call.response.set(http::field::content_type, "text/plain; version=0.0.4");
+  call.response.body() = metrics_.RenderPrometheus();
+  return Status::Ok();
+}
+
+HttpResponse Service::Finish(Call& call, const Status& status) {
+  const unsigned version = call.request.version() == 10 ? 10 : 11;
+  if (status.ok()) {
+    call.event.event = call.event.operation;
+  } else {
+    call.event.event = status.code() == Code::kPermissionDenied ? "deny" : "error";
+    call.event.error_code = status.reason();
+    call.response = ErrorResponse(status, version);
+    if (!call.allow.empty()) call.response.set(http::field::allow, call.allow);
+  }
+  const Status recorded = audit_log_.Append(call.event);
+  if (!recorded.ok()) {
+    // Fail closed: nothing leaves the daemon that the audit log does not hold.
+    metrics_.CountAuditError();
+    LogLine("error", "audit_failed",
+            "request=" + call.event.request_id + " reason=" + LogValue(recorded.reason()));
+    if (call.health) {
+      json body = {{"status", "unavailable"},
+                   {"hsm", "unknown"},
+                   {"audit", "unavailable"},
+                   {"version", kVersion}};
+      call.response = JsonResponse(http::status::service_unavailable, body, version);
+    } else {
+      call.response = ErrorResponse(
+          recorded.code() == Code::kUnavailable
+              ? recorded
+              : Status(Code::kUnavailable, "audit_unavailable",
+                       "the audit record of this request could not be written"),
+          version);
+    }
+  }
+  const std::string outcome = !recorded.ok() ? "audit_unavailable"
+                              : status.ok()  ? "ok"
+                                             : status.reason();
+  metrics_.CountRequest(call.metric_key, call.event.operation, outcome,
+                        std::chrono::steady_clock::now() - call.start);
+  call.response.set("Vecseal-Request-Id", call.event.request_id);
+  call.response.prepare_payload();
+  return std::move(call.response);
+}
+
+}  // namespace vecseal::daemon

@@ -1,0 +1,379 @@
+#include "vecseal/daemon/vector_codec.h"
+
+#include <array>
+#include <bit>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+namespace vecseal::daemon {
+namespace {
+
+using nlohmann::json;
+
+Status InvalidRequest(std::string message) {
+  return Status(Code::kInvalidArgument, "invalid_request", std::move(message));
+}
+
+Status TooManyVectors(size_t max_vectors) {
+  return Status(Code::kResourceExhausted, "too_many_vectors",
+                "the request holds more than the limit of " + std::to_string(max_vectors) +
+                    " vectors; split it into smaller batches");
+}
+
+// Text to float32, rounded once from the decimal text (not via double). Values beyond float32's
+// range become ±inf so that core::ValidateVectors reports them as non-finite with their index;
+// values too small for float32 underflow to zero or a subnormal, as a cast would.
+float ParseFloat(std::string_view text) {
+  float value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error == std::errc() && end == text.data() + text.size()) return value;
+  double wide = 0;
+  std::from_chars(text.data(), text.data() + text.size(), wide);
+  if (std::isfinite(wide) && std::fabs(wide) < 1.0) return static_cast<float>(wide);
+  return std::signbit(wide) ? -std::numeric_limits<float>::infinity()
+                            : std::numeric_limits<float>::infinity();
+}
+
+// Accepts exactly {"vectors": [[number...]...], "reversible": bool, "tokens": [string...]} in
+// any order, each at most once. Stops at the first problem, keeping it in status_.
+class VectorRequestSax {
+ public:
+  using number_integer_t = json::number_integer_t;
+  using number_unsigned_t = json::number_unsigned_t;
+  using number_float_t = json::number_float_t;
+  using string_t = json::string_t;
+  using binary_t = json::binary_t;
+
+  explicit VectorRequestSax(size_t max_vectors) : max_vectors_(max_vectors) {}
+
+  bool null() { return WrongType("null"); }
+  bool boolean(bool value) {
+    if (state_ == State::kValue && field_ == Field::kReversible) {
+      request_.reversible = value;
+      state_ = State::kObject;
+      return true;
+    }
+    return WrongType("a boolean");
+  }
+  bool number_integer(number_integer_t value) { return Number(static_cast<float>(value)); }
+  bool number_unsigned(number_unsigned_t value) { return Number(static_cast<float>(value)); }
+  bool number_float(number_float_t, const string_t& text) { return Number(ParseFloat(text)); }
+  bool string(string_t& value) {
+    if (state_ == State::kTokens) {
+      request_.tokens->push_back(std::move(value));
+      return true;
+    }
+    return WrongType("a string");
+  }
+  bool binary(binary_t&) { return WrongType("binary"); }
+
+  bool start_object(size_t) {
+    if (state_ == State::kStart) {
+      state_ = State::kObject;
+      return true;
+    }
+    return WrongType("an object");
+  }
+  bool key(string_t& name) {
+    Field field;
+    if (name == "vectors") {
+      field = Field::kVectors;
+    } else if (name == "reversible") {
+      field = Field::kReversible;
+    } else if (name == "tokens") {
+      field = Field::kTokens;
+    } else {
+      return Fail(InvalidRequest("unknown field \"" + Printable(name) +
+                                 "\" (expected \"vectors\", \"reversible\" or \"tokens\")"));
+    }
+    const auto bit = 1u << static_cast<unsigned>(field);
+    if ((seen_ & bit) != 0) return Fail(InvalidRequest("field \"" + name + "\" appears twice"));
+    seen_ |= bit;
+    field_ = field;
+    state_ = State::kValue;
+    return true;
+  }
+  bool end_object() {
+    state_ = State::kDone;
+    return true;
+  }
+  bool start_array(size_t) {
+    if (state_ == State::kValue && field_ == Field::kVectors) {
+      state_ = State::kVectors;
+      return true;
+    }
+    if (state_ == State::kVectors) {
+      if (row_lengths_.size() == max_vectors_) return Fail(TooManyVectors(max_vectors_));
+      row_lengths_.push_back(0);
+      state_ = State::kRow;
+      return true;
+    }
+    if (state_ == State::kValue && field_ == Field::kTokens) {
+      request_.tokens.emplace();
+      state_ = State::kTokens;
+      return true;
+    }
+    return WrongType("an array");
+  }
+  bool end_array() {
+    if (state_ == State::kRow) {
+      state_ = State::kVectors;
+    } else {
+      state_ = State::kObject;  // the end of "vectors" or "tokens"
+    }
+    return true;
+  }
+  bool parse_error(size_t position, const std::string&, const nlohmann::detail::exception&) {
+    if (status_.ok()) {
+      status_ = Status(Code::kInvalidArgument, "invalid_json",
+                       "the request body is not valid JSON (syntax error at byte " +
+                           std::to_string(position > 0 ? position - 1 : 0) + ")");
+    }
+    return false;
+  }
+
+  Result<JsonVectorRequest> Finish(bool parsed) && {
+    if (!status_.ok()) return std::move(status_);
+    if (!parsed || state_ != State::kDone) {
+      return Status(Code::kInvalidArgument, "invalid_json", "the request body is not valid JSON");
+    }
+    if ((seen_ & (1u << static_cast<unsigned>(Field::kVectors))) == 0) {
+      return InvalidRequest("the request needs a \"vectors\" field");
+    }
+    if (row_lengths_.empty()) return InvalidRequest("\"vectors\" holds no vectors");
+    auto dimension = core::CommonDimension(row_lengths_);
+    if (!dimension.ok()) return std::move(dimension).TakeStatus();
+    request_.batch.dimension = *dimension;
+    VECSEAL_RETURN_IF_ERROR(core::ValidateVectors(request_.batch.values, *dimension));
+    return std::move(request_);
+  }
+
+ private:
+  enum class State { kStart, kObject, kValue, kVectors, kRow, kTokens, kDone };
+  enum class Field : unsigned { kVectors, kReversible, kTokens };
+
+  bool Number(float value) {
+    if (state_ != State::kRow) return WrongType("a number");
+    request_.batch.values.push_back(value);
+    ++row_lengths_.back();
+    return true;
+  }
+
+  bool WrongType(const char* what) {
+    switch (state_) {
+      case State::kValue:
+        if (field_ == Field::kVectors) {
+          return Fail(InvalidRequest(std::string("\"vectors\" must be an array of arrays of "
+                                                 "numbers, not ") + what));
+        }
+        if (field_ == Field::kTokens) {
+          return Fail(InvalidRequest(std::string("\"tokens\" must be an array of base64 "
+                                                 "strings, not ") + what));
+        }
+        return Fail(InvalidRequest(std::string("\"reversible\" must be true or false, not ") +
+                                   what));
+      case State::kVectors:
+        return Fail(InvalidRequest("vector " + std::to_string(row_lengths_.size()) +
+                                   " must be an array of numbers, not " + what)
+                        .WithVectorIndex(row_lengths_.size()));
+      case State::kRow:
+        return Fail(InvalidRequest("vector " + std::to_string(row_lengths_.size() - 1) +
+                                   " must hold only numbers, not " + what)
+                        .WithVectorIndex(row_lengths_.size() - 1));
+      case State::kTokens:
+        return Fail(InvalidRequest(std::string("\"tokens\" must hold only strings, not ") + what));
+      default:
+        return Fail(InvalidRequest(std::string("the request body must be a JSON object, not ") +
+                                   what));
+    }
+  }
+
+  bool Fail(Status status) {
+    status_ = std::move(status);
+    return false;
+  }
+
+  // Field names are echoed in errors: keep them short and printable.
+  static std::string Printable(const std::string& name) {
+    std::string out;
+    for (char c : name.substr(0, 32)) out += (c >= 0x20 && c < 0x7f && c != '"') ? c : '?';
+    return out;
+  }
+
+  const size_t max_vectors_;
+  State state_ = State::kStart;
+  Field field_ = Field::kVectors;
+  unsigned seen_ = 0;
+  std::vector<size_t> row_lengths_;
+  JsonVectorRequest request_;
+  Status status_;
+};
+
+constexpr std::string_view kBase64Alphabet =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+constexpr std::array<int8_t, 256> MakeBase64Table() {
+  std::array<int8_t, 256> table{};
+  for (auto& entry : table) entry = -1;
+  for (size_t i = 0; i < kBase64Alphabet.size(); ++i) {
+    table[static_cast<uint8_t>(kBase64Alphabet[i])] = static_cast<int8_t>(i);
+  }
+  return table;
+}
+constexpr auto kBase64Table = MakeBase64Table();
+
+uint32_t LoadLittleEndian32(const char* bytes) {
+  uint32_t word;
+  std::memcpy(&word, bytes, sizeof(word));
+  if constexpr (std::endian::native == std::endian::big) word = __builtin_bswap32(word);
+  return word;
+}
+
+}  // namespace
+
+Result<JsonVectorRequest> ParseJsonVectorRequest(std::string_view body, size_t max_vectors) {
+  VectorRequestSax sax(max_vectors);
+  const bool parsed = json::sax_parse(body.begin(), body.end(), &sax);
+  return std::move(sax).Finish(parsed);
+}
+
+Result<size_t> ParseDimensionHeader(std::string_view value, bool present) {
+  if (!present) {
+    return Status(Code::kInvalidArgument, "invalid_dimension",
+                  "a binary request needs the Vecseal-Dimension header");
+  }
+  size_t dimension = 0;
+  const auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), dimension);
+  if (value.empty() || error != std::errc() || end != value.data() + value.size() ||
+      dimension == 0 || dimension > core::kMaxDimension) {
+    return Status(Code::kInvalidArgument, "invalid_dimension",
+                  "Vecseal-Dimension must be a decimal integer between 1 and " +
+                      std::to_string(core::kMaxDimension));
+  }
+  return dimension;
+}
+
+Result<VectorBatch> ParseBinaryVectors(std::string_view body, size_t dimension, size_t max_vectors,
+                                       std::vector<core::Token>* tokens) {
+  const size_t row_bytes = dimension * sizeof(float) + (tokens != nullptr ? core::kTokenSize : 0);
+  if (body.empty() || body.size() % row_bytes != 0) {
+    return Status(Code::kInvalidArgument, "invalid_length",
+                  "the body length " + std::to_string(body.size()) +
+                      " is not a positive multiple of " + std::to_string(row_bytes) +
+                      (tokens != nullptr ? " (4·dimension + 41 token bytes per vector)"
+                                         : " (4·dimension bytes per vector)"));
+  }
+  const size_t count = body.size() / row_bytes;
+  if (count > max_vectors) return TooManyVectors(max_vectors);
+  VectorBatch batch;
+  batch.dimension = dimension;
+  batch.values.resize(count * dimension);
+  for (size_t i = 0; i < batch.values.size(); ++i) {
+    batch.values[i] = std::bit_cast<float>(LoadLittleEndian32(body.data() + 4 * i));
+  }
+  VECSEAL_RETURN_IF_ERROR(core::ValidateVectors(batch.values, dimension));
+  if (tokens != nullptr) {
+    tokens->resize(count);
+    const char* token_bytes = body.data() + 4 * batch.values.size();
+    for (size_t i = 0; i < count; ++i) {
+      std::memcpy((*tokens)[i].data(), token_bytes + i * core::kTokenSize, core::kTokenSize);
+    }
+  }
+  return batch;
+}
+
+void AppendFloat(std::string& out, float value) {
+  std::array<char, 32> text;
+  const auto result = std::to_chars(text.data(), text.data() + text.size(), value);
+  out.append(text.data(), result.ptr);
+}
+
+void AppendVectorsJson(std::string& out, std::span<const float> values, size_t dimension) {
+  out.reserve(out.size() + values.size() * 12 + 8);
+  out += '[';
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i % dimension == 0) out += (i == 0 ? "[" : "],[");
+    else out += ',';
+    AppendFloat(out, values[i]);
+  }
+  if (!values.empty()) out += ']';
+  out += ']';
+}
+
+void AppendFloatsLittleEndian(std::string& out, std::span<const float> values) {
+  const size_t start = out.size();
+  out.resize(start + values.size() * sizeof(float));
+  for (size_t i = 0; i < values.size(); ++i) {
+    uint32_t word = std::bit_cast<uint32_t>(values[i]);
+    if constexpr (std::endian::native == std::endian::big) word = __builtin_bswap32(word);
+    std::memcpy(out.data() + start + 4 * i, &word, sizeof(word));
+  }
+}
+
+std::string Base64Encode(std::span<const uint8_t> bytes) {
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    const size_t left = bytes.size() - i;
+    const uint32_t group = (uint32_t{bytes[i]} << 16) |
+                           (left > 1 ? uint32_t{bytes[i + 1]} << 8 : 0) |
+                           (left > 2 ? uint32_t{bytes[i + 2]} : 0);
+    out += kBase64Alphabet[(group >> 18) & 63];
+    out += kBase64Alphabet[(group >> 12) & 63];
+    out += left > 1 ? kBase64Alphabet[(group >> 6) & 63] : '=';
+    out += left > 2 ? kBase64Alphabet[group & 63] : '=';
+  }
+  return out;
+}
+
+std::optional<std::vector<uint8_t>> Base64Decode(std::string_view text) {
+  if (text.size() % 4 != 0) return std::nullopt;
+  std::vector<uint8_t> out;
+  out.reserve(text.size() / 4 * 3);
+  for (size_t i = 0; i < text.size(); i += 4) {
+    const bool last = i + 4 == text.size();
+    size_t padding = 0;
+    uint32_t group = 0;
+    for (size_t j = 0; j < 4; ++j) {
+      const char c = text[i + j];
+      if (c == '=' && last && j >= 2) {
+        ++padding;
+        group <<= 6;
+        continue;
+      }
+      const int8_t sextet = kBase64Table[static_cast<uint8_t>(c)];
+      if (sextet < 0 || padding > 0) return std::nullopt;
+      group = (group << 6) | static_cast<uint32_t>(sextet);
+    }
+    // Unused bits under the padding must be zero, so every byte string has one encoding.
+    if ((padding == 1 && (group & 0xff) != 0) || (padding == 2 && (group & 0xffff) != 0)) {
+      return std::nullopt;
+    }
+    out.push_back(static_cast<uint8_t>(group >> 16));
+    if (padding < 2) out.push_back(static_cast<uint8_t>(group >> 8));
+    if (padding < 1) out.push_back(static_cast<uint8_t>(group));
+  }
+  return out;
+}
+
+Result<std::vector<core::Token>> DecodeTokens(std::span<const std::string> texts) {
+  std::vector<core::Token> tokens(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto bytes = Base64Decode(texts[i]);
+    if (!bytes || bytes->size() != core::kTokenSize) {
+      return Status(Code::kInvalidArgument, "invalid_token",
+                    "token " + std::to_string(i) + " is not base64 of " +
+                        std::to_string(core::kTokenSize) + " bytes")
+          .WithVectorIndex(i);
+    }
+    std::memcpy(tokens[i].data(), bytes->data(), core::kTokenSize);
+  }
+  return tokens;
+}
+
+}  // namespace vecseal::daemon
