@@ -442,6 +442,10 @@ class Log::Impl {
     if (space_suspended_) {
       Result<uint64_t> free_bytes = fs_->FreeBytes(dir_);
       if (free_bytes.ok() && *free_bytes < options_.refuse_free_bytes) return false;
+      if (reserve_supported_ && !needs_new_file_) {
+        if (!file_->Reserve(file_->size(), options_.reserve_bytes).ok()) return false;
+        reserved_until_ = file_->size() + options_.reserve_bytes;
+      }
     }
     if (needs_new_file_) {
       const Status started = StartFileLocked("recover");
