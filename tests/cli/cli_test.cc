@@ -295,6 +295,36 @@ TEST_F(CliTest, DecryptChecksTokenCount) {
                        " holds 6 vectors\n");
 }
 
+// Every ```sh line of docs/cli.md, in order, in one directory, must succeed.
+TEST_F(CliTest, DocsExamplesRun) {
+  VECSEAL_REQUIRE_DAEMON();
+  if (std::system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0) {
+    GTEST_SKIP() << "/usr/bin/python3 with numpy is not available";
+  }
+  std::ifstream doc(VECSEAL_DOCS_CLI);
+  ASSERT_TRUE(doc.good()) << VECSEAL_DOCS_CLI;
+  std::vector<std::string> commands;
+  bool in_block = false;
+  for (std::string line; std::getline(doc, line);) {
+    if (line == "```sh") {
+      in_block = true;
+    } else if (line == "```") {
+      in_block = false;
+    } else if (in_block && !line.empty()) {
+      commands.push_back(line);
+    }
+  }
+  ASSERT_GE(commands.size(), 10u);
+  const std::string bin_dir = fs::path(VECSEAL_CLI_PATH).parent_path();
+  for (const std::string& command : commands) {
+    SCOPED_TRACE(command);
+    const ProcessResult r = vecseal::testing::RunProcess(
+        {"/bin/bash", "-c", "cd '" + dir_ + "' && " + command},
+        {"VECSEAL_SOCKET=" + Socket(), "PATH=" + bin_dir + ":/usr/bin:/bin"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  }
+}
+
 // An interrupted run never leaves a file under the output name. The daemon is stopped
 // (SIGSTOP) so that the command is certainly mid-run, waiting for an answer, when it is killed.
 class CliInterruptTest : public CliTest, public ::testing::WithParamInterface<int> {};
