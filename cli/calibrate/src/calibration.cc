@@ -97,10 +97,12 @@ Plan MakePlan(const CalibrationData& data, const CalibrationOptions& options) {
   return plan;
 }
 
-Result<Matrix> Encrypt(const core::Cipher& cipher, const Matrix& plain) {
+Result<Matrix> Encrypt(const core::Cipher& cipher, const Matrix& plain,
+                       core::NonceSource* nonces) {
   Matrix out(plain.rows, plain.cols);
-  VECSEAL_RETURN_IF_ERROR(
-      cipher.Encrypt(plain.values, out.values, plain.cols, core::EncryptOptions{}, {}));
+  core::EncryptOptions encrypt_options;
+  encrypt_options.nonces = nonces;
+  VECSEAL_RETURN_IF_ERROR(cipher.Encrypt(plain.values, out.values, plain.cols, encrypt_options, {}));
   return out;
 }
 
@@ -130,9 +132,10 @@ struct Encryption {
   std::shared_ptr<core::Cipher> other;
   bool noise = true;  // false: the transform alone
   double noise_variance_per_dimension = 0;
+  core::NonceSource* nonces = nullptr;
 
   Result<Matrix> Apply(const core::Cipher& cipher, const Matrix& plain) const {
-    return noise ? Encrypt(cipher, plain) : TransformOnly(cipher, plain);
+    return noise ? Encrypt(cipher, plain, nonces) : TransformOnly(cipher, plain);
   }
 };
 
@@ -188,6 +191,7 @@ Result<Encryption> MakeEncryption(const std::shared_ptr<core::Deriver>& deriver,
   if (!second.ok()) return std::move(second).TakeStatus();
   encryption.chosen = std::move(chosen).value();
   encryption.other = std::move(second).value();
+  encryption.nonces = options.nonces;
   // ‖noise‖ = (β/4)·x'^(1/d) with x' uniform, so E‖noise‖² = (β/4)²·d/(d+2), spread evenly.
   const double radius = beta / 4;
   encryption.noise_variance_per_dimension = radius * radius / static_cast<double>(d + 2);
@@ -331,13 +335,13 @@ Result<CalibrationReport> RunCalibration(const CalibrationData& data,
   for (double beta : options.betas) {
     Result<Encryption> encryption = MakeEncryption(deriver, beta, options, d);
     if (!encryption.ok()) return std::move(encryption).TakeStatus();
-    Result<Matrix> encrypted = Encrypt(*encryption->chosen, sample);
+    Result<Matrix> encrypted = encryption->Apply(*encryption->chosen, sample);
     if (!encrypted.ok()) return std::move(encrypted).TakeStatus();
     BetaResult result;
     result.beta = beta;
 
     Result<Matrix> encrypted_queries = data.queries
-                                           ? Encrypt(*encryption->chosen, *data.queries)
+                                           ? encryption->Apply(*encryption->chosen, *data.queries)
                                            : Result<Matrix>(SelectRows(*encrypted, plan.query_rows));
     if (!encrypted_queries.ok()) return std::move(encrypted_queries).TakeStatus();
     const std::vector<uint32_t> neighbours = NearestNeighbours(

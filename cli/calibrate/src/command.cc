@@ -214,6 +214,18 @@ Status WriteFile(const std::string& path, const std::string& text) {
   return Status::Ok();
 }
 
+// Minutes of measurement should not end in "cannot write": try the destination first.
+Status CheckWritable(const std::string& path) {
+  const std::string probe = path + ".tmp";
+  std::ofstream out(probe, std::ios::binary | std::ios::trunc);
+  if (!out) {
+    return Status(Code::kUnavailable, "cannot_write", "cannot write " + path + ": " + std::strerror(errno));
+  }
+  out.close();
+  std::remove(probe.c_str());
+  return Status::Ok();
+}
+
 int Fail(std::ostream& err, const std::string& message, int code) {
   err << "vecseal calibrate: " << message << "\n";
   return code;
@@ -248,6 +260,14 @@ int RunCalibrateCommand(std::span<const std::string> args, std::ostream& out, st
     }
   }
 
+  const std::string json_path = arguments.out + ".json";
+  const std::string svg_path = arguments.out + ".svg";
+  for (const std::string& path : {json_path, svg_path}) {
+    if (Status status = CheckWritable(path); !status.ok()) {
+      return Fail(err, status.message(), kExitFailed);
+    }
+  }
+
   CalibrationData data;
   Result<Matrix> sample = ReadVectors(arguments.sample);
   if (!sample.ok()) return Fail(err, sample.status().message(), kExitFailed);
@@ -276,8 +296,6 @@ int RunCalibrateCommand(std::span<const std::string> args, std::ostream& out, st
   if (!report.ok()) return Fail(err, report.status().message(), kExitFailed);
 
   out << RenderTable(*report);
-  const std::string json_path = arguments.out + ".json";
-  const std::string svg_path = arguments.out + ".svg";
   if (Status status = WriteFile(json_path, RenderJson(*report)); !status.ok()) {
     return Fail(err, status.message(), kExitFailed);
   }

@@ -29,6 +29,7 @@ struct CalibrationOptions {
   std::vector<double> betas;
   core::TransformKind transform = core::TransformKind::kRotate;
   uint64_t seed = 1;  // drives splits and subsamples only; the key is always fresh
+  core::NonceSource* nonces = nullptr;  // null: the system CSPRNG; tests fix them
   size_t recall_k = 10;
   size_t max_queries = 200;
   size_t knn_k = 5;
