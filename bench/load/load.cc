@@ -1,0 +1,315 @@
+// vecseal_load: end-to-end load on vecseald through the C++ client (docs/performance.md,
+// "daemon"). Several connections, each a thread sending back-to-back requests for a fixed
+// duration; reports vectors/s and latency percentiles per repetition and their medians.
+//
+// It drives an existing daemon (--socket) or starts its own `vecseald --dev` (--vecseald PATH)
+// with the derivation group size under test (--group-size), in a temporary state directory.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "vecseal/client/client.h"
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using vecseal::client::Client;
+using vecseal::client::ClientOptions;
+
+struct Options {
+  std::string socket;
+  std::string vecseald;
+  size_t group_size = 256;
+  std::string key = "load-bench";
+  std::string transform = "permute";
+  size_t connections = 2;
+  size_t batch = 1024;
+  size_t dimension = 768;
+  bool json = false;
+  bool reversible = false;
+  double single_fraction = 0;  // share of requests that carry one vector instead of a batch
+  double duration = 5;
+  double warmup = 1;
+  size_t repetitions = 3;
+};
+
+constexpr std::string_view kUsage =
+    "usage: vecseal_load (--socket PATH | --vecseald PATH [--group-size G]) [--key NAME]\n"
+    "         [--transform permute|rotate] [--connections C] [--batch B] [--dim D]\n"
+    "         [--wire binary|json] [--reversible] [--single-fraction F] [--duration S]\n"
+    "         [--warmup S] [--repetitions R]\n";
+
+[[noreturn]] void Die(const std::string& message) {
+  std::cerr << "vecseal_load: " << message << "\n";
+  std::exit(1);
+}
+
+template <typename T>
+T Number(const std::string& name, const std::string& text) {
+  T value{};
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) Die("--" + name + ": not a number: " + text);
+  return value;
+}
+
+Options ParseOptions(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (arg == "--reversible") {
+      o.reversible = true;
+      continue;
+    }
+    if (arg.rfind("--", 0) != 0 || i + 1 >= argc) Die("bad argument " + arg + "\n" + std::string(kUsage));
+    const std::string name = arg.substr(2), value = argv[++i];
+    if (name == "socket") o.socket = value;
+    else if (name == "vecseald") o.vecseald = value;
+    else if (name == "group-size") o.group_size = Number<size_t>(name, value);
+    else if (name == "key") o.key = value;
+    else if (name == "transform") o.transform = value;
+    else if (name == "connections") o.connections = Number<size_t>(name, value);
+    else if (name == "batch") o.batch = Number<size_t>(name, value);
+    else if (name == "dim") o.dimension = Number<size_t>(name, value);
+    else if (name == "wire") o.json = value == "json";
+    else if (name == "single-fraction") o.single_fraction = Number<double>(name, value);
+    else if (name == "duration") o.duration = Number<double>(name, value);
+    else if (name == "warmup") o.warmup = Number<double>(name, value);
+    else if (name == "repetitions") o.repetitions = Number<size_t>(name, value);
+    else Die("unknown option " + arg);
+  }
+  if (o.socket.empty() == o.vecseald.empty()) Die("give exactly one of --socket and --vecseald");
+  if (o.connections == 0 || o.batch == 0 || o.dimension == 0 || o.repetitions == 0) {
+    Die("--connections, --batch, --dim and --repetitions must be positive");
+  }
+  return o;
+}
+
+// A `vecseald --dev` of our own, stopped on destruction.
+class OwnDaemon {
+ public:
+  OwnDaemon(const std::string& binary, size_t group_size) {
+    char pattern[] = "/tmp/vecseal-load-XXXXXX";
+    if (::mkdtemp(pattern) == nullptr) Die("mkdtemp failed");
+    root_ = pattern;
+    const std::string state = root_ + "/state", config = root_ + "/config.json",
+                      log = root_ + "/vecseald.log";
+    std::filesystem::create_directory(state);
+    std::filesystem::permissions(state, std::filesystem::perms::owner_all);
+    std::ofstream(config) << "{\"derivation\": {\"group_size\": " << group_size << "}}\n";
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    std::vector<std::string> args = {binary, "--dev", "--state-dir", state, "--config", config};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ) != 0) {
+      Die("cannot start " + binary);
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    const std::string marker = "vecseald ready: socket ";
+    for (int i = 0; i < 6000; ++i) {
+      std::ifstream in(log);
+      std::stringstream text;
+      text << in.rdbuf();
+      const std::string seen = text.str();
+      const size_t at = seen.find(marker);
+      if (at != std::string::npos && seen.find('\n', at) != std::string::npos) {
+        socket_ = seen.substr(at + marker.size(), seen.find('\n', at) - at - marker.size());
+        return;
+      }
+      int status;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) Die("vecseald exited:\n" + seen);
+      ::usleep(20000);
+    }
+    Die("vecseald did not become ready");
+  }
+  ~OwnDaemon() {
+    ::kill(pid_, SIGTERM);
+    int status;
+    ::waitpid(pid_, &status, 0);
+    std::error_code ignored;
+    std::filesystem::remove_all(root_, ignored);
+  }
+  const std::string& socket() const { return socket_; }
+
+ private:
+  std::string root_;
+  std::string socket_;
+  pid_t pid_ = -1;
+};
+
+struct RunResult {
+  double vectors_per_second = 0;
+  double requests_per_second = 0;
+  double p50_us = 0, p99_us = 0, p999_us = 0;
+  size_t requests = 0;
+  size_t errors = 0;
+};
+
+double Percentile(std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  const size_t index = std::min(sorted.size() - 1, static_cast<size_t>(std::ceil(p * sorted.size())) - 1);
+  return sorted[index];
+}
+
+std::unique_ptr<Client> MustConnect(const std::string& socket, bool json) {
+  ClientOptions options;
+  options.socket_path = socket;
+  options.wire = json ? vecseal::client::Wire::kJson : vecseal::client::Wire::kBinary;
+  auto client = Client::Connect(options);
+  if (!client.ok()) Die(client.status().message());
+  return std::move(client).value();
+}
+
+RunResult RunOnce(const Options& o, const std::string& socket) {
+  struct PerThread {
+    std::vector<double> latencies_us;
+    size_t vectors = 0;
+    size_t errors = 0;
+    std::string first_error;
+  };
+  std::vector<PerThread> results(o.connections);
+  std::atomic<bool> measuring{false}, stop{false};
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < o.connections; ++t) {
+    threads.emplace_back([&, t] {
+      std::unique_ptr<Client> client = MustConnect(socket, o.json);
+      std::mt19937 rng(static_cast<uint32_t>(1234 + t));
+      std::normal_distribution<float> normal;
+      std::vector<float> data(o.batch * o.dimension);
+      for (float& v : data) v = normal(rng);
+      PerThread& mine = results[t];
+      // Single requests are spread evenly: every k-th request when the fraction is 1/k.
+      double single_credit = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        single_credit += o.single_fraction;
+        const bool single = single_credit >= 1;
+        if (single) single_credit -= 1;
+        const size_t n = single ? 1 : o.batch;
+        const auto start = Clock::now();
+        auto sealed = client->Encrypt(o.key, std::span<const float>(data).first(n * o.dimension),
+                                      o.dimension, o.reversible);
+        const auto end = Clock::now();
+        if (!measuring.load(std::memory_order_relaxed)) continue;
+        if (!sealed.ok()) {
+          if (mine.errors++ == 0) mine.first_error = sealed.status().ToString();
+          continue;
+        }
+        mine.vectors += n;
+        mine.latencies_us.push_back(std::chrono::duration<double, std::micro>(end - start).count());
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(o.warmup));
+  measuring = true;
+  const auto start = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(o.duration));
+  measuring = false;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  stop = true;
+  for (std::thread& t : threads) t.join();
+
+  RunResult r;
+  std::vector<double> all;
+  size_t vectors = 0;
+  for (PerThread& p : results) {
+    all.insert(all.end(), p.latencies_us.begin(), p.latencies_us.end());
+    vectors += p.vectors;
+    r.errors += p.errors;
+    if (!p.first_error.empty()) std::cerr << "vecseal_load: request failed: " << p.first_error << "\n";
+  }
+  std::sort(all.begin(), all.end());
+  r.requests = all.size();
+  r.vectors_per_second = static_cast<double>(vectors) / elapsed;
+  r.requests_per_second = static_cast<double>(all.size()) / elapsed;
+  r.p50_us = Percentile(all, 0.50);
+  r.p99_us = Percentile(all, 0.99);
+  r.p999_us = Percentile(all, 0.999);
+  return r;
+}
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+void Print(const char* label, const RunResult& r) {
+  std::printf("%-8s %12.0f vectors/s %10.0f requests/s   p50 %9.1f us   p99 %9.1f us   p999 %9.1f us\n",
+              label, r.vectors_per_second, r.requests_per_second, r.p50_us, r.p99_us, r.p999_us);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = ParseOptions(argc, argv);
+  std::unique_ptr<OwnDaemon> daemon;
+  std::string socket = o.socket;
+  if (!o.vecseald.empty()) {
+    daemon = std::make_unique<OwnDaemon>(o.vecseald, o.group_size);
+    socket = daemon->socket();
+  }
+  {
+    std::unique_ptr<Client> admin = MustConnect(socket, false);
+    auto created = admin->CreateKey({o.key, 1.0, o.transform, std::nullopt});
+    if (!created.ok() && created.status().reason() != "key_exists") Die(created.status().ToString());
+  }
+  std::printf("vecseal_load: %zu connections, batch %zu, d=%zu, %s, %s, %s, single-fraction %.3f, "
+              "group size %s, %.1f s x %zu\n",
+              o.connections, o.batch, o.dimension, o.json ? "json" : "binary",
+              o.transform.c_str(), o.reversible ? "reversible" : "one-way", o.single_fraction,
+              o.vecseald.empty() ? "(daemon's)" : std::to_string(o.group_size).c_str(), o.duration,
+              o.repetitions);
+  std::vector<RunResult> runs;
+  size_t errors = 0;
+  for (size_t i = 0; i < o.repetitions; ++i) {
+    runs.push_back(RunOnce(o, socket));
+    errors += runs.back().errors;
+    Print(("run " + std::to_string(i + 1)).c_str(), runs.back());
+  }
+  RunResult median;
+  const auto field = [&](double RunResult::*member) {
+    std::vector<double> values;
+    for (const RunResult& r : runs) values.push_back(r.*member);
+    return Median(values);
+  };
+  median.vectors_per_second = field(&RunResult::vectors_per_second);
+  median.requests_per_second = field(&RunResult::requests_per_second);
+  median.p50_us = field(&RunResult::p50_us);
+  median.p99_us = field(&RunResult::p99_us);
+  median.p999_us = field(&RunResult::p999_us);
+  Print("median", median);
+  if (errors > 0) {
+    std::fprintf(stderr, "vecseal_load: %zu requests failed\n", errors);
+    return 1;
+  }
+  return 0;
+}
