@@ -104,13 +104,15 @@ void OwnSgemm(benchmark::State& state) {
   const auto d = static_cast<size_t>(state.range(0));
   auto a = RandomVectors(kBatch, d);
   auto b = RandomVectors(d, d);
-  std::vector<float> packed(detail::PackedBSize(d, d)), c(kBatch * d);
-  detail::PackB(b.data(), d, d, packed.data());
+  // Page-aligned like the SecureBuffer that holds the real transform.
+  auto packed = SecureBuffer::Allocate(detail::PackedBSize(d, d) * sizeof(float));
+  std::vector<float> c(kBatch * d);
+  detail::PackB(b.data(), d, d, packed->as<float>());
   for (auto _ : state) {
     for (size_t first = 0; first < kBatch; first += 48) {
       const size_t rows = std::min<size_t>(48, kBatch - first);
-      detail::GemmPackedB(a.data() + first * d, d, rows, d, packed.data(), d, c.data() + first * d,
-                          d);
+      detail::GemmPackedB(a.data() + first * d, d, rows, d, packed->as<const float>(), d,
+                          c.data() + first * d, d);
     }
     benchmark::DoNotOptimize(c.data());
   }

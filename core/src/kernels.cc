@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #define VECSEAL_X86 1
 #define VECSEAL_AVX2 __attribute__((target("avx2,fma")))
+#define VECSEAL_AVX512 __attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq,avx512bw")))
 #else
 #define VECSEAL_X86 0
 #endif
@@ -145,12 +146,13 @@ VECSEAL_INLINE void ReflectBody(const double* __restrict v, double* __restrict x
 }
 
 constexpr size_t kTileRows = 6;
-constexpr size_t kRowBlock = 96;  // rows of A kept hot in L2 while the panels stream past
+constexpr size_t kRowBlock = 96;    // rows of A kept in L2 while the panels stream past
+constexpr size_t kDepthBlock = 256;  // depth per pass: a 16-wide panel slice (16 KiB) stays in L1
 
-// One 6×16 tile of C over the full depth k; rows past `rows` repeat the last row and are not
-// stored, columns past `cols` hit zero padding and are not stored.
+// One 6×16 tile of C over depth k, stored or (accumulate) added; rows past `rows` repeat the last
+// row and are not stored, columns past `cols` hit zero padding and are not stored.
 void TilePortable(const float* a, size_t lda, size_t rows, size_t k, const float* panel, float* c,
-                  size_t ldc, size_t cols) {
+                  size_t ldc, size_t cols, bool accumulate) {
   const float* row[kTileRows];
   for (size_t r = 0; r < kTileRows; ++r) row[r] = a + std::min(r, rows - 1) * lda;
   float acc[kTileRows][kGemmPanelWidth] = {};
@@ -161,12 +163,14 @@ void TilePortable(const float* a, size_t lda, size_t rows, size_t k, const float
       for (size_t j = 0; j < kGemmPanelWidth; ++j) acc[r][j] += av * b[j];
     }
   }
-  for (size_t r = 0; r < rows; ++r) std::memcpy(c + r * ldc, acc[r], cols * sizeof(float));
+  for (size_t r = 0; r < rows; ++r) {
+    for (size_t j = 0; j < cols; ++j) c[r * ldc + j] = (accumulate ? c[r * ldc + j] : 0.0f) + acc[r][j];
+  }
 }
 
 #if VECSEAL_X86
 VECSEAL_AVX2 void TileAvx2(const float* a, size_t lda, size_t rows, size_t k, const float* panel,
-                           float* c, size_t ldc, size_t cols) {
+                           float* c, size_t ldc, size_t cols, bool accumulate) {
   const float* row[kTileRows];
   for (size_t r = 0; r < kTileRows; ++r) row[r] = a + std::min(r, rows - 1) * lda;
   __m256 acc[kTileRows][2];
@@ -182,8 +186,13 @@ VECSEAL_AVX2 void TileAvx2(const float* a, size_t lda, size_t rows, size_t k, co
   }
   if (cols == kGemmPanelWidth) {
     for (size_t r = 0; r < rows; ++r) {
-      _mm256_storeu_ps(c + r * ldc, acc[r][0]);
-      _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+      float* out = c + r * ldc;
+      if (accumulate) {
+        acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_loadu_ps(out));
+        acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_loadu_ps(out + 8));
+      }
+      _mm256_storeu_ps(out, acc[r][0]);
+      _mm256_storeu_ps(out + 8, acc[r][1]);
     }
     return;
   }
@@ -191,25 +200,57 @@ VECSEAL_AVX2 void TileAvx2(const float* a, size_t lda, size_t rows, size_t k, co
   for (size_t r = 0; r < rows; ++r) {
     _mm256_store_ps(tile, acc[r][0]);
     _mm256_store_ps(tile + 8, acc[r][1]);
-    std::memcpy(c + r * ldc, tile, cols * sizeof(float));
+    for (size_t j = 0; j < cols; ++j) c[r * ldc + j] = (accumulate ? c[r * ldc + j] : 0.0f) + tile[j];
   }
 }
 #endif
 
-using TileFn = void (*)(const float*, size_t, size_t, size_t, const float*, float*, size_t, size_t);
+#if VECSEAL_X86
+// AVX-512: each 16-wide panel row is one register, so a 12×16 tile fits 12 accumulators.
+constexpr size_t kTileRows512 = 12;
+VECSEAL_AVX512 void TileAvx512(const float* a, size_t lda, size_t rows,
+                                                     size_t k, const float* panel, float* c,
+                                                     size_t ldc, size_t cols, bool accumulate) {
+  for (size_t r0 = 0; r0 < rows; r0 += kTileRows512) {
+    const size_t tile_rows = std::min(kTileRows512, rows - r0);
+    const float* row[kTileRows512];
+    for (size_t r = 0; r < kTileRows512; ++r) row[r] = a + (r0 + std::min(r, tile_rows - 1)) * lda;
+    __m512 acc[kTileRows512];
+    for (auto& v : acc) v = _mm512_setzero_ps();
+    for (size_t p = 0; p < k; ++p) {
+      const __m512 b = _mm512_loadu_ps(panel + p * kGemmPanelWidth);
+      for (size_t r = 0; r < kTileRows512; ++r) {
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(row[r][p]), b, acc[r]);
+      }
+    }
+    const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1);
+    for (size_t r = 0; r < tile_rows; ++r) {
+      float* out = c + (r0 + r) * ldc;
+      if (accumulate) acc[r] = _mm512_add_ps(acc[r], _mm512_maskz_loadu_ps(mask, out));
+      _mm512_mask_storeu_ps(out, mask, acc[r]);
+    }
+  }
+}
+#endif
 
-void GemmWith(TileFn tile, const float* a, size_t lda, size_t n, size_t k, const float* packed_b,
+using TileFn = void (*)(const float*, size_t, size_t, size_t, const float*, float*, size_t, size_t,
+                        bool);
+
+void GemmWith(TileFn tile, size_t tile_rows, const float* a, size_t lda, size_t n, size_t k, const float* packed_b,
               size_t m, float* c, size_t ldc) {
   const size_t panels = (m + kGemmPanelWidth - 1) / kGemmPanelWidth;
-  for (size_t i0 = 0; i0 < n; i0 += kRowBlock) {
-    const size_t i_end = std::min(n, i0 + kRowBlock);
-    for (size_t q = 0; q < panels; ++q) {
-      const float* panel = packed_b + q * kGemmPanelWidth * k;
-      const size_t j0 = q * kGemmPanelWidth;
-      const size_t cols = std::min(kGemmPanelWidth, m - j0);
-      for (size_t i = i0; i < i_end; i += kTileRows) {
-        const size_t rows = std::min(kTileRows, i_end - i);
-        tile(a + i * lda, lda, rows, k, panel, c + i * ldc + j0, ldc, cols);
+  for (size_t p0 = 0; p0 < k; p0 += kDepthBlock) {
+    const size_t depth = std::min(kDepthBlock, k - p0);
+    for (size_t i0 = 0; i0 < n; i0 += kRowBlock) {
+      const size_t i_end = std::min(n, i0 + kRowBlock);
+      for (size_t q = 0; q < panels; ++q) {
+        const float* panel = packed_b + q * kGemmPanelWidth * k + p0 * kGemmPanelWidth;
+        const size_t j0 = q * kGemmPanelWidth;
+        const size_t cols = std::min(kGemmPanelWidth, m - j0);
+        for (size_t i = i0; i < i_end; i += tile_rows) {
+          tile(a + i * lda + p0, lda, std::min(tile_rows, i_end - i), depth, panel,
+               c + i * ldc + j0, ldc, cols, p0 > 0);
+        }
       }
     }
   }
@@ -225,6 +266,7 @@ struct Kernels {
   void (*add_scaled)(float*, const float*, float, size_t);
   void (*reflect)(const double*, double*, size_t);
   TileFn tile;
+  size_t tile_rows;
 };
 
 #define VECSEAL_DEFINE_KERNELS(suffix, attr)                                                       \
@@ -249,39 +291,65 @@ struct Kernels {
 VECSEAL_DEFINE_KERNELS(Portable, )
 #if VECSEAL_X86
 VECSEAL_DEFINE_KERNELS(Avx2, VECSEAL_AVX2)
+VECSEAL_DEFINE_KERNELS(Avx512, VECSEAL_AVX512)
 #endif
 
 const Kernels& Portable() {
   static const Kernels kernels{"portable",       NormalsPortable,   SumOfSquaresPortable,
                                AllFinitePortable, GatherPortable,    ScatterPortable,
-                               AddScaledPortable, ReflectPortable,   TilePortable};
+                               AddScaledPortable, ReflectPortable,   TilePortable,
+                               kTileRows};
   return kernels;
 }
 
-const Kernels& Best() {
-  static const Kernels kernels = [] {
 #if VECSEAL_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return Kernels{"avx2",        NormalsAvx2,   SumOfSquaresAvx2, AllFiniteAvx2, GatherAvx2,
-                     ScatterAvx2,   AddScaledAvx2, ReflectAvx2,      TileAvx2};
-    }
-#endif
-    return Portable();
-  }();
+const Kernels& Avx2() {
+  static const Kernels kernels{"avx2",        NormalsAvx2,   SumOfSquaresAvx2, AllFiniteAvx2,
+                               GatherAvx2,    ScatterAvx2,   AddScaledAvx2,    ReflectAvx2,
+                               TileAvx2,      kTileRows};
   return kernels;
 }
 
-std::atomic<bool> g_force_portable{false};
+const Kernels& Avx512() {
+  static const Kernels kernels{"avx512",        NormalsAvx512,   SumOfSquaresAvx512,
+                               AllFiniteAvx512, GatherAvx512,    ScatterAvx512,
+                               AddScaledAvx512, ReflectAvx512,   TileAvx512,
+                               kTileRows512};
+  return kernels;
+}
+#endif
+
+const Kernels* Supported(KernelLevel level) {
+#if VECSEAL_X86
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512bw");
+  if (level == KernelLevel::kAvx512) return avx512 ? &Avx512() : nullptr;
+  if (level == KernelLevel::kAvx2) return avx2 ? &Avx2() : nullptr;
+  if (level == KernelLevel::kBest) return avx512 ? &Avx512() : avx2 ? &Avx2() : &Portable();
+#else
+  if (level == KernelLevel::kBest) return &Portable();
+#endif
+  return level == KernelLevel::kPortable ? &Portable() : nullptr;
+}
+
+std::atomic<const Kernels*> g_forced{nullptr};
 
 const Kernels& Selected() {
-  return g_force_portable.load(std::memory_order_relaxed) ? Portable() : Best();
+  static const Kernels* best = Supported(KernelLevel::kBest);
+  const Kernels* forced = g_forced.load(std::memory_order_relaxed);
+  return forced != nullptr ? *forced : *best;
 }
 
 }  // namespace
 
-void ForcePortableKernelsForTesting(bool force) {
-  g_force_portable.store(force, std::memory_order_relaxed);
+bool ForceKernelsForTesting(KernelLevel level) {
+  const Kernels* kernels = Supported(level);
+  if (kernels == nullptr) return false;
+  g_forced.store(level == KernelLevel::kBest ? nullptr : kernels, std::memory_order_relaxed);
+  return true;
 }
 
 void NormalsFromWords(const uint32_t* words, size_t pairs, float* z) {
@@ -332,7 +400,7 @@ void PackB(const float* b, size_t k, size_t m, float* packed) {
 void GemmPackedB(const float* a, size_t lda, size_t n, size_t k, const float* packed_b, size_t m,
                  float* c, size_t ldc) {
   if (n == 0 || m == 0) return;
-  GemmWith(Selected().tile, a, lda, n, k, packed_b, m, c, ldc);
+  GemmWith(Selected().tile, Selected().tile_rows, a, lda, n, k, packed_b, m, c, ldc);
 }
 
 const char* KernelName() { return Selected().name; }

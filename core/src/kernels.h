@@ -1,5 +1,5 @@
-// The hot loops of the scheme, vectorised with a runtime choice between an AVX2+FMA build and a
-// portable one (the binary must run on baseline x86-64 and build elsewhere). Internal to core;
+// The hot loops of the scheme, vectorised with a runtime choice between AVX-512, AVX2+FMA and
+// portable builds (the binary must run on baseline x86-64 and build elsewhere). Internal to core;
 // white-box tests and the benchmark include it.
 #pragma once
 
@@ -43,9 +43,10 @@ void GemmPackedB(const float* a, size_t lda, size_t n, size_t k, const float* pa
 // x −= 2(v·x)·v: one Householder reflection (‖v‖ = 1) of a column, in double.
 void ReflectColumn(const double* v, double* x, size_t n);
 
-// Which implementation the dispatcher picked: "avx2" or "portable".
+// Which implementation the dispatcher picked: "avx512", "avx2" or "portable".
 const char* KernelName();
-// Tests exercise the baseline kernels on machines that have AVX2 too.
-void ForcePortableKernelsForTesting(bool force);
+// Tests run every implementation the machine supports; false if it lacks `level`.
+enum class KernelLevel { kBest, kAvx512, kAvx2, kPortable };
+bool ForceKernelsForTesting(KernelLevel level);
 
 }  // namespace vecseal::core::detail
