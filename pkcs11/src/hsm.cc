@@ -629,8 +629,8 @@ Result<std::unique_ptr<Hsm>> Hsm::Open(const HsmConfig& config) {
   if (config.token_label.empty() || config.token_label.size() > 32) {
     return InvalidConfig("token_label", "give the token label, 1 to 32 bytes");
   }
-  if (config.sessions == 0 || config.sessions > 64) {
-    return InvalidConfig("sessions", "give between 1 and 64 pooled sessions");
+  if (config.sessions == 0 || config.sessions > 256) {
+    return InvalidConfig("sessions", "give between 1 and 256 pooled sessions");
   }
   if (config.recovery_attempts == 0 || config.initial_backoff.count() < 0 ||
       config.max_backoff < config.initial_backoff) {

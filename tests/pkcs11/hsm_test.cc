@@ -272,7 +272,7 @@ TEST_F(HsmTest, InvalidConfigNamesTheField) {
       {[](HsmConfig& c) { c.module_path = "libsofthsm2.so"; },
        "module_path: give the absolute path of the PKCS#11 module (.so)"},
       {[](HsmConfig& c) { c.token_label = ""; }, "token_label: give the token label, 1 to 32 bytes"},
-      {[](HsmConfig& c) { c.sessions = 0; }, "sessions: give between 1 and 64 pooled sessions"},
+      {[](HsmConfig& c) { c.sessions = 0; }, "sessions: give between 1 and 256 pooled sessions"},
       {[](HsmConfig& c) { c.recovery_attempts = 0; },
        "recovery: recovery_attempts must be at least 1 and max_backoff at least initial_backoff"},
   };
