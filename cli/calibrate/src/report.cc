@@ -263,7 +263,7 @@ double TickStep(double max, int target) {
 }
 
 std::string TickLabel(double value) {
-  std::string text = Fixed(value, 2);
+  std::string text = Fixed(value, 3);
   while (text.back() == '0') text.pop_back();
   if (text.back() == '.') text.pop_back();
   return text;
@@ -305,7 +305,10 @@ void DrawPanel(std::ostringstream& svg, double left, double top, const std::stri
   if (recommended) {
     svg << "<line x1=\"" << x(*recommended) << "\" x2=\"" << x(*recommended) << "\" y1=\"" << top
         << "\" y2=\"" << top + kHeight << "\" stroke=\"#000\" stroke-dasharray=\"6 4\"/>\n";
-    svg << "<text x=\"" << x(*recommended) + 4 << "\" y=\"" << top + 14
+    // Label on the side with room, so that it stays inside the panel.
+    const bool right_half = x(*recommended) > left + kWidth / 2;
+    svg << "<text x=\"" << x(*recommended) + (right_half ? -4 : 4) << "\" y=\"" << top + 14
+        << "\" text-anchor=\"" << (right_half ? "end" : "start")
         << "\" font-size=\"11\">recommended &#946; = " << TickLabel(*recommended) << "</text>\n";
   }
   for (const Series& line : series) {

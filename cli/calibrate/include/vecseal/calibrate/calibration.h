@@ -31,7 +31,7 @@ struct CalibrationOptions {
   uint64_t seed = 1;  // drives splits and subsamples only; the key is always fresh
   core::NonceSource* nonces = nullptr;  // null: the system CSPRNG; tests fix them
   size_t recall_k = 10;
-  size_t max_queries = 200;
+  size_t max_queries = 500;
   size_t knn_k = 5;
   size_t max_train = 4000;
   size_t max_test = 1000;
