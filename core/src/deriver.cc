@@ -2,8 +2,8 @@
 
 #include <cstring>
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 namespace vecseal::core {
@@ -36,14 +36,25 @@ Result<std::unique_ptr<SoftwareDeriver>> SoftwareDeriver::CreateEphemeral() {
 Status SoftwareDeriver::Derive(std::span<const std::span<const uint8_t>> messages,
                                std::span<Seed> out) {
   assert(messages.size() == out.size());
-  for (size_t i = 0; i < messages.size(); ++i) {
-    unsigned int length = 0;
-    if (HMAC(EVP_sha256(), key_.data(), static_cast<int>(key_.size()), messages[i].data(),
-             messages[i].size(), out[i].data(), &length) == nullptr ||
-        length != kSeedSize) {
-      for (auto& seed : out) SecureWipe(seed.data(), seed.size());
-      return Status(Code::kInternal, "hmac_failed", "OpenSSL HMAC-SHA256 failed");
-    }
+  // One keyed context per call, re-initialised per message with the same key: the one-shot
+  // HMAC() re-fetches the digest and re-keys every time, which costs more than the MAC itself.
+  EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  EVP_MAC_CTX* ctx = mac != nullptr ? EVP_MAC_CTX_new(mac) : nullptr;
+  char digest[] = "SHA256";
+  const OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_END};
+  bool ok = ctx != nullptr && EVP_MAC_init(ctx, key_.data(), key_.size(), params) == 1;
+  for (size_t i = 0; ok && i < messages.size(); ++i) {
+    size_t length = 0;
+    ok = (i == 0 || EVP_MAC_init(ctx, nullptr, 0, nullptr) == 1) &&
+         EVP_MAC_update(ctx, messages[i].data(), messages[i].size()) == 1 &&
+         EVP_MAC_final(ctx, out[i].data(), &length, out[i].size()) == 1 && length == kSeedSize;
+  }
+  EVP_MAC_CTX_free(ctx);
+  EVP_MAC_free(mac);
+  if (!ok) {
+    for (auto& seed : out) SecureWipe(seed.data(), seed.size());
+    return Status(Code::kInternal, "hmac_failed", "OpenSSL HMAC-SHA256 failed");
   }
   return Status::Ok();
 }
