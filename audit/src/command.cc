@@ -63,6 +63,10 @@ std::string FindingText(const Finding& finding) {
   return out + finding.code + ": " + finding.message;
 }
 
+std::string Count(uint64_t n, std::string_view noun) {
+  return std::to_string(n) + " " + std::string(noun) + (n == 1 ? "" : "s");
+}
+
 int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   std::string pubkey_path;
   bool json = false;
@@ -114,12 +118,13 @@ int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostr
     for (const Finding& warning : report.warnings) out << "warning: " << FindingText(warning) << "\n";
     if (report.error) {
       out << "error: " << FindingText(*report.error) << "\n";
-      out << "FAILED: the audit log was altered (checked " << report.records << " records in "
-          << report.files << " files before the error)\n";
+      out << "FAILED: the audit log was altered (" << Count(report.records, "record")
+          << " checked before the error)\n";
     } else {
-      out << "OK: " << report.records << " records (seq " << report.first_seq << ".."
-          << report.last_seq << ") in " << report.files << " files, " << report.seals
-          << " valid seals, " << report.warnings.size() << " warnings\n";
+      out << "OK: " << Count(report.records, "record") << " (seq " << report.first_seq << ".."
+          << report.last_seq << ") in " << Count(report.files, "file") << ", "
+          << Count(report.seals, "valid seal") << ", " << Count(report.warnings.size(), "warning")
+          << "\n";
     }
   }
   if (report.error && report.error->code == "unreadable_file") return kExitUnreadable;

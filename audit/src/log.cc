@@ -352,6 +352,9 @@ class Log::Impl {
     next_seal_retry_ = 0;
     last_seal_micros_ = internal::NowMicros();
     last_seal_ = SealInfo{file_path_, seal_seq, head_hex};
+    // Kept outside the files as well: an anchor against truncation of the newest file.
+    Notice("info", "audit seal seq " + std::to_string(seal_seq) + " head " + head_hex + " file " +
+                       Basename(file_path_));
     return Status::Ok();
   }
 
