@@ -86,7 +86,10 @@ class ScratchUse {
     row = reinterpret_cast<float*>(scratch_.buffer.data() + layout.row_offset);
     chunk = reinterpret_cast<float*>(scratch_.buffer.data() + layout.chunk_offset);
   }
-  ~ScratchUse() { SecureWipe(scratch_.buffer.data(), scratch_.used); }
+  ~ScratchUse() {
+    SecureWipe(scratch_.buffer.data(), scratch_.used);
+    scratch_.stream.Forget();
+  }
   const Status& status() const { return status_; }
   detail::KeyStream& stream() { return scratch_.stream; }
 

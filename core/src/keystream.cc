@@ -16,19 +16,25 @@ KeyStream::~KeyStream() { EVP_CIPHER_CTX_free(ctx_); }
 
 Status KeyStream::Start(const Seed& seed, uint32_t index) {
   // The first init binds the cipher; later ones only rekey, which is much cheaper.
-  const EVP_CIPHER* cipher = nullptr;
   if (ctx_ == nullptr) {
     ctx_ = EVP_CIPHER_CTX_new();
     if (ctx_ == nullptr) return ChaChaFailed();
-    cipher = EVP_chacha20();
   }
+  const EVP_CIPHER* cipher = bound_ ? nullptr : EVP_chacha20();
   uint8_t iv[16] = {};  // u32le block counter 0 ‖ nonce
   iv[4] = static_cast<uint8_t>(index);
   iv[5] = static_cast<uint8_t>(index >> 8);
   iv[6] = static_cast<uint8_t>(index >> 16);
   iv[7] = static_cast<uint8_t>(index >> 24);
   if (EVP_EncryptInit_ex(ctx_, cipher, nullptr, seed.data(), iv) != 1) return ChaChaFailed();
+  bound_ = true;
   return Status::Ok();
+}
+
+void KeyStream::Forget() {
+  // EVP_CIPHER_CTX_reset cleanses the cipher state before releasing it.
+  if (ctx_ != nullptr) EVP_CIPHER_CTX_reset(ctx_);
+  bound_ = false;
 }
 
 Status KeyStream::Read(uint32_t* words, size_t count) {

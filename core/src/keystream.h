@@ -23,9 +23,12 @@ class KeyStream {
   Status Start(const Seed& seed, uint32_t index);
   // The next `count` words; reads continue where the previous one stopped.
   Status Read(uint32_t* words, size_t count);
+  // Erases the key schedule of the last seed; the next Start rebinds the cipher.
+  void Forget();
 
  private:
   EVP_CIPHER_CTX* ctx_ = nullptr;
+  bool bound_ = false;
 };
 
 }  // namespace vecseal::core::detail
