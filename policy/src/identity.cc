@@ -82,15 +82,38 @@ bool ReadProcFile(int dir_fd, const char* name, size_t limit, std::string* out, 
   return true;
 }
 
-// Whether the process behind `pidfd` is still running (not exited, not a zombie).
-bool Alive(int pidfd) {
-  // A pidfd polls readable once the process has exited, reaped or not.
+// Reads up to `limit` bytes of an open /proc file from its start.
+bool PreadAll(int fd, size_t limit, std::string* out, int* err) {
+  out->clear();
+  char buffer[4096];
+  while (out->size() < limit) {
+    ssize_t n = pread(fd, buffer, sizeof buffer, static_cast<off_t>(out->size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      *err = errno;
+      return false;
+    }
+    if (n == 0) break;
+    out->append(buffer, static_cast<size_t>(n));
+  }
+  if (out->size() > limit) out->resize(limit);
+  return true;
+}
+
+// Whether the process behind `pidfd` has exited: a pidfd polls readable from then on, reaped or
+// not (a zombie counts as exited).
+bool Exited(int pidfd) {
   pollfd p{pidfd, POLLIN, 0};
   int ready;
   do {
     ready = poll(&p, 1, 0);
   } while (ready < 0 && errno == EINTR);
-  if (ready != 0) return false;
+  return ready != 0;
+}
+
+// Whether the process behind `pidfd` is still running, by two independent means.
+bool Alive(int pidfd) {
+  if (Exited(pidfd)) return false;
   // EPERM still proves the process exists; only ESRCH means it is gone.
   long rc = syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0u);
   return rc == 0 || errno == EPERM;
@@ -160,11 +183,19 @@ struct Snapshot {
   uint64_t start_time = 0;
 };
 
+// The /proc/PID files read on every Refresh, held open.
+struct ProcFds {
+  int dir = -1;
+  int stat = -1;
+  int cmdline = -1;
+};
+
 // Reads the parts of /proc/PID that change on exec.
-Status ReadMarker(int proc_dir_fd, pid_t pid, internal::ExecMarker* marker, uint64_t* start_time) {
+Status ReadMarker(const ProcFds& fds, pid_t pid, internal::ExecMarker* marker,
+                  uint64_t* start_time) {
   int err = 0;
   struct stat st;
-  if (fstatat(proc_dir_fd, "exe", &st, 0) == 0) {
+  if (fstatat(fds.dir, "exe", &st, 0) == 0) {
     marker->exe_dev = st.st_dev;
     marker->exe_ino = st.st_ino;
   } else if (errno == ENOENT || errno == ESRCH) {
@@ -172,23 +203,38 @@ Status ReadMarker(int proc_dir_fd, pid_t pid, internal::ExecMarker* marker, uint
   }
   // Otherwise (no ptrace rights) the exe cannot be compared; stat and cmdline still can.
   std::string stat_text;
-  if (!ReadProcFile(proc_dir_fd, "stat", kMaxSmallFileBytes, &stat_text, &err)) {
+  if (!PreadAll(fds.stat, kMaxSmallFileBytes, &stat_text, &err)) {
     return err == ESRCH ? PeerGone(pid) : ProcError(pid, "stat", err);
   }
   std::optional<internal::ProcStat> stat = internal::ParseStat(stat_text);
-  if (!stat) return ProcError(pid, "stat", EINVAL);
+  if (!stat) return PeerGone(pid);  // an exited process reads as empty
   marker->start_code = stat->start_code;
   marker->start_stack = stat->start_stack;
   if (start_time != nullptr) *start_time = stat->start_time;
-  if (!ReadProcFile(proc_dir_fd, "cmdline", kMaxCmdlineBytes, &marker->cmdline, &err)) {
+  if (!PreadAll(fds.cmdline, kMaxCmdlineBytes, &marker->cmdline, &err)) {
     return err == ESRCH ? PeerGone(pid) : ProcError(pid, "cmdline", err);
   }
   return Status::Ok();
 }
 
+// Opens /proc/PID and the files ReadMarker reads.
+Status OpenProc(pid_t pid, ProcFds* fds) {
+  std::string dir = "/proc/" + std::to_string(pid);
+  fds->dir = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fds->dir < 0) return errno == ENOENT ? PeerGone(pid) : ProcError(pid, "/proc", errno);
+  fds->stat = openat(fds->dir, "stat", O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fds->stat < 0) return errno == ENOENT || errno == ESRCH ? PeerGone(pid)
+                                                               : ProcError(pid, "stat", errno);
+  fds->cmdline = openat(fds->dir, "cmdline", O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fds->cmdline < 0) return errno == ENOENT || errno == ESRCH ? PeerGone(pid)
+                                                                  : ProcError(pid, "cmdline", errno);
+  return Status::Ok();
+}
+
 // Reads everything but the credentials from /proc/PID (through `proc_dir_fd`). The caller must
 // confirm afterwards that the pidfd's process is still alive, which proves the reads were of it.
-Status ReadProcess(int proc_dir_fd, IdentityResolver& resolver, Snapshot* snap) {
+Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* snap) {
+  int proc_dir_fd = fds.dir;
   CallerIdentity& id = snap->identity;
   pid_t pid = id.pid;
   int err = 0;
@@ -202,7 +248,7 @@ Status ReadProcess(int proc_dir_fd, IdentityResolver& resolver, Snapshot* snap) 
 
   // Read the marker before the contents, so an exec racing with these reads is noticed by the
   // next Refresh rather than hidden under an already-updated marker.
-  VECSEAL_RETURN_IF_ERROR(ReadMarker(proc_dir_fd, pid, &snap->marker, &snap->start_time));
+  VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &snap->marker, &snap->start_time));
 
   Fd exe(openat(proc_dir_fd, "exe", O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   if (exe.get() >= 0) {
@@ -434,14 +480,13 @@ Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver
       return ProcError(cred.pid, "a pidfd", errno);
     }
   }
-  std::string dir = "/proc/" + std::to_string(cred.pid);
-  peer.proc_dir_fd_ = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (peer.proc_dir_fd_ < 0) {
-    return errno == ENOENT ? PeerGone(cred.pid) : ProcError(cred.pid, "/proc", errno);
-  }
+  ProcFds fds;
+  Status opened = OpenProc(cred.pid, &fds);
+  peer.AdoptProcFds(fds.dir, fds.stat, fds.cmdline);
+  VECSEAL_RETURN_IF_ERROR(opened);
   Snapshot snap;
   snap.identity = peer.identity_;
-  VECSEAL_RETURN_IF_ERROR(ReadProcess(peer.proc_dir_fd_, resolver, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, &snap));
   // A process that started after the connection was accepted reused the PID of the one that
   // connected (only possible without SO_PEERPIDFD).
   if (!peer.pinned_by_socket_ && snap.start_time > accepted_ticks) return PeerGone(cred.pid);
@@ -467,15 +512,14 @@ Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver
     if (errno == ESRCH) return PeerGone(pid);
     return ProcError(pid, "a pidfd", errno);
   }
-  std::string dir = "/proc/" + std::to_string(pid);
-  peer.proc_dir_fd_ = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (peer.proc_dir_fd_ < 0) {
-    return errno == ENOENT ? PeerGone(pid) : ProcError(pid, "/proc", errno);
-  }
+  ProcFds fds;
+  Status opened = OpenProc(pid, &fds);
+  peer.AdoptProcFds(fds.dir, fds.stat, fds.cmdline);
+  VECSEAL_RETURN_IF_ERROR(opened);
   Snapshot snap;
   snap.identity = peer.identity_;
-  VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(peer.proc_dir_fd_, &snap.identity));
-  VECSEAL_RETURN_IF_ERROR(ReadProcess(peer.proc_dir_fd_, resolver, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(fds.dir, &snap.identity));
+  VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, &snap));
   if (!Alive(peer.pidfd_)) return PeerGone(pid);
   FillNames(&snap.identity);
   peer.identity_ = std::move(snap.identity);
@@ -486,16 +530,19 @@ Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver
 Status PeerIdentity::Refresh(IdentityResolver& resolver) {
   pid_t pid = identity_.pid;
   if (pidfd_ < 0 || proc_dir_fd_ < 0) return PeerGone(pid);
-  if (!Alive(pidfd_)) return PeerGone(pid);
+  // Polling the pidfd suffices here: the /proc fds are bound to the pinned process, so a reused
+  // PID cannot answer for it.
+  if (Exited(pidfd_)) return PeerGone(pid);
+  ProcFds fds{proc_dir_fd_, stat_fd_, cmdline_fd_};
   internal::ExecMarker marker;
-  VECSEAL_RETURN_IF_ERROR(ReadMarker(proc_dir_fd_, pid, &marker, nullptr));
+  VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &marker, nullptr));
   if (marker == marker_) return Status::Ok();
 
   // The peer exec'd: it is a different program now, possibly with different credentials.
   Snapshot snap;
   snap.identity.pid = pid;
   VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(proc_dir_fd_, &snap.identity));
-  VECSEAL_RETURN_IF_ERROR(ReadProcess(proc_dir_fd_, resolver, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, &snap));
   if (!Alive(pidfd_)) return PeerGone(pid);
   FillNames(&snap.identity);
   identity_ = std::move(snap.identity);
@@ -508,6 +555,8 @@ Status PeerIdentity::Refresh(IdentityResolver& resolver) {
 PeerIdentity::PeerIdentity(PeerIdentity&& other) noexcept
     : pidfd_(std::exchange(other.pidfd_, -1)),
       proc_dir_fd_(std::exchange(other.proc_dir_fd_, -1)),
+      stat_fd_(std::exchange(other.stat_fd_, -1)),
+      cmdline_fd_(std::exchange(other.cmdline_fd_, -1)),
       pinned_by_socket_(other.pinned_by_socket_),
       marker_(std::move(other.marker_)),
       identity_(std::move(other.identity_)) {}
@@ -517,6 +566,8 @@ PeerIdentity& PeerIdentity::operator=(PeerIdentity&& other) noexcept {
     Close();
     pidfd_ = std::exchange(other.pidfd_, -1);
     proc_dir_fd_ = std::exchange(other.proc_dir_fd_, -1);
+    stat_fd_ = std::exchange(other.stat_fd_, -1);
+    cmdline_fd_ = std::exchange(other.cmdline_fd_, -1);
     pinned_by_socket_ = other.pinned_by_socket_;
     marker_ = std::move(other.marker_);
     identity_ = std::move(other.identity_);
@@ -528,7 +579,15 @@ PeerIdentity::~PeerIdentity() { Close(); }
 
 void PeerIdentity::Close() {
   if (pidfd_ >= 0) close(std::exchange(pidfd_, -1));
-  if (proc_dir_fd_ >= 0) close(std::exchange(proc_dir_fd_, -1));
+  for (int* fd : {&proc_dir_fd_, &stat_fd_, &cmdline_fd_}) {
+    if (*fd >= 0) close(std::exchange(*fd, -1));
+  }
+}
+
+void PeerIdentity::AdoptProcFds(int dir_fd, int stat_fd, int cmdline_fd) {
+  proc_dir_fd_ = dir_fd;
+  stat_fd_ = stat_fd;
+  cmdline_fd_ = cmdline_fd;
 }
 
 }  // namespace vecseal::policy

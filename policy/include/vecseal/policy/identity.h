@@ -146,9 +146,13 @@ class PeerIdentity {
  private:
   PeerIdentity() = default;
   void Close();
+  void AdoptProcFds(int dir_fd, int stat_fd, int cmdline_fd);
 
   int pidfd_ = -1;
   int proc_dir_fd_ = -1;
+  // Kept open so that Refresh() costs two preads rather than two path lookups.
+  int stat_fd_ = -1;
+  int cmdline_fd_ = -1;
   bool pinned_by_socket_ = false;
   internal::ExecMarker marker_;
   CallerIdentity identity_;
