@@ -83,7 +83,7 @@ class Log::Impl {
     Result<std::string> body = internal::SerializeEventBody(event);
     if (!body.ok()) return std::move(body).TakeStatus();
     std::unique_lock lock(mu_);
-    Status status = AppendLocked(*body);
+    Status status = AppendLocked(lock, *body);
     FlushNoticesUnlocking(lock);
     return status;
   }
@@ -260,7 +260,9 @@ class Log::Impl {
   }
 
   // One write() of one record; advances the chain only when every byte landed.
-  Status WriteRecordLocked(std::string_view body) {
+  // With `sync_now` false under the every-record policy the caller waits for a group commit
+  // (WaitDurableLocked) instead of syncing here.
+  Status WriteRecordLocked(std::string_view body, bool sync_now = true) {
     if (!file_) return Unavailable("no audit file is open");
     std::string line = internal::ComposeRecord(
         next_seq_, internal::FormatTimeMicros(internal::NowMicros()), head_hex_, body);
@@ -278,7 +280,7 @@ class Log::Impl {
     ++records_since_seal_;
     bytes_since_space_check_ += line.size();
     dirty_ = true;
-    if (options_.sync == LogOptions::Sync::kEveryRecord) {
+    if (options_.sync == LogOptions::Sync::kEveryRecord && sync_now) {
       const Status synced = file_->Sync();
       if (!synced.ok()) {
         // After a failed fdatasync the page cache may no longer match the disk: never append
@@ -287,23 +289,64 @@ class Log::Impl {
         return Unavailable(synced.message());
       }
       dirty_ = false;
+      synced_seq_ = next_seq_ - 1;
     }
     return Status::Ok();
   }
 
-  Status AppendLocked(std::string_view body) {
+  // Group commit for the every-record policy: one thread runs fdatasync for every record
+  // written so far while the others wait for it, so that concurrent requests share a sync.
+  Status WaitDurableLocked(std::unique_lock<std::mutex>& lock, uint64_t seq) {
+    while (synced_seq_ < seq) {
+      if (failed_sync_seq_ >= seq) return Unavailable(last_error_.message());
+      if (syncing_) {
+        sync_done_.wait(lock);
+        continue;
+      }
+      if (!healthy_ || !file_) return Unavailable(last_error_.message());
+      syncing_ = true;
+      const uint64_t target = next_seq_ - 1;
+      std::shared_ptr<AppendFile> file = file_;
+      lock.unlock();
+      const Status synced = file->Sync();
+      lock.lock();
+      syncing_ = false;
+      if (synced.ok()) {
+        synced_seq_ = std::max(synced_seq_, target);
+      } else {
+        failed_sync_seq_ = std::max(failed_sync_seq_, target);
+        if (file == file_) {
+          file_torn_ = true;
+          SuspendLocked(Unavailable(synced.message()));
+        }
+      }
+      sync_done_.notify_all();
+    }
+    return Status::Ok();
+  }
+
+  Status AppendLocked(std::unique_lock<std::mutex>& lock, std::string_view body) {
     if (closed_) return Unavailable("the audit log is closed");
     if (!healthy_ && !TryResumeLocked()) {
       ++refused_;
       return Unavailable(last_error_.message());
     }
-    const Status written = WriteRecordLocked(body);
+    const bool group_commit = options_.sync == LogOptions::Sync::kEveryRecord;
+    const Status written = WriteRecordLocked(body, !group_commit);
     if (!written.ok()) {
       SuspendLocked(written);
       ++refused_;
       return written;
     }
+    const uint64_t seq = next_seq_ - 1;
     AfterWriteLocked();
+    if (group_commit) {
+      const Status durable = WaitDurableLocked(lock, seq);
+      if (!durable.ok()) {
+        ++refused_;
+        return durable;
+      }
+    }
     return Status::Ok();
   }
 
@@ -343,6 +386,7 @@ class Log::Impl {
       status = file_->Sync();
       if (!status.ok()) file_torn_ = true;
       dirty_ = !status.ok();
+      if (status.ok()) synced_seq_ = next_seq_ - 1;
     }
     if (!status.ok()) {
       SuspendLocked(status);
@@ -368,6 +412,7 @@ class Log::Impl {
       return;
     }
     dirty_ = false;
+    synced_seq_ = next_seq_ - 1;
     const Status started = StartFileLocked("rotation");
     if (!started.ok()) SuspendLocked(started);
   }
@@ -545,6 +590,10 @@ class Log::Impl {
   bool needs_new_file_ = false;  // so resume in a fresh file
   std::string pending_start_;    // a file_start body not yet written
   bool dirty_ = false;           // written since the last fdatasync
+  uint64_t synced_seq_ = 0;      // every record up to this seq is durable
+  uint64_t failed_sync_seq_ = 0; // records up to this seq were in a failed fdatasync
+  bool syncing_ = false;
+  std::condition_variable sync_done_;
   uint64_t bytes_since_space_check_ = 0;
   bool reserve_supported_ = false;
   uint64_t reserved_until_ = 0;
