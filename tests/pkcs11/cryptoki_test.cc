@@ -4,7 +4,7 @@
 
 #include <memory>
 
-#include "softhsm_fixture.h"
+#include "softhsm_test.h"
 
 namespace vecseal::pkcs11 {
 namespace {
@@ -91,17 +91,7 @@ TEST(ModuleTest, RefusesALibraryWithoutCryptoki) {
       << module.status().message();
 }
 
-class CryptokiTokenTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string reason = testing::SoftHsmUnavailableReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    auto token = SoftHsmToken::Create();
-    ASSERT_TRUE(token.ok()) << token.status().ToString();
-    token_ = std::move(token).value();
-  }
-  std::unique_ptr<SoftHsmToken> token_;
-};
+class CryptokiTokenTest : public testing::SoftHsmTest {};
 
 TEST_F(CryptokiTokenTest, FindsTokenByLabelOnly) {
   auto module = Module::Load(testing::kSoftHsmModule);

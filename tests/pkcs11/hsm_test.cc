@@ -11,7 +11,7 @@
 #include <cstring>
 #include <thread>
 
-#include "softhsm_fixture.h"
+#include "softhsm_test.h"
 #include "vecseal/pkcs11/cryptoki.h"
 
 namespace vecseal::pkcs11 {
@@ -77,6 +77,9 @@ struct ParamsCase {
   std::string message;  // empty: valid
 };
 
+constexpr const char* kBadBeta =
+    "the approximation factor (beta) must be a finite number greater than 0";
+
 class KeyParamsTest : public ::testing::TestWithParam<ParamsCase> {};
 
 TEST_P(KeyParamsTest, Validates) {
@@ -94,10 +97,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         ParamsCase{Params(2.5), ""},
         ParamsCase{Params(1, core::TransformKind::kPermute, 65536), ""},
-        ParamsCase{Params(0), "the approximation factor (beta) must be a finite number greater than 0"},
-        ParamsCase{Params(-1), "the approximation factor (beta) must be a finite number greater than 0"},
-        ParamsCase{Params(std::numeric_limits<double>::infinity()),
-                   "the approximation factor (beta) must be a finite number greater than 0"},
+        ParamsCase{Params(0), kBadBeta}, ParamsCase{Params(-1), kBadBeta},
+        ParamsCase{Params(std::numeric_limits<double>::infinity()), kBadBeta},
+        ParamsCase{Params(std::numeric_limits<double>::quiet_NaN()), kBadBeta},
         ParamsCase{Params(1, core::TransformKind::kRotate, 0),
                    "the dimension must be between 1 and 4096 for rotate"},
         ParamsCase{Params(1, core::TransformKind::kRotate, 4097),
@@ -118,17 +120,9 @@ TEST(CanonicalParamBytesTest, LayoutIsFixed) {
 
 // PIN sources
 
-class PinTest : public ::testing::Test {
+class PinTest : public testing::SoftHsmTest {
  protected:
-  void SetUp() override {
-    std::string reason = testing::SoftHsmUnavailableReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    auto token = SoftHsmToken::Create();
-    ASSERT_TRUE(token.ok()) << token.status().ToString();
-    token_ = std::move(token).value();
-  }
   void TearDown() override { unsetenv("CREDENTIALS_DIRECTORY"); }
-  std::unique_ptr<SoftHsmToken> token_;
 };
 
 TEST_F(PinTest, ReadsFileAndDropsTrailingNewline) {
@@ -156,7 +150,9 @@ TEST_F(PinTest, ErrorsNameTheSourceNeverTheContent) {
     std::string reason;
     std::string message;
   } cases[] = {
-      {PinSource{}, "pin_source_invalid", "set exactly one of the PIN file and the systemd credential name"},
+      {PinSource{},
+       "pin_source_invalid",
+       "set exactly one of the PIN file and the systemd credential name"},
       {PinSource{"/x", "y"},
        "pin_source_invalid",
        "set exactly one of the PIN file and the systemd credential name"},
@@ -188,15 +184,8 @@ TEST_F(PinTest, ErrorsNameTheSourceNeverTheContent) {
 
 // The Hsm against a real SoftHSM2 token.
 
-class HsmTest : public ::testing::Test {
+class HsmTest : public testing::SoftHsmTest {
  protected:
-  void SetUp() override {
-    std::string reason = testing::SoftHsmUnavailableReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    auto token = SoftHsmToken::Create();
-    ASSERT_TRUE(token.ok()) << token.status().ToString();
-    token_ = std::move(token).value();
-  }
 
   std::unique_ptr<Hsm> OpenHsm(HsmConfig config) {
     auto hsm = Hsm::Open(config);
@@ -249,7 +238,6 @@ class HsmTest : public ::testing::Test {
     ASSERT_TRUE(session.Create(data).ok());
   }
 
-  std::unique_ptr<SoftHsmToken> token_;
 };
 
 TEST_F(HsmTest, TokenNotFoundNamesTheLabel) {
@@ -271,7 +259,8 @@ TEST_F(HsmTest, InvalidConfigNamesTheField) {
   } cases[] = {
       {[](HsmConfig& c) { c.module_path = "libsofthsm2.so"; },
        "module_path: give the absolute path of the PKCS#11 module (.so)"},
-      {[](HsmConfig& c) { c.token_label = ""; }, "token_label: give the token label, 1 to 32 bytes"},
+      {[](HsmConfig& c) { c.token_label = ""; },
+       "token_label: give the token label, 1 to 32 bytes"},
       {[](HsmConfig& c) { c.sessions = 0; }, "sessions: give between 1 and 256 pooled sessions"},
       {[](HsmConfig& c) { c.recovery_attempts = 0; },
        "recovery: recovery_attempts must be at least 1 and max_backoff at least initial_backoff"},

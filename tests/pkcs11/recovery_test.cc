@@ -2,7 +2,7 @@
 // fault-injecting module (faulty_module/) in front of a real SoftHSM2 token.
 #include <gtest/gtest.h>
 
-#include "softhsm_fixture.h"
+#include "softhsm_test.h"
 #include "vecseal/pkcs11/hsm.h"
 
 namespace vecseal::pkcs11 {
@@ -15,14 +15,11 @@ std::span<const uint8_t> Bytes(std::string_view text) {
   return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
 }
 
-class RecoveryTest : public ::testing::Test {
+class RecoveryTest : public testing::SoftHsmTest {
  protected:
   void SetUp() override {
-    std::string reason = testing::SoftHsmUnavailableReason();
-    if (!reason.empty()) GTEST_SKIP() << reason;
-    auto token = SoftHsmToken::Create();
-    ASSERT_TRUE(token.ok()) << token.status().ToString();
-    token_ = std::move(token).value();
+    SoftHsmTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     faulty_ = std::make_unique<FaultyModule>(*token_);
     ASSERT_TRUE(faulty_->Set("up").ok());
     auto hsm = Hsm::Open(Config());
@@ -46,7 +43,6 @@ class RecoveryTest : public ::testing::Test {
 
   Status Derive(core::Seed& out) { return key_.deriver->DeriveOne(Bytes("nonce"), out); }
 
-  std::unique_ptr<SoftHsmToken> token_;
   std::unique_ptr<FaultyModule> faulty_;
   std::unique_ptr<Hsm> hsm_;
   ModelKey key_;

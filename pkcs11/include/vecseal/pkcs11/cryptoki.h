@@ -140,9 +140,9 @@ class Session {
   Result<Object> Create(std::span<const CK_ATTRIBUTE> attributes);
   Result<Object> GenerateKey(CK_MECHANISM_TYPE mechanism, std::span<const CK_ATTRIBUTE> attributes);
   // Returns {public, private}.
-  Result<std::pair<Object, Object>> GenerateKeyPair(CK_MECHANISM_TYPE mechanism,
-                                                    std::span<const CK_ATTRIBUTE> public_attributes,
-                                                    std::span<const CK_ATTRIBUTE> private_attributes);
+  Result<std::pair<Object, Object>> GenerateKeyPair(
+      CK_MECHANISM_TYPE mechanism, std::span<const CK_ATTRIBUTE> public_attributes,
+      std::span<const CK_ATTRIBUTE> private_attributes);
   // C_CopyObject; the copy is owned (destroyed with the Object) when `owned`.
   Result<Object> Copy(CK_OBJECT_HANDLE source, std::span<const CK_ATTRIBUTE> changes, bool owned);
 

@@ -106,8 +106,8 @@ Status ValidateKeyName(std::string_view name);
 Status ValidateKeyParams(const KeyParams& params);
 
 // The bytes authenticated by the parameter HMAC (format v1, little-endian):
-//   1 (u8) ‖ len(name) (u8) ‖ name ‖ version (u32) ‖ β (IEEE-754 binary64) ‖ transform (u8)
-//   ‖ has_dimension (u8) ‖ dimension (u32, 0 when absent) ‖ created_unix (i64)
+//   1 (u8) ‖ len(name) (u8) ‖ name ‖ version (u32) ‖ β (IEEE-754 binary64)
+//   ‖ transform (u8) ‖ has_dimension (u8) ‖ dimension (u32, 0 when absent) ‖ created_unix (i64)
 // The tag is HMAC-SHA256(K, "vecseal/v1/params" ‖ 0x00 ‖ these bytes) under the key itself.
 std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version,
                                          const KeyParams& params);
