@@ -6,6 +6,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels.h"
@@ -130,6 +131,9 @@ void CheckRoundTrip(const Cipher& cipher, size_t d) {
   double worst = 0;
   for (size_t i = 0; i < m.size(); ++i) worst = std::max(worst, std::abs(double{back[i]} - m[i]));
   EXPECT_LT(worst, kRoundTripTolerance);
+  // In place gives the same plaintext.
+  ASSERT_TRUE(cipher.Decrypt(c, c, d, tokens).ok());
+  EXPECT_EQ(c, back);
 }
 
 void CheckInPlace(const Cipher& cipher, size_t d) {
@@ -235,6 +239,40 @@ std::vector<Case> AllCases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Scheme, PropertyTest, ::testing::ValuesIn(AllCases()), CaseName);
+
+// Many threads on one Cipher, each at its own mix of dimensions, get what one thread gets: the
+// transform cache and the per-thread scratch do not mix calls.
+TEST(Concurrency, ThreadsSharingACipherAgreeWithOneThread) {
+  auto cipher = testing::MakeCipher(TransformKind::kRotate, 1.0);
+  constexpr size_t kThreads = 4;
+  const size_t dims[] = {16, 48, 100};
+  std::vector<std::vector<float>> expected;
+  for (size_t t = 0; t < kThreads; ++t) {
+    const size_t d = dims[t % 3];
+    const auto m = RandomUnitVectors(64, d, 10 + static_cast<uint32_t>(t));
+    std::vector<float> c(m.size());
+    CountingNonces nonces;
+    ASSERT_TRUE(cipher->Encrypt(m, c, d, EncryptOptions{false, 5, &nonces}, {}).ok());
+    expected.push_back(c);
+  }
+  auto fresh = testing::MakeCipher(TransformKind::kRotate, 1.0);  // empty transform cache
+  std::vector<std::vector<float>> got(kThreads);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const size_t d = dims[t % 3];
+      const auto m = RandomUnitVectors(64, d, 10 + static_cast<uint32_t>(t));
+      got[t].resize(m.size());
+      CountingNonces nonces;
+      for (int round = 0; round < 20; ++round) {
+        if (!fresh->Encrypt(m, got[t], d, EncryptOptions{false, 5, &nonces}, {}).ok()) return;
+        nonces = CountingNonces();
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (size_t t = 0; t < kThreads; ++t) EXPECT_EQ(got[t], expected[t]) << "thread " << t;
+}
 
 // Reversible mode refuses any change to what the tag covers, before recomputing anything.
 class TamperTest : public ::testing::Test {
