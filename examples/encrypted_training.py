@@ -17,10 +17,8 @@ installed it imports the client from this repository's clients/python/.
 """
 
 import argparse
-import glob
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -83,29 +81,12 @@ def pair(scores):
     return " / ".join(f"{score:.3f}" for score in scores.values())
 
 
-def verify_audit(cli, state_dir):
-    """The security team's check: the log this run produced verifies against the audit key."""
-    files = sorted(glob.glob(os.path.join(state_dir, "audit", "*")))
-    command = [cli, "audit", "verify", "--pubkey", os.path.join(state_dir, "audit-key.pem")]
-    result = subprocess.run(command + files, capture_output=True, text=True)
-    print(f"\n[security] {os.path.basename(cli)} audit verify --pubkey STATE/audit-key.pem "
-          f"STATE/audit/*  ({len(files)} files)")
-    for line in (result.stdout + result.stderr).strip().splitlines():
-        print(f"  {line}")
-    return result.returncode == 0
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", help="vecseald's socket (default: $VECSEAL_SOCKET)")
     parser.add_argument("--betas", default="0.5,1,2.5,5",
                         help="approximation factors β to compare, one key each")
     parser.add_argument("--seed", type=int, default=0, help="train/test split seed")
-    parser.add_argument("--audit-verify", metavar="VECSEAL_CLI",
-                        help="afterwards, verify the audit log with this `vecseal` binary "
-                             "(needs --state-dir or $VECSEAL_STATE_DIR)")
-    parser.add_argument("--state-dir", default=os.environ.get("VECSEAL_STATE_DIR"),
-                        help="the dev daemon's state directory")
     parser.add_argument("--summary-json", help="also write the measured figures here")
     parser.add_argument("--check", action="store_true",
                         help="exit non-zero unless the story holds (for tests)")
@@ -172,12 +153,6 @@ def main():
     print(f"  (chance: {CHANCE:.3f}; encrypting {len(test_x)} inputs took "
           f"{fresh_seconds * 1000:.0f} ms)")
 
-    audit_ok = None
-    if args.audit_verify:
-        if not args.state_dir:
-            sys.exit("--audit-verify needs --state-dir or $VECSEAL_STATE_DIR")
-        audit_ok = verify_audit(args.audit_verify, args.state_dir)
-
     elapsed = time.perf_counter() - started
     print("\n" + "=" * 78)
     print(f"summary: accuracy as {' / '.join(plain_models)}; all figures measured in this run")
@@ -190,19 +165,14 @@ def main():
     print(f"  (chance: {CHANCE:.3f})")
     print(f"  {vectors_encrypted + len(test_x) * (2 if wrong_key else 1)} vectors encrypted, "
           f"{vectors_encrypted / encrypt_seconds:,.0f} vectors/s; the story took {elapsed:.1f} s")
-    if audit_ok is not None:
-        print(f"  audit log of this run: {'verified' if audit_ok else 'VERIFICATION FAILED'}")
     print("=" * 78)
 
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump({"accuracy": results, "plaintext_inputs": useless,
                        "fresh_inputs": inference, "vectors_per_second":
-                       vectors_encrypted / encrypt_seconds, "seconds": elapsed,
-                       "audit_verified": audit_ok}, f, indent=2)
+                       vectors_encrypted / encrypt_seconds, "seconds": elapsed}, f, indent=2)
 
-    if audit_ok is False:
-        return 1
     if args.check:
         return check_story(results, useless, inference, betas, beta)
     return 0
