@@ -220,22 +220,40 @@ int64_t NowMicros() {
 }
 
 std::string FormatTimeMicros(int64_t unix_micros) {
-  const time_t seconds = static_cast<time_t>(unix_micros / 1000000);
-  const auto micros = static_cast<long>(unix_micros % 1000000);
-  struct tm utc {};
-  gmtime_r(&seconds, &utc);
-  char buffer[40];
-  const size_t n = strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%S", &utc);
-  std::string out(buffer, n);
-  char fraction[16];
-  snprintf(fraction, sizeof fraction, ".%06ldZ", micros);
-  out.append(fraction);
+  // gmtime_r and strftime once per second per thread: they are a visible part of an append.
+  thread_local int64_t cached_second = -1;
+  thread_local std::string cached_prefix;
+  const int64_t second = unix_micros / 1000000;
+  if (second != cached_second) {
+    const auto seconds = static_cast<time_t>(second);
+    struct tm utc {};
+    gmtime_r(&seconds, &utc);
+    char buffer[40];
+    cached_prefix.assign(buffer, strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%S.", &utc));
+    cached_second = second;
+  }
+  std::string out = cached_prefix;
+  auto micros = static_cast<uint32_t>(unix_micros % 1000000);
+  char digits[7] = "000000";
+  for (int i = 5; i >= 0; --i, micros /= 10) digits[i] = static_cast<char>('0' + micros % 10);
+  out.append(digits, 6);
+  out.push_back('Z');
   return out;
 }
 
 Digest Sha256(std::string_view data) {
+  // SHA256() looks the algorithm up on every call in OpenSSL 3; fetch it once, reuse a context.
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  thread_local std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
+                                                                           &EVP_MD_CTX_free);
   Digest digest;
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest.data());
+  unsigned int length = 0;
+  const bool ok = sha256 != nullptr && ctx && EVP_DigestInit_ex2(ctx.get(), sha256, nullptr) == 1 &&
+                  EVP_DigestUpdate(ctx.get(), data.data(), data.size()) == 1 &&
+                  EVP_DigestFinal_ex(ctx.get(), digest.data(), &length) == 1;
+  if (!ok) {
+    SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest.data());
+  }
   return digest;
 }
 
