@@ -149,12 +149,6 @@ std::string GroupName(gid_t gid) {
   return found ? std::string(found->gr_name) : std::string();
 }
 
-void FillNames(CallerIdentity* id) {
-  id->user = UserName(id->uid);
-  id->group = GroupName(id->gid);
-  id->group_names.clear();
-  for (gid_t gid : id->supplementary_gids) id->group_names.push_back(GroupName(gid));
-}
 
 // The canonical path of an open file, as the daemon sees it.
 std::string PathOfFd(int fd) {
@@ -331,6 +325,65 @@ nlohmann::json CallerIdentity::ToJson() const {
 
 IdentityResolver::IdentityResolver(IdentityResolverOptions options) : options_(options) {}
 
+namespace {
+
+int64_t MonotonicNs() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+}
+
+}  // namespace
+
+void IdentityResolver::FillNames(CallerIdentity* id) {
+  if (options_.name_cache_seconds <= 0) {
+    id->user = UserName(id->uid);
+    id->group = GroupName(id->gid);
+    id->group_names.clear();
+    for (gid_t gid : id->supplementary_gids) id->group_names.push_back(GroupName(gid));
+    return;
+  }
+  auto stamp = [](const char* path) {
+    struct stat st;
+    if (stat(path, &st) != 0) return FileStamp{};
+    return FileStamp{st.st_ino, st.st_size,
+                     int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec};
+  };
+  FileStamp passwd = stamp("/etc/passwd");
+  FileStamp group = stamp("/etc/group");
+  int64_t now = MonotonicNs();
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (passwd != passwd_stamp_ || group != group_stamp_ ||
+      now - names_since_ns_ > int64_t{options_.name_cache_seconds} * 1000000000) {
+    user_names_.clear();
+    group_names_.clear();
+    passwd_stamp_ = passwd;
+    group_stamp_ = group;
+    names_since_ns_ = now;
+  }
+  // NSS may be slow (LDAP): look names up without holding the lock.
+  auto lookup = [&](auto& cache, uint32_t key, std::string (*resolve)(uint32_t)) {
+    auto it = cache.find(key);
+    if (it != cache.end()) {
+      ++stats_.name_cache_hits;
+      return it->second;
+    }
+    ++stats_.name_cache_misses;
+    lock.unlock();
+    std::string name = resolve(key);
+    lock.lock();
+    if (cache.size() >= options_.digest_cache_capacity) cache.clear();
+    cache.emplace(key, name);
+    return name;
+  };
+  id->user = lookup(user_names_, id->uid, UserName);
+  id->group = lookup(group_names_, id->gid, GroupName);
+  id->group_names.clear();
+  for (gid_t gid : id->supplementary_gids) {
+    id->group_names.push_back(lookup(group_names_, gid, GroupName));
+  }
+}
+
 IdentityResolver::Stats IdentityResolver::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return stats_;
@@ -491,7 +544,7 @@ Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver
   // connected (only possible without SO_PEERPIDFD).
   if (!peer.pinned_by_socket_ && snap.start_time > accepted_ticks) return PeerGone(cred.pid);
   if (!Alive(peer.pidfd_)) return PeerGone(cred.pid);
-  FillNames(&snap.identity);
+  resolver.FillNames(&snap.identity);
   peer.identity_ = std::move(snap.identity);
   peer.marker_ = std::move(snap.marker);
   {
@@ -521,7 +574,7 @@ Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver
   VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(fds.dir, &snap.identity));
   VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, &snap));
   if (!Alive(peer.pidfd_)) return PeerGone(pid);
-  FillNames(&snap.identity);
+  resolver.FillNames(&snap.identity);
   peer.identity_ = std::move(snap.identity);
   peer.marker_ = std::move(snap.marker);
   return peer;
@@ -544,7 +597,7 @@ Status PeerIdentity::Refresh(IdentityResolver& resolver) {
   VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(proc_dir_fd_, &snap.identity));
   VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, &snap));
   if (!Alive(pidfd_)) return PeerGone(pid);
-  FillNames(&snap.identity);
+  resolver.FillNames(&snap.identity);
   identity_ = std::move(snap.identity);
   marker_ = std::move(snap.marker);
   std::lock_guard<std::mutex> lock(resolver.mutex_);

@@ -394,6 +394,37 @@ TEST_P(PeerTest, SocketPairWithoutPeerProcessCredentialsStillNamesUs) {
   EXPECT_EQ(peer->identity().pid, getpid());
 }
 
+TEST(NameCacheTest, NamesAreCachedUnlessDisabled) {
+  const struct passwd* root = getpwuid(0);
+  const struct group* root_group = getgrgid(0);
+  if (root == nullptr || root_group == nullptr) GTEST_SKIP() << "no entry for uid or gid 0";
+  std::string root_name = root->pw_name;
+  std::string root_group_name = root_group->gr_name;
+  CallerIdentity id;
+  id.supplementary_gids = {0, 4294967294u};
+
+  IdentityResolver cached;
+  cached.FillNames(&id);
+  EXPECT_EQ(id.user, root_name);
+  EXPECT_EQ(id.group, root_group_name);
+  EXPECT_EQ(id.group_names, (std::vector<std::string>{root_group_name, ""}));
+  IdentityResolver::Stats first = cached.stats();
+  EXPECT_EQ(first.name_cache_misses, 3u);  // uid 0, gid 0, gid 4294967294
+  EXPECT_EQ(first.name_cache_hits, 1u);    // the second gid 0
+  cached.FillNames(&id);
+  EXPECT_EQ(cached.stats().name_cache_misses, 3u);
+  EXPECT_EQ(cached.stats().name_cache_hits, 5u);
+  EXPECT_EQ(id.group_names, (std::vector<std::string>{root_group_name, ""}));
+
+  IdentityResolverOptions options;
+  options.name_cache_seconds = 0;
+  IdentityResolver uncached(options);
+  uncached.FillNames(&id);
+  uncached.FillNames(&id);
+  EXPECT_EQ(uncached.stats().name_cache_hits, 0u);
+  EXPECT_EQ(id.user, root_name);
+}
+
 TEST(PeerIdentityErrorsTest, NonSocketHasNoCredentials) {
   IdentityResolver resolver;
   Fd file(open("/dev/null", O_RDONLY | O_CLOEXEC));

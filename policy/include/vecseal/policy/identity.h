@@ -48,8 +48,13 @@ struct IdentityResolverOptions {
   bool use_peer_pidfd = true;
   // Executables and scripts larger than this are not hashed (their digest stays empty).
   uint64_t max_hash_bytes = uint64_t{512} << 20;
-  // Digest cache entries, keyed by (dev, inode, size, mtime, ctime); cleared when full.
+  // Digest cache entries, keyed by (dev, inode, size, mtime, ctime); cleared when full. Also
+  // bounds each name cache.
   size_t digest_cache_capacity = 4096;
+  // User and group names are cached for this long, and dropped at once when /etc/passwd or
+  // /etc/group change; the limit covers NSS sources that are not files (LDAP, systemd). 0: no
+  // cache, every identification asks NSS (tens of microseconds per name).
+  int name_cache_seconds = 60;
 };
 
 // Resolves identities and caches file digests. Thread-safe; share one per daemon.
@@ -59,6 +64,8 @@ class IdentityResolver {
     uint64_t digest_cache_hits = 0;
     uint64_t digest_cache_misses = 0;
     uint64_t resolutions = 0;  // full /proc reads (first identification and after an exec)
+    uint64_t name_cache_hits = 0;
+    uint64_t name_cache_misses = 0;
   };
 
   IdentityResolver() : IdentityResolver(IdentityResolverOptions{}) {}
@@ -73,6 +80,9 @@ class IdentityResolver {
   // (dev, inode, size, mtime, ctime) is known. Reads through the fd, so the digest is of the
   // file actually opened, whatever its path says now.
   Result<std::string> DigestOf(int fd);
+
+  // Fills user, group and group_names from uid, gid and supplementary_gids.
+  void FillNames(CallerIdentity* identity);
 
   // The identity a process with these credentials and this executable would have: for
   // `vecseald --check-policy --as-uid N --exe PATH`. Not from the kernel; never use it to decide
@@ -93,9 +103,21 @@ class IdentityResolver {
     size_t operator()(const FileKey& key) const;
   };
 
+  struct FileStamp {
+    ino_t ino = 0;
+    off_t size = 0;
+    int64_t mtime_ns = 0;
+    bool operator==(const FileStamp&) const = default;
+  };
+
   IdentityResolverOptions options_;
   mutable std::mutex mutex_;
   std::unordered_map<FileKey, std::string, FileKeyHash> digests_;
+  std::unordered_map<uid_t, std::string> user_names_;
+  std::unordered_map<gid_t, std::string> group_names_;
+  int64_t names_since_ns_ = 0;  // CLOCK_MONOTONIC when the name caches were last emptied
+  FileStamp passwd_stamp_;
+  FileStamp group_stamp_;
   Stats stats_;
 };
 
