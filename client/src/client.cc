@@ -167,6 +167,33 @@ std::optional<std::vector<uint8_t>> Unbase64(std::string_view in) {
   return out;
 }
 
+// [[v, ...], ...] with the shortest text that reads back as the same float32.
+void AppendJsonVectors(std::string& body, std::span<const float> vectors, size_t dimension) {
+  char number[32];
+  body += '[';
+  for (size_t i = 0; i < vectors.size(); ++i) {
+    body += i == 0 ? "[" : (i % dimension == 0 ? "],[" : ",");
+    const auto [end, ec] = std::to_chars(number, number + sizeof(number), vectors[i]);
+    body.append(number, end);
+  }
+  body += vectors.empty() ? "]" : "]]";
+}
+
+// The "key_version" and "vectors" of a JSON encrypt or decrypt response.
+Status ParseJsonVectors(const FloatJson& parsed, size_t dimension, uint32_t& key_version,
+                        std::vector<float>& out) {
+  try {
+    key_version = parsed.at("key_version").get<uint32_t>();
+    for (const FloatJson& row : parsed.at("vectors")) {
+      if (row.size() != dimension) return BadResponse("a vector of the wrong dimension");
+      for (const FloatJson& v : row) out.push_back(v.get<float>());
+    }
+  } catch (const std::exception& e) {
+    return BadResponse(std::string("malformed vectors in a JSON response (") + e.what() + ")");
+  }
+  return Status::Ok();
+}
+
 Result<KeyInfo> ParseKeyInfo(const nlohmann::json& j) {
   try {
     KeyInfo key;
@@ -559,26 +586,16 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   }
   std::string body = R"({"reversible":)";
   body += reversible ? "true" : "false";
-  body += R"(,"vectors":[)";
-  char number[32];
-  for (size_t i = 0; i < vectors.size(); ++i) {
-    body += i == 0 ? "[" : (i % dimension == 0 ? "],[" : ",");
-    const auto [end, ec] = std::to_chars(number, number + sizeof(number), vectors[i]);
-    body.append(number, end);
-  }
-  body += "]]}";
+  body += R"(,"vectors":)";
+  AppendJsonVectors(body, vectors, dimension);
+  body += "}";
   Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
   if (!response.ok()) return std::move(response).TakeStatus();
   if (response->status != 200) return StatusFromResponse(*response);
   FloatJson parsed = FloatJson::parse(response->body, nullptr, false);
+  VECSEAL_RETURN_IF_ERROR(ParseJsonVectors(parsed, dimension, result.key_version, result.vectors));
+  result.dimension = dimension;
   try {
-    result.key_version = parsed.at("key_version").get<uint32_t>();
-    result.dimension = parsed.at("dimension").get<size_t>();
-    result.vectors.reserve(vectors.size());
-    for (const FloatJson& row : parsed.at("vectors")) {
-      if (row.size() != dimension) return BadResponse("a vector of the wrong dimension");
-      for (const FloatJson& v : row) result.vectors.push_back(v.get<float>());
-    }
     if (reversible) {
       for (const FloatJson& token : parsed.at("tokens")) {
         std::optional<std::vector<uint8_t>> bytes = Unbase64(token.get<std::string>());
@@ -624,14 +641,9 @@ Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const floa
     DecodeFloatsLe(response->body, result.vectors);
     return result;
   }
-  std::string body = R"({"vectors":[)";
-  char number[32];
-  for (size_t i = 0; i < vectors.size(); ++i) {
-    body += i == 0 ? "[" : (i % dimension == 0 ? "],[" : ",");
-    const auto [end, ec] = std::to_chars(number, number + sizeof(number), vectors[i]);
-    body.append(number, end);
-  }
-  body += R"(]],"tokens":[)";
+  std::string body = R"({"vectors":)";
+  AppendJsonVectors(body, vectors, dimension);
+  body += R"(,"tokens":[)";
   for (size_t i = 0; i < tokens.size(); i += kTokenSize) {
     body += i == 0 ? "\"" : ",\"";
     body += Base64(tokens.subspan(i, kTokenSize));
@@ -642,15 +654,8 @@ Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const floa
   if (!response.ok()) return std::move(response).TakeStatus();
   if (response->status != 200) return StatusFromResponse(*response);
   FloatJson parsed = FloatJson::parse(response->body, nullptr, false);
-  try {
-    result.key_version = parsed.at("key_version").get<uint32_t>();
-    result.dimension = parsed.at("dimension").get<size_t>();
-    for (const FloatJson& row : parsed.at("vectors")) {
-      for (const FloatJson& v : row) result.vectors.push_back(v.get<float>());
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return BadResponse(std::string("malformed decrypt response (") + e.what() + ")");
-  }
+  VECSEAL_RETURN_IF_ERROR(ParseJsonVectors(parsed, dimension, result.key_version, result.vectors));
+  result.dimension = dimension;
   if (result.vectors.size() != vectors.size()) return BadResponse("the wrong number of vectors");
   return result;
 }
