@@ -1,11 +1,11 @@
 // Throughput of the SAP scheme on one core (docs/performance.md, "core"). Run:
 //   build/bin/core_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 // Each Encrypt call takes a batch of kBatch vectors; items/s is vectors per second.
+#include <benchmark/benchmark.h>
+
 #include <memory>
 #include <random>
 #include <vector>
-
-#include <benchmark/benchmark.h>
 
 #include "kernels.h"
 #include "keystream.h"
@@ -137,7 +137,12 @@ void OpenBlasSgemm(benchmark::State& state) {
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
 }
-BENCHMARK(OpenBlasSgemm)->Arg(384)->Arg(768)->Arg(1536)->ArgName("d")->Unit(benchmark::kMicrosecond);
+BENCHMARK(OpenBlasSgemm)
+    ->Arg(384)
+    ->Arg(768)
+    ->Arg(1536)
+    ->ArgName("d")
+    ->Unit(benchmark::kMicrosecond);
 #endif
 
 }  // namespace

@@ -22,7 +22,7 @@ namespace vecseal::core::detail {
 namespace {
 
 // The bodies below are branch-free loops written so that the compiler vectorises them; each is
-// compiled twice, once inside an AVX2+FMA function and once for the baseline ISA.
+// compiled three times, for AVX-512, for AVX2+FMA and for the baseline ISA.
 
 // mask ? a : b for mask all-ones or zero, in integer operations so that loops stay
 // branch-free and vectorise.
@@ -46,7 +46,8 @@ VECSEAL_INLINE float LogUniform(uint32_t w) {
   const int32_t e = static_cast<int32_t>(bits >> 23) - 127 + static_cast<int32_t>(high);
   const uint32_t rest = ~w;
   const float one_minus_a = static_cast<float>(static_cast<int32_t>(rest >> 1)) * 0x1p-31f +
-                            0x1p-33f + static_cast<float>(static_cast<int32_t>(rest & 1u)) * 0x1p-32f;
+                            0x1p-33f +
+                            static_cast<float>(static_cast<int32_t>(rest & 1u)) * 0x1p-32f;
   const float f = Select(MaskIf(e == 0), -one_minus_a, m - 1.0f);
   const float s = f / (2.0f + f);
   const float s2 = s * s;
@@ -146,7 +147,7 @@ VECSEAL_INLINE void ReflectBody(const double* __restrict v, double* __restrict x
 }
 
 constexpr size_t kTileRows = 6;
-constexpr size_t kRowBlock = 96;    // rows of A kept in L2 while the panels stream past
+constexpr size_t kRowBlock = 96;     // rows of A kept in L2 while the panels stream past
 constexpr size_t kDepthBlock = 256;  // depth per pass: a 16-wide panel slice (16 KiB) stays in L1
 
 // One 6×16 tile of C over depth k, stored or (accumulate) added; rows past `rows` repeat the last
@@ -164,7 +165,8 @@ void TilePortable(const float* a, size_t lda, size_t rows, size_t k, const float
     }
   }
   for (size_t r = 0; r < rows; ++r) {
-    for (size_t j = 0; j < cols; ++j) c[r * ldc + j] = (accumulate ? c[r * ldc + j] : 0.0f) + acc[r][j];
+    for (size_t j = 0; j < cols; ++j)
+      c[r * ldc + j] = (accumulate ? c[r * ldc + j] : 0.0f) + acc[r][j];
   }
 }
 
@@ -200,35 +202,31 @@ VECSEAL_AVX2 void TileAvx2(const float* a, size_t lda, size_t rows, size_t k, co
   for (size_t r = 0; r < rows; ++r) {
     _mm256_store_ps(tile, acc[r][0]);
     _mm256_store_ps(tile + 8, acc[r][1]);
-    for (size_t j = 0; j < cols; ++j) c[r * ldc + j] = (accumulate ? c[r * ldc + j] : 0.0f) + tile[j];
+    for (size_t j = 0; j < cols; ++j)
+      c[r * ldc + j] = (accumulate ? c[r * ldc + j] : 0.0f) + tile[j];
   }
 }
-#endif
 
-#if VECSEAL_X86
 // AVX-512: each 16-wide panel row is one register, so a 12×16 tile fits 12 accumulators.
 constexpr size_t kTileRows512 = 12;
-VECSEAL_AVX512 void TileAvx512(const float* a, size_t lda, size_t rows,
-                                                     size_t k, const float* panel, float* c,
-                                                     size_t ldc, size_t cols, bool accumulate) {
-  for (size_t r0 = 0; r0 < rows; r0 += kTileRows512) {
-    const size_t tile_rows = std::min(kTileRows512, rows - r0);
-    const float* row[kTileRows512];
-    for (size_t r = 0; r < kTileRows512; ++r) row[r] = a + (r0 + std::min(r, tile_rows - 1)) * lda;
-    __m512 acc[kTileRows512];
-    for (auto& v : acc) v = _mm512_setzero_ps();
-    for (size_t p = 0; p < k; ++p) {
-      const __m512 b = _mm512_loadu_ps(panel + p * kGemmPanelWidth);
-      for (size_t r = 0; r < kTileRows512; ++r) {
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(row[r][p]), b, acc[r]);
-      }
+VECSEAL_AVX512 void TileAvx512(const float* a, size_t lda, size_t rows, size_t k,
+                               const float* panel, float* c, size_t ldc, size_t cols,
+                               bool accumulate) {
+  const float* row[kTileRows512];
+  for (size_t r = 0; r < kTileRows512; ++r) row[r] = a + std::min(r, rows - 1) * lda;
+  __m512 acc[kTileRows512];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  for (size_t p = 0; p < k; ++p) {
+    const __m512 b = _mm512_loadu_ps(panel + p * kGemmPanelWidth);
+    for (size_t r = 0; r < kTileRows512; ++r) {
+      acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(row[r][p]), b, acc[r]);
     }
-    const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1);
-    for (size_t r = 0; r < tile_rows; ++r) {
-      float* out = c + (r0 + r) * ldc;
-      if (accumulate) acc[r] = _mm512_add_ps(acc[r], _mm512_maskz_loadu_ps(mask, out));
-      _mm512_mask_storeu_ps(out, mask, acc[r]);
-    }
+  }
+  const auto mask = static_cast<__mmask16>((1u << cols) - 1);
+  for (size_t r = 0; r < rows; ++r) {
+    float* out = c + r * ldc;
+    if (accumulate) acc[r] = _mm512_add_ps(acc[r], _mm512_maskz_loadu_ps(mask, out));
+    _mm512_mask_storeu_ps(out, mask, acc[r]);
   }
 }
 #endif
@@ -236,8 +234,8 @@ VECSEAL_AVX512 void TileAvx512(const float* a, size_t lda, size_t rows,
 using TileFn = void (*)(const float*, size_t, size_t, size_t, const float*, float*, size_t, size_t,
                         bool);
 
-void GemmWith(TileFn tile, size_t tile_rows, const float* a, size_t lda, size_t n, size_t k, const float* packed_b,
-              size_t m, float* c, size_t ldc) {
+void GemmWith(TileFn tile, size_t tile_rows, const float* a, size_t lda, size_t n, size_t k,
+              const float* packed_b, size_t m, float* c, size_t ldc) {
   const size_t panels = (m + kGemmPanelWidth - 1) / kGemmPanelWidth;
   for (size_t p0 = 0; p0 < k; p0 += kDepthBlock) {
     const size_t depth = std::min(kDepthBlock, k - p0);
@@ -274,7 +272,7 @@ struct Kernels {
     NormalsBody(w, pairs, z);                                                                      \
   }                                                                                                \
   attr float SumOfSquares##suffix(const float* x, size_t n) { return SumOfSquaresBody(x, n); }     \
-  attr bool AllFinite##suffix(const float* x, size_t n) { return AllFiniteBody(x, n); }             \
+  attr bool AllFinite##suffix(const float* x, size_t n) { return AllFiniteBody(x, n); }            \
   attr void Gather##suffix(const float* m, const uint32_t* p, const float* z, float k, float* out, \
                            size_t d) {                                                             \
     GatherBody(m, p, z, k, out, d);                                                                \
@@ -295,26 +293,24 @@ VECSEAL_DEFINE_KERNELS(Avx512, VECSEAL_AVX512)
 #endif
 
 const Kernels& Portable() {
-  static const Kernels kernels{"portable",       NormalsPortable,   SumOfSquaresPortable,
-                               AllFinitePortable, GatherPortable,    ScatterPortable,
-                               AddScaledPortable, ReflectPortable,   TilePortable,
-                               kTileRows};
+  static const Kernels kernels{
+      "portable",      NormalsPortable,   SumOfSquaresPortable, AllFinitePortable, GatherPortable,
+      ScatterPortable, AddScaledPortable, ReflectPortable,      TilePortable,      kTileRows};
   return kernels;
 }
 
 #if VECSEAL_X86
 const Kernels& Avx2() {
-  static const Kernels kernels{"avx2",        NormalsAvx2,   SumOfSquaresAvx2, AllFiniteAvx2,
-                               GatherAvx2,    ScatterAvx2,   AddScaledAvx2,    ReflectAvx2,
-                               TileAvx2,      kTileRows};
+  static const Kernels kernels{"avx2",     NormalsAvx2, SumOfSquaresAvx2, AllFiniteAvx2,
+                               GatherAvx2, ScatterAvx2, AddScaledAvx2,    ReflectAvx2,
+                               TileAvx2,   kTileRows};
   return kernels;
 }
 
 const Kernels& Avx512() {
-  static const Kernels kernels{"avx512",        NormalsAvx512,   SumOfSquaresAvx512,
-                               AllFiniteAvx512, GatherAvx512,    ScatterAvx512,
-                               AddScaledAvx512, ReflectAvx512,   TileAvx512,
-                               kTileRows512};
+  static const Kernels kernels{"avx512",     NormalsAvx512, SumOfSquaresAvx512, AllFiniteAvx512,
+                               GatherAvx512, ScatterAvx512, AddScaledAvx512,    ReflectAvx512,
+                               TileAvx512,   kTileRows512};
   return kernels;
 }
 #endif

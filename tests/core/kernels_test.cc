@@ -108,9 +108,12 @@ INSTANTIATE_TEST_SUITE_P(Dispatch, KernelsTest,
                                            KernelLevel::kPortable),
                          [](const auto& param_info) {
                            switch (param_info.param) {
-                             case KernelLevel::kAvx512: return "avx512";
-                             case KernelLevel::kAvx2: return "avx2";
-                             default: return "portable";
+                             case KernelLevel::kAvx512:
+                               return "avx512";
+                             case KernelLevel::kAvx2:
+                               return "avx2";
+                             default:
+                               return "portable";
                            }
                          });
 

@@ -1,13 +1,13 @@
 // Helpers shared by the core tests.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "vecseal/core/cipher.h"
 
