@@ -134,7 +134,12 @@ struct ExecMarker {
 };
 }  // namespace internal
 
-// The identity of one connection's peer. Holds the pidfd and a /proc/PID directory fd; move-only.
+// The identity of one connection's peer. Holds the pidfd and /proc/PID fds (four in all);
+// move-only; not thread-safe (a connection's requests are handled one at a time).
+//
+// Without SO_PEERPIDFD (kernels before 6.5) the PID is pinned with pidfd_open, and a process that
+// started after FromSocket was entered is refused as a PID reuse; one that reused the PID between
+// connect() and that moment is not caught. Call FromSocket right after accept().
 //
 // Errors (reason, code):
 //   peer_credentials_unavailable (kPermissionDenied): the socket has no peer credentials.
