@@ -19,6 +19,17 @@ Status IoError(std::string_view operation, const std::string& path, int error) {
                 std::string(operation) + " " + path + ": " + std::strerror(error));
 }
 
+Status OpenAndStat(const std::string& path, int flags, int* fd, struct stat* st) {
+  *fd = ::open(path.c_str(), flags | O_CLOEXEC, 0600);
+  if (*fd < 0) return IoError("open", path, errno);
+  if (::fstat(*fd, st) != 0) {
+    const int error = errno;
+    ::close(*fd);
+    return IoError("fstat", path, error);
+  }
+  return Status::Ok();
+}
+
 class PosixAppendFile final : public AppendFile {
  public:
   PosixAppendFile(int fd, std::string path, uint64_t size)
@@ -74,14 +85,9 @@ class PosixAppendFile final : public AppendFile {
 class PosixFileSystemImpl final : public FileSystem {
  public:
   Result<std::unique_ptr<AppendFile>> OpenAppend(const std::string& path) override {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) return IoError("open", path, errno);
+    int fd = -1;
     struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int error = errno;
-      ::close(fd);
-      return IoError("fstat", path, error);
-    }
+    VECSEAL_RETURN_IF_ERROR(OpenAndStat(path, O_WRONLY | O_APPEND | O_CREAT, &fd, &st));
     const uint64_t size = S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0;
     return std::unique_ptr<AppendFile>(std::make_unique<PosixAppendFile>(fd, path, size));
   }
@@ -100,14 +106,9 @@ class PosixFileSystemImpl final : public FileSystem {
 
   Status ReadTail(const std::string& path, uint64_t max_bytes, std::string* tail,
                   uint64_t* file_size) override {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return IoError("open", path, errno);
+    int fd = -1;
     struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int error = errno;
-      ::close(fd);
-      return IoError("fstat", path, error);
-    }
+    VECSEAL_RETURN_IF_ERROR(OpenAndStat(path, O_RDONLY, &fd, &st));
     const auto size = static_cast<uint64_t>(st.st_size);
     const uint64_t length = std::min(size, max_bytes);
     tail->assign(length, '\0');

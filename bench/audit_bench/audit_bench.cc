@@ -56,8 +56,18 @@ void BM_BareWrite(benchmark::State& state) {
   testing::TempDir dir;
   const std::string path = dir.path() + "/bare.jsonl";
   const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-  // The length of a sample record: serialised body plus seq, time and prev.
-  const std::string line(420, 'x');
+  // As long as a real record of the sample event.
+  size_t length = 0;
+  {
+    testing::TempDir sample_dir;
+    auto log = Log::Open(BenchOptions(sample_dir.path(), LogOptions::Sync::kInterval),
+                         testing::SoftwareSigner::Generate());
+    if (log.ok() && (*log)->Append(testing::SampleEvent(0)).ok() && (*log)->Close().ok()) {
+      length = testing::ReadLines(testing::LogFiles(sample_dir.path())[0])[1].size() + 1;
+    }
+  }
+  state.counters["bytes_per_record"] = static_cast<double>(length);
+  const std::string line(length, 'x');
   for (auto _ : state) {
     if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
       state.SkipWithError("write failed");
@@ -76,7 +86,8 @@ BENCHMARK_CAPTURE(BM_Append, every_record, LogOptions::Sync::kEveryRecord)
     ->Threads(1);
 BENCHMARK_CAPTURE(BM_Append, every_record, LogOptions::Sync::kEveryRecord)
     ->UseRealTime()
-    ->Threads(4);
+    ->Threads(4)
+    ->Threads(16);
 
 }  // namespace
 }  // namespace vecseal::audit
