@@ -109,5 +109,19 @@ TEST_F(ReferenceTest, FormatDocumentListsTheReferenceKnownAnswers) {
       << output;
 }
 
+TEST_F(ReferenceTest, KnownAnswerTableIsTheReferenceOutput) {
+  std::string generated;
+  ASSERT_EQ(RunCommand(std::string(kPython) + " " VECSEAL_REFERENCE_SCRIPT " cpp", generated), 0)
+      << generated;
+  std::string stored;
+  if (FILE* file = std::fopen(VECSEAL_KAT_TABLE, "r")) {
+    char buffer[4096];
+    while (size_t n = std::fread(buffer, 1, sizeof(buffer), file)) stored.append(buffer, n);
+    std::fclose(file);
+  }
+  EXPECT_EQ(generated, stored) << "regenerate tests/core/kat_vectors.inc with "
+                                  "`sap_reference.py cpp`";
+}
+
 }  // namespace
 }  // namespace vecseal::core
