@@ -26,6 +26,20 @@ std::vector<float> ColumnMeans(const Matrix& x) {
 
 namespace {
 
+// gram += c·cᵀ (lower triangle only) and cross += c·mᵀ, for one centred pair.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void AddPair(
+    const double* c, size_t dc, const double* m, size_t dm, double* gram, double* cross) {
+  for (size_t a = 0; a < dc; ++a) {
+    const double ca = c[a];
+    double* gram_row = gram + a * dc;
+#pragma omp simd
+    for (size_t b = 0; b <= a; ++b) gram_row[b] += ca * c[b];
+    double* cross_row = cross + a * dm;
+#pragma omp simd
+    for (size_t b = 0; b < dm; ++b) cross_row[b] += ca * m[b];
+  }
+}
+
 // The centred normal equations CᵀC and CᵀM of a set of pairs, solved for any ridge strength.
 class InversionProblem {
  public:
@@ -38,15 +52,7 @@ class InversionProblem {
     for (size_t i = 0; i < ciphertexts.rows; ++i) {
       for (size_t j = 0; j < dc_; ++j) c[j] = ciphertexts.row(i)[j] - cipher_mean_[j];
       for (size_t j = 0; j < dm_; ++j) m[j] = plaintexts.row(i)[j] - plain_mean_[j];
-      for (size_t a = 0; a < dc_; ++a) {
-        const double ca = c[a];
-        double* gram_row = gram_.data() + a * dc_;
-#pragma omp simd
-        for (size_t b = 0; b <= a; ++b) gram_row[b] += ca * c[b];
-        double* cross_row = cross_.data() + a * dm_;
-#pragma omp simd
-        for (size_t b = 0; b < dm_; ++b) cross_row[b] += ca * m[b];
-      }
+      AddPair(c.data(), dc_, m.data(), dm_, gram_.data(), cross_.data());
     }
     for (size_t a = 0; a < dc_; ++a) {
       trace_ += gram_[a * dc_ + a];
@@ -170,13 +176,17 @@ constexpr size_t kFeatures = 2 + std::size(kQuantiles);
 // Per dimension: mean, standard deviation with `noise_variance` removed, and quantiles.
 std::vector<double> DimensionFeatures(const Matrix& x, double noise_variance) {
   std::vector<double> features(x.cols * kFeatures);
-  std::vector<float> column(x.rows);
+  // Columns gathered in one row-major pass, so that each column is then contiguous.
+  std::vector<float> columns(x.rows * x.cols);
+  for (size_t i = 0; i < x.rows; ++i) {
+    for (size_t j = 0; j < x.cols; ++j) columns[j * x.rows + i] = x.row(i)[j];
+  }
   for (size_t j = 0; j < x.cols; ++j) {
+    const std::span<float> column(columns.data() + j * x.rows, x.rows);
     double sum = 0, sum_squares = 0;
-    for (size_t i = 0; i < x.rows; ++i) {
-      column[i] = x.row(i)[j];
-      sum += column[i];
-      sum_squares += static_cast<double>(column[i]) * column[i];
+    for (float v : column) {
+      sum += v;
+      sum_squares += static_cast<double>(v) * v;
     }
     const double n = static_cast<double>(std::max<size_t>(x.rows, 1));
     const double mean = sum / n;

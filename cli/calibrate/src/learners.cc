@@ -52,6 +52,17 @@ Matrix Standardise(const Matrix& x, std::span<const float> mean, std::span<const
   return z;
 }
 
+// gradient[c] += residuals[c]·z for every class c (rows of `width`).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void AddResiduals(
+    const float* z, const double* residuals, size_t classes, size_t width, double* gradient) {
+  for (size_t c = 0; c < classes; ++c) {
+    const double r = residuals[c];
+    double* g = gradient + c * width;
+#pragma omp simd
+    for (size_t j = 0; j < width; ++j) g[j] += r * z[j];
+  }
+}
+
 // Loss and gradient of the penalised mean cross-entropy at `w` (classes × width).
 class Objective {
  public:
@@ -79,10 +90,9 @@ class Objective {
       loss += std::log(partition) + max_logit -
               (std::log(logits_[labels_[i]]) + max_logit);
       for (size_t c = 0; c < classes_; ++c) {
-        const double residual = logits_[c] / partition - (c == labels_[i] ? 1.0 : 0.0);
-        double* g = gradient.data() + c * width;
-        for (size_t j = 0; j < width; ++j) g[j] += residual * zi[j];
+        logits_[c] = logits_[c] / partition - (c == labels_[i] ? 1.0 : 0.0);
       }
+      AddResiduals(zi.data(), logits_.data(), classes_, width, gradient.data());
     }
     const double inverse_n = 1.0 / static_cast<double>(z_.rows);
     loss *= inverse_n;
