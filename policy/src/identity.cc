@@ -225,6 +225,20 @@ Status OpenProc(pid_t pid, ProcFds* fds) {
   return Status::Ok();
 }
 
+Status ReadCredentialsFromStatus(int proc_dir_fd, CallerIdentity* id) {
+  std::string text;
+  int err = 0;
+  if (!ReadProcFile(proc_dir_fd, "status", kMaxSmallFileBytes, &text, &err)) {
+    return err == ESRCH ? PeerGone(id->pid) : ProcError(id->pid, "status", err);
+  }
+  std::optional<internal::StatusIds> ids = internal::ParseStatusIds(text);
+  if (!ids) return PeerGone(id->pid);  // a zombie has no credentials lines worth trusting
+  id->uid = ids->euid;
+  id->gid = ids->egid;
+  id->supplementary_gids = std::move(ids->groups);
+  return Status::Ok();
+}
+
 // Reads everything but the credentials from /proc/PID (through `proc_dir_fd`). The caller must
 // confirm afterwards that the pidfd's process is still alive, which proves the reads were of it.
 Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* snap) {
@@ -233,16 +247,19 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
   pid_t pid = id.pid;
   int err = 0;
 
+  id.exe.clear();
+  id.exe_sha256.clear();
+  id.unit.clear();
+  id.script.clear();
+  id.script_sha256.clear();
+  VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &snap->marker, &snap->start_time));
+
   char link[PATH_MAX];
   ssize_t n = readlinkat(proc_dir_fd, "exe", link, sizeof link);
   if (n < 0 && (errno == ENOENT || errno == ESRCH)) return PeerGone(pid);
   // Without ptrace rights (a non-root daemon and another user's process) exe stays unknown, and
   // rules that need it do not match.
   if (n > 0 && static_cast<size_t>(n) < sizeof link) id.exe.assign(link, static_cast<size_t>(n));
-
-  // Read the marker before the contents, so an exec racing with these reads is noticed by the
-  // next Refresh rather than hidden under an already-updated marker.
-  VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &snap->marker, &snap->start_time));
 
   Fd exe(openat(proc_dir_fd, "exe", O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   if (exe.get() >= 0) {
@@ -274,18 +291,25 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
   return Status::Ok();
 }
 
-Status ReadCredentialsFromStatus(int proc_dir_fd, CallerIdentity* id) {
-  std::string text;
-  int err = 0;
-  if (!ReadProcFile(proc_dir_fd, "status", kMaxSmallFileBytes, &text, &err)) {
-    return err == ESRCH ? PeerGone(id->pid) : ProcError(id->pid, "status", err);
+// ReadProcess (and, after an exec, the credentials), repeated until the exec marker is the same
+// before and after: otherwise an exec in the middle could pair one program's path with another's
+// digest.
+Status ReadProcessConsistently(const ProcFds& fds, IdentityResolver& resolver,
+                               bool read_credentials, Snapshot* snap) {
+  constexpr int kAttempts = 3;
+  pid_t pid = snap->identity.pid;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    if (read_credentials) {
+      VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(fds.dir, &snap->identity));
+    }
+    VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, snap));
+    internal::ExecMarker after;
+    VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &after, nullptr));
+    if (after == snap->marker) return Status::Ok();
   }
-  std::optional<internal::StatusIds> ids = internal::ParseStatusIds(text);
-  if (!ids) return PeerGone(id->pid);  // a zombie has no credentials lines worth trusting
-  id->uid = ids->euid;
-  id->gid = ids->egid;
-  id->supplementary_gids = std::move(ids->groups);
-  return Status::Ok();
+  return Status(Code::kUnavailable, "identity_unavailable",
+                "process " + std::to_string(pid) +
+                    " kept exec'ing while it was being identified; try again");
 }
 
 std::vector<gid_t> PeerGroups(int socket_fd) {
@@ -539,7 +563,7 @@ Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver
   VECSEAL_RETURN_IF_ERROR(opened);
   Snapshot snap;
   snap.identity = peer.identity_;
-  VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, false, &snap));
   // A process that started after the connection was accepted reused the PID of the one that
   // connected (only possible without SO_PEERPIDFD).
   if (!peer.pinned_by_socket_ && snap.start_time > accepted_ticks) return PeerGone(cred.pid);
@@ -571,8 +595,7 @@ Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver
   VECSEAL_RETURN_IF_ERROR(opened);
   Snapshot snap;
   snap.identity = peer.identity_;
-  VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(fds.dir, &snap.identity));
-  VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, true, &snap));
   if (!Alive(peer.pidfd_)) return PeerGone(pid);
   resolver.FillNames(&snap.identity);
   peer.identity_ = std::move(snap.identity);
@@ -594,8 +617,7 @@ Status PeerIdentity::Refresh(IdentityResolver& resolver) {
   // The peer exec'd: it is a different program now, possibly with different credentials.
   Snapshot snap;
   snap.identity.pid = pid;
-  VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(proc_dir_fd_, &snap.identity));
-  VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, true, &snap));
   if (!Alive(pidfd_)) return PeerGone(pid);
   resolver.FillNames(&snap.identity);
   identity_ = std::move(snap.identity);
