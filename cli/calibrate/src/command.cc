@@ -114,8 +114,11 @@ std::optional<UsageError> ParseBetas(const std::string& text, std::vector<double
 Result<Matrix> ReadVectors(const std::string& path) {
   Result<client::Matrix> read = client::ReadMatrix(path);
   if (!read.ok()) {
+    // Name the file once, whether or not the reader already did.
     const Status& status = read.status();
-    return Status(status.code(), status.reason(), path + ": " + status.message());
+    const std::string& message = status.message();
+    return Status(status.code(), status.reason(),
+                  message.find(path) != std::string::npos ? message : path + ": " + message);
   }
   Matrix matrix;
   matrix.rows = read->rows;
@@ -125,7 +128,8 @@ Result<Matrix> ReadVectors(const std::string& path) {
 }
 
 Status LabelError(const std::string& path, const std::string& message) {
-  return Status(Code::kInvalidArgument, "invalid_labels", path + ": " + message);
+  return Status(Code::kInvalidArgument, "invalid_labels",
+                message.find(path) != std::string::npos ? message : path + ": " + message);
 }
 
 // Class names in sorted order (numerically when every name is an integer) become indices.
@@ -169,9 +173,9 @@ Status ReadLabels(const std::string& path, Labels& labels, size_t& classes) {
   } else {
     Result<Matrix> read = ReadVectors(path);
     if (!read.ok()) {
-      return LabelError(path, read.status().message().substr(path.size() + 2) +
-                                  " (labels must be an (n, 1) array, or a .txt file with one "
-                                  "label per line)");
+      return LabelError(path, read.status().message() +
+                                  " (labels must be a float32 or float64 (n, 1) array, or a "
+                                  ".txt file with one label per line)");
     }
     if (read->cols != 1) {
       return LabelError(path, "labels must have one column, not " + std::to_string(read->cols));
