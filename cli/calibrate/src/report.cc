@@ -305,9 +305,9 @@ void DrawPanel(std::ostringstream& svg, double left, double top, const std::stri
   if (recommended) {
     svg << "<line x1=\"" << x(*recommended) << "\" x2=\"" << x(*recommended) << "\" y1=\"" << top
         << "\" y2=\"" << top + kHeight << "\" stroke=\"#000\" stroke-dasharray=\"6 4\"/>\n";
-    // Label on the side with room, so that it stays inside the panel.
+    // Label at the foot, clear of the curves near 1, on the side with room.
     const bool right_half = x(*recommended) > left + kWidth / 2;
-    svg << "<text x=\"" << x(*recommended) + (right_half ? -4 : 4) << "\" y=\"" << top + 14
+    svg << "<text x=\"" << x(*recommended) + (right_half ? -4 : 4) << "\" y=\"" << top + kHeight - 8
         << "\" text-anchor=\"" << (right_half ? "end" : "start")
         << "\" font-size=\"11\">recommended &#946; = " << TickLabel(*recommended) << "</text>\n";
   }
@@ -330,6 +330,13 @@ void DrawPanel(std::ostringstream& svg, double left, double top, const std::stri
     svg << "<text x=\"" << left + 30 << "\" y=\"" << legend_y << "\" font-size=\"12\">"
         << line.name << "</text>\n";
     legend_y += 17;
+  }
+  if (target) {
+    svg << "<line x1=\"" << left << "\" x2=\"" << left + 24 << "\" y1=\"" << legend_y - 4
+        << "\" y2=\"" << legend_y - 4 << "\" stroke=\"#1f77b4\" stroke-opacity=\"0.5\""
+        << " stroke-dasharray=\"2 3\"/>\n";
+    svg << "<text x=\"" << left + 30 << "\" y=\"" << legend_y << "\" font-size=\"12\">target recall "
+        << TickLabel(*target) << "</text>\n";
   }
 }
 
