@@ -143,6 +143,19 @@ TEST_F(TamperTest, FlippedByteThatBreaksTheJsonIsAMalformedRecord) {
   EXPECT_EQ(report.error->line, k_ + 1);
 }
 
+TEST_F(TamperTest, HugeOrDeeplyNestedLinesAreMalformedRecords) {
+  const uint64_t seq = SeqOf(lines_[1][k_]);
+  for (const std::string& hostile : {std::string(200000, '['), std::string(1 << 20, 'x')}) {
+    auto lines = lines_[1];
+    lines[k_] = hostile;
+    WriteLines(files_[1], lines);
+    const VerifyReport report = VerifyAll();
+    ASSERT_FALSE(report.ok());
+    EXPECT_EQ(report.error->code, "malformed_record");
+    EXPECT_EQ(report.error->seq, seq);
+  }
+}
+
 TEST_F(TamperTest, DeletedLineIsAMissingRecord) {
   const uint64_t seq = SeqOf(lines_[1][k_]);
   lines_[1].erase(lines_[1].begin() + static_cast<long>(k_));

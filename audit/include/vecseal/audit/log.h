@@ -73,10 +73,13 @@ struct LogOptions {
   uint64_t refuse_free_bytes = 64ull << 20;  // suspended (fail closed) below this
   uint64_t reserve_bytes = 256ull << 10;     // preallocated for suspended/resumed/final seal
   std::chrono::milliseconds retry_interval{1000};  // between attempts to resume; 0: every Append
-  bool try_append_only = true;                     // FS_APPEND_FL when CAP_LINUX_IMMUTABLE allows
+  // Set FS_APPEND_FL (chattr +a) on each file; takes only with CAP_LINUX_IMMUTABLE, and such a
+  // file cannot be deleted until the flag is cleared, so it is opt-in.
+  bool try_append_only = false;
   std::shared_ptr<FileSystem> fs;                  // null: PosixFileSystem()
-  // Called (without the log's lock) for things an operator should see in the daemon's own log:
-  // suspension, resumption, low space, seal failures, whether append-only took.
+  // Called (without the log's lock, possibly from several threads at once) for what an operator
+  // should see in the daemon's own log: suspension, resumption, low space, seal failures, each
+  // seal's seq and head (an anchor kept outside the files), whether append-only took.
   std::function<void(std::string_view level, std::string_view message)> notice;
 };
 
