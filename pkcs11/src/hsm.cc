@@ -41,6 +41,7 @@ constexpr size_t kMacSize = 32;
 // DER of OID 1.2.840.10045.3.1.7 (prime256v1).
 constexpr uint8_t kP256Oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 
+// Not const because CK_ATTRIBUTE::pValue is a plain void*; Cryptoki only reads them.
 CK_BBOOL kTrue = CK_TRUE;
 CK_BBOOL kFalse = CK_FALSE;
 

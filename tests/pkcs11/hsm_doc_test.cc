@@ -4,7 +4,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <sstream>
 
 #include "softhsm_fixture.h"
@@ -92,9 +91,14 @@ TEST_F(HsmDocTest, CommandsSetUpAWorkingToken) {
   // $CREDENTIALS_DIRECTORY/<name>. The configuration snippet must use the same name.
   std::vector<std::string> units = Blocks(doc, "ini");
   ASSERT_EQ(units.size(), 1u);
-  std::smatch match;
-  ASSERT_TRUE(std::regex_search(units[0], match, std::regex("LoadCredential=([^:\n]+):(\\S+)")));
-  const std::string name = match[1];
+  const std::string directive = "LoadCredential=";
+  size_t start = units[0].find(directive);
+  ASSERT_NE(start, std::string::npos);
+  start += directive.size();
+  size_t colon = units[0].find(':', start);
+  ASSERT_NE(colon, std::string::npos);
+  const std::string name = units[0].substr(start, colon - start);
+  ASSERT_FALSE(name.empty());
   EXPECT_NE(doc.find("\"pin\": {\"credential\": \"" + name + "\"}"), std::string::npos);
   std::string credentials = root_ + "/credentials";
   std::filesystem::create_directory(credentials);

@@ -384,6 +384,20 @@ TEST_F(HsmTest, KeysPersistAcrossReopen) {
   EXPECT_EQ(key->info.params.approximation_factor, 1.5);
 }
 
+TEST_F(HsmTest, DeriverOutlivesTheHsm) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("outlive", Params(1.0)).ok());
+  auto key = hsm->FindKey("outlive");
+  ASSERT_TRUE(key.ok());
+  core::Seed before{}, after{};
+  ASSERT_TRUE(key->deriver->DeriveOne(Bytes("m"), before).ok());
+  hsm.reset();  // the deriver keeps the module loaded and logged in
+  Status status = key->deriver->DeriveOne(Bytes("m"), after);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(before, after);
+}
+
 TEST_F(HsmTest, ModelKeyAttributesKeepTheValueInside) {
   auto hsm = OpenHsm();
   ASSERT_TRUE(hsm);
