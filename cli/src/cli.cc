@@ -179,8 +179,12 @@ Status Interrupted() {
 Status AtRow(Status status, const std::string& path, uint64_t first_row) {
   if (!status.vector_index()) return status;
   const uint64_t row = first_row + *status.vector_index();
+  // The daemon counts within the request ("vector 5 has ..."); the user counts in the file.
+  std::string message = status.message();
+  const std::string batch_prefix = "vector " + std::to_string(*status.vector_index()) + " ";
+  if (message.rfind(batch_prefix, 0) == 0) message = "the vector " + message.substr(batch_prefix.size());
   return Status(status.code(), status.reason(),
-                path + ": row " + std::to_string(row) + ": " + status.message());
+                path + ": row " + std::to_string(row) + ": " + message);
 }
 
 Result<std::unique_ptr<Client>> ConnectClient(const std::string& socket,
