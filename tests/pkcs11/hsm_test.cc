@@ -384,6 +384,26 @@ TEST_F(HsmTest, KeysPersistAcrossReopen) {
   EXPECT_EQ(key->info.params.approximation_factor, 1.5);
 }
 
+TEST_F(HsmTest, ListingIgnoresForeignObjects) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto raw = OpenRaw();
+  // Another application's secret key, and one that only looks like ours.
+  for (std::string label : {"payments-hmac", "vecseal:Bad Name:v1", "vecseal:x:v0"}) {
+    CK_OBJECT_CLASS klass = CKO_SECRET_KEY;
+    CK_KEY_TYPE type = CKK_GENERIC_SECRET;
+    CK_ULONG size = 32;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE key[] = {{CKA_CLASS, &klass, sizeof klass}, {CKA_KEY_TYPE, &type, sizeof type},
+                          {CKA_VALUE_LEN, &size, sizeof size}, {CKA_TOKEN, &yes, 1},
+                          {CKA_LABEL, label.data(), label.size()}};
+    ASSERT_TRUE(raw->session.GenerateKey(CKM_GENERIC_SECRET_KEY_GEN, key).ok());
+  }
+  auto list = hsm->ListKeys();
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  EXPECT_TRUE(list->empty());
+}
+
 TEST_F(HsmTest, DeriverOutlivesTheHsm) {
   auto hsm = OpenHsm();
   ASSERT_TRUE(hsm);

@@ -179,6 +179,18 @@ TEST_F(RecoveryTest, ControlledFromAnotherProcess) {
   EXPECT_TRUE(Derive(seed).ok());
 }
 
+TEST_F(RecoveryTest, ModuleThatFailsToInitialiseIsRefused) {
+  hsm_.reset();
+  key_ = {};  // the module is finalised once nothing holds it
+  ASSERT_TRUE(faulty_->Set("C_Initialize CKR_DEVICE_ERROR").ok());
+  auto hsm = Hsm::Open(Config());
+  ASSERT_FALSE(hsm.ok());
+  EXPECT_EQ(hsm.status().reason(), "hsm_module_unloadable");
+  EXPECT_EQ(hsm.status().message(),
+            "cannot load the PKCS#11 module " + FaultyModule::Path() +
+                ": C_Initialize failed: CKR_DEVICE_ERROR (the device reported an error)");
+}
+
 class PooledRecoveryTest : public RecoveryTest {
  protected:
   HsmConfig Config() override {
