@@ -38,8 +38,9 @@ struct HsmConfig {
   std::string module_path;  // e.g. /usr/lib/softhsm/libsofthsm2.so
   std::string token_label;
   PinSource pin;
-  // Sessions in the derivation pool; each serves one caller at a time. SoftHSM2 is fastest with
-  // one (docs/performance.md, pkcs11); network HSMs want about one per worker thread.
+  // Sessions in the derivation pool; each serves one caller at a time. SoftHSM2 gains nothing
+  // from a second (it serialises HMACs; docs/performance.md, pkcs11); network HSMs want about
+  // one per worker thread, so that round trips overlap.
   size_t sessions = 1;
   // Recovery: after a recoverable failure, reopen and log in again up to `recovery_attempts`
   // times, sleeping initial_backoff, 2·initial_backoff, ... capped at max_backoff in between,
