@@ -63,7 +63,8 @@ class ObjectReader {
   }
 
   Status TakePath(std::string_view key, std::string& out) {
-    std::string text = out;
+    if (object_.find(std::string(key)) == object_.end()) return Status::Ok();
+    std::string text;
     VECSEAL_RETURN_IF_ERROR(TakeString(key, text));
     if (text.front() != '/') {
       return ConfigError(PathOf(key), "must be an absolute path (starting with '/'), got '" +

@@ -68,20 +68,31 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
             /*keep_alive=*/false);
       return;
     }
-    try {
-      context_ = server_.handler_.Accept(socket_.native_handle());
-    } catch (const std::exception& error) {
-      LogLine("error", "identify_failed", "error=" + LogValue(error.what()));
-    }
-    if (context_ == nullptr) return Close();
-    ReadNext();
+    // Identifying the peer reads /proc and may hash its executable: a worker's job, not an I/O
+    // thread's. Nothing is read from the socket until it is done.
+    phase_ = Phase::kHandling;
+    asio::post(server_.workers_, [self = shared_from_this()] {
+      std::unique_ptr<ConnectionContext> context;
+      try {
+        context = self->server_.handler_.Accept(self->socket_.native_handle());
+      } catch (const std::exception& error) {
+        LogLine("error", "identify_failed", "error=" + LogValue(error.what()));
+      }
+      asio::post(self->socket_.get_executor(), [self, context = std::move(context)]() mutable {
+        self->context_ = std::move(context);
+        if (self->context_ == nullptr) return self->Close();
+        self->ReadNext();
+      });
+    });
   }
 
   Socket::executor_type socket_executor() { return socket_.get_executor(); }
 
-  // Called on this connection's strand when the server drains.
+  // Called on this connection's strand when the server drains. A connection whose next request
+  // has started to arrive is in flight, not idle.
   void CloseIfIdle() {
-    if (phase_ == Phase::kIdle) Close();
+    ErrorCode ec;
+    if (phase_ == Phase::kIdle && socket_.available(ec) == 0) Close();
   }
 
  private:
@@ -125,6 +136,8 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
         ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
       return Close();
     }
+    // Beast checks Content-Length against the body limit while parsing the headers.
+    if (ec == http::error::body_limit) return Refuse(BodyTooLarge());
     if (ec == http::error::header_limit) {
       return Refuse(TransportError(Code::kInvalidArgument, "header_too_large",
                                    "the request headers exceed " +
@@ -297,7 +310,7 @@ HttpServer::HttpServer(RequestHandler& handler, ServerOptions options, const Lim
       options_(options),
       io_(static_cast<int>(std::max(1u, options.io_threads))),
       workers_(std::max(1u, options.worker_threads)),
-      acceptor_(io_),
+      acceptor_(asio::make_strand(io_)),
       limits_(std::make_shared<const Limits>(limits)) {}
 
 HttpServer::~HttpServer() { Drain(); }
@@ -318,7 +331,7 @@ void HttpServer::Start() {
     if (started_) return;
     started_ = true;
   }
-  asio::post(io_, [this] { Accept(); });
+  asio::post(acceptor_.get_executor(), [this] { Accept(); });
   for (unsigned i = 0; i < std::max(1u, options_.io_threads); ++i) {
     io_threads_.emplace_back([this] { io_.run(); });
   }
@@ -340,7 +353,8 @@ void HttpServer::Accept() {
     if (ec) {
       // EMFILE and friends: back off briefly instead of spinning on a failing accept.
       LogLine("warning", "accept_failed", "error=" + LogValue(ec.message()));
-      auto timer = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(100));
+      auto timer = std::make_shared<asio::steady_timer>(acceptor_.get_executor(),
+                                                        std::chrono::milliseconds(100));
       timer->async_wait([this, timer](ErrorCode) { Accept(); });
       return;
     }
@@ -372,7 +386,8 @@ void HttpServer::Drain() {
     stopped_ = true;
   }
   draining_.store(true);
-  asio::post(io_, [this] {
+  // The acceptor is used only on its strand, where its completion handlers run too.
+  asio::post(acceptor_.get_executor(), [this] {
     ErrorCode ignored;
     acceptor_.close(ignored);
   });

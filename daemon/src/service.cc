@@ -119,6 +119,42 @@ Result<size_t> DimensionHeader(const HttpRequest& request) {
   return ParseDimensionHeader(value.value_or(""), value.has_value());
 }
 
+// The answer to an encrypt or decrypt, in the representation of the request. `tokens` is empty
+// unless a reversible encryption produced them.
+void SetVectorsResponse(HttpResponse& response, ContentType type, const std::string& key_name,
+                        uint32_t key_version, const VectorBatch& batch,
+                        std::span<const core::Token> tokens) {
+  if (type == ContentType::kBinary) {
+    response.set(http::field::content_type, "application/octet-stream");
+    response.set("Vecseal-Key-Version", std::to_string(key_version));
+    response.set("Vecseal-Dimension", std::to_string(batch.dimension));
+    response.set("Vecseal-Vectors", std::to_string(batch.count()));
+    std::string& body = response.body();
+    body.reserve(batch.values.size() * sizeof(float) + tokens.size() * core::kTokenSize);
+    AppendFloatsLittleEndian(body, batch.values);
+    if (!tokens.empty()) {
+      response.set("Vecseal-Token-Size", std::to_string(core::kTokenSize));
+      for (const auto& token : tokens) body.append(token.begin(), token.end());
+    }
+    return;
+  }
+  std::string body = "{\"key\":\"" + key_name + "\",\"key_version\":" +
+                     std::to_string(key_version) +
+                     ",\"dimension\":" + std::to_string(batch.dimension) + ",\"vectors\":";
+  AppendVectorsJson(body, batch.values, batch.dimension);
+  if (!tokens.empty()) {
+    body += ",\"tokens\":[";
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      if (i > 0) body += ',';
+      body += '"' + Base64Encode(tokens[i]) + '"';
+    }
+    body += ']';
+  }
+  body += "}\n";
+  response.set(http::field::content_type, "application/json");
+  response.body() = std::move(body);
+}
+
 }  // namespace
 
 struct Service::Call {
@@ -350,38 +386,8 @@ Status Service::Encrypt(Call& call, const std::string& key_name) {
                                                         batch.dimension, options, tokens)));
   metrics_.CountVectors(key_name, "encrypt", count);
 
-  const unsigned version = call.request.version();
-  if (type == ContentType::kBinary) {
-    call.response = HttpResponse(http::status::ok, version);
-    call.response.set(http::field::content_type, "application/octet-stream");
-    call.response.set("Vecseal-Key-Version", std::to_string(key->info.version));
-    call.response.set("Vecseal-Dimension", std::to_string(batch.dimension));
-    call.response.set("Vecseal-Vectors", std::to_string(count));
-    std::string& body = call.response.body();
-    body.reserve(batch.values.size() * sizeof(float) + tokens.size() * core::kTokenSize);
-    AppendFloatsLittleEndian(body, batch.values);
-    if (reversible) {
-      call.response.set("Vecseal-Token-Size", std::to_string(core::kTokenSize));
-      for (const auto& token : tokens) body.append(token.begin(), token.end());
-    }
-    return Status::Ok();
-  }
-  std::string body = "{\"key\":\"" + key_name +
-                     "\",\"key_version\":" + std::to_string(key->info.version) +
-                     ",\"dimension\":" + std::to_string(batch.dimension) + ",\"vectors\":";
-  AppendVectorsJson(body, batch.values, batch.dimension);
-  if (reversible) {
-    body += ",\"tokens\":[";
-    for (size_t i = 0; i < tokens.size(); ++i) {
-      if (i > 0) body += ',';
-      body += '"' + Base64Encode(tokens[i]) + '"';
-    }
-    body += ']';
-  }
-  body += "}\n";
-  call.response = HttpResponse(http::status::ok, version);
-  call.response.set(http::field::content_type, "application/json");
-  call.response.body() = std::move(body);
+  call.response = HttpResponse(http::status::ok, call.request.version());
+  SetVectorsResponse(call.response, type, key_name, key->info.version, batch, tokens);
   return Status::Ok();
 }
 
@@ -440,23 +446,8 @@ Status Service::Decrypt(Call& call, const std::string& key_name) {
                                                         batch.dimension, tokens)));
   metrics_.CountVectors(key_name, "decrypt", count);
 
-  const unsigned version = call.request.version();
-  call.response = HttpResponse(http::status::ok, version);
-  if (type == ContentType::kBinary) {
-    call.response.set(http::field::content_type, "application/octet-stream");
-    call.response.set("Vecseal-Key-Version", std::to_string(key->info.version));
-    call.response.set("Vecseal-Dimension", std::to_string(batch.dimension));
-    call.response.set("Vecseal-Vectors", std::to_string(count));
-    AppendFloatsLittleEndian(call.response.body(), batch.values);
-    return Status::Ok();
-  }
-  std::string body = "{\"key\":\"" + key_name +
-                     "\",\"key_version\":" + std::to_string(key->info.version) +
-                     ",\"dimension\":" + std::to_string(batch.dimension) + ",\"vectors\":";
-  AppendVectorsJson(body, batch.values, batch.dimension);
-  body += "}\n";
-  call.response.set(http::field::content_type, "application/json");
-  call.response.body() = std::move(body);
+  call.response = HttpResponse(http::status::ok, call.request.version());
+  SetVectorsResponse(call.response, type, key_name, key->info.version, batch, {});
   return Status::Ok();
 }
 

@@ -35,7 +35,7 @@ class ConnectionContext {
 class RequestHandler {
  public:
   virtual ~RequestHandler() = default;
-  // On an I/O thread, once per accepted connection, before anything is read from it.
+  // On a worker thread, once per accepted connection, before anything is read from it.
   virtual std::unique_ptr<ConnectionContext> Accept(int fd) = 0;
   // On a worker thread. Must not throw; errors become JSON error responses.
   virtual HttpResponse Handle(ConnectionContext& connection, const HttpRequest& request) = 0;

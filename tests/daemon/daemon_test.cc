@@ -1,0 +1,566 @@
+// End to end: a real `vecseald --dev` process (real SoftHSM2 token, real audit log, real policy)
+// driven over its real Unix socket.
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "support/dev_daemon.h"
+
+namespace vecseal::daemon::testing {
+namespace {
+
+using nlohmann::json;
+
+std::unique_ptr<DevDaemon> StartOrFail(const std::string& overlay = "") {
+  std::string error;
+  auto daemon = DevDaemon::Start(DevDaemonOptions{.overlay_json = overlay}, &error);
+  EXPECT_NE(daemon, nullptr) << error;
+  return daemon;
+}
+
+std::vector<float> RandomVectors(size_t count, size_t dimension, uint32_t seed) {
+  std::mt19937 generator(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> values(count * dimension);
+  for (float& value : values) value = normal(generator);
+  return values;
+}
+
+json Rows(const std::vector<float>& values, size_t dimension) {
+  json rows = json::array();
+  for (size_t i = 0; i < values.size(); i += dimension) {
+    rows.push_back(std::vector<float>(values.begin() + static_cast<ptrdiff_t>(i),
+                                      values.begin() + static_cast<ptrdiff_t>(i + dimension)));
+  }
+  return rows;
+}
+
+// JSON numbers read back as float32, the way a client that honours the API does.
+std::vector<float> Flatten(const json& rows) {
+  std::vector<float> values;
+  for (const auto& row : rows) {
+    for (const auto& value : row) values.push_back(value.get<float>());
+  }
+  return values;
+}
+
+double MaxAbsDifference(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(double{a[i]} - b[i]));
+  return worst;
+}
+
+// Decryption is approximate in floating point; this bound is far below the noise (β/4 = 0.625
+// in norm for the demo key), so passing it means the noise really was removed.
+constexpr double kDecryptTolerance = 1e-3;
+
+// Waits for the daemon to log `text` (a reload is asynchronous to the signal that asks for it).
+bool WaitForLog(const DevDaemon& daemon, const std::string& text, size_t occurrences = 1) {
+  for (int i = 0; i < 6000; ++i) {
+    const std::string log = daemon.Log();
+    size_t count = 0;
+    for (size_t at = log.find(text); at != std::string::npos; at = log.find(text, at + 1)) ++count;
+    if (count >= occurrences) return true;
+    usleep(10'000);
+  }
+  return false;
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    daemon_ = StartOrFail(R"({"limits": {"max_body_bytes": 1048576, "max_vectors": 64}})");
+    ASSERT_NE(daemon_, nullptr);
+    client_ = std::make_unique<HttpClient>(daemon_->socket_path());
+  }
+
+  std::unique_ptr<DevDaemon> daemon_;
+  std::unique_ptr<HttpClient> client_;
+};
+
+TEST_F(DaemonTest, JsonRoundTripsOneWayAndReversibleInSeveralDimensions) {
+  for (size_t dimension : {1u, 3u, 64u, 768u}) {
+    SCOPED_TRACE("dimension " + std::to_string(dimension));
+    const size_t count = 5;
+    const auto plain = RandomVectors(count, dimension, static_cast<uint32_t>(dimension));
+
+    auto one_way = client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", Rows(plain, dimension)}});
+    ASSERT_EQ(one_way.status, 200u) << one_way.body;
+    const json encrypted = one_way.Json();
+    EXPECT_EQ(encrypted["key"], "demo");
+    EXPECT_EQ(encrypted["key_version"], 1);
+    EXPECT_EQ(encrypted["dimension"], dimension);
+    EXPECT_FALSE(encrypted.contains("tokens"));
+    ASSERT_EQ(encrypted["vectors"].size(), count);
+    EXPECT_GT(MaxAbsDifference(Flatten(encrypted["vectors"]), plain), 1e-2)
+        << "ciphertexts must differ from the plaintexts";
+
+    auto reversible = client_->PostJson(
+        "/v1/keys/demo/encrypt", {{"vectors", Rows(plain, dimension)}, {"reversible", true}});
+    ASSERT_EQ(reversible.status, 200u) << reversible.body;
+    const json sealed = reversible.Json();
+    ASSERT_EQ(sealed["tokens"].size(), count);
+    auto opened = client_->PostJson(
+        "/v1/keys/demo/decrypt", {{"vectors", sealed["vectors"]}, {"tokens", sealed["tokens"]}});
+    ASSERT_EQ(opened.status, 200u) << opened.body;
+    EXPECT_EQ(opened.Json()["dimension"], dimension);
+    EXPECT_LT(MaxAbsDifference(Flatten(opened.Json()["vectors"]), plain), kDecryptTolerance);
+  }
+}
+
+TEST_F(DaemonTest, BinaryRoundTripsAndAgreesWithJsonDecrypt) {
+  for (size_t dimension : {2u, 384u}) {
+    SCOPED_TRACE("dimension " + std::to_string(dimension));
+    const size_t count = 7;
+    const auto plain = RandomVectors(count, dimension, 99);
+    const std::map<std::string, std::string> headers = {
+        {"Vecseal-Dimension", std::to_string(dimension)}, {"Vecseal-Reversible", "true"}};
+    auto sealed = client_->PostBinary("/v1/keys/demo/encrypt", FloatsToBytes(plain), headers);
+    ASSERT_EQ(sealed.status, 200u) << sealed.body;
+    EXPECT_EQ(sealed.headers["content-type"], "application/octet-stream");
+    EXPECT_EQ(sealed.headers["vecseal-key-version"], "1");
+    EXPECT_EQ(sealed.headers["vecseal-dimension"], std::to_string(dimension));
+    EXPECT_EQ(sealed.headers["vecseal-vectors"], std::to_string(count));
+    EXPECT_EQ(sealed.headers["vecseal-token-size"], "41");
+    ASSERT_EQ(sealed.body.size(), count * dimension * 4 + count * 41);
+
+    auto opened = client_->PostBinary("/v1/keys/demo/decrypt", sealed.body,
+                                      {{"Vecseal-Dimension", std::to_string(dimension)}});
+    ASSERT_EQ(opened.status, 200u) << opened.body;
+    ASSERT_EQ(opened.body.size(), count * dimension * 4);
+    const auto decrypted = BytesToFloats(opened.body, count * dimension);
+    EXPECT_LT(MaxAbsDifference(decrypted, plain), kDecryptTolerance);
+
+    // The same ciphertext through JSON: tokens as base64, floats as shortest text.
+    const auto cipher_values = BytesToFloats(sealed.body, count * dimension);
+    json tokens = json::array();
+    const std::string token_bytes = sealed.body.substr(count * dimension * 4);
+    static constexpr char kAlphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (size_t i = 0; i < count; ++i) {
+      const std::string token = token_bytes.substr(i * 41, 41);
+      std::string text;
+      for (size_t j = 0; j < token.size(); j += 3) {
+        uint32_t group = static_cast<uint32_t>(static_cast<uint8_t>(token[j])) << 16;
+        if (j + 1 < token.size()) group |= static_cast<uint32_t>(static_cast<uint8_t>(token[j + 1])) << 8;
+        if (j + 2 < token.size()) group |= static_cast<uint8_t>(token[j + 2]);
+        text += kAlphabet[(group >> 18) & 63];
+        text += kAlphabet[(group >> 12) & 63];
+        text += j + 1 < token.size() ? kAlphabet[(group >> 6) & 63] : '=';
+        text += j + 2 < token.size() ? kAlphabet[group & 63] : '=';
+      }
+      tokens.push_back(text);
+    }
+    auto json_opened = client_->PostJson(
+        "/v1/keys/demo/decrypt", {{"vectors", Rows(cipher_values, dimension)}, {"tokens", tokens}});
+    ASSERT_EQ(json_opened.status, 200u) << json_opened.body;
+    EXPECT_EQ(Flatten(json_opened.Json()["vectors"]), decrypted)
+        << "JSON and binary decryption of the same ciphertext must agree bit for bit";
+  }
+}
+
+TEST_F(DaemonTest, SixtyFourConcurrentClients) {
+  constexpr size_t kClients = 64;
+  constexpr size_t kDimension = 32;
+  std::vector<std::thread> threads;
+  std::vector<std::string> failures(kClients);
+  for (size_t c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      HttpClient client(daemon_->socket_path());
+      for (int round = 0; round < 3; ++round) {
+        const auto plain = RandomVectors(4, kDimension, static_cast<uint32_t>(c * 10 + round));
+        auto sealed = client.PostBinary(
+            "/v1/keys/demo/encrypt", FloatsToBytes(plain),
+            {{"Vecseal-Dimension", std::to_string(kDimension)}, {"Vecseal-Reversible", "true"}});
+        if (sealed.status != 200) {
+          failures[c] = "encrypt " + std::to_string(sealed.status) + " " + sealed.body;
+          return;
+        }
+        auto opened = client.PostBinary("/v1/keys/demo/decrypt", sealed.body,
+                                        {{"Vecseal-Dimension", std::to_string(kDimension)}});
+        if (opened.status != 200 ||
+            MaxAbsDifference(BytesToFloats(opened.body, plain.size()), plain) >= kDecryptTolerance) {
+          failures[c] = "decrypt " + std::to_string(opened.status) + " " + opened.body;
+          return;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (size_t c = 0; c < kClients; ++c) EXPECT_EQ(failures[c], "") << "client " << c;
+}
+
+struct BadRequest {
+  std::string name;
+  HttpCall call;
+  unsigned status;
+  std::string code;
+  std::string message;  // exact, when not empty
+};
+
+TEST_F(DaemonTest, BadRequestsGetTheirExactStatusAndCode) {
+  const auto json_call = [](std::string target, std::string body) {
+    return HttpCall{.method = "POST", .target = std::move(target), .body = std::move(body),
+                    .content_type = "application/json", .headers = {}};
+  };
+  const auto binary_call = [](std::string body, std::map<std::string, std::string> headers) {
+    return HttpCall{.method = "POST", .target = "/v1/keys/demo/encrypt", .body = std::move(body),
+                    .content_type = "application/octet-stream", .headers = std::move(headers)};
+  };
+  const std::string nan_bytes = FloatsToBytes({1.0f, std::nanf(""), 2.0f, 3.0f});
+  const std::string inf_bytes = FloatsToBytes({1.0f, 2.0f, INFINITY, 3.0f});
+  const std::vector<BadRequest> table = {
+      {"malformed JSON", json_call("/v1/keys/demo/encrypt", R"({"vectors": [[1, 2],)"), 400,
+       "invalid_json", ""},
+      {"NaN literal", json_call("/v1/keys/demo/encrypt", R"({"vectors": [[1, NaN]]})"), 400,
+       "invalid_json", ""},
+      {"number beyond float32", json_call("/v1/keys/demo/encrypt", R"({"vectors": [[1, 2], [3, 1e39]]})"),
+       400, "non_finite_value", ""},
+      {"binary NaN", binary_call(nan_bytes, {{"Vecseal-Dimension", "2"}}), 400, "non_finite_value",
+       ""},
+      {"binary Inf", binary_call(inf_bytes, {{"Vecseal-Dimension", "2"}}), 400, "non_finite_value",
+       ""},
+      {"ragged rows", json_call("/v1/keys/demo/encrypt", R"({"vectors": [[1, 2], [3]]})"), 400,
+       "dimension_mismatch", ""},
+      {"missing Vecseal-Dimension", binary_call(FloatsToBytes({1, 2}), {}), 400,
+       "invalid_dimension", "a binary request needs the Vecseal-Dimension header"},
+      {"non-numeric Vecseal-Dimension", binary_call(FloatsToBytes({1, 2}), {{"Vecseal-Dimension", "two"}}),
+       400, "invalid_dimension", ""},
+      {"zero Vecseal-Dimension", binary_call(FloatsToBytes({1, 2}), {{"Vecseal-Dimension", "0"}}),
+       400, "invalid_dimension", ""},
+      {"length not a multiple of 4·d", binary_call(FloatsToBytes({1, 2, 3}), {{"Vecseal-Dimension", "2"}}),
+       400, "invalid_length",
+       "the body length 12 is not a positive multiple of 8 (4·dimension bytes per vector)"},
+      {"unknown key", json_call("/v1/keys/no-such-key/encrypt", R"({"vectors": [[1, 2]]})"), 404,
+       "key_not_found", ""},
+      {"invalid key name", json_call("/v1/keys/Bad!Name/encrypt", R"({"vectors": [[1, 2]]})"), 400,
+       "invalid_key_name", ""},
+      {"oversized body", binary_call(std::string(1048576 + 8, '\0'), {{"Vecseal-Dimension", "2"}}),
+       413, "body_too_large", "the request body exceeds the limit of 1048576 bytes"},
+      {"too many vectors", binary_call(FloatsToBytes(std::vector<float>(65 * 2, 1.0f)), {{"Vecseal-Dimension", "2"}}),
+       413, "too_many_vectors", ""},
+      {"wrong method", HttpCall{.method = "GET", .target = "/v1/keys/demo/encrypt", .body = {},
+                                .content_type = {}, .headers = {}},
+       405, "method_not_allowed", "GET is not allowed on /v1/keys/demo/encrypt (allowed: POST)"},
+      {"unknown endpoint", HttpCall{.method = "GET", .target = "/v2/anything", .body = {},
+                                    .content_type = {}, .headers = {}},
+       404, "not_found", ""},
+      {"unsupported media type", HttpCall{.method = "POST", .target = "/v1/keys/demo/encrypt",
+                                          .body = "1,2", .content_type = "text/csv", .headers = {}},
+       415, "unsupported_media_type", ""},
+      {"unknown JSON field", json_call("/v1/keys/demo/encrypt", R"({"vectors": [[1]], "nonce": 1})"),
+       400, "invalid_request", ""},
+      {"tokens in an encrypt", json_call("/v1/keys/demo/encrypt", R"({"vectors": [[1]], "tokens": []})"),
+       400, "invalid_request", ""},
+      {"token not base64", json_call("/v1/keys/demo/decrypt", R"({"vectors": [[1]], "tokens": ["***"]})"),
+       400, "invalid_token", ""},
+      {"one token for two vectors",
+       json_call("/v1/keys/demo/decrypt", R"({"vectors": [[1], [2]], "tokens": ["AAAA"]})"), 400,
+       "invalid_request", ""},
+      {"bad Vecseal-Reversible", binary_call(FloatsToBytes({1, 2}), {{"Vecseal-Dimension", "2"}, {"Vecseal-Reversible", "yes"}}),
+       400, "invalid_request", ""},
+  };
+  for (const auto& entry : table) {
+    SCOPED_TRACE(entry.name);
+    HttpClient client(daemon_->socket_path());
+    HttpResult result = client.Send(entry.call);
+    EXPECT_EQ(result.status, entry.status) << result.body;
+    EXPECT_EQ(result.ErrorCode(), entry.code) << result.body;
+    EXPECT_EQ(result.headers["content-type"], "application/json");
+    if (!entry.message.empty()) {
+      EXPECT_EQ(result.Json()["error"].value("message", ""), entry.message);
+    }
+    if (entry.status == 405) {
+      EXPECT_EQ(result.headers["allow"], "POST");
+    }
+  }
+  // The daemon is still healthy after all of that.
+  EXPECT_EQ(client_->Get("/v1/health").status, 200u);
+}
+
+TEST_F(DaemonTest, NonFiniteValueNamesTheVector) {
+  auto result = client_->PostJson("/v1/keys/demo/encrypt",
+                                  json::parse(R"({"vectors": [[1, 2], [3, 4], [5, -1e40]]})"));
+  EXPECT_EQ(result.status, 400u);
+  EXPECT_EQ(result.ErrorCode(), "non_finite_value");
+  EXPECT_EQ(result.Json()["error"]["vector_index"], 2);
+}
+
+TEST_F(DaemonTest, KeysCreateListRotateAndOldVersionsStillDecrypt) {
+  auto created = client_->PostJson(
+      "/v1/keys", {{"name", "ratings"}, {"approximation_factor", 1.5}, {"transform", "permute"},
+                   {"dimension", 4}});
+  ASSERT_EQ(created.status, 201u) << created.body;
+  EXPECT_EQ(created.Json()["version"], 1);
+  EXPECT_EQ(created.Json()["transform"], "permute");
+  EXPECT_EQ(created.Json()["dimension"], 4);
+  EXPECT_EQ(client_->PostJson("/v1/keys", {{"name", "ratings"}, {"approximation_factor", 1.5}})
+                .ErrorCode(),
+            "key_exists");
+
+  const auto plain = RandomVectors(3, 4, 5);
+  auto v1 = client_->PostJson("/v1/keys/ratings/encrypt",
+                              {{"vectors", Rows(plain, 4)}, {"reversible", true}});
+  ASSERT_EQ(v1.status, 200u) << v1.body;
+  auto wrong_dimension = client_->PostJson("/v1/keys/ratings/encrypt", {{"vectors", {{1, 2, 3}}}});
+  EXPECT_EQ(wrong_dimension.status, 400u);
+  EXPECT_EQ(wrong_dimension.ErrorCode(), "dimension_mismatch");
+
+  auto rotated = client_->Send(HttpCall{.method = "POST", .target = "/v1/keys/ratings/rotate",
+                                        .body = "", .content_type = {}, .headers = {}});
+  ASSERT_EQ(rotated.status, 200u) << rotated.body;
+  EXPECT_EQ(rotated.Json()["version"], 2);
+  EXPECT_EQ(rotated.Json()["versions"], json::array({1, 2}));
+
+  auto v2 = client_->PostJson("/v1/keys/ratings/encrypt",
+                              {{"vectors", Rows(plain, 4)}, {"reversible", true}});
+  ASSERT_EQ(v2.status, 200u) << v2.body;
+  EXPECT_EQ(v2.Json()["key_version"], 2);
+
+  auto old = client_->PostJson("/v1/keys/ratings/decrypt",
+                               {{"vectors", v1.Json()["vectors"]}, {"tokens", v1.Json()["tokens"]}});
+  ASSERT_EQ(old.status, 200u) << old.body;
+  EXPECT_EQ(old.Json()["key_version"], 1);
+  EXPECT_LT(MaxAbsDifference(Flatten(old.Json()["vectors"]), plain), kDecryptTolerance);
+
+  json mixed_vectors = {v1.Json()["vectors"][0], v2.Json()["vectors"][1]};
+  json mixed_tokens = {v1.Json()["tokens"][0], v2.Json()["tokens"][1]};
+  auto mixed = client_->PostJson("/v1/keys/ratings/decrypt",
+                                 {{"vectors", mixed_vectors}, {"tokens", mixed_tokens}});
+  EXPECT_EQ(mixed.status, 400u);
+  EXPECT_EQ(mixed.ErrorCode(), "token_key_version_mismatch");
+  EXPECT_EQ(mixed.Json()["error"]["vector_index"], 1);
+
+  auto listed = client_->Get("/v1/keys");
+  ASSERT_EQ(listed.status, 200u);
+  const json keys = listed.Json()["keys"];
+  std::vector<std::string> names;
+  for (const auto& key : keys) names.push_back(key["name"]);
+  EXPECT_EQ(names, (std::vector<std::string>{"demo", "ratings"}));
+}
+
+TEST_F(DaemonTest, WhoAmIHealthAndMetrics) {
+  auto whoami = client_->Get("/v1/whoami");
+  ASSERT_EQ(whoami.status, 200u);
+  EXPECT_EQ(whoami.Json()["identity"]["pid"], getpid());
+  EXPECT_EQ(whoami.Json()["identity"]["uid"], geteuid());
+  EXPECT_EQ(whoami.Json()["grants"].size(), 1u);
+
+  auto health = client_->Get("/v1/health");
+  ASSERT_EQ(health.status, 200u);
+  EXPECT_EQ(health.Json(), json::parse(R"({"status": "ok", "hsm": "ok", "audit": "ok",
+                                           "version": "0.1.0"})"));
+
+  ASSERT_EQ(client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1, 2}, {3, 4}, {5, 6}}}})
+                .status,
+            200u);
+  auto metrics = client_->Get("/metrics");
+  ASSERT_EQ(metrics.status, 200u);
+  EXPECT_NE(metrics.body.find(
+                "vecseal_requests_total{key=\"demo\",operation=\"encrypt\",outcome=\"ok\"} 1\n"),
+            std::string::npos)
+      << metrics.body;
+  EXPECT_NE(metrics.body.find("vecseal_vectors_total{key=\"demo\",operation=\"encrypt\"} 3\n"),
+            std::string::npos)
+      << metrics.body;
+  EXPECT_NE(metrics.body.find("vecseal_connections 1\n"), std::string::npos) << metrics.body;
+}
+
+TEST_F(DaemonTest, EveryRequestIsAuditedBeforeTheResponse) {
+  auto granted = client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1, 2}}}});
+  auto failed = client_->PostJson("/v1/keys/missing/encrypt", {{"vectors", {{1, 2}}}});
+  auto refused = client_->Send(HttpCall{.method = "POST", .target = "/v1/keys/demo/encrypt",
+                                        .body = std::string(2'000'000, 'x'),
+                                        .content_type = "application/json", .headers = {}});
+  ASSERT_EQ(granted.status, 200u);
+  ASSERT_EQ(failed.status, 404u);
+  ASSERT_EQ(refused.status, 413u);
+  // The records exist as soon as the responses do: no waiting.
+  const auto records = daemon_->AuditRecords();
+  const auto find = [&](const HttpResult& result) -> json {
+    for (const auto& record : records) {
+      if (record.value("request_id", "") == result.headers.at("vecseal-request-id")) return record;
+    }
+    return nullptr;
+  };
+  const json granted_record = find(granted);
+  ASSERT_FALSE(granted_record.is_null());
+  EXPECT_EQ(granted_record["event"], "encrypt");
+  EXPECT_EQ(granted_record["decision"], "granted");
+  EXPECT_EQ(granted_record["vectors"], 1);
+  EXPECT_EQ(granted_record["caller"]["pid"], getpid());
+  const json failed_record = find(failed);
+  ASSERT_FALSE(failed_record.is_null());
+  EXPECT_EQ(failed_record["event"], "error");
+  EXPECT_EQ(failed_record["error_code"], "key_not_found");
+  const json refused_record = find(refused);
+  ASSERT_FALSE(refused_record.is_null());
+  EXPECT_EQ(refused_record["error_code"], "body_too_large");
+  for (const auto& record : records) {
+    EXPECT_FALSE(record.contains("vectors") && record["vectors"].is_array())
+        << "no vector values in the audit log";
+  }
+}
+
+TEST_F(DaemonTest, SighupWithABrokenPolicyKeepsServingThenAValidOneApplies) {
+  const std::string policy_path = daemon_->state_dir() + "/policy.json";
+  { std::ofstream(policy_path, std::ios::trunc) << R"({"version": 1, "rules": [)"; }
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(WaitForLog(*daemon_, "event=reload_failed reason=policy_invalid")) << daemon_->Log();
+  EXPECT_EQ(client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1, 2}}}}).status, 200u);
+
+  { std::ofstream(policy_path, std::ios::trunc) << R"({"version": 1, "rules": []})"; }
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(WaitForLog(*daemon_, "event=reloaded")) << daemon_->Log();
+  auto denied = client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1, 2}}}});
+  EXPECT_EQ(denied.status, 403u);
+  EXPECT_EQ(denied.ErrorCode(), "permission_denied");
+  EXPECT_EQ(denied.Json()["error"]["message"], "no rule grants encrypt on key 'demo'");
+
+  bool failed_reload_audited = false;
+  for (const auto& record : daemon_->AuditRecords()) {
+    if (record.value("event", "") == "reload" &&
+        record.value("error_code", "") == "policy_invalid") {
+      failed_reload_audited = true;
+    }
+  }
+  EXPECT_TRUE(failed_reload_audited);
+}
+
+TEST_F(DaemonTest, SighupWithABrokenConfigKeepsTheOldOne) {
+  // This daemon has an overlay config; break it.
+  { std::ofstream(daemon_->overlay_path(), std::ios::trunc) << R"({"limits": {"max_vector": 1}})"; }
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(WaitForLog(*daemon_, "event=reload_failed reason=invalid_config")) << daemon_->Log();
+  EXPECT_NE(daemon_->Log().find("$.limits.max_vector: unknown key"), std::string::npos);
+  // The old max_vectors (64) still holds, not the broken file's 1.
+  auto result = client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1}, {2}, {3}}}});
+  EXPECT_EQ(result.status, 200u) << result.body;
+
+  { std::ofstream(daemon_->overlay_path(), std::ios::trunc) << R"({"limits": {"max_vectors": 2}})"; }
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(WaitForLog(*daemon_, "event=reloaded")) << daemon_->Log();
+  result = client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1}, {2}, {3}}}});
+  EXPECT_EQ(result.status, 413u);
+  EXPECT_EQ(result.ErrorCode(), "too_many_vectors");
+}
+
+TEST_F(DaemonTest, SigtermFinishesTheRequestInFlightThenExitsZero) {
+  const int fd = ConnectUnix(daemon_->socket_path());
+  ASSERT_GE(fd, 0);
+  const std::string body = R"({"vectors": [[1, 2, 3]]})";
+  const std::string head = "POST /v1/keys/demo/encrypt HTTP/1.1\r\nHost: localhost\r\n"
+                           "Content-Type: application/json\r\nContent-Length: " +
+                           std::to_string(body.size()) + "\r\n\r\n";
+  // A first complete request proves the daemon accepted this connection.
+  const std::string whole = head + body;
+  ASSERT_EQ(write(fd, whole.data(), whole.size()), static_cast<ssize_t>(whole.size()));
+  std::string answered;
+  while (answered.find("}\n") == std::string::npos) {
+    char buffer[4096];
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    ASSERT_GT(n, 0);
+    answered.append(buffer, static_cast<size_t>(n));
+  }
+  ASSERT_EQ(StatusOf(answered), 200u) << answered;
+  // Headers and half the body of a second one: it is in flight when the signal arrives.
+  const std::string first = head + body.substr(0, 5);
+  ASSERT_EQ(write(fd, first.data(), first.size()), static_cast<ssize_t>(first.size()));
+  daemon_->Signal(SIGTERM);
+  ASSERT_TRUE(WaitForLog(*daemon_, "event=stopping")) << daemon_->Log();
+  const std::string rest = body.substr(5);
+  ASSERT_EQ(write(fd, rest.data(), rest.size()), static_cast<ssize_t>(rest.size()));
+  const std::string response = ReadToEof(fd);
+  close(fd);
+  EXPECT_EQ(StatusOf(response), 200u) << response;
+  EXPECT_NE(response.find("Connection: close"), std::string::npos) << response;
+  EXPECT_EQ(daemon_->Stop(), 0);
+  EXPECT_FALSE(std::filesystem::exists(daemon_->socket_path()));
+  const auto records = daemon_->AuditRecords();
+  ASSERT_GE(records.size(), 2u);
+  EXPECT_EQ(records[records.size() - 2]["event"], "stop");
+  EXPECT_EQ(records.back()["event"], "seal");
+}
+
+TEST(DaemonLimitsTest, SlowClientGetsRequestTimeout) {
+  auto daemon = StartOrFail(R"({"limits": {"header_timeout_ms": 200}})");
+  ASSERT_NE(daemon, nullptr);
+  const int fd = ConnectUnix(daemon->socket_path());
+  ASSERT_GE(fd, 0);
+  // A slowloris: the start of a request, and then nothing.
+  const std::string partial = "POST /v1/keys/demo/encrypt HTTP/1.1\r\nHost: localhost\r\n";
+  ASSERT_EQ(write(fd, partial.data(), partial.size()), static_cast<ssize_t>(partial.size()));
+  const std::string response = ReadToEof(fd);
+  close(fd);
+  EXPECT_EQ(StatusOf(response), 408u) << response;
+  EXPECT_NE(response.find(R"("code":"request_timeout")"), std::string::npos) << response;
+  EXPECT_NE(response.find("the request headers did not arrive within 200 ms"), std::string::npos);
+}
+
+TEST(DaemonLimitsTest, IdleKeepAliveConnectionIsClosed) {
+  auto daemon = StartOrFail(R"({"limits": {"idle_timeout_ms": 100}})");
+  ASSERT_NE(daemon, nullptr);
+  const int fd = ConnectUnix(daemon->socket_path());
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(ReadToEof(fd), "") << "an idle connection is closed without a response";
+  close(fd);
+}
+
+TEST(DaemonLimitsTest, PostWithoutContentLengthGets411) {
+  auto daemon = StartOrFail();
+  ASSERT_NE(daemon, nullptr);
+  const int fd = ConnectUnix(daemon->socket_path());
+  ASSERT_GE(fd, 0);
+  const std::string request = "POST /v1/keys/demo/encrypt HTTP/1.1\r\nHost: localhost\r\n"
+                              "Content-Type: application/json\r\n\r\n";
+  ASSERT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  const std::string response = ReadToEof(fd);
+  close(fd);
+  EXPECT_EQ(StatusOf(response), 411u) << response;
+  EXPECT_NE(response.find(R"("code":"length_required")"), std::string::npos) << response;
+}
+
+TEST(DaemonLimitsTest, ConnectionsBeyondTheLimitGet503) {
+  auto daemon = StartOrFail(R"({"limits": {"max_connections": 2}})");
+  ASSERT_NE(daemon, nullptr);
+  // Two connections that have each completed a request are surely counted.
+  HttpClient first(daemon->socket_path());
+  HttpClient second(daemon->socket_path());
+  ASSERT_EQ(first.Get("/v1/health").status, 200u);
+  ASSERT_EQ(second.Get("/v1/health").status, 200u);
+  HttpClient third(daemon->socket_path());
+  const auto refused = third.Get("/v1/health");
+  EXPECT_EQ(refused.status, 503u) << refused.body;
+  EXPECT_EQ(refused.ErrorCode(), "too_many_connections");
+}
+
+TEST(DaemonAuditTest, AuditFailureFailsClosedEndToEnd) {
+  if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "/dev/full is not writable here";
+  auto daemon = StartOrFail(
+      R"({"audit": {"single_file": "/dev/full", "refuse_free_bytes": 0, "warn_free_bytes": 0,
+                    "try_append_only": false}})");
+  ASSERT_NE(daemon, nullptr);
+  HttpClient client(daemon->socket_path());
+  auto encrypted = client.PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1, 2, 3}}}});
+  EXPECT_EQ(encrypted.status, 503u);
+  EXPECT_EQ(encrypted.ErrorCode(), "audit_unavailable");
+  EXPECT_EQ(encrypted.body.find("\"vectors\""), std::string::npos) << "no vectors without a record";
+  auto health = client.Get("/v1/health");
+  EXPECT_EQ(health.status, 503u);
+  EXPECT_EQ(health.Json()["audit"], "unavailable");
+  EXPECT_EQ(health.Json()["status"], "unavailable");
+}
+
+}  // namespace
+}  // namespace vecseal::daemon::testing
