@@ -1,5 +1,6 @@
 // `vecseal audit verify|show`.
 #include <algorithm>
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -18,7 +19,7 @@ constexpr int kExitUsage = 2;
 constexpr int kExitUnreadable = 3;
 
 constexpr std::string_view kUsage =
-    "usage: vecseal audit verify --pubkey KEY.pem [--json] FILE|DIR...\n"
+    "usage: vecseal audit verify --pubkey KEY.pem [--anchor SEQ:HEAD]... [--json] FILE|DIR...\n"
     "       vecseal audit show [--key NAME] [--caller USER|UID|EXE|UNIT] [--event NAME]\n"
     "                          [--since TIME] [--until TIME] [--json] FILE|DIR...\n"
     "A DIR stands for its audit-*.jsonl files in order. TIME is UTC, ISO 8601, any prefix\n"
@@ -71,9 +72,24 @@ int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostr
   std::string pubkey_path;
   bool json = false;
   std::vector<std::string> operands;
+  std::vector<Anchor> anchors;
   for (size_t i = 0; i < args.size(); ++i) {
     if (args[i] == "--pubkey" && i + 1 < args.size()) {
       pubkey_path = args[++i];
+    } else if (args[i] == "--anchor" && i + 1 < args.size()) {
+      const std::string& text = args[++i];
+      const size_t colon = text.find(':');
+      Anchor anchor;
+      const char* end = text.data() + (colon == std::string::npos ? text.size() : colon);
+      const auto parsed = std::from_chars(text.data(), end, anchor.seq);
+      if (colon == std::string::npos || parsed.ec != std::errc() || parsed.ptr != end ||
+          text.size() - colon - 1 != 64) {
+        err << "vecseal audit verify: --anchor " << text
+            << ": expected SEQ:HEAD, a seal's seq and its 64-hex-digit head\n";
+        return kExitUsage;
+      }
+      anchor.head = text.substr(colon + 1);
+      anchors.push_back(anchor);
     } else if (args[i] == "--json") {
       json = true;
     } else if (args[i].starts_with("--")) {
@@ -94,7 +110,7 @@ int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostr
   }
   std::vector<std::string> files;
   if (!ExpandPaths(operands, &files, err)) return kExitUnreadable;
-  Result<VerifyReport> result = Verify(files, pem);
+  Result<VerifyReport> result = Verify(files, pem, anchors);
   if (!result.ok()) {
     err << "vecseal audit verify: " << pubkey_path << ": " << result.status().message() << "\n";
     return kExitUnreadable;

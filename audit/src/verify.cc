@@ -1,5 +1,7 @@
 #include "vecseal/audit/verify.h"
 
+#include <set>
+
 
 #include <nlohmann/json.hpp>
 
@@ -61,7 +63,8 @@ std::string StringField(const nlohmann::json& object, const char* name) {
 
 class Verifier {
  public:
-  explicit Verifier(const internal::PublicKey& key) : key_(key) {}
+  Verifier(const internal::PublicKey& key, std::span<const Anchor> anchors)
+      : key_(key), anchors_(anchors.begin(), anchors.end()) {}
 
   // False once an alteration is found.
   bool VerifyFile(const std::string& path) {
@@ -102,6 +105,20 @@ class Verifier {
   VerifyReport Finish() {
     if (report_.ok() && report_.records == 0) {
       Fail("no_records", "", 0, 0, "the files hold no audit record");
+    }
+    for (const Anchor& anchor : anchors_) {
+      if (!report_.ok()) break;
+      if (anchor.seq > report_.last_seq || anchor.seq < report_.first_seq) {
+        Fail("missing_anchor", last_record_file_, 0, anchor.seq,
+             "the seal seq " + std::to_string(anchor.seq) +
+                 " noted earlier is not in the files (they end at seq " +
+                 std::to_string(report_.last_seq) + "): the log was truncated");
+      } else if (!anchors_found_.contains(anchor.seq)) {
+        Fail("missing_anchor", "", 0, anchor.seq,
+             "record seq " + std::to_string(anchor.seq) +
+                 " is not the seal noted earlier, with head " + anchor.head +
+                 ": the log was rewritten");
+      }
     }
     if (report_.ok()) {
       report_.unsealed_tail = report_.last_seq - std::max(report_.last_sealed_seq,
@@ -271,6 +288,9 @@ class Verifier {
     }
     ++report_.seals;
     report_.last_sealed_seq = line.seq;
+    for (const Anchor& anchor : anchors_) {
+      if (anchor.seq == line.seq && anchor.head == head) anchors_found_.insert(line.seq);
+    }
     return true;
   }
 
@@ -286,6 +306,8 @@ class Verifier {
   }
 
   const internal::PublicKey& key_;
+  const std::vector<Anchor> anchors_;
+  std::set<uint64_t> anchors_found_;
   VerifyReport report_;
   bool have_head_ = false;
   uint64_t expected_seq_ = 0;
@@ -299,10 +321,11 @@ class Verifier {
 
 }  // namespace
 
-Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem) {
+Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem,
+                            std::span<const Anchor> anchors) {
   Result<internal::PublicKey> key = internal::PublicKey::FromPem(pubkey_pem);
   if (!key.ok()) return std::move(key).TakeStatus();
-  Verifier verifier(*key);
+  Verifier verifier(*key, anchors);
   for (const std::string& file : files) {
     if (!verifier.VerifyFile(file)) break;
   }

@@ -173,7 +173,12 @@ TEST(AuditCommandTest, UsageErrorsAndExitCodes) {
   const std::string log = dir.path() + "/audit";
   testing::WriteFileText(dir.path() + "/not-a-key.pem", "hello\n");
   const std::vector<CommandCase> cases = {
-      {{}, 2, "usage: vecseal audit verify --pubkey KEY.pem [--json] FILE|DIR..."},
+      {{}, 2, "usage: vecseal audit verify --pubkey KEY.pem [--anchor SEQ:HEAD]... [--json]"},
+      {{"verify", "--pubkey", key, "--anchor", "12", log}, 2,
+       "vecseal audit verify: --anchor 12: expected SEQ:HEAD, a seal's seq and its 64-hex-digit "
+       "head"},
+      {{"verify", "--pubkey", key, "--anchor", "x:" + std::string(64, 'a'), log}, 2,
+       "expected SEQ:HEAD"},
       {{"frobnicate"}, 2, "vecseal audit: unknown command \"frobnicate\""},
       {{"verify", log}, 2, "vecseal audit verify: needs --pubkey and at least one file"},
       {{"verify", "--pubkey", key}, 2, "vecseal audit verify: needs --pubkey and at least one file"},

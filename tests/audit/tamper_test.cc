@@ -279,6 +279,38 @@ TEST_F(TamperTest, SealsFromAnotherKeyAreRejected) {
   EXPECT_EQ(report->error->seq, SeqOf(lines_[0][seal]));
 }
 
+TEST_F(TamperTest, AnchorsCatchATruncatedNewestFile) {
+  // The final seal, as the daemon logged it when it was written.
+  std::vector<std::string>& last = lines_.back();
+  const size_t seal = last.size() - 1;
+  ASSERT_EQ(EventOf(last[seal]), "seal");
+  const Json record = Json::parse(last[seal]);
+  const Anchor anchor{record["seq"].get<uint64_t>(), record["head"].get<std::string>()};
+  const std::string pem = *signer_->PublicKeyPem();
+
+  Result<VerifyReport> intact = Verify(files_, pem, std::vector<Anchor>{anchor});
+  ASSERT_TRUE(intact.ok());
+  EXPECT_TRUE(intact->ok());
+
+  last.resize(seal);  // cut the newest file just before that seal: the chain alone is fine
+  Save();
+  EXPECT_TRUE(VerifyAll().ok());
+  Result<VerifyReport> truncated = Verify(files_, pem, std::vector<Anchor>{anchor});
+  ASSERT_TRUE(truncated.ok());
+  ASSERT_FALSE(truncated->ok());
+  EXPECT_EQ(truncated->error->code, "missing_anchor");
+  EXPECT_EQ(truncated->error->seq, anchor.seq);
+  EXPECT_THAT(truncated->error->message, HasSubstr("the log was truncated"));
+
+  Anchor wrong = anchor;
+  wrong.seq = SeqOf(last[0]);  // in the files, but not that seal
+  Result<VerifyReport> rewritten = Verify(files_, pem, std::vector<Anchor>{wrong});
+  ASSERT_TRUE(rewritten.ok());
+  ASSERT_FALSE(rewritten->ok());
+  EXPECT_EQ(rewritten->error->code, "missing_anchor");
+  EXPECT_THAT(rewritten->error->message, HasSubstr("the log was rewritten"));
+}
+
 TEST_F(TamperTest, TornLastLineIsOnlyAWarning) {
   const std::string& last = lines_.back().back();
   std::string text;

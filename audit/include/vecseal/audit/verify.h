@@ -35,9 +35,17 @@ struct VerifyReport {
   uint64_t unsealed_tail = 0;    // records after the last seal
 };
 
+// A seal noted outside the files earlier (the daemon logs each one as "audit seal seq N head H"):
+// it must still be there, which no chain check can tell if the newest file lost its end.
+struct Anchor {
+  uint64_t seq = 0;
+  std::string head;
+};
+
 // `files` in order (oldest first). Fails (rather than reporting) only when the key cannot be
 // parsed; an unreadable file is a finding.
-Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem);
+Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem,
+                            std::span<const Anchor> anchors = {});
 
 // `vecseal audit ARGS...` (ARGS after "audit"): verify | show. Returns the process exit code:
 // 0 verified (warnings allowed), 1 alteration found, 2 usage error, 3 cannot read key or files.
