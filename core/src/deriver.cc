@@ -1,6 +1,7 @@
 #include "vecseal/core/deriver.h"
 
 #include <cstring>
+#include <string>
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
@@ -35,7 +36,12 @@ Result<std::unique_ptr<SoftwareDeriver>> SoftwareDeriver::CreateEphemeral() {
 
 Status SoftwareDeriver::Derive(std::span<const std::span<const uint8_t>> messages,
                                std::span<Seed> out) {
-  assert(messages.size() == out.size());
+  if (messages.size() != out.size()) {
+    for (auto& seed : out) SecureWipe(seed.data(), seed.size());
+    return Status(Code::kInternal, "invalid_length",
+                  "Derive was given " + std::to_string(messages.size()) + " messages but room for " +
+                      std::to_string(out.size()) + " seeds");
+  }
   // One keyed context per call, re-initialised per message with the same key: the one-shot
   // HMAC() re-fetches the digest and re-keys every time, which costs more than the MAC itself.
   EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);

@@ -396,7 +396,9 @@ void PackB(const float* b, size_t k, size_t m, float* packed) {
 void GemmPackedB(const float* a, size_t lda, size_t n, size_t k, const float* packed_b, size_t m,
                  float* c, size_t ldc) {
   if (n == 0 || m == 0) return;
-  GemmWith(Selected().tile, Selected().tile_rows, a, lda, n, k, packed_b, m, c, ldc);
+  // One read of the selection: a tile function must come with its own row count.
+  const Kernels& kernels = Selected();
+  GemmWith(kernels.tile, kernels.tile_rows, a, lda, n, k, packed_b, m, c, ldc);
 }
 
 const char* KernelName() { return Selected().name; }

@@ -1,6 +1,7 @@
 #include "transform.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <utility>
 
@@ -10,28 +11,32 @@
 namespace vecseal::core::detail {
 
 Status DerivePermutation(const Seed& seed, size_t dimension, uint32_t* perm) {
+  assert(dimension > 0);
   KeyStream stream;
   VECSEAL_RETURN_IF_ERROR(stream.Start(seed, 0));
   constexpr size_t kBuffered = 256;
   uint32_t words[kBuffered];
   size_t next = kBuffered;
   for (size_t i = 0; i < dimension; ++i) perm[i] = static_cast<uint32_t>(i);
-  for (size_t i = dimension - 1; i >= 1; --i) {
-    const uint64_t bound = i + 1;
-    // The largest multiple of `bound` that fits in 2^32: words at or above it would bias j.
-    const uint64_t limit = (uint64_t{1} << 32) - ((uint64_t{1} << 32) % bound);
-    uint32_t w;
-    do {
-      if (next == kBuffered) {
-        VECSEAL_RETURN_IF_ERROR(stream.Read(words, kBuffered));
-        next = 0;
-      }
-      w = words[next++];
-    } while (w >= limit);
-    std::swap(perm[i], perm[w % bound]);
-  }
-  SecureWipe(words, sizeof(words));
-  return Status::Ok();
+  const Status status = [&]() -> Status {
+    for (size_t i = dimension - 1; i >= 1; --i) {
+      const uint64_t bound = i + 1;
+      // The largest multiple of `bound` that fits in 2^32: words at or above it would bias j.
+      const uint64_t limit = (uint64_t{1} << 32) - ((uint64_t{1} << 32) % bound);
+      uint32_t w;
+      do {
+        if (next == kBuffered) {
+          VECSEAL_RETURN_IF_ERROR(stream.Read(words, kBuffered));
+          next = 0;
+        }
+        w = words[next++];
+      } while (w >= limit);
+      std::swap(perm[i], perm[w % bound]);
+    }
+    return Status::Ok();
+  }();
+  SecureWipe(words, sizeof(words));  // on the error path too: they are transform keystream
+  return status;
 }
 
 Result<SecureBuffer> DeriveRotation(const Seed& seed, size_t dimension) {
