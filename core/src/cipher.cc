@@ -8,7 +8,11 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <future>
+#include <new>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -20,10 +24,85 @@ namespace vecseal::core {
 
 struct Cipher::Transform {
   TransformKind kind;
-  size_t dimension;
   SecureBuffer perm;     // permute: π as uint32
   SecureBuffer forward;  // rotate: Qᵀ packed for GEMM, so that C = M·Qᵀ
   SecureBuffer inverse;  // rotate: Q packed, so that M = (C − noise)·Q
+
+  size_t bytes() const { return perm.size() + forward.size() + inverse.size(); }
+};
+
+// Transforms by dimension, within kMaxCachedTransforms and kMaxCachedTransformBytes (least
+// recently used out first). A dimension is derived by the first thread that asks; the others wait
+// for its result instead of deriving their own copy, which for a large rotation would multiply
+// seconds of work and hundreds of MiB of peak memory by the number of concurrent requests.
+class Cipher::TransformCache {
+ public:
+  using Entry = std::shared_ptr<const Transform>;
+
+  Result<Entry> Get(size_t dimension, const std::function<Result<Entry>()>& derive) {
+    std::promise<Result<Entry>> promise;
+    {
+      std::unique_lock lock(mutex_);
+      auto it = slots_.find(dimension);
+      if (it != slots_.end()) {
+        it->second.last_use = ++clock_;
+        std::shared_future<Result<Entry>> ready = it->second.ready;
+        lock.unlock();
+        return ready.get();  // waits while another thread derives it
+      }
+      slots_.emplace(dimension, Slot{promise.get_future().share(), ++clock_, 0});
+    }
+    // Derived outside the lock: a large rotation takes seconds and must not stall other sizes.
+    Result<Entry> result = [&]() -> Result<Entry> {
+      try {
+        return derive();
+      } catch (const std::bad_alloc&) {
+        // Waiters must never be left with a promise that nobody fulfils.
+        return Status(Code::kResourceExhausted, "out_of_memory",
+                      "not enough memory to derive the transform for dimension " +
+                          std::to_string(dimension));
+      }
+    }();
+    {
+      std::lock_guard lock(mutex_);
+      auto it = slots_.find(dimension);  // still there: in-flight slots are never evicted
+      if (result.ok()) {
+        it->second.bytes = (*result)->bytes();
+        bytes_ += it->second.bytes;
+        EvictLocked(dimension);
+      } else {
+        slots_.erase(it);  // a later call may retry, e.g. once the HSM is back
+      }
+    }
+    promise.set_value(result);
+    return result;
+  }
+
+ private:
+  // Drops the least recently used derived transforms, never `keep` nor one still in flight, until
+  // both bounds hold. Callers still holding an evicted transform keep it alive until they finish.
+  void EvictLocked(size_t keep) {
+    while (slots_.size() > kMaxCachedTransforms || bytes_ > kMaxCachedTransformBytes) {
+      auto victim = slots_.end();
+      for (auto it = slots_.begin(); it != slots_.end(); ++it) {
+        if (it->first == keep || it->second.bytes == 0) continue;
+        if (victim == slots_.end() || it->second.last_use < victim->second.last_use) victim = it;
+      }
+      if (victim == slots_.end()) return;
+      bytes_ -= victim->second.bytes;
+      slots_.erase(victim);
+    }
+  }
+
+  struct Slot {
+    std::shared_future<Result<Entry>> ready;
+    uint64_t last_use = 0;
+    size_t bytes = 0;  // 0 while the derivation is in flight
+  };
+  std::mutex mutex_;
+  std::unordered_map<size_t, Slot> slots_;
+  uint64_t clock_ = 0;
+  size_t bytes_ = 0;
 };
 
 struct Cipher::TokenKey {
@@ -164,13 +243,13 @@ class Tagger {
     n += 4;
     uint8_t full[32];
     size_t out_length = 0;
-    if (EVP_MAC_init(ctx_, nullptr, 0, nullptr) != 1 || EVP_MAC_update(ctx_, header, n) != 1 ||
-        !UpdateFloats(c) || EVP_MAC_final(ctx_, full, &out_length, sizeof(full)) != 1 ||
-        out_length != sizeof(full)) {
-      return Failed();
-    }
-    std::memcpy(tag.data(), full, kTagSize);
-    return Status::Ok();
+    const bool ok = EVP_MAC_init(ctx_, nullptr, 0, nullptr) == 1 &&
+                    EVP_MAC_update(ctx_, header, n) == 1 && UpdateFloats(c) &&
+                    EVP_MAC_final(ctx_, full, &out_length, sizeof(full)) == 1 &&
+                    out_length == sizeof(full);
+    if (ok) std::memcpy(tag.data(), full, kTagSize);
+    SecureWipe(full, sizeof(full));  // the untruncated MAC is never published
+    return ok ? Status::Ok() : Failed();
   }
 
  private:
@@ -196,30 +275,38 @@ class Tagger {
   EVP_MAC_CTX* ctx_ = nullptr;
 };
 
-// "vecseal/v1/noise" ‖ 0x00 ‖ nonce, for each nonce, as one buffer and a span per message.
-struct NoiseMessages {
-  std::vector<uint8_t> bytes;
-  std::vector<std::span<const uint8_t>> spans;
-  explicit NoiseMessages(std::span<const Nonce> nonces) {
-    const size_t size = kDomainNoise.size() + 1 + kNonceSize;
-    bytes.resize(size * nonces.size());
-    spans.reserve(nonces.size());
-    for (size_t g = 0; g < nonces.size(); ++g) {
-      uint8_t* m = bytes.data() + g * size;
-      std::memcpy(m, kDomainNoise.data(), kDomainNoise.size());
-      m[kDomainNoise.size()] = 0x00;
-      std::memcpy(m + kDomainNoise.size() + 1, nonces[g].data(), kNonceSize);
-      spans.emplace_back(m, size);
-    }
-  }
+// The nonces of one call, wiped when the call ends: in one-way mode a nonce is all a key holder
+// would need to remove the noise, so no copy of it may outlive the call.
+class CallNonces {
+ public:
+  CallNonces() = default;
+  ~CallNonces() { SecureWipe(nonces_.data(), nonces_.size() * sizeof(Nonce)); }
+  CallNonces(const CallNonces&) = delete;
+  CallNonces& operator=(const CallNonces&) = delete;
+
+  std::vector<Nonce>& get() { return nonces_; }
+
+ private:
+  std::vector<Nonce> nonces_;
 };
 
+// S_N for each nonce: all messages "vecseal/v1/noise" ‖ 0x00 ‖ nonce in one Derive call.
 Result<SecureBuffer> DeriveSeeds(Deriver& deriver, std::span<const Nonce> nonces) {
   auto seeds = SecureBuffer::Allocate(nonces.size() * sizeof(Seed));
   if (!seeds.ok()) return seeds;
-  NoiseMessages messages(nonces);
-  VECSEAL_RETURN_IF_ERROR(
-      deriver.Derive(messages.spans, std::span<Seed>(seeds->as<Seed>(), nonces.size())));
+  constexpr size_t kSize = kDomainNoise.size() + 1 + kNonceSize;
+  std::vector<std::array<uint8_t, kSize>> messages(nonces.size());
+  std::vector<std::span<const uint8_t>> spans(nonces.size());
+  for (size_t g = 0; g < nonces.size(); ++g) {
+    uint8_t* m = messages[g].data();
+    std::memcpy(m, kDomainNoise.data(), kDomainNoise.size());
+    m[kDomainNoise.size()] = 0x00;
+    std::memcpy(m + kDomainNoise.size() + 1, nonces[g].data(), kNonceSize);
+    spans[g] = messages[g];
+  }
+  Status status = deriver.Derive(spans, std::span<Seed>(seeds->as<Seed>(), nonces.size()));
+  SecureWipe(messages.data(), messages.size() * kSize);  // they hold the nonces
+  if (!status.ok()) return status;
   return seeds;
 }
 
@@ -234,6 +321,14 @@ Status CheckLengths(std::span<const float> in, std::span<float> out, size_t dime
     return Status(Code::kInvalidArgument, "invalid_length",
                   "the output holds " + std::to_string(out.size()) +
                       " values but the input holds " + std::to_string(in.size()));
+  }
+  // In place works vector by vector; a shifted overlap would overwrite inputs not yet read.
+  const std::less<const float*> before;
+  if (!in.empty() && in.data() != out.data() && before(in.data(), out.data() + out.size()) &&
+      before(out.data(), in.data() + in.size())) {
+    return Status(Code::kInvalidArgument, "overlapping_buffers",
+                  "the output overlaps the input without being the same buffer; pass the same "
+                  "buffer to work in place, or two separate ones");
   }
   return Status::Ok();
 }
@@ -256,17 +351,15 @@ Result<std::shared_ptr<Cipher>> Cipher::Create(std::shared_ptr<Deriver> deriver,
 }
 
 Cipher::Cipher(std::shared_ptr<Deriver> deriver, SchemeParams params)
-    : deriver_(std::move(deriver)), params_(params) {}
+    : deriver_(std::move(deriver)), params_(params), transforms_(new TransformCache) {}
 
 Cipher::~Cipher() = default;
 
 Result<std::shared_ptr<const Cipher::Transform>> Cipher::TransformFor(size_t dimension) const {
-  {
-    std::lock_guard lock(mutex_);
-    auto it = transforms_.find(dimension);
-    if (it != transforms_.end()) return it->second;
-  }
-  // Derived outside the lock: a large rotation takes seconds and must not stall other sizes.
+  return transforms_->Get(dimension, [&] { return DeriveTransform(dimension); });
+}
+
+Result<std::shared_ptr<const Cipher::Transform>> Cipher::DeriveTransform(size_t dimension) const {
   uint8_t message[64];
   size_t n = kDomainTransform.size();
   std::memcpy(message, kDomainTransform.data(), n);
@@ -281,7 +374,6 @@ Result<std::shared_ptr<const Cipher::Transform>> Cipher::TransformFor(size_t dim
 
   auto transform = std::make_shared<Transform>();
   transform->kind = params_.transform;
-  transform->dimension = dimension;
   const size_t d = dimension;
   if (params_.transform == TransformKind::kPermute) {
     auto perm = SecureBuffer::Allocate(d * sizeof(uint32_t));
@@ -310,10 +402,7 @@ Result<std::shared_ptr<const Cipher::Transform>> Cipher::TransformFor(size_t dim
     transform->forward = std::move(forward).value();
     transform->inverse = std::move(inverse).value();
   }
-
-  std::lock_guard lock(mutex_);
-  auto [it, inserted] = transforms_.emplace(dimension, std::move(transform));
-  return it->second;
+  return std::shared_ptr<const Transform>(std::move(transform));
 }
 
 Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t dimension,
@@ -350,7 +439,9 @@ Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t d
 
     const size_t group = options.group_size;
     const size_t groups = (n + group - 1) / group;
-    std::vector<Nonce> nonces(groups);
+    CallNonces call_nonces;
+    std::vector<Nonce>& nonces = call_nonces.get();
+    nonces.resize(groups);
     NonceSource& source = options.nonces != nullptr ? *options.nonces : SystemNonceSource();
     for (auto& nonce : nonces) VECSEAL_RETURN_IF_ERROR(source.Next(nonce));
     auto seeds = DeriveSeeds(*deriver_, nonces);
@@ -529,9 +620,10 @@ Status Cipher::ApplyTransform(std::span<const float> in, std::span<float> out,
 
 Result<std::shared_ptr<const Cipher::TokenKey>> Cipher::TokenKeyFor() const {
   {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(token_key_mutex_);
     if (token_key_ != nullptr) return token_key_;
   }
+  // Two first users may both derive TK; they get the same bytes and the loser's copy is wiped.
   auto key = std::make_shared<TokenKey>();
   auto buffer = SecureBuffer::Allocate(sizeof(Seed));
   if (!buffer.ok()) return std::move(buffer).TakeStatus();
@@ -541,7 +633,7 @@ Result<std::shared_ptr<const Cipher::TokenKey>> Cipher::TokenKeyFor() const {
   message[kDomainTokenKey.size()] = 0x00;
   VECSEAL_RETURN_IF_ERROR(deriver_->DeriveOne(
       std::span<const uint8_t>(message, kDomainTokenKey.size() + 1), *key->key.as<Seed>()));
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(token_key_mutex_);
   if (token_key_ == nullptr) token_key_ = std::move(key);
   return token_key_;
 }

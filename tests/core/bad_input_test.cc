@@ -112,6 +112,17 @@ std::vector<BadInput> BadInputs() {
        "invalid_length",
        "the output holds 8 values but the input holds 12",
        {}},
+      {"output_overlaps_input",
+       [] {
+         std::vector<float> buffer = Ones(16);
+         const std::span<float> all(buffer);
+         return testing::SharedCipher(kPermute)->Encrypt(all.first(12), all.subspan(4), 4, {}, {});
+       },
+       kInvalid,
+       "overlapping_buffers",
+       "the output overlaps the input without being the same buffer; pass the same buffer to work "
+       "in place, or two separate ones",
+       {}},
       {"group_size_zero",
        [] {
          return EncryptWith(kPermute, Ones(8), 4, {false, 0, nullptr});

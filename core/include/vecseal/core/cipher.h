@@ -11,7 +11,6 @@
 #include <mutex>
 #include <span>
 #include <string_view>
-#include <unordered_map>
 
 #include "vecseal/core/deriver.h"
 #include "vecseal/core/status.h"
@@ -21,6 +20,13 @@ namespace vecseal::core {
 inline constexpr size_t kMaxDimension = 65536;
 // A rotation is a d×d matrix derived by QR; beyond this it costs too much memory and time.
 inline constexpr size_t kMaxRotateDimension = 4096;
+
+// A Cipher caches the transforms it derives, per dimension, and evicts the least recently used
+// beyond either bound. A deployment uses one or two dimensions per key; the bound stops a caller
+// that cycles through dimensions from making the process hold one derived transform (up to
+// 128 MiB for a rotation at d = 4096) per dimension.
+inline constexpr size_t kMaxCachedTransforms = 8;
+inline constexpr size_t kMaxCachedTransformBytes = size_t{512} << 20;
 
 // Domain-separation prefixes for every HMAC under a model key (docs/format.md §2).
 inline constexpr std::string_view kDomainTransform = "vecseal/v1/transform";
@@ -82,7 +88,8 @@ struct EncryptOptions {
   NonceSource* nonces = nullptr;  // null: SystemNonceSource()
 };
 
-// One model key version. Thread-safe; derives and caches T per dimension in secure memory.
+// One model key version. Thread-safe; derives T once per dimension (concurrent first users wait
+// for one derivation) and caches it in secure memory within the bounds above.
 class Cipher {
  public:
   static Result<std::shared_ptr<Cipher>> Create(std::shared_ptr<Deriver> deriver,
@@ -91,7 +98,8 @@ class Cipher {
 
   const SchemeParams& params() const { return params_; }
 
-  // Encrypts n = in.size()/d vectors into `out` (which may alias `in`). `tokens` holds n entries
+  // Encrypts n = in.size()/d vectors into `out`, which may be `in` itself but must not otherwise
+  // overlap it. `tokens` holds n entries
   // when options.reversible, else is empty. On error, `out` and `tokens` are wiped.
   Status Encrypt(std::span<const float> in, std::span<float> out, size_t dimension,
                  const EncryptOptions& options, std::span<Token> tokens) const;
@@ -107,15 +115,17 @@ class Cipher {
  private:
   struct Transform;
   struct TokenKey;
+  class TransformCache;
   Cipher(std::shared_ptr<Deriver> deriver, SchemeParams params);
   Result<std::shared_ptr<const Transform>> TransformFor(size_t dimension) const;
+  Result<std::shared_ptr<const Transform>> DeriveTransform(size_t dimension) const;
   // TK of docs/format.md §1, derived on first use so that one-way use never asks for it.
   Result<std::shared_ptr<const TokenKey>> TokenKeyFor() const;
 
   std::shared_ptr<Deriver> deriver_;
   SchemeParams params_;
-  mutable std::mutex mutex_;
-  mutable std::unordered_map<size_t, std::shared_ptr<const Transform>> transforms_;
+  const std::unique_ptr<TransformCache> transforms_;
+  mutable std::mutex token_key_mutex_;
   mutable std::shared_ptr<const TokenKey> token_key_;
 };
 
