@@ -100,10 +100,15 @@ class Log::Impl {
   Status Close() {
     std::unique_lock lock(mu_);
     if (closed_) return Status::Ok();
+    if (!healthy_) {
+      next_retry_micros_ = 0;  // one last attempt, so that the final seal can be written
+      (void)TryResumeLocked();
+    }
     Status status = Status::Ok();
     if (healthy_) {
       status = SealLocked("close");
-      if (status.ok() && file_) status = file_->Sync();
+      const Status synced = file_ ? file_->Sync() : Status::Ok();
+      if (status.ok()) status = synced;
     } else {
       status = Unavailable(last_error_.message());
     }

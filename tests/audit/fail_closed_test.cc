@@ -277,3 +277,26 @@ TEST(AuditFailClosedTest, RealReserveIsPreallocatedBeyondTheEndOfFile) {
 
 }  // namespace
 }  // namespace vecseal::audit
+
+namespace vecseal::audit {
+namespace {
+
+TEST(AuditFailClosedTest, CloseTriesOnceMoreSoThatTheFinalSealIsWritten) {
+  Harness h([](LogOptions* o) { o->retry_interval = std::chrono::hours(1); });
+  ASSERT_NE(h.log, nullptr);
+  ASSERT_TRUE(h.log->Append(SampleEvent(0)).ok());
+  h.plan->fail_write = true;
+  EXPECT_EQ(h.log->Append(Refusable(1)).reason(), "audit_unavailable");
+  h.plan->fail_write = false;
+  ASSERT_TRUE(h.log->Close().ok());
+  const auto records = h.Records();
+  EXPECT_EQ(records.back()["event"], "seal");
+  EXPECT_EQ(records.back()["reason"], "close");
+  EXPECT_EQ(records[records.size() - 2]["event"], "resumed");
+  const VerifyReport report = h.VerifyAll();
+  EXPECT_TRUE(report.ok());
+  EXPECT_EQ(report.unsealed_tail, 0u);
+}
+
+}  // namespace
+}  // namespace vecseal::audit
