@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -170,6 +171,7 @@ struct RunResult {
   double vectors_per_second = 0;
   double requests_per_second = 0;
   double p50_us = 0, p99_us = 0, p999_us = 0;
+  double client_cpu_us_per_vector = 0;  // this process only: the client library's cost
   size_t requests = 0;
   size_t errors = 0;
 };
@@ -229,10 +231,18 @@ RunResult RunOnce(const Options& o, const std::string& socket) {
     });
   }
   std::this_thread::sleep_for(std::chrono::duration<double>(o.warmup));
+  const auto cpu_seconds = [] {
+    rusage usage{};
+    ::getrusage(RUSAGE_SELF, &usage);
+    return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+           static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+  };
   measuring = true;
+  const double cpu_start = cpu_seconds();
   const auto start = Clock::now();
   std::this_thread::sleep_for(std::chrono::duration<double>(o.duration));
   measuring = false;
+  const double cpu_used = cpu_seconds() - cpu_start;
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   stop = true;
   for (std::thread& t : threads) t.join();
@@ -253,6 +263,7 @@ RunResult RunOnce(const Options& o, const std::string& socket) {
   r.p50_us = Percentile(all, 0.50);
   r.p99_us = Percentile(all, 0.99);
   r.p999_us = Percentile(all, 0.999);
+  r.client_cpu_us_per_vector = vectors > 0 ? cpu_used * 1e6 / static_cast<double>(vectors) : 0;
   return r;
 }
 
@@ -263,8 +274,10 @@ double Median(std::vector<double> values) {
 }
 
 void Print(const char* label, const RunResult& r) {
-  std::printf("%-8s %12.0f vectors/s %10.0f requests/s   p50 %9.1f us   p99 %9.1f us   p999 %9.1f us\n",
-              label, r.vectors_per_second, r.requests_per_second, r.p50_us, r.p99_us, r.p999_us);
+  std::printf("%-8s %12.0f vectors/s %10.0f requests/s   p50 %9.1f us   p99 %9.1f us   p999 %9.1f us"
+              "   client cpu %.2f us/vector\n",
+              label, r.vectors_per_second, r.requests_per_second, r.p50_us, r.p99_us, r.p999_us,
+              r.client_cpu_us_per_vector);
 }
 
 }  // namespace
@@ -306,6 +319,7 @@ int main(int argc, char** argv) {
   median.p50_us = field(&RunResult::p50_us);
   median.p99_us = field(&RunResult::p99_us);
   median.p999_us = field(&RunResult::p999_us);
+  median.client_cpu_us_per_vector = field(&RunResult::client_cpu_us_per_vector);
   Print("median", median);
   if (errors > 0) {
     std::fprintf(stderr, "vecseal_load: %zu requests failed\n", errors);

@@ -25,6 +25,7 @@ constexpr size_t kMaxHeaderBytes = 64 * 1024;
 constexpr size_t kMaxBodyBytes = size_t{1} << 31;
 
 // JSON whose numbers parse as float32 directly (strtof), so that vectors come back bit-exact.
+// Only its SAX interface is used.
 using FloatJson = nlohmann::basic_json<std::map, std::vector, std::string, bool, int64_t, uint64_t,
                                        float>;
 
@@ -113,6 +114,16 @@ void AppendFloatsLe(std::string& out, std::span<const float> values) {
   }
 }
 
+// The little-endian bytes of `values`: a view of them where the host is little-endian (no
+// copy of megabytes per request), else a converted copy in `scratch`.
+std::string_view FloatsLe(std::span<const float> values, std::string& scratch) {
+  if constexpr (std::endian::native == std::endian::little) {
+    return std::string_view(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+  }
+  AppendFloatsLe(scratch, values);
+  return scratch;
+}
+
 void DecodeFloatsLe(std::string_view bytes, std::vector<float>& out) {
   out.resize(bytes.size() / 4);
   if constexpr (std::endian::native == std::endian::little) {
@@ -179,20 +190,87 @@ void AppendJsonVectors(std::string& body, std::span<const float> vectors, size_t
   body += vectors.empty() ? "]" : "]]";
 }
 
-// The "key_version" and "vectors" of a JSON encrypt or decrypt response.
-Status ParseJsonVectors(const FloatJson& parsed, size_t dimension, uint32_t& key_version,
-                        std::vector<float>& out) {
-  try {
-    key_version = parsed.at("key_version").get<uint32_t>();
-    for (const FloatJson& row : parsed.at("vectors")) {
-      if (row.size() != dimension) return BadResponse("a vector of the wrong dimension");
-      for (const FloatJson& v : row) out.push_back(v.get<float>());
+// Reads "key_version", "vectors" and "tokens" of a JSON encrypt or decrypt response with SAX
+// callbacks: a DOM of a million numbers would cost more than the whole round trip.
+class VectorsResponseReader {
+ public:
+  VectorsResponseReader(size_t dimension, std::vector<float>& vectors,
+                        std::vector<std::string>& tokens)
+      : dimension_(dimension), vectors_(vectors), tokens_(tokens) {}
+
+  Status Read(std::string_view body, uint32_t& key_version) {
+    if (!FloatJson::sax_parse(body, this) || !error_.empty()) {
+      return BadResponse(error_.empty() ? "malformed JSON vectors" : error_);
     }
-  } catch (const std::exception& e) {
-    return BadResponse(std::string("malformed vectors in a JSON response (") + e.what() + ")");
+    if (!key_version_) return BadResponse("no \"key_version\"");
+    key_version = *key_version_;
+    return Status::Ok();
   }
-  return Status::Ok();
-}
+
+  bool null() { return Scalar(); }
+  bool boolean(bool) { return Scalar(); }
+  bool number_integer(int64_t v) { return Number(static_cast<float>(v), v >= 0 ? static_cast<uint64_t>(v) : ~uint64_t{0}); }
+  bool number_unsigned(uint64_t v) { return Number(static_cast<float>(v), v); }
+  bool number_float(float v, const std::string&) { return Number(v, ~uint64_t{0}); }
+  bool string(std::string& v) {
+    if (depth_ == 2 && key_ == "tokens") tokens_.push_back(std::move(v));
+    return Scalar();
+  }
+  bool binary(FloatJson::binary_t&) { return Scalar(); }
+  bool start_object(size_t) { return Open(); }
+  bool key(std::string& name) {
+    if (depth_ == 1) key_ = std::move(name);
+    return true;
+  }
+  bool end_object() { return Close(); }
+  bool start_array(size_t) {
+    if (depth_ == 2 && key_ == "vectors") row_length_ = 0;
+    return Open();
+  }
+  bool end_array() {
+    if (depth_ == 3 && key_ == "vectors" && row_length_ != dimension_) {
+      return Fail("a vector of the wrong dimension");
+    }
+    return Close();
+  }
+  bool parse_error(size_t, const std::string&, const nlohmann::detail::exception&) {
+    return Fail("malformed JSON vectors");
+  }
+
+ private:
+  bool Open() {
+    ++depth_;
+    return depth_ <= 8 || Fail("JSON nested too deeply");
+  }
+  bool Close() {
+    --depth_;
+    return true;
+  }
+  bool Scalar() { return !(depth_ == 3 && key_ == "vectors") || Fail("a vector holding a non-number"); }
+  bool Number(float value, uint64_t as_unsigned) {
+    if (depth_ == 3 && key_ == "vectors") {
+      vectors_.push_back(value);
+      ++row_length_;
+    } else if (depth_ == 1 && key_ == "key_version") {
+      if (as_unsigned > UINT32_MAX) return Fail("a malformed \"key_version\"");
+      key_version_ = static_cast<uint32_t>(as_unsigned);
+    }
+    return true;
+  }
+  bool Fail(std::string message) {
+    error_ = std::move(message);
+    return false;
+  }
+
+  size_t dimension_;
+  std::vector<float>& vectors_;
+  std::vector<std::string>& tokens_;
+  std::optional<uint32_t> key_version_;
+  std::string key_;
+  std::string error_;
+  int depth_ = 0;
+  size_t row_length_ = 0;
+};
 
 Result<KeyInfo> ParseKeyInfo(const nlohmann::json& j) {
   try {
@@ -339,13 +417,17 @@ class Client::Connection {
       VECSEAL_RETURN_IF_ERROR(ReadChunked(response.body, deadline));
     } else if (content_length) {
       if (*content_length > kMaxBodyBytes) return BadResponse("a body over 2 GiB");
-      while (buffer_.size() < *content_length) {
-        Result<size_t> n = Fill(deadline);
+      // Straight into the body: megabytes of vectors are not staged through buffer_.
+      response.body.resize(*content_length);
+      size_t have = std::min(buffer_.size(), *content_length);
+      std::memcpy(response.body.data(), buffer_.data(), have);
+      buffer_.erase(0, have);
+      while (have < *content_length) {
+        Result<size_t> n = Receive(response.body.data() + have, *content_length - have, deadline);
         if (!n.ok()) return std::move(n).TakeStatus();
         if (*n == 0) return Lost("the daemon closed the connection mid-response");
+        have += *n;
       }
-      response.body = buffer_.substr(0, *content_length);
-      buffer_.erase(0, *content_length);
     } else {
       // No length: the body runs to the end of the connection (HTTP/1.0 style).
       while (true) {
@@ -393,12 +475,16 @@ class Client::Connection {
 
   Result<size_t> Fill(Clock::time_point deadline) {
     char block[65536];
+    Result<size_t> n = Receive(block, sizeof(block), deadline);
+    if (n.ok()) buffer_.append(block, *n);
+    return n;
+  }
+
+  // Up to `size` bytes into `out`; 0 when the daemon closed the connection.
+  Result<size_t> Receive(char* out, size_t size, Clock::time_point deadline) {
     while (true) {
-      const ssize_t n = ::recv(fd_, block, sizeof(block), MSG_DONTWAIT);
-      if (n >= 0) {
-        buffer_.append(block, static_cast<size_t>(n));
-        return static_cast<size_t>(n);
-      }
+      const ssize_t n = ::recv(fd_, out, size, MSG_DONTWAIT);
+      if (n >= 0) return static_cast<size_t>(n);
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         VECSEAL_RETURN_IF_ERROR(Wait(POLLIN, deadline));
@@ -562,12 +648,12 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   const std::string target = "/v1/keys/" + std::string(key) + "/encrypt";
   EncryptResult result;
   if (options_.wire == Wire::kBinary) {
-    std::string body;
-    AppendFloatsLe(body, vectors);
+    std::string scratch;
     const std::pair<std::string, std::string> headers[] = {
         {"Vecseal-Dimension", std::to_string(dimension)},
         {"Vecseal-Reversible", reversible ? "true" : "false"}};
-    Result<HttpResponse> response = Call("POST", target, "application/octet-stream", body, headers);
+    Result<HttpResponse> response = Call("POST", target, "application/octet-stream",
+                                         FloatsLe(vectors, scratch), headers);
     if (!response.ok()) return std::move(response).TakeStatus();
     if (response->status != 200) return StatusFromResponse(*response);
     const auto version = ParseDecimal<uint32_t>(response->Header("vecseal-key-version").value_or(""));
@@ -592,19 +678,15 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
   if (!response.ok()) return std::move(response).TakeStatus();
   if (response->status != 200) return StatusFromResponse(*response);
-  FloatJson parsed = FloatJson::parse(response->body, nullptr, false);
-  VECSEAL_RETURN_IF_ERROR(ParseJsonVectors(parsed, dimension, result.key_version, result.vectors));
+  std::vector<std::string> token_texts;
+  result.vectors.reserve(vectors.size());
+  VectorsResponseReader reader(dimension, result.vectors, token_texts);
+  VECSEAL_RETURN_IF_ERROR(reader.Read(response->body, result.key_version));
   result.dimension = dimension;
-  try {
-    if (reversible) {
-      for (const FloatJson& token : parsed.at("tokens")) {
-        std::optional<std::vector<uint8_t>> bytes = Unbase64(token.get<std::string>());
-        if (!bytes || bytes->size() != kTokenSize) return BadResponse("a malformed token");
-        result.tokens.insert(result.tokens.end(), bytes->begin(), bytes->end());
-      }
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return BadResponse(std::string("malformed encrypt response (") + e.what() + ")");
+  for (const std::string& text : token_texts) {
+    std::optional<std::vector<uint8_t>> bytes = Unbase64(text);
+    if (!bytes || bytes->size() != kTokenSize) return BadResponse("a malformed token");
+    result.tokens.insert(result.tokens.end(), bytes->begin(), bytes->end());
   }
   if (result.vectors.size() != vectors.size() || result.tokens.size() != (reversible ? n * kTokenSize : 0)) {
     return BadResponse("a response with the wrong number of vectors or tokens");
@@ -653,8 +735,10 @@ Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const floa
   Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
   if (!response.ok()) return std::move(response).TakeStatus();
   if (response->status != 200) return StatusFromResponse(*response);
-  FloatJson parsed = FloatJson::parse(response->body, nullptr, false);
-  VECSEAL_RETURN_IF_ERROR(ParseJsonVectors(parsed, dimension, result.key_version, result.vectors));
+  std::vector<std::string> ignored_tokens;
+  result.vectors.reserve(vectors.size());
+  VectorsResponseReader reader(dimension, result.vectors, ignored_tokens);
+  VECSEAL_RETURN_IF_ERROR(reader.Read(response->body, result.key_version));
   result.dimension = dimension;
   if (result.vectors.size() != vectors.size()) return BadResponse("the wrong number of vectors");
   return result;
