@@ -443,7 +443,7 @@ Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t d
     std::vector<Nonce>& nonces = call_nonces.get();
     nonces.resize(groups);
     NonceSource& source = options.nonces != nullptr ? *options.nonces : SystemNonceSource();
-    for (auto& nonce : nonces) VECSEAL_RETURN_IF_ERROR(source.Next(nonce));
+    VECSEAL_RETURN_IF_ERROR(source.Fill(nonces));
     auto seeds = DeriveSeeds(*deriver_, nonces);
     if (!seeds.ok()) return std::move(seeds).TakeStatus();
     const Seed* seed = seeds->as<const Seed>();

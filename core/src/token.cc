@@ -20,10 +20,19 @@ uint32_t GetU32(const uint8_t* in) {
 
 class OsNonceSource final : public NonceSource {
  public:
-  Status Next(Nonce& nonce) override {
-    if (RAND_bytes(nonce.data(), static_cast<int>(nonce.size())) != 1) {
-      return Status(Code::kUnavailable, "entropy_unavailable",
-                    "the OpenSSL random generator could not produce a nonce");
+  Status Next(Nonce& nonce) override { return Fill(std::span<Nonce>(&nonce, 1)); }
+
+  Status Fill(std::span<Nonce> nonces) override {
+    static_assert(sizeof(Nonce) == kNonceSize, "nonces must be contiguous bytes");
+    // RAND_bytes takes an int length: draw at most 1 MiB of nonces per request.
+    constexpr size_t kPerRequest = (size_t{1} << 20) / kNonceSize;
+    for (size_t first = 0; first < nonces.size(); first += kPerRequest) {
+      const size_t count = std::min(kPerRequest, nonces.size() - first);
+      if (RAND_bytes(reinterpret_cast<unsigned char*>(&nonces[first]),
+                     static_cast<int>(count * kNonceSize)) != 1) {
+        return Status(Code::kUnavailable, "entropy_unavailable",
+                      "the OpenSSL random generator could not produce a nonce");
+      }
     }
     return Status::Ok();
   }
@@ -60,6 +69,11 @@ Token SerializeToken(const TokenFields& fields) {
   PutU32(&token[5 + kNonceSize], fields.index);
   std::copy(fields.tag.begin(), fields.tag.end(), &token[9 + kNonceSize]);
   return token;
+}
+
+Status NonceSource::Fill(std::span<Nonce> nonces) {
+  for (Nonce& nonce : nonces) VECSEAL_RETURN_IF_ERROR(Next(nonce));
+  return Status::Ok();
 }
 
 NonceSource& SystemNonceSource() {
