@@ -57,7 +57,8 @@ struct IdentityResolverOptions {
   int name_cache_seconds = 60;
 };
 
-// Resolves identities and caches file digests. Thread-safe; share one per daemon.
+// Resolves identities and caches file digests and user and group names. Thread-safe; share one
+// per daemon.
 class IdentityResolver {
  public:
   struct Stats {
@@ -163,8 +164,9 @@ class PeerIdentity {
   const CallerIdentity& identity() const { return identity_; }
 
   // Cheap when nothing changed (a poll on the pidfd, a stat of /proc/PID/exe and reads of
-  // /proc/PID/stat and /proc/PID/cmdline). Re-resolves the whole identity when the peer exec'd since; returns
-  // peer_gone when it exited. On error the previous identity must not be used.
+  // /proc/PID/stat and /proc/PID/cmdline). Re-resolves the whole identity, credentials from
+  // /proc/PID/status this time, when the peer exec'd since; returns peer_gone when it exited.
+  // On error the previous identity must not be used.
   Status Refresh(IdentityResolver& resolver);
 
   // True when the pidfd came from SO_PEERPIDFD rather than the pidfd_open fallback.
