@@ -159,7 +159,8 @@ class ScratchUse {
  public:
   ScratchUse(Scratch& scratch, const ScratchLayout& layout) : scratch_(scratch) {
     status_ = scratch_.Reserve(layout.total);
-    if (status_.ok()) scratch_.used = layout.total;
+    if (!status_.ok()) return;  // the pointers stay null; callers check status() first
+    scratch_.used = layout.total;
     words = scratch_.buffer.as<uint32_t>();
     z = reinterpret_cast<float*>(scratch_.buffer.data() + layout.z_offset);
     row = reinterpret_cast<float*>(scratch_.buffer.data() + layout.row_offset);
@@ -172,10 +173,10 @@ class ScratchUse {
   const Status& status() const { return status_; }
   detail::KeyStream& stream() { return scratch_.stream; }
 
-  uint32_t* words;
-  float* z;
-  float* row;
-  float* chunk;
+  uint32_t* words = nullptr;
+  float* z = nullptr;
+  float* row = nullptr;
+  float* chunk = nullptr;
 
  private:
   Scratch& scratch_;
