@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include "clones.h"
+
 namespace vecseal::calibrate {
 
 namespace {
@@ -27,7 +29,7 @@ std::vector<float> ColumnMeans(const Matrix& x) {
 namespace {
 
 // gram += c·cᵀ (lower triangle only) and cross += c·mᵀ, for one centred pair.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AddPair(
+VECSEAL_CALIBRATE_HOT void AddPair(
     const double* c, size_t dc, const double* m, size_t dm, double* gram, double* cross) {
   for (size_t a = 0; a < dc; ++a) {
     const double ca = c[a];

@@ -6,6 +6,8 @@
 #include <deque>
 #include <limits>
 
+#include "clones.h"
+
 namespace vecseal::calibrate {
 
 Labels KnnPredict(const Matrix& train, std::span<const uint32_t> train_labels,
@@ -53,7 +55,7 @@ Matrix Standardise(const Matrix& x, std::span<const float> mean, std::span<const
 }
 
 // gradient[c] += residuals[c]·z for every class c (rows of `width`).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AddResiduals(
+VECSEAL_CALIBRATE_HOT void AddResiduals(
     const float* z, const double* residuals, size_t classes, size_t width, double* gradient) {
   for (size_t c = 0; c < classes; ++c) {
     const double r = residuals[c];

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "clones.h"
+
 namespace vecseal::calibrate {
 
 Matrix SelectRows(const Matrix& matrix, std::span<const size_t> indices) {
@@ -15,7 +17,7 @@ Matrix SelectRows(const Matrix& matrix, std::span<const size_t> indices) {
   return out;
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) float Dot(
+VECSEAL_CALIBRATE_HOT float Dot(
     std::span<const float> a, std::span<const float> b) {
   assert(a.size() == b.size());
   const float* x = a.data();
@@ -46,7 +48,7 @@ namespace {
 // Distances from one query to `count` consecutive base rows, four rows per pass so that each
 // load of the query feeds four accumulators. Cloned for AVX-512 and AVX2 and picked at load
 // time, because the baseline x86-64 target has only 4-wide SSE.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void DistancesToRows(
+VECSEAL_CALIBRATE_HOT void DistancesToRows(
     const float* query, const float* base, size_t count, size_t d, float* out) {
   size_t b = 0;
   for (; b + 4 <= count; b += 4) {
@@ -110,7 +112,7 @@ std::vector<uint32_t> NearestNeighbours(const Matrix& queries, const Matrix& bas
   return result;
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) bool CholeskySolve(
+VECSEAL_CALIBRATE_HOT bool CholeskySolve(
     std::vector<double>& a, size_t n, std::vector<double>& b, size_t m) {
   assert(a.size() == n * n && b.size() == n * m);
   // A = L·Lᵀ, with L overwriting the lower triangle of A row by row.
