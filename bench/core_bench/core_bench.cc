@@ -99,6 +99,36 @@ void SoftwareDerive(benchmark::State& state) {
 }
 BENCHMARK(SoftwareDerive);
 
+// The same, inside one Derive call of kBatch messages, as Encrypt makes at group size 1.
+void SoftwareDeriveBatch(benchmark::State& state) {
+  auto deriver = SoftwareDeriver::CreateEphemeral();
+  std::vector<uint8_t> message(33, 0x42);
+  std::vector<std::span<const uint8_t>> messages(kBatch, message);
+  std::vector<Seed> seeds(kBatch);
+  for (auto _ : state) {
+    (void)(*deriver)->Derive(messages, seeds);
+    benchmark::DoNotOptimize(seeds.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
+}
+BENCHMARK(SoftwareDeriveBatch);
+
+// System nonces one request each (Next) against one request per call (Fill).
+void SystemNonces(benchmark::State& state) {
+  const bool one_request = state.range(0) != 0;
+  std::vector<Nonce> nonces(kBatch);
+  for (auto _ : state) {
+    if (one_request) {
+      (void)SystemNonceSource().Fill(nonces);
+    } else {
+      for (Nonce& nonce : nonces) (void)SystemNonceSource().Next(nonce);
+    }
+    benchmark::DoNotOptimize(nonces.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * kBatch));
+}
+BENCHMARK(SystemNonces)->Arg(0)->Arg(1)->ArgName("one_request");
+
 // The rotate transform's GEMM alone, n×d · (d×d), as vecseal runs it (48-row chunks)...
 void OwnSgemm(benchmark::State& state) {
   const auto d = static_cast<size_t>(state.range(0));
