@@ -17,11 +17,12 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 DOC = os.path.join(ROOT, "docs", "python.md")
+README = os.path.join(ROOT, "README.md")
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 
 
-def examples(kind):
-    with open(DOC) as f:
+def examples(kind, doc=DOC):
+    with open(doc) as f:
         text = f.read()
     return re.findall(r"<!-- example: " + kind + r" -->\n```\w*\n(.*?)```", text, re.DOTALL)
 
@@ -35,6 +36,14 @@ class DocExamplesTest(unittest.TestCase):
         for i, block in enumerate(blocks):
             with self.subTest(block=i, first_line=block.splitlines()[0]):
                 exec(compile(block, f"docs/python.md example {i}", "exec"), namespace)
+
+    def test_readme_python_examples_run(self):
+        blocks = examples("python", README)
+        self.assertGreaterEqual(len(blocks), 1)
+        namespace = {"__name__": "readme_md"}
+        for i, block in enumerate(blocks):
+            with self.subTest(block=i):
+                exec(compile(block, f"README.md example {i}", "exec"), namespace)
 
 
 class InstallTest(unittest.TestCase):
