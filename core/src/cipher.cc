@@ -58,9 +58,9 @@ class Cipher::TransformCache {
         return derive();
       } catch (const std::bad_alloc&) {
         // Waiters must never be left with a promise that nobody fulfils.
-        return Status(Code::kResourceExhausted, "out_of_memory",
-                      "not enough memory to derive the transform for dimension " +
-                          std::to_string(dimension));
+        return Status(
+            Code::kResourceExhausted, "out_of_memory",
+            "not enough memory to derive the transform for dimension " + std::to_string(dimension));
       }
     }();
     {

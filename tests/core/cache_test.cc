@@ -27,8 +27,7 @@ class CountingDeriver final : public Deriver {
     inner_ = testing::KeyedDeriver(key);
   }
 
-  Status Derive(std::span<const std::span<const uint8_t>> messages,
-                std::span<Seed> out) override {
+  Status Derive(std::span<const std::span<const uint8_t>> messages, std::span<Seed> out) override {
     for (const auto& message : messages) {
       const std::string_view text(reinterpret_cast<const char*>(message.data()), message.size());
       if (text.starts_with(kDomainTransform)) OnTransform();
@@ -72,7 +71,7 @@ TEST(TransformCache, KeepsAtMostTheBoundAndEvictsTheLeastRecentlyUsed) {
   EXPECT_EQ(deriver->transforms(), static_cast<int>(kMaxCachedTransforms));
 
   ASSERT_TRUE(EncryptOnes(c, kMaxCachedTransforms + 1).ok());  // evicts 2
-  ASSERT_TRUE(EncryptOnes(c, 1).ok());                          // still cached
+  ASSERT_TRUE(EncryptOnes(c, 1).ok());                         // still cached
   EXPECT_EQ(deriver->transforms(), static_cast<int>(kMaxCachedTransforms) + 1);
   ASSERT_TRUE(EncryptOnes(c, 2).ok());  // derived again
   EXPECT_EQ(deriver->transforms(), static_cast<int>(kMaxCachedTransforms) + 2);
@@ -111,8 +110,7 @@ TEST(TransformCache, ConcurrentFirstUsersShareOneDerivation) {
 // A failed derivation is not cached: the next call derives again and succeeds.
 class FlakyDeriver final : public Deriver {
  public:
-  Status Derive(std::span<const std::span<const uint8_t>> messages,
-                std::span<Seed> out) override {
+  Status Derive(std::span<const std::span<const uint8_t>> messages, std::span<Seed> out) override {
     if (fail_next_.exchange(false)) {
       for (auto& seed : out) seed.fill(0);
       return Status(Code::kUnavailable, "hsm_unavailable", "the token is not present");
