@@ -160,15 +160,22 @@ std::string PathOfFd(int fd) {
 }
 
 // Opens the script the way the peer would: absolute paths inside its root directory, relative
-// ones from its working directory. O_NONBLOCK so a FIFO cannot stall the daemon.
+// ones from its working directory. The path comes from a command line the peer can rewrite, so
+// it is first opened O_PATH and read only if it is a regular file: opening a device node for
+// reading can have side effects (a watchdog arms itself, a tape rewinds), and a FIFO can block.
 int OpenScript(int proc_dir_fd, const std::string& script) {
   bool absolute = script[0] == '/';
   Fd base(openat(proc_dir_fd, absolute ? "root" : "cwd", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (base.get() < 0) return -1;
   open_how how{};
-  how.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+  how.flags = O_PATH | O_CLOEXEC;
   how.resolve = absolute ? RESOLVE_IN_ROOT : 0;
-  return static_cast<int>(syscall(SYS_openat2, base.get(), script.c_str(), &how, sizeof how));
+  Fd path(static_cast<int>(syscall(SYS_openat2, base.get(), script.c_str(), &how, sizeof how)));
+  struct stat st;
+  if (path.get() < 0 || fstat(path.get(), &st) != 0 || !S_ISREG(st.st_mode)) return -1;
+  // Reopening through /proc/self/fd opens the very inode just checked, not the path again.
+  std::string self = "/proc/self/fd/" + std::to_string(path.get());
+  return open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 }
 
 struct Snapshot {
@@ -279,13 +286,12 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
   if (script && !script->empty()) {
     Fd file(OpenScript(proc_dir_fd, *script));
     struct stat st;
+    // A path that names no regular file stays unknown: the command line is the peer's to write,
+    // and only a file actually opened is reported.
     if (file.get() >= 0 && fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode)) {
       id.script = PathOfFd(file.get());
       Result<std::string> digest = resolver.DigestOf(file.get());
       if (digest.ok()) id.script_sha256 = std::move(digest).value();
-    } else {
-      // Not a file we can open: keep the path as written, with no digest.
-      id.script = *script;
     }
   }
   return Status::Ok();
@@ -543,9 +549,14 @@ Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver
   if (resolver.options().use_peer_pidfd) {
     int pidfd = -1;
     socklen_t pidfd_len = sizeof pidfd;
-    if (getsockopt(connected_fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &pidfd_len) == 0 && pidfd >= 0) {
+    int rc = getsockopt(connected_fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &pidfd_len);
+    if (rc == 0 && pidfd >= 0) {
       peer.pidfd_ = pidfd;
       peer.pinned_by_socket_ = true;
+    } else if (rc != 0 && errno == ESRCH) {
+      // The kernel has SO_PEERPIDFD and says the connector exited: pidfd_open on its PID could
+      // pin a newer process that reused it.
+      return PeerGone(cred.pid);
     }
   }
   if (peer.pidfd_ < 0) {
@@ -614,10 +625,12 @@ Status PeerIdentity::Refresh(IdentityResolver& resolver) {
   VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &marker, nullptr));
   if (marker == marker_) return Status::Ok();
 
-  // The peer exec'd: it is a different program now, possibly with different credentials.
+  // The peer exec'd: it is a different program now. Its credentials stay those the kernel
+  // recorded at connect(): a process that forked (keeping the socket) and then exec'd a setuid
+  // program would otherwise lend that program's euid to the sibling still holding the socket.
   Snapshot snap;
-  snap.identity.pid = pid;
-  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, true, &snap));
+  snap.identity = identity_;
+  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, false, &snap));
   if (!Alive(pidfd_)) return PeerGone(pid);
   resolver.FillNames(&snap.identity);
   identity_ = std::move(snap.identity);

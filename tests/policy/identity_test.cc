@@ -63,6 +63,13 @@ bool WaitReadable(int fd) {
   return poll(&p, 1, kGuardMillis) == 1;
 }
 
+// Tells a connected peer_helper to exec its program, and waits for the new program's 'R'.
+bool LetItExec(int conn) {
+  char byte = 'G';
+  return write(conn, &byte, 1) == 1 && WaitReadable(conn) && read(conn, &byte, 1) == 1 &&
+         byte == 'R';
+}
+
 // The daemon's side: a listening socket in a temp dir, and the processes started against it.
 class PeerTest : public testing::TestWithParam<bool> {
  protected:
@@ -252,6 +259,24 @@ TEST_P(PeerTest, PythonScriptIsIdentifiedByPathAndDigest) {
   EXPECT_FALSE((*policy)->Decide(edited, Operation::kEncrypt, "support-ratings").granted);
 }
 
+TEST_P(PeerTest, ScriptArgumentThatIsNoRegularFileStaysUnknown) {
+  // The helper, named python3, takes its "connect" argument for the script; here that is a FIFO
+  // in its working directory. The command line is the peer's to write: a path that is no regular
+  // file is neither opened for reading nor reported.
+  std::string interpreter = dir_ / "python3";
+  WriteFile(interpreter, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  ASSERT_EQ(mkfifo((dir_ / "connect").c_str(), 0644), 0);
+  IdentityResolver resolver(Options());
+  Spawn({interpreter, "connect", socket_path_}, dir_.path());
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  EXPECT_EQ(peer->identity().exe, interpreter);
+  EXPECT_EQ(peer->identity().script, "");
+  EXPECT_EQ(peer->identity().script_sha256, "");
+}
+
 TEST_P(PeerTest, PeerThatExecsIsReidentified) {
   std::string other = dir_ / "other-program";
   WriteFile(other, testing_util::ReadFile(VECSEAL_PEER_HELPER) + "other", 0755);
@@ -265,12 +290,7 @@ TEST_P(PeerTest, PeerThatExecsIsReidentified) {
   ASSERT_TRUE(peer.ok());
   EXPECT_EQ(peer->identity().exe, RealPath(VECSEAL_PEER_HELPER));
 
-  // Let it exec, and wait for the new program's 'R'.
-  char byte = 'G';
-  ASSERT_EQ(write(conn.get(), &byte, 1), 1);
-  ASSERT_TRUE(WaitReadable(conn.get()));
-  ASSERT_EQ(read(conn.get(), &byte, 1), 1);
-  ASSERT_EQ(byte, 'R');
+  ASSERT_TRUE(LetItExec(conn.get()));
 
   uint64_t resolutions = resolver.stats().resolutions;
   ASSERT_TRUE(peer->Refresh(resolver).ok());
@@ -292,11 +312,7 @@ TEST_P(PeerTest, ExecOfTheSameProgramWithTheSameArgumentsIsNoticed) {
   IdentityResolver resolver(Options());
   Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
   ASSERT_TRUE(peer.ok());
-  char byte = 'G';
-  ASSERT_EQ(write(conn.get(), &byte, 1), 1);
-  ASSERT_TRUE(WaitReadable(conn.get()));
-  ASSERT_EQ(read(conn.get(), &byte, 1), 1);
-  ASSERT_EQ(byte, 'R');
+  ASSERT_TRUE(LetItExec(conn.get()));
   uint64_t resolutions = resolver.stats().resolutions;
   ASSERT_TRUE(peer->Refresh(resolver).ok());
   EXPECT_EQ(resolver.stats().resolutions, resolutions + 1);
@@ -380,6 +396,57 @@ TEST_P(PeerTest, ChildThatDropsToAnotherUidAndGid) {
   ASSERT_TRUE(policy.ok());
   EXPECT_FALSE((*policy)->Decide(id, Operation::kEncrypt, "k").granted);
   EXPECT_EQ((*policy)->Decide(id, Operation::kDecrypt, "k").rule_id, "by-gid");
+}
+
+TEST_P(PeerTest, ExecOfASetuidProgramKeepsTheConnectTimeUid) {
+  // nobody connects, then execs a setuid-root program. Had Refresh taken the euid from
+  // /proc/PID/status, any user could become root to the daemon through a blocking setuid program
+  // while a forked sibling kept using the socket.
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "making a setuid-root program and dropping to nobody needs root";
+  }
+  if (testing_util::ReadFile("/proc/self/status").find("NoNewPrivs:\t1") != std::string::npos) {
+    GTEST_SKIP() << "no_new_privs is set: a setuid exec would not raise the euid";
+  }
+  constexpr uid_t kNobody = 65534;
+  constexpr gid_t kNogroup = 65534;
+  std::string plain = dir_ / "plain";
+  std::string setuid_root = dir_ / "setuid-root";
+  WriteFile(plain, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  WriteFile(setuid_root, testing_util::ReadFile(VECSEAL_PEER_HELPER) + "suid", 0755);
+  ASSERT_EQ(chmod(setuid_root.c_str(), 04755), 0);
+  std::vector<std::string> argv = {plain, "connect", socket_path_, setuid_root, "hold"};
+  std::vector<char*> args;
+  for (std::string& arg : argv) args.push_back(arg.data());
+  args.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (setgroups(0, nullptr) != 0 || setgid(kNogroup) != 0 || setuid(kNobody) != 0) _exit(10);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  children_.push_back(pid);
+  IdentityResolver resolver(Options());
+  Fd conn = Accept();
+  ASSERT_GE(conn.get(), 0);
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  ASSERT_EQ(peer->identity().uid, kNobody);
+
+  ASSERT_TRUE(LetItExec(conn.get()));
+  std::string status = testing_util::ReadFile("/proc/" + std::to_string(pid) + "/status");
+  if (status.find("\nUid:\t65534\t0\t") == std::string::npos) {
+    GTEST_SKIP() << "the setuid exec did not raise the euid (nosuid mount?)";
+  }
+
+  ASSERT_TRUE(peer->Refresh(resolver).ok());
+  EXPECT_EQ(peer->identity().exe, setuid_root);
+  EXPECT_EQ(peer->identity().uid, kNobody);
+  EXPECT_EQ(peer->identity().gid, kNogroup);
+  Result<PolicyPtr> policy = Policy::Parse(R"({"version": 1, "rules": [
+      {"id": "root-only", "callers": {"uid": 0}, "keys": ["*"], "operations": ["encrypt"]}]})");
+  ASSERT_TRUE(policy.ok());
+  EXPECT_FALSE((*policy)->Decide(peer->identity(), Operation::kEncrypt, "k").granted);
 }
 
 TEST_P(PeerTest, SocketPairWithoutPeerProcessCredentialsStillNamesUs) {

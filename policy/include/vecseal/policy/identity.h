@@ -26,8 +26,10 @@ namespace vecseal::policy {
 // example /proc/PID/exe is unreadable without ptrace rights); conditions on it never match.
 struct CallerIdentity {
   pid_t pid = 0;
-  uid_t uid = 0;  // effective uid at connect() (SO_PEERCRED), or after an exec, from /proc
-  gid_t gid = 0;  // effective gid, same source
+  // Effective uid and gid at connect() (SO_PEERCRED), kept across the peer's execs: a setuid
+  // program exec'd later must not lend its euid to whoever else holds the socket.
+  uid_t uid = 0;
+  gid_t gid = 0;
   std::string user;   // name of uid; empty when it has none
   std::string group;  // name of gid; empty when it has none
   std::vector<gid_t> supplementary_gids;
@@ -164,8 +166,9 @@ class PeerIdentity {
   const CallerIdentity& identity() const { return identity_; }
 
   // Cheap when nothing changed (a poll on the pidfd, a stat of /proc/PID/exe and reads of
-  // /proc/PID/stat and /proc/PID/cmdline). Re-resolves the whole identity, credentials from
-  // /proc/PID/status this time, when the peer exec'd since; returns peer_gone when it exited.
+  // /proc/PID/stat and /proc/PID/cmdline). Re-resolves the program (exe, digests, unit, script)
+  // when the peer exec'd since, keeping the credentials taken at connect(); returns peer_gone
+  // when it exited.
   // On error the previous identity must not be used.
   Status Refresh(IdentityResolver& resolver);
 
