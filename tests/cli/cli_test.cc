@@ -114,6 +114,18 @@ TEST_F(CliTest, UsageErrorsAreOneLineWithExitCodeTwo) {
   }
 }
 
+// `vecseal audit` and `vecseal calibrate` reach their modules, which answer a bare command
+// with their own usage error (exit 2 for both).
+TEST_F(CliTest, DispatchesAuditAndCalibrate) {
+  for (const char* command : {"audit", "calibrate"}) {
+    SCOPED_TRACE(command);
+    const ProcessResult r = Vecseal({command});
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_THAT(r.err, ::testing::Not(HasSubstr("built without")));
+    EXPECT_FALSE(r.err.empty());
+  }
+}
+
 TEST_F(CliTest, MissingSocketSaysSoAndHowToCheck) {
   ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(3, 4)).ok());
   const std::string socket = Path("none.sock");
