@@ -79,20 +79,31 @@ struct Grammar {
   std::vector<std::string_view> no_script;
   // Options whose value is the next argument.
   std::vector<std::string_view> takes_value;
+  // In a cluster of short options ("-Ic", "-le"): letters that run inline code, and letters
+  // whose value is the rest of the cluster (or, last in it, the next argument when "-<letter>"
+  // is in takes_value).
+  std::string_view inline_letters;
+  std::string_view value_letters;
 };
 
 const Grammar& GrammarOf(Family family) {
   static const Grammar kPython{{"-c", "-m", "-"},
-                               {"-W", "-X", "--check-hash-based-pycs"}};
+                               {"-W", "-X", "--check-hash-based-pycs"},
+                               "cm",
+                               "WX"};
   static const Grammar kNode{{"-e", "--eval", "-p", "--print", "-", "-i", "--interactive"},
                              {"-r", "--require", "--import", "--loader",
-                              "--experimental-loader", "-C", "--conditions", "--title"}};
-  static const Grammar kPerl{{"-e", "-E", "-"}, {}};
-  static const Grammar kRuby{{"-e", "-"}, {"-I", "-r", "-C", "-E", "--encoding"}};
-  static const Grammar kPhp{{"-r", "-a", "-"}, {"-c", "-d", "-z"}};
-  static const Grammar kShell{{"-c", "-s", "-i", "-"}, {"-o", "+o", "-O", "+O"}};
+                              "--experimental-loader", "-C", "--conditions", "--title"},
+                             "",
+                             ""};
+  static const Grammar kPerl{{"-e", "-E", "-"}, {}, "eE", "MmIxiCdDF"};
+  static const Grammar kRuby{{"-e", "-"}, {"-I", "-r", "-C", "-E", "--encoding"}, "e", "IrCExF"};
+  static const Grammar kPhp{{"-r", "-a", "-"}, {"-c", "-d", "-z"}, "r", "cdz"};
+  static const Grammar kShell{{"-c", "-s", "-i", "-"}, {"-o", "+o", "-O", "+O"}, "cs", "oO"};
   static const Grammar kJava{{}, {"-cp", "-classpath", "--class-path", "-p", "--module-path",
-                                  "--add-modules", "--add-opens", "--add-exports", "-d"}};
+                                  "--add-modules", "--add-opens", "--add-exports", "-d"},
+                             "",
+                             ""};
   switch (family) {
     case Family::kPython: return kPython;
     case Family::kNode: return kNode;
@@ -160,12 +171,21 @@ std::optional<std::string> ScriptArgument(std::string_view exe_path,
       return std::nullopt;
     }
     if (Contains(grammar.no_script, arg)) return std::nullopt;
-    // Attached inline code, as in "-cprint(1)" or "-mpkg".
-    if (family == Family::kPython && (StartsWith(arg, "-c") || StartsWith(arg, "-m"))) {
-      return std::nullopt;
-    }
     if (Contains(grammar.takes_value, arg)) {
       ++i;
+      continue;
+    }
+    // A cluster such as "-Ic CODE", "-le CODE" or "-cprint(1)": without this, the inline code
+    // would be taken for the script's path.
+    if (arg.size() > 2 && arg[0] == '-' && arg[1] != '-') {
+      for (size_t j = 1; j < arg.size(); ++j) {
+        if (grammar.inline_letters.find(arg[j]) != std::string_view::npos) return std::nullopt;
+        if (grammar.value_letters.find(arg[j]) != std::string_view::npos) {
+          char option[] = {'-', arg[j], '\0'};
+          if (j + 1 == arg.size() && Contains(grammar.takes_value, option)) ++i;
+          break;
+        }
+      }
       continue;
     }
     if (arg.empty() || arg[0] == '-' || (family == Family::kShell && arg[0] == '+')) continue;
