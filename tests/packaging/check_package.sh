@@ -1,0 +1,52 @@
+#!/bin/sh
+# scripts/package builds a .deb that lintian passes without errors, that installs into a scratch
+# root (dpkg --root, maintainer scripts run chrootless with DPKG_ROOT), whose installed default
+# config passes the installed `vecseald --check-config`, and that purges leaving only the kept
+# state (token, audit log) and the system user. Usage: check_package.sh SOURCE_DIR BUILD_DIR
+set -eu
+source_dir=$1 build=$2
+for binary in vecseald vecseal; do
+  [ -x "$build/bin/$binary" ] || { echo "SKIP: $build/bin/$binary not built"; exit 77; }
+done
+[ "$(id -u)" -eq 0 ] || { echo "SKIP: dpkg --root needs root to set the package's owners"; exit 77; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/vecseal-deb.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+deb=$("$source_dir/scripts/package" "$build" "$work/out")
+dpkg-deb --info "$deb" | grep -q '^ Package: vecseal$'
+
+root="$work/root"
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
+touch "$root/var/lib/dpkg/status"
+dpkg_root() { dpkg --root="$root" --force-script-chrootless --force-depends "$@"; }
+dpkg_root -i "$deb" 2>&1 | grep -v 'depends on\|is not installed\|dependency problems' || true
+dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Status}\n' vecseal | grep -q 'install ok installed'
+
+fail() { echo "FAIL: $*"; exit 1; }
+uid=$(sed -n 's/^vecseal:x:\([0-9]*\):.*/\1/p' "$root/etc/passwd")
+[ -n "$uid" ] || fail "sysusers did not create the vecseal user"
+grep -q '^vecseal-clients:' "$root/etc/group" || fail "no vecseal-clients group"
+expect() {  # PATH OWNER_UID MODE
+  [ "$(stat -c '%u %a' "$root$1")" = "$2 $3" ] || fail "$1 is $(stat -c '%u %a' "$root$1"), not $2 $3"
+}
+expect /usr/sbin/vecseald 0 755
+expect /usr/bin/vecseal 0 755
+expect /etc/vecseal/vecseald.json 0 644
+expect /etc/vecseal/policy.json 0 644
+expect /lib/systemd/system/vecseald.service 0 644
+expect /var/lib/vecseal "$uid" 700
+expect /var/lib/vecseal/tokens "$uid" 700
+expect /var/log/vecseal "$uid" 700
+grep -qx /etc/vecseal/vecseald.json "$root/var/lib/dpkg/info/vecseal.conffiles" ||
+  fail "vecseald.json is not a conffile"
+
+# The installed binary checks the installed files (the policy path moved into the scratch root).
+sed "s|/etc/vecseal/policy.json|$root/etc/vecseal/policy.json|" "$root/etc/vecseal/vecseald.json" \
+  > "$work/vecseald.json"
+chmod 0644 "$work/vecseald.json"
+"$root/usr/sbin/vecseald" --check-config "$work/vecseald.json"
+
+dpkg_root --purge vecseal
+left=$(cd "$root" && find . -path ./var/lib/dpkg -prune -o -print | LC_ALL=C sort | tr '\n' ' ')
+expected=". ./etc ./etc/.pwd.lock ./etc/group ./etc/gshadow ./etc/passwd ./etc/shadow ./run ./var ./var/lib ./var/lib/vecseal ./var/lib/vecseal/tokens ./var/log ./var/log/vecseal "
+[ "$left" = "$expected" ] || fail "after purge: $left"
+echo "install and purge: ok"
