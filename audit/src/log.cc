@@ -286,28 +286,46 @@ class Log::Impl {
     bytes_since_space_check_ += line.size();
     dirty_ = true;
     if (options_.sync == LogOptions::Sync::kEveryRecord && sync_now) {
-      const Status synced = file_->Sync();
-      if (!synced.ok()) {
-        // After a failed fdatasync the page cache may no longer match the disk: never append
-        // to this file again.
-        file_torn_ = true;
-        return Unavailable(synced.message());
-      }
-      dirty_ = false;
-      synced_seq_ = next_seq_ - 1;
+      const Status synced = SyncLocked();
+      if (!synced.ok()) return Unavailable(synced.message());
     }
     return Status::Ok();
   }
 
+  // fdatasync with the lock held. A group-commit fdatasync may be running outside the lock at
+  // the same time, and the kernel reports a writeback error to only one of the two: so only
+  // the group commit may then declare records durable, and a failure refuses every record
+  // written so far.
+  Status SyncLocked() {
+    const Status synced = file_->Sync();
+    if (!synced.ok()) {
+      SyncFailedLocked();
+      return synced;
+    }
+    dirty_ = false;
+    if (!syncing_) synced_seq_ = next_seq_ - 1;
+    return Status::Ok();
+  }
+
+  // After a failed fdatasync the page cache may no longer match the disk: never append to this
+  // file again, and acknowledge none of the records waiting for durability.
+  void SyncFailedLocked() {
+    file_torn_ = true;
+    failed_sync_seq_ = next_seq_ - 1;
+  }
+
   // Group commit for the every-record policy: one thread runs fdatasync for every record
   // written so far while the others wait for it, so that concurrent requests share a sync.
+  // A sync in flight is awaited even when seq already looks durable, because it may be the one
+  // that received the writeback error for it (see SyncLocked).
   Status WaitDurableLocked(std::unique_lock<std::mutex>& lock, uint64_t seq) {
-    while (synced_seq_ < seq) {
-      if (failed_sync_seq_ >= seq) return Unavailable(last_error_.message());
+    for (;;) {
       if (syncing_) {
         sync_done_.wait(lock);
         continue;
       }
+      if (failed_sync_seq_ >= seq) return Unavailable(last_error_.message());
+      if (synced_seq_ >= seq) return Status::Ok();
       if (!healthy_ || !file_) return Unavailable(last_error_.message());
       syncing_ = true;
       const uint64_t target = next_seq_ - 1;
@@ -319,7 +337,8 @@ class Log::Impl {
       if (synced.ok()) {
         synced_seq_ = std::max(synced_seq_, target);
       } else {
-        failed_sync_seq_ = std::max(failed_sync_seq_, target);
+        // Records appended while it ran may have been in its writeback too.
+        failed_sync_seq_ = next_seq_ - 1;
         if (file == file_) {
           file_torn_ = true;
           SuspendLocked(Unavailable(synced.message()));
@@ -327,7 +346,6 @@ class Log::Impl {
       }
       sync_done_.notify_all();
     }
-    return Status::Ok();
   }
 
   Status AppendLocked(std::unique_lock<std::mutex>& lock, std::string_view body) {
@@ -387,12 +405,7 @@ class Log::Impl {
     internal::AppendStringField(&body, "reason", reason);
     const uint64_t seal_seq = next_seq_;
     Status status = WriteRecordLocked(body);
-    if (status.ok() && options_.sync == LogOptions::Sync::kInterval) {
-      status = file_->Sync();
-      if (!status.ok()) file_torn_ = true;
-      dirty_ = !status.ok();
-      if (status.ok()) synced_seq_ = next_seq_ - 1;
-    }
+    if (status.ok() && options_.sync == LogOptions::Sync::kInterval) status = SyncLocked();
     if (!status.ok()) {
       SuspendLocked(status);
       return status;
@@ -410,14 +423,11 @@ class Log::Impl {
   void RotateLocked() {
     (void)SealLocked("rotation");  // if it fails, the next file's seals still cover this one
     if (!healthy_) return;
-    const Status synced = file_->Sync();
+    const Status synced = SyncLocked();
     if (!synced.ok()) {
-      file_torn_ = true;
       SuspendLocked(Unavailable(synced.message()));
       return;
     }
-    dirty_ = false;
-    synced_seq_ = next_seq_ - 1;
     const Status started = StartFileLocked("rotation");
     if (!started.ok()) SuspendLocked(started);
   }
@@ -467,10 +477,7 @@ class Log::Impl {
     internal::AppendStringField(&body, "reason", "disk_space");
     internal::AppendUintField(&body, "free_bytes", free_bytes);
     Status written = WriteRecordLocked(body);
-    if (written.ok() && options_.sync == LogOptions::Sync::kInterval) {
-      written = file_->Sync();
-      if (!written.ok()) file_torn_ = true;
-    }
+    if (written.ok() && options_.sync == LogOptions::Sync::kInterval) written = SyncLocked();
     space_suspended_ = true;
     SuspendLocked(Unavailable("audit log suspended: " + std::string(why) + " (" +
                               std::to_string(free_bytes) + " bytes free on " + dir_ + ")"));
@@ -547,7 +554,9 @@ class Log::Impl {
               std::chrono::duration_cast<std::chrono::microseconds>(options_.seal_every).count()) {
         (void)SealLocked("time");
       }
-      if (healthy_ && dirty_ && file_) {
+      // Under every-record, group commit syncs each record; a second fdatasync racing it could
+      // take the writeback error that group commit must see.
+      if (options_.sync == LogOptions::Sync::kInterval && healthy_ && dirty_ && file_) {
         // fdatasync outside the lock, so that appends go on meanwhile.
         std::shared_ptr<AppendFile> file = file_;
         dirty_ = false;
@@ -555,7 +564,7 @@ class Log::Impl {
         const Status synced = file->Sync();
         lock.lock();
         if (!synced.ok() && file == file_) {
-          file_torn_ = true;
+          SyncFailedLocked();
           SuspendLocked(synced);
         }
       }

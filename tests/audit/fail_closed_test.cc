@@ -5,6 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "support/audit_test_util.h"
@@ -155,6 +159,100 @@ INSTANTIATE_TEST_SUITE_P(
         IoFault{"fdatasync", [](FaultPlan& p, bool on) { p.fail_sync = on; },
                 "fdatasync: Input/output error", true, LogOptions::Sync::kEveryRecord}),
     [](const auto& test_info) { return test_info.param.name; });
+
+// The kernel reports a writeback error to one fdatasync only. When armed, the next fdatasync
+// of a file blocks until another fdatasync of it has completed, then reports EIO: the error the
+// other one, which succeeded, did not see.
+struct RacingSync {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool armed = false;
+  bool blocked = false;
+  bool other_done = false;
+};
+
+class RacingFile final : public AppendFile {
+ public:
+  RacingFile(std::unique_ptr<AppendFile> real, std::shared_ptr<RacingSync> race)
+      : real_(std::move(real)), race_(std::move(race)) {}
+  Status Append(std::string_view data, size_t* written) override {
+    return real_->Append(data, written);
+  }
+  Status Sync() override {
+    std::unique_lock lock(race_->mu);
+    if (race_->armed) {
+      race_->armed = false;
+      race_->blocked = true;
+      race_->cv.notify_all();
+      race_->cv.wait(lock, [this] { return race_->other_done; });
+      return Status(Code::kUnavailable, "io_error", "fdatasync: Input/output error");
+    }
+    lock.unlock();
+    const Status synced = real_->Sync();
+    lock.lock();
+    if (race_->blocked) race_->other_done = true;
+    race_->cv.notify_all();
+    return synced;
+  }
+  Status Reserve(uint64_t offset, uint64_t bytes) override { return real_->Reserve(offset, bytes); }
+  bool SetAppendOnly() override { return real_->SetAppendOnly(); }
+  uint64_t size() const override { return real_->size(); }
+
+ private:
+  std::unique_ptr<AppendFile> real_;
+  std::shared_ptr<RacingSync> race_;
+};
+
+class RacingFileSystem final : public FileSystem {
+ public:
+  explicit RacingFileSystem(std::shared_ptr<RacingSync> race) : race_(std::move(race)) {}
+  Result<std::unique_ptr<AppendFile>> OpenAppend(const std::string& path) override {
+    auto file = real_->OpenAppend(path);
+    if (!file.ok()) return std::move(file).TakeStatus();
+    return std::unique_ptr<AppendFile>(std::make_unique<RacingFile>(std::move(*file), race_));
+  }
+  Result<std::vector<std::string>> ListDir(const std::string& dir) override {
+    return real_->ListDir(dir);
+  }
+  Status ReadTail(const std::string& path, uint64_t max_bytes, std::string* tail,
+                  uint64_t* file_size) override {
+    return real_->ReadTail(path, max_bytes, tail, file_size);
+  }
+  Result<uint64_t> FreeBytes(const std::string& path) override { return real_->FreeBytes(path); }
+  Status SyncDir(const std::string& dir) override { return real_->SyncDir(dir); }
+
+ private:
+  std::shared_ptr<FileSystem> real_ = PosixFileSystem();
+  std::shared_ptr<RacingSync> race_;
+};
+
+TEST(AuditFailClosedTest, GroupCommitNeverAcknowledgesARecordWhoseFdatasyncLostTheError) {
+  TempDir dir;
+  auto race = std::make_shared<RacingSync>();
+  LogOptions options = testing::TestOptions(dir.path());
+  options.sync = LogOptions::Sync::kEveryRecord;
+  options.seal_every_records = 3;  // file_start, A, B: B's append seals, syncing under the lock
+  options.fs = std::make_shared<RacingFileSystem>(race);
+  auto log = Log::Open(options, SoftwareSigner::Generate());
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  {
+    std::lock_guard lock(race->mu);
+    race->armed = true;
+  }
+  Status a;
+  std::thread writer_a([&] { a = (*log)->Append(SampleEvent(1)); });
+  {
+    std::unique_lock lock(race->mu);
+    race->cv.wait(lock, [&] { return race->blocked; });
+  }
+  // A's group-commit fdatasync is in flight; B's seal fdatasync runs beside it and succeeds.
+  const Status b = (*log)->Append(SampleEvent(2));
+  writer_a.join();
+  EXPECT_EQ(a.reason(), "audit_unavailable");
+  EXPECT_EQ(b.reason(), "audit_unavailable")
+      << "B was acknowledged although the fdatasync that covered its bytes failed";
+  EXPECT_FALSE((*log)->healthy());
+}
 
 TEST(AuditFailClosedTest, ShortWriteLeavesATornLineThatVerifiesAsAWarning) {
   Harness h;
