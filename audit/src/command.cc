@@ -175,15 +175,37 @@ bool Matches(const nlohmann::json& record, const ShowFilter& filter) {
   return true;
 }
 
+// Records are untrusted here: a field may have any type (json::value() would throw), and a
+// string such as an exe path may carry control characters that forge lines on a terminal.
+std::string Printable(const nlohmann::json& object, const char* name, std::string_view fallback) {
+  const auto it = object.find(name);
+  if (it == object.end()) return std::string(fallback);
+  const std::string text =
+      it->is_string() ? it->get<std::string>()
+                      : it->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7F) {
+      static constexpr char kHexDigits[] = "0123456789abcdef";
+      out += "\\x";
+      out.push_back(kHexDigits[byte >> 4]);
+      out.push_back(kHexDigits[byte & 0xF]);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 std::string HumanLine(const nlohmann::json& r) {
   std::ostringstream line;
   const auto put = [&](const char* label, const char* name) {
-    const auto it = r.find(name);
-    if (it == r.end()) return;
-    line << " " << label << "=" << (it->is_string() ? it->get<std::string>() : it->dump());
+    if (r.contains(name)) line << " " << label << "=" << Printable(r, name, "");
   };
-  line << r.value("seq", uint64_t{0}) << " " << r.value("time", "") << " " << r.value("event", "");
-  if (r.contains("decision")) line << " " << r.value("decision", "");
+  line << Printable(r, "seq", "0") << " " << Printable(r, "time", "") << " "
+       << Printable(r, "event", "");
+  if (r.contains("decision")) line << " " << Printable(r, "decision", "");
   put("key", "key");
   put("version", "key_version");
   put("op", "operation");
@@ -191,10 +213,10 @@ std::string HumanLine(const nlohmann::json& r) {
   put("dim", "dimension");
   put("reversible", "reversible");
   if (const auto caller = r.find("caller"); caller != r.end() && caller->is_object()) {
-    line << " caller=" << caller->value("user", "?") << "(" << caller->value("uid", int64_t{-1})
-         << ") pid=" << caller->value("pid", int64_t{-1});
-    if (caller->contains("exe")) line << " exe=" << caller->value("exe", "");
-    if (caller->contains("unit")) line << " unit=" << caller->value("unit", "");
+    line << " caller=" << Printable(*caller, "user", "?") << "(" << Printable(*caller, "uid", "-1")
+         << ") pid=" << Printable(*caller, "pid", "-1");
+    if (caller->contains("exe")) line << " exe=" << Printable(*caller, "exe", "");
+    if (caller->contains("unit")) line << " unit=" << Printable(*caller, "unit", "");
   }
   put("rule", "rule_id");
   put("error", "error_code");

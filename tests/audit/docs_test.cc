@@ -262,5 +262,25 @@ TEST(AuditCommandTest, ShowFiltersByKeyCallerEventAndTime) {
   EXPECT_TRUE(run({"--until", "2000"}).empty());
 }
 
+// `show` reads files that anyone with write access may have edited: mistyped fields must not
+// throw, and a caller's exe path must not be able to print a forged line.
+TEST(AuditCommandTest, ShowSurvivesMistypedFieldsAndEscapesControlCharacters) {
+  TempDir dir;
+  const std::string file = dir.path() + "/audit-hostile.jsonl";
+  testing::WriteFileText(
+      file,
+      "{\"seq\":\"x\",\"time\":5,\"event\":[1],\"decision\":{},\"key_version\":\"v\"}\n"
+      "{\"seq\":2,\"time\":\"t\",\"event\":\"encrypt\",\"caller\":{\"user\":7,\"uid\":\"a\","
+      "\"pid\":null,\"exe\":\"/tmp/a\\n99 2026-01-01T00:00:00Z forged\\u001b[2J\"}}\n");
+  std::ostringstream out, err;
+  EXPECT_EQ(RunAuditCommand(std::vector<std::string>{"show", file}, out, err), 0) << err.str();
+  const std::vector<std::string> lines = SplitLines(out.str());
+  ASSERT_EQ(lines.size(), 2u) << out.str();
+  EXPECT_EQ(lines[0], "x 5 [1] {} version=v");
+  EXPECT_EQ(lines[1],
+            "2 t encrypt caller=7(a) pid=null "
+            "exe=/tmp/a\\x0a99 2026-01-01T00:00:00Z forged\\x1b[2J");
+}
+
 }  // namespace
 }  // namespace vecseal::audit
