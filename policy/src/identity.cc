@@ -14,6 +14,7 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <functional>
@@ -178,6 +179,19 @@ int OpenScript(int proc_dir_fd, const std::string& script) {
   return open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 }
 
+// Whether the caller's credentials let it read `st`, by its mode bits (ACLs are not consulted, so
+// an ACL-only grant reads as no). The daemon opens the script with its own rights; without this a
+// caller could name any file on its command line and learn the file's digest from /v1/whoami.
+bool MayRead(const CallerIdentity& id, const struct stat& st) {
+  if (id.uid == 0) return true;
+  if (st.st_uid == id.uid) return (st.st_mode & S_IRUSR) != 0;
+  bool in_group = st.st_gid == id.gid || std::find(id.supplementary_gids.begin(),
+                                                   id.supplementary_gids.end(),
+                                                   st.st_gid) != id.supplementary_gids.end();
+  if (in_group) return (st.st_mode & S_IRGRP) != 0;
+  return (st.st_mode & S_IROTH) != 0;
+}
+
 struct Snapshot {
   CallerIdentity identity;
   internal::ExecMarker marker;
@@ -288,7 +302,8 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
     struct stat st;
     // A path that names no regular file stays unknown: the command line is the peer's to write,
     // and only a file actually opened is reported.
-    if (file.get() >= 0 && fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode)) {
+    if (file.get() >= 0 && fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode) &&
+        MayRead(id, st)) {
       id.script = PathOfFd(file.get());
       Result<std::string> digest = resolver.DigestOf(file.get());
       if (digest.ok()) id.script_sha256 = std::move(digest).value();

@@ -277,6 +277,44 @@ TEST_P(PeerTest, ScriptArgumentThatIsNoRegularFileStaysUnknown) {
   EXPECT_EQ(peer->identity().script_sha256, "");
 }
 
+TEST_P(PeerTest, ScriptTheCallerCannotReadIsNotReported) {
+  // The helper, named python3, takes "connect" for its script. Run as nobody, it must not learn
+  // the path or digest of a root-only file through the daemon, which opens it as root.
+  if (geteuid() != 0) GTEST_SKIP() << "dropping to nobody needs root";
+  constexpr uid_t kNobody = 65534;
+  constexpr gid_t kNogroup = 65534;
+  std::string interpreter = dir_ / "python3";
+  std::string script = dir_ / "connect";
+  WriteFile(interpreter, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  for (mode_t mode : {0600, 0644}) {
+    WriteFile(script, "print(1)\n", mode);
+    ASSERT_EQ(chmod(script.c_str(), mode), 0);
+    std::vector<std::string> argv = {interpreter, "connect", socket_path_};
+    std::vector<char*> args;
+    for (std::string& arg : argv) args.push_back(arg.data());
+    args.push_back(nullptr);
+    pid_t pid = fork();
+    if (pid == 0) {
+      if (chdir(dir_.path().c_str()) != 0 || setgroups(0, nullptr) != 0 || setgid(kNogroup) != 0 ||
+          setuid(kNobody) != 0) {
+        _exit(10);
+      }
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    children_.push_back(pid);
+    IdentityResolver resolver(Options());
+    Fd conn = Accept();
+    ASSERT_GE(conn.get(), 0);
+    Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+    ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+    bool readable = mode == 0644;
+    EXPECT_EQ(peer->identity().script, readable ? script : "") << std::oct << mode;
+    EXPECT_EQ(peer->identity().script_sha256, readable ? Sha256OfFile(script) : "")
+        << std::oct << mode;
+  }
+}
+
 TEST_P(PeerTest, PeerThatExecsIsReidentified) {
   std::string other = dir_ / "other-program";
   WriteFile(other, testing_util::ReadFile(VECSEAL_PEER_HELPER) + "other", 0755);
