@@ -475,6 +475,8 @@ Result<std::vector<Object>> Session::Find(std::span<const CK_ATTRIBUTE> match) c
       functions_->C_FindObjectsFinal(handle_);
       return CkrStatus("C_FindObjects", rv);
     }
+    // A module that claims more than the buffer holds is not believed past the buffer.
+    found = std::min<CK_ULONG>(found, batch.size());
     for (CK_ULONG i = 0; i < found; ++i) objects.emplace_back(functions_, handle_, batch[i], false);
     if (found < batch.size()) break;
   }

@@ -733,7 +733,13 @@ class HsmDeriver final : public core::Deriver {
 
 Status HsmDeriver::Derive(std::span<const std::span<const uint8_t>> messages,
                           std::span<core::Seed> out) {
-  assert(messages.size() == out.size());
+  // Refused, not asserted: under NDEBUG a short `out` would be written past its end.
+  if (messages.size() != out.size()) {
+    for (auto& seed : out) core::SecureWipe(seed.data(), seed.size());
+    return Status(Code::kInternal, "invalid_length",
+                  "Derive was given " + std::to_string(messages.size()) +
+                      " messages but room for " + std::to_string(out.size()) + " seeds");
+  }
   auto result = state_->Pooled<bool>([&](PoolSlot& slot) -> Result<bool> {
     // A handle that went stale (the key object was replaced) is looked up once more.
     for (int lookup = 0; lookup < 2; ++lookup) {

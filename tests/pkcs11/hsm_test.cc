@@ -513,6 +513,9 @@ TEST_F(HsmTest, DerivationsEqualOpenSslHmacForAKnownKey) {
     core::Seed one{};
     ASSERT_TRUE(key->deriver->DeriveOne(messages[1], one).ok());
     EXPECT_EQ(one, seeds[1]);
+    // Fewer seeds than messages is refused, not written past the end.
+    std::vector<core::Seed> too_few(messages.size() - 1);
+    EXPECT_EQ(key->deriver->Derive(messages, too_few).reason(), "invalid_length");
   }
 }
 
