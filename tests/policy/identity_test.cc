@@ -99,11 +99,15 @@ class PeerTest : public testing::TestWithParam<bool> {
     return options;
   }
 
-  // Starts `argv` with `cwd`; returns its pid.
-  pid_t Spawn(const std::vector<std::string>& argv, const std::string& cwd = "/") {
+  // Starts `argv` with `cwd`, as nobody (uid and gid 65534, no groups) if asked; returns its pid.
+  pid_t Spawn(const std::vector<std::string>& argv, const std::string& cwd = "/",
+              bool as_nobody = false) {
     pid_t pid = fork();
     if (pid == 0) {
       if (chdir(cwd.c_str()) != 0) _exit(126);
+      if (as_nobody && (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0)) {
+        _exit(125);
+      }
       std::vector<char*> args;
       for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
       args.push_back(nullptr);
@@ -281,28 +285,13 @@ TEST_P(PeerTest, ScriptTheCallerCannotReadIsNotReported) {
   // The helper, named python3, takes "connect" for its script. Run as nobody, it must not learn
   // the path or digest of a root-only file through the daemon, which opens it as root.
   if (geteuid() != 0) GTEST_SKIP() << "dropping to nobody needs root";
-  constexpr uid_t kNobody = 65534;
-  constexpr gid_t kNogroup = 65534;
   std::string interpreter = dir_ / "python3";
   std::string script = dir_ / "connect";
   WriteFile(interpreter, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
   for (mode_t mode : {0600, 0644}) {
     WriteFile(script, "print(1)\n", mode);
     ASSERT_EQ(chmod(script.c_str(), mode), 0);
-    std::vector<std::string> argv = {interpreter, "connect", socket_path_};
-    std::vector<char*> args;
-    for (std::string& arg : argv) args.push_back(arg.data());
-    args.push_back(nullptr);
-    pid_t pid = fork();
-    if (pid == 0) {
-      if (chdir(dir_.path().c_str()) != 0 || setgroups(0, nullptr) != 0 || setgid(kNogroup) != 0 ||
-          setuid(kNobody) != 0) {
-        _exit(10);
-      }
-      execv(args[0], args.data());
-      _exit(127);
-    }
-    children_.push_back(pid);
+    Spawn({interpreter, "connect", socket_path_}, dir_.path(), /*as_nobody=*/true);
     IdentityResolver resolver(Options());
     Fd conn = Accept();
     ASSERT_GE(conn.get(), 0);
@@ -453,17 +442,7 @@ TEST_P(PeerTest, ExecOfASetuidProgramKeepsTheConnectTimeUid) {
   WriteFile(plain, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
   WriteFile(setuid_root, testing_util::ReadFile(VECSEAL_PEER_HELPER) + "suid", 0755);
   ASSERT_EQ(chmod(setuid_root.c_str(), 04755), 0);
-  std::vector<std::string> argv = {plain, "connect", socket_path_, setuid_root, "hold"};
-  std::vector<char*> args;
-  for (std::string& arg : argv) args.push_back(arg.data());
-  args.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    if (setgroups(0, nullptr) != 0 || setgid(kNogroup) != 0 || setuid(kNobody) != 0) _exit(10);
-    execv(args[0], args.data());
-    _exit(127);
-  }
-  children_.push_back(pid);
+  pid_t pid = Spawn({plain, "connect", socket_path_, setuid_root, "hold"}, "/", /*as_nobody=*/true);
   IdentityResolver resolver(Options());
   Fd conn = Accept();
   ASSERT_GE(conn.get(), 0);
