@@ -549,10 +549,14 @@ class Log::Impl {
     while (!stopping_) {
       cv_.wait_for(lock, tick, [this] { return stopping_; });
       if (stopping_) break;
-      if (healthy_ && records_since_seal_ > 0 &&
-          internal::NowMicros() - last_seal_micros_ >=
-              std::chrono::duration_cast<std::chrono::microseconds>(options_.seal_every).count()) {
-        (void)SealLocked("time");
+      const int64_t now = internal::NowMicros();
+      const int64_t seal_every_micros =
+          std::chrono::duration_cast<std::chrono::microseconds>(options_.seal_every).count();
+      if (healthy_ && records_since_seal_ > 0 && now >= next_time_seal_micros_ &&
+          now - last_seal_micros_ >= seal_every_micros) {
+        // Signing holds the lock and may sit out the HSM's recovery backoff: retried on every
+        // tick while the HSM is down, it would stall every Append (as the count rule avoids).
+        if (!SealLocked("time").ok()) next_time_seal_micros_ = now + seal_every_micros / 16;
       }
       // Under every-record, group commit syncs each record; a second fdatasync racing it could
       // take the writeback error that group commit must see.
@@ -623,6 +627,7 @@ class Log::Impl {
   uint64_t records_since_seal_ = 0;
   uint64_t next_seal_retry_ = 0;
   int64_t last_seal_micros_ = 0;
+  int64_t next_time_seal_micros_ = 0;  // a failed time seal is retried no sooner than this
   std::optional<SealInfo> last_seal_;
 
   bool closed_ = false;
