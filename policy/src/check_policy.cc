@@ -1,4 +1,5 @@
 // `vecseald --check-policy`: validate a policy file and show how it treats one caller.
+#include <algorithm>
 #include <charconv>
 #include <optional>
 
@@ -63,7 +64,15 @@ std::string ParseArgs(std::span<const std::string> args, Args* out) {
   return "";
 }
 
-std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+// Paths and names come from the inspected process, which may put newlines or terminal escapes in
+// them to forge lines of this report; those are printed quoted and escaped.
+std::string OrDash(const std::string& s) {
+  if (s.empty()) return "-";
+  bool printable = std::all_of(s.begin(), s.end(), [](char c) {
+    return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f;
+  });
+  return printable ? s : internal::Quote(s);
+}
 
 void PrintCaller(const CallerIdentity& id, std::ostream& out) {
   out << "caller: pid " << id.pid << ", uid " << id.uid << " (" << OrDash(id.user) << "), gid "
@@ -71,7 +80,7 @@ void PrintCaller(const CallerIdentity& id, std::ostream& out) {
   for (size_t i = 0; i < id.supplementary_gids.size(); ++i) {
     out << (i ? ", " : "") << id.supplementary_gids[i];
     if (i < id.group_names.size() && !id.group_names[i].empty()) {
-      out << " (" << id.group_names[i] << ")";
+      out << " (" << OrDash(id.group_names[i]) << ")";
     }
   }
   out << "]\n"

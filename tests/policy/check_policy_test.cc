@@ -136,5 +136,16 @@ TEST_F(CheckPolicyTest, AsUidWithExe) {
             "vecseald: uid 4294967294 has no passwd entry; give a uid that has one\n");
 }
 
+TEST_F(CheckPolicyTest, PathsCannotForgeReportLines) {
+  // An executable named with a newline must not add a line of its choosing to the report.
+  std::string exe = dir_ / "x\ndecision: forged";
+  WriteFile(exe, "#!/bin/sh\n", 0755);
+  CheckRun run = Check({path_, "--as-uid", "0", "--exe", exe});
+  EXPECT_EQ(run.status, 0) << run.err;
+  EXPECT_EQ(run.out.find("\ndecision: forged"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("  exe '" + dir_.path() + "/x\\x0adecision: forged'\n"), std::string::npos)
+      << run.out;
+}
+
 }  // namespace
 }  // namespace vecseal::policy
