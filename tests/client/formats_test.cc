@@ -279,6 +279,34 @@ TEST_F(FormatsTest, NpyHeaderParserSurvivesEveryTruncation) {
   EXPECT_EQ(header->data_offset, full.size());
 }
 
+TEST_F(FormatsTest, NpyHeaderParserSurvivesMutations) {
+  // Deterministic byte flips of a valid header: every outcome must be a clean Result, and an
+  // accepted header must describe a shape within the limits (run under ASan/UBSan in CI).
+  const std::string full =
+      NpyPrefix("{'descr': '<f8', 'fortran_order': False, 'shape': (12, 34), }");
+  uint32_t state = 12345;
+  const auto next = [&state] {
+    state = state * 1664525u + 1013904223u;
+    return state >> 8;
+  };
+  const std::string alphabet = "{}()[]',:\" 0123456789LTFfx<>|\n\\\x00\xff";
+  for (int i = 0; i < 20000; ++i) {
+    std::string mutated = full;
+    const int flips = 1 + static_cast<int>(next() % 4);
+    for (int f = 0; f < flips; ++f) {
+      const size_t at = next() % mutated.size();
+      mutated[at] = next() % 2 ? alphabet[next() % alphabet.size()] : static_cast<char>(next());
+    }
+    Result<internal::NpyHeader> header = internal::ParseNpyHeader(mutated);
+    if (header.ok()) {
+      EXPECT_TRUE(header->item_size == 4 || header->item_size == 8);
+      EXPECT_LE(header->data_offset, mutated.size());
+    } else {
+      EXPECT_FALSE(header.status().message().empty());
+    }
+  }
+}
+
 TEST_F(FormatsTest, DimensionOptionIsChecked) {
   FormatOptions options;
   options.dimension = 5;
