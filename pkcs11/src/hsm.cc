@@ -551,6 +551,18 @@ Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t vers
                   "no key " + name + " version " + std::to_string(version) + " on the token");
   }
   if (keys->size() > 1) return Tampered(label, "exist twice (two keys carry the label)");
+  // A key imported or generated outside vecseal may carry the label with a weaker template.
+  // Both attributes only ever change towards safety, so a key that passes here stays safe.
+  auto sensitive = keys->front().GetBool(CKA_SENSITIVE);
+  if (!sensitive.ok()) return std::move(sensitive).TakeStatus();
+  auto extractable = keys->front().GetBool(CKA_EXTRACTABLE);
+  if (!extractable.ok()) return std::move(extractable).TakeStatus();
+  if (!*sensitive || *extractable) {
+    return Status(Code::kFailedPrecondition, "key_unprotected",
+                  "the key " + label + " is not sensitive or is extractable, so its bytes could "
+                  "leave the token; vecseal refuses it. Create keys with vecseal, or import them "
+                  "with CKA_SENSITIVE true and CKA_EXTRACTABLE false");
+  }
 
   CK_OBJECT_CLASS data_class = CKO_DATA;
   std::string application(kParamsApplication);

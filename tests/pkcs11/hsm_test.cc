@@ -519,6 +519,38 @@ TEST_F(HsmTest, DerivationsEqualOpenSslHmacForAKnownKey) {
   }
 }
 
+// A key carrying a vecseal label but a template that lets its bytes out is refused before use.
+TEST_F(HsmTest, KeysWhoseBytesCouldLeaveTheTokenAreRefused) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto raw = OpenRaw();
+  for (bool sensitive : {false, true}) {
+    const std::string name = sensitive ? "extractable" : "not-sensitive";
+    SCOPED_TRACE(name);
+    std::string label = "vecseal:" + name + ":v1";
+    std::array<uint8_t, 32> key_value{};
+    CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+    CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
+    CK_BBOOL yes = CK_TRUE;
+    CK_BBOOL is_sensitive = sensitive ? CK_TRUE : CK_FALSE;
+    CK_BBOOL is_extractable = sensitive ? CK_TRUE : CK_FALSE;
+    CK_ATTRIBUTE key_template[] = {{CKA_CLASS, &key_class, sizeof key_class},
+                                   {CKA_KEY_TYPE, &key_type, sizeof key_type},
+                                   {CKA_TOKEN, &yes, 1},
+                                   {CKA_PRIVATE, &yes, 1},
+                                   {CKA_SENSITIVE, &is_sensitive, 1},
+                                   {CKA_EXTRACTABLE, &is_extractable, 1},
+                                   {CKA_SIGN, &yes, 1},
+                                   {CKA_LABEL, label.data(), label.size()},
+                                   {CKA_VALUE, key_value.data(), key_value.size()}};
+    ASSERT_TRUE(raw->session.Create(key_template).ok());
+    auto key = hsm->FindKey(name);
+    ASSERT_FALSE(key.ok());
+    EXPECT_EQ(key.status().code(), Code::kFailedPrecondition);
+    EXPECT_EQ(key.status().reason(), "key_unprotected");
+  }
+}
+
 TEST_F(HsmTest, ConcurrentDerivationsAgree) {
   HsmConfig config = token_->Config();
   config.sessions = 2;

@@ -122,6 +122,7 @@ std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version
 //   kNotFound        "key_not_found"; kAlreadyExists "key_exists"
 //   kFailedPrecondition "key_params_tampered" the stored parameters fail their HMAC
 //   kFailedPrecondition "key_params_missing"  a key without its parameter object
+//   kFailedPrecondition "key_unprotected"     a key that is not sensitive or is extractable
 class Hsm {
  public:
   // Loads and initialises the module, finds the token, logs in (one attempt), opens the anchor
