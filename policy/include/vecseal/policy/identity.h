@@ -37,8 +37,9 @@ struct CallerIdentity {
   std::string exe;         // /proc/PID/exe link text (may end in " (deleted)")
   std::string exe_sha256;  // lower-case hex of the image actually running
   std::string unit;        // systemd system unit ("foo.service", "session-3.scope"), or empty
-  std::string script;         // interpreters only: canonical path of the script file
-  std::string script_sha256;  // when `script` is a regular file
+  std::string script;  // interpreters only: canonical path of the script, a regular file the
+                       // caller may read (mode bits); else empty
+  std::string script_sha256;  // when `script` is known and within the hashing limit
 
   // {"pid", "uid", "user", "gid", "group", "groups": [{"gid", "name"}], "exe", "exe_sha256",
   //  "unit", "script", "script_sha256"}; unknown strings are null. No lookups: cheap per request.
