@@ -165,7 +165,9 @@ Status InvalidConfig(std::string field, std::string fix) {
 
 // PIN
 
-Result<core::SecureBuffer> ReadPin(const PinSource& source) {
+namespace {
+
+Result<std::string> PinPath(const PinSource& source) {
   if (source.file.empty() == source.credential.empty()) {
     return Status(Code::kFailedPrecondition, "pin_source_invalid",
                   "set exactly one of the PIN file and the systemd credential name");
@@ -187,6 +189,28 @@ Result<core::SecureBuffer> ReadPin(const PinSource& source) {
     }
     path = std::string(directory) + "/" + source.credential;
   }
+  return path;
+}
+
+// What identifies one version of the PIN file: a PIN the token refused is not offered again
+// until the file changes, since each attempt counts against the token's retry limit.
+using PinFileStamp = std::array<int64_t, 7>;
+
+std::optional<PinFileStamp> StampPinFile(const std::string& path) {
+  struct stat info {};
+  if (stat(path.c_str(), &info) != 0) return std::nullopt;
+  return PinFileStamp{static_cast<int64_t>(info.st_dev),  static_cast<int64_t>(info.st_ino),
+                      static_cast<int64_t>(info.st_size), info.st_mtim.tv_sec,
+                      info.st_mtim.tv_nsec,               info.st_ctim.tv_sec,
+                      info.st_ctim.tv_nsec};
+}
+
+}  // namespace
+
+Result<core::SecureBuffer> ReadPin(const PinSource& source) {
+  auto resolved = PinPath(source);
+  if (!resolved.ok()) return std::move(resolved).TakeStatus();
+  const std::string path = std::move(resolved).value();
   auto unreadable = [&path](std::string why) {
     return Status(Code::kUnavailable, "pin_unreadable",
                   "cannot read the PIN from " + path + ": " + why);
@@ -315,6 +339,9 @@ struct Hsm::State {
   // reopened before use.
   std::atomic<uint64_t> generation{0};
   std::atomic<uint64_t> recovery_failures{0};
+  // The PIN file version the token last refused, and that refusal (guarded by admin_mutex).
+  std::optional<PinFileStamp> refused_pin_file;
+  Status refused_login;
 
   std::vector<std::unique_ptr<PoolSlot>> pool;
   std::atomic<size_t> next_slot{0};
@@ -352,14 +379,21 @@ Status Hsm::State::ConnectLocked() {
   if (!slot_id.ok()) return std::move(slot_id).TakeStatus();
   auto session = Session::Open(module, *slot_id, true);
   if (!session.ok()) return std::move(session).TakeStatus();
+  auto pin_path = PinPath(config.pin);
+  if (!pin_path.ok()) return std::move(pin_path).TakeStatus();
+  const std::optional<PinFileStamp> stamp = StampPinFile(*pin_path);
+  if (refused_pin_file && stamp == refused_pin_file) return refused_login;
   auto pin = ReadPin(config.pin);
   if (!pin.ok()) return std::move(pin).TakeStatus();
   CK_RV rv = module.functions()->C_Login(session->handle(), CKU_USER, pin->data(), pin->size());
   pin = core::SecureBuffer();  // wiped now, not at scope end
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-    if (IsPinError(rv)) return LoginFailed(config, rv);
-    return CkrStatus("C_Login", rv);
+    if (!IsPinError(rv)) return CkrStatus("C_Login", rv);
+    refused_pin_file = stamp;
+    refused_login = LoginFailed(config, rv);
+    return refused_login;
   }
+  refused_pin_file.reset();
   anchor = std::move(session).value();
   slot = *slot_id;
   generation.fetch_add(1);

@@ -148,6 +148,23 @@ TEST_F(RecoveryTest, RecoveryLogsInOnceWithTheCurrentPin) {
   EXPECT_EQ(seed, expected_);
 }
 
+TEST_F(RecoveryTest, ARefusedPinIsNotOfferedAgainUntilThePinFileChanges) {
+  // Each failed C_Login counts against the token's retry limit: later requests must not each
+  // make another attempt with the same PIN file, or they would lock the token.
+  ASSERT_TRUE(faulty_->Set("C_Login CKR_PIN_INCORRECT 1\nclose-sessions").ok());
+  core::Seed seed{};
+  EXPECT_EQ(Derive(seed).reason(), "hsm_login_failed");
+  // Only the first C_Login was made to fail: a second attempt would succeed, so failing again
+  // shows that none was made.
+  EXPECT_EQ(Derive(seed).reason(), "hsm_login_failed");
+  EXPECT_EQ(hsm_->Ping().reason(), "hsm_login_failed");
+
+  ASSERT_TRUE(token_->WriteFile("user.pin", token_->user_pin() + "\r\n").ok());
+  Status status = Derive(seed);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(seed, expected_);
+}
+
 TEST_F(RecoveryTest, AuditSigningRecovers) {
   auto audit = hsm_->EnsureAuditKey();
   ASSERT_TRUE(audit.ok()) << audit.status().ToString();
