@@ -939,6 +939,17 @@ Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
       if (!pair.ok()) return std::move(pair).TakeStatus();
       public_key = std::move(pair->first);
     } else {
+      // A pair made outside vecseal under this label must still keep its private half inside.
+      auto sensitive = privates->front().GetBool(CKA_SENSITIVE);
+      if (!sensitive.ok()) return std::move(sensitive).TakeStatus();
+      auto extractable = privates->front().GetBool(CKA_EXTRACTABLE);
+      if (!extractable.ok()) return std::move(extractable).TakeStatus();
+      if (!*sensitive || *extractable) {
+        return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                      "the private audit key \"" + key_label +
+                          "\" is not sensitive or is extractable, so it could leave the token; "
+                          "delete the pair and let vecseal generate it");
+      }
       public_key = std::move(publics->front());
     }
     auto params = public_key.GetAttribute(CKA_EC_PARAMS);

@@ -642,6 +642,31 @@ TEST_F(HsmTest, ParametersOfOneKeyDoNotVerifyForAnother) {
   EXPECT_TRUE(hsm->FindKey("swap", 1).ok());
 }
 
+TEST_F(HsmTest, AnAuditKeyPairWhosePrivateHalfCanLeaveIsRefused) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto raw = OpenRaw();
+  const std::string label = "weak-audit";
+  const uint8_t p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE public_template[] = {{CKA_TOKEN, &yes, 1},
+                                    {CKA_VERIFY, &yes, 1},
+                                    {CKA_EC_PARAMS, const_cast<uint8_t*>(p256), sizeof p256},
+                                    {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  CK_ATTRIBUTE private_template[] = {{CKA_TOKEN, &yes, 1},
+                                     {CKA_PRIVATE, &yes, 1},
+                                     {CKA_SENSITIVE, &yes, 1},
+                                     {CKA_EXTRACTABLE, &yes, 1},
+                                     {CKA_SIGN, &yes, 1},
+                                     {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  ASSERT_TRUE(
+      raw->session.GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, public_template, private_template).ok());
+  auto audit = hsm->EnsureAuditKey(label);
+  ASSERT_FALSE(audit.ok());
+  EXPECT_EQ(audit.status().reason(), "audit_key_invalid");
+  EXPECT_NE(audit.status().message().find("extractable"), std::string::npos);
+}
+
 TEST_F(HsmTest, AuditKeySignsAndVerifiesWithOpenSsl) {
   auto hsm = OpenHsm();
   ASSERT_TRUE(hsm);
