@@ -157,6 +157,16 @@ Status RequireLogin(const Session& session) {
   return Status::Ok();
 }
 
+// CKA_SENSITIVE true and CKA_EXTRACTABLE false, for keys made outside vecseal under its labels.
+// Both attributes only ever change towards safety, so a key that passes once stays safe.
+Result<bool> StaysInToken(const Object& key) {
+  auto sensitive = key.GetBool(CKA_SENSITIVE);
+  if (!sensitive.ok()) return std::move(sensitive).TakeStatus();
+  auto extractable = key.GetBool(CKA_EXTRACTABLE);
+  if (!extractable.ok()) return std::move(extractable).TakeStatus();
+  return *sensitive && !*extractable;
+}
+
 Status InvalidConfig(std::string field, std::string fix) {
   return Status(Code::kInvalidArgument, "invalid_hsm_config", field + ": " + fix);
 }
@@ -585,13 +595,9 @@ Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t vers
                   "no key " + name + " version " + std::to_string(version) + " on the token");
   }
   if (keys->size() > 1) return Tampered(label, "exist twice (two keys carry the label)");
-  // A key imported or generated outside vecseal may carry the label with a weaker template.
-  // Both attributes only ever change towards safety, so a key that passes here stays safe.
-  auto sensitive = keys->front().GetBool(CKA_SENSITIVE);
-  if (!sensitive.ok()) return std::move(sensitive).TakeStatus();
-  auto extractable = keys->front().GetBool(CKA_EXTRACTABLE);
-  if (!extractable.ok()) return std::move(extractable).TakeStatus();
-  if (!*sensitive || *extractable) {
+  auto stays = StaysInToken(keys->front());
+  if (!stays.ok()) return std::move(stays).TakeStatus();
+  if (!*stays) {
     return Status(Code::kFailedPrecondition, "key_unprotected",
                   "the key " + label + " is not sensitive or is extractable, so its bytes could "
                   "leave the token; vecseal refuses it. Create keys with vecseal, or import them "
@@ -939,12 +945,9 @@ Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
       if (!pair.ok()) return std::move(pair).TakeStatus();
       public_key = std::move(pair->first);
     } else {
-      // A pair made outside vecseal under this label must still keep its private half inside.
-      auto sensitive = privates->front().GetBool(CKA_SENSITIVE);
-      if (!sensitive.ok()) return std::move(sensitive).TakeStatus();
-      auto extractable = privates->front().GetBool(CKA_EXTRACTABLE);
-      if (!extractable.ok()) return std::move(extractable).TakeStatus();
-      if (!*sensitive || *extractable) {
+      auto stays = StaysInToken(privates->front());
+      if (!stays.ok()) return std::move(stays).TakeStatus();
+      if (!*stays) {
         return Status(Code::kFailedPrecondition, "audit_key_invalid",
                       "the private audit key \"" + key_label +
                           "\" is not sensitive or is extractable, so it could leave the token; "
