@@ -316,16 +316,16 @@ class Log::Impl {
 
   // Group commit for the every-record policy: one thread runs fdatasync for every record
   // written so far while the others wait for it, so that concurrent requests share a sync.
-  // A sync in flight is awaited even when seq already looks durable, because it may be the one
-  // that received the writeback error for it (see SyncLocked).
+  // A failure is checked before success: a failed sync refuses every record written before it
+  // returned, even one that a later sync reported durable (see SyncLocked).
   Status WaitDurableLocked(std::unique_lock<std::mutex>& lock, uint64_t seq) {
     for (;;) {
+      if (failed_sync_seq_ >= seq) return Unavailable(last_error_.message());
+      if (synced_seq_ >= seq) return Status::Ok();
       if (syncing_) {
         sync_done_.wait(lock);
         continue;
       }
-      if (failed_sync_seq_ >= seq) return Unavailable(last_error_.message());
-      if (synced_seq_ >= seq) return Status::Ok();
       if (!healthy_ || !file_) return Unavailable(last_error_.message());
       syncing_ = true;
       const uint64_t target = next_seq_ - 1;
