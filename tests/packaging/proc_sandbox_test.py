@@ -17,6 +17,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from with_daemon import clear_append_only  # noqa: E402  (audit files may be chattr +a)
+
 READY_PREFIX = "vecseald ready: socket "
 DAEMON_UID = 65533  # stands in for the `vecseal` system user
 CALLER_UID = 65534
@@ -125,7 +128,8 @@ def main():
             failures += got != expected
             print(f"{verdict}: {name}: {got} (expected {expected}); HTTP {status} {body[:160]}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        clear_append_only(work)
+        shutil.rmtree(work)
     return 1 if failures else 0
 
 

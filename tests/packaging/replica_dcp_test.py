@@ -20,6 +20,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from with_daemon import clear_append_only  # noqa: E402  (audit files may be chattr +a)
+
 READY_PREFIX = "vecseald ready: socket "
 BETA = 2.5  # the dev token's `demo` key (docs/configuration.md, "Dev mode")
 DIMENSION = 32
@@ -153,7 +156,8 @@ def main():
     finally:
         for daemon in daemons:
             stop(daemon)
-        shutil.rmtree(work, ignore_errors=True)
+        clear_append_only(work)
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":
