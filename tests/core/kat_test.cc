@@ -183,9 +183,19 @@ TEST_P(KnownAnswerTest, EncryptMatchesReferenceOnEveryKernel) {
   detail::ForceKernelsForTesting(detail::KernelLevel::kBest);
 }
 
-TEST_P(KnownAnswerTest, DecryptsTheReferenceCiphertext) {
+// Only reversible cases have tokens to decrypt with.
+class ReversibleKnownAnswerTest : public KnownAnswerTest {};
+
+std::vector<KatCase> ReversibleKatCases() {
+  std::vector<KatCase> cases;
+  for (const KatCase& kat : kKatCases) {
+    if (kat.reversible) cases.push_back(kat);
+  }
+  return cases;
+}
+
+TEST_P(ReversibleKnownAnswerTest, DecryptsTheReferenceCiphertext) {
   const KatCase& kat = GetParam();
-  if (!kat.reversible) GTEST_SKIP() << "one-way case: nothing to decrypt";
   const size_t d = kat.dimension;
   auto cipher = testing::MakeCipher(kat.transform, kat.beta, FromHex(kKatKey));
   std::vector<float> c;
@@ -208,14 +218,17 @@ TEST_P(KnownAnswerTest, DecryptsTheReferenceCiphertext) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Format, KnownAnswerTest, ::testing::ValuesIn(kKatCases),
-                         [](const auto& param_info) {
-                           std::string name = param_info.param.name;
-                           for (char& ch : name) {
-                             if (ch == '-') ch = '_';
-                           }
-                           return name;
-                         });
+std::string KatTestName(const ::testing::TestParamInfo<KatCase>& info) {
+  std::string name = info.param.name;
+  for (char& ch : name) {
+    if (ch == '-') ch = '_';
+  }
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Format, KnownAnswerTest, ::testing::ValuesIn(kKatCases), KatTestName);
+INSTANTIATE_TEST_SUITE_P(Format, ReversibleKnownAnswerTest,
+                         ::testing::ValuesIn(ReversibleKatCases()), KatTestName);
 
 }  // namespace
 }  // namespace vecseal::core
