@@ -338,6 +338,40 @@ TEST_F(CliTest, DocsExamplesRun) {
   }
 }
 
+// README.md's `<!-- example: sh -->` blocks run as one script, in a scratch directory.
+TEST_F(CliTest, ReadmeShellExamplesRun) {
+  VECSEAL_REQUIRE_DAEMON();
+  if (std::system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0) {
+    GTEST_SKIP() << "/usr/bin/python3 with numpy is not available";
+  }
+  std::ifstream readme(VECSEAL_README);
+  ASSERT_TRUE(readme.good()) << VECSEAL_README;
+  std::string script = "set -e\n";
+  size_t blocks = 0;
+  bool marked = false;
+  bool in_block = false;
+  for (std::string line; std::getline(readme, line);) {
+    if (line == "<!-- example: sh -->") {
+      marked = true;
+    } else if (marked && line == "```sh") {
+      in_block = true;
+      marked = false;
+      ++blocks;
+    } else if (in_block && line == "```") {
+      in_block = false;
+    } else if (in_block) {
+      script += line + "\n";
+    }
+  }
+  ASSERT_GE(blocks, 1u);
+  const std::string bin_dir = fs::path(VECSEAL_CLI_PATH).parent_path();
+  const ProcessResult r = vecseal::testing::RunProcess(
+      {"/bin/bash", "-c", "cd '" + dir_ + "' && " + script},
+      {"VECSEAL_SOCKET=" + Socket(), "PATH=" + bin_dir + ":/usr/bin:/bin"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(fs::exists(fs::path(dir_) / "train.enc.npy"));
+}
+
 // An interrupted run never leaves a file under the output name. The daemon is stopped
 // (SIGSTOP) so that the command is certainly mid-run, waiting for an answer, when it is killed.
 class CliInterruptTest : public CliTest, public ::testing::WithParamInterface<int> {};
