@@ -99,7 +99,12 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   enum class Phase { kIdle, kHeader, kBody, kHandling, kWriting, kLingering, kClosed };
 
   void ReadNext() {
-    if (server_.draining_.load()) return Close();
+    // Draining closes a connection only if no byte of a next request has arrived: a response
+    // can finish after the drain started while the client already sent its next request.
+    ErrorCode available_ec;
+    if (server_.draining_.load() && buffer_.size() == 0 && socket_.available(available_ec) == 0) {
+      return Close();
+    }
     limits_ = server_.limits();
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(limits_->max_header_bytes));
@@ -148,9 +153,12 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
                                    "malformed HTTP request: " + ec.message()));
     }
     const auto& request = parser_->get();
+    // RFC 9112 §6.3: a request with no length has an empty body, which rotate needs; only
+    // endpoints that need a body answer 411.
+    const bool takes_no_body = request.target().ends_with("/rotate");
     const bool has_body_method =
         request.method() == http::verb::post || request.method() == http::verb::put;
-    if (has_body_method && !parser_->content_length() && !parser_->chunked()) {
+    if (has_body_method && !takes_no_body && !parser_->content_length() && !parser_->chunked()) {
       return Refuse(TransportError(Code::kInvalidArgument, "length_required",
                                    "a POST needs a Content-Length header (or chunked encoding)"));
     }
