@@ -8,11 +8,7 @@ target_compile_options(vecseal_build_flags INTERFACE
 if(VECSEAL_WERROR)
   target_compile_options(vecseal_build_flags INTERFACE -Werror)
 endif()
-if(VECSEAL_SANITIZE)
-  target_compile_options(vecseal_build_flags INTERFACE
-    -fsanitize=${VECSEAL_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
-  target_link_options(vecseal_build_flags INTERFACE -fsanitize=${VECSEAL_SANITIZE})
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/Sanitizers.cmake)
 target_link_options(vecseal_build_flags INTERFACE -Wl,-z,relro,-z,now)
 
 # vecseal_library(NAME SOURCES... DEPS...): a static library with headers under

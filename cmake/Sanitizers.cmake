@@ -1,0 +1,19 @@
+# VECSEAL_SANITIZE: build every vecseal library, program and test with GCC's sanitizers.
+# Every target links vecseal_build_flags, so the flags travel with it; scripts/sanitize drives
+# this and sets the runtime options (halt_on_error, log_path) that make a report fail the run.
+set(vecseal_sanitize_choices "address,undefined" "address" "undefined" "thread")
+set_property(CACHE VECSEAL_SANITIZE PROPERTY STRINGS "" ${vecseal_sanitize_choices})
+
+if(VECSEAL_SANITIZE)
+  if(NOT VECSEAL_SANITIZE IN_LIST vecseal_sanitize_choices)
+    list(JOIN vecseal_sanitize_choices " | " choices)
+    message(FATAL_ERROR "VECSEAL_SANITIZE=${VECSEAL_SANITIZE} is not supported: use one of "
+      "${choices}, or leave it empty for a normal build (ASan and TSan cannot be combined).")
+  endif()
+  target_compile_options(vecseal_build_flags INTERFACE
+    -fsanitize=${VECSEAL_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all
+    # The fortified __*_chk string functions are not intercepted by ASan, so they would hide
+    # overflows from it; the sanitizer build checks the same accesses more precisely.
+    -U_FORTIFY_SOURCE)
+  target_link_options(vecseal_build_flags INTERFACE -fsanitize=${VECSEAL_SANITIZE})
+endif()
