@@ -317,6 +317,7 @@ HttpServer::HttpServer(RequestHandler& handler, ServerOptions options, const Lim
     : handler_(handler),
       options_(options),
       io_(static_cast<int>(std::max(1u, options.io_threads))),
+      io_work_(io_.get_executor()),
       workers_(std::max(1u, options.worker_threads)),
       acceptor_(asio::make_strand(io_)),
       limits_(std::make_shared<const Limits>(limits)) {}
@@ -414,6 +415,7 @@ void HttpServer::Drain() {
     std::unique_lock lock(mutex_);
     drained_.wait(lock, [this] { return active_connections_.load() == 0; });
   }
+  io_work_.reset();
   io_.stop();
   for (auto& thread : io_threads_) thread.join();
   io_threads_.clear();

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -87,6 +88,9 @@ class HttpServer {
   RequestHandler& handler_;
   ServerOptions options_;
   boost::asio::io_context io_;
+  // While a drained connection's request is on a worker, the I/O context may have no pending
+  // operation at all; without this guard its threads would return and the answer never be sent.
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> io_work_;
   boost::asio::thread_pool workers_;
   boost::asio::local::stream_protocol::acceptor acceptor_;
   std::vector<std::thread> io_threads_;
