@@ -365,7 +365,7 @@ Status ParseCallers(const std::string& path, const nlohmann::json& callers, Rule
   }
   for (const auto& [name, value] : callers.items()) {
     auto info = std::find_if(kFields.begin(), kFields.end(),
-                             [&](const FieldInfo& f) { return f.name == name; });
+                             [&wanted = name](const FieldInfo& f) { return f.name == wanted; });
     std::string field_path = Join(path, name);
     if (info == kFields.end()) {
       return Invalid(field_path, "unknown condition; use " + std::string(kFieldList));
