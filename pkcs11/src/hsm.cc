@@ -845,6 +845,35 @@ Status Hsm::Ping() {
   return result.ok() ? Status::Ok() : std::move(result).TakeStatus();
 }
 
+Status Hsm::CheckMechanisms() {
+  struct Needed {
+    CK_MECHANISM_TYPE mechanism;
+    CK_FLAGS flag;
+    const char* what;
+  };
+  static constexpr Needed kNeeded[] = {
+      {CKM_SHA256_HMAC, CKF_SIGN, "CKM_SHA256_HMAC with CKF_SIGN (keystream derivation)"},
+      {CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE,
+       "CKM_GENERIC_SECRET_KEY_GEN with CKF_GENERATE (model key creation)"},
+      {CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR,
+       "CKM_EC_KEY_PAIR_GEN with CKF_GENERATE_KEY_PAIR (the audit key)"},
+      {CKM_ECDSA, CKF_SIGN, "CKM_ECDSA with CKF_SIGN (audit seals)"},
+  };
+  const CK_SLOT_ID slot = state_->slot.load();
+  for (const Needed& needed : kNeeded) {
+    CK_MECHANISM_INFO info{};
+    const CK_RV rv =
+        state_->module.functions()->C_GetMechanismInfo(slot, needed.mechanism, &info);
+    if (rv == CKR_MECHANISM_INVALID || (rv == CKR_OK && (info.flags & needed.flag) == 0)) {
+      return Status(Code::kFailedPrecondition, "mechanism_missing",
+                    "token \"" + state_->config.token_label + "\" does not offer " +
+                        needed.what + "; vecseal cannot use it");
+    }
+    if (rv != CKR_OK) return CkrStatus("C_GetMechanismInfo", rv);
+  }
+  return Status::Ok();
+}
+
 // Audit key
 
 struct AuditKey::State {

@@ -49,6 +49,21 @@ class RecoveryTest : public testing::SoftHsmTest {
   core::Seed expected_{};
 };
 
+TEST_F(RecoveryTest, CheckMechanismsPassesOnSoftHsmAndNamesAMissingOne) {
+  Status all = hsm_->CheckMechanisms();
+  EXPECT_TRUE(all.ok()) << all.ToString();
+  // A module that lacks HMAC-SHA256 (a real case: some HSMs need a licence for it).
+  ASSERT_TRUE(faulty_->Set("C_GetMechanismInfo CKR_MECHANISM_INVALID").ok());
+  Status missing = hsm_->CheckMechanisms();
+  EXPECT_EQ(missing.code(), Code::kFailedPrecondition);
+  EXPECT_EQ(missing.reason(), "mechanism_missing");
+  EXPECT_EQ(missing.message(),
+            "token \"vecseal-test\" does not offer CKM_SHA256_HMAC with CKF_SIGN (keystream "
+            "derivation); vecseal cannot use it");
+  ASSERT_TRUE(faulty_->Set("C_GetMechanismInfo CKR_DEVICE_ERROR 1").ok());
+  EXPECT_EQ(hsm_->CheckMechanisms().reason(), "hsm_unavailable");
+}
+
 TEST_F(RecoveryTest, RecoversAfterSessionLoss) {
   ASSERT_TRUE(faulty_->Set("close-sessions").ok());
   core::Seed seed{};

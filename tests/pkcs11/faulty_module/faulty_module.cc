@@ -62,6 +62,7 @@ CK_RV ParseCkr(const std::string& name) {
       {"CKR_PIN_LOCKED", CKR_PIN_LOCKED},
       {"CKR_KEY_HANDLE_INVALID", CKR_KEY_HANDLE_INVALID},
       {"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
+      {"CKR_MECHANISM_INVALID", CKR_MECHANISM_INVALID},
   };
   if (auto it = kCodes.find(name); it != kCodes.end()) return it->second;
   return std::strtoul(name.c_str(), nullptr, 0);  // a number, e.g. 0x80000001
@@ -153,6 +154,9 @@ CK_RV Faulty_C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR applicat
 VECSEAL_FAULTY(C_GetSlotList, (CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count),
                (present, list, count))
 VECSEAL_FAULTY(C_GetTokenInfo, (CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info), (slot, info))
+VECSEAL_FAULTY(C_GetMechanismInfo,
+               (CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info),
+               (slot, type, info))
 VECSEAL_FAULTY(C_CloseSession, (CK_SESSION_HANDLE session), (session))
 VECSEAL_FAULTY(C_GetSessionInfo, (CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info),
                (session, info))
@@ -227,6 +231,7 @@ extern "C" __attribute__((visibility("default"))) CK_RV C_GetFunctionList(
     g_list.C_OpenSession = Faulty_C_OpenSession;
     g_list.C_GetSlotList = Faulty_C_GetSlotList;
     g_list.C_GetTokenInfo = Faulty_C_GetTokenInfo;
+    g_list.C_GetMechanismInfo = Faulty_C_GetMechanismInfo;
     g_list.C_CloseSession = Faulty_C_CloseSession;
     g_list.C_GetSessionInfo = Faulty_C_GetSessionInfo;
     g_list.C_Login = Faulty_C_Login;

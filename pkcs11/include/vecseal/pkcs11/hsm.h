@@ -145,6 +145,10 @@ class Hsm {
   Result<AuditKey> EnsureAuditKey(std::string_view label = "vecseal-audit");
   // Cheap liveness check (C_GetSessionInfo on the anchor session), recovering if needed.
   Status Ping();
+  // Every mechanism vecseal uses, with the capability it needs (HMAC-SHA256 sign, generic
+  // secret generation, EC P-256 pair generation, ECDSA sign): kFailedPrecondition
+  // "mechanism_missing" naming the first one the token lacks. A vendor HSM's first check.
+  Status CheckMechanisms();
 
   struct State;
 
