@@ -1,0 +1,146 @@
+// kill -9 under load (the audit log still verifies, reports its unsealed tail, and holds a record
+// for every answer given before the kill), and SIGHUP with a broken policy under load (no request
+// fails because of it; each failed reload is audited).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "support/daemon_process.h"
+#include "support/dev_daemon.h"
+#include "support/encrypt_load.h"
+
+namespace vecseal::reliability {
+namespace {
+
+using daemon::testing::HttpClient;
+
+class DaemonUnderLoadTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(scratch_.path().empty());
+    const std::string overlay = scratch_.path() + "/overlay.json";
+    ReplaceFile(overlay, R"({"audit": {"try_append_only": false}})");
+    daemon_ = std::make_unique<DaemonProcess>(DaemonOptions{
+        .state_dir = scratch_.path() + "/state", .overlay_path = overlay, .env = {}});
+    std::string error;
+    ASSERT_TRUE(daemon_->Start(&error)) << error;
+  }
+
+  ScratchDir scratch_;
+  std::unique_ptr<DaemonProcess> daemon_;
+};
+
+nlohmann::json VerifiedReport(const DaemonProcess& daemon) {
+  const CommandResult verified = VerifyAuditLog(daemon);
+  EXPECT_EQ(verified.exit_code, 0) << verified.output;
+  return nlohmann::json::parse(verified.output, nullptr, false);
+}
+
+TEST_F(DaemonUnderLoadTest, Sigkill) {
+  std::vector<Outcome> before_kill;
+  {
+    EncryptLoad load(daemon_->socket_path(), "demo", 4);
+    ASSERT_TRUE(load.WaitForMore(200, 500));
+    const int status = daemon_->KillAndWait(SIGKILL);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    before_kill = load.Outcomes();
+  }  // the load stops on the dead socket; answers after the kill are transport failures
+
+  const auto records = AuditRecords(daemon_->audit_dir());
+  const auto missing = ServedWithoutRecord(before_kill, records);
+  EXPECT_TRUE(missing.empty()) << missing.size() << " answers lost their record in the crash";
+  const nlohmann::json crashed = VerifiedReport(*daemon_);
+  ASSERT_TRUE(crashed.is_object());
+  EXPECT_TRUE(crashed.value("ok", false));
+  EXPECT_GT(crashed.value("unsealed_tail", 0), 0) << crashed.dump()
+      << "\na log killed mid-load should end in records no seal covers yet";
+  EXPECT_NE(crashed.dump().find("unsealed_tail"), std::string::npos);
+
+  std::string error;
+  ASSERT_TRUE(daemon_->Start(&error)) << error;
+  HttpClient client(daemon_->socket_path());
+  EXPECT_EQ(client.Get("/v1/health").status, 200u);
+  std::vector<Outcome> after_restart;
+  {
+    EncryptLoad load(daemon_->socket_path(), "demo", 2);
+    ASSERT_TRUE(load.WaitForMore(200, 50));
+    load.Stop();
+    after_restart = load.Outcomes();
+  }
+  EXPECT_EQ(CountStatus(after_restart, 200), after_restart.size());
+  ASSERT_EQ(daemon_->KillAndWait(SIGTERM), 0);
+  const nlohmann::json stopped = VerifiedReport(*daemon_);
+  EXPECT_TRUE(stopped.value("ok", false));
+  EXPECT_EQ(stopped.value("unsealed_tail", -1), 0) << stopped.dump()
+      << "\nthe restarted daemon's final seal covers the whole chain, crash tail included";
+  EXPECT_GT(stopped.value("records", 0), crashed.value("records", 0));
+  std::cout << "[ figures  ] " << CountStatus(before_kill, 200) << " answers before kill -9, "
+            << crashed.value("unsealed_tail", 0) << " records in the unsealed tail\n";
+}
+
+struct BrokenPolicy {
+  const char* name;
+  const char* text;
+  mode_t mode;
+  const char* reason;  // of the reload record
+};
+
+class SighupTest : public DaemonUnderLoadTest,
+                   public ::testing::WithParamInterface<BrokenPolicy> {};
+
+size_t ReloadRecords(const DaemonProcess& daemon, std::vector<nlohmann::json>* reloads) {
+  reloads->clear();
+  for (const auto& record : AuditRecords(daemon.audit_dir())) {
+    if (record.value("event", "") == "reload") reloads->push_back(record);
+  }
+  return reloads->size();
+}
+
+TEST_P(SighupTest, BrokenPolicyUnderLoadFailsNoRequest) {
+  const std::string good_policy = ReadFileText(daemon_->policy_path());
+  EncryptLoad load(daemon_->socket_path(), "demo", 4);
+  ASSERT_TRUE(load.WaitForMore(200, 100));
+  constexpr size_t kReloads = 5;
+  std::vector<nlohmann::json> reloads;
+  for (size_t i = 1; i <= kReloads; ++i) {
+    // An empty text means the good policy, made untrustworthy by its mode alone.
+    ReplaceFile(daemon_->policy_path(), *GetParam().text != '\0' ? GetParam().text : good_policy);
+    ASSERT_EQ(chmod(daemon_->policy_path().c_str(), GetParam().mode), 0);
+    daemon_->Signal(SIGHUP);
+    // The reload's own audit record says it happened; then let some requests through.
+    ASSERT_TRUE(load.WaitFor([&](const std::vector<Outcome>&) {
+      return ReloadRecords(*daemon_, &reloads) >= i;
+    }));
+    ASSERT_TRUE(load.WaitForMore(200, 50));
+  }
+  ReplaceFile(daemon_->policy_path(), good_policy);
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(load.WaitFor([&](const std::vector<Outcome>&) {
+    return ReloadRecords(*daemon_, &reloads) >= kReloads + 1;
+  }));
+  ASSERT_TRUE(load.WaitForMore(200, 50));
+  load.Stop();
+
+  const std::vector<Outcome> outcomes = load.Outcomes();
+  EXPECT_EQ(CountStatus(outcomes, 200), outcomes.size()) << "a request failed during a reload";
+  ASSERT_EQ(reloads.size(), kReloads + 1);
+  for (size_t i = 0; i < kReloads; ++i) {
+    EXPECT_EQ(reloads[i].value("error_code", ""), GetParam().reason) << reloads[i].dump();
+  }
+  EXPECT_FALSE(reloads.back().contains("error_code")) << reloads.back().dump();
+  EXPECT_NE(daemon_->Log().find("event=reload_failed reason=" + std::string(GetParam().reason)),
+            std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Policies, SighupTest,
+    ::testing::Values(
+        BrokenPolicy{"NotJson", "{\"rules\": [", 0600, "policy_invalid"},
+        BrokenPolicy{"UnknownKey", "{\"version\": 1, \"rules\": [], \"rulez\": []}", 0600,
+                     "policy_invalid"},
+        BrokenPolicy{"WorldWritable", "", 0666, "untrusted_file"}),
+    [](const auto& test) { return std::string(test.param.name); });
+
+}  // namespace
+}  // namespace vecseal::reliability
