@@ -20,8 +20,10 @@
 #include <utility>
 
 #include "log.h"
+#include "startup.h"
 #include "vecseal/audit/log.h"
 #include "vecseal/daemon/http_server.h"
+#include "vecseal/daemon/init.h"
 #include "vecseal/daemon/metrics.h"
 #include "vecseal/daemon/service.h"
 #include "vecseal/pkcs11/hsm.h"
@@ -189,12 +191,6 @@ ServiceSettings SettingsOf(const Config& config) {
                          .max_vectors = config.limits.max_vectors};
 }
 
-// Loads a config file the way the daemon trusts it: StrictModes first, then the parser.
-Result<Config> LoadTrustedConfig(const std::string& path, ConfigKind kind) {
-  VECSEAL_RETURN_IF_ERROR(policy::CheckTrustedFile(path));
-  return LoadConfigFile(path, kind);
-}
-
 // The model key `demo` and the exported audit public key of dev mode.
 Status SeedDevKeys(pkcs11::Hsm& hsm, const pkcs11::AuditKey& audit_key, const std::string& dir) {
   auto demo = hsm.FindKey("demo");
@@ -270,13 +266,7 @@ class Daemon {
     HardenProcess();
     VECSEAL_RETURN_IF_ERROR(LoadConfig());
 
-    pkcs11::HsmConfig hsm_config;
-    hsm_config.module_path = config_.pkcs11.module;
-    hsm_config.token_label = config_.pkcs11.token_label;
-    hsm_config.pin.file = config_.pkcs11.pin.file;
-    hsm_config.pin.credential = config_.pkcs11.pin.credential;
-    hsm_config.sessions = config_.pkcs11.sessions;
-    auto hsm = pkcs11::Hsm::Open(hsm_config);
+    auto hsm = pkcs11::Hsm::Open(HsmConfigOf(config_));
     if (!hsm.ok()) return std::move(hsm).TakeStatus();
     hsm_ = std::move(hsm).value();
     auto audit_key = hsm_->EnsureAuditKey(config_.audit.key_label);
@@ -447,8 +437,24 @@ class Daemon {
 
 }  // namespace
 
+Result<Config> LoadTrustedConfig(const std::string& path, ConfigKind kind) {
+  VECSEAL_RETURN_IF_ERROR(policy::CheckTrustedFile(path));
+  return LoadConfigFile(path, kind);
+}
+
+pkcs11::HsmConfig HsmConfigOf(const Config& config) {
+  pkcs11::HsmConfig hsm_config;
+  hsm_config.module_path = config.pkcs11.module;
+  hsm_config.token_label = config.pkcs11.token_label;
+  hsm_config.pin.file = config.pkcs11.pin.file;
+  hsm_config.pin.credential = config.pkcs11.pin.credential;
+  hsm_config.sessions = config.pkcs11.sessions;
+  return hsm_config;
+}
+
 std::string UsageText() {
   return "usage: vecseald [--config FILE]\n"
+         "       vecseald --init [--config FILE] [--export-audit-key PEM]\n"
          "       vecseald --dev [--state-dir DIR] [--config FILE]\n"
          "       vecseald --check-config FILE\n"
          "       vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH] "
@@ -470,11 +476,16 @@ Result<CommandLine> ParseCommandLine(std::span<const std::string> args) {
       result.mode = CommandLine::Mode::kVersion;
     } else if (arg == "--dev") {
       result.dev = true;
-    } else if (arg == "--config" || arg == "--check-config" || arg == "--state-dir") {
+    } else if (arg == "--init") {
+      result.mode = CommandLine::Mode::kInit;
+    } else if (arg == "--config" || arg == "--check-config" || arg == "--state-dir" ||
+               arg == "--export-audit-key") {
       auto text = value(arg.c_str());
       if (!text.ok()) return std::move(text).TakeStatus();
       if (arg == "--state-dir") {
         result.state_dir = *text;
+      } else if (arg == "--export-audit-key") {
+        result.export_audit_key = *text;
       } else {
         result.config_path = *text;
         if (arg == "--check-config") result.mode = CommandLine::Mode::kCheckConfig;
@@ -492,7 +503,10 @@ Result<CommandLine> ParseCommandLine(std::span<const std::string> args) {
   }
   if (result.dev && result.mode != CommandLine::Mode::kServe &&
       result.mode != CommandLine::Mode::kHelp) {
-    return UsageError("--dev cannot be combined with --check-config or --check-policy");
+    return UsageError("--dev cannot be combined with --init, --check-config or --check-policy");
+  }
+  if (!result.export_audit_key.empty() && result.mode != CommandLine::Mode::kInit) {
+    return UsageError("--export-audit-key is only meaningful with --init");
   }
   return result;
 }
@@ -535,6 +549,14 @@ int Main(std::span<const std::string> args) {
     case CommandLine::Mode::kVersion:
       std::cout << "vecseald " << kVersion << "\n";
       return 0;
+    case CommandLine::Mode::kInit: {
+      InitOptions options;
+      if (!command_line->config_path.empty()) options.config_path = command_line->config_path;
+      if (!command_line->export_audit_key.empty()) {
+        options.export_audit_key = command_line->export_audit_key;
+      }
+      return Init(options, std::cout);
+    }
     case CommandLine::Mode::kCheckConfig:
       return CheckConfig(command_line->config_path, std::cout, std::cerr);
     case CommandLine::Mode::kCheckPolicy:

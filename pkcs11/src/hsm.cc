@@ -880,6 +880,7 @@ struct AuditKey::State {
   std::shared_ptr<Hsm::State> hsm;
   std::string label;
   std::string pem;
+  bool generated = false;
 };
 
 namespace {
@@ -935,6 +936,7 @@ Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
                   "the audit key label must be 1 to 64 bytes");
   }
   std::string key_label(label);
+  bool generated = false;
   auto pem = state_->Admin<std::string>([&](Session& anchor) -> Result<std::string> {
     CK_OBJECT_CLASS public_class = CKO_PUBLIC_KEY;
     CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
@@ -973,6 +975,7 @@ Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
       auto pair = anchor.GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, public_template, private_template);
       if (!pair.ok()) return std::move(pair).TakeStatus();
       public_key = std::move(pair->first);
+      generated = true;
     } else {
       auto stays = StaysInToken(privates->front());
       if (!stays.ok()) return std::move(stays).TakeStatus();
@@ -1004,6 +1007,7 @@ Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
   audit_state->hsm = state_;
   audit_state->label = key_label;
   audit_state->pem = std::move(pem).value();
+  audit_state->generated = generated;
   return AuditKey(std::move(audit_state));
 }
 
@@ -1039,5 +1043,6 @@ Result<std::vector<uint8_t>> AuditKey::SignDigest(std::span<const uint8_t, 32> d
 
 const std::string& AuditKey::PublicKeyPem() const { return state_->pem; }
 const std::string& AuditKey::label() const { return state_->label; }
+bool AuditKey::generated() const { return state_->generated; }
 
 }  // namespace vecseal::pkcs11

@@ -676,6 +676,8 @@ TEST_F(HsmTest, AuditKeySignsAndVerifiesWithOpenSsl) {
   auto again = hsm->EnsureAuditKey();
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->PublicKeyPem(), audit->PublicKeyPem()) << "the existing pair is reused";
+  EXPECT_TRUE(audit->generated());
+  EXPECT_FALSE(again->generated());
   auto other = hsm->EnsureAuditKey("second-audit");
   ASSERT_TRUE(other.ok());
   EXPECT_NE(other->PublicKeyPem(), audit->PublicKeyPem());

@@ -15,11 +15,12 @@
 namespace vecseal::daemon {
 
 struct CommandLine {
-  enum class Mode { kServe, kCheckConfig, kCheckPolicy, kVersion, kHelp };
+  enum class Mode { kServe, kInit, kCheckConfig, kCheckPolicy, kVersion, kHelp };
   Mode mode = Mode::kServe;
   std::string config_path;   // --config or --check-config; empty: default (serve) / none (dev)
   bool dev = false;
   std::string state_dir;     // --state-dir (dev mode); empty: a fresh temp dir
+  std::string export_audit_key;  // --export-audit-key (--init); empty: the default path
   std::vector<std::string> check_policy_args;  // after --check-policy
 };
 

@@ -92,6 +92,8 @@ class AuditKey {
   // SubjectPublicKeyInfo PEM ("-----BEGIN PUBLIC KEY-----").
   const std::string& PublicKeyPem() const;
   const std::string& label() const;
+  // True when EnsureAuditKey generated the pair rather than finding it.
+  bool generated() const;
 
   struct State;
   explicit AuditKey(std::shared_ptr<const State> state) : state_(std::move(state)) {}
