@@ -70,6 +70,8 @@ struct IoFault {
   const char* sync;  // audit.sync
 };
 
+void PrintTo(const IoFault& fault, std::ostream* out) { *out << fault.name; }
+
 class AuditIoFaultTest : public ::testing::TestWithParam<IoFault> {};
 
 TEST_P(AuditIoFaultTest, MidLoadFailsClosedAndResumes) {

@@ -86,6 +86,8 @@ struct BrokenPolicy {
   const char* reason;  // of the reload record
 };
 
+void PrintTo(const BrokenPolicy& policy, std::ostream* out) { *out << policy.name; }
+
 class SighupTest : public DaemonUnderLoadTest,
                    public ::testing::WithParamInterface<BrokenPolicy> {};
 
@@ -139,7 +141,7 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenPolicy{"NotJson", "{\"rules\": [", 0600, "policy_invalid"},
         BrokenPolicy{"UnknownKey", "{\"version\": 1, \"rules\": [], \"rulez\": []}", 0600,
                      "policy_invalid"},
-        BrokenPolicy{"WorldWritable", "", 0666, "untrusted_file"}),
+        BrokenPolicy{"WorldWritable", "", 0666, "file_untrusted"}),
     [](const auto& test) { return std::string(test.param.name); });
 
 }  // namespace
