@@ -1,0 +1,266 @@
+// The denial matrix and the socket's group, through a real vecseald with a real policy file.
+// Callers are child processes that join a cgroup (their systemd unit), set their groups, gid and
+// uid, and exec security_caller images whose digests the policy pins.
+#include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "support/dev_daemon.h"
+#include "support/secured_daemon.h"
+#include "test_util.h"
+
+namespace vecseal::security_testing {
+namespace {
+
+using nlohmann::json;
+using policy::testing_util::ReadFile;
+using policy::testing_util::Sha256OfFile;
+using policy::testing_util::WriteFile;
+
+constexpr uid_t kScorerUid = 64101;
+constexpr gid_t kScorerGid = 64102;
+constexpr uid_t kOtherUid = 64103;
+constexpr gid_t kOtherGid = 64104;
+constexpr char kDenied[] =
+    R"({"error":{"code":"permission_denied","message":"no rule grants encrypt on key 'guarded'"}})";
+
+// Two images of security_caller that differ only in a trailer of the same length: both run, and
+// their digests differ.
+std::string Variant(char which) {
+  return ReadFile(VECSEAL_SECURITY_CALLER) + "\nvecseal-security-variant-" + which + "\n";
+}
+
+class DenialMatrixTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) {
+      GTEST_SKIP() << "needs root: callers are child processes that setuid, setgid and join a "
+                      "cgroup";
+    }
+    if (auto reason = testing::SoftHsmUnavailableReason(); !reason.empty()) GTEST_SKIP() << reason;
+    const group* socket_group = getgrnam("nogroup");
+    if (socket_group == nullptr) GTEST_SKIP() << "no group 'nogroup' to own the socket";
+    socket_gid_ = socket_group->gr_gid;
+    const std::string prefix = "vecseal-security-" + std::to_string(getpid());
+    std::string why;
+    scorer_unit_ = TestUnit::Create(prefix + "-scorer.service", &why);
+    if (scorer_unit_) other_unit_ = TestUnit::Create(prefix + "-other.service", &why);
+    if (!other_unit_) GTEST_SKIP() << "cannot place callers in a systemd unit: " << why;
+
+    std::string error;
+    daemon_ = SecuredDaemon::Prepare({.policy_json = "{}", .socket_group = "nogroup"}, &error);
+    ASSERT_TRUE(daemon_) << error;
+    bin_ = daemon_->root() + "/bin";
+    ASSERT_EQ(mkdir(bin_.c_str(), 0755), 0);
+    Install("scorer", 'A');
+    digest_a_ = Sha256OfFile(bin_ + "/scorer");
+    digest_b_ = Sha256OfFile(Install("impostor", 'B'));
+    ASSERT_NE(digest_a_, digest_b_);
+
+    // The scorer rule is what a security team writes for a compiled service: its unit, its
+    // account and the digest of the reviewed build.
+    const json policy = {
+        {"version", 1},
+        {"rules",
+         {{{"id", "test-admin"},
+           {"callers", {{"uid", 0}, {"exe_sha256", Sha256OfFile("/proc/self/exe")}}},
+           {"keys", {"*"}},
+           {"operations", {"keys.create"}}},
+          {{"id", "pinned-scorer"},
+           {"callers",
+            {{"unit", scorer_unit_->name()},
+             {"uid", kScorerUid},
+             {"gid", kScorerGid},
+             {"exe_sha256", digest_a_}}},
+           {"keys", {"guarded"}},
+           {"operations", {"encrypt"}}}}}};
+    WriteFile(daemon_->policy_path(), policy.dump(2), 0644);
+    ASSERT_TRUE(daemon_->Start(&error)) << error;
+    daemon::testing::HttpClient admin(daemon_->socket_path());
+    const auto created =
+        admin.PostJson("/v1/keys", {{"name", "guarded"}, {"approximation_factor", 2.5}});
+    ASSERT_EQ(created.status, 201u) << created.body;
+  }
+
+  std::string Install(const std::string& name, char variant) {
+    const std::string path = bin_ + "/" + name;
+    WriteFile(path, Variant(variant), 0755);
+    return path;
+  }
+
+  // The identity the scorer rule grants, in the given unit.
+  CallerIdentity Scorer(const TestUnit& unit) const {
+    return {.uid = kScorerUid, .gid = kScorerGid, .groups = {socket_gid_}, .cgroup_dir = unit.dir()};
+  }
+
+  CallerRun Request(const CallerIdentity& who, const std::string& program,
+                    const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {program, "request", daemon_->socket_path(), "guarded"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return RunAs(who, argv);
+  }
+
+  // The audit record of one answer, checked against who asked and what ran.
+  void ExpectAudited(const Answer& answer, pid_t pid, const CallerIdentity& who,
+                     const std::string& unit, const std::string& exe, const std::string& digest) {
+    json record;
+    for (const auto& candidate : daemon_->AuditRecords()) {
+      if (candidate.value("request_id", "") == answer.request_id) record = candidate;
+    }
+    ASSERT_TRUE(record.is_object()) << "no audit record for request " << answer.request_id;
+    const bool granted = answer.status == 200;
+    EXPECT_EQ(record["event"], granted ? "encrypt" : "deny");
+    EXPECT_EQ(record["operation"], "encrypt");
+    EXPECT_EQ(record["key"], "guarded");
+    EXPECT_EQ(record["decision"], granted ? "granted" : "denied");
+    if (granted) {
+      EXPECT_EQ(record["rule_id"], "pinned-scorer");
+    } else {
+      EXPECT_FALSE(record.contains("rule_id")) << record;
+      EXPECT_EQ(record["error_code"], "permission_denied");
+    }
+    const json& caller = record["caller"];
+    EXPECT_EQ(caller["pid"], pid);
+    EXPECT_EQ(caller["uid"], who.uid);
+    EXPECT_EQ(caller["gid"], who.gid);
+    EXPECT_EQ(caller["unit"], unit);
+    EXPECT_EQ(caller["exe"], exe);
+    EXPECT_EQ(caller["exe_sha256"], digest);
+  }
+
+  void ExpectDenied(const Answer& answer) {
+    EXPECT_EQ(answer.status, 403u);
+    EXPECT_EQ(answer.body, kDenied) << "a denial names the operation and key, and no rule";
+  }
+
+  gid_t socket_gid_ = 0;
+  std::unique_ptr<TestUnit> scorer_unit_;
+  std::unique_ptr<TestUnit> other_unit_;
+  std::unique_ptr<SecuredDaemon> daemon_;
+  std::string bin_;
+  std::string digest_a_;
+  std::string digest_b_;
+};
+
+// One condition wrong at a time; the first two rows are the controls that must be granted.
+TEST_F(DenialMatrixTest, EveryCallerThatDiffersInOneConditionIsDeniedAndAudited) {
+  const std::string copy = Install("copy-of-scorer", 'A');
+  struct Row {
+    const char* what;
+    CallerIdentity who;
+    std::string program;
+    const TestUnit* unit;
+    unsigned status;
+  };
+  const CallerIdentity scorer = Scorer(*scorer_unit_);
+  CallerIdentity wrong_uid = scorer;
+  wrong_uid.uid = kOtherUid;
+  CallerIdentity wrong_gid = scorer;
+  wrong_gid.gid = kOtherGid;
+  CallerIdentity wrong_gid_in_groups = wrong_gid;
+  wrong_gid_in_groups.groups.push_back(kOtherGid);
+  const Row rows[] = {
+      {"control: the reviewed build as its account in its unit", scorer, bin_ + "/scorer",
+       scorer_unit_.get(), 200},
+      {"control: the same image at another path", scorer, copy, scorer_unit_.get(), 200},
+      {"wrong uid", wrong_uid, bin_ + "/scorer", scorer_unit_.get(), 403},
+      {"wrong group", wrong_gid_in_groups, bin_ + "/scorer", scorer_unit_.get(), 403},
+      {"wrong unit", Scorer(*other_unit_), bin_ + "/scorer", other_unit_.get(), 403},
+      {"wrong exe digest", scorer, bin_ + "/impostor", scorer_unit_.get(), 403},
+  };
+  int denied = 0;
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.what);
+    const CallerRun run = Request(row.who, row.program);
+    const auto answers = ParseAnswers(run.output);
+    ASSERT_EQ(answers.size(), 1u) << "exit " << run.exit_code << ", output: " << run.output;
+    EXPECT_EQ(answers[0].status, row.status) << answers[0].body;
+    if (row.status == 403) {
+      ExpectDenied(answers[0]);
+      ++denied;
+    }
+    ExpectAudited(answers[0], run.pid, row.who, row.unit->name(), row.program,
+                  Sha256OfFile(row.program));
+  }
+  EXPECT_EQ(denied, 4);
+}
+
+// The daemon caches digests by file identity; a binary replaced on disk must not keep the old
+// digest's grant, whether it is rewritten in place (same inode, same size) or renamed over.
+TEST_F(DenialMatrixTest, ReplacedBinaryAtTheSamePathIsDenied) {
+  const CallerIdentity scorer = Scorer(*scorer_unit_);
+  for (const bool in_place : {true, false}) {
+    SCOPED_TRACE(in_place ? "rewritten in place" : "renamed over");
+    const std::string path = Install(in_place ? "scorer-in-place" : "scorer-renamed", 'A');
+    const CallerRun before = Request(scorer, path);
+    const auto granted = ParseAnswers(before.output);
+    ASSERT_EQ(granted.size(), 1u) << before.output;
+    ASSERT_EQ(granted[0].status, 200u) << "the original build is granted: " << granted[0].body;
+
+    if (in_place) {
+      const std::string replacement = Variant('B');
+      FILE* file = std::fopen(path.c_str(), "r+b");
+      ASSERT_NE(file, nullptr);
+      ASSERT_EQ(std::fwrite(replacement.data(), 1, replacement.size(), file), replacement.size());
+      ASSERT_EQ(std::fclose(file), 0);
+    } else {
+      WriteFile(path + ".new", Variant('B'), 0755);
+      ASSERT_EQ(std::rename((path + ".new").c_str(), path.c_str()), 0);
+    }
+    ASSERT_EQ(Sha256OfFile(path), digest_b_);
+    const CallerRun after = Request(scorer, path);
+    const auto answers = ParseAnswers(after.output);
+    ASSERT_EQ(answers.size(), 1u) << after.output;
+    ExpectDenied(answers[0]);
+    ExpectAudited(answers[0], after.pid, scorer, scorer_unit_->name(), path, digest_b_);
+  }
+}
+
+// Connect as the reviewed build, get an answer, exec another program that keeps the connection:
+// its request on the same socket is judged as the new program.
+TEST_F(DenialMatrixTest, ExecAfterConnectIsJudgedAsTheNewProgram) {
+  const CallerIdentity scorer = Scorer(*scorer_unit_);
+  const std::string impostor = bin_ + "/impostor";
+  const CallerRun run = Request(scorer, bin_ + "/scorer", {"--then-exec", impostor});
+  const auto answers = ParseAnswers(run.output);
+  ASSERT_EQ(answers.size(), 2u) << "exit " << run.exit_code << ", output: " << run.output;
+  EXPECT_EQ(answers[0].status, 200u) << answers[0].body;
+  ExpectAudited(answers[0], run.pid, scorer, scorer_unit_->name(), bin_ + "/scorer", digest_a_);
+  ExpectDenied(answers[1]);
+  ExpectAudited(answers[1], run.pid, scorer, scorer_unit_->name(), impostor, digest_b_);
+}
+
+// File mode 0660 and group nogroup: the kernel refuses connect() to everyone else, before the
+// daemon sees anything.
+TEST_F(DenialMatrixTest, SocketIsRefusedToAUidOutsideItsGroup) {
+  struct stat st {};
+  ASSERT_EQ(stat(daemon_->socket_path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0660u);
+  EXPECT_EQ(st.st_gid, socket_gid_);
+
+  const std::vector<std::string> connect = {VECSEAL_SECURITY_CALLER, "connect",
+                                            daemon_->socket_path()};
+  const CallerRun member = RunAs(Scorer(*scorer_unit_), connect);
+  EXPECT_EQ(member.output, "connected\n");
+  EXPECT_EQ(member.exit_code, 0);
+  const CallerIdentity outsider = {.uid = kOtherUid, .gid = kOtherGid, .groups = {}, .cgroup_dir = {}};
+  const CallerRun refused = RunAs(outsider, connect);
+  EXPECT_EQ(refused.output, "EACCES\n");
+  EXPECT_EQ(refused.exit_code, 1);
+  // The same uid is let in once it is a member through a supplementary group.
+  CallerIdentity joined = outsider;
+  joined.groups = {socket_gid_};
+  EXPECT_EQ(RunAs(joined, connect).output, "connected\n");
+}
+
+}  // namespace
+}  // namespace vecseal::security_testing
