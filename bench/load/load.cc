@@ -4,6 +4,12 @@
 //
 // It drives an existing daemon (--socket) or starts its own `vecseald --dev` (--vecseald PATH)
 // with the derivation group size under test (--group-size), in a temporary state directory.
+//
+// --soak turns it into the soak test of docs/reliability.md: one long run of mixed single and
+// batch requests, the daemon's RSS sampled from /proc, every error counted (warm-up included),
+// and at the end the audit log's encrypt records compared with the requests served. It exits
+// non-zero unless there were no errors, RSS at the end stayed within --rss-tolerance of RSS just
+// after warm-up (medians of the first and last fifth of the samples), and records equal requests.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -22,11 +28,14 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "vecseal/client/client.h"
 
@@ -53,13 +62,20 @@ struct Options {
   double duration = 5;
   double warmup = 1;
   size_t repetitions = 3;
+  bool soak = false;
+  pid_t pid = 0;          // the daemon to sample (--socket mode); own daemon: known
+  std::string audit_dir;  // its audit directory (--socket mode); own daemon: known
+  double rss_tolerance = 0.10;
 };
 
 constexpr std::string_view kUsage =
     "usage: vecseal_load (--socket PATH | --vecseald PATH [--group-size G]) [--key NAME]\n"
     "         [--transform permute|rotate] [--connections C] [--batch B] [--dim D]\n"
     "         [--wire binary|json] [--reversible] [--single-fraction F] [--duration S]\n"
-    "         [--warmup S] [--repetitions R]\n";
+    "         [--warmup S] [--repetitions R]\n"
+    "       vecseal_load --soak (--vecseald PATH | --socket PATH --pid PID --audit-dir DIR)\n"
+    "         [--connections C] [--batch B] [--dim D] [--single-fraction F] [--duration S]\n"
+    "         [--warmup S] [--rss-tolerance T]\n";
 
 [[noreturn]] void Die(const std::string& message) {
   std::cerr << "vecseal_load: " << message << "\n";
@@ -86,6 +102,10 @@ Options ParseOptions(int argc, char** argv) {
       o.reversible = true;
       continue;
     }
+    if (arg == "--soak") {
+      o.soak = true;
+      continue;
+    }
     if (arg.rfind("--", 0) != 0 || i + 1 >= argc) Die("bad argument " + arg + "\n" + std::string(kUsage));
     const std::string name = arg.substr(2), value = argv[++i];
     if (name == "socket") o.socket = value;
@@ -101,9 +121,15 @@ Options ParseOptions(int argc, char** argv) {
     else if (name == "duration") o.duration = Number<double>(name, value);
     else if (name == "warmup") o.warmup = Number<double>(name, value);
     else if (name == "repetitions") o.repetitions = Number<size_t>(name, value);
+    else if (name == "pid") o.pid = Number<pid_t>(name, value);
+    else if (name == "audit-dir") o.audit_dir = value;
+    else if (name == "rss-tolerance") o.rss_tolerance = Number<double>(name, value);
     else Die("unknown option " + arg);
   }
   if (o.socket.empty() == o.vecseald.empty()) Die("give exactly one of --socket and --vecseald");
+  if (o.soak && !o.socket.empty() && (o.pid <= 0 || o.audit_dir.empty())) {
+    Die("--soak with --socket needs the daemon's --pid and --audit-dir");
+  }
   if (o.connections == 0 || o.batch == 0 || o.dimension == 0 || o.repetitions == 0) {
     Die("--connections, --batch, --dim and --repetitions must be positive");
   }
@@ -121,7 +147,9 @@ class OwnDaemon {
                       log = root_ + "/vecseald.log";
     std::filesystem::create_directory(state);
     std::filesystem::permissions(state, std::filesystem::perms::owner_all);
-    std::ofstream(config) << "{\"derivation\": {\"group_size\": " << group_size << "}}\n";
+    // No chattr +a: as root it would make the throwaway audit files undeletable.
+    std::ofstream(config) << "{\"derivation\": {\"group_size\": " << group_size
+                          << "}, \"audit\": {\"try_append_only\": false}}\n";
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
@@ -160,6 +188,8 @@ class OwnDaemon {
     std::filesystem::remove_all(root_, ignored);
   }
   const std::string& socket() const { return socket_; }
+  pid_t pid() const { return pid_; }
+  std::string audit_dir() const { return root_ + "/state/audit"; }
 
  private:
   std::string root_;
@@ -280,6 +310,166 @@ void Print(const char* label, const RunResult& r) {
               r.client_cpu_us_per_vector);
 }
 
+
+// From /proc/PID/status; 0 when the process is gone.
+size_t RssKib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoul(line.substr(6));
+  }
+  return 0;
+}
+
+size_t OpenFds(pid_t pid) {
+  std::error_code ec;
+  size_t count = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++count;
+  }
+  return count;
+}
+
+struct AuditCount {
+  size_t encrypt_records = 0;
+  size_t encrypt_vectors = 0;
+};
+
+AuditCount CountEncryptRecords(const std::string& dir) {
+  AuditCount count;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() != ".jsonl") continue;
+    std::ifstream in(entry.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto record = nlohmann::json::parse(line, nullptr, false);
+      if (record.is_object() && record.value("event", "") == "encrypt") {
+        ++count.encrypt_records;
+        count.encrypt_vectors += record.value("vectors", size_t{0});
+      }
+    }
+  }
+  return count;
+}
+
+// One long run; every request counts, warm-up included, since a soak is about errors and drift
+// over the whole time, not throughput.
+int RunSoak(const Options& o, const std::string& socket, pid_t pid, const std::string& audit_dir) {
+  const AuditCount audit_before = CountEncryptRecords(audit_dir);
+  std::atomic<bool> stop{false};
+  std::atomic<size_t> requests{0}, vectors{0}, errors{0};
+  std::mutex error_mutex;
+  std::string first_error;
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < o.connections; ++t) {
+    threads.emplace_back([&, t] {
+      std::unique_ptr<Client> client = MustConnect(socket, o.json);
+      std::mt19937 rng(static_cast<uint32_t>(1234 + t));
+      std::normal_distribution<float> normal;
+      std::vector<float> data(o.batch * o.dimension);
+      for (float& v : data) v = normal(rng);
+      double single_credit = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        single_credit += o.single_fraction;
+        const bool single = single_credit >= 1;
+        if (single) single_credit -= 1;
+        const size_t n = single ? 1 : o.batch;
+        auto sealed = client->Encrypt(o.key, std::span<const float>(data).first(n * o.dimension),
+                                      o.dimension, o.reversible);
+        if (sealed.ok() && sealed->vectors.size() == n * o.dimension) {
+          requests.fetch_add(1, std::memory_order_relaxed);
+          vectors.fetch_add(n, std::memory_order_relaxed);
+          continue;
+        }
+        if (errors.fetch_add(1) == 0) {
+          std::lock_guard lock(error_mutex);
+          first_error = sealed.ok() ? "a short answer" : sealed.status().ToString();
+        }
+        if (!sealed.ok()) {  // a broken connection is not retried on: reconnect
+          auto again = Client::Connect(ClientOptions{.socket_path = socket,
+                                                     .timeout = std::chrono::milliseconds(60000),
+                                                     .wire = o.json ? vecseal::client::Wire::kJson
+                                                                    : vecseal::client::Wire::kBinary,
+                                                     .cancel = nullptr});
+          if (again.ok()) client = std::move(again).value();
+        }
+      }
+    });
+  }
+
+  // One RSS sample a second from the end of the warm-up on.
+  std::vector<size_t> rss_after_warmup;
+  size_t fds_after_warmup = 0;
+  const auto start = Clock::now();
+  const auto warm = start + std::chrono::duration_cast<Clock::duration>(
+                                std::chrono::duration<double>(o.warmup));
+  const auto end = warm + std::chrono::duration_cast<Clock::duration>(
+                              std::chrono::duration<double>(o.duration));
+  size_t rss_at_start = RssKib(pid), next_report = 1;
+  while (Clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    if (Clock::now() < warm) continue;
+    const size_t rss = RssKib(pid);
+    if (rss == 0) {
+      std::fprintf(stderr, "vecseal_load: the daemon (pid %d) is gone\n", static_cast<int>(pid));
+      break;
+    }
+    if (rss_after_warmup.empty()) fds_after_warmup = OpenFds(pid);
+    rss_after_warmup.push_back(rss);
+    const double done = std::chrono::duration<double>(Clock::now() - warm).count() / o.duration;
+    if (done * 10 >= static_cast<double>(next_report)) {
+      std::printf("soak %3.0f%%  requests %zu  vectors %zu  errors %zu  rss %zu KiB\n",
+                  std::min(done, 1.0) * 100, requests.load(), vectors.load(), errors.load(), rss);
+      std::fflush(stdout);
+      next_report = static_cast<size_t>(done * 10) + 1;
+    }
+  }
+  const size_t fds_at_end = OpenFds(pid);
+  stop = true;
+  for (std::thread& t : threads) t.join();
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  const AuditCount audit_after = CountEncryptRecords(audit_dir);
+  const size_t records = audit_after.encrypt_records - audit_before.encrypt_records;
+  const size_t recorded_vectors = audit_after.encrypt_vectors - audit_before.encrypt_vectors;
+
+  // Drift, not noise: requests in flight hold megabytes that come and go, so the medians of the
+  // first and the last fifth of the samples are compared rather than single samples.
+  const auto window_median = [&](bool last) -> size_t {
+    if (rss_after_warmup.empty()) return 0;
+    const size_t n = std::max<size_t>(1, rss_after_warmup.size() / 5);
+    std::vector<size_t> window(last ? rss_after_warmup.end() - static_cast<ptrdiff_t>(n)
+                                    : rss_after_warmup.begin(),
+                               last ? rss_after_warmup.end()
+                                    : rss_after_warmup.begin() + static_cast<ptrdiff_t>(n));
+    std::sort(window.begin(), window.end());
+    return window[window.size() / 2];
+  };
+  const size_t rss_first = window_median(false), rss_last = window_median(true);
+  const size_t rss_max =
+      rss_after_warmup.empty() ? 0 : *std::max_element(rss_after_warmup.begin(), rss_after_warmup.end());
+  const double growth =
+      rss_first > 0 ? static_cast<double>(rss_last) / static_cast<double>(rss_first) - 1 : 0;
+  const bool rss_flat = !rss_after_warmup.empty() && growth <= o.rss_tolerance;
+  const bool audited = records == requests.load() && recorded_vectors == vectors.load();
+  const bool ok = errors.load() == 0 && rss_flat && audited;
+  if (!first_error.empty()) std::fprintf(stderr, "vecseal_load: first error: %s\n", first_error.c_str());
+  std::printf("soak: %.0f s, %zu connections, %zu requests (%.0f/s), %zu vectors (%.0f/s), %zu errors\n",
+              elapsed, o.connections, requests.load(), static_cast<double>(requests.load()) / elapsed,
+              vectors.load(), static_cast<double>(vectors.load()) / elapsed, errors.load());
+  std::printf("soak: rss KiB at start %zu; after warm-up, median of the first fifth %zu, of the "
+              "last fifth %zu, max %zu (%zu samples): growth %+.1f%% (limit %.0f%%); fds after "
+              "warm-up %zu, at end %zu\n",
+              rss_at_start, rss_first, rss_last, rss_max, rss_after_warmup.size(), growth * 100,
+              o.rss_tolerance * 100, fds_after_warmup, fds_at_end);
+  std::printf("soak: audit encrypt records %zu for %zu requests served, %zu vectors recorded for "
+              "%zu served\n", records, requests.load(), recorded_vectors, vectors.load());
+  std::printf("vecseal_load soak: %s (errors %s, rss %s, audit %s)\n", ok ? "PASS" : "FAIL",
+              errors.load() == 0 ? "none" : "SOME", rss_flat ? "flat" : "GREW",
+              audited ? "complete" : "MISMATCH");
+  return ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -294,6 +484,10 @@ int main(int argc, char** argv) {
     std::unique_ptr<Client> admin = MustConnect(socket, false);
     auto created = admin->CreateKey({o.key, 1.0, o.transform, std::nullopt});
     if (!created.ok() && created.status().reason() != "key_exists") Die(created.status().ToString());
+  }
+  if (o.soak) {
+    return RunSoak(o, socket, daemon ? daemon->pid() : o.pid,
+                   daemon ? daemon->audit_dir() : o.audit_dir);
   }
   std::printf("vecseal_load: %zu connections, batch %zu, d=%zu, %s, %s, %s, single-fraction %.3f, "
               "group size %s, %.1f s x %zu\n",

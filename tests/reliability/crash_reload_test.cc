@@ -37,7 +37,7 @@ nlohmann::json VerifiedReport(const DaemonProcess& daemon) {
   return nlohmann::json::parse(verified.output, nullptr, false);
 }
 
-TEST_F(DaemonUnderLoadTest, Sigkill) {
+TEST_F(DaemonUnderLoadTest, KillNineLeavesAVerifiableLogAndRestarts) {
   std::vector<Outcome> before_kill;
   {
     EncryptLoad load(daemon_->socket_path(), "demo", 4);
