@@ -1,11 +1,12 @@
 // A caller of vecseald that the security tests run as a real child process, under the uid, gids
-// and cgroup the test gives it. It speaks just enough HTTP/1.1 to send encrypt requests.
+// and cgroup the test gives it. It speaks just enough HTTP/1.1 to send vector requests.
 //
-//   security_caller request SOCKET KEY [--then-exec PROGRAM]
-//     Connects, sends one encrypt request for KEY and prints its answer. With --then-exec it
-//     then execs PROGRAM as `PROGRAM on-fd FD KEY`, keeping the connection open across exec.
-//   security_caller on-fd FD KEY
-//     Sends one encrypt request on the already connected FD and prints its answer.
+//   security_caller request SOCKET KEY/ACTION [--then-exec PROGRAM]
+//     Connects, sends one POST /v1/keys/KEY/ACTION (encrypt, decrypt) with a small vector body
+//     and prints its answer. With --then-exec it then execs PROGRAM as
+//     `PROGRAM on-fd FD KEY/ACTION`, keeping the connection open across exec.
+//   security_caller on-fd FD KEY/ACTION
+//     Sends the same request on the already connected FD and prints its answer.
 //   security_caller connect SOCKET
 //     Only connects; prints "connected" or the errno name (e.g. "EACCES"), exit 0 or 1.
 //
@@ -69,9 +70,9 @@ std::string Header(const std::string& head, const std::string& name) {
 }
 
 // Sends one request and prints its answer; false when no complete answer came back.
-bool Exchange(int fd, const std::string& key) {
+bool Exchange(int fd, const std::string& key_action) {
   const std::string body = kBody;
-  const std::string request = "POST /v1/keys/" + key + "/encrypt HTTP/1.1\r\nHost: localhost\r\n" +
+  const std::string request = "POST /v1/keys/" + key_action + " HTTP/1.1\r\nHost: localhost\r\n" +
                               "Content-Type: application/json\r\nContent-Length: " +
                               std::to_string(body.size()) + "\r\n\r\n" + body;
   if (!WriteAll(fd, request)) return false;
@@ -103,8 +104,8 @@ bool Exchange(int fd, const std::string& key) {
 
 int Usage() {
   std::fprintf(stderr,
-               "usage: security_caller request SOCKET KEY [--then-exec PROGRAM]\n"
-               "       security_caller on-fd FD KEY\n"
+               "usage: security_caller request SOCKET KEY/ACTION [--then-exec PROGRAM]\n"
+               "       security_caller on-fd FD KEY/ACTION\n"
                "       security_caller connect SOCKET\n");
   return 2;
 }

@@ -30,8 +30,6 @@ constexpr uid_t kScorerUid = 64101;
 constexpr gid_t kScorerGid = 64102;
 constexpr uid_t kOtherUid = 64103;
 constexpr gid_t kOtherGid = 64104;
-constexpr char kDenied[] =
-    R"({"error":{"code":"permission_denied","message":"no rule grants encrypt on key 'guarded'"}})";
 
 // Two images of security_caller that differ only in a trailer of the same length: both run, and
 // their digests differ.
@@ -89,6 +87,9 @@ class DenialMatrixTest : public ::testing::Test {
     const auto created =
         admin.PostJson("/v1/keys", {{"name", "guarded"}, {"approximation_factor", 2.5}});
     ASSERT_EQ(created.status, 201u) << created.body;
+    const auto other =
+        admin.PostJson("/v1/keys", {{"name", "unlisted"}, {"approximation_factor", 2.5}});
+    ASSERT_EQ(other.status, 201u) << other.body;
   }
 
   std::string Install(const std::string& name, char variant) {
@@ -103,24 +104,26 @@ class DenialMatrixTest : public ::testing::Test {
   }
 
   CallerRun Request(const CallerIdentity& who, const std::string& program,
-                    const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> argv = {program, "request", daemon_->socket_path(), "guarded"};
+                    const std::vector<std::string>& extra = {},
+                    const std::string& key_action = "guarded/encrypt") {
+    std::vector<std::string> argv = {program, "request", daemon_->socket_path(), key_action};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return RunAs(who, argv);
   }
 
   // The audit record of one answer, checked against who asked and what ran.
   void ExpectAudited(const Answer& answer, pid_t pid, const CallerIdentity& who,
-                     const std::string& unit, const std::string& exe, const std::string& digest) {
+                     const std::string& unit, const std::string& exe, const std::string& digest,
+                     const std::string& key = "guarded", const std::string& operation = "encrypt") {
     json record;
     for (const auto& candidate : daemon_->AuditRecords()) {
       if (candidate.value("request_id", "") == answer.request_id) record = candidate;
     }
     ASSERT_TRUE(record.is_object()) << "no audit record for request " << answer.request_id;
     const bool granted = answer.status == 200;
-    EXPECT_EQ(record["event"], granted ? "encrypt" : "deny");
-    EXPECT_EQ(record["operation"], "encrypt");
-    EXPECT_EQ(record["key"], "guarded");
+    EXPECT_EQ(record["event"], granted ? operation : "deny");
+    EXPECT_EQ(record["operation"], operation);
+    EXPECT_EQ(record["key"], key);
     EXPECT_EQ(record["decision"], granted ? "granted" : "denied");
     if (granted) {
       EXPECT_EQ(record["rule_id"], "pinned-scorer");
@@ -137,9 +140,13 @@ class DenialMatrixTest : public ::testing::Test {
     EXPECT_EQ(caller["exe_sha256"], digest);
   }
 
-  void ExpectDenied(const Answer& answer) {
+  void ExpectDenied(const Answer& answer, const std::string& key = "guarded",
+                    const std::string& operation = "encrypt") {
     EXPECT_EQ(answer.status, 403u);
-    EXPECT_EQ(answer.body, kDenied) << "a denial names the operation and key, and no rule";
+    const json expected = {{"error",
+                            {{"code", "permission_denied"},
+                             {"message", "no rule grants " + operation + " on key '" + key + "'"}}}};
+    EXPECT_EQ(answer.body, expected.dump()) << "a denial names the operation and key, and no rule";
   }
 
   gid_t socket_gid_ = 0;
@@ -160,6 +167,8 @@ TEST_F(DenialMatrixTest, EveryCallerThatDiffersInOneConditionIsDeniedAndAudited)
     std::string program;
     const TestUnit* unit;
     unsigned status;
+    std::string key = "guarded";
+    std::string operation = "encrypt";
   };
   const CallerIdentity scorer = Scorer(*scorer_unit_);
   CallerIdentity wrong_uid = scorer;
@@ -176,22 +185,26 @@ TEST_F(DenialMatrixTest, EveryCallerThatDiffersInOneConditionIsDeniedAndAudited)
       {"wrong group", wrong_gid_in_groups, bin_ + "/scorer", scorer_unit_.get(), 403},
       {"wrong unit", Scorer(*other_unit_), bin_ + "/scorer", other_unit_.get(), 403},
       {"wrong exe digest", scorer, bin_ + "/impostor", scorer_unit_.get(), 403},
+      {"a key the rule does not list", scorer, bin_ + "/scorer", scorer_unit_.get(), 403,
+       "unlisted"},
+      {"an operation the rule does not list", scorer, bin_ + "/scorer", scorer_unit_.get(), 403,
+       "guarded", "decrypt"},
   };
   int denied = 0;
   for (const Row& row : rows) {
     SCOPED_TRACE(row.what);
-    const CallerRun run = Request(row.who, row.program);
+    const CallerRun run = Request(row.who, row.program, {}, row.key + "/" + row.operation);
     const auto answers = ParseAnswers(run.output);
     ASSERT_EQ(answers.size(), 1u) << "exit " << run.exit_code << ", output: " << run.output;
     EXPECT_EQ(answers[0].status, row.status) << answers[0].body;
     if (row.status == 403) {
-      ExpectDenied(answers[0]);
+      ExpectDenied(answers[0], row.key, row.operation);
       ++denied;
     }
     ExpectAudited(answers[0], run.pid, row.who, row.unit->name(), row.program,
-                  Sha256OfFile(row.program));
+                  Sha256OfFile(row.program), row.key, row.operation);
   }
-  EXPECT_EQ(denied, 4);
+  EXPECT_EQ(denied, 6);
 }
 
 // The daemon caches digests by file identity; a binary replaced on disk must not keep the old

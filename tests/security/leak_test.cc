@@ -152,6 +152,21 @@ TEST_F(LeakTest, NoPinVectorValueOrTokenAppearsOutsideTheAnswers) {
             std::nullopt);
 }
 
+// A PIN the token refuses stops the start; neither it nor the right one is echoed anywhere.
+TEST_F(LeakTest, ARefusedPinIsNotEchoed) {
+  ASSERT_EQ(daemon_->Stop(), 0);
+  const std::string wrong = "wrong-pin-canary-8c1d0b";
+  policy::testing_util::WriteFile(daemon_->token().pin_file(), wrong + "\n", 0600);
+  std::string error;
+  ASSERT_FALSE(daemon_->Start(&error)) << "started with a wrong PIN";
+  EXPECT_EQ(daemon_->exit_status(), 1);
+  const std::string log = daemon_->Log();
+  ASSERT_NE(log.find("event=start_failed"), std::string::npos) << log;
+  EXPECT_NE(log.find(daemon_->token().pin_file()), std::string::npos)
+      << "the error names where the PIN came from: " << log;
+  EXPECT_EQ(FindAny(log + daemon_->AuditBytes(), {wrong, kTokenPin}), std::nullopt) << log;
+}
+
 // Every secret on the token (model keys created through the daemon, the audit signing key) says
 // it cannot leave: sensitive, never extractable, and its value is refused to a logged-in session.
 TEST_F(LeakTest, KeysCreatedThroughTheDaemonCannotLeaveTheToken) {
