@@ -1,0 +1,357 @@
+// The HTTP request path end to end, in-process: request bytes -> vecseald's HttpServer and
+// Service (the real ones, wired as daemon.cc wires them) on a Unix socket, with a real SoftHSM2
+// token, audit log and policy in a dev-mode state directory made once per process.
+//
+// Per input: connect, send the bytes, half-close, read until the server closes (bounded: a hang
+// is a finding). Invariants: what comes back is a sequence of complete, well-formed HTTP
+// responses (or nothing, a clean close); no 500; every response carries a Vecseal-Request-Id
+// (it was audited); an error body is {"error": {"code", "message"}} with a snake_case code; a
+// successful encrypt returns as many vectors, of the request's dimension, as it was sent, and a
+// binary body of exactly the size its headers state.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <nlohmann/json.hpp>
+
+#include "fuzz_util.h"
+#include "vecseal/audit/log.h"
+#include "vecseal/daemon/daemon.h"
+#include "vecseal/daemon/http_server.h"
+#include "vecseal/daemon/metrics.h"
+#include "vecseal/daemon/service.h"
+#include "vecseal/pkcs11/hsm.h"
+#include "vecseal/policy/identity.h"
+#include "vecseal/policy/policy.h"
+
+// SoftHSM2 keeps some allocations until the process ends; they are not ours to chase.
+extern "C" const char* __lsan_default_suppressions() { return "leak:libsofthsm2.so\n"; }
+
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using nlohmann::json;
+using namespace vecseal;
+
+constexpr size_t kMaxBodyBytes = 64 << 10;
+constexpr size_t kMaxVectors = 64;
+constexpr size_t kMaxHeaderBytes = 4096;
+// Far beyond anything an input of libFuzzer's size needs; reaching it means the server hung.
+constexpr int kResponseTimeoutMs = 15000;
+
+class AuditKeySigner final : public audit::Signer {
+ public:
+  explicit AuditKeySigner(pkcs11::AuditKey key) : key_(std::move(key)) {}
+  Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) override {
+    return key_.SignDigest(digest);
+  }
+  Result<std::string> PublicKeyPem() override { return key_.PublicKeyPem(); }
+
+ private:
+  pkcs11::AuditKey key_;
+};
+
+// Everything the daemon would hold; built once, never torn down (the process just exits).
+struct Daemon {
+  std::string socket_path;
+  std::string audit_dir;
+  std::unique_ptr<pkcs11::Hsm> hsm;
+  std::unique_ptr<audit::Log> audit_log;
+  policy::IdentityResolver resolver;
+  daemon::Metrics metrics;
+  std::unique_ptr<daemon::Service> service;
+  std::unique_ptr<daemon::HttpServer> server;
+};
+
+Daemon* g_daemon = nullptr;
+
+template <typename T>
+T Must(Result<T> result, const char* what) {
+  VECSEAL_FUZZ_CHECK(result.ok(), "%s: %s", what, result.status().ToString().c_str());
+  return std::move(result).value();
+}
+
+// Grants the fuzzer's own user what a client normally does, but neither key rotation nor the
+// creation of more than one key, so that inputs cannot grow the token without bound.
+std::string PolicyJson() {
+  const std::string uid = std::to_string(geteuid());
+  return R"({"version": 1, "rules": [
+    {"id": "fuzz-client", "callers": {"uid": )" + uid + R"(},
+     "keys": ["demo", "fixed4"], "operations": ["encrypt", "decrypt", "keys.list"]},
+    {"id": "fuzz-admin", "callers": {"uid": )" + uid + R"(},
+     "keys": ["new-1"], "operations": ["keys.create"]}]})";
+}
+
+void StartDaemon() {
+  daemon::Config overlay;
+  overlay.limits.max_body_bytes = kMaxBodyBytes;
+  overlay.limits.max_vectors = kMaxVectors;
+  overlay.limits.max_connections = 16;
+  overlay.limits.max_header_bytes = kMaxHeaderBytes;
+  overlay.limits.header_timeout = std::chrono::milliseconds(3000);
+  overlay.limits.body_timeout = std::chrono::milliseconds(3000);
+  overlay.limits.idle_timeout = std::chrono::milliseconds(3000);
+  overlay.limits.write_timeout = std::chrono::milliseconds(3000);
+  auto state = Must(daemon::PrepareDevState(fuzz::ScratchDir() + "/state", overlay), "dev state");
+  const daemon::Config& config = state.config;
+
+  g_daemon = new Daemon;
+  g_daemon->socket_path = config.socket.path;
+  g_daemon->audit_dir = config.audit.directory;
+  pkcs11::HsmConfig hsm_config;
+  hsm_config.module_path = config.pkcs11.module;
+  hsm_config.token_label = config.pkcs11.token_label;
+  hsm_config.pin.file = config.pkcs11.pin.file;
+  g_daemon->hsm = Must(pkcs11::Hsm::Open(hsm_config), "Hsm::Open");
+  auto audit_key = Must(g_daemon->hsm->EnsureAuditKey(config.audit.key_label), "audit key");
+  pkcs11::KeyParams demo;
+  demo.approximation_factor = 2.5;
+  demo.transform = core::TransformKind::kRotate;
+  (void)Must(g_daemon->hsm->CreateKey("demo", demo), "create demo");
+  pkcs11::KeyParams fixed4;
+  fixed4.approximation_factor = 1.0;
+  fixed4.transform = core::TransformKind::kPermute;
+  fixed4.dimension = 4;
+  (void)Must(g_daemon->hsm->CreateKey("fixed4", fixed4), "create fixed4");
+
+  audit::LogOptions log_options;
+  log_options.dir = config.audit.directory;
+  log_options.rotate_bytes = 1 << 20;
+  log_options.warn_free_bytes = 0;
+  log_options.refuse_free_bytes = 0;
+  log_options.notice = [](std::string_view, std::string_view) {};
+  g_daemon->audit_log = Must(
+      audit::Log::Open(log_options, std::make_shared<AuditKeySigner>(audit_key)), "audit log");
+  auto policy = Must(policy::Policy::Parse(PolicyJson()), "policy");
+
+  g_daemon->service = std::make_unique<daemon::Service>(
+      *g_daemon->hsm, *g_daemon->audit_log, g_daemon->resolver, g_daemon->metrics,
+      std::move(policy),
+      daemon::ServiceSettings{.group_size = 1, .max_vectors = config.limits.max_vectors});
+  g_daemon->server = std::make_unique<daemon::HttpServer>(
+      *g_daemon->service, daemon::ServerOptions{.io_threads = 1, .worker_threads = 2},
+      config.limits);
+
+  const int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  VECSEAL_FUZZ_CHECK(listener >= 0, "socket: %s", std::strerror(errno));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, g_daemon->socket_path.c_str(), g_daemon->socket_path.size() + 1);
+  unlink(g_daemon->socket_path.c_str());
+  VECSEAL_FUZZ_CHECK(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+                         listen(listener, 64) == 0,
+                     "bind/listen: %s", std::strerror(errno));
+  const Status adopted = g_daemon->server->Adopt(listener);
+  VECSEAL_FUZZ_CHECK(adopted.ok(), "Adopt: %s", adopted.ToString().c_str());
+  g_daemon->server->Start();
+}
+
+// Rotated audit files pile up over millions of requests; only the current one matters here.
+void PruneAudit() {
+  const std::string current = g_daemon->audit_log->current_file();
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(g_daemon->audit_dir, ec)) {
+    if (entry.path().string() != current && entry.path().filename() != current) {
+      std::filesystem::remove(entry.path(), ec);
+    }
+  }
+}
+
+// Sends `input`, half-closes, and returns everything the server sent until it closed.
+std::string Exchange(const uint8_t* data, size_t size) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  VECSEAL_FUZZ_CHECK(fd >= 0, "socket: %s", std::strerror(errno));
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, g_daemon->socket_path.c_str(), g_daemon->socket_path.size() + 1);
+  int connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  if (connected != 0 && errno == EAGAIN) {
+    pollfd wait{.fd = fd, .events = POLLOUT, .revents = 0};
+    poll(&wait, 1, kResponseTimeoutMs);
+    connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  }
+  VECSEAL_FUZZ_CHECK(connected == 0 || errno == EISCONN, "connect: %s", std::strerror(errno));
+
+  std::string received;
+  size_t sent = 0;
+  bool write_open = true;
+  char buffer[16384];
+  for (;;) {
+    if (write_open && sent == size) {
+      shutdown(fd, SHUT_WR);
+      write_open = false;
+    }
+    pollfd p{.fd = fd, .events = static_cast<short>(POLLIN | (write_open ? POLLOUT : 0)),
+             .revents = 0};
+    const int ready = poll(&p, 1, kResponseTimeoutMs);
+    VECSEAL_FUZZ_CHECK(ready > 0, "no response within %d ms after %zu of %zu bytes sent: the "
+                       "server hangs", kResponseTimeoutMs, sent, size);
+    if (write_open && (p.revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
+      const ssize_t n = send(fd, data + sent, size - sent, MSG_NOSIGNAL);
+      if (n > 0) {
+        sent += static_cast<size_t>(n);
+      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        write_open = false;  // the server closed first, e.g. after a refusal
+      }
+    }
+    if ((p.revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+      if (n > 0) {
+        received.append(buffer, static_cast<size_t>(n));
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        break;
+      }
+    }
+  }
+  close(fd);
+  return received;
+}
+
+struct SentRequest {
+  std::string target;
+  std::string content_type;
+  std::string body;
+};
+
+// The requests of the input as a strict parser with the server's limits reads them, up to the
+// first that is incomplete or malformed.
+std::vector<SentRequest> ParseRequests(const uint8_t* data, size_t size) {
+  std::vector<SentRequest> requests;
+  size_t offset = 0;
+  while (offset < size) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(kMaxHeaderBytes);
+    parser.body_limit(kMaxBodyBytes);
+    parser.eager(true);
+    beast::error_code ec;
+    const size_t used = parser.put(boost::asio::buffer(data + offset, size - offset), ec);
+    if (ec || !parser.is_done()) break;
+    offset += used;
+    const auto& request = parser.get();
+    requests.push_back(SentRequest{.target = std::string(request.target()),
+                                   .content_type = std::string(request[http::field::content_type]),
+                                   .body = request.body()});
+  }
+  return requests;
+}
+
+bool IsSnakeCase(const std::string& text) {
+  if (text.empty()) return false;
+  for (char c : text) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
+  }
+  return true;
+}
+
+void CheckEncryptResponse(const SentRequest& request, const http::response<http::string_body>& r) {
+  const bool is_encrypt = request.target.starts_with("/v1/keys/") &&
+                          request.target.ends_with("/encrypt");
+  if (!is_encrypt || r.result_int() != 200) return;
+  const std::string type(r[http::field::content_type]);
+  if (type == "application/json") {
+    const json sent = json::parse(request.body, nullptr, false);
+    const json got = json::parse(r.body());
+    if (sent.is_discarded() || !sent.is_object() || !sent.contains("vectors")) return;
+    const json& rows = got.at("vectors");
+    VECSEAL_FUZZ_CHECK(rows.size() == sent["vectors"].size(), "%zu vectors in, %zu out",
+                       sent["vectors"].size(), rows.size());
+    const size_t dimension = got.at("dimension").get<size_t>();
+    VECSEAL_FUZZ_CHECK(dimension == sent["vectors"][0].size(), "dimension %zu for rows of %zu",
+                       dimension, sent["vectors"][0].size());
+    for (const json& row : rows) {
+      VECSEAL_FUZZ_CHECK(row.is_array() && row.size() == dimension, "a ragged response row");
+      for (const json& value : row) VECSEAL_FUZZ_CHECK(value.is_number(), "a non-number out");
+    }
+    const bool reversible = sent.value("reversible", false);
+    VECSEAL_FUZZ_CHECK(got.contains("tokens") == reversible, "tokens %s for reversible=%d",
+                       got.contains("tokens") ? "present" : "absent", reversible);
+  } else {
+    VECSEAL_FUZZ_CHECK(type == "application/octet-stream", "200 with Content-Type '%s'",
+                       type.c_str());
+    const size_t dimension = std::stoul(std::string(r["Vecseal-Dimension"]));
+    const size_t count = std::stoul(std::string(r["Vecseal-Vectors"]));
+    const bool tokens = r.find("Vecseal-Token-Size") != r.end();
+    VECSEAL_FUZZ_CHECK(count * dimension * sizeof(float) == request.body.size(),
+                       "%zu×%zu vectors for a body of %zu bytes", count, dimension,
+                       request.body.size());
+    VECSEAL_FUZZ_CHECK(r.body().size() == count * (dimension * sizeof(float) +
+                                                   (tokens ? core::kTokenSize : 0)),
+                       "binary response of %zu bytes for %zu×%zu", r.body().size(), count,
+                       dimension);
+  }
+}
+
+void CheckResponses(const std::string& received, const std::vector<SentRequest>& requests) {
+  size_t offset = 0;
+  size_t index = 0;
+  while (offset < received.size()) {
+    http::response_parser<http::string_body> parser;
+    parser.eager(true);
+    parser.body_limit(64u << 20);
+    beast::error_code ec;
+    const size_t used = parser.put(boost::asio::buffer(received.data() + offset,
+                                                       received.size() - offset), ec);
+    VECSEAL_FUZZ_CHECK(!ec && parser.is_done(), "response %zu is malformed or cut short (%s) "
+                       "at byte %zu of %zu", index, ec.message().c_str(), offset, received.size());
+    offset += used;
+    const auto& response = parser.get();
+    const unsigned status = response.result_int();
+    static const bool verbose = std::getenv("VECSEAL_FUZZ_VERBOSE") != nullptr;
+    if (verbose) {
+      std::fprintf(stderr, "response %zu: %u %s\n", index, status,
+                   response.body().substr(0, 160).c_str());
+    }
+    VECSEAL_FUZZ_CHECK(status != 500, "500 Internal Server Error: %s", response.body().c_str());
+    VECSEAL_FUZZ_CHECK(status >= 200 && status <= 599, "status %u", status);
+    VECSEAL_FUZZ_CHECK(response.find("Vecseal-Request-Id") != response.end() || status == 503,
+                       "response %zu (status %u) has no Vecseal-Request-Id", index, status);
+    const std::string type(response[http::field::content_type]);
+    if (status >= 400) {
+      VECSEAL_FUZZ_CHECK(type == "application/json", "error %u with Content-Type '%s'", status,
+                         type.c_str());
+      const json body = json::parse(response.body(), nullptr, false);
+      VECSEAL_FUZZ_CHECK(body.is_object() && body.contains("error") &&
+                             body["error"].is_object() && body["error"].contains("code") &&
+                             body["error"]["code"].is_string() &&
+                             body["error"].contains("message") &&
+                             body["error"]["message"].is_string(),
+                         "error body of the wrong shape: %s", response.body().c_str());
+      VECSEAL_FUZZ_CHECK(IsSnakeCase(body["error"]["code"].get<std::string>()),
+                         "error code is not snake_case: %s", response.body().c_str());
+    } else if (type == "application/json") {
+      VECSEAL_FUZZ_CHECK(!json::parse(response.body(), nullptr, false).is_discarded(),
+                         "a %u with a body that is not JSON", status);
+    }
+    if (index < requests.size()) CheckEncryptResponse(requests[index], response);
+    ++index;
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  StartDaemon();
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static size_t runs = 0;
+  if (++runs % 512 == 0) PruneAudit();
+  const std::string received = Exchange(data, size);
+  CheckResponses(received, ParseRequests(data, size));
+  return 0;
+}
