@@ -6,7 +6,10 @@
 //     and prints its answer. With --then-exec it then execs PROGRAM as
 //     `PROGRAM on-fd FD KEY/ACTION`, keeping the connection open across exec.
 //   security_caller on-fd FD KEY/ACTION
-//     Sends the same request on the already connected FD and prints its answer.
+//     Prints "euid N" (a setuid image raises it), then sends the same request on the already
+//     connected FD and prints its answer.
+//   security_caller whoami SOCKET
+//     Connects, asks GET /v1/whoami and prints the answer.
 //   security_caller connect SOCKET
 //     Only connects; prints "connected" or the errno name (e.g. "EACCES"), exit 0 or 1.
 //
@@ -70,11 +73,15 @@ std::string Header(const std::string& head, const std::string& name) {
 }
 
 // Sends one request and prints its answer; false when no complete answer came back.
+// A POST of the vector body to /v1/keys/KEY/ACTION, or a GET when `key_action` is empty.
 bool Exchange(int fd, const std::string& key_action) {
   const std::string body = kBody;
-  const std::string request = "POST /v1/keys/" + key_action + " HTTP/1.1\r\nHost: localhost\r\n" +
-                              "Content-Type: application/json\r\nContent-Length: " +
-                              std::to_string(body.size()) + "\r\n\r\n" + body;
+  const std::string request =
+      key_action.empty()
+          ? std::string("GET /v1/whoami HTTP/1.1\r\nHost: localhost\r\n\r\n")
+          : "POST /v1/keys/" + key_action + " HTTP/1.1\r\nHost: localhost\r\n" +
+                "Content-Type: application/json\r\nContent-Length: " +
+                std::to_string(body.size()) + "\r\n\r\n" + body;
   if (!WriteAll(fd, request)) return false;
   std::string data;
   char buffer[4096];
@@ -106,7 +113,8 @@ int Usage() {
   std::fprintf(stderr,
                "usage: security_caller request SOCKET KEY/ACTION [--then-exec PROGRAM]\n"
                "       security_caller on-fd FD KEY/ACTION\n"
-               "       security_caller connect SOCKET\n");
+               "       security_caller connect SOCKET\n"
+               "       security_caller whoami SOCKET\n");
   return 2;
 }
 
@@ -125,7 +133,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "on-fd" && argc == 4) {
+    std::printf("euid %u\n", static_cast<unsigned>(geteuid()));
     return Exchange(std::atoi(argv[2]), argv[3]) ? 0 : 1;
+  }
+  if (mode == "whoami" && argc == 3) {
+    const int fd = Connect(argv[2]);
+    return fd >= 0 && Exchange(fd, "") ? 0 : 1;
   }
   const bool then_exec = argc == 6 && std::strcmp(argv[4], "--then-exec") == 0;
   if (mode != "request" || (argc != 4 && !then_exec)) return Usage();

@@ -8,6 +8,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -50,6 +51,7 @@ Child SpawnAs(const std::vector<std::string>& argv, const std::string& cwd,
   if (pipe2(out, O_CLOEXEC) != 0 || pipe2(exec_sync, O_CLOEXEC) != 0) return {};
   const int err = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   Child child;
+  const pid_t parent = getpid();
   child.pid = fork();
   if (child.pid == 0) {
     const rlimit unlimited{RLIM_INFINITY, RLIM_INFINITY};
@@ -58,6 +60,8 @@ Child SpawnAs(const std::vector<std::string>& argv, const std::string& cwd,
         setgid(kDaemonUid) != 0 || setuid(kDaemonUid) != 0) {
       _exit(127);
     }
+    // After setuid, which clears it: a test that dies abruptly takes the child along.
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);
     execve(argp[0], argp.data(), envp);
     _exit(127);
   }

@@ -48,10 +48,9 @@ class DenialMatrixTest : public ::testing::Test {
     const group* socket_group = getgrnam("nogroup");
     if (socket_group == nullptr) GTEST_SKIP() << "no group 'nogroup' to own the socket";
     socket_gid_ = socket_group->gr_gid;
-    const std::string prefix = "vecseal-security-" + std::to_string(getpid());
     std::string why;
-    scorer_unit_ = TestUnit::Create(prefix + "-scorer.service", &why);
-    if (scorer_unit_) other_unit_ = TestUnit::Create(prefix + "-other.service", &why);
+    scorer_unit_ = TestUnit::Create("scorer", &why);
+    if (scorer_unit_) other_unit_ = TestUnit::Create("other", &why);
     if (!other_unit_) GTEST_SKIP() << "cannot place callers in a systemd unit: " << why;
 
     std::string error;
@@ -250,6 +249,47 @@ TEST_F(DenialMatrixTest, ExecAfterConnectIsJudgedAsTheNewProgram) {
   ExpectAudited(answers[0], run.pid, scorer, scorer_unit_->name(), bin_ + "/scorer", digest_a_);
   ExpectDenied(answers[1]);
   ExpectAudited(answers[1], run.pid, scorer, scorer_unit_->name(), impostor, digest_b_);
+}
+
+// The uid is the one of connect(), even when the program exec'd afterwards is setuid to the
+// uid the rule grants: otherwise anyone could borrow a setuid program's identity.
+TEST_F(DenialMatrixTest, SetuidExecAfterConnectKeepsTheConnectTimeUid) {
+  const std::string setuid_scorer = Install("scorer-setuid-to-the-granted-uid", 'A');
+  ASSERT_EQ(chown(setuid_scorer.c_str(), kScorerUid, kScorerGid), 0);
+  ASSERT_EQ(chmod(setuid_scorer.c_str(), 04755), 0);
+  CallerIdentity borrower = Scorer(*scorer_unit_);
+  borrower.uid = kOtherUid;
+  const CallerRun run = Request(borrower, bin_ + "/scorer", {"--then-exec", setuid_scorer});
+  if (run.output.find("euid " + std::to_string(kScorerUid) + "\n") == std::string::npos) {
+    GTEST_SKIP() << "the setuid exec did not raise the euid here (nosuid mount or no_new_privs): "
+                 << run.output;
+  }
+  const auto answers = ParseAnswers(run.output);
+  ASSERT_EQ(answers.size(), 2u) << run.output;
+  ExpectDenied(answers[0]);
+  ExpectDenied(answers[1]);
+  ExpectAudited(answers[1], run.pid, borrower, scorer_unit_->name(), setuid_scorer, digest_a_);
+}
+
+// A caller learns from /v1/whoami which rules match it, never the others.
+TEST_F(DenialMatrixTest, WhoAmIShowsACallerOnlyTheRulesThatMatchIt) {
+  const std::vector<std::string> whoami = {bin_ + "/scorer", "whoami", daemon_->socket_path()};
+  const auto granted = ParseAnswers(RunAs(Scorer(*scorer_unit_), whoami).output);
+  ASSERT_EQ(granted.size(), 1u);
+  const json grants = json::parse(granted[0].body)["grants"];
+  ASSERT_EQ(grants.size(), 1u) << granted[0].body;
+  EXPECT_EQ(grants[0]["rule"], "pinned-scorer");
+
+  CallerIdentity wrong_uid = Scorer(*scorer_unit_);
+  wrong_uid.uid = kOtherUid;
+  const auto denied = ParseAnswers(RunAs(wrong_uid, whoami).output);
+  ASSERT_EQ(denied.size(), 1u);
+  EXPECT_EQ(denied[0].status, 200u);
+  const json body = json::parse(denied[0].body);
+  EXPECT_EQ(body["grants"], json::array()) << denied[0].body;
+  EXPECT_EQ(body.size(), 2u) << "the caller's identity and its grants, nothing else: " << body;
+  EXPECT_EQ(body["identity"]["uid"], kOtherUid);
+  EXPECT_EQ(denied[0].body.find("pinned-scorer"), std::string::npos);
 }
 
 // File mode 0660 and group nogroup: the kernel refuses connect() to everyone else, before the

@@ -132,7 +132,11 @@ TEST_F(LeakTest, NoPinVectorValueOrTokenAppearsOutsideTheAnswers) {
   // The places searched hold what they should, so an empty search proves something.
   ASSERT_NE(log.find("event=ready"), std::string::npos) << log;
   ASSERT_NE(audit.find("\"operation\":\"decrypt\""), std::string::npos);
-  ASSERT_NE(environ_text.find("SOFTHSM2_CONF="), std::string::npos);
+  if (geteuid() == 0) {
+    ASSERT_NE(environ_text.find("SOFTHSM2_CONF="), std::string::npos);
+  } else {
+    EXPECT_EQ(environ_text, "") << "a non-dumpable daemon's environ is root's, even to its own uid";
+  }
 
   const struct {
     const char* where;

@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -139,12 +140,15 @@ bool SecuredDaemon::Start(std::string* error) {
   const std::string log_path = root_ + "/stderr.log";
 
   exit_status_.reset();
+  const pid_t parent = getpid();
   pid_ = fork();
   if (pid_ < 0) {
     *error = std::string("fork: ") + std::strerror(errno);
     return false;
   }
   if (pid_ == 0) {
+    // A test process that dies abruptly (a crash, a ctest timeout) takes its daemon along.
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);
     const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     const int null = open("/dev/null", O_RDWR);
     if (log < 0 || null < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(null, STDOUT_FILENO) < 0 ||
@@ -311,15 +315,25 @@ std::vector<Answer> ParseAnswers(const std::string& output) {
   return answers;
 }
 
-std::unique_ptr<TestUnit> TestUnit::Create(const std::string& unit_name, std::string* why) {
+std::unique_ptr<TestUnit> TestUnit::Create(const std::string& role, std::string* why) {
   const std::string mount = Cgroup2Mount();
   if (mount.empty()) {
     *why = "no cgroup2 hierarchy is mounted";
     return nullptr;
   }
+  // Groups left by test processes that were killed before they could remove them.
+  std::error_code ignored;
+  for (const auto& entry : std::filesystem::directory_iterator(mount, ignored)) {
+    const std::string name = entry.path().filename().string();
+    int pid = 0;
+    if (std::sscanf(name.c_str(), "vecseal-security-%d-", &pid) == 1 && pid > 0 &&
+        kill(pid, 0) != 0 && errno == ESRCH) {
+      rmdir(entry.path().c_str());
+    }
+  }
   std::unique_ptr<TestUnit> unit(new TestUnit());
-  unit->name_ = unit_name;
-  unit->dir_ = mount + "/" + unit_name;
+  unit->name_ = "vecseal-security-" + std::to_string(getpid()) + "-" + role + ".service";
+  unit->dir_ = mount + "/" + unit->name_;
   if (mkdir(unit->dir_.c_str(), 0755) != 0) {
     *why = "cannot create the cgroup " + unit->dir_ + ": " + std::strerror(errno);
     unit->dir_.clear();

@@ -98,12 +98,13 @@ struct Answer {
 };
 std::vector<Answer> ParseAnswers(const std::string& output);
 
-// A directory in the cgroup2 hierarchy named like a system unit ("NAME.service" at the top), so
-// that vecseald reports that unit for the processes in it. Removed on destruction.
+// A directory at the top of the cgroup2 hierarchy named like a system unit,
+// "vecseal-security-PID-ROLE.service", so that vecseald reports that unit for the processes in
+// it. Removed on destruction; ones left by killed test processes are removed by the next Create.
 class TestUnit {
  public:
   // Null, with the reason in *why, when there is no writable cgroup2 hierarchy.
-  static std::unique_ptr<TestUnit> Create(const std::string& unit_name, std::string* why);
+  static std::unique_ptr<TestUnit> Create(const std::string& role, std::string* why);
   ~TestUnit();
   const std::string& name() const { return name_; }
   const std::string& dir() const { return dir_; }
