@@ -57,9 +57,9 @@ HttpResponse ErrorResponse(const Status& status, unsigned version) {
   HttpResponse response(static_cast<http::status>(status.ok() ? 500 : HttpStatusFor(status)),
                         version);
   response.set(http::field::content_type, "application/json");
-  response.body() = nlohmann::json{{"error", std::move(error)}}.dump(
+  response.body().text = nlohmann::json{{"error", std::move(error)}}.dump(
       -1, ' ', false, nlohmann::json::error_handler_t::replace);
-  response.body() += '\n';
+  response.body().text += '\n';
   response.prepare_payload();
   return response;
 }

@@ -14,6 +14,7 @@
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
@@ -153,12 +154,8 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
                                    "malformed HTTP request: " + ec.message()));
     }
     const auto& request = parser_->get();
-    // RFC 9112 §6.3: a request with no length has an empty body, which rotate needs; only
-    // endpoints that need a body answer 411.
-    const bool takes_no_body = request.target().ends_with("/rotate");
-    const bool has_body_method =
-        request.method() == http::verb::post || request.method() == http::verb::put;
-    if (has_body_method && !takes_no_body && !parser_->content_length() && !parser_->chunked()) {
+    if (server_.handler_.ExpectsBody(request) && !parser_->content_length() &&
+        !parser_->chunked()) {
       return Refuse(TransportError(Code::kInvalidArgument, "length_required",
                                    "a POST needs a Content-Length header (or chunked encoding)"));
     }
@@ -183,17 +180,41 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   void ReadBody() {
     phase_ = Phase::kBody;
     Arm(limits_->body_timeout);
-    http::async_read(socket_, buffer_, *parser_,
-                     [self = shared_from_this()](ErrorCode ec, size_t) { self->OnBody(ec); });
+    const auto length = parser_->content_length();
+    if (parser_->is_done() || !length) {
+      // Chunked (or already complete): Beast's parser reassembles it.
+      http::async_read(socket_, buffer_, *parser_,
+                       [self = shared_from_this()](ErrorCode ec, size_t) { self->OnBody(ec); });
+      return;
+    }
+    // A known length: whatever arrived with the headers, then one read of the rest straight
+    // into the body's own buffer, so the bytes are copied once, by the kernel.
+    content_ = ByteBuffer(static_cast<size_t>(*length));
+    const size_t buffered = asio::buffer_copy(asio::buffer(content_.data(), content_.size()),
+                                              buffer_.data());
+    buffer_.consume(buffered);
+    if (buffered == content_.size()) return OnContent({});
+    asio::async_read(socket_, asio::buffer(content_.data() + buffered, content_.size() - buffered),
+                     [self = shared_from_this()](ErrorCode ec, size_t) { self->OnContent(ec); });
+  }
+
+  void OnContent(ErrorCode ec) {
+    if (phase_ == Phase::kClosed) return;
+    if (timed_out_) return Refuse(BodyTimeout());
+    if (ec) return Close();  // the client went away mid-body: nobody to answer
+    parser_->get().body().segments.push_back(std::move(content_));
+    Dispatch(/*refusal=*/std::nullopt);
+  }
+
+  Status BodyTimeout() const {
+    return TransportError(Code::kResourceExhausted, "request_timeout",
+                          "the request body did not arrive within " +
+                              std::to_string(limits_->body_timeout.count()) + " ms");
   }
 
   void OnBody(ErrorCode ec) {
     if (phase_ == Phase::kClosed) return;
-    if (timed_out_) {
-      return Refuse(TransportError(Code::kResourceExhausted, "request_timeout",
-                                   "the request body did not arrive within " +
-                                       std::to_string(limits_->body_timeout.count()) + " ms"));
-    }
+    if (timed_out_) return Refuse(BodyTimeout());
     if (ec == http::error::body_limit) return Refuse(BodyTooLarge());
     if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
         ec == asio::error::eof || ec == asio::error::connection_reset ||
@@ -219,6 +240,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   void Dispatch(std::optional<Status> refusal) {
     phase_ = Phase::kHandling;
     timer_.cancel();
+    content_ = ByteBuffer();  // a refused body is not kept
     auto request = std::make_shared<HttpRequest>(parser_->release());
     const bool keep_alive = !refusal && request->keep_alive();
     asio::post(server_.workers_, [self = shared_from_this(), request, keep_alive,
@@ -306,7 +328,8 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   std::unique_ptr<ConnectionContext> context_;
   std::shared_ptr<const Limits> limits_;
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<http::request_parser<MessageBody>> parser_;
+  ByteBuffer content_;
   Phase phase_ = Phase::kIdle;
   bool timed_out_ = false;
   uint64_t timer_generation_ = 0;

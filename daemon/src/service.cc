@@ -1,6 +1,8 @@
 #include "vecseal/daemon/service.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cstring>
 #include <cctype>
 #include <ctime>
 #include <random>
@@ -95,8 +97,8 @@ audit::Caller AuditCaller(const policy::CallerIdentity& identity) {
 HttpResponse JsonResponse(http::status status, const json& body, unsigned version) {
   HttpResponse response(status, version);
   response.set(http::field::content_type, "application/json");
-  response.body() = body.dump(-1, ' ', false, json::error_handler_t::replace);
-  response.body() += '\n';
+  response.body().text = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  response.body().text += '\n';
   return response;
 }
 
@@ -120,21 +122,24 @@ Result<size_t> DimensionHeader(const HttpRequest& request) {
 }
 
 // The answer to an encrypt or decrypt, in the representation of the request. `tokens` is empty
-// unless a reversible encryption produced them.
+// unless a reversible encryption produced them. A binary answer is written from the request's
+// own buffer, where the vectors were encrypted.
 void SetVectorsResponse(HttpResponse& response, ContentType type, const std::string& key_name,
-                        uint32_t key_version, const VectorBatch& batch,
+                        uint32_t key_version, VectorBatch& batch,
                         std::span<const core::Token> tokens) {
   if (type == ContentType::kBinary) {
     response.set(http::field::content_type, "application/octet-stream");
     response.set("Vecseal-Key-Version", std::to_string(key_version));
     response.set("Vecseal-Dimension", std::to_string(batch.dimension));
     response.set("Vecseal-Vectors", std::to_string(batch.count()));
-    std::string& body = response.body();
-    body.reserve(batch.values.size() * sizeof(float) + tokens.size() * core::kTokenSize);
-    AppendFloatsLittleEndian(body, batch.values);
+    response.body().segments.push_back(TakeBinaryVectors(batch));
     if (!tokens.empty()) {
       response.set("Vecseal-Token-Size", std::to_string(core::kTokenSize));
-      for (const auto& token : tokens) body.append(token.begin(), token.end());
+      ByteBuffer token_bytes(tokens.size() * core::kTokenSize);
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        std::memcpy(token_bytes.data() + i * core::kTokenSize, tokens[i].data(), core::kTokenSize);
+      }
+      response.body().segments.push_back(std::move(token_bytes));
     }
     return;
   }
@@ -152,16 +157,87 @@ void SetVectorsResponse(HttpResponse& response, ContentType type, const std::str
   }
   body += "}\n";
   response.set(http::field::content_type, "application/json");
-  response.body() = std::move(body);
+  response.body().text = std::move(body);
+}
+
+// The vectors of an encrypt or decrypt request, in either representation.
+struct VectorRequest {
+  ContentType type = ContentType::kOther;
+  VectorBatch batch;
+  bool reversible = false;                // encrypt
+  std::optional<uint32_t> key_version;    // encrypt: a version other than the newest
+  std::vector<core::Token> tokens;        // decrypt
+};
+
+Result<std::optional<uint32_t>> KeyVersionHeader(const HttpRequest& request) {
+  const auto value = HeaderValue(request, "Vecseal-Key-Version");
+  if (!value) return std::optional<uint32_t>();
+  uint32_t version = 0;
+  const auto [end, error] = std::from_chars(value->data(), value->data() + value->size(), version);
+  if (value->empty() || error != std::errc() || end != value->data() + value->size() ||
+      version == 0) {
+    return InvalidRequest("Vecseal-Key-Version must be a key version (an integer from 1)");
+  }
+  return std::optional<uint32_t>(version);
+}
+
+Result<VectorRequest> ParseVectorRequest(HttpRequest& request, bool decrypt, size_t max_vectors) {
+  VectorRequest parsed;
+  parsed.type = ContentTypeOf(request);
+  if (parsed.type == ContentType::kJson) {
+    auto body = ParseJsonVectorRequest(request.body().view(), max_vectors);
+    if (!body.ok()) return std::move(body).TakeStatus();
+    if (decrypt) {
+      if (body->reversible) return InvalidRequest("\"reversible\" belongs in encrypt requests");
+      if (body->key_version) {
+        return InvalidRequest("\"key_version\" belongs in encrypt requests; decrypt reads the "
+                              "version from the tokens");
+      }
+      if (!body->tokens) return InvalidRequest("a decrypt request needs a \"tokens\" field");
+      if (body->tokens->size() != body->batch.count()) {
+        return InvalidRequest("\"tokens\" holds " + std::to_string(body->tokens->size()) +
+                              " tokens for " + std::to_string(body->batch.count()) +
+                              " vectors; send one token per vector");
+      }
+      auto decoded = DecodeTokens(*body->tokens);
+      if (!decoded.ok()) return std::move(decoded).TakeStatus();
+      parsed.tokens = std::move(decoded).value();
+    } else if (body->tokens) {
+      return InvalidRequest("\"tokens\" belongs in decrypt requests");
+    }
+    parsed.reversible = body->reversible.value_or(false);
+    parsed.key_version = body->key_version;
+    parsed.batch = std::move(body->batch);
+    return parsed;
+  }
+  if (parsed.type != ContentType::kBinary) return UnsupportedMediaType();
+  auto dimension = DimensionHeader(request);
+  if (!dimension.ok()) return std::move(dimension).TakeStatus();
+  if (!decrypt) {
+    auto reversible = ParseBoolHeader(request, "Vecseal-Reversible");
+    if (!reversible.ok()) return std::move(reversible).TakeStatus();
+    parsed.reversible = *reversible;
+    auto version = KeyVersionHeader(request);
+    if (!version.ok()) return std::move(version).TakeStatus();
+    parsed.key_version = *version;
+  }
+  auto& segments = request.body().segments;
+  ByteBuffer body = segments.size() == 1 ? std::move(segments.front())
+                                         : ByteBuffer::CopyOf(request.body().text);
+  auto batch = ParseBinaryVectors(std::move(body), *dimension, max_vectors,
+                                  decrypt ? &parsed.tokens : nullptr);
+  if (!batch.ok()) return std::move(batch).TakeStatus();
+  parsed.batch = std::move(batch).value();
+  return parsed;
 }
 
 }  // namespace
 
 struct Service::Call {
-  Call(const HttpRequest& http_request, ConnectionContext& context)
+  Call(HttpRequest& http_request, ConnectionContext& context)
       : request(http_request), connection(static_cast<PeerConnection&>(context)) {}
 
-  const HttpRequest& request;
+  HttpRequest& request;
   PeerConnection& connection;
   policy::PolicyPtr policy;
   ServiceSettings settings;
@@ -202,7 +278,7 @@ std::unique_ptr<ConnectionContext> Service::Accept(int fd) {
   return std::make_unique<PeerConnection>(policy::PeerIdentity::FromSocket(fd, resolver_));
 }
 
-HttpResponse Service::Handle(ConnectionContext& connection, const HttpRequest& request) {
+HttpResponse Service::Handle(ConnectionContext& connection, HttpRequest& request) {
   Call call(request, connection);
   {
     std::lock_guard lock(mutex_);
@@ -214,7 +290,7 @@ HttpResponse Service::Handle(ConnectionContext& connection, const HttpRequest& r
   return Finish(call, status);
 }
 
-HttpResponse Service::Refuse(ConnectionContext& connection, const HttpRequest& request,
+HttpResponse Service::Refuse(ConnectionContext& connection, HttpRequest& request,
                              const Status& status) {
   Call call(request, connection);
   {
@@ -225,6 +301,15 @@ HttpResponse Service::Refuse(ConnectionContext& connection, const HttpRequest& r
   auto identity = call.connection.Refresh(resolver_);
   if (identity.ok()) call.event.caller = AuditCaller(**identity);
   return Finish(call, status);
+}
+
+bool Service::ExpectsBody(const HttpRequest& header) const {
+  if (header.method() != http::verb::post) return false;
+  std::string_view target(header.target().data(), header.target().size());
+  target = target.substr(0, target.find('?'));
+  return target == "/v1/keys" ||
+         (target.starts_with("/v1/keys/") &&
+          (target.ends_with("/encrypt") || target.ends_with("/decrypt")));
 }
 
 Status Service::Route(Call& call) {
@@ -341,34 +426,15 @@ Result<Service::CachedKey> Service::KeyFor(const std::string& name,
 
 Status Service::Encrypt(Call& call, const std::string& key_name) {
   VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kEncrypt, key_name));
-  VectorBatch batch;
-  bool reversible = false;
-  const ContentType type = ContentTypeOf(call.request);
-  if (type == ContentType::kJson) {
-    auto parsed = ParseJsonVectorRequest(call.request.body(), call.settings.max_vectors);
-    if (!parsed.ok()) return std::move(parsed).TakeStatus();
-    if (parsed->tokens) return InvalidRequest("\"tokens\" belongs in decrypt requests");
-    reversible = parsed->reversible.value_or(false);
-    batch = std::move(parsed->batch);
-  } else if (type == ContentType::kBinary) {
-    auto dimension = DimensionHeader(call.request);
-    if (!dimension.ok()) return std::move(dimension).TakeStatus();
-    auto flag = ParseBoolHeader(call.request, "Vecseal-Reversible");
-    if (!flag.ok()) return std::move(flag).TakeStatus();
-    reversible = *flag;
-    auto parsed = ParseBinaryVectors(call.request.body(), *dimension, call.settings.max_vectors,
-                                     nullptr);
-    if (!parsed.ok()) return std::move(parsed).TakeStatus();
-    batch = std::move(parsed).value();
-  } else {
-    return UnsupportedMediaType();
-  }
+  auto request = ParseVectorRequest(call.request, /*decrypt=*/false, call.settings.max_vectors);
+  if (!request.ok()) return std::move(request).TakeStatus();
+  VectorBatch& batch = request->batch;
   const size_t count = batch.count();
   call.event.vectors = count;
   call.event.dimension = batch.dimension;
-  call.event.reversible = reversible;
+  call.event.reversible = request->reversible;
 
-  auto key = KeyFor(key_name, std::nullopt);
+  auto key = KeyFor(key_name, request->key_version);
   if (!key.ok()) return std::move(key).TakeStatus();
   call.metric_key = key_name;
   call.event.key_version = key->info.version;
@@ -378,48 +444,25 @@ Status Service::Encrypt(Call& call, const std::string& key_name) {
                       std::to_string(*key->info.params.dimension) + ", got " +
                       std::to_string(batch.dimension));
   }
-  std::vector<core::Token> tokens(reversible ? count : 0);
+  std::vector<core::Token> tokens(request->reversible ? count : 0);
   core::EncryptOptions options;
-  options.reversible = reversible;
+  options.reversible = request->reversible;
   options.group_size = call.settings.group_size;
   VECSEAL_RETURN_IF_ERROR(CountHsm(key->cipher->Encrypt(batch.values, batch.values,
                                                         batch.dimension, options, tokens)));
   metrics_.CountVectors(key_name, "encrypt", count);
 
   call.response = HttpResponse(http::status::ok, call.request.version());
-  SetVectorsResponse(call.response, type, key_name, key->info.version, batch, tokens);
+  SetVectorsResponse(call.response, request->type, key_name, key->info.version, batch, tokens);
   return Status::Ok();
 }
 
 Status Service::Decrypt(Call& call, const std::string& key_name) {
   VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kDecrypt, key_name));
-  VectorBatch batch;
-  std::vector<core::Token> tokens;
-  const ContentType type = ContentTypeOf(call.request);
-  if (type == ContentType::kJson) {
-    auto parsed = ParseJsonVectorRequest(call.request.body(), call.settings.max_vectors);
-    if (!parsed.ok()) return std::move(parsed).TakeStatus();
-    if (parsed->reversible) return InvalidRequest("\"reversible\" belongs in encrypt requests");
-    if (!parsed->tokens) return InvalidRequest("a decrypt request needs a \"tokens\" field");
-    if (parsed->tokens->size() != parsed->batch.count()) {
-      return InvalidRequest("\"tokens\" holds " + std::to_string(parsed->tokens->size()) +
-                            " tokens for " + std::to_string(parsed->batch.count()) +
-                            " vectors; send one token per vector");
-    }
-    auto decoded = DecodeTokens(*parsed->tokens);
-    if (!decoded.ok()) return std::move(decoded).TakeStatus();
-    tokens = std::move(decoded).value();
-    batch = std::move(parsed->batch);
-  } else if (type == ContentType::kBinary) {
-    auto dimension = DimensionHeader(call.request);
-    if (!dimension.ok()) return std::move(dimension).TakeStatus();
-    auto parsed = ParseBinaryVectors(call.request.body(), *dimension, call.settings.max_vectors,
-                                     &tokens);
-    if (!parsed.ok()) return std::move(parsed).TakeStatus();
-    batch = std::move(parsed).value();
-  } else {
-    return UnsupportedMediaType();
-  }
+  auto request = ParseVectorRequest(call.request, /*decrypt=*/true, call.settings.max_vectors);
+  if (!request.ok()) return std::move(request).TakeStatus();
+  VectorBatch& batch = request->batch;
+  const std::vector<core::Token>& tokens = request->tokens;
   const size_t count = batch.count();
   call.event.vectors = count;
   call.event.dimension = batch.dimension;
@@ -447,7 +490,7 @@ Status Service::Decrypt(Call& call, const std::string& key_name) {
   metrics_.CountVectors(key_name, "decrypt", count);
 
   call.response = HttpResponse(http::status::ok, call.request.version());
-  SetVectorsResponse(call.response, type, key_name, key->info.version, batch, {});
+  SetVectorsResponse(call.response, request->type, key_name, key->info.version, batch, {});
   return Status::Ok();
 }
 
@@ -506,7 +549,8 @@ Status Service::ListKeys(Call& call) {
 
 Status Service::CreateKey(Call& call) {
   if (ContentTypeOf(call.request) != ContentType::kJson) return UnsupportedMediaType();
-  const json body = json::parse(call.request.body(), nullptr, /*allow_exceptions=*/false);
+  const std::string_view text = call.request.body().view();
+  const json body = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) {
     return Status(Code::kInvalidArgument, "invalid_json", "the request body is not valid JSON");
   }
@@ -601,7 +645,7 @@ Status Service::Health(Call& call) {
 Status Service::Metrics(Call& call) {
   call.response = HttpResponse(http::status::ok, call.request.version());
   call.response.set(http::field::content_type, "text/plain; version=0.0.4");
-  call.response.body() = metrics_.RenderPrometheus();
+  call.response.body().text = metrics_.RenderPrometheus();
   return Status::Ok();
 }
 

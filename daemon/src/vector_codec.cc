@@ -1,6 +1,7 @@
 #include "vecseal/daemon/vector_codec.h"
 
 #include <array>
+#include <cassert>
 #include <bit>
 #include <charconv>
 #include <cmath>
@@ -23,6 +24,13 @@ Status TooManyVectors(size_t max_vectors) {
   return Status(Code::kResourceExhausted, "too_many_vectors",
                 "the request holds more than the limit of " + std::to_string(max_vectors) +
                     " vectors; split it into smaller batches");
+}
+
+// The wire is little-endian; a big-endian host converts in place.
+[[maybe_unused]] void SwapBytes(std::span<float> values) {
+  for (float& value : values) {
+    value = std::bit_cast<float>(__builtin_bswap32(std::bit_cast<uint32_t>(value)));
+  }
 }
 
 // Text to float32, rounded once from the decimal text (not via double). Values beyond float32's
@@ -60,9 +68,25 @@ class VectorRequestSax {
     }
     return WrongType("a boolean");
   }
-  bool number_integer(number_integer_t value) { return Number(static_cast<float>(value)); }
-  bool number_unsigned(number_unsigned_t value) { return Number(static_cast<float>(value)); }
-  bool number_float(number_float_t, const string_t& text) { return Number(ParseFloat(text)); }
+  bool number_integer(number_integer_t value) {
+    if (IsKeyVersion()) return WrongType("a negative number");
+    return Number(static_cast<float>(value));
+  }
+  bool number_unsigned(number_unsigned_t value) {
+    if (IsKeyVersion()) {
+      if (value == 0 || value > std::numeric_limits<uint32_t>::max()) {
+        return WrongType("an integer outside 1 to 4294967295");
+      }
+      request_.key_version = static_cast<uint32_t>(value);
+      state_ = State::kObject;
+      return true;
+    }
+    return Number(static_cast<float>(value));
+  }
+  bool number_float(number_float_t, const string_t& text) {
+    if (IsKeyVersion()) return WrongType("a fraction");
+    return Number(ParseFloat(text));
+  }
   bool string(string_t& value) {
     if (state_ == State::kTokens) {
       request_.tokens->push_back(std::move(value));
@@ -87,9 +111,12 @@ class VectorRequestSax {
       field = Field::kReversible;
     } else if (name == "tokens") {
       field = Field::kTokens;
+    } else if (name == "key_version") {
+      field = Field::kKeyVersion;
     } else {
       return Fail(InvalidRequest("unknown field \"" + Printable(name) +
-                                 "\" (expected \"vectors\", \"reversible\" or \"tokens\")"));
+                                 "\" (expected \"vectors\", \"reversible\", \"key_version\" or "
+                                 "\"tokens\")"));
     }
     const auto bit = 1u << static_cast<unsigned>(field);
     if ((seen_ & bit) != 0) return Fail(InvalidRequest("field \"" + name + "\" appears twice"));
@@ -149,17 +176,20 @@ class VectorRequestSax {
     auto dimension = core::CommonDimension(row_lengths_);
     if (!dimension.ok()) return std::move(dimension).TakeStatus();
     request_.batch.dimension = *dimension;
+    request_.batch.values = request_.batch.parsed;
     VECSEAL_RETURN_IF_ERROR(core::ValidateVectors(request_.batch.values, *dimension));
     return std::move(request_);
   }
 
  private:
   enum class State { kStart, kObject, kValue, kVectors, kRow, kTokens, kDone };
-  enum class Field : unsigned { kVectors, kReversible, kTokens };
+  enum class Field : unsigned { kVectors, kReversible, kTokens, kKeyVersion };
+
+  bool IsKeyVersion() const { return state_ == State::kValue && field_ == Field::kKeyVersion; }
 
   bool Number(float value) {
     if (state_ != State::kRow) return WrongType("a number");
-    request_.batch.values.push_back(value);
+    request_.batch.parsed.push_back(value);
     ++row_lengths_.back();
     return true;
   }
@@ -174,6 +204,10 @@ class VectorRequestSax {
         if (field_ == Field::kTokens) {
           return Fail(InvalidRequest(std::string("\"tokens\" must be an array of base64 "
                                                  "strings, not ") + what));
+        }
+        if (field_ == Field::kKeyVersion) {
+          return Fail(InvalidRequest(std::string("\"key_version\" must be a key version (an "
+                                                 "integer from 1), not ") + what));
         }
         return Fail(InvalidRequest(std::string("\"reversible\" must be true or false, not ") +
                                    what));
@@ -227,13 +261,6 @@ constexpr std::array<int8_t, 256> MakeBase64Table() {
 }
 constexpr auto kBase64Table = MakeBase64Table();
 
-uint32_t LoadLittleEndian32(const char* bytes) {
-  uint32_t word;
-  std::memcpy(&word, bytes, sizeof(word));
-  if constexpr (std::endian::native == std::endian::big) word = __builtin_bswap32(word);
-  return word;
-}
-
 }  // namespace
 
 Result<JsonVectorRequest> ParseJsonVectorRequest(std::string_view body, size_t max_vectors) {
@@ -258,7 +285,7 @@ Result<size_t> ParseDimensionHeader(std::string_view value, bool present) {
   return dimension;
 }
 
-Result<VectorBatch> ParseBinaryVectors(std::string_view body, size_t dimension, size_t max_vectors,
+Result<VectorBatch> ParseBinaryVectors(ByteBuffer body, size_t dimension, size_t max_vectors,
                                        std::vector<core::Token>* tokens) {
   const size_t row_bytes = dimension * sizeof(float) + (tokens != nullptr ? core::kTokenSize : 0);
   if (body.empty() || body.size() % row_bytes != 0) {
@@ -272,19 +299,27 @@ Result<VectorBatch> ParseBinaryVectors(std::string_view body, size_t dimension, 
   if (count > max_vectors) return TooManyVectors(max_vectors);
   VectorBatch batch;
   batch.dimension = dimension;
-  batch.values.resize(count * dimension);
-  for (size_t i = 0; i < batch.values.size(); ++i) {
-    batch.values[i] = std::bit_cast<float>(LoadLittleEndian32(body.data() + 4 * i));
-  }
-  VECSEAL_RETURN_IF_ERROR(core::ValidateVectors(batch.values, dimension));
+  // ByteBuffer storage is 64-byte aligned, so the floats can be used where they lie.
+  batch.values = std::span<float>(reinterpret_cast<float*>(body.data()), count * dimension);
+  if constexpr (std::endian::native == std::endian::big) SwapBytes(batch.values);
   if (tokens != nullptr) {
     tokens->resize(count);
-    const char* token_bytes = body.data() + 4 * batch.values.size();
+    const std::byte* token_bytes = body.data() + sizeof(float) * batch.values.size();
     for (size_t i = 0; i < count; ++i) {
       std::memcpy((*tokens)[i].data(), token_bytes + i * core::kTokenSize, core::kTokenSize);
     }
   }
+  batch.body = std::move(body);
+  VECSEAL_RETURN_IF_ERROR(core::ValidateVectors(batch.values, dimension));
   return batch;
+}
+
+ByteBuffer TakeBinaryVectors(VectorBatch& batch) {
+  assert(!batch.body.empty() && "a batch parsed from a binary body");
+  if constexpr (std::endian::native == std::endian::big) SwapBytes(batch.values);
+  batch.body.Truncate(batch.values.size() * sizeof(float));
+  batch.values = {};
+  return std::move(batch.body);
 }
 
 void AppendFloat(std::string& out, float value) {
@@ -303,16 +338,6 @@ void AppendVectorsJson(std::string& out, std::span<const float> values, size_t d
   }
   if (!values.empty()) out += ']';
   out += ']';
-}
-
-void AppendFloatsLittleEndian(std::string& out, std::span<const float> values) {
-  const size_t start = out.size();
-  out.resize(start + values.size() * sizeof(float));
-  for (size_t i = 0; i < values.size(); ++i) {
-    uint32_t word = std::bit_cast<uint32_t>(values[i]);
-    if constexpr (std::endian::native == std::endian::big) word = __builtin_bswap32(word);
-    std::memcpy(out.data() + start + 4 * i, &word, sizeof(word));
-  }
 }
 
 std::string Base64Encode(std::span<const uint8_t> bytes) {

@@ -18,7 +18,7 @@ TEST(VectorCodecTest, JsonNumbersBecomeTheNearestFloat32) {
   auto request = ParseJsonVectorRequest(R"({"vectors": [[0.1, -2, 3.4028235e38, 1e-46, 7]]})", 10);
   ASSERT_TRUE(request.ok()) << request.status().ToString();
   EXPECT_EQ(request->batch.dimension, 5u);
-  EXPECT_EQ(request->batch.values,
+  EXPECT_EQ(std::vector<float>(request->batch.values.begin(), request->batch.values.end()),
             (std::vector<float>{0.1f, -2.0f, 3.4028235e38f, 0.0f, 7.0f}));
   EXPECT_FALSE(request->reversible.has_value());
   EXPECT_FALSE(request->tokens.has_value());
@@ -62,27 +62,57 @@ TEST(VectorCodecTest, ShapeErrors) {
   }
 }
 
-TEST(VectorCodecTest, BinaryBodies) {
+TEST(VectorCodecTest, BinaryBodiesAreUsedInPlace) {
   const std::vector<float> values = {1, 2, 3, 4, 5, 6};
-  std::string body(reinterpret_cast<const char*>(values.data()), values.size() * 4);
-  auto batch = ParseBinaryVectors(body, 3, 10, nullptr);
+  const std::string body(reinterpret_cast<const char*>(values.data()), values.size() * 4);
+  ByteBuffer buffer = ByteBuffer::CopyOf(body);
+  const std::byte* storage = buffer.data();
+  auto batch = ParseBinaryVectors(std::move(buffer), 3, 10, nullptr);
   ASSERT_TRUE(batch.ok());
   EXPECT_EQ(batch->count(), 2u);
-  EXPECT_EQ(batch->values, values);
-  EXPECT_EQ(ParseBinaryVectors(body, 4, 10, nullptr).status().reason(), "invalid_length");
-  EXPECT_EQ(ParseBinaryVectors("", 3, 10, nullptr).status().reason(), "invalid_length");
-  EXPECT_EQ(ParseBinaryVectors(body, 3, 1, nullptr).status().reason(), "too_many_vectors");
+  EXPECT_EQ(std::vector<float>(batch->values.begin(), batch->values.end()), values);
+  EXPECT_EQ(reinterpret_cast<const std::byte*>(batch->values.data()), storage)
+      << "the floats are used where the body was read, not copied";
+  batch->values[0] = 9;
+  const ByteBuffer answer = TakeBinaryVectors(*batch);
+  EXPECT_EQ(answer.data(), storage) << "and answered from the same buffer";
+  std::vector<float> changed = values;
+  changed[0] = 9;
+  EXPECT_EQ(answer.view(),
+            std::string(reinterpret_cast<const char*>(changed.data()), changed.size() * 4));
 
+  const auto parse = [](std::string_view bytes, size_t dimension, size_t max) {
+    return ParseBinaryVectors(ByteBuffer::CopyOf(bytes), dimension, max, nullptr);
+  };
+  EXPECT_EQ(parse(body, 4, 10).status().reason(), "invalid_length");
+  EXPECT_EQ(parse("", 3, 10).status().reason(), "invalid_length");
+  EXPECT_EQ(parse(body, 3, 1).status().reason(), "too_many_vectors");
+
+  // Decrypt bodies: the tokens follow the vectors, and the answer holds the vectors only.
   std::string with_tokens = body.substr(0, 12) + std::string(41, '\x07');
   std::vector<core::Token> tokens;
-  batch = ParseBinaryVectors(with_tokens, 3, 10, &tokens);
+  batch = ParseBinaryVectors(ByteBuffer::CopyOf(with_tokens), 3, 10, &tokens);
   ASSERT_TRUE(batch.ok()) << batch.status().ToString();
   ASSERT_EQ(tokens.size(), 1u);
   EXPECT_EQ(tokens[0][40], 7);
+  EXPECT_EQ(TakeBinaryVectors(*batch).view(), body.substr(0, 12));
+}
 
-  std::string out;
-  AppendFloatsLittleEndian(out, values);
-  EXPECT_EQ(out, body);
+TEST(VectorCodecTest, KeyVersionField) {
+  auto request = ParseJsonVectorRequest(R"({"vectors": [[1]], "key_version": 3})", 10);
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  EXPECT_EQ(request->key_version, 3u);
+  for (const char* bad : {R"({"vectors": [[1]], "key_version": 0})",
+                          R"({"vectors": [[1]], "key_version": -1})",
+                          R"({"vectors": [[1]], "key_version": 1.5})",
+                          R"({"vectors": [[1]], "key_version": "2"})",
+                          R"({"vectors": [[1]], "key_version": 4294967296})"}) {
+    auto parsed = ParseJsonVectorRequest(bad, 10);
+    ASSERT_FALSE(parsed.ok()) << bad;
+    EXPECT_TRUE(parsed.status().message().starts_with(
+        "\"key_version\" must be a key version (an integer from 1), not "))
+        << parsed.status().message();
+  }
 }
 
 TEST(VectorCodecTest, DimensionHeader) {

@@ -17,15 +17,15 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/beast/http/message.hpp>
-#include <boost/beast/http/string_body.hpp>
 
 #include "vecseal/core/status.h"
 #include "vecseal/daemon/config.h"
+#include "vecseal/daemon/http_body.h"
 
 namespace vecseal::daemon {
 
-using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>;
-using HttpResponse = boost::beast::http::response<boost::beast::http::string_body>;
+using HttpRequest = boost::beast::http::request<MessageBody>;
+using HttpResponse = boost::beast::http::response<MessageBody>;
 
 // Per-connection state owned by the handler (e.g. the peer's identity from SO_PEERCRED).
 class ConnectionContext {
@@ -38,12 +38,17 @@ class RequestHandler {
   virtual ~RequestHandler() = default;
   // On a worker thread, once per accepted connection, before anything is read from it.
   virtual std::unique_ptr<ConnectionContext> Accept(int fd) = 0;
-  // On a worker thread. Must not throw; errors become JSON error responses.
-  virtual HttpResponse Handle(ConnectionContext& connection, const HttpRequest& request) = 0;
+  // On a worker thread. Must not throw; errors become JSON error responses. The handler may take
+  // the request's body (to answer from the same buffer).
+  virtual HttpResponse Handle(ConnectionContext& connection, HttpRequest& request) = 0;
   // On a worker thread, for a request the transport refused (a limit, malformed HTTP): the
   // handler records it and shapes the error body. `request` holds whatever headers were read.
-  virtual HttpResponse Refuse(ConnectionContext& connection, const HttpRequest& request,
+  virtual HttpResponse Refuse(ConnectionContext& connection, HttpRequest& request,
                               const Status& status) = 0;
+  // On an I/O thread, from the request line and headers alone: whether this request's endpoint
+  // takes a body, so that one sent without a length is answered 411 (RFC 9112 §6.3: a request
+  // without a length has an empty body, which is right for the others). Must be cheap.
+  virtual bool ExpectsBody(const HttpRequest& header) const = 0;
 };
 
 // The JSON error body of the API: {"error": {"code", "message"[, "vector_index"]}}, with the

@@ -41,9 +41,10 @@ class Service final : public RequestHandler {
   void ForgetKeys();
 
   std::unique_ptr<ConnectionContext> Accept(int fd) override;
-  HttpResponse Handle(ConnectionContext& connection, const HttpRequest& request) override;
-  HttpResponse Refuse(ConnectionContext& connection, const HttpRequest& request,
+  HttpResponse Handle(ConnectionContext& connection, HttpRequest& request) override;
+  HttpResponse Refuse(ConnectionContext& connection, HttpRequest& request,
                       const Status& status) override;
+  bool ExpectsBody(const HttpRequest& header) const override;
 
  private:
   struct Call;

@@ -12,13 +12,26 @@
 
 #include "vecseal/core/cipher.h"
 #include "vecseal/core/status.h"
+#include "vecseal/daemon/http_body.h"
 
 namespace vecseal::daemon {
 
-// n vectors of `dimension` floats, row-major.
+// n vectors of `dimension` floats, row-major, in place in whichever of the two owners holds
+// them: the floats parsed from JSON, or the binary request body itself (so that a 3 MB batch is
+// encrypted where it was read and written back from there). Move-only: `values` points into
+// the owners' heap storage, which a move keeps.
 struct VectorBatch {
-  std::vector<float> values;
+  VectorBatch() = default;
+  VectorBatch(VectorBatch&&) = default;
+  VectorBatch& operator=(VectorBatch&&) = default;
+  VectorBatch(const VectorBatch&) = delete;
+  VectorBatch& operator=(const VectorBatch&) = delete;
+
+  std::span<float> values;
   size_t dimension = 0;
+  std::vector<float> parsed;
+  ByteBuffer body;  // vectors first, then (decrypt) tokens
+
   size_t count() const { return dimension == 0 ? 0 : values.size() / dimension; }
 };
 
@@ -26,6 +39,7 @@ struct VectorBatch {
 struct JsonVectorRequest {
   VectorBatch batch;
   std::optional<bool> reversible;
+  std::optional<uint32_t> key_version;  // encrypt under this version rather than the newest
   std::optional<std::vector<std::string>> tokens;  // base64 text, decoded by DecodeTokens
 };
 
@@ -36,9 +50,14 @@ struct JsonVectorRequest {
 Result<JsonVectorRequest> ParseJsonVectorRequest(std::string_view body, size_t max_vectors);
 
 // A binary body: n×d little-endian float32 (then, for decrypt, n tokens of 41 bytes when
-// `token_bytes` is non-null). Errors: invalid_length, too_many_vectors, non_finite_value.
-Result<VectorBatch> ParseBinaryVectors(std::string_view body, size_t dimension, size_t max_vectors,
+// `tokens` is non-null), taken over by the batch and converted in place on a big-endian host.
+// Errors: invalid_length, too_many_vectors, non_finite_value.
+Result<VectorBatch> ParseBinaryVectors(ByteBuffer body, size_t dimension, size_t max_vectors,
                                        std::vector<core::Token>* tokens);
+
+// The batch's body cut to its vectors, in wire order (little-endian), for a binary response
+// written without a copy. Requires a batch from ParseBinaryVectors.
+ByteBuffer TakeBinaryVectors(VectorBatch& batch);
 
 // The Vecseal-Dimension header's value; invalid_dimension when missing or not a decimal in
 // [1, core::kMaxDimension].
@@ -48,7 +67,6 @@ Result<size_t> ParseDimensionHeader(std::string_view value, bool present);
 void AppendFloat(std::string& out, float value);
 // [[v, ...], ...] for n×d floats.
 void AppendVectorsJson(std::string& out, std::span<const float> values, size_t dimension);
-void AppendFloatsLittleEndian(std::string& out, std::span<const float> values);
 
 std::string Base64Encode(std::span<const uint8_t> bytes);
 // Strict RFC 4648 base64 with padding; nullopt on anything else.
