@@ -1,6 +1,6 @@
 // kill -9 under load (the audit log still verifies, reports its unsealed tail, and holds a record
 // for every answer given before the kill), and SIGHUP with a broken policy under load (no request
-// fails because of it; each failed reload is audited).
+// fails because of it; each failed reload is audited, and a good file reloads afterwards).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -19,15 +19,16 @@ class DaemonUnderLoadTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_FALSE(scratch_.path().empty());
-    const std::string overlay = scratch_.path() + "/overlay.json";
-    ReplaceFile(overlay, R"({"audit": {"try_append_only": false}})");
+    overlay_ = scratch_.path() + "/overlay.json";
+    ReplaceFile(overlay_, R"({"audit": {"try_append_only": false}})");
     daemon_ = std::make_unique<DaemonProcess>(DaemonOptions{
-        .state_dir = scratch_.path() + "/state", .overlay_path = overlay, .env = {}});
+        .state_dir = scratch_.path() + "/state", .overlay_path = overlay_, .env = {}});
     std::string error;
     ASSERT_TRUE(daemon_->Start(&error)) << error;
   }
 
   ScratchDir scratch_;
+  std::string overlay_;
   std::unique_ptr<DaemonProcess> daemon_;
 };
 
@@ -55,7 +56,14 @@ TEST_F(DaemonUnderLoadTest, KillNineLeavesAVerifiableLogAndRestarts) {
   EXPECT_TRUE(crashed.value("ok", false));
   EXPECT_GT(crashed.value("unsealed_tail", 0), 0) << crashed.dump()
       << "\na log killed mid-load should end in records no seal covers yet";
-  EXPECT_NE(crashed.dump().find("unsealed_tail"), std::string::npos);
+  // What an operator reads: the warning names the unsealed tail and its length.
+  const CommandResult text = RunCommand({VECSEAL_CLI_PATH, "audit", "verify", "--pubkey",
+                                         daemon_->audit_pubkey(), daemon_->audit_dir()});
+  EXPECT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("unsealed tail: " + std::to_string(crashed.value("unsealed_tail", 0)) +
+                             " records"),
+            std::string::npos)
+      << text.output;
 
   std::string error;
   ASSERT_TRUE(daemon_->Start(&error)) << error;
@@ -79,17 +87,18 @@ TEST_F(DaemonUnderLoadTest, KillNineLeavesAVerifiableLogAndRestarts) {
             << crashed.value("unsealed_tail", 0) << " records in the unsealed tail\n";
 }
 
-struct BrokenPolicy {
+struct BrokenReload {
   const char* name;
-  const char* text;
+  bool config;       // the config overlay is broken, else the policy
+  const char* text;  // empty: the good file, made untrustworthy by `mode` alone
   mode_t mode;
   const char* reason;  // of the reload record
 };
 
-void PrintTo(const BrokenPolicy& policy, std::ostream* out) { *out << policy.name; }
+void PrintTo(const BrokenReload& broken, std::ostream* out) { *out << broken.name; }
 
 class SighupTest : public DaemonUnderLoadTest,
-                   public ::testing::WithParamInterface<BrokenPolicy> {};
+                   public ::testing::WithParamInterface<BrokenReload> {};
 
 size_t ReloadRecords(const DaemonProcess& daemon, std::vector<nlohmann::json>* reloads) {
   reloads->clear();
@@ -99,16 +108,16 @@ size_t ReloadRecords(const DaemonProcess& daemon, std::vector<nlohmann::json>* r
   return reloads->size();
 }
 
-TEST_P(SighupTest, BrokenPolicyUnderLoadFailsNoRequest) {
-  const std::string good_policy = ReadFileText(daemon_->policy_path());
+TEST_P(SighupTest, BrokenFileUnderLoadFailsNoRequest) {
+  const std::string path = GetParam().config ? overlay_ : daemon_->policy_path();
+  const std::string good = ReadFileText(path);
   EncryptLoad load(daemon_->socket_path(), "demo", 4);
   ASSERT_TRUE(load.WaitForMore(200, 100));
   constexpr size_t kReloads = 5;
   std::vector<nlohmann::json> reloads;
   for (size_t i = 1; i <= kReloads; ++i) {
-    // An empty text means the good policy, made untrustworthy by its mode alone.
-    ReplaceFile(daemon_->policy_path(), *GetParam().text != '\0' ? GetParam().text : good_policy);
-    ASSERT_EQ(chmod(daemon_->policy_path().c_str(), GetParam().mode), 0);
+    ReplaceFile(path, *GetParam().text != '\0' ? GetParam().text : good);
+    ASSERT_EQ(chmod(path.c_str(), GetParam().mode), 0);
     daemon_->Signal(SIGHUP);
     // The reload's own audit record says it happened; then let some requests through.
     ASSERT_TRUE(load.WaitFor([&](const std::vector<Outcome>&) {
@@ -116,7 +125,7 @@ TEST_P(SighupTest, BrokenPolicyUnderLoadFailsNoRequest) {
     }));
     ASSERT_TRUE(load.WaitForMore(200, 50));
   }
-  ReplaceFile(daemon_->policy_path(), good_policy);
+  ReplaceFile(path, good);
   daemon_->Signal(SIGHUP);
   ASSERT_TRUE(load.WaitFor([&](const std::vector<Outcome>&) {
     return ReloadRecords(*daemon_, &reloads) >= kReloads + 1;
@@ -136,12 +145,18 @@ TEST_P(SighupTest, BrokenPolicyUnderLoadFailsNoRequest) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Policies, SighupTest,
+    Reloads, SighupTest,
     ::testing::Values(
-        BrokenPolicy{"NotJson", "{\"rules\": [", 0600, "policy_invalid"},
-        BrokenPolicy{"UnknownKey", "{\"version\": 1, \"rules\": [], \"rulez\": []}", 0600,
-                     "policy_invalid"},
-        BrokenPolicy{"WorldWritable", "", 0666, "file_untrusted"}),
+        BrokenReload{"PolicyNotJson", false, "{\"rules\": [", 0600, "policy_invalid"},
+        BrokenReload{"PolicyUnknownKey", false, "{\"version\": 1, \"rules\": [], \"rulez\": []}",
+                     0600, "policy_invalid"},
+        BrokenReload{"PolicyWorldWritable", false, "", 0666, "file_untrusted"},
+        BrokenReload{"ConfigUnknownKey", true,
+                     "{\"audit\": {\"try_append_only\": false}, \"limitz\": {}}", 0600,
+                     "invalid_config"},
+        BrokenReload{"ConfigRestartOnlyChange", true,
+                     "{\"audit\": {\"try_append_only\": false}, \"threads\": {\"io\": 3}}",
+                     0600, "restart_required"}),
     [](const auto& test) { return std::string(test.param.name); });
 
 }  // namespace
