@@ -80,8 +80,8 @@ bool Exchange(int fd, const std::string& key_action) {
       key_action.empty()
           ? std::string("GET /v1/whoami HTTP/1.1\r\nHost: localhost\r\n\r\n")
           : "POST /v1/keys/" + key_action + " HTTP/1.1\r\nHost: localhost\r\n" +
-                "Content-Type: application/json\r\nContent-Length: " +
-                std::to_string(body.size()) + "\r\n\r\n" + body;
+                "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                "\r\n\r\n" + body;
   if (!WriteAll(fd, request)) return false;
   std::string data;
   char buffer[4096];
@@ -103,8 +103,8 @@ bool Exchange(int fd, const std::string& key_action) {
   if (data.rfind("HTTP/1.1 ", 0) != 0) return false;
   std::string answer = data.substr(head_end + 4, want - head_end - 4);
   while (!answer.empty() && answer.back() == '\n') answer.pop_back();
-  std::printf("%s %s %s\n", data.substr(9, 3).c_str(),
-              Header(data, "vecseal-request-id").c_str(), answer.c_str());
+  std::printf("%s %s %s\n", data.substr(9, 3).c_str(), Header(data, "vecseal-request-id").c_str(),
+              answer.c_str());
   std::fflush(stdout);
   return true;
 }

@@ -55,9 +55,9 @@ Child SpawnAs(const std::vector<std::string>& argv, const std::string& cwd,
   child.pid = fork();
   if (child.pid == 0) {
     const rlimit unlimited{RLIM_INFINITY, RLIM_INFINITY};
-    if (dup2(out[1], STDOUT_FILENO) < 0 || dup2(err, STDERR_FILENO) < 0 || chdir(cwd.c_str()) != 0 ||
-        (unlimited_core && setrlimit(RLIMIT_CORE, &unlimited) != 0) || setgroups(0, nullptr) != 0 ||
-        setgid(kDaemonUid) != 0 || setuid(kDaemonUid) != 0) {
+    if (dup2(out[1], STDOUT_FILENO) < 0 || dup2(err, STDERR_FILENO) < 0 ||
+        chdir(cwd.c_str()) != 0 || (unlimited_core && setrlimit(RLIMIT_CORE, &unlimited) != 0) ||
+        setgroups(0, nullptr) != 0 || setgid(kDaemonUid) != 0 || setuid(kDaemonUid) != 0) {
       _exit(127);
     }
     // After setuid, which clears it: a test that dies abruptly takes the child along.
@@ -163,15 +163,15 @@ TEST_P(CoreDumpTest, DaemonIsNotDumpableAndACrashWritesNoCore) {
                                core_pattern.find('/') == std::string::npos;
 
   // The control: an ordinary process of the same uid, started the same way, core limit raised.
-  const Child control = SpawnAs({"/bin/sleep", "600"}, root_ + "/control",
-                                root_ + "/control.log", /*unlimited_core=*/true);
+  const Child control = SpawnAs({"/bin/sleep", "600"}, root_ + "/control", root_ + "/control.log",
+                                /*unlimited_core=*/true);
   ASSERT_GT(control.pid, 0);
   close(control.stdout_fd);
   EXPECT_EQ(ProcOwner(control.pid), kDaemonUid) << "a dumpable process owns its /proc files";
   const int control_status = KillAndWait(control.pid, plain_core_file ? signal_number : SIGKILL);
   if (plain_core_file) {
-    EXPECT_TRUE(WCOREDUMP(control_status)) << "this machine writes cores (core_pattern "
-                                           << core_pattern << "): the control dumped";
+    EXPECT_TRUE(WCOREDUMP(control_status))
+        << "this machine writes cores (core_pattern " << core_pattern << "): the control dumped";
     EXPECT_FALSE(Entries(root_ + "/control").empty()) << "the control's core file";
   } else {
     RecordProperty("control_dump", "skipped: core_pattern is " + core_pattern);

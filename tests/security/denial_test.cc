@@ -153,9 +153,10 @@ class DenialMatrixTest : public ::testing::Test {
   void ExpectDenied(const Answer& answer, const std::string& key = "guarded",
                     const std::string& operation = "encrypt") {
     EXPECT_EQ(answer.status, 403u);
-    const json expected = {{"error",
-                            {{"code", "permission_denied"},
-                             {"message", "no rule grants " + operation + " on key '" + key + "'"}}}};
+    const json expected = {
+        {"error",
+         {{"code", "permission_denied"},
+          {"message", "no rule grants " + operation + " on key '" + key + "'"}}}};
     EXPECT_EQ(answer.body, expected.dump()) << "a denial names the operation and key, and no rule";
   }
 
@@ -195,8 +196,7 @@ TEST_F(DenialMatrixTest, EveryCallerThatDiffersInOneConditionIsDeniedAndAudited)
       {"wrong uid", wrong_uid, bin_ + "/scorer", ScorerUnit(), 403},
       {"wrong group", wrong_gid_in_groups, bin_ + "/scorer", ScorerUnit(), 403},
       {"wrong exe digest", scorer, bin_ + "/impostor", ScorerUnit(), 403},
-      {"a key the rule does not list", scorer, bin_ + "/scorer", ScorerUnit(), 403,
-       "unlisted"},
+      {"a key the rule does not list", scorer, bin_ + "/scorer", ScorerUnit(), 403, "unlisted"},
       {"an operation the rule does not list", scorer, bin_ + "/scorer", ScorerUnit(), 403,
        "guarded", "decrypt"},
   };
@@ -218,8 +218,8 @@ TEST_F(DenialMatrixTest, EveryCallerThatDiffersInOneConditionIsDeniedAndAudited)
       ExpectDenied(answers[0], row.key, row.operation);
       ++denied;
     }
-    ExpectAudited(answers[0], run.pid, row.who, row.unit, row.program,
-                  Sha256OfFile(row.program), row.key, row.operation);
+    ExpectAudited(answers[0], run.pid, row.who, row.unit, row.program, Sha256OfFile(row.program),
+                  row.key, row.operation);
   }
   EXPECT_EQ(denied, table.size() - 2);
 }
@@ -323,7 +323,8 @@ TEST_F(DenialMatrixTest, SocketIsRefusedToAUidOutsideItsGroup) {
   const CallerRun member = RunAs(Scorer(), connect);
   EXPECT_EQ(member.output, "connected\n");
   EXPECT_EQ(member.exit_code, 0);
-  const CallerIdentity outsider = {.uid = kOtherUid, .gid = kOtherGid, .groups = {}, .cgroup_dir = {}};
+  const CallerIdentity outsider = {
+      .uid = kOtherUid, .gid = kOtherGid, .groups = {}, .cgroup_dir = {}};
   const CallerRun refused = RunAs(outsider, connect);
   EXPECT_EQ(refused.output, "EACCES\n");
   EXPECT_EQ(refused.exit_code, 1);

@@ -23,13 +23,12 @@ using nlohmann::json;
 constexpr uid_t kStranger = 64105;
 
 json GrantEncrypt(bool granted) {
-  json rules = json::array({{{"id", "test-admin"},
-                             {"callers",
-                              {{"uid", 0},
-                               {"exe_sha256",
-                                policy::testing_util::Sha256OfFile("/proc/self/exe")}}},
-                             {"keys", {"*"}},
-                             {"operations", {"keys.create"}}}});
+  json rules = json::array(
+      {{{"id", "test-admin"},
+        {"callers",
+         {{"uid", 0}, {"exe_sha256", policy::testing_util::Sha256OfFile("/proc/self/exe")}}},
+        {"keys", {"*"}},
+        {"operations", {"keys.create"}}}});
   if (granted) {
     rules.push_back({{"id", "test-encrypt"},
                      {"callers", {{"uid", 0}}},
@@ -60,9 +59,8 @@ const Loosening kLoosenings[] = {
      " is writable by group or others (mode 0666); run: chmod go-w "},
     {"policy owned by another user", [](const SecuredDaemon& d) { return d.policy_path(); }, 0,
      " is owned by uid 64105, not by root; run: chown root "},
-    {"writable directory above both",
-     [](const SecuredDaemon& d) { return d.root() + "/etc"; }, 0775,
-     " is writable by group or others (mode 0775); run: chmod go-w "},
+    {"writable directory above both", [](const SecuredDaemon& d) { return d.root() + "/etc"; },
+     0775, " is writable by group or others (mode 0775); run: chmod go-w "},
 };
 
 class FileTrustTest : public ::testing::Test {
@@ -77,7 +75,8 @@ class FileTrustTest : public ::testing::Test {
   }
 
   // Applies `loosening`, runs `check`, and restores the file.
-  void WithLoosened(const Loosening& loosening, const std::function<void(const std::string&)>& check) {
+  void WithLoosened(const Loosening& loosening,
+                    const std::function<void(const std::string&)>& check) {
     const std::string path = loosening.path(*daemon_);
     struct stat before {};
     ASSERT_EQ(stat(path.c_str(), &before), 0);

@@ -58,8 +58,7 @@ std::string Cgroup2Mount() {
 
 }  // namespace
 
-std::unique_ptr<SecuredDaemon> SecuredDaemon::Prepare(const Options& options,
-                                                      std::string* error) {
+std::unique_ptr<SecuredDaemon> SecuredDaemon::Prepare(const Options& options, std::string* error) {
   std::unique_ptr<SecuredDaemon> daemon(new SecuredDaemon());
   testing::SoftHsmToken::Options token_options;
   token_options.label = "vecseal-security";
@@ -84,7 +83,8 @@ std::unique_ptr<SecuredDaemon> SecuredDaemon::Prepare(const Options& options,
   daemon->audit_dir_ = root + "/audit";
   daemon->notify_path_ = root + "/notify.sock";
   bool ok = chmod(root.c_str(), 0755) == 0 && mkdir((root + "/etc").c_str(), 0755) == 0 &&
-            mkdir((root + "/run").c_str(), 0755) == 0 && mkdir(daemon->audit_dir_.c_str(), 0700) == 0;
+            mkdir((root + "/run").c_str(), 0755) == 0 &&
+            mkdir(daemon->audit_dir_.c_str(), 0700) == 0;
 
   nlohmann::json socket = {{"path", daemon->socket_path_}, {"mode", "0660"}};
   if (!options.socket_group.empty()) socket["group"] = options.socket_group;
@@ -189,8 +189,8 @@ bool SecuredDaemon::WaitForState(const std::string& state, std::string* error) {
       int status = 0;
       waitpid(pid_, &status, 0);
       Reap(status);
-      *error = "vecseald exited with status " + std::to_string(*exit_status_) + "; stderr:\n" +
-               Log();
+      *error =
+          "vecseald exited with status " + std::to_string(*exit_status_) + "; stderr:\n" + Log();
       return false;
     }
   }
@@ -260,7 +260,8 @@ CallerRun RunAs(const CallerIdentity& identity, const std::vector<std::string>& 
   for (auto& arg : args) argp.push_back(arg.data());
   argp.push_back(nullptr);
   char* no_environment[] = {nullptr};
-  const std::string procs = identity.cgroup_dir.empty() ? "" : identity.cgroup_dir + "/cgroup.procs";
+  const std::string procs =
+      identity.cgroup_dir.empty() ? "" : identity.cgroup_dir + "/cgroup.procs";
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) return run;
   run.pid = fork();

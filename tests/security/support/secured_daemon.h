@@ -82,8 +82,8 @@ struct CallerIdentity {
 
 struct CallerRun {
   pid_t pid = -1;
-  int exit_code = -1;   // -1 when it did not exit normally
-  std::string output;   // its stdout
+  int exit_code = -1;  // -1 when it did not exit normally
+  std::string output;  // its stdout
 };
 
 // Forks, joins the cgroup, sets groups, gid and uid (in that order), execs argv[0] with argv and
