@@ -369,6 +369,10 @@ class Client::Connection {
       ::close(fd);
       return ConnectError(error);
     }
+    // Batches are megabytes: a larger send buffer (capped by net.core.wmem_max) means fewer
+    // wake-ups of both sides per request. Best effort.
+    const int send_buffer = 4 << 20;
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof(send_buffer));
     fd_ = fd;
     return Status::Ok();
   }

@@ -51,7 +51,8 @@ Result<JsonVectorRequest> ParseJsonVectorRequest(std::string_view body, size_t m
 
 // A binary body: n×d little-endian float32 (then, for decrypt, n tokens of 41 bytes when
 // `tokens` is non-null), taken over by the batch and converted in place on a big-endian host.
-// Errors: invalid_length, too_many_vectors, non_finite_value.
+// Errors: invalid_length, too_many_vectors. Values are not checked here: the cipher refuses
+// non-finite ones (non_finite_value with the vector's index) before using any.
 Result<VectorBatch> ParseBinaryVectors(ByteBuffer body, size_t dimension, size_t max_vectors,
                                        std::vector<core::Token>* tokens);
 
