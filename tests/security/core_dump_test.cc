@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -126,9 +127,11 @@ std::string CoreLimit(pid_t pid) {
 std::vector<std::string> Entries(const std::string& dir) {
   std::vector<std::string> names;
   std::error_code ignored;
+  if (dir.empty()) return names;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ignored)) {
     names.push_back(entry.path().filename().string());
   }
+  std::sort(names.begin(), names.end());
   return names;
 }
 
@@ -191,6 +194,12 @@ TEST_P(CoreDumpTest, DaemonIsNotDumpableAndACrashWritesNoCore) {
   EXPECT_EQ(ProcOwner(daemon.pid), 0u) << "PR_SET_DUMPABLE 0 gives /proc/PID/* to root";
   EXPECT_EQ(CoreLimit(daemon.pid), "0 0") << "RLIMIT_CORE 0, although it was started unlimited";
 
+  // A core_pattern naming an absolute directory would put the core there instead.
+  std::string pattern_dir;
+  if (!core_pattern.empty() && core_pattern[0] == '/') {
+    pattern_dir = std::filesystem::path(core_pattern).parent_path().string();
+  }
+  const std::vector<std::string> pattern_dir_before = Entries(pattern_dir);
   const int crash = KillAndWait(daemon.pid, signal_number);
   if (!WIFSIGNALED(crash) &&
       ReadFile(root_ + "/stderr.log").find("Sanitizer") != std::string::npos) {
@@ -201,6 +210,9 @@ TEST_P(CoreDumpTest, DaemonIsNotDumpableAndACrashWritesNoCore) {
   EXPECT_EQ(WTERMSIG(crash), signal_number);
   EXPECT_FALSE(WCOREDUMP(crash)) << "the kernel wrote a core of the daemon";
   EXPECT_EQ(Entries(root_ + "/cwd"), std::vector<std::string>{}) << "no core file in its cwd";
+  if (!pattern_dir.empty()) {
+    EXPECT_EQ(Entries(pattern_dir), pattern_dir_before) << "no core file in " << pattern_dir;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Signals, CoreDumpTest, ::testing::Values(SIGSEGV, SIGABRT),
