@@ -66,6 +66,7 @@ struct Options {
   pid_t pid = 0;          // the daemon to sample (--socket mode); own daemon: known
   std::string audit_dir;  // its audit directory (--socket mode); own daemon: known
   double rss_tolerance = 0.10;
+  std::string rss_log;  // CSV of the samples: seconds since start, RSS KiB, requests so far
 };
 
 constexpr std::string_view kUsage =
@@ -75,7 +76,7 @@ constexpr std::string_view kUsage =
     "         [--warmup S] [--repetitions R]\n"
     "       vecseal_load --soak (--vecseald PATH | --socket PATH --pid PID --audit-dir DIR)\n"
     "         [--connections C] [--batch B] [--dim D] [--single-fraction F] [--duration S]\n"
-    "         [--warmup S] [--rss-tolerance T]\n";
+    "         [--warmup S] [--rss-tolerance T] [--rss-log FILE.csv]\n";
 
 [[noreturn]] void Die(const std::string& message) {
   std::cerr << "vecseal_load: " << message << "\n";
@@ -124,6 +125,7 @@ Options ParseOptions(int argc, char** argv) {
     else if (name == "pid") o.pid = Number<pid_t>(name, value);
     else if (name == "audit-dir") o.audit_dir = value;
     else if (name == "rss-tolerance") o.rss_tolerance = Number<double>(name, value);
+    else if (name == "rss-log") o.rss_log = value;
     else Die("unknown option " + arg);
   }
   if (o.socket.empty() == o.vecseald.empty()) Die("give exactly one of --socket and --vecseald");
@@ -407,8 +409,17 @@ int RunSoak(const Options& o, const std::string& socket, pid_t pid, const std::s
   const auto end = warm + std::chrono::duration_cast<Clock::duration>(
                               std::chrono::duration<double>(o.duration));
   size_t rss_at_start = RssKib(pid), next_report = 1;
+  std::ofstream rss_log;
+  if (!o.rss_log.empty()) {
+    rss_log.open(o.rss_log, std::ios::trunc);
+    rss_log << "seconds,rss_kib,requests\n";
+  }
   while (Clock::now() < end) {
     std::this_thread::sleep_for(std::chrono::seconds(1));
+    if (rss_log.is_open()) {
+      rss_log << std::chrono::duration<double>(Clock::now() - start).count() << ','
+              << RssKib(pid) << ',' << requests.load() << '\n';
+    }
     if (Clock::now() < warm) continue;
     const size_t rss = RssKib(pid);
     if (rss == 0) {
