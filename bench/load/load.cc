@@ -214,14 +214,44 @@ double Percentile(std::vector<double>& sorted, double p) {
   return sorted[index];
 }
 
-std::unique_ptr<Client> MustConnect(const std::string& socket, bool json) {
+vecseal::Result<std::unique_ptr<Client>> ConnectTo(const std::string& socket, bool json) {
   ClientOptions options;
   options.socket_path = socket;
   options.wire = json ? vecseal::client::Wire::kJson : vecseal::client::Wire::kBinary;
-  auto client = Client::Connect(options);
+  return Client::Connect(options);
+}
+
+std::unique_ptr<Client> MustConnect(const std::string& socket, bool json) {
+  auto client = ConnectTo(socket, json);
   if (!client.ok()) Die(client.status().message());
   return std::move(client).value();
 }
+
+// One connection's requests: its own random rows, and the size of each next request, single
+// requests spread evenly (every k-th request when the fraction is 1/k).
+class RequestMix {
+ public:
+  RequestMix(const Options& o, size_t connection)
+      : o_(o), rows_(o.batch * o.dimension) {
+    std::mt19937 rng(static_cast<uint32_t>(1234 + connection));
+    std::normal_distribution<float> normal;
+    for (float& v : rows_) v = normal(rng);
+  }
+  size_t NextCount() {
+    single_credit_ += o_.single_fraction;
+    if (single_credit_ < 1) return o_.batch;
+    single_credit_ -= 1;
+    return 1;
+  }
+  std::span<const float> Rows(size_t count) const {
+    return std::span<const float>(rows_).first(count * o_.dimension);
+  }
+
+ private:
+  const Options& o_;
+  std::vector<float> rows_;
+  double single_credit_ = 0;
+};
 
 RunResult RunOnce(const Options& o, const std::string& socket) {
   struct PerThread {
@@ -236,21 +266,12 @@ RunResult RunOnce(const Options& o, const std::string& socket) {
   for (size_t t = 0; t < o.connections; ++t) {
     threads.emplace_back([&, t] {
       std::unique_ptr<Client> client = MustConnect(socket, o.json);
-      std::mt19937 rng(static_cast<uint32_t>(1234 + t));
-      std::normal_distribution<float> normal;
-      std::vector<float> data(o.batch * o.dimension);
-      for (float& v : data) v = normal(rng);
+      RequestMix mix(o, t);
       PerThread& mine = results[t];
-      // Single requests are spread evenly: every k-th request when the fraction is 1/k.
-      double single_credit = 0;
       while (!stop.load(std::memory_order_relaxed)) {
-        single_credit += o.single_fraction;
-        const bool single = single_credit >= 1;
-        if (single) single_credit -= 1;
-        const size_t n = single ? 1 : o.batch;
+        const size_t n = mix.NextCount();
         const auto start = Clock::now();
-        auto sealed = client->Encrypt(o.key, std::span<const float>(data).first(n * o.dimension),
-                                      o.dimension, o.reversible);
+        auto sealed = client->Encrypt(o.key, mix.Rows(n), o.dimension, o.reversible);
         const auto end = Clock::now();
         if (!measuring.load(std::memory_order_relaxed)) continue;
         if (!sealed.ok()) {
@@ -367,18 +388,10 @@ int RunSoak(const Options& o, const std::string& socket, pid_t pid, const std::s
   for (size_t t = 0; t < o.connections; ++t) {
     threads.emplace_back([&, t] {
       std::unique_ptr<Client> client = MustConnect(socket, o.json);
-      std::mt19937 rng(static_cast<uint32_t>(1234 + t));
-      std::normal_distribution<float> normal;
-      std::vector<float> data(o.batch * o.dimension);
-      for (float& v : data) v = normal(rng);
-      double single_credit = 0;
+      RequestMix mix(o, t);
       while (!stop.load(std::memory_order_relaxed)) {
-        single_credit += o.single_fraction;
-        const bool single = single_credit >= 1;
-        if (single) single_credit -= 1;
-        const size_t n = single ? 1 : o.batch;
-        auto sealed = client->Encrypt(o.key, std::span<const float>(data).first(n * o.dimension),
-                                      o.dimension, o.reversible);
+        const size_t n = mix.NextCount();
+        auto sealed = client->Encrypt(o.key, mix.Rows(n), o.dimension, o.reversible);
         if (sealed.ok() && sealed->vectors.size() == n * o.dimension) {
           requests.fetch_add(1, std::memory_order_relaxed);
           vectors.fetch_add(n, std::memory_order_relaxed);
@@ -388,13 +401,8 @@ int RunSoak(const Options& o, const std::string& socket, pid_t pid, const std::s
           std::lock_guard lock(error_mutex);
           first_error = sealed.ok() ? "a short answer" : sealed.status().ToString();
         }
-        if (!sealed.ok()) {  // a broken connection is not retried on: reconnect
-          auto again = Client::Connect(ClientOptions{.socket_path = socket,
-                                                     .timeout = std::chrono::milliseconds(60000),
-                                                     .wire = o.json ? vecseal::client::Wire::kJson
-                                                                    : vecseal::client::Wire::kBinary,
-                                                     .cancel = nullptr});
-          if (again.ok()) client = std::move(again).value();
+        if (!sealed.ok()) {  // the connection may be broken: go on with a fresh one
+          if (auto again = ConnectTo(socket, o.json); again.ok()) client = std::move(again).value();
         }
       }
     });
@@ -418,7 +426,7 @@ int RunSoak(const Options& o, const std::string& socket, pid_t pid, const std::s
     std::this_thread::sleep_for(std::chrono::seconds(1));
     if (rss_log.is_open()) {
       rss_log << std::chrono::duration<double>(Clock::now() - start).count() << ','
-              << RssKib(pid) << ',' << requests.load() << '\n';
+              << RssKib(pid) << ',' << requests.load() << std::endl;  // kept if killed
     }
     if (Clock::now() < warm) continue;
     const size_t rss = RssKib(pid);
