@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <set>
 #include <string>
 #include <string_view>
@@ -30,8 +31,8 @@
 
 namespace vecseal::fuzz {
 
-// A private directory for this process, on tmpfs when there is one, removed by nobody: the
-// fuzzers rewrite the same few names, so it stays small.
+// A private directory for this process, on tmpfs when there is one. Removed at a normal exit;
+// after a crash it stays, as part of the evidence.
 inline const std::string& ScratchDir() {
   static const std::string dir = [] {
     const char* base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
@@ -42,6 +43,13 @@ inline const std::string& ScratchDir() {
     }
     return pattern;
   }();
+  static const bool cleanup_registered = [] {
+    return std::atexit([] {
+      std::error_code ignored;
+      std::filesystem::remove_all(ScratchDir(), ignored);
+    }) == 0;
+  }();
+  (void)cleanup_registered;
   return dir;
 }
 
