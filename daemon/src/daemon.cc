@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -50,6 +51,32 @@ void HardenProcess() {
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
     LogLine("warning", "harden", "what=dumpable error=" + LogValue(std::strerror(errno)));
   }
+}
+
+// Every connection holds about five descriptors: its socket, the peer's pidfd, and /proc/PID,
+// its stat and its cmdline (policy/identity keeps them to pin the process). The rest is the
+// module, the audit log, the listener and the journal.
+constexpr rlim_t kFilesPerConnection = 5;
+constexpr rlim_t kFilesReserve = 128;
+
+// systemd starts services with a soft RLIMIT_NOFILE of 1024 and a hard one of 524288, and asks
+// programs that need more to raise the soft limit themselves; 256 connections need about 1300.
+Status RaiseFileLimit(const Limits& limits) {
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) != 0) return Status::Ok();
+  const rlim_t needed = limits.max_connections * kFilesPerConnection + kFilesReserve;
+  if (files.rlim_cur < needed && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = std::min(files.rlim_max, std::max<rlim_t>(needed, 65536));
+    setrlimit(RLIMIT_NOFILE, &files);
+    getrlimit(RLIMIT_NOFILE, &files);
+  }
+  if (files.rlim_cur >= needed) return Status::Ok();
+  return Status(Code::kFailedPrecondition, "file_limit_too_low",
+                "$.limits.max_connections: " + std::to_string(limits.max_connections) +
+                    " connections need about " + std::to_string(needed) +
+                    " file descriptors, but RLIMIT_NOFILE allows " +
+                    std::to_string(files.rlim_cur) +
+                    "; raise LimitNOFILE= in the unit or lower max_connections");
 }
 
 // The signals the main thread waits for; blocked before any thread starts so that every thread
@@ -265,6 +292,7 @@ class Daemon {
   Status Start() {
     HardenProcess();
     VECSEAL_RETURN_IF_ERROR(LoadConfig());
+    VECSEAL_RETURN_IF_ERROR(RaiseFileLimit(config_.limits));
 
     auto hsm = pkcs11::Hsm::Open(HsmConfigOf(config_));
     if (!hsm.ok()) return std::move(hsm).TakeStatus();
@@ -354,6 +382,7 @@ class Daemon {
         }
       }
     }
+    if (status.ok()) status = RaiseFileLimit(next.limits);
     policy::PolicyPtr policy;
     if (status.ok()) {
       auto loaded = policy::Policy::LoadFile(next.policy_file);

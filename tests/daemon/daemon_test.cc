@@ -1,7 +1,9 @@
 // End to end: a real `vecseald --dev` process (real SoftHSM2 token, real audit log, real policy)
 // driven over its real Unix socket.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -563,6 +566,50 @@ TEST(DaemonAuditTest, AuditFailureFailsClosedEndToEnd) {
   EXPECT_EQ(health.status, 503u);
   EXPECT_EQ(health.Json()["audit"], "unavailable");
   EXPECT_EQ(health.Json()["status"], "unavailable");
+}
+
+// systemd's default soft RLIMIT_NOFILE (1024) is too low for 256 connections of five
+// descriptors each: the daemon raises its soft limit up to the hard one, or refuses to start
+// naming the setting.
+TEST(DaemonFileLimitTest, RaisesTheSoftLimitOrRefusesToStart) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  if (saved.rlim_max < 2048) GTEST_SKIP() << "the hard RLIMIT_NOFILE here is below 2048";
+  rlimit soft = saved;
+  soft.rlim_cur = 1024;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &soft), 0);  // inherited by the daemon
+  auto daemon = StartOrFail("");
+  ASSERT_NE(daemon, nullptr);
+  std::ifstream limits("/proc/" + std::to_string(daemon->pid()) + "/limits");
+  uint64_t daemon_soft = 0;
+  for (std::string line; std::getline(limits, line);) {
+    if (line.starts_with("Max open files")) {
+      std::istringstream(line.substr(std::string("Max open files").size())) >> daemon_soft;
+    }
+  }
+  EXPECT_GE(daemon_soft, 256u * 5u + 128u);
+  daemon->Stop();
+
+  // A hard limit that cannot hold max_connections: refused at start, with the fix.
+  rlimit tight{.rlim_cur = 512, .rlim_max = 512};
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    setrlimit(RLIMIT_NOFILE, &tight);
+    std::string error;
+    auto refused = DevDaemon::Start({}, &error);
+    _exit(refused == nullptr &&
+                  error.find("$.limits.max_connections: 256 connections need about 1408 file "
+                             "descriptors, but RLIMIT_NOFILE allows 512; raise LimitNOFILE= in "
+                             "the unit or lower max_connections") != std::string::npos
+              ? 0
+              : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  setrlimit(RLIMIT_NOFILE, &saved);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the daemon must refuse to start with a message naming $.limits.max_connections";
 }
 
 }  // namespace
