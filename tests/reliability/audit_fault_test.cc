@@ -6,10 +6,14 @@
 // the daemon process, so the daemon's own audit code meets them on its real files; device-mapper's
 // error target would be the kernel-level alternative but needs a dm-capable kernel and root.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
 
 #include "support/daemon_process.h"
 #include "support/dev_daemon.h"

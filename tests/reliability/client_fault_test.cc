@@ -10,7 +10,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <iostream>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "support/daemon_process.h"
 #include "support/dev_daemon.h"

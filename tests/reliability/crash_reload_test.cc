@@ -6,6 +6,11 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "support/daemon_process.h"
 #include "support/dev_daemon.h"
 #include "support/encrypt_load.h"

@@ -3,7 +3,13 @@
 // daemon returned, during the fault too, is decrypted afterwards with its token: a wrong noise
 // seed would not give back the plaintext, so "zero wrong ciphertexts" is checked, not assumed.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
+
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "support/daemon_process.h"
 #include "support/dev_daemon.h"
