@@ -280,8 +280,9 @@ Result<Config> ParseConfig(std::string_view json_text, ConfigKind kind) {
   json document;
   try {
     document = json::parse(json_text.begin(), json_text.end());
-  } catch (const json::parse_error& error) {
-    // nlohmann's message names the line, column and the offending token.
+  } catch (const json::exception& error) {
+    // A parse_error names the line, column and offending token; an out_of_range a number too
+    // large for a double (1e400), which is as much a broken file as a syntax error.
     return ConfigError("$", std::string("not valid JSON (") + error.what() + ")");
   }
   Config config;

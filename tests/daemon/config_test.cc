@@ -140,6 +140,16 @@ TEST(ConfigTest, SyntaxErrorsSayWhere) {
       << config.status().message();
 }
 
+// A number beyond a double's range is a broken file like any other, not an uncaught exception
+// (found by tests/fuzz; its reproducers are in tests/fuzz/regressions/config).
+TEST(ConfigTest, ANumberTooLargeForADoubleIsAnError) {
+  auto config = ParseConfig(R"({"limits": {"max_vectors": 1e400}})", ConfigKind::kDevOverlay);
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().reason(), "invalid_config");
+  EXPECT_NE(config.status().message().find("1e400"), std::string::npos)
+      << config.status().message();
+}
+
 TEST(ConfigTest, DevOverlayNeedsNoPin) {
   EXPECT_TRUE(ParseConfig(R"({"limits": {"max_vectors": 3}})", ConfigKind::kDevOverlay).ok());
   EXPECT_FALSE(ParseConfig(R"({"limits": {"max_vectors": 3}})", ConfigKind::kDaemon).ok());

@@ -51,7 +51,7 @@ constexpr size_t kMaxBodyBytes = 64 << 10;
 constexpr size_t kMaxVectors = 64;
 constexpr size_t kMaxHeaderBytes = 4096;
 // Far beyond anything an input of libFuzzer's size needs; reaching it means the server hung.
-constexpr int kResponseTimeoutMs = 15000;
+constexpr int kResponseTimeoutMs = 20000;  // below libFuzzer's -timeout=30
 
 class AuditKeySigner final : public audit::Signer {
  public:
@@ -171,6 +171,30 @@ void PruneAudit() {
   }
 }
 
+// What every thread of the process is doing, to tell a stuck server from a starved machine.
+void DescribeHang() {
+  std::fprintf(stderr, "hang: %zu active connections; threads (name state wchan):\n",
+               g_daemon->server->active_connections());
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+    const auto read = [&](const char* name) {
+      std::string text;
+      if (FILE* file = std::fopen((task.path() / name).c_str(), "r")) {
+        char line[512];
+        if (std::fgets(line, sizeof(line), file) != nullptr) text = line;
+        std::fclose(file);
+      }
+      while (!text.empty() && text.back() == '\n') text.pop_back();
+      return text;
+    };
+    const std::string stat = read("stat");
+    const size_t state = stat.rfind(')');
+    std::fprintf(stderr, "  %s %s %s\n", read("comm").c_str(),
+                 state == std::string::npos ? "?" : stat.substr(state + 2, 1).c_str(),
+                 read("wchan").c_str());
+  }
+}
+
 // Sends `input`, half-closes, and returns everything the server sent until it closed.
 std::string Exchange(const uint8_t* data, size_t size) {
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -198,6 +222,7 @@ std::string Exchange(const uint8_t* data, size_t size) {
     pollfd p{.fd = fd, .events = static_cast<short>(POLLIN | (write_open ? POLLOUT : 0)),
              .revents = 0};
     const int ready = poll(&p, 1, kResponseTimeoutMs);
+    if (ready <= 0) DescribeHang();
     VECSEAL_FUZZ_CHECK(ready > 0, "no response within %d ms after %zu of %zu bytes sent: the "
                        "server hangs", kResponseTimeoutMs, sent, size);
     if (write_open && (p.revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
