@@ -46,6 +46,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using vecseal::client::Client;
 using vecseal::client::ClientOptions;
+using vecseal::Status;
 
 struct Options {
   std::string socket;
@@ -58,6 +59,7 @@ struct Options {
   size_t dimension = 768;
   bool json = false;
   bool reversible = false;
+  bool allocating = false;  // Client::Encrypt instead of Client::EncryptInto
   double single_fraction = 0;  // share of requests that carry one vector instead of a batch
   double duration = 5;
   double warmup = 1;
@@ -72,8 +74,8 @@ struct Options {
 constexpr std::string_view kUsage =
     "usage: vecseal_load (--socket PATH | --vecseald PATH [--group-size G]) [--key NAME]\n"
     "         [--transform permute|rotate] [--connections C] [--batch B] [--dim D]\n"
-    "         [--wire binary|json] [--reversible] [--single-fraction F] [--duration S]\n"
-    "         [--warmup S] [--repetitions R]\n"
+    "         [--wire binary|json] [--reversible] [--allocating] [--single-fraction F]\n"
+    "         [--duration S] [--warmup S] [--repetitions R]\n"
     "       vecseal_load --soak (--vecseald PATH | --socket PATH --pid PID --audit-dir DIR)\n"
     "         [--connections C] [--batch B] [--dim D] [--single-fraction F] [--duration S]\n"
     "         [--warmup S] [--rss-tolerance T] [--rss-log FILE.csv]\n";
@@ -101,6 +103,10 @@ Options ParseOptions(int argc, char** argv) {
     }
     if (arg == "--reversible") {
       o.reversible = true;
+      continue;
+    }
+    if (arg == "--allocating") {
+      o.allocating = true;
       continue;
     }
     if (arg == "--soak") {
@@ -247,9 +253,30 @@ class RequestMix {
     return std::span<const float>(rows_).first(count * o_.dimension);
   }
 
+  // One request of `count` rows, as a service on the hot path sends it: into buffers reused
+  // from one request to the next (Client::EncryptInto), or, with --allocating, through
+  // Client::Encrypt, which returns freshly allocated vectors.
+  Status Encrypt(Client& client, size_t count) {
+    if (o_.allocating) {
+      auto sealed = client.Encrypt(o_.key, Rows(count), o_.dimension, o_.reversible);
+      if (!sealed.ok()) return std::move(sealed).TakeStatus();
+      if (sealed->vectors.size() != count * o_.dimension) {
+        return Status(vecseal::Code::kInternal, "short_answer", "a short answer");
+      }
+      return Status::Ok();
+    }
+    const size_t values = count * o_.dimension;
+    auto version = client.EncryptInto(
+        o_.key, Rows(count), o_.dimension, std::span<float>(out_).first(values),
+        std::span<uint8_t>(tokens_).first(o_.reversible ? count * vecseal::client::kTokenSize : 0));
+    return version.ok() ? Status::Ok() : std::move(version).TakeStatus();
+  }
+
  private:
   const Options& o_;
   std::vector<float> rows_;
+  std::vector<float> out_ = std::vector<float>(rows_.size());
+  std::vector<uint8_t> tokens_ = std::vector<uint8_t>(o_.batch * vecseal::client::kTokenSize);
   double single_credit_ = 0;
 };
 
@@ -271,11 +298,11 @@ RunResult RunOnce(const Options& o, const std::string& socket) {
       while (!stop.load(std::memory_order_relaxed)) {
         const size_t n = mix.NextCount();
         const auto start = Clock::now();
-        auto sealed = client->Encrypt(o.key, mix.Rows(n), o.dimension, o.reversible);
+        const Status sealed = mix.Encrypt(*client, n);
         const auto end = Clock::now();
         if (!measuring.load(std::memory_order_relaxed)) continue;
         if (!sealed.ok()) {
-          if (mine.errors++ == 0) mine.first_error = sealed.status().ToString();
+          if (mine.errors++ == 0) mine.first_error = sealed.ToString();
           continue;
         }
         mine.vectors += n;
@@ -391,19 +418,18 @@ int RunSoak(const Options& o, const std::string& socket, pid_t pid, const std::s
       RequestMix mix(o, t);
       while (!stop.load(std::memory_order_relaxed)) {
         const size_t n = mix.NextCount();
-        auto sealed = client->Encrypt(o.key, mix.Rows(n), o.dimension, o.reversible);
-        if (sealed.ok() && sealed->vectors.size() == n * o.dimension) {
+        const Status sealed = mix.Encrypt(*client, n);
+        if (sealed.ok()) {
           requests.fetch_add(1, std::memory_order_relaxed);
           vectors.fetch_add(n, std::memory_order_relaxed);
           continue;
         }
         if (errors.fetch_add(1) == 0) {
           std::lock_guard lock(error_mutex);
-          first_error = sealed.ok() ? "a short answer" : sealed.status().ToString();
+          first_error = sealed.ToString();
         }
-        if (!sealed.ok()) {  // the connection may be broken: go on with a fresh one
-          if (auto again = ConnectTo(socket, o.json); again.ok()) client = std::move(again).value();
-        }
+        // The connection may be broken: go on with a fresh one.
+        if (auto again = ConnectTo(socket, o.json); again.ok()) client = std::move(again).value();
       }
     });
   }

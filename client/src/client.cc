@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -122,6 +123,15 @@ std::string_view FloatsLe(std::span<const float> values, std::string& scratch) {
   }
   AppendFloatsLe(scratch, values);
   return scratch;
+}
+
+// Little-endian float32 bytes, received in place, to native floats.
+void FloatsFromLe(std::span<float> values) {
+  if constexpr (std::endian::native != std::endian::little) {
+    for (float& value : values) {
+      value = std::bit_cast<float>(__builtin_bswap32(std::bit_cast<uint32_t>(value)));
+    }
+  }
 }
 
 void DecodeFloatsLe(std::string_view bytes, std::vector<float>& out) {
@@ -377,11 +387,25 @@ class Client::Connection {
     return Status::Ok();
   }
 
-  Status Send(std::string_view bytes) {
+  // The head and the body in one sendmsg: one system call and one wake-up of the daemon for a
+  // small request, and no copy of a large body into the head's buffer.
+  Status Send(std::string_view head, std::string_view body) {
     const auto deadline = Clock::now() + timeout_;
+    const size_t total = head.size() + body.size();
     size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t n = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+    while (done < total) {
+      iovec parts[2];
+      size_t count = 0;
+      if (done < head.size()) {
+        parts[count++] = {const_cast<char*>(head.data() + done), head.size() - done};
+        if (!body.empty()) parts[count++] = {const_cast<char*>(body.data()), body.size()};
+      } else {
+        parts[count++] = {const_cast<char*>(body.data() + (done - head.size())), total - done};
+      }
+      msghdr message{};
+      message.msg_iov = parts;
+      message.msg_iovlen = count;
+      const ssize_t n = ::sendmsg(fd_, &message, MSG_NOSIGNAL);
       if (n > 0) {
         done += static_cast<size_t>(n);
         continue;
@@ -398,7 +422,9 @@ class Client::Connection {
 
   // Reads one response. `idle_close` is set when the daemon closed before sending any byte: on a
   // reused connection that is a keep-alive timeout, and the caller may retry once.
-  Result<HttpResponse> Receive(bool& idle_close) {
+  // With a `target`, a 200 body of exactly target->size() bytes is read straight into it (and
+  // HttpResponse::body stays empty): megabytes of vectors are neither zero-filled nor copied.
+  Result<HttpResponse> Receive(bool& idle_close, const BodyTarget* target) {
     idle_close = false;
     const auto deadline = Clock::now() + timeout_;
     size_t header_end;
@@ -421,16 +447,24 @@ class Client::Connection {
       VECSEAL_RETURN_IF_ERROR(ReadChunked(response.body, deadline));
     } else if (content_length) {
       if (*content_length > kMaxBodyBytes) return BadResponse("a body over 2 GiB");
-      // Straight into the body: megabytes of vectors are not staged through buffer_.
-      response.body.resize(*content_length);
-      size_t have = std::min(buffer_.size(), *content_length);
-      std::memcpy(response.body.data(), buffer_.data(), have);
-      buffer_.erase(0, have);
-      while (have < *content_length) {
-        Result<size_t> n = Receive(response.body.data() + have, *content_length - have, deadline);
-        if (!n.ok()) return std::move(n).TakeStatus();
-        if (*n == 0) return Lost("the daemon closed the connection mid-response");
-        have += *n;
+      BodyTarget into;
+      if (target != nullptr && response.status == 200 && target->size() == *content_length) {
+        into = *target;
+      } else {
+        response.body.resize(*content_length);
+        into.first = std::span<char>(response.body);
+      }
+      // Straight into place: megabytes of vectors are not staged through buffer_.
+      for (std::span<char> part : {into.first, into.second}) {
+        size_t have = std::min(buffer_.size(), part.size());
+        std::memcpy(part.data(), buffer_.data(), have);
+        buffer_.erase(0, have);
+        while (have < part.size()) {
+          Result<size_t> n = Receive(part.data() + have, part.size() - have, deadline);
+          if (!n.ok()) return std::move(n).TakeStatus();
+          if (*n == 0) return Lost("the daemon closed the connection mid-response");
+          have += *n;
+        }
       }
     } else {
       // No length: the body runs to the end of the connection (HTTP/1.0 style).
@@ -607,7 +641,8 @@ Result<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
 
 Result<HttpResponse> Client::Call(std::string_view method, std::string_view target,
                                   std::string_view content_type, std::string_view body,
-                                  std::span<const std::pair<std::string, std::string>> headers) {
+                                  std::span<const std::pair<std::string, std::string>> headers,
+                                  const BodyTarget* response_target) {
   std::string request;
   request.reserve(256 + body.size());
   request.append(method).append(" ").append(target).append(" HTTP/1.1\r\nHost: localhost\r\n");
@@ -617,15 +652,12 @@ Result<HttpResponse> Client::Call(std::string_view method, std::string_view targ
   }
   for (const auto& [name, value] : headers) request.append(name).append(": ").append(value).append("\r\n");
   request.append("\r\n");
-  // The body goes in a second send: copying megabytes of vectors into the header buffer
-  // would cost more than the extra system call.
   for (int attempt = 0; attempt < 2; ++attempt) {
     const bool reused = connection_->is_open();
     if (!reused) VECSEAL_RETURN_IF_ERROR(connection_->Open());
-    Status sent = connection_->Send(request);
-    if (sent.ok() && !body.empty()) sent = connection_->Send(body);
+    Status sent = connection_->Send(request, body);
     bool idle_close = false;
-    Result<HttpResponse> response = sent.ok() ? connection_->Receive(idle_close) : Result<HttpResponse>(sent);
+    Result<HttpResponse> response = sent.ok() ? connection_->Receive(idle_close, response_target) : Result<HttpResponse>(sent);
     // A reused connection that the daemon closed while idle never saw this request: retry
     // once on a fresh one. Anything else is reported, never silently repeated.
     const bool retry = reused && (sent.ok() ? idle_close : sent.reason() == "connection_lost");
@@ -652,26 +684,12 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   const std::string target = "/v1/keys/" + std::string(key) + "/encrypt";
   EncryptResult result;
   if (options_.wire == Wire::kBinary) {
-    std::string scratch;
-    const std::pair<std::string, std::string> headers[] = {
-        {"Vecseal-Dimension", std::to_string(dimension)},
-        {"Vecseal-Reversible", reversible ? "true" : "false"}};
-    Result<HttpResponse> response = Call("POST", target, "application/octet-stream",
-                                         FloatsLe(vectors, scratch), headers);
-    if (!response.ok()) return std::move(response).TakeStatus();
-    if (response->status != 200) return StatusFromResponse(*response);
-    const auto version = ParseDecimal<uint32_t>(response->Header("vecseal-key-version").value_or(""));
-    if (!version) return BadResponse("no Vecseal-Key-Version header");
-    const size_t token_size = reversible ? kTokenSize : 0;
-    if (response->body.size() != n * (dimension * 4 + token_size)) {
-      return BadResponse("a body of " + std::to_string(response->body.size()) + " bytes for " +
-                         std::to_string(n) + " vectors");
-    }
+    result.vectors.resize(vectors.size());
+    result.tokens.resize(reversible ? n * kTokenSize : 0);
+    Result<uint32_t> version = EncryptInto(key, vectors, dimension, result.vectors, result.tokens);
+    if (!version.ok()) return std::move(version).TakeStatus();
     result.key_version = *version;
     result.dimension = dimension;
-    DecodeFloatsLe(std::string_view(response->body).substr(0, n * dimension * 4), result.vectors);
-    const auto* token_bytes = reinterpret_cast<const uint8_t*>(response->body.data()) + n * dimension * 4;
-    result.tokens.assign(token_bytes, token_bytes + n * token_size);
     return result;
   }
   std::string body = R"({"reversible":)";
@@ -696,6 +714,49 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
     return BadResponse("a response with the wrong number of vectors or tokens");
   }
   return result;
+}
+
+Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float> vectors,
+                                     size_t dimension, std::span<float> out,
+                                     std::span<uint8_t> tokens) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  if (dimension == 0 || vectors.size() % dimension != 0 || out.size() != vectors.size() ||
+      (!tokens.empty() && tokens.size() != vectors.size() / dimension * kTokenSize)) {
+    return Status(Code::kInvalidArgument, "invalid_length",
+                  "EncryptInto needs whole vectors of dimension " + std::to_string(dimension) +
+                      ", an output of the same size, and no tokens or one " +
+                      std::to_string(kTokenSize) + "-byte token per vector");
+  }
+  const size_t n = vectors.size() / dimension;
+  const bool reversible = !tokens.empty();
+  if (options_.wire != Wire::kBinary) {
+    Result<EncryptResult> sealed = Encrypt(key, vectors, dimension, reversible);
+    if (!sealed.ok()) return std::move(sealed).TakeStatus();
+    std::copy(sealed->vectors.begin(), sealed->vectors.end(), out.begin());
+    std::copy(sealed->tokens.begin(), sealed->tokens.end(), tokens.begin());
+    return sealed->key_version;
+  }
+  const std::string target = "/v1/keys/" + std::string(key) + "/encrypt";
+  std::string scratch;
+  const std::pair<std::string, std::string> headers[] = {
+      {"Vecseal-Dimension", std::to_string(dimension)},
+      {"Vecseal-Reversible", reversible ? "true" : "false"}};
+  // `out` may be `vectors` itself: the request is sent whole before the answer is read.
+  const BodyTarget into{
+      .first = std::span<char>(reinterpret_cast<char*>(out.data()), out.size() * sizeof(float)),
+      .second = std::span<char>(reinterpret_cast<char*>(tokens.data()), tokens.size())};
+  Result<HttpResponse> response = Call("POST", target, "application/octet-stream",
+                                       FloatsLe(vectors, scratch), headers, &into);
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  const auto version = ParseDecimal<uint32_t>(response->Header("vecseal-key-version").value_or(""));
+  if (!version) return BadResponse("no Vecseal-Key-Version header");
+  if (!response->body.empty()) {
+    return BadResponse("a body of " + std::to_string(response->body.size()) + " bytes for " +
+                       std::to_string(n) + " vectors");
+  }
+  FloatsFromLe(out);
+  return *version;
 }
 
 Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const float> vectors,

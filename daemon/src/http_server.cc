@@ -40,6 +40,8 @@ using ErrorCode = boost::system::error_code;
 // this long, so that it reads our error instead of a connection reset.
 constexpr std::chrono::milliseconds kLingerLimit{2000};
 constexpr int kSendBufferBytes = 4 << 20;
+// Enough recycled body buffers for a handful of 1024×768 batches in flight.
+constexpr size_t kRetainedBufferBytes = 32 << 20;
 
 Status TransportError(Code code, const char* reason, std::string message) {
   return Status(code, reason, std::move(message));
@@ -190,7 +192,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     }
     // A known length: whatever arrived with the headers, then one read of the rest straight
     // into the body's own buffer, so the bytes are copied once, by the kernel.
-    content_ = ByteBuffer(static_cast<size_t>(*length));
+    content_ = server_.buffers_.Take(static_cast<size_t>(*length));
     const size_t buffered = asio::buffer_copy(asio::buffer(content_.data(), content_.size()),
                                               buffer_.data());
     buffer_.consume(buffered);
@@ -237,29 +239,43 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
 
   void Refuse(Status status) { Dispatch(std::move(status)); }
 
-  // Hands the request (or its refusal) to a worker, then writes the answer on our strand.
+  // Runs the request (or its refusal) and writes the answer on our strand. The I/O thread that
+  // read it runs it itself while that leaves another I/O thread free for the other connections:
+  // no hand-off to a worker and back, which is most of a small request's latency. Otherwise a
+  // worker runs it, so that a slow HSM call never holds up every I/O thread.
   void Dispatch(std::optional<Status> refusal) {
     phase_ = Phase::kHandling;
     timer_.cancel();
-    content_ = ByteBuffer();  // a refused body is not kept
+    server_.buffers_.Give(std::move(content_));  // a refused body is not kept
+    content_ = ByteBuffer();
     auto request = std::make_shared<HttpRequest>(parser_->release());
     const bool keep_alive = !refusal && request->keep_alive();
+    if (server_.TryEnterInlineHandler()) {
+      auto response = Run(*request, refusal);
+      server_.LeaveInlineHandler();
+      return Write(std::move(response), keep_alive);
+    }
     asio::post(server_.workers_, [self = shared_from_this(), request, keep_alive,
                                   refusal = std::move(refusal)]() {
-      auto response = std::make_shared<HttpResponse>();
-      try {
-        *response = refusal ? self->server_.handler_.Refuse(*self->context_, *request, *refusal)
-                            : self->server_.handler_.Handle(*self->context_, *request);
-      } catch (const std::exception& error) {
-        LogLine("error", "handler_exception", "error=" + LogValue(error.what()));
-        *response = ErrorResponse(
-            Status(Code::kInternal, "internal", "the daemon failed to handle the request"));
-      }
-      response->version(request->version() == 10 ? 10 : 11);
+      auto response = self->Run(*request, refusal);
       asio::post(self->socket_.get_executor(), [self, response, keep_alive]() {
         self->Write(response, keep_alive);
       });
     });
+  }
+
+  std::shared_ptr<HttpResponse> Run(HttpRequest& request, const std::optional<Status>& refusal) {
+    auto response = std::make_shared<HttpResponse>();
+    try {
+      *response = refusal ? server_.handler_.Refuse(*context_, request, *refusal)
+                          : server_.handler_.Handle(*context_, request);
+    } catch (const std::exception& error) {
+      LogLine("error", "handler_exception", "error=" + LogValue(error.what()));
+      *response = ErrorResponse(
+          Status(Code::kInternal, "internal", "the daemon failed to handle the request"));
+    }
+    response->version(request.version() == 10 ? 10 : 11);
+    return response;
   }
 
   void Write(std::shared_ptr<HttpResponse> response, bool keep_alive) {
@@ -272,6 +288,9 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     http::async_write(socket_, *response,
                       [self = shared_from_this(), response, keep_alive](ErrorCode ec, size_t) {
                         self->timer_.cancel();
+                        for (ByteBuffer& segment : response->body().segments) {
+                          self->server_.buffers_.Give(std::move(segment));
+                        }
                         if (ec || self->phase_ == Phase::kClosed) return self->Close();
                         if (!keep_alive) return self->Linger();
                         self->ReadNext();
@@ -344,7 +363,8 @@ HttpServer::HttpServer(RequestHandler& handler, ServerOptions options, const Lim
       io_work_(io_.get_executor()),
       workers_(std::max(1u, options.worker_threads)),
       acceptor_(asio::make_strand(io_)),
-      limits_(std::make_shared<const Limits>(limits)) {}
+      limits_(std::make_shared<const Limits>(limits)),
+      buffers_(kRetainedBufferBytes) {}
 
 HttpServer::~HttpServer() { Drain(); }
 
@@ -402,6 +422,17 @@ void HttpServer::Accept() {
     Accept();
   });
 }
+
+bool HttpServer::TryEnterInlineHandler() {
+  const size_t io_threads = std::max(1u, options_.io_threads);
+  size_t busy = inline_handlers_.load();
+  while (busy + 1 < io_threads) {
+    if (inline_handlers_.compare_exchange_weak(busy, busy + 1)) return true;
+  }
+  return false;
+}
+
+void HttpServer::LeaveInlineHandler() { --inline_handlers_; }
 
 void HttpServer::Register(const std::shared_ptr<Connection>& connection) {
   std::lock_guard lock(mutex_);

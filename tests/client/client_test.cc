@@ -287,6 +287,40 @@ TEST_F(ClientDaemonTest, BinaryAndJsonRoundTrip) {
   }
 }
 
+// EncryptInto writes where it is told, in place included, and leaves the buffers alone on error.
+TEST_F(ClientDaemonTest, EncryptIntoWritesTheCallersBuffers) {
+  VECSEAL_REQUIRE_DAEMON();
+  Result<std::unique_ptr<Client>> client = ConnectTo(socket_);
+  ASSERT_TRUE(client.ok());
+  ASSERT_TRUE((*client)->CreateKey({"into-key", 1.0, "permute", std::nullopt}).ok());
+  const std::vector<float> plain = Vectors(7, 16);
+
+  std::vector<float> sealed(plain.size(), 0.0f);
+  std::vector<uint8_t> tokens(7 * kTokenSize, 0);
+  Result<uint32_t> version = (*client)->EncryptInto("into-key", plain, 16, sealed, tokens);
+  ASSERT_TRUE(version.ok()) << version.status().ToString();
+  EXPECT_EQ(*version, 1u);
+  EXPECT_NE(sealed, plain);
+  Result<DecryptResult> opened = (*client)->Decrypt("into-key", sealed, 16, tokens);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  for (size_t i = 0; i < plain.size(); ++i) ASSERT_NEAR(opened->vectors[i], plain[i], 1e-3) << i;
+
+  std::vector<float> in_place = plain;
+  ASSERT_TRUE((*client)->EncryptInto("into-key", in_place, 16, in_place).ok());
+  EXPECT_NE(in_place, plain);
+
+  std::vector<float> untouched(plain.size(), 7.0f);
+  Result<uint32_t> missing = (*client)->EncryptInto("absent", plain, 16, untouched);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().reason(), "key_not_found");
+  EXPECT_EQ(untouched, std::vector<float>(plain.size(), 7.0f)) << "an error body was written";
+
+  std::vector<float> too_small(plain.size() - 1);
+  Result<uint32_t> wrong = (*client)->EncryptInto("into-key", plain, 16, too_small);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.status().reason(), "invalid_length");
+}
+
 TEST_F(ClientDaemonTest, DaemonErrorsBecomeStatuses) {
   VECSEAL_REQUIRE_DAEMON();
   Result<std::unique_ptr<Client>> client = ConnectTo(socket_);

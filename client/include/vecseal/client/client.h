@@ -103,6 +103,12 @@ class Client {
   // so callers with large inputs send batches (the CLI sends --batch rows at a time).
   Result<EncryptResult> Encrypt(std::string_view key, std::span<const float> vectors,
                                 size_t dimension, bool reversible = false);
+  // Encrypt without allocating, for hot paths: the ciphertexts go to `out` (as many floats as
+  // `vectors`; it may be `vectors` itself) and, when `tokens` is not empty, the encryption is
+  // reversible and one kTokenSize token per vector goes there. Returns the key version.
+  Result<uint32_t> EncryptInto(std::string_view key, std::span<const float> vectors,
+                               size_t dimension, std::span<float> out,
+                               std::span<uint8_t> tokens = {});
   // `tokens` holds one kTokenSize token per vector, as Encrypt returned them.
   Result<DecryptResult> Decrypt(std::string_view key, std::span<const float> vectors,
                                 size_t dimension, std::span<const uint8_t> tokens);
@@ -123,10 +129,18 @@ class Client {
 
  private:
   class Connection;
+  // Where a response body of a known size goes instead of HttpResponse::body: `first`, then
+  // `second` (vectors, then tokens).
+  struct BodyTarget {
+    std::span<char> first;
+    std::span<char> second;
+    size_t size() const { return first.size() + second.size(); }
+  };
   explicit Client(ClientOptions options);
   Result<HttpResponse> Call(std::string_view method, std::string_view target,
                             std::string_view content_type, std::string_view body,
-                            std::span<const std::pair<std::string, std::string>> headers);
+                            std::span<const std::pair<std::string, std::string>> headers,
+                            const BodyTarget* response_target = nullptr);
 
   ClientOptions options_;
   std::unique_ptr<Connection> connection_;

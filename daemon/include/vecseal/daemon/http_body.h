@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -25,6 +26,17 @@ class ByteBuffer {
  public:
   ByteBuffer() = default;
   explicit ByteBuffer(size_t size);
+  // A moved-from buffer is empty, with no storage.
+  ByteBuffer(ByteBuffer&& other) noexcept
+      : data_(std::move(other.data_)),
+        size_(std::exchange(other.size_, 0)),
+        capacity_(std::exchange(other.capacity_, 0)) {}
+  ByteBuffer& operator=(ByteBuffer&& other) noexcept {
+    data_ = std::move(other.data_);
+    size_ = std::exchange(other.size_, 0);
+    capacity_ = std::exchange(other.capacity_, 0);
+    return *this;
+  }
   static ByteBuffer CopyOf(std::string_view bytes);
 
   std::byte* data() { return data_.get(); }
@@ -34,8 +46,11 @@ class ByteBuffer {
   std::string_view view() const {
     return {reinterpret_cast<const char*>(data_.get()), size_};
   }
+  size_t capacity() const { return capacity_; }
   // Forgets the bytes past `size`, keeping the storage.
   void Truncate(size_t size) { size_ = std::min(size, size_); }
+  // Takes `size` bytes of the storage, which must hold them; their content is unspecified.
+  void Resize(size_t size);
 
  private:
   struct Free {
@@ -43,6 +58,32 @@ class ByteBuffer {
   };
   std::unique_ptr<std::byte[], Free> data_;
   size_t size_ = 0;
+  size_t capacity_ = 0;
+};
+
+// Recycles the large body buffers of finished requests. A fresh megabyte buffer is mapped and
+// faulted in page by page, which costs a batch request more than its copies through the
+// socket; a recycled one is already resident. Retains at most `retain_bytes` in all, and only
+// buffers of at least kMinBytes (smaller ones come cheaply from malloc's arenas).
+class BufferPool {
+ public:
+  static constexpr size_t kMinBytes = 64 << 10;
+
+  explicit BufferPool(size_t retain_bytes) : retain_bytes_(retain_bytes) {}
+  BufferPool(const BufferPool&) = delete;
+  BufferPool& operator=(const BufferPool&) = delete;
+
+  // `size` bytes of unspecified content: a recycled buffer no more than twice as large, or a
+  // new one.
+  ByteBuffer Take(size_t size);
+  void Give(ByteBuffer buffer);
+  size_t retained_bytes() const;
+
+ private:
+  const size_t retain_bytes_;
+  mutable std::mutex mutex_;
+  std::vector<ByteBuffer> free_;
+  size_t retained_ = 0;
 };
 
 // A Beast body: `text` (JSON, errors, metrics), then binary `segments`, in that order.

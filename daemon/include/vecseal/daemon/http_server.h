@@ -1,6 +1,7 @@
-// HTTP/1.1 over a Unix-domain socket with Boost.Beast. I/O threads accept, parse and write;
-// handlers run on a separate worker pool, so that a slow HSM or audit write never stalls the
-// parsing of unrelated connections. Every limit is enforced here and answered in JSON.
+// HTTP/1.1 over a Unix-domain socket with Boost.Beast. I/O threads accept, parse and write. An
+// I/O thread runs a request itself while another I/O thread stays free; beyond that, requests
+// go to a worker pool, so that a slow HSM or audit write never stalls the parsing of unrelated
+// connections. Every limit is enforced here and answered in JSON.
 #pragma once
 
 #include <atomic>
@@ -37,11 +38,12 @@ class RequestHandler {
  public:
   virtual ~RequestHandler() = default;
   // On a worker thread, once per accepted connection, before anything is read from it.
+  // Handle and Refuse run on a worker or on an I/O thread, and may block (HSM, audit).
   virtual std::unique_ptr<ConnectionContext> Accept(int fd) = 0;
-  // On a worker thread. Must not throw; errors become JSON error responses. The handler may take
+  // Must not throw; errors become JSON error responses. The handler may take
   // the request's body (to answer from the same buffer).
   virtual HttpResponse Handle(ConnectionContext& connection, HttpRequest& request) = 0;
-  // On a worker thread, for a request the transport refused (a limit, malformed HTTP): the
+  // For a request the transport refused (a limit, malformed HTTP): the
   // handler records it and shapes the error body. `request` holds whatever headers were read.
   virtual HttpResponse Refuse(ConnectionContext& connection, HttpRequest& request,
                               const Status& status) = 0;
@@ -89,6 +91,10 @@ class HttpServer {
   void Accept();
   void Register(const std::shared_ptr<Connection>& connection);
   void Unregister(Connection* connection);
+  // Claims an I/O thread for running a request, if one would still be left free; false when
+  // the request must go to a worker.
+  bool TryEnterInlineHandler();
+  void LeaveInlineHandler();
 
   RequestHandler& handler_;
   ServerOptions options_;
@@ -102,9 +108,11 @@ class HttpServer {
 
   mutable std::mutex mutex_;
   std::shared_ptr<const Limits> limits_;
+  BufferPool buffers_;
   std::vector<std::weak_ptr<Connection>> connections_;
   std::condition_variable drained_;
   std::atomic<size_t> active_connections_{0};
+  std::atomic<size_t> inline_handlers_{0};
   std::atomic<bool> draining_{false};
   bool started_ = false;
   bool stopped_ = false;
