@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cassert>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -142,14 +143,16 @@ Scratch& ThreadScratch() {
 }
 
 // Where each piece of a call's scratch lives, for vectors of dimension d.
+// The noise seeds live here too: a call's own secure allocation would cost five system calls.
 struct ScratchLayout {
-  size_t pairs, words_offset, z_offset, row_offset, chunk_offset, total;
-  explicit ScratchLayout(size_t d, bool rotate) {
+  size_t pairs, words_offset, z_offset, row_offset, seeds_offset, chunk_offset, total;
+  ScratchLayout(size_t d, bool rotate, size_t seeds) {
     pairs = (d + 1) / 2;
     words_offset = 0;
     z_offset = Align64(words_offset + (2 * pairs + 1) * sizeof(uint32_t));
     row_offset = Align64(z_offset + 2 * pairs * sizeof(float));
-    chunk_offset = Align64(row_offset + d * sizeof(float));
+    seeds_offset = Align64(row_offset + d * sizeof(float));
+    chunk_offset = Align64(seeds_offset + seeds * sizeof(Seed));
     total = chunk_offset + (rotate ? kGemmChunkRows * d * sizeof(float) : 0);
   }
 };
@@ -164,6 +167,8 @@ class ScratchUse {
     words = scratch_.buffer.as<uint32_t>();
     z = reinterpret_cast<float*>(scratch_.buffer.data() + layout.z_offset);
     row = reinterpret_cast<float*>(scratch_.buffer.data() + layout.row_offset);
+    seeds = std::span<Seed>(reinterpret_cast<Seed*>(scratch_.buffer.data() + layout.seeds_offset),
+                            (layout.chunk_offset - layout.seeds_offset) / sizeof(Seed));
     chunk = reinterpret_cast<float*>(scratch_.buffer.data() + layout.chunk_offset);
   }
   ~ScratchUse() {
@@ -176,6 +181,7 @@ class ScratchUse {
   uint32_t* words = nullptr;
   float* z = nullptr;
   float* row = nullptr;
+  std::span<Seed> seeds;
   float* chunk = nullptr;
 
  private:
@@ -292,9 +298,8 @@ class CallNonces {
 };
 
 // S_N for each nonce: all messages "vecseal/v1/noise" ‖ 0x00 ‖ nonce in one Derive call.
-Result<SecureBuffer> DeriveSeeds(Deriver& deriver, std::span<const Nonce> nonces) {
-  auto seeds = SecureBuffer::Allocate(nonces.size() * sizeof(Seed));
-  if (!seeds.ok()) return seeds;
+Status DeriveSeeds(Deriver& deriver, std::span<const Nonce> nonces, std::span<Seed> seeds) {
+  assert(seeds.size() >= nonces.size());
   constexpr size_t kSize = kDomainNoise.size() + 1 + kNonceSize;
   std::vector<std::array<uint8_t, kSize>> messages(nonces.size());
   std::vector<std::span<const uint8_t>> spans(nonces.size());
@@ -305,10 +310,9 @@ Result<SecureBuffer> DeriveSeeds(Deriver& deriver, std::span<const Nonce> nonces
     std::memcpy(m + kDomainNoise.size() + 1, nonces[g].data(), kNonceSize);
     spans[g] = messages[g];
   }
-  Status status = deriver.Derive(spans, std::span<Seed>(seeds->as<Seed>(), nonces.size()));
+  Status status = deriver.Derive(spans, seeds.first(nonces.size()));
   SecureWipe(messages.data(), messages.size() * kSize);  // they hold the nonces
-  if (!status.ok()) return status;
-  return seeds;
+  return status;
 }
 
 Status CheckLengths(std::span<const float> in, std::span<float> out, size_t dimension) {
@@ -445,13 +449,11 @@ Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t d
     nonces.resize(groups);
     NonceSource& source = options.nonces != nullptr ? *options.nonces : SystemNonceSource();
     VECSEAL_RETURN_IF_ERROR(source.Fill(nonces));
-    auto seeds = DeriveSeeds(*deriver_, nonces);
-    if (!seeds.ok()) return std::move(seeds).TakeStatus();
-    const Seed* seed = seeds->as<const Seed>();
-
     const bool rotate = t.kind == TransformKind::kRotate;
-    ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate));
+    ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate, nonces.size()));
     VECSEAL_RETURN_IF_ERROR(scratch.status());
+    VECSEAL_RETURN_IF_ERROR(DeriveSeeds(*deriver_, nonces, scratch.seeds));
+    const Seed* seed = scratch.seeds.data();
     const size_t chunk_rows = rotate ? kGemmChunkRows : 1;
     for (size_t first = 0; first < n; first += chunk_rows) {
       const size_t rows = std::min(chunk_rows, n - first);
@@ -549,16 +551,15 @@ Status Cipher::Decrypt(std::span<const float> in, std::span<float> out, size_t d
       if (nonces.empty() || nonces.back() != fields[k].nonce) nonces.push_back(fields[k].nonce);
       seed_of[k] = nonces.size() - 1;
     }
-    auto seeds = DeriveSeeds(*deriver_, nonces);
-    if (!seeds.ok()) return std::move(seeds).TakeStatus();
-    const Seed* seed = seeds->as<const Seed>();
     auto transform = TransformFor(d);
     if (!transform.ok()) return std::move(transform).TakeStatus();
     const Transform& t = **transform;
 
     const bool rotate = t.kind == TransformKind::kRotate;
-    ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate));
+    ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate, nonces.size()));
     VECSEAL_RETURN_IF_ERROR(scratch.status());
+    VECSEAL_RETURN_IF_ERROR(DeriveSeeds(*deriver_, nonces, scratch.seeds));
+    const Seed* seed = scratch.seeds.data();
     const size_t chunk_rows = rotate ? kGemmChunkRows : 1;
     for (size_t first = 0; first < n; first += chunk_rows) {
       const size_t rows = std::min(chunk_rows, n - first);
@@ -599,7 +600,7 @@ Status Cipher::ApplyTransform(std::span<const float> in, std::span<float> out,
   if (!transform.ok()) return std::move(transform).TakeStatus();
   const Transform& t = **transform;
   const bool rotate = t.kind == TransformKind::kRotate;
-  ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate));
+  ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate, /*seeds=*/0));
   VECSEAL_RETURN_IF_ERROR(scratch.status());
   std::fill(scratch.z, scratch.z + d, 0.0f);
   for (size_t first = 0; first < n; first += kGemmChunkRows) {

@@ -245,7 +245,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   // worker runs it, so that a slow HSM call never holds up every I/O thread.
   void Dispatch(std::optional<Status> refusal) {
     phase_ = Phase::kHandling;
-    timer_.cancel();
+    Disarm();
     server_.buffers_.Give(std::move(content_));  // a refused body is not kept
     content_ = ByteBuffer();
     auto request = std::make_shared<HttpRequest>(parser_->release());
@@ -287,7 +287,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     Arm(limits_->write_timeout);
     http::async_write(socket_, *response,
                       [self = shared_from_this(), response, keep_alive](ErrorCode ec, size_t) {
-                        self->timer_.cancel();
+                        self->Disarm();
                         for (ByteBuffer& segment : response->body().segments) {
                           self->server_.buffers_.Give(std::move(segment));
                         }
@@ -314,13 +314,30 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   }
 
   // One deadline per phase; expiry cancels the pending read so that its handler can answer 408,
-  // or closes outright when there is nothing to answer.
+  // or closes outright when there is nothing to answer. The timer is moved only when a deadline
+  // comes earlier than its expiry: otherwise it fires early, finds the later deadline and waits
+  // again. Moving it every phase would cancel its wait, and each cancelled wait is a handler that
+  // wakes another I/O thread: several per request.
   void Arm(std::chrono::milliseconds timeout) {
     timed_out_ = false;
+    deadline_ = asio::steady_timer::clock_type::now() + timeout;
+    if (timer_waiting_ && timer_.expiry() <= deadline_) return;
+    WaitForDeadline();
+  }
+
+  // No deadline while the request runs: the handler's own work is not timed out.
+  void Disarm() { deadline_ = asio::steady_timer::time_point::max(); }
+
+  void WaitForDeadline() {
     const uint64_t generation = ++timer_generation_;
-    timer_.expires_after(timeout);
+    timer_waiting_ = true;
+    timer_.expires_at(deadline_);
     timer_.async_wait([self = shared_from_this(), generation](ErrorCode ec) {
-      if (ec || generation != self->timer_generation_ || self->phase_ == Phase::kClosed) return;
+      if (generation != self->timer_generation_) return;  // superseded by a later wait
+      self->timer_waiting_ = false;
+      if (ec || self->phase_ == Phase::kClosed) return;
+      if (self->deadline_ == asio::steady_timer::time_point::max()) return;
+      if (asio::steady_timer::clock_type::now() < self->deadline_) return self->WaitForDeadline();
       self->timed_out_ = true;
       if (self->phase_ == Phase::kHeader || self->phase_ == Phase::kBody) {
         ErrorCode ignored;
@@ -353,6 +370,8 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   Phase phase_ = Phase::kIdle;
   bool timed_out_ = false;
   uint64_t timer_generation_ = 0;
+  asio::steady_timer::time_point deadline_ = asio::steady_timer::time_point::max();
+  bool timer_waiting_ = false;
   std::array<char, 4096> discard_{};
 };
 
