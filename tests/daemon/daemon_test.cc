@@ -566,6 +566,40 @@ TEST(DaemonLimitsTest, SlowClientGetsRequestTimeout) {
   EXPECT_NE(response.find("the request headers did not arrive within 200 ms"), std::string::npos);
 }
 
+// The same slowloris on a keep-alive connection after several answered requests, whose phases
+// left the connection's timer set for an earlier deadline: the header deadline still holds.
+TEST(DaemonLimitsTest, SlowClientAfterAnsweredRequestsGetsRequestTimeout) {
+  auto daemon = StartOrFail(R"({"limits": {"header_timeout_ms": 300}})");
+  ASSERT_NE(daemon, nullptr);
+  const int fd = ConnectUnix(daemon->socket_path());
+  ASSERT_GE(fd, 0);
+  const std::string health = "GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(write(fd, health.data(), health.size()), static_cast<ssize_t>(health.size()));
+    std::string answer;
+    while (answer.find("}\n") == std::string::npos) {
+      char buffer[4096];
+      const ssize_t n = read(fd, buffer, sizeof(buffer));
+      ASSERT_GT(n, 0) << "request " << i;
+      answer.append(buffer, static_cast<size_t>(n));
+    }
+    ASSERT_EQ(StatusOf(answer), 200u) << answer;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const std::string partial = "POST /v1/keys/demo/encrypt HTTP/1.1\r\nHost: localhost\r\n";
+  ASSERT_EQ(write(fd, partial.data(), partial.size()), static_cast<ssize_t>(partial.size()));
+  const std::string response = ReadToEof(fd);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  close(fd);
+  EXPECT_EQ(StatusOf(response), 408u) << response;
+  EXPECT_NE(response.find("the request headers did not arrive within 300 ms"), std::string::npos)
+      << response;
+  // Not cut off early by an older deadline, nor left to the 60 s idle or write timeouts.
+  EXPECT_GE(waited, std::chrono::milliseconds(290));
+  EXPECT_LT(waited, std::chrono::seconds(10));
+}
+
 TEST(DaemonLimitsTest, IdleKeepAliveConnectionIsClosed) {
   auto daemon = StartOrFail(R"({"limits": {"idle_timeout_ms": 100}})");
   ASSERT_NE(daemon, nullptr);
