@@ -34,7 +34,8 @@ using client::ClientOptions;
 constexpr std::string_view kUsage = R"(usage: vecseal [--socket PATH] COMMAND [ARGS]
 
 Commands:
-  encrypt --key NAME [--reversible --tokens OUT.tok] [--field F] [--dim D] [--batch N] IN OUT
+  encrypt --key NAME [--key-version N] [--reversible --tokens OUT.tok] [--field F] [--dim D]
+          [--batch N] IN OUT
   decrypt --key NAME --tokens IN.tok [--field F] [--dim D] [--batch N] IN OUT
   keys list
   keys create NAME --approximation-factor BETA [--transform rotate|permute] [--dimension D]
@@ -200,10 +201,11 @@ struct TransferArgs {
   size_t dimension = 0;
   size_t batch = kDefaultBatch;
   bool reversible = false;
+  std::optional<uint32_t> key_version;  // empty: the newest
 };
 
 Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encrypt) {
-  Args parsed(args, {"key", "tokens", "field", "dim", "batch"}, {"reversible"});
+  Args parsed(args, {"key", "tokens", "field", "dim", "batch", "key-version"}, {"reversible"});
   VECSEAL_RETURN_IF_ERROR(parsed.Parse());
   TransferArgs t;
   t.key = parsed.Get("key");
@@ -212,6 +214,13 @@ Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encry
   t.reversible = parsed.Has("reversible");
   const std::string command = encrypt ? "encrypt" : "decrypt";
   if (!encrypt && t.reversible) return Usage("decrypt takes no --reversible");
+  if (!encrypt && parsed.Has("key-version")) {
+    return Usage("decrypt takes no --key-version: the tokens name the version");
+  }
+  Result<size_t> version = parsed.GetSize("key-version", 0, 1);
+  if (!version.ok()) return std::move(version).TakeStatus();
+  if (*version > UINT32_MAX) return Usage("--key-version is too large");
+  if (*version != 0) t.key_version = static_cast<uint32_t>(*version);
   if (t.key.empty()) return Usage(command + " needs --key NAME");
   if (parsed.positionals().size() != 2) return Usage(command + " needs IN and OUT files");
   t.in = parsed.positionals()[0];
@@ -288,7 +297,7 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
     std::vector<client::JsonlRecord> records((*reader)->records().begin(), (*reader)->records().end());
     uint32_t version = 0;
     if (encrypt) {
-      Result<client::EncryptResult> sealed = daemon.Encrypt(t.key, chunk, dimension, t.reversible);
+      Result<client::EncryptResult> sealed = daemon.Encrypt(t.key, chunk, dimension, t.reversible, t.key_version);
       if (!sealed.ok()) return AtRow(std::move(sealed).TakeStatus(), t.in, rows_done);
       version = sealed->key_version;
       VECSEAL_RETURN_IF_ERROR((*writer)->Write(sealed->vectors, records));

@@ -673,7 +673,8 @@ Result<HttpResponse> Client::Request(std::string_view method, std::string_view t
 }
 
 Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const float> vectors,
-                                      size_t dimension, bool reversible) {
+                                      size_t dimension, bool reversible,
+                                      std::optional<uint32_t> key_version) {
   VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
   if (dimension == 0 || vectors.size() % dimension != 0) {
     return Status(Code::kInvalidArgument, "invalid_length",
@@ -686,7 +687,8 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   if (options_.wire == Wire::kBinary) {
     result.vectors.resize(vectors.size());
     result.tokens.resize(reversible ? n * kTokenSize : 0);
-    Result<uint32_t> version = EncryptInto(key, vectors, dimension, result.vectors, result.tokens);
+    Result<uint32_t> version =
+        EncryptInto(key, vectors, dimension, result.vectors, result.tokens, key_version);
     if (!version.ok()) return std::move(version).TakeStatus();
     result.key_version = *version;
     result.dimension = dimension;
@@ -694,6 +696,7 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   }
   std::string body = R"({"reversible":)";
   body += reversible ? "true" : "false";
+  if (key_version) body += R"(,"key_version":)" + std::to_string(*key_version);
   body += R"(,"vectors":)";
   AppendJsonVectors(body, vectors, dimension);
   body += "}";
@@ -718,7 +721,8 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
 
 Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float> vectors,
                                      size_t dimension, std::span<float> out,
-                                     std::span<uint8_t> tokens) {
+                                     std::span<uint8_t> tokens,
+                                     std::optional<uint32_t> key_version) {
   VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
   if (dimension == 0 || vectors.size() % dimension != 0 || out.size() != vectors.size() ||
       (!tokens.empty() && tokens.size() != vectors.size() / dimension * kTokenSize)) {
@@ -730,7 +734,7 @@ Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float
   const size_t n = vectors.size() / dimension;
   const bool reversible = !tokens.empty();
   if (options_.wire != Wire::kBinary) {
-    Result<EncryptResult> sealed = Encrypt(key, vectors, dimension, reversible);
+    Result<EncryptResult> sealed = Encrypt(key, vectors, dimension, reversible, key_version);
     if (!sealed.ok()) return std::move(sealed).TakeStatus();
     std::copy(sealed->vectors.begin(), sealed->vectors.end(), out.begin());
     std::copy(sealed->tokens.begin(), sealed->tokens.end(), tokens.begin());
@@ -738,9 +742,10 @@ Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float
   }
   const std::string target = "/v1/keys/" + std::string(key) + "/encrypt";
   std::string scratch;
-  const std::pair<std::string, std::string> headers[] = {
+  std::vector<std::pair<std::string, std::string>> headers = {
       {"Vecseal-Dimension", std::to_string(dimension)},
       {"Vecseal-Reversible", reversible ? "true" : "false"}};
+  if (key_version) headers.emplace_back("Vecseal-Key-Version", std::to_string(*key_version));
   // `out` may be `vectors` itself: the request is sent whole before the answer is read.
   const BodyTarget into{
       .first = std::span<char>(reinterpret_cast<char*>(out.data()), out.size() * sizeof(float)),

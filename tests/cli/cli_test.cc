@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "dev_daemon.h"
+#include "vecseal/client/client.h"
 #include "vecseal/client/formats.h"
 
 namespace vecseal::cli {
@@ -80,7 +81,7 @@ class CliTest : public ::testing::Test {
 TEST_F(CliTest, HelpListsCommandsAndExitCodes) {
   const ProcessResult r = Vecseal({"--help"});
   EXPECT_EQ(r.exit_code, 0);
-  EXPECT_THAT(r.out, HasSubstr("encrypt --key NAME [--reversible --tokens OUT.tok]"));
+  EXPECT_THAT(r.out, HasSubstr("encrypt --key NAME [--key-version N] [--reversible --tokens OUT.tok]"));
   EXPECT_THAT(r.out, HasSubstr("Exit codes:"));
   EXPECT_THAT(r.out, HasSubstr("3 cannot reach vecseald"));
   EXPECT_THAT(r.out, HasSubstr("130 interrupted (outputs removed)"));
@@ -99,6 +100,10 @@ TEST_F(CliTest, UsageErrorsAreOneLineWithExitCodeTwo) {
        "--batch must be an integer of at least 1, not '0'"},
       {{"encrypt", "--key", "k", "--colour", "a.npy", "b.npy"}, "unknown option --colour"},
       {{"decrypt", "--key", "k", "a.npy", "b.npy"}, "decrypt needs --tokens IN.tok"},
+      {{"encrypt", "--key", "k", "--key-version", "0", "a.npy", "b.npy"},
+       "--key-version must be an integer of at least 1, not '0'"},
+      {{"decrypt", "--key", "k", "--key-version", "1", "--tokens", "t.tok", "a.npy", "b.npy"},
+       "decrypt takes no --key-version: the tokens name the version"},
       {{"keys", "create", "k"}, "keys create needs --approximation-factor BETA (see: vecseal calibrate)"},
       {{"keys", "create", "k", "--approximation-factor", "-1"},
        "--approximation-factor must be a positive number, not '-1'"},
@@ -290,6 +295,42 @@ TEST_F(CliTest, KeysWhoamiAndStatus) {
   EXPECT_EQ(who.exit_code, 0) << who.err;
   EXPECT_THAT(who.out, HasSubstr("uid:"));
   EXPECT_THAT(who.out, HasSubstr("grants:"));
+}
+
+// After a rotation, --key-version encrypts a file under the version a model was trained with;
+// the reversible tokens carry it, so decrypt needs no version.
+TEST_F(CliTest, KeyVersionEncryptsUnderAnOlderVersion) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("pinned");
+  ASSERT_EQ(Vecseal({"keys", "rotate", "pinned"}).exit_code, 0);
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(4, 6)).ok());
+  // The key version of the first token of a file (uint32 LE after the format byte).
+  const auto token_version = [&](const std::string& name) -> int {
+    auto tokens = client::TokenFileReader::Open(Path(name), client::kTokenSize);
+    std::vector<uint8_t> first;
+    if (!tokens.ok() || !(*tokens)->Next(1, first).ok() || first.size() != client::kTokenSize) {
+      return -1;
+    }
+    return first[1] | first[2] << 8 | first[3] << 16 | first[4] << 24;
+  };
+  const ProcessResult sealed =
+      Vecseal({"encrypt", "--key", "pinned", "--key-version", "1", "--reversible", "--tokens",
+               Path("in.tok"), Path("in.npy"), Path("sealed.npy")});
+  ASSERT_EQ(sealed.exit_code, 0) << sealed.err;
+  EXPECT_EQ(token_version("in.tok"), 1);
+  const ProcessResult opened = Vecseal({"decrypt", "--key", "pinned", "--tokens", Path("in.tok"),
+                                        Path("sealed.npy"), Path("opened.npy")});
+  EXPECT_EQ(opened.exit_code, 0) << opened.err;
+
+  const ProcessResult newest = Vecseal({"encrypt", "--key", "pinned", "--reversible", "--tokens",
+                                        Path("new.tok"), Path("in.npy"), Path("new.npy")});
+  ASSERT_EQ(newest.exit_code, 0) << newest.err;
+  EXPECT_EQ(token_version("new.tok"), 2);
+
+  const ProcessResult missing = Vecseal(
+      {"encrypt", "--key", "pinned", "--key-version", "5", Path("in.npy"), Path("five.npy")});
+  EXPECT_EQ(missing.exit_code, 6) << missing.err;
+  EXPECT_FALSE(std::filesystem::exists(Path("five.npy")));
 }
 
 TEST_F(CliTest, DecryptChecksTokenCount) {

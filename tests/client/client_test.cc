@@ -321,6 +321,43 @@ TEST_F(ClientDaemonTest, EncryptIntoWritesTheCallersBuffers) {
   EXPECT_EQ(wrong.status().reason(), "invalid_length");
 }
 
+// After a rotation, a caller names the version its model was trained with, on either wire.
+TEST_F(ClientDaemonTest, EncryptUnderAnOlderKeyVersion) {
+  VECSEAL_REQUIRE_DAEMON();
+  for (Wire wire : {Wire::kBinary, Wire::kJson}) {
+    SCOPED_TRACE(wire == Wire::kBinary ? "binary" : "json");
+    ClientOptions options;
+    options.socket_path = socket_;
+    options.wire = wire;
+    Result<std::unique_ptr<Client>> client = Client::Connect(options);
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    const std::string key = wire == Wire::kBinary ? "pinned-bin" : "pinned-json";
+    ASSERT_TRUE((*client)->CreateKey({key, 1.0, "permute", std::nullopt}).ok());
+    ASSERT_TRUE((*client)->RotateKey(key).ok());
+    const std::vector<float> plain = Vectors(3, 8);
+
+    Result<EncryptResult> newest = (*client)->Encrypt(key, plain, 8);
+    ASSERT_TRUE(newest.ok()) << newest.status().ToString();
+    EXPECT_EQ(newest->key_version, 2u);
+    Result<EncryptResult> older = (*client)->Encrypt(key, plain, 8, /*reversible=*/true, 1);
+    ASSERT_TRUE(older.ok()) << older.status().ToString();
+    EXPECT_EQ(older->key_version, 1u);
+    // The token names version 1, and decrypting with it gives the plaintext back.
+    Result<DecryptResult> opened = (*client)->Decrypt(key, older->vectors, 8, older->tokens);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    EXPECT_EQ(opened->key_version, 1u);
+    for (size_t i = 0; i < plain.size(); ++i) ASSERT_NEAR(opened->vectors[i], plain[i], 1e-3);
+
+    std::vector<float> out(plain.size());
+    Result<uint32_t> into = (*client)->EncryptInto(key, plain, 8, out, {}, 1);
+    ASSERT_TRUE(into.ok()) << into.status().ToString();
+    EXPECT_EQ(*into, 1u);
+    Result<EncryptResult> missing = (*client)->Encrypt(key, plain, 8, false, 9);
+    ASSERT_FALSE(missing.ok());
+    EXPECT_EQ(missing.status().reason(), "key_not_found");
+  }
+}
+
 TEST_F(ClientDaemonTest, DaemonErrorsBecomeStatuses) {
   VECSEAL_REQUIRE_DAEMON();
   Result<std::unique_ptr<Client>> client = ConnectTo(socket_);

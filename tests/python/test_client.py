@@ -212,6 +212,26 @@ class DaemonTest(unittest.TestCase):
         for position, i in enumerate(order):
             self.assertAlmostEqual(decrypted[position][0], plain[i][0], delta=1e-4)
 
+    def test_key_version_encrypts_under_an_older_version_on_both_wires(self):
+        key = self.unique_key("pin")
+        self.client.create_key(key, approximation_factor=1.0, transform="permute")
+        self.client.rotate_key(key)
+        plain = unit_vectors(3, 8, seed=11)
+        json_client = vecseal.Client(binary=False)
+        self.addCleanup(json_client.close)
+        for client in (self.client, json_client):
+            client.encrypt(key, batch(plain))
+            self.assertEqual(client.last_key_version, 2)
+            sealed, tokens = client.encrypt(key, batch(plain), reversible=True, key_version=1)
+            self.assertEqual(client.last_key_version, 1)
+            self.assertEqual(tokens[0][1], 1)  # the token names version 1 (uint32 LE at byte 1)
+            opened = rows(client.decrypt(key, sealed, tokens))
+            self.assertAlmostEqual(opened[2][5], plain[2][5], delta=1e-4)
+            with self.assertRaises(vecseal.KeyNotFound):
+                client.encrypt(key, batch(plain), key_version=9)
+            with self.assertRaises(vecseal.InvalidInput):
+                client.encrypt(key, batch(plain), key_version=0)
+
     def test_create_key_with_a_taken_name_raises_key_exists(self):
         with self.assertRaises(vecseal.KeyExists) as caught:
             self.client.create_key("demo", approximation_factor=1.0)

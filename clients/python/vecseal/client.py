@@ -226,12 +226,19 @@ class Client:
 
     # ---- encryption --------------------------------------------------------------------------
 
-    def encrypt(self, key: str, vectors: Any, reversible: bool = False) -> Any:
-        """Encrypts one vector or a batch (n×d) under the newest version of `key`.
+    def encrypt(self, key: str, vectors: Any, reversible: bool = False,
+                key_version: Optional[int] = None) -> Any:
+        """Encrypts one vector or a batch (n×d) under the newest version of `key`, or under
+        `key_version`: a model trained on vectors of one version needs its inputs under that
+        version, also after the key was rotated.
 
         Returns the encrypted vectors in the input's shape (a float32 array with numpy, else
         lists). With reversible=True returns ReversibleBatch(vectors, tokens) instead.
         """
+        if key_version is not None and (isinstance(key_version, bool) or
+                                        not isinstance(key_version, int) or key_version < 1):
+            raise InvalidInput("invalid_key_version",
+                               f"key_version must be a positive integer, not {key_version!r}")
         path = f"/v1/keys/{_check_key_name(key)}/encrypt"
         matrix = _Matrix(vectors, "vectors")
         out = _Output(matrix.n, matrix.d, matrix.single)
@@ -240,7 +247,7 @@ class Client:
         token_bytes = TOKEN_SIZE if reversible else 0
         for start, stop, (rows, version, chunk_tokens) in self._chunks(
                 matrix.n, matrix.d, token_bytes,
-                lambda a, b: self._encrypt_chunk(path, matrix, a, b, reversible)):
+                lambda a, b: self._encrypt_chunk(path, matrix, a, b, reversible, key_version)):
             out.put(range(start, stop), rows)
             tokens.extend(chunk_tokens)
             versions.add(version)
@@ -308,11 +315,13 @@ class Client:
             start = stop
 
     def _encrypt_chunk(self, path: str, matrix: _Matrix, start: int, stop: int,
-                       reversible: bool):
+                       reversible: bool, key_version: Optional[int]):
         n, d = stop - start, matrix.d
         if self.binary:
             headers = {"Content-Type": "application/octet-stream", "Vecseal-Dimension": str(d),
                        "Vecseal-Reversible": "true" if reversible else "false"}
+            if key_version is not None:
+                headers["Vecseal-Key-Version"] = str(key_version)
             status, reply_headers, body = self._request(
                 "POST", path, matrix.array[start:stop].tobytes(), headers, retry_safe=True)
             if status != 200:
@@ -331,8 +340,10 @@ class Client:
             # JSON has no NaN or infinity, so the daemon could not even be told.
             raise InvalidInput("non_finite_value", f"vector {bad - start} has a non-finite value",
                                vector_index=bad - start)
-        reply = self._json_call("POST", path, {"vectors": matrix.rows_as_lists(start, stop),
-                                               "reversible": reversible}, retry_safe=True)
+        request = {"vectors": matrix.rows_as_lists(start, stop), "reversible": reversible}
+        if key_version is not None:
+            request["key_version"] = key_version
+        reply = self._json_call("POST", path, request, retry_safe=True)
         rows = _json_rows(reply, n, d)
         tokens = []
         if reversible:

@@ -101,14 +101,18 @@ class Client {
 
   // `vectors` holds n × dimension floats; the daemon caps n per request (413 too_many_vectors),
   // so callers with large inputs send batches (the CLI sends --batch rows at a time).
+  // `key_version` empty: the newest version. A model trained on vectors of one version needs
+  // that version at inference, after a rotation too (docs/api.md, "Encrypt").
   Result<EncryptResult> Encrypt(std::string_view key, std::span<const float> vectors,
-                                size_t dimension, bool reversible = false);
+                                size_t dimension, bool reversible = false,
+                                std::optional<uint32_t> key_version = std::nullopt);
   // Encrypt without allocating, for hot paths: the ciphertexts go to `out` (as many floats as
   // `vectors`; it may be `vectors` itself) and, when `tokens` is not empty, the encryption is
   // reversible and one kTokenSize token per vector goes there. Returns the key version.
   Result<uint32_t> EncryptInto(std::string_view key, std::span<const float> vectors,
                                size_t dimension, std::span<float> out,
-                               std::span<uint8_t> tokens = {});
+                               std::span<uint8_t> tokens = {},
+                               std::optional<uint32_t> key_version = std::nullopt);
   // `tokens` holds one kTokenSize token per vector, as Encrypt returned them.
   Result<DecryptResult> Decrypt(std::string_view key, std::span<const float> vectors,
                                 size_t dimension, std::span<const uint8_t> tokens);
