@@ -9,12 +9,14 @@
 //     down [CKR_...]              every call fails (default CKR_DEVICE_REMOVED)
 //     up                          nothing fails (also: an empty or missing file)
 //     close-sessions              once, when read: closes every session in the real module
+//     slow C_Sign 500             every C_Sign waits 500 ms, then goes through (a slow HSM)
 // Read by several processes at once (a test and the vecseald it runs) without coordination:
 // writers replace the file with rename(2).
 #include <dlfcn.h>
 #include <p11-kit/pkcs11.h>
 #include <sys/stat.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -23,6 +25,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -39,6 +42,7 @@ struct Faults {
   bool down = false;
   CK_RV down_rv = CKR_DEVICE_REMOVED;
   std::map<std::string, Rule> rules;
+  std::map<std::string, long> delays_ms;
   std::set<CK_SLOT_ID> slots;
 };
 
@@ -77,6 +81,7 @@ void RefreshLocked() {
       g_faults.have_seen = false;
       g_faults.down = false;
       g_faults.rules.clear();
+      g_faults.delays_ms.clear();
     }
     return;
   }
@@ -90,6 +95,7 @@ void RefreshLocked() {
   g_faults.have_seen = true;
   g_faults.down = false;
   g_faults.rules.clear();
+  g_faults.delays_ms.clear();
   std::ifstream in(g_faults.control_path);
   std::string line;
   while (std::getline(in, line)) {
@@ -102,6 +108,10 @@ void RefreshLocked() {
       g_faults.down = true;
       if (words >> code) g_faults.down_rv = ParseCkr(code);
       else g_faults.down_rv = CKR_DEVICE_REMOVED;
+    } else if (command == "slow") {
+      std::string function;
+      long milliseconds = 0;
+      if (words >> function >> milliseconds) g_faults.delays_ms[function] = milliseconds;
     } else if (command == "close-sessions") {
       for (CK_SLOT_ID slot : g_faults.slots) g_real->C_CloseAllSessions(slot);
     } else if (words >> code) {
@@ -112,8 +122,14 @@ void RefreshLocked() {
 }
 
 CK_RV Fault(const char* function) {
-  std::lock_guard lock(g_faults.mutex);
+  std::unique_lock lock(g_faults.mutex);
   RefreshLocked();
+  if (auto slow = g_faults.delays_ms.find(function); slow != g_faults.delays_ms.end()) {
+    const long milliseconds = slow->second;
+    lock.unlock();  // other calls are not held up by this one's wait
+    std::this_thread::sleep_for(std::chrono::milliseconds(milliseconds));
+    lock.lock();
+  }
   if (g_faults.down) return g_faults.down_rv;
   auto it = g_faults.rules.find(function);
   if (it == g_faults.rules.end() || it->second.remaining == 0) return CKR_OK;
