@@ -486,8 +486,8 @@ std::string UsageText() {
          "       vecseald --init [--config FILE] [--export-audit-key PEM]\n"
          "       vecseald --dev [--state-dir DIR] [--config FILE]\n"
          "       vecseald --check-config FILE\n"
-         "       vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH] "
-         "[--unit UNIT] [--script PATH] [--op OPERATION --key NAME]\n"
+         "       vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH "
+         "[--unit UNIT] [--script PATH]] [--op OPERATION --key NAME]\n"
          "       vecseald --version\n";
 }
 

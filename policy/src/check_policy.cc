@@ -10,14 +10,16 @@ namespace vecseal::policy {
 namespace {
 
 constexpr std::string_view kUsage =
-    "usage: vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH] "
-    "[--op OPERATION --key NAME]\n";
+    "usage: vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH [--unit UNIT] "
+    "[--script PATH]] [--op OPERATION --key NAME]\n";
 
 struct Args {
   std::string file;
   std::optional<uint32_t> pid;
   std::optional<uint32_t> uid;
   std::string exe;
+  std::optional<std::string> unit;
+  std::optional<std::string> script;
   std::optional<Operation> op;
   std::optional<std::string> key;
 };
@@ -25,6 +27,16 @@ struct Args {
 bool ParseU32(const std::string& text, uint32_t* out) {
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), *out);
   return ec == std::errc() && ptr == text.data() + text.size() && !text.empty();
+}
+
+// What the daemon can read as a unit from a cgroup path: systemd puts processes only in services
+// and scopes, and a path component cannot hold a '/'.
+bool IsUnitName(const std::string& name) {
+  bool typed = name.ends_with(".service") || name.ends_with(".scope");
+  return typed && name.front() != '.' && name.find('/') == std::string::npos &&
+         std::all_of(name.begin(), name.end(), [](char c) {
+           return static_cast<unsigned char>(c) > 0x20 && c != 0x7f;
+         });
 }
 
 // Empty on success, else the usage problem.
@@ -44,6 +56,15 @@ std::string ParseArgs(std::span<const std::string> args, Args* out) {
       out->uid = number;
     } else if (flag == "--exe") {
       out->exe = value;
+    } else if (flag == "--unit") {
+      if (!IsUnitName(value)) {
+        return "--unit needs a systemd unit name such as ticket-scorer.service (a .service or "
+               ".scope, as the daemon reads it from the caller's cgroup)";
+      }
+      out->unit = value;
+    } else if (flag == "--script") {
+      if (value.empty()) return "--script needs a path";
+      out->script = value;
     } else if (flag == "--op") {
       Operation op;
       if (!ParseOperation(value, &op)) {
@@ -59,6 +80,9 @@ std::string ParseArgs(std::span<const std::string> args, Args* out) {
   }
   if (out->pid && out->uid) return "give either --as-pid or --as-uid, not both";
   if (out->uid.has_value() != !out->exe.empty()) return "--as-uid and --exe go together";
+  if ((out->unit || out->script) && !out->uid) {
+    return "--unit and --script describe an --as-uid caller; --as-pid reads them from the process";
+  }
   if (out->op && !out->pid && !out->uid) return "--op needs a caller (--as-pid or --as-uid)";
   if (out->key && !out->op) return "--key needs --op";
   return "";
@@ -119,7 +143,11 @@ int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::os
     }
     caller = peer->identity();
   } else {
-    Result<CallerIdentity> synthesized = resolver.Synthesize(*parsed.uid, parsed.exe);
+    Result<CallerIdentity> synthesized = resolver.Synthesize(
+        {.uid = *parsed.uid,
+         .exe = parsed.exe,
+         .unit = parsed.unit.value_or(""),
+         .script = parsed.script.value_or("")});
     if (!synthesized.ok()) {
       err << "vecseald: " << synthesized.status().message() << "\n";
       return 1;

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <utility>
@@ -512,7 +513,9 @@ Result<std::string> IdentityResolver::DigestOf(int fd) {
   return hex;
 }
 
-Result<CallerIdentity> IdentityResolver::Synthesize(uid_t uid, const std::string& exe_path) {
+Result<CallerIdentity> IdentityResolver::Synthesize(const SyntheticCaller& caller) {
+  const uid_t uid = caller.uid;
+  const std::string& exe_path = caller.exe;
   CallerIdentity id;
   id.uid = uid;
   passwd entry{};
@@ -542,6 +545,47 @@ Result<CallerIdentity> IdentityResolver::Synthesize(uid_t uid, const std::string
   Result<std::string> digest = DigestOf(exe.get());
   if (!digest.ok()) return std::move(digest).TakeStatus();
   id.exe_sha256 = std::move(digest).value();
+  id.unit = caller.unit;
+  if (caller.script.empty()) return id;
+
+  // The daemon looks for a script only on an interpreter's command line, so a script given with
+  // any other program would describe a caller that cannot exist.
+  if (!internal::IsInterpreter(id.exe)) {
+    return Status(Code::kInvalidArgument, "not_an_interpreter",
+                  id.exe + " is not an interpreter, so the daemon identifies no script for it; "
+                           "give the interpreter (python3, node, java, sh, ...) as the executable");
+  }
+  // Like OpenScript: look before reading, so that a device or a FIFO is never opened for reading.
+  Fd path(open(caller.script.c_str(), O_PATH | O_CLOEXEC));
+  if (path.get() < 0) {
+    return Status(Code::kNotFound, "file_unreadable",
+                  "cannot open " + caller.script + ": " + std::strerror(errno));
+  }
+  struct stat st;
+  if (fstat(path.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Status(Code::kInvalidArgument, "file_unreadable",
+                  caller.script + " is not a regular file; the daemon identifies only regular "
+                                  "files as scripts");
+  }
+  if (!MayRead(id, st)) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return Status(Code::kPermissionDenied, "script_unreadable",
+                  "uid " + std::to_string(uid) + " (" + id.user + ") may not read " +
+                      caller.script + " (mode " + mode +
+                      "), so the daemon would leave the script unknown; make it readable to "
+                      "that user");
+  }
+  std::string self = "/proc/self/fd/" + std::to_string(path.get());
+  Fd file(open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (file.get() < 0) {
+    return Status(Code::kNotFound, "file_unreadable",
+                  "cannot open " + caller.script + ": " + std::strerror(errno));
+  }
+  id.script = PathOfFd(file.get());
+  Result<std::string> script_digest = DigestOf(file.get());
+  if (!script_digest.ok()) return std::move(script_digest).TakeStatus();
+  id.script_sha256 = std::move(script_digest).value();
   return id;
 }
 

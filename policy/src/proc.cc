@@ -155,6 +155,8 @@ std::vector<std::string> SplitCmdline(std::string_view cmdline) {
   return args;
 }
 
+bool IsInterpreter(std::string_view exe_path) { return FamilyOf(exe_path) != Family::kNone; }
+
 std::optional<std::string> ScriptArgument(std::string_view exe_path,
                                           const std::vector<std::string>& argv) {
   Family family = FamilyOf(exe_path);

@@ -20,6 +20,9 @@ std::string UnitFromCgroup(std::string_view cgroup_text);
 // Splits NUL-separated /proc/PID/cmdline bytes into arguments.
 std::vector<std::string> SplitCmdline(std::string_view cmdline);
 
+// Whether the executable's base name is one of the interpreters ScriptArgument knows.
+bool IsInterpreter(std::string_view exe_path);
+
 // For an interpreter (by executable base name: python*, pypy*, node, nodejs, perl*, ruby*, php*,
 // java, sh, bash, dash, zsh, ksh), the script argument of `argv` as written (possibly relative);
 // nullopt when the executable is not an interpreter or runs no script file (-c, -m, -e, stdin).

@@ -1,6 +1,9 @@
 // RunCheckPolicy: the work behind `vecseald --check-policy`.
+#include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -13,6 +16,7 @@
 namespace vecseal::policy {
 namespace {
 
+using testing_util::Sha256OfFile;
 using testing_util::TempDir;
 using testing_util::WriteFile;
 
@@ -85,13 +89,27 @@ TEST_F(CheckPolicyTest, UsageErrors) {
        "--op must be one of encrypt, decrypt, keys.list, keys.create, keys.rotate, audit.read"},
       {{path_, "--as-pid", "1", "--key", "k"}, "--key needs --op"},
       {{path_, "--verbose", "1"}, "unknown option '--verbose'"},
+      {{path_, "--as-uid", "0", "--exe", "/bin/sh", "--unit", "ticket-scorer"},
+       "--unit needs a systemd unit name such as ticket-scorer.service (a .service or .scope, as "
+       "the daemon reads it from the caller's cgroup)"},
+      {{path_, "--as-uid", "0", "--exe", "/bin/sh", "--unit", "system.slice/x.service"},
+       "--unit needs a systemd unit name such as ticket-scorer.service (a .service or .scope, as "
+       "the daemon reads it from the caller's cgroup)"},
+      {{path_, "--as-uid", "0", "--exe", "/bin/sh", "--script", ""}, "--script needs a path"},
+      {{path_, "--as-pid", "1", "--unit", "x.service"},
+       "--unit and --script describe an --as-uid caller; --as-pid reads them from the process"},
+      {{path_, "--as-pid", "1", "--script", "/x.py"},
+       "--unit and --script describe an --as-uid caller; --as-pid reads them from the process"},
+      {{path_, "--script", "/x.py"},
+       "--unit and --script describe an --as-uid caller; --as-pid reads them from the process"},
   };
   for (const Case& c : cases) {
     CheckRun run = Check(c.args);
     EXPECT_EQ(run.status, 2) << c.problem;
     EXPECT_EQ(run.err, "vecseald: " + c.problem +
                            "\nusage: vecseald --check-policy FILE [--as-pid PID | --as-uid N "
-                           "--exe PATH] [--op OPERATION --key NAME]\n");
+                           "--exe PATH [--unit UNIT] [--script PATH]] [--op OPERATION --key "
+                           "NAME]\n");
   }
 }
 
@@ -134,6 +152,108 @@ TEST_F(CheckPolicyTest, AsUidWithExe) {
   EXPECT_EQ(unknown_user.status, 1);
   EXPECT_EQ(unknown_user.err,
             "vecseald: uid 4294967294 has no passwd entry; give a uid that has one\n");
+}
+
+// A security team tests unit and script rules before a service exists: --unit and --script
+// complete the synthesized caller, and the report reads exactly as for a live process.
+TEST_F(CheckPolicyTest, AsUidWithUnitAndScriptDecidesUnitAndScriptRules) {
+  const std::string dir = std::filesystem::canonical(dir_.path());
+  WriteFile(dir + "/python3", "#!/bin/true\n", 0755);  // an interpreter by its name
+  WriteFile(dir + "/export.py", "print('export')\n", 0644);
+  WriteFile(dir + "/copy.py", "print('copy')\n", 0644);
+  const std::string python_digest = Sha256OfFile(dir + "/python3");
+  const std::string script_digest = Sha256OfFile(dir + "/export.py");
+  WriteFile(path_, R"({"version": 1, "rules": [
+    {"id": "scorer", "callers": {"uid": 0, "unit": "ticket-scorer.service"},
+     "keys": ["support-*"], "operations": ["encrypt"]},
+    {"id": "export", "callers": {"uid": 0, "script": ")" + dir + R"(/export.py",
+     "script_sha256": ")" + script_digest + R"("}, "keys": ["support-*"], "operations": ["decrypt"]}]})");
+
+  // The caller line depends on root's groups on this machine; every other line is exact.
+  const auto report = [&](const CheckRun& run, const std::string& unit, const std::string& script,
+                          const std::string& digest, const std::string& rules) {
+    const std::string head = "policy " + path_ + ": valid, 2 rules\n";
+    const size_t caller_end = run.out.find('\n', head.size());
+    const std::string caller = "caller: pid 0, uid 0 (root), gid 0 (root),";
+    EXPECT_EQ(run.out.substr(head.size(), caller.size()), caller);
+    return head + run.out.substr(head.size(), caller_end - head.size() + 1) + "  exe " + dir +
+           "/python3\n  exe_sha256 " + python_digest + "\n  unit " + unit + "\n  script " +
+           script + "\n  script_sha256 " + digest + "\n" + rules;
+  };
+
+  CheckRun both = Check({path_, "--as-uid", "0", "--exe", dir + "/python3", "--unit",
+                         "ticket-scorer.service", "--script", dir + "/export.py", "--op",
+                         "encrypt", "--key", "support-ratings"});
+  EXPECT_EQ(both.err, "");
+  EXPECT_EQ(both.status, 0);
+  EXPECT_EQ(both.out, report(both, "ticket-scorer.service", dir + "/export.py", script_digest,
+                             "rule 'scorer': matches: grants encrypt on support-*\n"
+                             "rule 'export': matches: grants decrypt on support-*\n"
+                             "decision: encrypt on key 'support-ratings' granted by rule "
+                             "'scorer'\n"));
+
+  CheckRun no_unit = Check({path_, "--as-uid", "0", "--exe", dir + "/python3", "--op",
+                            "encrypt", "--key", "support-ratings"});
+  EXPECT_EQ(no_unit.status, 3);
+  EXPECT_EQ(no_unit.out,
+            report(no_unit, "-", "-", "-",
+                   "rule 'scorer': does not match: unit is unknown, the rule wants "
+                   "'ticket-scorer.service'\n"
+                   "rule 'export': does not match: script is unknown, the rule wants '" + dir +
+                       "/export.py'\n"
+                       "decision: no rule grants encrypt on key 'support-ratings'\n"));
+
+  CheckRun other_unit = Check({path_, "--as-uid", "0", "--exe", dir + "/python3", "--unit",
+                               "session-3.scope", "--script", dir + "/copy.py", "--op",
+                               "decrypt", "--key", "support-ratings"});
+  EXPECT_EQ(other_unit.status, 3);
+  EXPECT_EQ(other_unit.out,
+            report(other_unit, "session-3.scope", dir + "/copy.py",
+                   Sha256OfFile(dir + "/copy.py"),
+                   "rule 'scorer': does not match: unit is 'session-3.scope', the rule wants "
+                   "'ticket-scorer.service'\n"
+                   "rule 'export': does not match: script is '" + dir + "/copy.py', the rule "
+                   "wants '" + dir + "/export.py'\n"
+                   "decision: no rule grants decrypt on key 'support-ratings'\n"));
+}
+
+// A script the daemon would never report (no interpreter, not a regular file, unreadable to the
+// caller) is refused, rather than shown as a caller that cannot exist.
+TEST_F(CheckPolicyTest, ScriptsTheDaemonWouldNotIdentifyAreRefused) {
+  const std::string dir = std::filesystem::canonical(dir_.path());
+  WriteFile(dir + "/python3", "#!/bin/true\n", 0755);
+  WriteFile(dir + "/scorer", "#!/bin/true\n", 0755);
+  WriteFile(dir + "/export.py", "print('export')\n", 0644);
+  WriteFile(dir + "/private.py", "print('private')\n", 0600);
+  ASSERT_EQ(mkfifo((dir + "/fifo").c_str(), 0644), 0);
+  struct Case {
+    std::string uid;
+    std::string exe;
+    std::string script;
+    std::string error;
+  };
+  std::vector<Case> cases = {
+      {"0", dir + "/scorer", dir + "/export.py",
+       dir + "/scorer is not an interpreter, so the daemon identifies no script for it; give the "
+             "interpreter (python3, node, java, sh, ...) as the executable"},
+      {"0", dir + "/python3", dir + "/missing.py",
+       "cannot open " + dir + "/missing.py: No such file or directory"},
+      {"0", dir + "/python3", dir,
+       dir + " is not a regular file; the daemon identifies only regular files as scripts"},
+      {"0", dir + "/python3", dir + "/fifo",
+       dir + "/fifo is not a regular file; the daemon identifies only regular files as scripts"},
+  };
+  if (const passwd* nobody = getpwnam("nobody"); nobody != nullptr && geteuid() == 0) {
+    cases.push_back({std::to_string(nobody->pw_uid), dir + "/python3", dir + "/private.py",
+                     "uid " + std::to_string(nobody->pw_uid) + " (nobody) may not read " + dir +
+                         "/private.py (mode 0600), so the daemon would leave the script "
+                         "unknown; make it readable to that user"});
+  }
+  for (const Case& c : cases) {
+    CheckRun run = Check({path_, "--as-uid", c.uid, "--exe", c.exe, "--script", c.script});
+    EXPECT_EQ(run.status, 1) << c.error;
+    EXPECT_EQ(run.err, "vecseald: " + c.error + "\n");
+  }
 }
 
 TEST_F(CheckPolicyTest, PathsCannotForgeReportLines) {

@@ -88,10 +88,21 @@ class IdentityResolver {
   // Fills user, group and group_names from uid, gid and supplementary_gids.
   void FillNames(CallerIdentity* identity);
 
-  // The identity a process with these credentials and this executable would have: for
-  // `vecseald --check-policy --as-uid N --exe PATH`. Not from the kernel; never use it to decide
-  // a live request.
-  Result<CallerIdentity> Synthesize(uid_t uid, const std::string& exe_path);
+  // What `vecseald --check-policy --as-uid N --exe PATH [--unit UNIT] [--script PATH]` describes.
+  struct SyntheticCaller {
+    uid_t uid = 0;
+    std::string exe;     // the executable file, digested as the daemon would digest its image
+    std::string unit;    // the systemd unit, taken as given; empty: none
+    std::string script;  // the interpreter's script file; empty: none. Needs an interpreter exe.
+  };
+
+  // The identity a process with these credentials, executable, unit and script would have: for
+  // `vecseald --check-policy --as-uid`. Not from the kernel; never use it to decide a live
+  // request. The script is reported as the daemon would report it (canonical path and digest),
+  // and refused when the daemon would leave it unknown: `exe` is no interpreter
+  // (not_an_interpreter), the path is no regular file (file_unreadable), or the user may not read
+  // it by its mode bits (script_unreadable).
+  Result<CallerIdentity> Synthesize(const SyntheticCaller& caller);
 
  private:
   friend class PeerIdentity;
