@@ -246,8 +246,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   void Dispatch(std::optional<Status> refusal) {
     phase_ = Phase::kHandling;
     Disarm();
-    server_.buffers_.Give(std::move(content_));  // a refused body is not kept
-    content_ = ByteBuffer();
+    server_.buffers_.Give(std::move(content_));  // a refused body is not kept (moved: empty)
     auto request = std::make_shared<HttpRequest>(parser_->release());
     const bool keep_alive = !refusal && request->keep_alive();
     if (server_.TryEnterInlineHandler()) {
