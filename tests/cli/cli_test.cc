@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -376,6 +377,77 @@ TEST_F(CliTest, DocsExamplesRun) {
         {"/bin/bash", "-c", "cd '" + dir_ + "' && " + command},
         {"VECSEAL_SOCKET=" + Socket(), "PATH=" + bin_dir + ":/usr/bin:/bin"});
     EXPECT_EQ(r.exit_code, 0) << r.err;
+  }
+}
+
+// The contents of each ```LANG block of a Markdown file, in order.
+std::vector<std::string> FencedBlocks(const std::string& path, const std::string& lang) {
+  std::ifstream doc(path);
+  std::vector<std::string> blocks;
+  bool in_block = false;
+  for (std::string line; std::getline(doc, line);) {
+    if (!in_block && line == "```" + lang) {
+      in_block = true;
+      blocks.emplace_back();
+    } else if (in_block && line == "```") {
+      in_block = false;
+    } else if (in_block) {
+      blocks.back() += line + "\n";
+    }
+  }
+  return blocks;
+}
+
+// docs/cli.md's LIBRARY program, built as a user would build it: the client SDK installed to a
+// fresh prefix and the doc's own CMake lines, with the project's warnings as errors; then run
+// against the dev daemon, and without one.
+TEST_F(CliTest, DocsLibraryExampleBuildsAndRuns) {
+  VECSEAL_REQUIRE_DAEMON();
+  const std::vector<std::string> cpp = FencedBlocks(VECSEAL_DOCS_CLI, "cpp");
+  const std::vector<std::string> cmake = FencedBlocks(VECSEAL_DOCS_CLI, "cmake");
+  ASSERT_EQ(cpp.size(), 1u) << VECSEAL_DOCS_CLI;
+  ASSERT_EQ(cmake.size(), 1u) << VECSEAL_DOCS_CLI;
+  fs::create_directory(Path("src"));
+  std::ofstream(Path("src/my_service.cc")) << cpp[0];
+  std::ofstream(Path("src/CMakeLists.txt"))
+      << "cmake_minimum_required(VERSION 3.25)\n"
+         "project(my_service LANGUAGES CXX)\n"
+         "set(CMAKE_CXX_STANDARD 20)\n"
+         "add_executable(my_service my_service.cc)\n"
+      << cmake[0];
+  const std::vector<std::vector<std::string>> steps = {
+      {VECSEAL_CMAKE, "--install", VECSEAL_BUILD_DIR, "--prefix", Path("prefix"), "--component",
+       "client_sdk"},
+      {VECSEAL_CMAKE, "-S", Path("src"), "-B", Path("build"), "-DCMAKE_PREFIX_PATH=" + Path("prefix"),
+       "-DCMAKE_CXX_COMPILER=" VECSEAL_CXX, "-DCMAKE_BUILD_TYPE=Release",
+       "-DCMAKE_CXX_FLAGS=-Wall -Wextra -Wpedantic -Wshadow -Wold-style-cast -Wformat=2 -Werror"},
+      {VECSEAL_CMAKE, "--build", Path("build")},
+  };
+  for (const std::vector<std::string>& step : steps) {
+    const ProcessResult r = vecseal::testing::RunProcess(step);
+    ASSERT_EQ(r.exit_code, 0) << step[1] << ":\n" << r.out << r.err;
+  }
+
+  const std::string program = Path("build/my_service");
+  const ProcessResult served = vecseal::testing::RunProcess({program}, {"VECSEAL_SOCKET=" + Socket()});
+  EXPECT_EQ(served.exit_code, 0) << served.err;
+  EXPECT_EQ(served.out,
+            "encrypted 2 vectors with key version 1\n"
+            "encrypted in place with key version 1\n");
+  EXPECT_EQ(served.err, "");
+  const ProcessResult alone =
+      vecseal::testing::RunProcess({program}, {"VECSEAL_SOCKET=" + Path("none.sock")});
+  EXPECT_EQ(alone.exit_code, 1);
+  EXPECT_EQ(alone.err, "cannot connect to " + Path("none.sock") + ": no such file\n");
+  EXPECT_EQ(alone.out, "");
+
+  // tests/client's consumer (client_install_find_package) builds with the same two lines.
+  const std::string consumer = DevDaemon::ReadFile(VECSEAL_CONSUMER_CMAKELISTS);
+  std::istringstream lines(cmake[0]);
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty()) {
+      EXPECT_THAT(consumer, HasSubstr(line + "\n")) << VECSEAL_CONSUMER_CMAKELISTS;
+    }
   }
 }
 

@@ -24,7 +24,7 @@ run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix} --component clien
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/consumer -B ${WORK_DIR}/cmake-build
     -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_BUILD_TYPE=Release)
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/cmake-build)
-expect_output(${WORK_DIR}/cmake-build/consumer)
+expect_output(${WORK_DIR}/cmake-build/my_service)
 
 file(GLOB_RECURSE pc_files ${prefix}/*/vecseal.pc)
 list(GET pc_files 0 pc_file)
