@@ -508,6 +508,11 @@ std::string ErrorLine(const Status& status) {
   }
   if (reason == "permission_denied") return "permission denied: " + message + " (see: vecseal whoami)";
   if (reason == "key_not_found") return message + " (see: vecseal keys list)";
+  // The daemon's message names only the failed write, which reads like a local file error.
+  if (reason == "audit_unavailable") {
+    return "vecseald cannot write its audit log, so it serves nothing: " + message +
+           " (see: vecseal status)";
+  }
   if (reason == "usage") return message + " (see: vecseal --help)";
   return message;
 }

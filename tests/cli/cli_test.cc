@@ -298,6 +298,44 @@ TEST_F(CliTest, KeysWhoamiAndStatus) {
   EXPECT_THAT(who.out, HasSubstr("grants:"));
 }
 
+// Exit codes 4 and 7 through the CLI, each from a daemon of its own: one whose policy grants
+// nothing (dev mode keeps a policy.json it finds in its state directory), and one whose audit
+// log is a full disk, so that no request can be recorded and none is served.
+TEST_F(CliTest, PermissionDeniedAndUnavailableExitCodes) {
+  VECSEAL_REQUIRE_DAEMON();
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(3, 4)).ok());
+  const std::vector<std::string> encrypt = {"encrypt", "--key", "demo", Path("in.npy"), Path("out.npy")};
+
+  DevDaemon denying(VECSEALD_PATH, "", "{\"version\": 1, \"rules\": []}\n");
+  denying.SetUp();
+  ASSERT_EQ(denying.unavailable(), "");
+  const ProcessResult denied = Vecseal(encrypt, {"VECSEAL_SOCKET=" + denying.socket()});
+  EXPECT_EQ(denied.exit_code, 4) << denying.Log();
+  EXPECT_EQ(denied.err,
+            "vecseal: permission denied: no rule grants encrypt on key 'demo' (see: vecseal whoami)\n");
+  // What the line points to: whoami says that this caller is granted nothing.
+  const ProcessResult who = Vecseal({"whoami"}, {"VECSEAL_SOCKET=" + denying.socket()});
+  EXPECT_EQ(who.exit_code, 0) << who.err;
+  EXPECT_THAT(who.out, ::testing::EndsWith("grants: none (the policy grants this caller nothing)\n"));
+  denying.TearDown();
+
+  DevDaemon full(VECSEALD_PATH, R"({"audit": {"single_file": "/dev/full", "try_append_only": false}})");
+  full.SetUp();
+  ASSERT_EQ(full.unavailable(), "");
+  const ProcessResult unavailable = Vecseal(encrypt, {"VECSEAL_SOCKET=" + full.socket()});
+  EXPECT_EQ(unavailable.exit_code, 7) << full.Log();
+  EXPECT_EQ(unavailable.err,
+            "vecseal: vecseald cannot write its audit log, so it serves nothing: write /dev/full: "
+            "No space left on device (see: vecseal status)\n");
+  // What the line points to: status names the audit log as the failing part, with exit code 7.
+  const ProcessResult status = Vecseal({"status"}, {"VECSEAL_SOCKET=" + full.socket()});
+  EXPECT_EQ(status.exit_code, 7) << status.err;
+  EXPECT_THAT(status.out, StartsWith("vecseald at " + full.socket() + ": unavailable ("));
+  EXPECT_THAT(status.out, HasSubstr(", audit unavailable, "));
+  full.TearDown();
+  EXPECT_FALSE(fs::exists(Path("out.npy")));
+}
+
 // After a rotation, --key-version encrypts a file under the version a model was trained with;
 // the reversible tokens carry it, so decrypt needs no version.
 TEST_F(CliTest, KeyVersionEncryptsUnderAnOlderVersion) {

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -78,9 +79,10 @@ inline pid_t Spawn(std::vector<std::string> argv, const std::vector<std::string>
   return pid;
 }
 
-inline int WaitExit(pid_t pid) {
+// `usage`, when given, receives the child's resource usage (e.g. its peak RSS, ru_maxrss).
+inline int WaitExit(pid_t pid, struct rusage* usage = nullptr) {
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  while (::wait4(pid, &status, 0, usage) < 0 && errno == EINTR) {
   }
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
@@ -88,7 +90,7 @@ inline int WaitExit(pid_t pid) {
 }
 
 // Reads both pipes to their ends, then reaps the process.
-inline ProcessResult Collect(pid_t pid, int out_fd, int err_fd) {
+inline ProcessResult Collect(pid_t pid, int out_fd, int err_fd, struct rusage* usage = nullptr) {
   ProcessResult result;
   pollfd fds[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
   std::string* sinks[2] = {&result.out, &result.err};
@@ -108,7 +110,7 @@ inline ProcessResult Collect(pid_t pid, int out_fd, int err_fd) {
       }
     }
   }
-  result.exit_code = WaitExit(pid);
+  result.exit_code = WaitExit(pid, usage);
   return result;
 }
 
@@ -127,10 +129,19 @@ inline std::string MakeTempDir(const char* prefix) {
 }
 
 // One `vecseald --dev` for the whole test binary: starting it (and its SoftHSM2 token) is the
-// slow part, and tests use distinct key names so that they do not interfere.
+// slow part, and tests use distinct key names so that they do not interfere. A test that needs
+// a differently configured daemon makes its own and calls SetUp() and TearDown() itself.
 class DevDaemon : public ::testing::Environment {
  public:
-  explicit DevDaemon(std::string binary) : binary_(std::move(binary)) {}
+  // `overlay_json`: passed as --config (dev mode's tunables). `policy_json`: written as the
+  // state directory's policy.json before the start, which dev mode then keeps instead of its
+  // grant-everything policy. Empty: none.
+  explicit DevDaemon(std::string binary, std::string overlay_json = {}, std::string policy_json = {})
+      : binary_(std::move(binary)),
+        overlay_json_(std::move(overlay_json)),
+        policy_json_(std::move(policy_json)) {}
+  // A test's own daemon is stopped even when an assertion returns early.
+  ~DevDaemon() override { TearDown(); }
 
   static DevDaemon* instance() { return instance_; }
   static void set_instance(DevDaemon* daemon) { instance_ = daemon; }
@@ -140,6 +151,8 @@ class DevDaemon : public ::testing::Environment {
   const std::string& socket() const { return socket_; }
   const std::string& state_dir() const { return state_dir_; }
   pid_t pid() const { return pid_; }
+  // What the daemon wrote on stdout and stderr so far, for failure messages.
+  std::string Log() const { return root_.empty() ? "" : ReadFile(root_ + "/vecseald.log"); }
 
   void SetUp() override {
     if (!std::filesystem::exists(binary_)) {
@@ -151,6 +164,19 @@ class DevDaemon : public ::testing::Environment {
     const std::string log = root_ + "/vecseald.log";
     std::filesystem::create_directory(state_dir_);
     std::filesystem::permissions(state_dir_, std::filesystem::perms::owner_all);
+    std::vector<std::string> argv = {binary_, "--dev", "--state-dir", state_dir_};
+    if (!policy_json_.empty() && !WriteFile(state_dir_ + "/policy.json", policy_json_)) {
+      unavailable_ = "cannot write " + state_dir_ + "/policy.json";
+      return;
+    }
+    if (!overlay_json_.empty()) {
+      if (!WriteFile(root_ + "/overlay.json", overlay_json_)) {
+        unavailable_ = "cannot write " + root_ + "/overlay.json";
+        return;
+      }
+      argv.push_back("--config");
+      argv.push_back(root_ + "/overlay.json");
+    }
     // Output goes to a file, not a pipe: nobody drains a pipe during the tests, and a full one
     // would block the daemon.
     posix_spawn_file_actions_t actions;
@@ -158,7 +184,6 @@ class DevDaemon : public ::testing::Environment {
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    std::vector<std::string> argv = {binary_, "--dev", "--state-dir", state_dir_};
     std::vector<std::string> env = EnvironmentWith({});
     if (posix_spawn(&pid_, binary_.c_str(), &actions, nullptr, CStrings(argv).data(),
                     CStrings(env).data()) != 0) {
@@ -192,6 +217,14 @@ class DevDaemon : public ::testing::Environment {
     TearDown();
   }
 
+  // Mode 0600: the daemon refuses config and policy files that others may write.
+  static bool WriteFile(const std::string& path, const std::string& text) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return false;
+    const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    return ::close(fd) == 0 && written;
+  }
+
   static std::string ReadFile(const std::string& path) {
     std::string out;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -220,6 +253,8 @@ class DevDaemon : public ::testing::Environment {
  private:
   static inline DevDaemon* instance_ = nullptr;
   std::string binary_;
+  std::string overlay_json_;
+  std::string policy_json_;
   std::string state_dir_;
   std::string socket_;
   std::string unavailable_;
