@@ -327,6 +327,11 @@ TEST_F(DaemonTest, BadRequestsGetTheirExactStatusAndCode) {
        "invalid_request", ""},
       {"bad Vecseal-Reversible", binary_call(FloatsToBytes({1, 2}), {{"Vecseal-Dimension", "2"}, {"Vecseal-Reversible", "yes"}}),
        400, "invalid_request", ""},
+      // One header past the default limits.max_header_bytes of 16384.
+      {"headers too large", HttpCall{.method = "GET", .target = "/v1/health", .body = {},
+                                     .content_type = {},
+                                     .headers = {{"X-Padding", std::string(16384, 'a')}}},
+       431, "header_too_large", "the request headers exceed 16384 bytes"},
   };
   for (const auto& entry : table) {
     SCOPED_TRACE(entry.name);
