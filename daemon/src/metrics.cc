@@ -10,9 +10,10 @@ void Metrics::CountRequest(const std::string& key, const std::string& operation,
   ++requests_[{key, operation, outcome}];
   size_t bucket = 0;
   while (bucket < kBuckets.size() && duration.count() > kBuckets[bucket]) ++bucket;
-  ++duration_buckets_[bucket];
-  duration_sum_ += duration.count();
-  ++duration_count_;
+  Histogram& histogram = durations_[operation];
+  ++histogram.buckets[bucket];
+  histogram.sum += duration.count();
+  ++histogram.count;
 }
 
 void Metrics::CountVectors(const std::string& key, const std::string& operation,
@@ -43,18 +44,23 @@ std::string Metrics::RenderPrometheus() const {
     out << "vecseal_vectors_total{key=\"" << key << "\",operation=\"" << operation << "\"} "
         << count << '\n';
   }
-  out << "# HELP vecseal_request_duration_seconds Time from a complete request to its response.\n"
+  out << "# HELP vecseal_request_duration_seconds Time from a complete request to its response, "
+         "by operation.\n"
          "# TYPE vecseal_request_duration_seconds histogram\n";
-  uint64_t cumulative = 0;
-  for (size_t i = 0; i < kBuckets.size(); ++i) {
-    cumulative += duration_buckets_[i];
-    out << "vecseal_request_duration_seconds_bucket{le=\"" << kBuckets[i] << "\"} " << cumulative
-        << '\n';
+  for (const auto& [operation, histogram] : durations_) {
+    const std::string label = "operation=\"" + operation + "\"";
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < kBuckets.size(); ++i) {
+      cumulative += histogram.buckets[i];
+      out << "vecseal_request_duration_seconds_bucket{" << label << ",le=\"" << kBuckets[i]
+          << "\"} " << cumulative << '\n';
+    }
+    cumulative += histogram.buckets.back();
+    out << "vecseal_request_duration_seconds_bucket{" << label << ",le=\"+Inf\"} " << cumulative
+        << '\n'
+        << "vecseal_request_duration_seconds_sum{" << label << "} " << histogram.sum << '\n'
+        << "vecseal_request_duration_seconds_count{" << label << "} " << histogram.count << '\n';
   }
-  cumulative += duration_buckets_.back();
-  out << "vecseal_request_duration_seconds_bucket{le=\"+Inf\"} " << cumulative << '\n'
-      << "vecseal_request_duration_seconds_sum " << duration_sum_ << '\n'
-      << "vecseal_request_duration_seconds_count " << duration_count_ << '\n';
   out << "# HELP vecseal_hsm_errors_total HSM operations that failed.\n"
          "# TYPE vecseal_hsm_errors_total counter\n"
       << "vecseal_hsm_errors_total " << hsm_errors_.load() << '\n'

@@ -437,6 +437,52 @@ TEST_F(DaemonTest, WhoAmIHealthAndMetrics) {
             std::string::npos)
       << metrics.body;
   EXPECT_NE(metrics.body.find("vecseal_connections 1\n"), std::string::npos) << metrics.body;
+
+  // The latency histogram is per operation: 12 finite buckets and +Inf, cumulative, for the one
+  // encrypt; its sum and count; and whoami's one request kept apart from it.
+  const std::string histogram = "vecseal_request_duration_seconds";
+  const std::string bucket_prefix = histogram + "_bucket{operation=\"encrypt\",le=\"";
+  std::vector<std::string> bounds;
+  std::vector<uint64_t> cumulative;
+  std::istringstream lines(metrics.body);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(bucket_prefix, 0) != 0) continue;
+    const size_t quote = line.find('"', bucket_prefix.size());
+    bounds.push_back(line.substr(bucket_prefix.size(), quote - bucket_prefix.size()));
+    cumulative.push_back(std::stoull(line.substr(line.rfind(' ') + 1)));
+  }
+  ASSERT_EQ(bounds, (std::vector<std::string>{"0.0005", "0.001", "0.0025", "0.005", "0.01",
+                                              "0.025", "0.05", "0.1", "0.25", "0.5", "1", "5",
+                                              "+Inf"}))
+      << metrics.body;
+  EXPECT_TRUE(std::is_sorted(cumulative.begin(), cumulative.end())) << metrics.body;
+  EXPECT_EQ(cumulative.back(), 1u) << metrics.body;
+  EXPECT_NE(metrics.body.find(histogram + "_count{operation=\"encrypt\"} 1\n"), std::string::npos)
+      << metrics.body;
+  const std::string sum_prefix = histogram + "_sum{operation=\"encrypt\"} ";
+  const size_t sum_at = metrics.body.find(sum_prefix);
+  ASSERT_NE(sum_at, std::string::npos) << metrics.body;
+  const double sum = std::stod(metrics.body.substr(sum_at + sum_prefix.size()));
+  // With one observation, the sum lies in the first bucket that counts it (give or take the
+  // six significant digits it is printed with).
+  const size_t first = static_cast<size_t>(
+      std::find(cumulative.begin(), cumulative.end(), 1u) - cumulative.begin());
+  ASSERT_LT(first, bounds.size()) << metrics.body;
+  constexpr double kPrinted = 1e-5;
+  if (bounds[first] != "+Inf") {
+    EXPECT_LE(sum, std::stod(bounds[first]) * (1 + kPrinted)) << metrics.body;
+  }
+  EXPECT_GT(sum, first == 0 ? 0.0 : std::stod(bounds[first - 1]) * (1 - kPrinted))
+      << metrics.body;
+  EXPECT_NE(metrics.body.find(histogram + "_count{operation=\"whoami\"} 1\n"), std::string::npos)
+      << metrics.body;
+  EXPECT_EQ(metrics.body.find(histogram + "_count "), std::string::npos)
+      << "an unlabelled histogram is left over:\n" << metrics.body;
+  EXPECT_EQ(metrics.body.find(histogram + "_bucket{key="), std::string::npos) << metrics.body;
+  EXPECT_NE(metrics.body.find("# TYPE vecseal_hsm_errors_total counter\n"
+                              "vecseal_hsm_errors_total 0\n"),
+            std::string::npos)
+      << metrics.body;
 }
 
 TEST_F(DaemonTest, EveryRequestIsAuditedBeforeTheResponse) {

@@ -33,12 +33,17 @@ class Metrics {
                                                       0.05,   0.1,   0.25,   0.5,   1.0,  5.0};
 
  private:
+  struct Histogram {
+    std::array<uint64_t, kBuckets.size() + 1> buckets{};  // not cumulative; the last is +Inf
+    double sum = 0;
+    uint64_t count = 0;
+  };
+
   mutable std::mutex mutex_;
   std::map<std::tuple<std::string, std::string, std::string>, uint64_t> requests_;
   std::map<std::tuple<std::string, std::string>, uint64_t> vectors_;
-  std::array<uint64_t, kBuckets.size() + 1> duration_buckets_{};
-  double duration_sum_ = 0;
-  uint64_t duration_count_ = 0;
+  // By operation only: a histogram per key would multiply 14 series by every key on the token.
+  std::map<std::string, Histogram> durations_;
   std::atomic<uint64_t> hsm_errors_{0};
   std::atomic<uint64_t> audit_errors_{0};
   std::function<size_t()> connections_;
