@@ -61,14 +61,19 @@ std::string FindTool(const std::string& name) {
   return "";
 }
 
-// A scratch root holding the dev state directory (0700, as dev mode demands) and the logs.
+// A scratch root holding the dev state directory (0700, as dev mode demands), a dev overlay and
+// the logs.
 class Scratch {
  public:
   Scratch() {
     char pattern[] = "/tmp/vecseal-act-XXXXXX";
     if (mkdtemp(pattern) == nullptr) return;
     root_ = pattern;
-    if (mkdir(state_dir().c_str(), 0700) != 0) root_.clear();
+    // Append-only audit files (root's default) would outlive the scratch directory.
+    std::ofstream(overlay_path()) << R"({"audit": {"try_append_only": false}})";
+    if (mkdir(state_dir().c_str(), 0700) != 0 || chmod(overlay_path().c_str(), 0600) != 0) {
+      root_.clear();
+    }
   }
   ~Scratch() {
     std::error_code ignored;
@@ -79,6 +84,11 @@ class Scratch {
   std::string state_dir() const { return root_ + "/state"; }
   std::string socket_path() const { return state_dir() + "/vecseald.sock"; }
   std::string stderr_path() const { return root_ + "/stderr.log"; }
+  std::string overlay_path() const { return root_ + "/overlay.json"; }
+  // `vecseald --dev` with this scratch's state directory and overlay.
+  std::vector<std::string> DevArgs() const {
+    return {VECSEALD_PATH, "--dev", "--state-dir", state_dir(), "--config", overlay_path()};
+  }
 
  private:
   std::string root_;
@@ -285,8 +295,7 @@ TEST(ActivationTest, ServesTheSocketSystemdPassesAndLeavesItsFileAlone) {
   const std::string socket_path = scratch.socket_path();
   std::vector<std::string> argv = {tool, "--listen=" + socket_path};
   for (auto& flag : PassThroughSanitizerOptions()) argv.push_back(flag);
-  for (const char* arg : {VECSEALD_PATH, "--dev", "--state-dir"}) argv.emplace_back(arg);
-  argv.push_back(scratch.state_dir());
+  for (auto& arg : scratch.DevArgs()) argv.push_back(arg);
 
   Child daemon;
   std::string error;
@@ -341,8 +350,7 @@ TEST(ActivationTest, RefusesTwoPassedSockets) {
   std::vector<std::string> argv = {tool, "--listen=" + first,
                                    "--listen=" + scratch.root() + "/second.sock"};
   for (auto& flag : PassThroughSanitizerOptions()) argv.push_back(flag);
-  for (const char* arg : {VECSEALD_PATH, "--dev", "--state-dir"}) argv.emplace_back(arg);
-  argv.push_back(scratch.state_dir());
+  for (auto& arg : scratch.DevArgs()) argv.push_back(arg);
 
   Child daemon;
   std::string error;
@@ -375,8 +383,8 @@ class NotifyTest : public ::testing::Test {
   void Start(std::vector<std::string> env, const char* own_pid_variable) {
     env.push_back("NOTIFY_SOCKET=" + scratch_.root() + "/notify.sock");
     std::string error;
-    ASSERT_TRUE(daemon_.Spawn({VECSEALD_PATH, "--dev", "--state-dir", scratch_.state_dir()}, env,
-                              scratch_.stderr_path(), own_pid_variable, &error))
+    ASSERT_TRUE(daemon_.Spawn(scratch_.DevArgs(), env, scratch_.stderr_path(), own_pid_variable,
+                              &error))
         << error;
   }
 
