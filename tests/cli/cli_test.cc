@@ -1,10 +1,14 @@
 // The `vecseal` binary as users run it: real processes against a real `vecseald --dev`.
+#include <pty.h>
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -67,6 +71,41 @@ class CliTest : public ::testing::Test {
       m.data[i] = std::sin(0.37f * static_cast<float>(i)) * 2.0f;
     }
     return m;
+  }
+
+  // Runs `vecseal ARGS` against the dev daemon with stdin, stdout and stderr on a pseudo-terminal;
+  // `out` is everything it wrote there (the terminal turns "\n" into "\r\n").
+  static ProcessResult VecsealOnTerminal(std::vector<std::string> args) {
+    args.insert(args.begin(), VECSEAL_CLI_PATH);
+    std::vector<std::string> env = vecseal::testing::EnvironmentWith({"VECSEAL_SOCKET=" + Socket()});
+    // Built before the fork: the child only calls execve.
+    std::vector<char*> argv = vecseal::testing::CStrings(args);
+    std::vector<char*> envp = vecseal::testing::CStrings(env);
+    ProcessResult result;
+    int terminal = -1;
+    const pid_t pid = ::forkpty(&terminal, nullptr, nullptr, nullptr);
+    if (pid == 0) {
+      ::execve(argv[0], argv.data(), envp.data());
+      ::_exit(127);
+    }
+    if (pid < 0) {
+      result.err = std::string("forkpty: ") + std::strerror(errno);
+      return result;
+    }
+    char buffer[4096];
+    for (;;) {
+      const ssize_t n = ::read(terminal, buffer, sizeof(buffer));
+      if (n > 0) {
+        result.out.append(buffer, static_cast<size_t>(n));
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else {
+        break;  // EIO: the child has exited and its side of the terminal is closed
+      }
+    }
+    ::close(terminal);
+    result.exit_code = vecseal::testing::WaitExit(pid);
+    return result;
   }
 
   std::vector<std::string> Listing() const {
@@ -162,6 +201,29 @@ TEST_F(CliTest, LocalFileErrorsNameTheFile) {
   EXPECT_EQ(ext.exit_code, 5);
   EXPECT_EQ(ext.err, "vecseal: " + Path("o.csv") +
                          ": unknown file type (use .npy, .fvecs, .jsonl or .f32, or name the format)\n");
+}
+
+// On a terminal, encrypt draws a progress bar with the rate and the time left while it runs,
+// clears it, and ends with a summary line (off a terminal it prints nothing: CliRoundTripTest).
+TEST_F(CliTest, ProgressBarOnATerminal) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("progress");
+  // 40 requests of 500 rows: the first is drawn at once, well before the end, so it has an ETA.
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(20000, 16)).ok());
+  const ProcessResult r = VecsealOnTerminal(
+      {"encrypt", "--key", "progress", "--batch", "500", Path("in.npy"), Path("out.npy")});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  // "[==    ]   5% 1000 vectors, 51234/s, ETA 0:02" (the ETA only while not done).
+  const std::regex bar(R"(\r\[=* *\] +[0-9]+% [1-9][0-9]* vectors, [1-9][0-9]*/s, ETA [0-9]+:[0-5][0-9] )");
+  EXPECT_TRUE(std::regex_search(r.out, bar)) << r.out;
+  // The bar is wiped before the summary, which is the last line.
+  const std::string summary = "\r" + std::string(78, ' ') + "\r" +
+                              "encrypted 20000 vectors of dimension 16 with key 'progress' version 1 "
+                              "into " + Path("out.npy") + "\r\n";
+  EXPECT_THAT(r.out, ::testing::EndsWith(summary)) << r.out;
+  Result<client::Matrix> sealed = client::ReadMatrix(Path("out.npy"));
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  EXPECT_EQ(sealed->rows, 20000u);
 }
 
 // Encrypt reversibly, then decrypt, for every format; batches far smaller than the file, so the
