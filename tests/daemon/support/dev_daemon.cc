@@ -5,9 +5,11 @@
 #include "support/dev_daemon.h"
 
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -48,6 +50,23 @@ std::string ReadFile(const std::string& path) {
 std::string Lower(std::string text) {
   for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return text;
+}
+
+// Run as root, a dev daemon makes its audit files append-only, which remove_all cannot delete.
+void ClearAppendOnly(const std::string& root) {
+  std::error_code error;
+  for (auto it = std::filesystem::recursive_directory_iterator(root, error);
+       !error && it != std::filesystem::recursive_directory_iterator(); it.increment(error)) {
+    if (!it->is_regular_file(error)) continue;
+    const int fd = open(it->path().c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_APPEND_FL) != 0) {
+      flags &= ~FS_APPEND_FL;
+      ioctl(fd, FS_IOC_SETFLAGS, &flags);
+    }
+    close(fd);
+  }
 }
 
 }  // namespace
@@ -123,6 +142,7 @@ std::unique_ptr<DevDaemon> DevDaemon::Start(const DevDaemonOptions& options, std
 DevDaemon::~DevDaemon() {
   if (pid_ > 0) Stop();
   if (!root_.empty()) {
+    ClearAppendOnly(root_);
     std::error_code ignored;
     std::filesystem::remove_all(root_, ignored);
   }
