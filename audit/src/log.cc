@@ -522,6 +522,17 @@ class Log::Impl {
         return false;
       }
     }
+    // Every-record syncs each write above; under the interval policy nothing would, and a disk
+    // whose fdatasync keeps failing would be resumed on every retry, answering requests between
+    // background failures.
+    if (options_.sync == LogOptions::Sync::kInterval && file_) {
+      const Status synced = SyncLocked();
+      if (!synced.ok()) {
+        needs_new_file_ = true;
+        last_error_ = Status(Code::kUnavailable, "audit_unavailable", synced.message());
+        return false;
+      }
+    }
     std::string body;
     internal::AppendStringField(&body, "event", "resumed");
     internal::AppendUintField(&body, "refused", refused_);

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -32,6 +33,7 @@ struct Harness {
     LogOptions options = testing::TestOptions(dir.path());
     options.fs = testing::FaultyFileSystem(plan);
     options.notice = [this](std::string_view level, std::string_view message) {
+      std::lock_guard lock(notices_mu);  // the flusher thread reports too
       notices.push_back(std::string(level) + ": " + std::string(message));
     };
     if (tweak) tweak(&options);
@@ -61,9 +63,15 @@ struct Harness {
     return std::move(report).value();
   }
 
+  std::vector<std::string> Notices() {
+    std::lock_guard lock(notices_mu);
+    return notices;
+  }
+
   TempDir dir;
   std::shared_ptr<FaultPlan> plan = std::make_shared<FaultPlan>();
   std::shared_ptr<SoftwareSigner> signer = SoftwareSigner::Generate();
+  std::mutex notices_mu;
   std::vector<std::string> notices;
   std::unique_ptr<Log> log;
 };
@@ -98,6 +106,9 @@ struct IoFault {
   std::string message;
   bool new_file;  // whether the log must continue in a fresh file
   LogOptions::Sync sync;
+  // The fault shows only in the background fdatasync of the interval policy, after the request
+  // whose record it covers was answered.
+  bool background = false;
   friend void PrintTo(const IoFault& fault, std::ostream* os) { *os << fault.name; }
 };
 
@@ -105,19 +116,39 @@ class AuditIoFaultTest : public ::testing::TestWithParam<IoFault> {};
 
 TEST_P(AuditIoFaultTest, RefusesWhileFailingThenResumesWithACount) {
   const IoFault& fault = GetParam();
-  Harness h([&](LogOptions* o) { o->sync = fault.sync; });
+  Harness h([&](LogOptions* o) {
+    o->sync = fault.sync;
+    if (fault.background) o->sync_interval = std::chrono::milliseconds(5);
+  });
   ASSERT_NE(h.log, nullptr);
   ASSERT_TRUE(h.log->Append(SampleEvent(0)).ok());
   const size_t files_before = LogFiles(h.dir.path()).size();
 
   fault.set(*h.plan, true);
+  if (fault.background) {
+    // No fdatasync runs on the request's path: this request is answered, and the background
+    // fdatasync that covers its record fails afterwards and suspends the log.
+    ASSERT_TRUE(h.log->Append(SampleEvent(1)).ok());
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    const auto suspended = [&] {
+      for (const std::string& notice : h.Notices()) {
+        if (notice.find("audit log suspended") != std::string::npos) return true;
+      }
+      return false;
+    };
+    while (!suspended() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  // Every later request is refused, even though retries (every Append here) find that writes
+  // work again: the fdatasync of a retry fails too.
   for (int i = 0; i < 3; ++i) {
     const Status status = h.log->Append(Refusable(i));
     EXPECT_EQ(status.reason(), "audit_unavailable") << fault.name;
     EXPECT_THAT(status.message(), HasSubstr(fault.message)) << fault.name;
   }
   EXPECT_FALSE(h.log->healthy());
-  EXPECT_THAT(h.notices, ::testing::Contains(HasSubstr("audit log suspended")));
+  EXPECT_THAT(h.Notices(), ::testing::Contains(HasSubstr("audit log suspended")));
 
   fault.set(*h.plan, false);
   ASSERT_TRUE(h.log->Append(SampleEvent(9)).ok()) << fault.name;
@@ -157,7 +188,10 @@ INSTANTIATE_TEST_SUITE_P(
         IoFault{"erofs", [](FaultPlan& p, bool on) { p.read_only = on; },
                 "Read-only file system", false, LogOptions::Sync::kInterval},
         IoFault{"fdatasync", [](FaultPlan& p, bool on) { p.fail_sync = on; },
-                "fdatasync: Input/output error", true, LogOptions::Sync::kEveryRecord}),
+                "fdatasync: Input/output error", true, LogOptions::Sync::kEveryRecord},
+        IoFault{"interval_fdatasync", [](FaultPlan& p, bool on) { p.fail_sync = on; },
+                "fdatasync: Input/output error", true, LogOptions::Sync::kInterval,
+                /*background=*/true}),
     [](const auto& test_info) { return test_info.param.name; });
 
 // The kernel reports a writeback error to one fdatasync only. When armed, the next fdatasync
