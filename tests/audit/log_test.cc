@@ -6,6 +6,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include "support/audit_test_util.h"
@@ -151,6 +154,51 @@ TEST(AuditLogTest, SealsEveryNRecordsAndAcceptsRawSignatures) {
   const VerifyReport closed = VerifyDir(dir.path(), signer);
   EXPECT_TRUE(closed.ok());
   EXPECT_EQ(closed.unsealed_tail, 0u);
+}
+
+// The time rule on its own: far below seal_every_records, a seal comes seal_every after the last
+// one, and none while no record was written since.
+TEST(AuditLogTest, SealsAfterSealEverySeconds) {
+  TempDir dir;
+  auto signer = SoftwareSigner::Generate();
+  LogOptions options = TestOptions(dir.path());
+  options.seal_every_records = 1000;
+  options.seal_every = std::chrono::seconds(1);
+  const auto opened = std::chrono::steady_clock::now();
+  auto log = OpenLog(options, signer);
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SampleEvent(0)).ok());
+  ASSERT_TRUE(log->Append(SampleEvent(1)).ok());
+
+  const auto seals = [&] {
+    std::vector<nlohmann::json> found;
+    for (const auto& line : ReadLines(LogFiles(dir.path())[0])) {
+      auto record = nlohmann::json::parse(line);
+      if (record["event"] == "seal") found.push_back(std::move(record));
+    }
+    return found;
+  };
+  // Generous: only a stalled machine takes this long.
+  const auto deadline = opened + std::chrono::seconds(30);
+  while (seals().empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const auto sealed_after = std::chrono::steady_clock::now() - opened;
+  const auto found = seals();
+  ASSERT_EQ(found.size(), 1u) << "no seal within 30 s of seal_every = 1 s";
+  EXPECT_GE(sealed_after, std::chrono::seconds(1)) << "sealed before seal_every had passed";
+  EXPECT_EQ(found[0]["reason"], "time");
+  EXPECT_EQ(found[0]["seq"], 4);  // file_start, the two events, the seal
+  EXPECT_EQ(found[0]["head"], found[0]["prev"]);
+  const VerifyReport report = VerifyDir(dir.path(), signer);
+  EXPECT_TRUE(report.ok());
+  EXPECT_EQ(report.seals, 1u);
+  EXPECT_EQ(report.unsealed_tail, 0u) << "the time seal covers every record before it";
+
+  // Nothing written since: another period passes without a seal.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(seals().size(), 1u);
+  ASSERT_TRUE(log->Close().ok());
 }
 
 TEST(AuditLogTest, SignerFailureLeavesRecordsUnsealedButWritten) {
