@@ -3,9 +3,11 @@
 #pragma once
 
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -244,9 +246,28 @@ class DevDaemon : public ::testing::Environment {
       pid_ = -1;
     }
     if (!root_.empty()) {
+      ClearAppendOnly(root_);
       std::error_code ignored;
       std::filesystem::remove_all(root_, ignored);
       root_.clear();
+    }
+  }
+
+  // Run as root, the daemon makes its audit files append-only (chattr +a), which no one may
+  // delete; clearing the flag again lets the directory go.
+  static void ClearAppendOnly(const std::string& dir) {
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      if (!it->is_regular_file(ec)) continue;
+      const int fd = ::open(it->path().c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+      if (fd < 0) continue;
+      int flags = 0;
+      if (::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_APPEND_FL) != 0) {
+        flags &= ~FS_APPEND_FL;
+        ::ioctl(fd, FS_IOC_SETFLAGS, &flags);
+      }
+      ::close(fd);
     }
   }
 
