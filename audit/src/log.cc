@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -54,11 +55,30 @@ std::string Dirname(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
+// The signer's public key, once a signature over a fixed digest verifies under it: a signer that
+// does not match its own public key would write seals no one can verify.
+Result<internal::PublicKey> SelfTestedKey(Signer& signer) {
+  Result<std::string> pem = signer.PublicKeyPem();
+  if (!pem.ok()) return std::move(pem).TakeStatus();
+  Result<internal::PublicKey> key = internal::PublicKey::FromPem(*pem);
+  if (!key.ok()) return std::move(key).TakeStatus();
+  const Digest probe = internal::Sha256("vecseal/v1/audit-signer-self-test");
+  Result<std::vector<uint8_t>> signature = signer.SignDigest(probe);
+  if (signature.ok()) signature = internal::NormalizeSignature(std::move(*signature));
+  if (!signature.ok()) return std::move(signature).TakeStatus();
+  if (!key->VerifyDigest(probe, *signature)) {
+    return Status(Code::kFailedPrecondition, "audit_signer_mismatch",
+                  "the audit signer's signatures do not verify under its public key");
+  }
+  return key;
+}
+
 }  // namespace
 
 class Log::Impl {
  public:
-  Impl(LogOptions options, std::shared_ptr<Signer> signer, internal::PublicKey key)
+  Impl(LogOptions options, std::shared_ptr<Signer> signer,
+       std::optional<internal::PublicKey> key)
       : options_(std::move(options)), signer_(std::move(signer)), key_(std::move(key)) {
     fs_ = options_.fs ? options_.fs : PosixFileSystem();
     dir_ = options_.single_file.empty() ? options_.dir : Dirname(options_.single_file);
@@ -71,6 +91,10 @@ class Log::Impl {
     {
       std::unique_lock lock(mu_);
       VECSEAL_RETURN_IF_ERROR(DiscoverHeadLocked());
+      if (!key_) {
+        Notice("warning", "the audit key is not reachable yet: records are written, and sealed "
+                          "once it is");
+      }
       const Status started = StartFileLocked("open");
       if (!started.ok()) SuspendLocked(started);
       FlushNoticesUnlocking(lock);
@@ -239,7 +263,7 @@ class Log::Impl {
     internal::AppendStringField(&body, "reason", reason);
     internal::AppendBoolField(&body, "append_only", append_only);
     internal::AppendUintField(&body, "reserve_bytes", reserved ? options_.reserve_bytes : 0);
-    internal::AppendStringField(&body, "key_id", key_.key_id());
+    if (key_) internal::AppendStringField(&body, "key_id", key_->key_id());
     pending_start_ = std::move(body);
     VECSEAL_RETURN_IF_ERROR(WriteStartLocked());
     if (options_.try_append_only && !append_only && !warned_append_only_) {
@@ -388,19 +412,21 @@ class Log::Impl {
 
   Status SealLocked(std::string_view reason) {
     if (records_since_seal_ == 0) return Status::Ok();  // the last record is already a seal
+    if (!key_) {
+      Result<internal::PublicKey> key = SelfTestedKey(*signer_);
+      if (!key.ok()) return SealFailedLocked(key.status());
+      key_.emplace(std::move(key).value());
+    }
     const Digest digest = internal::SealDigest(file_id_, next_seq_, head_);
     Result<std::vector<uint8_t>> signature = signer_->SignDigest(digest);
     if (signature.ok()) signature = internal::NormalizeSignature(std::move(*signature));
-    if (!signature.ok()) {
-      Notice("error", "cannot seal the audit log: " + signature.status().ToString());
-      return Status(Code::kUnavailable, "audit_seal_failed", signature.status().message());
-    }
+    if (!signature.ok()) return SealFailedLocked(signature.status());
     const std::string head_hex = head_hex_;
     std::string body;
     internal::AppendStringField(&body, "event", "seal");
     internal::AppendStringField(&body, "file_id", file_id_hex_);
     internal::AppendStringField(&body, "head", head_hex);
-    internal::AppendStringField(&body, "key_id", key_.key_id());
+    internal::AppendStringField(&body, "key_id", key_->key_id());
     internal::AppendStringField(&body, "sig", internal::Base64(*signature));
     internal::AppendStringField(&body, "reason", reason);
     const uint64_t seal_seq = next_seq_;
@@ -412,12 +438,26 @@ class Log::Impl {
     }
     records_since_seal_ = 0;
     next_seal_retry_ = 0;
+    if (!seal_failure_.empty()) {
+      seal_failure_.clear();
+      Notice("info", "audit seals resumed");
+    }
     last_seal_micros_ = internal::NowMicros();
     last_seal_ = SealInfo{file_path_, seal_seq, head_hex};
     // Kept outside the files as well: an anchor against truncation of the newest file.
     Notice("info", "audit seal seq " + std::to_string(seal_seq) + " head " + head_hex + " file " +
                        Basename(file_path_));
     return Status::Ok();
+  }
+
+  // Seals are retried (by count, by time, at rotation and at close); the operator hears of a
+  // failure once per distinct cause, not on every retry.
+  Status SealFailedLocked(const Status& cause) {
+    if (cause.ToString() != seal_failure_) {
+      seal_failure_ = cause.ToString();
+      Notice("error", "cannot seal the audit log: " + seal_failure_);
+    }
+    return Status(Code::kUnavailable, "audit_seal_failed", cause.message());
   }
 
   void RotateLocked() {
@@ -602,7 +642,8 @@ class Log::Impl {
 
   const LogOptions options_;
   const std::shared_ptr<Signer> signer_;
-  const internal::PublicKey key_;
+  // Unset while the signer's key is not reachable yet (guarded by mu_): learnt at the first seal.
+  std::optional<internal::PublicKey> key_;
   std::shared_ptr<FileSystem> fs_;
   std::string dir_;
 
@@ -639,6 +680,7 @@ class Log::Impl {
   uint64_t next_seal_retry_ = 0;
   int64_t last_seal_micros_ = 0;
   int64_t next_time_seal_micros_ = 0;  // a failed time seal is retried no sooner than this
+  std::string seal_failure_;           // the cause of the failing seals, last noticed
   std::optional<SealInfo> last_seal_;
 
   bool closed_ = false;
@@ -663,20 +705,14 @@ Result<std::unique_ptr<Log>> Log::Open(LogOptions options, std::shared_ptr<Signe
   if (options.refuse_free_bytes > options.warn_free_bytes) {
     return bad("refuse_free_bytes", "must not exceed warn_free_bytes");
   }
-  Result<std::string> pem = signer->PublicKeyPem();
-  if (!pem.ok()) return std::move(pem).TakeStatus();
-  Result<internal::PublicKey> key = internal::PublicKey::FromPem(*pem);
-  if (!key.ok()) return std::move(key).TakeStatus();
-  // A signer that does not match its own public key would write seals no one can verify.
-  const Digest probe = internal::Sha256("vecseal/v1/audit-signer-self-test");
-  Result<std::vector<uint8_t>> signature = signer->SignDigest(probe);
-  if (signature.ok()) signature = internal::NormalizeSignature(std::move(*signature));
-  if (!signature.ok()) return std::move(signature).TakeStatus();
-  if (!key->VerifyDigest(probe, *signature)) {
-    return Status(Code::kFailedPrecondition, "audit_signer_mismatch",
-                  "the audit signer's signatures do not verify under its public key");
+  std::optional<internal::PublicKey> key;
+  const Result<std::string> pem = signer->PublicKeyPem();
+  if (pem.ok() || pem.status().code() != Code::kUnavailable) {
+    Result<internal::PublicKey> tested = SelfTestedKey(*signer);
+    if (!tested.ok()) return std::move(tested).TakeStatus();
+    key.emplace(std::move(tested).value());
   }
-  auto impl = std::make_unique<Impl>(std::move(options), std::move(signer), std::move(*key));
+  auto impl = std::make_unique<Impl>(std::move(options), std::move(signer), std::move(key));
   VECSEAL_RETURN_IF_ERROR(impl->Start());
   return std::unique_ptr<Log>(new Log(std::move(impl)));
 }

@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -222,6 +224,85 @@ TEST(AuditLogTest, SignerFailureLeavesRecordsUnsealedButWritten) {
   EXPECT_TRUE(report.ok());
   EXPECT_EQ(report.seals, 1u);
   EXPECT_EQ(report.unsealed_tail, 0u);
+}
+
+// vecseald opens its log before its HSM answers: the key arrives later, and the first seal
+// after that vouches for every record written meanwhile.
+TEST(AuditLogTest, OpensBeforeTheKeyIsReachableAndSealsOnceItIs) {
+  class LateSigner final : public Signer {
+   public:
+    Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) override {
+      if (!reachable) return Status(Code::kUnavailable, "hsm_unavailable", "no HSM yet");
+      return key->SignDigest(digest);
+    }
+    Result<std::string> PublicKeyPem() override {
+      if (!reachable) return Status(Code::kUnavailable, "hsm_unavailable", "no HSM yet");
+      return key->PublicKeyPem();
+    }
+    std::atomic<bool> reachable{false};
+    std::shared_ptr<SoftwareSigner> key = SoftwareSigner::Generate();
+  };
+  TempDir dir;
+  auto signer = std::make_shared<LateSigner>();
+  LogOptions options = TestOptions(dir.path());
+  options.seal_every_records = 2;
+  std::vector<std::string> notices;
+  options.notice = [&](std::string_view level, std::string_view message) {
+    notices.push_back(std::string(level) + ": " + std::string(message));
+  };
+  auto log = OpenLog(options, signer);
+  ASSERT_NE(log, nullptr);
+  for (int i = 0; i < 6; ++i) EXPECT_TRUE(log->Append(SampleEvent(i)).ok()) << i;
+  EXPECT_EQ(log->Seal().reason(), "audit_seal_failed");
+  EXPECT_EQ(signer->key->signatures, 0);
+  const auto first = nlohmann::json::parse(ReadLines(log->current_file())[0]);
+  EXPECT_EQ(first["event"], "file_start");
+  EXPECT_FALSE(first.contains("key_id")) << "a key id the log could not know";
+  // Three count seals and one requested seal failed for one cause: one notice.
+  EXPECT_EQ(std::count_if(notices.begin(), notices.end(),
+                          [](const std::string& n) { return n.find("cannot seal") != n.npos; }),
+            1)
+      << ::testing::PrintToString(notices);
+  EXPECT_THAT(notices, ::testing::Contains(HasSubstr("not reachable yet")));
+
+  signer->reachable = true;
+  ASSERT_TRUE(log->Seal().ok());
+  EXPECT_THAT(notices, ::testing::Contains(HasSubstr("audit seals resumed")));
+  ASSERT_TRUE(log->Append(SampleEvent(6)).ok());
+  ASSERT_TRUE(log->Close().ok());
+  const std::vector<std::string> files = LogFiles(dir.path());
+  Result<VerifyReport> report = Verify(files, *signer->key->PublicKeyPem());
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_TRUE(report->ok()) << report->error->message;
+  EXPECT_EQ(report->seals, 2u);
+  EXPECT_EQ(report->unsealed_tail, 0u);
+}
+
+// The key fetched late passes the same self-test as one given at Open.
+TEST(AuditLogTest, AKeyReachedLateThatDoesNotMatchItsSignerSealsNothing) {
+  class LateMismatched final : public Signer {
+   public:
+    Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> d) override {
+      return a_->SignDigest(d);
+    }
+    Result<std::string> PublicKeyPem() override {
+      if (!reachable) return Status(Code::kUnavailable, "hsm_unavailable", "no HSM yet");
+      return b_->PublicKeyPem();
+    }
+    std::atomic<bool> reachable{false};
+    std::shared_ptr<SoftwareSigner> a_ = SoftwareSigner::Generate();
+    std::shared_ptr<SoftwareSigner> b_ = SoftwareSigner::Generate();
+  };
+  TempDir dir;
+  auto signer = std::make_shared<LateMismatched>();
+  auto log = OpenLog(TestOptions(dir.path()), signer);
+  ASSERT_NE(log, nullptr);
+  ASSERT_TRUE(log->Append(SampleEvent(0)).ok());
+  signer->reachable = true;
+  const Status sealed = log->Seal();
+  EXPECT_EQ(sealed.reason(), "audit_seal_failed");
+  EXPECT_THAT(sealed.message(), HasSubstr("do not verify under its public key"));
+  EXPECT_FALSE(log->last_seal().has_value());
 }
 
 TEST(AuditLogTest, RotatesBySizeAndLinksFiles) {

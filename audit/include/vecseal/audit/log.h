@@ -96,7 +96,10 @@ class Log {
   // Fails on unusable options, an unreadable dir, a last record it cannot parse, or a signer
   // whose signature does not verify under its own public key. A log that cannot be *written*
   // opens suspended (healthy() false) rather than failing, so that the daemon can start and
-  // answer 503 until the disk comes back.
+  // answer 503 until the disk comes back. A signer whose PublicKeyPem() is kUnavailable (the HSM
+  // is not there yet) does not fail it either: records are written and acknowledged as usual,
+  // the file_start records leave out key_id, and each seal first fetches the key and checks it
+  // as Open would; until that succeeds seals fail and are retried like any failed seal.
   static Result<std::unique_ptr<Log>> Open(LogOptions options, std::shared_ptr<Signer> signer);
   ~Log();  // Close() if not closed
   Log(const Log&) = delete;

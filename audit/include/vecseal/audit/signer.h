@@ -20,7 +20,9 @@ class Signer {
   // also accepted: the log converts it to DER. Called with the log's mutex held, from any thread.
   virtual Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) = 0;
 
-  // The P-256 public key as a PEM "PUBLIC KEY" (SubjectPublicKeyInfo) block.
+  // The P-256 public key as a PEM "PUBLIC KEY" (SubjectPublicKeyInfo) block. kUnavailable while
+  // the key cannot be reached yet (vecseald started before its HSM answered): Log::Open then
+  // opens without it and asks again before each seal until it gets it.
   virtual Result<std::string> PublicKeyPem() = 0;
 };
 
