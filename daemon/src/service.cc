@@ -22,10 +22,6 @@ namespace http = boost::beast::http;
 using nlohmann::json;
 using policy::Operation;
 
-constexpr Operation kAllOperations[] = {Operation::kEncrypt,    Operation::kDecrypt,
-                                        Operation::kKeysList,   Operation::kKeysCreate,
-                                        Operation::kKeysRotate, Operation::kAuditRead};
-
 // The identity of one connection, taken from the kernel when it was accepted.
 class PeerConnection final : public ConnectionContext {
  public:
@@ -519,12 +515,13 @@ Result<nlohmann::json> Service::KeyObject(const std::string& name) {
 }
 
 Status Service::ListKeys(Call& call) {
-  if (!call.policy->GrantsAny(*call.identity, Operation::kKeysList)) {
-    call.event.decision = "denied";
+  const policy::Decision allowed = call.policy->DecideKeysList(*call.identity);
+  call.event.decision = allowed.granted ? "granted" : "denied";
+  call.event.rule_id = allowed.rule_id;
+  if (!allowed.granted) {
     return Status(Code::kPermissionDenied, "permission_denied",
                   "no rule grants keys.list on any key");
   }
-  call.event.decision = "granted";
   auto keys = hsm_.ListKeys();
   if (!keys.ok()) return CountHsm(std::move(keys).TakeStatus());
   json listed = json::array();
@@ -532,12 +529,7 @@ Status Service::ListKeys(Call& call) {
   for (const auto& info : *keys) {
     if (info.name == current) continue;
     current = info.name;
-    const bool visible = std::any_of(std::begin(kAllOperations), std::end(kAllOperations),
-                                     [&](Operation op) {
-                                       return call.policy->Decide(*call.identity, op, info.name)
-                                           .granted;
-                                     });
-    if (!visible) continue;
+    if (!call.policy->DecideListed(*call.identity, info.name).granted) continue;
     auto object = KeyObject(info.name);
     if (!object.ok()) return std::move(object).TakeStatus();
     listed.push_back(std::move(object).value());

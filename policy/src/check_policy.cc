@@ -85,6 +85,14 @@ std::string ParseArgs(std::span<const std::string> args, Args* out) {
   }
   if (out->op && !out->pid && !out->uid) return "--op needs a caller (--as-pid or --as-uid)";
   if (out->key && !out->op) return "--key needs --op";
+  // The daemon decides every operation but keys.list and audit.read on a named key.
+  if (out->op && !out->key && *out->op != Operation::kKeysList &&
+      *out->op != Operation::kAuditRead) {
+    return "--op " + std::string(OperationName(*out->op)) + " needs --key NAME";
+  }
+  if (out->key && out->op == Operation::kAuditRead) {
+    return "--op audit.read names no key; drop --key";
+  }
   return "";
 }
 
@@ -113,6 +121,33 @@ void PrintCaller(const CallerIdentity& id, std::ostream& out) {
       << "  unit " << OrDash(id.unit) << "\n"
       << "  script " << OrDash(id.script) << "\n"
       << "  script_sha256 " << OrDash(id.script_sha256) << "\n";
+}
+
+// keys.list as GET /v1/keys decides it: allowed by a keys.list grant on any key pattern, and then
+// showing only the keys on which the caller holds an operation. With a key: whether it is shown.
+int DecideListing(const Policy& policy, const CallerIdentity& caller,
+                  const std::optional<std::string>& key, std::ostream& out) {
+  Decision allowed = policy.DecideKeysList(caller);
+  if (!allowed.granted) {
+    out << "decision: no rule grants keys.list on any key\n";
+    return 3;
+  }
+  out << "decision: keys.list granted by rule " << internal::Quote(allowed.rule_id);
+  if (!key) {
+    out << "; it lists the keys matching";
+    for (const std::string& pattern : policy.ListedPatterns(caller)) out << " " << pattern;
+    out << "\n";
+    return 0;
+  }
+  Decision listed = policy.DecideListed(caller, *key);
+  if (listed.granted) {
+    out << "; key " << internal::Quote(*key) << " is listed, through rule "
+        << internal::Quote(listed.rule_id) << "\n";
+    return 0;
+  }
+  out << "; key " << internal::Quote(*key)
+      << " is not listed: no rule grants this caller an operation on it\n";
+  return 3;
 }
 
 }  // namespace
@@ -172,6 +207,7 @@ int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::os
     }
   }
   if (!parsed.op) return 0;
+  if (*parsed.op == Operation::kKeysList) return DecideListing(**policy, caller, parsed.key, out);
   std::string key = parsed.key.value_or("");
   Decision decision = (*policy)->Decide(caller, *parsed.op, key);
   if (decision.granted) {

@@ -53,6 +53,11 @@ constexpr std::string_view kFieldList =
 
 uint8_t Bit(Operation op) { return static_cast<uint8_t>(1u << static_cast<unsigned>(op)); }
 
+// The operations on a key; a grant of any of them makes the key show in the caller's listing.
+const uint8_t kKeyOperations = static_cast<uint8_t>(
+    Bit(Operation::kEncrypt) | Bit(Operation::kDecrypt) | Bit(Operation::kKeysList) |
+    Bit(Operation::kKeysCreate) | Bit(Operation::kKeysRotate));
+
 Status Invalid(const std::string& path, const std::string& problem) {
   return Status(Code::kInvalidArgument, "policy_invalid",
                 (path.empty() ? std::string("/") : path) + ": " + problem);
@@ -610,6 +615,38 @@ bool Policy::GrantsAny(const CallerIdentity& caller, Operation op) const {
     if ((rule.operations & Bit(op)) && CheckCallers(rule, caller).empty()) return true;
   }
   return false;
+}
+
+Decision Policy::DecideKeysList(const CallerIdentity& caller) const {
+  for (const Rule& rule : rules_) {
+    if ((rule.operations & Bit(Operation::kKeysList)) && CheckCallers(rule, caller).empty()) {
+      return Decision{true, rule.id};
+    }
+  }
+  return Decision{};
+}
+
+Decision Policy::DecideListed(const CallerIdentity& caller, std::string_view key) const {
+  for (const Rule& rule : rules_) {
+    if ((rule.operations & kKeyOperations) && KeyMatches(rule, key) &&
+        CheckCallers(rule, caller).empty()) {
+      return Decision{true, rule.id};
+    }
+  }
+  return Decision{};
+}
+
+std::vector<std::string> Policy::ListedPatterns(const CallerIdentity& caller) const {
+  std::vector<std::string> patterns;
+  for (const Rule& rule : rules_) {
+    if (!(rule.operations & kKeyOperations) || !CheckCallers(rule, caller).empty()) continue;
+    for (const std::string& pattern : rule.key_patterns) {
+      if (std::find(patterns.begin(), patterns.end(), pattern) == patterns.end()) {
+        patterns.push_back(pattern);
+      }
+    }
+  }
+  return patterns;
 }
 
 nlohmann::json Policy::GrantsFor(const CallerIdentity& caller) const {

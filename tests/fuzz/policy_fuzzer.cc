@@ -111,6 +111,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                            std::string(vecseal::policy::OperationName(op)).c_str());
       }
     }
+    // GET /v1/keys: allowed exactly when some rule grants keys.list, and a key is listed exactly
+    // when an operation on it (audit.read names no key) is granted.
+    VECSEAL_FUZZ_CHECK(policy.DecideKeysList(caller).granted ==
+                           policy.GrantsAny(caller, Operation::kKeysList),
+                       "DecideKeysList disagrees with GrantsAny(keys.list)");
+    for (const std::string& key : keys) {
+      bool any = false;
+      for (Operation op : kOperations) {
+        any = any || (op != Operation::kAuditRead && policy.Decide(caller, op, key).granted);
+      }
+      VECSEAL_FUZZ_CHECK(policy.DecideListed(caller, key).granted == any,
+                         "DecideListed('%s') disagrees with Decide", key.c_str());
+    }
   }
   return 0;
 }

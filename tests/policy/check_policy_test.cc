@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -102,6 +103,10 @@ TEST_F(CheckPolicyTest, UsageErrors) {
        "--unit and --script describe an --as-uid caller; --as-pid reads them from the process"},
       {{path_, "--script", "/x.py"},
        "--unit and --script describe an --as-uid caller; --as-pid reads them from the process"},
+      {{path_, "--as-pid", "1", "--op", "encrypt"}, "--op encrypt needs --key NAME"},
+      {{path_, "--as-pid", "1", "--op", "keys.rotate"}, "--op keys.rotate needs --key NAME"},
+      {{path_, "--as-pid", "1", "--op", "audit.read", "--key", "k"},
+       "--op audit.read names no key; drop --key"},
   };
   for (const Case& c : cases) {
     CheckRun run = Check(c.args);
@@ -167,7 +172,8 @@ TEST_F(CheckPolicyTest, AsUidWithUnitAndScriptDecidesUnitAndScriptRules) {
     {"id": "scorer", "callers": {"uid": 0, "unit": "ticket-scorer.service"},
      "keys": ["support-*"], "operations": ["encrypt"]},
     {"id": "export", "callers": {"uid": 0, "script": ")" + dir + R"(/export.py",
-     "script_sha256": ")" + script_digest + R"("}, "keys": ["support-*"], "operations": ["decrypt"]}]})");
+     "script_sha256": ")" + script_digest + R"("},
+     "keys": ["support-*"], "operations": ["decrypt"]}]})");
 
   // The caller line depends on root's groups on this machine; every other line is exact.
   const auto report = [&](const CheckRun& run, const std::string& unit, const std::string& script,
@@ -215,6 +221,52 @@ TEST_F(CheckPolicyTest, AsUidWithUnitAndScriptDecidesUnitAndScriptRules) {
                    "rule 'export': does not match: script is '" + dir + "/copy.py', the rule "
                    "wants '" + dir + "/export.py'\n"
                    "decision: no rule grants decrypt on key 'support-ratings'\n"));
+}
+
+// --op keys.list answers what GET /v1/keys would: 403 without a keys.list grant, else a listing
+// of exactly the keys on which the caller holds an operation (audit.read names no key).
+TEST_F(CheckPolicyTest, KeysListDecidesLikeGetV1Keys) {
+  const std::string me = std::to_string(geteuid());
+  const std::string listers = R"(
+    {"id": "support-listers", "callers": {"uid": )" + me + R"(},
+     "keys": ["support-*"], "operations": ["keys.list"]},)";
+  const std::string others = R"(
+    {"id": "demo-user", "callers": {"uid": )" + me + R"(},
+     "keys": ["demo"], "operations": ["encrypt"]},
+    {"id": "auditors", "callers": {"uid": )" + me + R"(},
+     "keys": ["*"], "operations": ["audit.read"]},
+    {"id": "strangers", "callers": {"uid": 4294967294},
+     "keys": ["*"], "operations": ["keys.list"]}]})";
+  WriteFile(path_, R"({"version": 1, "rules": [)" + listers + others);
+  const auto decide = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {path_, "--as-uid", me, "--exe", "/bin/sh", "--op",
+                                     "keys.list"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    CheckRun run = Check(args);
+    EXPECT_EQ(run.err, "");
+    const size_t at = run.out.find("decision: ");
+    return std::make_pair(run.status, at == std::string::npos ? run.out : run.out.substr(at));
+  };
+  EXPECT_EQ(decide({}), std::make_pair(0, std::string("decision: keys.list granted by rule "
+                                                      "'support-listers'; it lists the keys "
+                                                      "matching support-* demo\n")));
+  EXPECT_EQ(decide({"--key", "support-ratings"}),
+            std::make_pair(0, std::string("decision: keys.list granted by rule 'support-listers'; "
+                                          "key 'support-ratings' is listed, through rule "
+                                          "'support-listers'\n")));
+  EXPECT_EQ(decide({"--key", "demo"}),
+            std::make_pair(0, std::string("decision: keys.list granted by rule 'support-listers'; "
+                                          "key 'demo' is listed, through rule 'demo-user'\n")));
+  EXPECT_EQ(decide({"--key", "billing"}),
+            std::make_pair(3, std::string("decision: keys.list granted by rule 'support-listers'; "
+                                          "key 'billing' is not listed: no rule grants this "
+                                          "caller an operation on it\n")));
+
+  // Without the keys.list rule, an encrypt grant and audit.read on "*" list nothing: 403.
+  WriteFile(path_, R"({"version": 1, "rules": [)" + others);
+  const std::pair<int, std::string> denied = {3, "decision: no rule grants keys.list on any key\n"};
+  EXPECT_EQ(decide({}), denied);
+  EXPECT_EQ(decide({"--key", "demo"}), denied);
 }
 
 // A script the daemon would never report (no interpreter, not a regular file, unreadable to the

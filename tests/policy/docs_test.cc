@@ -89,7 +89,8 @@ CallerIdentity ParseCaller(const std::string& text) {
   return caller;
 }
 
-// "CALLER : OP [KEY] -> RULE|denied"
+// "CALLER : OP [KEY] -> RULE|denied". keys.list decides as GET /v1/keys: without a KEY whether
+// the caller may list, with one whether KEY shows in its listing (and through which rule).
 void CheckDecisions(const Policy& policy, const Block& block) {
   for (const std::string& line : Split(block.text, '\n')) {
     SCOPED_TRACE("docs/policy.md:" + std::to_string(block.line) + ": " + line);
@@ -105,6 +106,10 @@ void CheckDecisions(const Policy& policy, const Block& block) {
     std::string key = request.size() > 1 ? request[1] : "";
     std::string expected = line.substr(arrow + 4);
     Decision decision = policy.Decide(caller, op, key);
+    if (op == Operation::kKeysList) {
+      decision = policy.DecideKeysList(caller);
+      if (decision.granted && !key.empty()) decision = policy.DecideListed(caller, key);
+    }
     if (expected == "denied") {
       EXPECT_FALSE(decision.granted) << "granted by " << decision.rule_id;
     } else {

@@ -60,13 +60,25 @@ class Policy {
   static std::string AllowUserJson(uid_t uid);
 
   // The first rule whose callers match and that lists `op` and a key pattern matching `key`
-  // grants. Operations that name no key (a listing of all keys, audit.read) pass an empty `key`,
-  // which only the pattern "*" matches.
+  // grants. audit.read, which names no key, passes an empty `key`, which only the pattern "*"
+  // matches. keys.list is decided by DecideKeysList and DecideListed instead.
   Decision Decide(const CallerIdentity& caller, Operation op, std::string_view key) const;
 
-  // Whether any rule grants `op` to this caller on at least one key name (for keys.list: 403
-  // versus a filtered list).
+  // Whether any rule grants `op` to this caller, whatever its key patterns.
   bool GrantsAny(const CallerIdentity& caller, Operation op) const;
+
+  // GET /v1/keys: allowed when a rule grants the caller keys.list, on any key pattern; the first
+  // such rule decides. The listing then holds exactly the keys DecideListed grants.
+  Decision DecideKeysList(const CallerIdentity& caller) const;
+
+  // Whether GET /v1/keys shows `key` to this caller: the first rule that grants it any operation
+  // on that key name (audit.read, which concerns no key, does not count), so that a listing
+  // never names a key on which the caller holds nothing.
+  Decision DecideListed(const CallerIdentity& caller, std::string_view key) const;
+
+  // The key patterns of the rules that make keys listed for this caller (DecideListed), in file
+  // order without repeats: what `--check-policy --op keys.list` reports.
+  std::vector<std::string> ListedPatterns(const CallerIdentity& caller) const;
 
   // The rules whose callers match: [{"rule", "keys": [patterns], "operations": [names]}], in
   // file order; for /v1/whoami.
@@ -95,7 +107,8 @@ class Policy {
 Status CheckTrustedFile(const std::string& path);
 
 // The work behind `vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH
-// [--unit UNIT] [--script PATH]] [--op OPERATION --key NAME]`. `args` holds what follows --check-policy, starting at FILE.
+// [--unit UNIT] [--script PATH]] [--op OPERATION --key NAME]`. `args` holds what follows
+// --check-policy, starting at FILE.
 // Prints a verdict to `out`, errors to `err`. Exit status: 0 valid (and granted, when --op was
 // given), 1 invalid or untrusted file or unresolvable caller, 2 usage error, 3 valid but denied.
 int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::ostream& err);
