@@ -320,6 +320,7 @@ class Daemon {
         ServerOptions{.io_threads = config_.threads.io, .worker_threads = config_.threads.workers},
         config_.limits);
     VECSEAL_RETURN_IF_ERROR(server_->Adopt(listener_.fd));
+    listener_.fd = -1;  // the server's acceptor owns it now and closes it; Cleanup must not
     metrics_.SetConnectionsSource([server = server_.get()] {
       return server->active_connections();
     });
