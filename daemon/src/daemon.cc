@@ -12,17 +12,21 @@
 
 #include <cerrno>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <utility>
 
 #include "log.h"
 #include "startup.h"
 #include "vecseal/audit/log.h"
+#include "vecseal/daemon/hsm_gate.h"
 #include "vecseal/daemon/http_server.h"
 #include "vecseal/daemon/init.h"
 #include "vecseal/daemon/metrics.h"
@@ -90,16 +94,47 @@ sigset_t ControlSignals() {
   return set;
 }
 
+// Between attempts to reach an HSM that did not answer at start: soon at first (a device that
+// is slow to appear), then no more often than a module load and login is worth.
+constexpr std::chrono::milliseconds kHsmRetryFirst{500};
+constexpr std::chrono::milliseconds kHsmRetryMax{10000};
+
+// Whether vecseald waits for the HSM rather than exiting: the device or the network did not
+// answer. A module that cannot be loaded, an unknown token label, a refused PIN, a missing
+// mechanism or a bad audit key are configuration, which waiting does not fix.
+bool HsmMayComeBack(const Status& status) { return status.reason() == "hsm_unavailable"; }
+
+// The audit key in the HSM as the log sees it: unavailable until the HSM is connected, so that
+// the log can open, and record refusals, while vecseald waits for it (audit::Log retries seals).
 class HsmAuditSigner final : public audit::Signer {
  public:
-  explicit HsmAuditSigner(pkcs11::AuditKey key) : key_(std::move(key)) {}
-  Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) override {
-    return key_.SignDigest(digest);
+  void Connect(pkcs11::AuditKey key) {
+    std::lock_guard lock(mutex_);
+    key_.emplace(std::move(key));
   }
-  Result<std::string> PublicKeyPem() override { return key_.PublicKeyPem(); }
+  Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) override {
+    auto key = Key();
+    if (!key.ok()) return std::move(key).TakeStatus();
+    return key->SignDigest(digest);
+  }
+  Result<std::string> PublicKeyPem() override {
+    auto key = Key();
+    if (!key.ok()) return std::move(key).TakeStatus();
+    return key->PublicKeyPem();
+  }
 
  private:
-  pkcs11::AuditKey key_;
+  Result<pkcs11::AuditKey> Key() const {
+    std::lock_guard lock(mutex_);
+    if (!key_) {
+      return Status(Code::kUnavailable, "hsm_unavailable",
+                    "the audit key is in the HSM, which has not answered since vecseald started");
+    }
+    return *key_;
+  }
+
+  mutable std::mutex mutex_;
+  std::optional<pkcs11::AuditKey> key_;
 };
 
 struct Listener {
@@ -252,9 +287,14 @@ class Daemon {
       Cleanup();
       return 1;
     }
-    WaitForSignals();
-    Stop();
-    return 0;
+    const Status stopped = WaitForSignals();
+    if (!stopped.ok()) {
+      LogLine("error", "hsm_failed",
+              "reason=" + stopped.reason() + " message=" + LogValue(stopped.message()));
+      std::cerr << "vecseald: " << stopped.message() << "\n";
+    }
+    Stop(stopped);
+    return stopped.ok() ? 0 : 1;
   }
 
  private:
@@ -289,31 +329,96 @@ class Daemon {
     return Status::Ok();
   }
 
+  // Opens the HSM and finishes what needs it: the audit key, and dev mode's demo key. The Hsm is
+  // kept only when all of it succeeded, so that a retry starts afresh.
+  Status ConnectHsm() {
+    auto hsm = pkcs11::Hsm::Open(HsmConfigOf(config_));
+    if (!hsm.ok()) return std::move(hsm).TakeStatus();
+    auto audit_key = (*hsm)->EnsureAuditKey(config_.audit.key_label);
+    if (!audit_key.ok()) return std::move(audit_key).TakeStatus();
+    if (!dev_dir_.empty()) VECSEAL_RETURN_IF_ERROR(SeedDevKeys(**hsm, *audit_key, dev_dir_));
+    hsm_ = std::move(hsm).value();
+    audit_signer_->Connect(*audit_key);
+    return Status::Ok();
+  }
+
+  // The HSM did not answer (at start or on a retry): requests that need it keep getting 503,
+  // and WaitForSignals tries again after a bounded backoff.
+  void WaitForHsm(const Status& why) {
+    hsm_gate_.SetWaiting(why);
+    next_hsm_attempt_ = std::chrono::steady_clock::now() + hsm_backoff_;
+    const std::string failure = why.reason() + ": " + why.message();
+    if (failure != hsm_failure_) {  // once per change of cause, not on every retry
+      hsm_failure_ = failure;
+      LogLine("warning", "hsm_unavailable",
+              "reason=" + why.reason() + " message=" + LogValue(why.message()) +
+                  " attempts=" + std::to_string(hsm_attempts_) +
+                  " next_attempt_ms=" + std::to_string(hsm_backoff_.count()));
+      sd_notify(0, ("STATUS=" + StatusText()).c_str());
+    }
+    hsm_backoff_ = std::min(hsm_backoff_ * 2, kHsmRetryMax);
+  }
+
+  // One more attempt. A configuration error found only now (a refused PIN, once the device
+  // answers) stops the daemon, as it would have at start.
+  Status RetryHsm() {
+    ++hsm_attempts_;
+    const Status connected = ConnectHsm();
+    if (!connected.ok()) {
+      if (!HsmMayComeBack(connected)) return connected;
+      WaitForHsm(connected);
+      return Status::Ok();
+    }
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - started_at_);
+    AuditEvent("hsm_connected", Status::Ok(),
+               nlohmann::json{{"attempts", hsm_attempts_}, {"waited_ms", waited.count()}});
+    // A seal now vouches for every record written while the audit key was out of reach.
+    const Status sealed = audit_log_->Seal();
+    if (!sealed.ok()) {
+      LogLine("error", "audit_seal_failed",
+              "reason=" + sealed.reason() + " message=" + LogValue(sealed.message()));
+    }
+    hsm_gate_.Open(*hsm_);
+    sd_notify(0, ("STATUS=" + StatusText()).c_str());
+    LogLine("info", "hsm_connected", "attempts=" + std::to_string(hsm_attempts_) +
+                                         " waited_ms=" + std::to_string(waited.count()));
+    return Status::Ok();
+  }
+
+  std::string StatusText() const {
+    if (hsm_gate_.open()) return "serving";
+    // STATUS= is one line; the cause is in the journal.
+    return "waiting for the HSM; requests that need it get 503 hsm_unavailable";
+  }
+
   Status Start() {
+    started_at_ = std::chrono::steady_clock::now();
     HardenProcess();
     VECSEAL_RETURN_IF_ERROR(LoadConfig());
     VECSEAL_RETURN_IF_ERROR(RaiseFileLimit(config_.limits));
-
-    auto hsm = pkcs11::Hsm::Open(HsmConfigOf(config_));
-    if (!hsm.ok()) return std::move(hsm).TakeStatus();
-    hsm_ = std::move(hsm).value();
-    auto audit_key = hsm_->EnsureAuditKey(config_.audit.key_label);
-    if (!audit_key.ok()) return std::move(audit_key).TakeStatus();
-    if (!dev_dir_.empty()) VECSEAL_RETURN_IF_ERROR(SeedDevKeys(*hsm_, *audit_key, dev_dir_));
-
-    auto log = audit::Log::Open(AuditOptions(config_.audit),
-                                std::make_shared<HsmAuditSigner>(*audit_key));
-    if (!log.ok()) return std::move(log).TakeStatus();
-    audit_log_ = std::move(log).value();
-
     auto policy = policy::Policy::LoadFile(config_.policy_file);
     if (!policy.ok()) return std::move(policy).TakeStatus();
+
+    hsm_attempts_ = 1;
+    const Status hsm = ConnectHsm();
+    if (hsm.ok()) {
+      hsm_gate_.Open(*hsm_);
+    } else if (HsmMayComeBack(hsm)) {
+      WaitForHsm(hsm);
+    } else {
+      return hsm;
+    }
+
+    auto log = audit::Log::Open(AuditOptions(config_.audit), audit_signer_);
+    if (!log.ok()) return std::move(log).TakeStatus();
+    audit_log_ = std::move(log).value();
 
     auto listener = OpenListener(config_.socket);
     if (!listener.ok()) return std::move(listener).TakeStatus();
     listener_ = *listener;
 
-    service_ = std::make_unique<Service>(*hsm_, *audit_log_, resolver_, metrics_,
+    service_ = std::make_unique<Service>(hsm_gate_, *audit_log_, resolver_, metrics_,
                                          std::move(policy).value(), SettingsOf(config_));
     server_ = std::make_unique<HttpServer>(
         *service_,
@@ -326,23 +431,40 @@ class Daemon {
     });
     server_->Start();
 
-    AuditEvent("start", Status::Ok(), nlohmann::json{{"version", kVersion}});
-    sd_notify(0, "READY=1\nSTATUS=serving");
+    if (hsm.ok()) {
+      AuditEvent("start", Status::Ok(), nlohmann::json{{"version", kVersion}});
+    } else {
+      AuditEvent("start", hsm,
+                 nlohmann::json{
+                     {"version", kVersion}, {"hsm", "unavailable"}, {"message", hsm.message()}});
+    }
+    sd_notify(0, ("READY=1\nSTATUS=" + StatusText()).c_str());
     LogLine("info", "ready", "socket=" + LogValue(config_.socket.path) +
-                                 " version=" + std::string(kVersion));
+                                 " version=" + std::string(kVersion) +
+                                 " hsm=" + (hsm.ok() ? "connected" : "waiting"));
     if (!dev_dir_.empty()) {
       std::cout << "vecseald ready: socket " << config_.socket.path << std::endl;
     }
     return Status::Ok();
   }
 
-  void WaitForSignals() {
+  // Until SIGTERM or SIGINT (ok), or until an HSM that did not answer at start turns out to be
+  // misconfigured when it does (that error). The HSM is retried here, between signals, so that
+  // a reload and a connection never run at the same time.
+  Status WaitForSignals() {
     const sigset_t signals = ControlSignals();
     uint64_t watchdog_usec = 0;
     const bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0;
-    // Pet the watchdog at half its period; otherwise wake up only for signals.
-    const uint64_t wait_usec = watchdog ? watchdog_usec / 2 : 3600ull * 1000000;
+    // Pet the watchdog at half its period; otherwise wake up only for signals and HSM retries.
+    const uint64_t idle_usec = watchdog ? watchdog_usec / 2 : 3600ull * 1000000;
     for (;;) {
+      uint64_t wait_usec = idle_usec;
+      if (!hsm_gate_.open()) {
+        const auto until = std::chrono::duration_cast<std::chrono::microseconds>(
+            next_hsm_attempt_ - std::chrono::steady_clock::now());
+        wait_usec = std::min<uint64_t>(wait_usec, static_cast<uint64_t>(
+                                                      std::max<int64_t>(until.count(), 0)));
+      }
       const timespec timeout{.tv_sec = static_cast<time_t>(wait_usec / 1000000),
                              .tv_nsec = static_cast<long>((wait_usec % 1000000) * 1000)};
       const int signal_number = sigtimedwait(&signals, nullptr, &timeout);
@@ -351,7 +473,10 @@ class Daemon {
         Reload();
       } else if (signal_number == SIGTERM || signal_number == SIGINT) {
         LogLine("info", "stopping", std::string("signal=") + strsignal(signal_number));
-        return;
+        return Status::Ok();
+      }
+      if (!hsm_gate_.open() && std::chrono::steady_clock::now() >= next_hsm_attempt_) {
+        VECSEAL_RETURN_IF_ERROR(RetryHsm());
       }
     }
   }
@@ -406,13 +531,15 @@ class Daemon {
     AuditEvent("reload", status,
                status.ok() ? nlohmann::json(nullptr)
                            : nlohmann::json{{"message", status.message()}});
-    sd_notify(0, "READY=1\nSTATUS=serving");
+    sd_notify(0, ("READY=1\nSTATUS=" + StatusText()).c_str());
   }
 
-  void Stop() {
+  // `why` is ok for a requested stop, else the error that ends the daemon.
+  void Stop(const Status& why) {
     sd_notify(0, "STOPPING=1");
     if (server_) server_->Drain();
-    AuditEvent("stop", Status::Ok(), nullptr);
+    AuditEvent("stop", why,
+               why.ok() ? nlohmann::json(nullptr) : nlohmann::json{{"message", why.message()}});
     Cleanup();
     LogLine("info", "stopped");
   }
@@ -422,7 +549,10 @@ class Daemon {
     service_.reset();
     if (audit_log_) {
       const Status closed = audit_log_->Close();
-      if (!closed.ok()) LogLine("error", "audit_close_failed", "reason=" + closed.reason());
+      if (!closed.ok()) {
+        LogLine("error", "audit_close_failed",
+                "reason=" + closed.reason() + " message=" + LogValue(closed.message()));
+      }
       if (auto seal = audit_log_->last_seal()) {
         // An anchor outside the log: a verifier compares it with the log's last seal.
         LogLine("info", "audit_seal", "file=" + LogValue(seal->file) +
@@ -457,6 +587,14 @@ class Daemon {
   std::string dev_dir_;
   Config config_;
   std::unique_ptr<pkcs11::Hsm> hsm_;
+  HsmGate hsm_gate_;
+  std::shared_ptr<HsmAuditSigner> audit_signer_ = std::make_shared<HsmAuditSigner>();
+  // While the HSM has not answered since the start (main thread only).
+  std::chrono::steady_clock::time_point started_at_;
+  std::chrono::steady_clock::time_point next_hsm_attempt_;
+  std::chrono::milliseconds hsm_backoff_ = kHsmRetryFirst;
+  int hsm_attempts_ = 0;
+  std::string hsm_failure_;  // the cause last logged
   std::unique_ptr<audit::Log> audit_log_;
   policy::IdentityResolver resolver_;
   Metrics metrics_;

@@ -246,7 +246,7 @@ struct Service::Call {
   HttpResponse response;
 };
 
-Service::Service(pkcs11::Hsm& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
+Service::Service(HsmGate& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
                  daemon::Metrics& metrics, policy::PolicyPtr policy, ServiceSettings settings)
     : hsm_(hsm),
       audit_log_(audit_log),

@@ -214,6 +214,11 @@ bool IsRecoverable(CK_RV rv) {
   }
 }
 
+bool IsDeviceAbsent(CK_RV rv) {
+  return rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_DEVICE_MEMORY ||
+         rv == CKR_TOKEN_NOT_PRESENT;
+}
+
 Status CkrStatus(std::string_view function, CK_RV rv) {
   assert(rv != CKR_OK);
   std::string message = std::string(function) + " failed: " + std::string(CkrName(rv)) + " (" +
@@ -257,8 +262,15 @@ Result<Module> Module::Load(const std::string& path) {
       if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         return ModuleError(path, "another component of this process already initialised it");
       }
-      return ModuleError(path, "C_Initialize failed: " + std::string(CkrName(rv)) + " (" +
-                                   CkrSentence(rv) + ")");
+      const std::string detail =
+          "C_Initialize failed: " + std::string(CkrName(rv)) + " (" + CkrSentence(rv) + ")";
+      // A module that reports its device missing is installed right and may work once the
+      // device is back; anything else (CKR_GENERAL_ERROR for a broken softhsm2.conf) will not.
+      if (IsDeviceAbsent(rv)) {
+        return Status(Code::kUnavailable, "hsm_unavailable",
+                      "cannot initialise the PKCS#11 module " + path + ": " + detail);
+      }
+      return ModuleError(path, detail);
     }
   }
   ++users;

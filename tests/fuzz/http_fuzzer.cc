@@ -30,6 +30,7 @@
 #include "fuzz_util.h"
 #include "vecseal/audit/log.h"
 #include "vecseal/daemon/daemon.h"
+#include "vecseal/daemon/hsm_gate.h"
 #include "vecseal/daemon/http_server.h"
 #include "vecseal/daemon/metrics.h"
 #include "vecseal/daemon/service.h"
@@ -70,6 +71,7 @@ struct Daemon {
   std::string socket_path;
   std::string audit_dir;
   std::unique_ptr<pkcs11::Hsm> hsm;
+  std::unique_ptr<daemon::HsmGate> hsm_gate;
   std::unique_ptr<audit::Log> audit_log;
   policy::IdentityResolver resolver;
   daemon::Metrics metrics;
@@ -117,6 +119,7 @@ void StartDaemon() {
   hsm_config.token_label = config.pkcs11.token_label;
   hsm_config.pin.file = config.pkcs11.pin.file;
   g_daemon->hsm = Must(pkcs11::Hsm::Open(hsm_config), "Hsm::Open");
+  g_daemon->hsm_gate = std::make_unique<daemon::HsmGate>(*g_daemon->hsm);
   auto audit_key = Must(g_daemon->hsm->EnsureAuditKey(config.audit.key_label), "audit key");
   pkcs11::KeyParams demo;
   demo.approximation_factor = 2.5;
@@ -139,7 +142,7 @@ void StartDaemon() {
   auto policy = Must(policy::Policy::Parse(PolicyJson()), "policy");
 
   g_daemon->service = std::make_unique<daemon::Service>(
-      *g_daemon->hsm, *g_daemon->audit_log, g_daemon->resolver, g_daemon->metrics,
+      *g_daemon->hsm_gate, *g_daemon->audit_log, g_daemon->resolver, g_daemon->metrics,
       std::move(policy),
       daemon::ServiceSettings{.group_size = 1, .max_vectors = config.limits.max_vectors});
   g_daemon->server = std::make_unique<daemon::HttpServer>(

@@ -211,16 +211,29 @@ TEST_F(RecoveryTest, ControlledFromAnotherProcess) {
   EXPECT_TRUE(Derive(seed).ok());
 }
 
-TEST_F(RecoveryTest, ModuleThatFailsToInitialiseIsRefused) {
+// A device code from C_Initialize is the HSM being away (vecseald waits for it); any other code
+// is the module itself failing (vecseald stops).
+TEST_F(RecoveryTest, ModuleThatFailsToInitialiseIsRefusedByCause) {
   hsm_.reset();
   key_ = {};  // the module is finalised once nothing holds it
   ASSERT_TRUE(faulty_->Set("C_Initialize CKR_DEVICE_ERROR").ok());
-  auto hsm = Hsm::Open(Config());
-  ASSERT_FALSE(hsm.ok());
-  EXPECT_EQ(hsm.status().reason(), "hsm_module_unloadable");
-  EXPECT_EQ(hsm.status().message(),
-            "cannot load the PKCS#11 module " + FaultyModule::Path() +
+  auto away = Hsm::Open(Config());
+  ASSERT_FALSE(away.ok());
+  EXPECT_EQ(away.status().reason(), "hsm_unavailable");
+  EXPECT_EQ(away.status().message(),
+            "cannot initialise the PKCS#11 module " + FaultyModule::Path() +
                 ": C_Initialize failed: CKR_DEVICE_ERROR (the device reported an error)");
+
+  ASSERT_TRUE(faulty_->Set("C_Initialize CKR_GENERAL_ERROR").ok());
+  auto broken = Hsm::Open(Config());
+  ASSERT_FALSE(broken.ok());
+  EXPECT_EQ(broken.status().reason(), "hsm_module_unloadable");
+  EXPECT_EQ(broken.status().message(),
+            "cannot load the PKCS#11 module " + FaultyModule::Path() +
+                ": C_Initialize failed: CKR_GENERAL_ERROR (the module hit an unrecoverable error)");
+
+  ASSERT_TRUE(faulty_->Set("up").ok());
+  EXPECT_TRUE(Hsm::Open(Config()).ok()) << "a module that failed C_Initialize loads again";
 }
 
 class PooledRecoveryTest : public RecoveryTest {

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 extern char** environ;
 
@@ -143,6 +144,22 @@ int DaemonProcess::KillAndWait(int signal_number) {
   const int status = WaitStatus(pid_);
   pid_ = -1;
   return status;
+}
+
+std::optional<int> DaemonProcess::WaitForExit(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return std::nullopt;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t reaped = waitpid(pid_, &status, WNOHANG);
+    if (reaped == pid_) {
+      pid_ = -1;
+      return status;
+    }
+    if (reaped < 0 && errno != EINTR) return std::nullopt;
+    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 }
 
 void DaemonProcess::Signal(int signal_number) const {

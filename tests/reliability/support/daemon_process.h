@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <optional>
@@ -48,6 +49,9 @@ class DaemonProcess {
   int StartExpectingExit();
   // Sends `signal_number` and reaps the process; returns the wait status.
   int KillAndWait(int signal_number);
+  // Waits up to `timeout` for the process to end by itself and reaps it; returns the wait
+  // status, or nullopt when it is still running.
+  std::optional<int> WaitForExit(std::chrono::milliseconds timeout);
   void Signal(int signal_number) const;
   bool Running() const;
 

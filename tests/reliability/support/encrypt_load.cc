@@ -29,8 +29,11 @@ std::vector<float> Plaintext(uint64_t seed, size_t vectors) {
   return values;
 }
 
-EncryptLoad::EncryptLoad(std::string socket_path, std::string key, size_t threads)
-    : socket_path_(std::move(socket_path)), key_(std::move(key)) {
+EncryptLoad::EncryptLoad(std::string socket_path, std::string key, size_t threads,
+                         std::chrono::milliseconds pause_after_error)
+    : socket_path_(std::move(socket_path)),
+      key_(std::move(key)),
+      pause_after_error_(pause_after_error) {
   for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this, i] { Run(i); });
 }
 
@@ -59,8 +62,13 @@ void EncryptLoad::Run(size_t thread_index) {
       outcome.request_id = id->second;
     }
     if (result.status == 200) outcome.body = result.body;
-    std::lock_guard lock(mutex_);
-    outcomes_.push_back(std::move(outcome));
+    {
+      std::lock_guard lock(mutex_);
+      outcomes_.push_back(std::move(outcome));
+    }
+    if (result.status != 200 && pause_after_error_.count() > 0) {
+      std::this_thread::sleep_for(pause_after_error_);
+    }
   }
 }
 

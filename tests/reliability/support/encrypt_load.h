@@ -33,8 +33,10 @@ std::vector<float> Plaintext(uint64_t seed, size_t vectors);
 class EncryptLoad {
  public:
   // `threads` connections, each sending reversible binary encrypts of 1..4 vectors of
-  // kDimension to `key`, back to back.
-  EncryptLoad(std::string socket_path, std::string key, size_t threads);
+  // kDimension to `key`, back to back; after an answer other than 200 a connection waits
+  // `pause_after_error`, so that a fault lasting seconds does not fill the audit log with refusals.
+  EncryptLoad(std::string socket_path, std::string key, size_t threads,
+              std::chrono::milliseconds pause_after_error = std::chrono::milliseconds(0));
   ~EncryptLoad();  // Stop()
 
   void Stop();
@@ -51,6 +53,7 @@ class EncryptLoad {
 
   std::string socket_path_;
   std::string key_;
+  std::chrono::milliseconds pause_after_error_;
   std::atomic<bool> stop_{false};
   mutable std::mutex mutex_;
   std::vector<Outcome> outcomes_;

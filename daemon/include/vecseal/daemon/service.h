@@ -13,6 +13,7 @@
 
 #include "vecseal/audit/log.h"
 #include "vecseal/core/cipher.h"
+#include "vecseal/daemon/hsm_gate.h"
 #include "vecseal/daemon/http_server.h"
 #include "vecseal/daemon/metrics.h"
 #include "vecseal/pkcs11/hsm.h"
@@ -32,7 +33,7 @@ struct ServiceSettings {
 class Service final : public RequestHandler {
  public:
   // `hsm`, `audit_log`, `resolver` and `metrics` must outlive the Service.
-  Service(pkcs11::Hsm& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
+  Service(HsmGate& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
           Metrics& metrics, policy::PolicyPtr policy, ServiceSettings settings);
 
   // Atomic for requests: each request decides against one policy and one settings snapshot.
@@ -71,7 +72,7 @@ class Service final : public RequestHandler {
   HttpResponse Finish(Call& call, const Status& status);
   Status CountHsm(Status status);
 
-  pkcs11::Hsm& hsm_;
+  HsmGate& hsm_;
   audit::Log& audit_log_;
   policy::IdentityResolver& resolver_;
   daemon::Metrics& metrics_;

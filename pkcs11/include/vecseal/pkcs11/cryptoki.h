@@ -27,6 +27,11 @@ std::string CkrSentence(CK_RV rv);
 // CKR_CRYPTOKI_NOT_INITIALIZED, CKR_SESSION_COUNT).
 bool IsRecoverable(CK_RV rv);
 
+// True for the codes that say the device itself is missing or failing (CKR_DEVICE_ERROR,
+// CKR_DEVICE_REMOVED, CKR_DEVICE_MEMORY, CKR_TOKEN_NOT_PRESENT): a C_Initialize failing with one
+// of them may succeed later, unlike one failing for the module's own configuration.
+bool IsDeviceAbsent(CK_RV rv);
+
 // A Status for a failed Cryptoki call: kUnavailable/"hsm_unavailable" for recoverable codes,
 // kUnavailable/"hsm_error" otherwise. The message names the function and the code, e.g.
 // "C_Sign failed: CKR_DEVICE_ERROR (the device reported an error)". rv must not be CKR_OK.
@@ -39,7 +44,10 @@ class Module {
  public:
   // Loads `path` (an absolute path to a .so), calls C_GetFunctionList and C_Initialize.
   // A module that another component of this process already initialised
-  // (CKR_CRYPTOKI_ALREADY_INITIALIZED) is refused: we would not own its lifetime.
+  // (CKR_CRYPTOKI_ALREADY_INITIALIZED) is refused: we would not own its lifetime. Errors are
+  // kUnavailable "hsm_module_unloadable", except a C_Initialize that fails with a device code
+  // (IsDeviceAbsent): kUnavailable "hsm_unavailable", since the module may work once the device
+  // is back.
   static Result<Module> Load(const std::string& path);
 
   Module() = default;

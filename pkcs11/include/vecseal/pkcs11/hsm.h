@@ -120,7 +120,10 @@ std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version
 //   kUnavailable     "hsm_module_unloadable" the module cannot be loaded or initialised
 //   kNotFound        "token_not_found"       no token carries the label (lists those present)
 //   kUnavailable     "hsm_login_failed"      wrong PIN / PIN locked; names the PIN source only
-//   kUnavailable     "hsm_unavailable"       the HSM stayed down through recovery
+//   kUnavailable     "hsm_unavailable"       the HSM stayed down through recovery; from Open, the
+//                                            device did not answer (C_Initialize with a device
+//                                            code, or a recoverable code from C_GetSlotList,
+//                                            C_OpenSession or C_Login): it may answer later
 //   kNotFound        "key_not_found"; kAlreadyExists "key_exists"
 //   kFailedPrecondition "key_params_tampered" the stored parameters fail their HMAC
 //   kFailedPrecondition "key_params_missing"  a key without its parameter object

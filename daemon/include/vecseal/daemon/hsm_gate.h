@@ -1,0 +1,50 @@
+// How Service reaches the HSM. vecseald may start before its HSM answers (docs/hsm.md): until
+// the daemon opens the gate, every call is refused at once with hsm_unavailable (HTTP 503), so
+// that Service runs the same code, policy and audit included, whether the HSM is there or not.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "vecseal/core/status.h"
+#include "vecseal/pkcs11/hsm.h"
+
+namespace vecseal::daemon {
+
+class HsmGate {
+ public:
+  // Closed: every call is refused.
+  HsmGate() = default;
+  // Open on `hsm` from the start.
+  explicit HsmGate(pkcs11::Hsm& hsm) { Open(hsm); }
+  HsmGate(const HsmGate&) = delete;
+  HsmGate& operator=(const HsmGate&) = delete;
+
+  // Lets every later call through to `hsm`, which must outlive them. Opens once; never closes:
+  // an HSM lost afterwards is pkcs11::Hsm's to recover.
+  void Open(pkcs11::Hsm& hsm);
+  bool open() const { return hsm_.load(std::memory_order_acquire) != nullptr; }
+  // While closed: the last reason the HSM could not be reached, quoted in every refusal.
+  void SetWaiting(const Status& why);
+
+  // pkcs11::Hsm's operations, or kUnavailable "hsm_unavailable" while closed.
+  Result<std::vector<pkcs11::KeyInfo>> ListKeys();
+  Result<pkcs11::KeyInfo> CreateKey(std::string_view name, const pkcs11::KeyParams& params);
+  Result<pkcs11::KeyInfo> RotateKey(std::string_view name);
+  Result<pkcs11::ModelKey> FindKey(std::string_view name, std::optional<uint32_t> version = {});
+  Status Ping();
+
+ private:
+  Status Refusal() const;
+
+  std::atomic<pkcs11::Hsm*> hsm_{nullptr};
+  mutable std::mutex mutex_;
+  std::string waiting_;  // guarded by mutex_
+};
+
+}  // namespace vecseal::daemon

@@ -1,0 +1,49 @@
+#include "vecseal/daemon/hsm_gate.h"
+
+#include <string>
+
+namespace vecseal::daemon {
+
+void HsmGate::Open(pkcs11::Hsm& hsm) { hsm_.store(&hsm, std::memory_order_release); }
+
+void HsmGate::SetWaiting(const Status& why) {
+  std::lock_guard lock(mutex_);
+  waiting_ = why.message();
+}
+
+Status HsmGate::Refusal() const {
+  std::lock_guard lock(mutex_);
+  return Status(Code::kUnavailable, "hsm_unavailable",
+                "the HSM has not answered since vecseald started (" +
+                    (waiting_.empty() ? std::string("not tried yet") : waiting_) +
+                    "); vecseald keeps trying, and requests that need it succeed once it does");
+}
+
+Result<std::vector<pkcs11::KeyInfo>> HsmGate::ListKeys() {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->ListKeys();
+  return Refusal();
+}
+
+Result<pkcs11::KeyInfo> HsmGate::CreateKey(std::string_view name,
+                                           const pkcs11::KeyParams& params) {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->CreateKey(name, params);
+  return Refusal();
+}
+
+Result<pkcs11::KeyInfo> HsmGate::RotateKey(std::string_view name) {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->RotateKey(name);
+  return Refusal();
+}
+
+Result<pkcs11::ModelKey> HsmGate::FindKey(std::string_view name,
+                                          std::optional<uint32_t> version) {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->FindKey(name, version);
+  return Refusal();
+}
+
+Status HsmGate::Ping() {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->Ping();
+  return Refusal();
+}
+
+}  // namespace vecseal::daemon
