@@ -508,10 +508,10 @@ std::string ErrorLine(const Status& status) {
   }
   if (reason == "permission_denied") return "permission denied: " + message + " (see: vecseal whoami)";
   if (reason == "key_not_found") return message + " (see: vecseal keys list)";
-  // The daemon's message names only the failed write, which reads like a local file error.
+  // Said from the caller's side: the daemon's own message is about its record of the request.
   if (reason == "audit_unavailable") {
-    return "vecseald cannot write its audit log, so it serves nothing: " + message +
-           " (see: vecseal status)";
+    return "vecseald cannot write its audit log, so it serves nothing (see: vecseal status and "
+           "vecseald's log)";
   }
   if (reason == "usage") return message + " (see: vecseal --help)";
   return message;

@@ -656,7 +656,8 @@ HttpResponse Service::Finish(Call& call, const Status& status) {
     // Fail closed: nothing leaves the daemon that the audit log does not hold.
     metrics_.CountAuditError();
     LogLine("error", "audit_failed",
-            "request=" + call.event.request_id + " reason=" + LogValue(recorded.reason()));
+            "request=" + call.event.request_id + " reason=" + LogValue(recorded.reason()) +
+                " message=" + LogValue(recorded.message()));
     if (call.health) {
       json body = {{"status", "unavailable"},
                    {"hsm", "unknown"},
@@ -664,11 +665,10 @@ HttpResponse Service::Finish(Call& call, const Status& status) {
                    {"version", kVersion}};
       call.response = JsonResponse(http::status::service_unavailable, body, version);
     } else {
+      // The cause names the daemon's own files: it goes to the daemon's log, not to callers.
       call.response = ErrorResponse(
-          recorded.code() == Code::kUnavailable
-              ? recorded
-              : Status(Code::kUnavailable, "audit_unavailable",
-                       "the audit record of this request could not be written"),
+          Status(Code::kUnavailable, "audit_unavailable",
+                 "the audit record of this request could not be written; vecseald's log says why"),
           version);
     }
   }

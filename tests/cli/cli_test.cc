@@ -433,8 +433,8 @@ TEST_F(CliTest, PermissionDeniedAndUnavailableExitCodes) {
   const ProcessResult unavailable = Vecseal(encrypt, {"VECSEAL_SOCKET=" + full.socket()});
   EXPECT_EQ(unavailable.exit_code, 7) << full.Log();
   EXPECT_EQ(unavailable.err,
-            "vecseal: vecseald cannot write its audit log, so it serves nothing: write /dev/full: "
-            "No space left on device (see: vecseal status)\n");
+            "vecseal: vecseald cannot write its audit log, so it serves nothing (see: vecseal "
+            "status and vecseald's log)\n");
   // What the line points to: status names the audit log as the failing part, with exit code 7.
   const ProcessResult status = Vecseal({"status"}, {"VECSEAL_SOCKET=" + full.socket()});
   EXPECT_EQ(status.exit_code, 7) << status.err;

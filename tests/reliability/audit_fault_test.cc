@@ -72,6 +72,13 @@ TEST(AuditFaultTest, DiskFullDevFullRefusesEveryRequest) {
   EXPECT_EQ(health.Json().value("audit", ""), "unavailable") << health.body;
   EXPECT_TRUE(daemon.Running());
   EXPECT_NE(daemon.Log().find("event=audit_failed"), std::string::npos);
+  // The cause names the daemon's files: its log has it, callers do not.
+  const auto refused = probe.PostJson("/v1/keys/demo/encrypt", {{"vectors", {{0.6, 0.8}}}});
+  EXPECT_EQ(refused.status, 503u);
+  EXPECT_EQ(refused.ErrorCode(), "audit_unavailable");
+  EXPECT_EQ(refused.body.find("/dev/full"), std::string::npos) << refused.body;
+  EXPECT_NE(daemon.Log().find("/dev/full: No space left on device"), std::string::npos)
+      << daemon.Log();
 }
 
 struct IoFault {
