@@ -32,6 +32,21 @@ using ::testing::StartsWith;
 using vecseal::testing::DevDaemon;
 using vecseal::testing::ProcessResult;
 
+// Under AddressSanitizer a process's RSS holds the allocator's quarantine (up to 256 MiB of freed
+// blocks, kept back to catch use-after-free) and shadow memory, so a peak-RSS bound measures the
+// sanitizer rather than what the CLI keeps; that build checks the rest of the test only.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssIsMeaningful = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kRssIsMeaningful = false;
+#else
+constexpr bool kRssIsMeaningful = true;
+#endif
+#else
+constexpr bool kRssIsMeaningful = true;
+#endif
+
 ::testing::Environment* const daemon_environment = [] {
   auto* daemon = new DevDaemon(VECSEALD_PATH);
   DevDaemon::set_instance(daemon);
@@ -258,8 +273,10 @@ TEST_F(CliTest, LargeFileInBoundedMemory) {
   const ProcessResult r = vecseal::testing::Collect(cli, out_fd, err_fd, &usage);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const uint64_t peak_rss = static_cast<uint64_t>(usage.ru_maxrss) * 1024;  // reported in KiB
-  EXPECT_LT(peak_rss, kRssLimit) << "the CLI holds " << peak_rss << " bytes at its peak for a "
-                                 << kFileBytes << "-byte file";
+  if (kRssIsMeaningful) {
+    EXPECT_LT(peak_rss, kRssLimit) << "the CLI holds " << peak_rss << " bytes at its peak for a "
+                                   << kFileBytes << "-byte file";
+  }
   ASSERT_EQ(fs::file_size(out), kFileBytes);
   // The last row was encrypted too: a zero vector comes back with the key's noise.
   std::ifstream sealed(out, std::ios::binary);
