@@ -456,6 +456,7 @@ class Client::Connection {
       }
       // Straight into place: megabytes of vectors are not staged through buffer_.
       for (std::span<char> part : {into.first, into.second}) {
+        if (part.empty()) continue;  // no tokens: a null span, which memcpy may not be given
         size_t have = std::min(buffer_.size(), part.size());
         std::memcpy(part.data(), buffer_.data(), have);
         buffer_.erase(0, have);
