@@ -522,11 +522,18 @@ Result<CK_OBJECT_HANDLE> Hsm::State::KeyHandle(PoolSlot& pool_slot, const std::s
   if (auto it = pool_slot.keys.find(cache_key); it != pool_slot.keys.end()) {
     return it->second.handle();
   }
+  // Logged out (the token drops the login when its last session closes, as after a lost
+  // connection), the keys are invisible and Find answers "none": so the login is checked first,
+  // and its absence is hsm_unavailable, which recovers. Checked after an empty answer instead,
+  // it raced with another thread's recovery logging in between the two calls, and a session
+  // loss became key_not_found (HsmFaultTest.SessionLossAndTransientErrorsMidLoadAreInvisible,
+  // under ASan). vecseal never logs out, so a login lost after this check means every session
+  // closed, this one too, and Find then fails instead of answering "none".
+  VECSEAL_RETURN_IF_ERROR(RequireLogin(pool_slot.session));
   // Token objects only: session copies made by other pooled sessions carry the same label.
   CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue), Attr(CKA_LABEL, label)};
   auto found = pool_slot.session.Find(match);
   if (!found.ok()) return std::move(found).TakeStatus();
-  if (found->empty()) VECSEAL_RETURN_IF_ERROR(RequireLogin(pool_slot.session));
   if (found->size() != 1) {
     return Status(Code::kNotFound, "key_not_found",
                   found->empty() ? "the token no longer holds " + label
