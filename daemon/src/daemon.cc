@@ -690,8 +690,9 @@ int CheckConfig(const std::string& path, std::ostream& out, std::ostream& err) {
     err << path << ": policy.file: " << policy.status().message() << "\n";
     return 1;
   }
-  out << path << ": ok (policy " << config->policy_file << ": " << (*policy)->rule_count()
-      << " rules)\n";
+  const size_t rules = (*policy)->rule_count();
+  out << path << ": ok (policy " << config->policy_file << ": " << rules
+      << (rules == 1 ? " rule)\n" : " rules)\n");
   return 0;
 }
 

@@ -193,6 +193,16 @@ TEST_F(CheckConfigTest, AcceptsAValidConfigAndPolicy) {
   EXPECT_EQ(out.str(), config + ": ok (policy " + policy + ": 0 rules)\n");
 }
 
+TEST_F(CheckConfigTest, CountsASingleRuleInTheSingular) {
+  const std::string policy = Write("policy.json", R"({"version": 1, "rules": [
+      {"id": "scorer", "callers": {"uid": 1001}, "keys": ["k"], "operations": ["encrypt"]}]})");
+  const std::string config =
+      Write("vecseald.json", std::string("{") + kPin + R"(, "policy": {"file": ")" + policy + "\"}}");
+  std::ostringstream out, err;
+  EXPECT_EQ(CheckConfig(config, out, err), 0) << err.str();
+  EXPECT_EQ(out.str(), config + ": ok (policy " + policy + ": 1 rule)\n");
+}
+
 TEST_F(CheckConfigTest, RejectsAnUnknownKeyWithItsPath) {
   const std::string config = Write("vecseald.json", std::string("{") + kPin + R"(, "limts": {}})");
   std::ostringstream out, err;
