@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 #include <type_traits>
 #include <unordered_map>
@@ -356,6 +357,18 @@ struct Hsm::State {
   std::vector<std::unique_ptr<PoolSlot>> pool;
   std::atomic<size_t> next_slot{0};
 
+  // A module may build a session copy of a key attribute by attribute: SoftHSM2 copies the
+  // original's CKA_TOKEN=true first and applies the template's false last, so a search for token
+  // keys in another session can meet a copy in the making, and a key would look duplicated
+  // (key_not_found, or "tampered" on load). Searches for keys share this lock; a copy takes it
+  // alone. It is a leaf lock: nothing else is acquired while it is held.
+  std::shared_mutex key_copy_mutex;
+  Result<std::vector<Object>> FindKeys(const Session& session,
+                                       std::span<const CK_ATTRIBUTE> match) {
+    std::shared_lock lock(key_copy_mutex);
+    return session.Find(match);
+  }
+
   Status ConnectLocked();
   Status Recover(uint64_t observed_generation);
 
@@ -532,7 +545,7 @@ Result<CK_OBJECT_HANDLE> Hsm::State::KeyHandle(PoolSlot& pool_slot, const std::s
   VECSEAL_RETURN_IF_ERROR(RequireLogin(pool_slot.session));
   // Token objects only: session copies made by other pooled sessions carry the same label.
   CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue), Attr(CKA_LABEL, label)};
-  auto found = pool_slot.session.Find(match);
+  auto found = FindKeys(pool_slot.session, match);
   if (!found.ok()) return std::move(found).TakeStatus();
   if (found->size() != 1) {
     return Status(Code::kNotFound, "key_not_found",
@@ -544,7 +557,9 @@ Result<CK_OBJECT_HANDLE> Hsm::State::KeyHandle(PoolSlot& pool_slot, const std::s
     auto copyable = key.GetBool(CKA_COPYABLE);
     if (copyable.ok() && *copyable) {
       CK_ATTRIBUTE changes[] = {Attr(CKA_TOKEN, kFalse)};
+      std::unique_lock copying(key_copy_mutex);
       auto copy = pool_slot.session.Copy(key.handle(), changes, true);
+      copying.unlock();
       if (copy.ok()) key = std::move(copy).value();
       // A refused copy only costs speed: fall through and use the token object.
     }
@@ -560,7 +575,7 @@ Result<std::vector<std::pair<std::string, uint32_t>>> Hsm::State::KeyVersionsLoc
   CK_KEY_TYPE type = CKK_GENERIC_SECRET;
   CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue),
                           Attr(CKA_KEY_TYPE, type)};
-  auto objects = anchor.Find(match);
+  auto objects = FindKeys(anchor, match);
   if (!objects.ok()) return std::move(objects).TakeStatus();
   std::vector<std::pair<std::string, uint32_t>> versions;
   for (const Object& object : *objects) {
@@ -595,7 +610,7 @@ Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t vers
   CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
   CK_ATTRIBUTE key_match[] = {Attr(CKA_CLASS, key_class), Attr(CKA_TOKEN, kTrue),
                               Attr(CKA_LABEL, label)};
-  auto keys = anchor.Find(key_match);
+  auto keys = FindKeys(anchor, key_match);
   if (!keys.ok()) return std::move(keys).TakeStatus();
   if (keys->empty()) {
     return Status(Code::kNotFound, "key_not_found",
