@@ -40,6 +40,14 @@ if(VECSEAL_SANITIZE)
     target_compile_options(vecseal_build_flags INTERFACE -Wno-pass-failed)
   endif()
   target_link_options(vecseal_build_flags INTERFACE -fsanitize=${VECSEAL_SANITIZE})
+  if(VECSEAL_FUZZ AND VECSEAL_SANITIZE MATCHES "address" AND
+     CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    # libFuzzer's coverage feedback in every library, so that this build also serves the
+    # fuzzers (tests/fuzz): ./scripts/test fuzzes with build-asan instead of building the tree
+    # a third time.
+    target_compile_options(vecseal_build_flags INTERFACE -fsanitize=fuzzer-no-link)
+    target_link_options(vecseal_build_flags INTERFACE -fsanitize=fuzzer-no-link)
+  endif()
   if(VECSEAL_SANITIZE STREQUAL "thread")
     # TSan does not model atomic_thread_fence (GCC refuses it under -Werror=tsan); Asio's
     # scheduler queues handlers under a mutex, which TSan does see, so its fences can go.

@@ -92,6 +92,26 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
 
   Socket::executor_type socket_executor() { return socket_.get_executor(); }
 
+  // Runs on this connection's strand.
+  std::string Describe() {
+    static constexpr const char* kPhases[] = {"idle",    "header",    "body",  "handling",
+                                              "writing", "lingering", "closed"};
+    const auto now = asio::steady_timer::clock_type::now();
+    const auto in_ms = [&](asio::steady_timer::time_point when) {
+      if (when == asio::steady_timer::time_point::max()) return std::string("none");
+      return std::to_string(
+                 std::chrono::duration_cast<std::chrono::milliseconds>(when - now).count()) +
+             " ms";
+    };
+    ErrorCode ec;
+    return std::string("phase=") + kPhases[static_cast<int>(phase_)] +
+           " deadline=" + in_ms(deadline_) +
+           " timer=" + (timer_waiting_ ? in_ms(timer_.expiry()) : std::string("idle")) +
+           " timed_out=" + (timed_out_ ? "yes" : "no") +
+           " buffered=" + std::to_string(buffer_.size()) +
+           " unread=" + std::to_string(socket_.available(ec));
+  }
+
   // Called on this connection's strand when the server drains. A connection whose next request
   // has started to arrive is in flight, not idle.
   void CloseIfIdle() {
@@ -463,6 +483,38 @@ void HttpServer::Unregister(Connection* /*connection*/) {
   std::erase_if(connections_, [](const auto& weak) { return weak.expired(); });
   --active_connections_;
   drained_.notify_all();
+}
+
+std::vector<std::string> HttpServer::DescribeConnections(std::chrono::milliseconds wait) {
+  struct Report {
+    std::mutex mutex;
+    std::condition_variable done;
+    std::vector<std::string> lines;
+    size_t pending = 0;
+  };
+  auto report = std::make_shared<Report>();
+  std::vector<std::shared_ptr<Connection>> live;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& weak : connections_) {
+      if (auto connection = weak.lock()) live.push_back(std::move(connection));
+    }
+  }
+  report->pending = live.size();
+  for (auto& connection : live) {
+    asio::post(connection->socket_executor(), [connection, report] {
+      std::string line = connection->Describe();
+      std::lock_guard lock(report->mutex);
+      report->lines.push_back(std::move(line));
+      --report->pending;
+      report->done.notify_all();
+    });
+  }
+  std::unique_lock lock(report->mutex);
+  report->done.wait_for(lock, wait, [&] { return report->pending == 0; });
+  std::vector<std::string> lines = report->lines;
+  for (size_t i = 0; i < report->pending; ++i) lines.push_back("busy: its strand did not answer");
+  return lines;
 }
 
 void HttpServer::Drain() {

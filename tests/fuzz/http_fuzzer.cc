@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -176,8 +177,12 @@ void PruneAudit() {
 
 // What every thread of the process is doing, to tell a stuck server from a starved machine.
 void DescribeHang() {
-  std::fprintf(stderr, "hang: %zu active connections; threads (name state wchan):\n",
-               g_daemon->server->active_connections());
+  std::fprintf(stderr, "hang: %zu active connections:\n", g_daemon->server->active_connections());
+  for (const std::string& line :
+       g_daemon->server->DescribeConnections(std::chrono::milliseconds(2000))) {
+    std::fprintf(stderr, "  %s\n", line.c_str());
+  }
+  std::fprintf(stderr, "hang: threads (name state wchan):\n");
   std::error_code ec;
   for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
     const auto read = [&](const char* name) {
@@ -195,6 +200,37 @@ void DescribeHang() {
     std::fprintf(stderr, "  %s %s %s\n", read("comm").c_str(),
                  state == std::string::npos ? "?" : stat.substr(state + 2, 1).c_str(),
                  read("wchan").c_str());
+  }
+  // Which descriptors each epoll instance watches, and for what: a server that sleeps while a
+  // connection waits has lost an event or never asked for it.
+  for (const auto& fd : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    std::error_code link_ec;
+    if (std::filesystem::read_symlink(fd.path(), link_ec).string() != "anon_inode:[eventpoll]") {
+      continue;
+    }
+    std::fprintf(stderr, "hang: epoll fd %s watches:\n", fd.path().filename().c_str());
+    if (FILE* info = std::fopen(("/proc/self/fdinfo/" + fd.path().filename().string()).c_str(),
+                                "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof(line), info) != nullptr) {
+        if (std::strncmp(line, "tfd:", 4) == 0) std::fprintf(stderr, "  %s", line);
+      }
+      std::fclose(info);
+    }
+  }
+  if (access("/usr/bin/ss", X_OK) == 0) {
+    std::fflush(stderr);
+    const std::string command = "/usr/bin/ss -xap 2>/dev/null | grep -F '" +
+                                g_daemon->socket_path + "' 1>&2";
+    if (std::system(command.c_str()) != 0) std::fprintf(stderr, "hang: ss found no socket\n");
+  }
+  // Every thread's stack, where gdb is installed and may attach (a process cannot trace
+  // itself; its child can): states alone do not say which lock a stuck thread waits for.
+  if (access("/usr/bin/gdb", X_OK) == 0) {
+    std::fflush(stderr);
+    const std::string command = "/usr/bin/gdb -p " + std::to_string(getpid()) +
+                                " -batch -nx -ex 'thread apply all bt' 1>&2 2>/dev/null";
+    if (std::system(command.c_str()) != 0) std::fprintf(stderr, "hang: gdb could not attach\n");
   }
 }
 

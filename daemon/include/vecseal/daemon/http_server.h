@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <memory>
@@ -83,6 +84,11 @@ class HttpServer {
   void Drain();
 
   size_t active_connections() const { return active_connections_.load(); }
+
+  // One line per live connection (its phase, deadline, timer and buffered bytes), each taken on
+  // the connection's own strand; a connection that does not answer within `wait` is reported
+  // as busy. For diagnosing a connection that neither answers nor closes.
+  std::vector<std::string> DescribeConnections(std::chrono::milliseconds wait);
 
  private:
   class Connection;
