@@ -87,7 +87,8 @@ class HttpServer {
 
   // One line per live connection (its phase, deadline, timer and buffered bytes), each taken on
   // the connection's own strand; a connection that does not answer within `wait` is reported
-  // as busy. For diagnosing a connection that neither answers nor closes.
+  // as busy. For diagnosing a connection that neither answers nor closes. Not from an I/O
+  // thread or a handler: it would wait for work only the caller's own thread can run.
   std::vector<std::string> DescribeConnections(std::chrono::milliseconds wait);
 
  private:
