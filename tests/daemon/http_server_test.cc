@@ -7,17 +7,19 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "support/dev_daemon.h"
 #include "vecseal/daemon/http_server.h"
 
 namespace vecseal::daemon {
 namespace {
+
+using testing::ConnectUnix;
 
 class NoContentHandler final : public RequestHandler {
  public:
@@ -34,18 +36,6 @@ class NoContentHandler final : public RequestHandler {
   }
   bool ExpectsBody(const HttpRequest&) const override { return false; }
 };
-
-int Connect(const std::string& path) {
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 // Polls until `predicate` holds for the server's description of its connections.
 template <typename Predicate>
@@ -82,7 +72,7 @@ TEST(HttpServerTest, DescribesEachConnectionByPhase) {
     EXPECT_EQ(server.DescribeConnections(std::chrono::milliseconds(1000)),
               std::vector<std::string>{});
 
-    const int idle = Connect(path);
+    const int idle = ConnectUnix(path);
     ASSERT_GE(idle, 0);
     auto lines = DescribeUntil(server, [](const auto& l) {
       return l.size() == 1 && l[0].starts_with("phase=idle");
@@ -92,7 +82,7 @@ TEST(HttpServerTest, DescribesEachConnectionByPhase) {
     EXPECT_NE(lines[0].find(" buffered=0 unread=0"), std::string::npos) << lines[0];
 
     // Half a request: the server has read it and waits for the rest of the headers.
-    const int partial = Connect(path);
+    const int partial = ConnectUnix(path);
     ASSERT_GE(partial, 0);
     const std::string half = "GET /v1/health HTTP/1.1\r\nHost: x\r\n";
     ASSERT_EQ(write(partial, half.data(), half.size()), static_cast<ssize_t>(half.size()));
