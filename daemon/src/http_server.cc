@@ -58,7 +58,9 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
         over_limit_(over_limit) {}
 
   ~Connection() {
-    if (!over_limit_) server_.Unregister(this);
+    if (over_limit_) return;
+    ReleaseSlot();
+    server_.Unregister(this);
   }
 
   void Start() {
@@ -372,15 +374,25 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     phase_ = Phase::kClosed;
     ++timer_generation_;
     timer_.cancel();
+    ReleaseSlot();
     ErrorCode ignored;
     socket_.shutdown(Socket::shutdown_both, ignored);
     socket_.close(ignored);
+  }
+
+  // Released before the close, so that a client that saw its connection end can connect again
+  // at once; the object itself lives on until its last pending handler returns.
+  void ReleaseSlot() {
+    if (over_limit_ || slot_released_) return;
+    slot_released_ = true;
+    server_.ReleaseSlot();
   }
 
   HttpServer& server_;
   Socket socket_;
   asio::steady_timer timer_;
   const bool over_limit_;
+  bool slot_released_ = false;
   std::unique_ptr<ConnectionContext> context_;
   std::shared_ptr<const Limits> limits_;
   beast::flat_buffer buffer_;
@@ -453,7 +465,7 @@ void HttpServer::Accept() {
     // side; a larger one (capped by net.core.wmem_max) takes fewer.
     ErrorCode ignored;
     socket.set_option(asio::socket_base::send_buffer_size(kSendBufferBytes), ignored);
-    const bool over_limit = active_connections_.load() >= limits()->max_connections;
+    const bool over_limit = open_connections_.load() >= limits()->max_connections;
     auto connection = std::make_shared<Connection>(*this, std::move(socket), over_limit);
     if (!over_limit) Register(connection);
     asio::post(connection->socket_executor(), [connection] { connection->Start(); });
@@ -474,14 +486,17 @@ void HttpServer::LeaveInlineHandler() { --inline_handlers_; }
 
 void HttpServer::Register(const std::shared_ptr<Connection>& connection) {
   std::lock_guard lock(mutex_);
-  ++active_connections_;
+  ++open_connections_;
+  ++live_connections_;
   connections_.push_back(connection);
 }
+
+void HttpServer::ReleaseSlot() { --open_connections_; }
 
 void HttpServer::Unregister(Connection* /*connection*/) {
   std::lock_guard lock(mutex_);
   std::erase_if(connections_, [](const auto& weak) { return weak.expired(); });
-  --active_connections_;
+  --live_connections_;
   drained_.notify_all();
 }
 
@@ -542,7 +557,7 @@ void HttpServer::Drain() {
   live.clear();
   {
     std::unique_lock lock(mutex_);
-    drained_.wait(lock, [this] { return active_connections_.load() == 0; });
+    drained_.wait(lock, [this] { return live_connections_ == 0; });
   }
   io_work_.reset();
   io_.stop();

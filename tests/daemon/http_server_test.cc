@@ -1,6 +1,6 @@
 // HttpServer in-process, with a handler that answers everything 204: what it reports about its
 // connections (DescribeConnections, for diagnosing a connection that neither answers nor
-// closes).
+// closes), and when a closed connection stops counting against max_connections.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -49,25 +49,47 @@ std::vector<std::string> DescribeUntil(HttpServer& server, Predicate predicate) 
   return lines;
 }
 
-TEST(HttpServerTest, DescribesEachConnectionByPhase) {
-  char dir_template[] = "/tmp/vecseal-http-server-XXXXXX";
-  ASSERT_NE(mkdtemp(dir_template), nullptr);
-  const std::string dir = dir_template;
-  const std::string path = dir + "/test.sock";
-  const int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
-  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-  ASSERT_EQ(listen(listener, 16), 0);
+// A listening socket in a fresh temporary directory, removed with it.
+class Listener {
+ public:
+  Listener() {
+    char dir_template[] = "/tmp/vecseal-http-server-XXXXXX";
+    if (mkdtemp(dir_template) == nullptr) return;
+    dir_ = dir_template;
+    path_ = dir_ + "/test.sock";
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::memcpy(address.sun_path, path_.c_str(), path_.size() + 1);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+        listen(fd_, 16) != 0) {
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+  ~Listener() {
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  // Handed to HttpServer::Adopt, which owns it from then on.
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
 
+ private:
+  std::string dir_, path_;
+  int fd_ = -1;
+};
+
+TEST(HttpServerTest, DescribesEachConnectionByPhase) {
+  Listener listener;
+  ASSERT_GE(listener.fd(), 0);
+  const std::string& path = listener.path();
   NoContentHandler handler;
   Limits limits;
   limits.header_timeout = std::chrono::milliseconds(30'000);
   limits.idle_timeout = std::chrono::milliseconds(30'000);
   {
     HttpServer server(handler, ServerOptions{.io_threads = 1, .worker_threads = 1}, limits);
-    ASSERT_TRUE(server.Adopt(listener).ok());
+    ASSERT_TRUE(server.Adopt(listener.fd()).ok());
     server.Start();
     EXPECT_EQ(server.DescribeConnections(std::chrono::milliseconds(1000)),
               std::vector<std::string>{});
@@ -101,7 +123,31 @@ TEST(HttpServerTest, DescribesEachConnectionByPhase) {
     lines = DescribeUntil(server, [](const auto& l) { return l.empty(); });
     EXPECT_EQ(lines, std::vector<std::string>{}) << "closed connections are no longer described";
   }
-  std::filesystem::remove_all(dir);
+}
+
+// A client that saw the daemon end its connection may connect again at once and be served: the
+// connection's slot under max_connections is free before its socket closes, not when the last
+// of its pending handlers returns. Counted otherwise, a client that reconnects straight away is
+// refused 503 now and then.
+TEST(HttpServerTest, ClosedConnectionFreesItsSlotBeforeTheClientSeesTheEnd) {
+  Listener listener;
+  ASSERT_GE(listener.fd(), 0);
+  NoContentHandler handler;
+  Limits limits;
+  limits.max_connections = 1;
+  limits.idle_timeout = std::chrono::milliseconds(1);
+  HttpServer server(handler, ServerOptions{.io_threads = 2, .worker_threads = 1}, limits);
+  ASSERT_TRUE(server.Adopt(listener.fd()).ok());
+  server.Start();
+  for (int round = 0; round < 200; ++round) {
+    const int fd = ConnectUnix(listener.path());
+    ASSERT_GE(fd, 0);
+    const std::string answer = testing::ReadToEof(fd);  // the idle timeout closes it
+    const size_t counted = server.active_connections();
+    close(fd);
+    ASSERT_EQ(answer, "") << "round " << round << ": refused instead of served";
+    ASSERT_EQ(counted, 0u) << "round " << round << ": still counted after the client saw it end";
+  }
 }
 
 }  // namespace

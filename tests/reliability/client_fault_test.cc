@@ -105,16 +105,32 @@ class ClientFaultTest : public ::testing::Test {
         .status;
   }
 
-  // Waits for the daemon to close its side of every connection this test dropped.
+  // Waits for the daemon to close its side of every connection this test dropped, and to stop
+  // counting them against max_connections.
   void ExpectFdsBackToBaseline() {
     size_t fds = 0;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (std::chrono::steady_clock::now() < deadline) {
       fds = OpenFdCount(daemon_->pid()).value_or(0);
-      if (fds <= baseline_fds_) return;
+      if (fds <= baseline_fds_) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    ADD_FAILURE() << "vecseald holds " << fds << " descriptors, baseline " << baseline_fds_;
+    if (fds > baseline_fds_) {
+      ADD_FAILURE() << "vecseald holds " << fds << " descriptors, baseline " << baseline_fds_;
+      return;
+    }
+    std::string gauge;
+    while (std::chrono::steady_clock::now() < deadline) {
+      HttpClient client(daemon_->socket_path());
+      const auto metrics = client.Get("/metrics");
+      const size_t at = metrics.body.find("\nvecseal_connections ");
+      gauge = at == std::string::npos
+                  ? "no vecseal_connections in /metrics"
+                  : metrics.body.substr(at + 1, metrics.body.find('\n', at + 1) - at - 1);
+      if (gauge == "vecseal_connections 1") return;  // this request's own
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "vecseald still counts its dropped connections: " << gauge;
   }
 
   void ExpectStillServing() {

@@ -83,7 +83,8 @@ class HttpServer {
   // responses carry Connection: close), then joins every thread.
   void Drain();
 
-  size_t active_connections() const { return active_connections_.load(); }
+  // Connections counted against max_connections: accepted and not yet closed.
+  size_t active_connections() const { return open_connections_.load(); }
 
   // One line per live connection (its phase, deadline, timer and buffered bytes), each taken on
   // the connection's own strand; a connection that does not answer within `wait` is reported
@@ -97,6 +98,7 @@ class HttpServer {
 
   void Accept();
   void Register(const std::shared_ptr<Connection>& connection);
+  void ReleaseSlot();
   void Unregister(Connection* connection);
   // Claims an I/O thread for running a request, if one would still be left free; false when
   // the request must go to a worker.
@@ -118,7 +120,9 @@ class HttpServer {
   BufferPool buffers_;
   std::vector<std::weak_ptr<Connection>> connections_;
   std::condition_variable drained_;
-  std::atomic<size_t> active_connections_{0};
+  std::atomic<size_t> open_connections_{0};
+  // Connection objects not yet destroyed, which Drain waits for; guarded by mutex_.
+  size_t live_connections_ = 0;
   std::atomic<size_t> inline_handlers_{0};
   std::atomic<bool> draining_{false};
   bool started_ = false;
