@@ -14,7 +14,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -176,8 +178,23 @@ void PruneAudit() {
 }
 
 // What every thread of the process is doing, to tell a stuck server from a starved machine.
-void DescribeHang() {
+void DescribeHang(int client_fd) {
   std::fprintf(stderr, "hang: %zu active connections:\n", g_daemon->server->active_connections());
+  {
+    std::error_code ec;
+    std::fprintf(stderr, "hang: client fd %d -> %s; descriptors:\n", client_fd,
+                 std::filesystem::read_symlink("/proc/self/fd/" + std::to_string(client_fd), ec)
+                     .c_str());
+    for (const auto& fd : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+      std::error_code link_ec;
+      std::fprintf(stderr, "  %s -> %s\n", fd.path().filename().c_str(),
+                   std::filesystem::read_symlink(fd.path(), link_ec).c_str());
+    }
+    std::fflush(stderr);
+    const std::string all = "/usr/bin/ss -xp 2>/dev/null | grep -F 'pid=" +
+                            std::to_string(getpid()) + ",' 1>&2";
+    if (std::system(all.c_str()) != 0) std::fprintf(stderr, "hang: ss found none\n");
+  }
   for (const std::string& line :
        g_daemon->server->DescribeConnections(std::chrono::milliseconds(2000))) {
     std::fprintf(stderr, "  %s\n", line.c_str());
@@ -234,8 +251,22 @@ void DescribeHang() {
   }
 }
 
+// poll() until an event or `deadline`. libFuzzer's -timeout arms a SIGALRM every
+// timeout/2+1 seconds, and a signal ends poll() early with EINTR whatever its timeout: taken
+// for a timeout, that once passed for a server hang.
+int PollUntil(pollfd& p, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    const int ready = poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 0)));
+    if (ready >= 0 || errno != EINTR) return ready;
+  }
+}
+
 // Sends `input`, half-closes, and returns everything the server sent until it closed.
 std::string Exchange(const uint8_t* data, size_t size) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(kResponseTimeoutMs);
   const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   VECSEAL_FUZZ_CHECK(fd >= 0, "socket: %s", std::strerror(errno));
   sockaddr_un address{};
@@ -244,7 +275,7 @@ std::string Exchange(const uint8_t* data, size_t size) {
   int connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
   if (connected != 0 && errno == EAGAIN) {
     pollfd wait{.fd = fd, .events = POLLOUT, .revents = 0};
-    poll(&wait, 1, kResponseTimeoutMs);
+    PollUntil(wait, deadline);
     connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
   }
   VECSEAL_FUZZ_CHECK(connected == 0 || errno == EISCONN, "connect: %s", std::strerror(errno));
@@ -260,8 +291,9 @@ std::string Exchange(const uint8_t* data, size_t size) {
     }
     pollfd p{.fd = fd, .events = static_cast<short>(POLLIN | (write_open ? POLLOUT : 0)),
              .revents = 0};
-    const int ready = poll(&p, 1, kResponseTimeoutMs);
-    if (ready <= 0) DescribeHang();
+    const int ready = PollUntil(p, deadline);
+    VECSEAL_FUZZ_CHECK(ready >= 0, "poll: %s", std::strerror(errno));
+    if (ready == 0) DescribeHang(fd);
     VECSEAL_FUZZ_CHECK(ready > 0, "no response within %d ms after %zu of %zu bytes sent: the "
                        "server hangs", kResponseTimeoutMs, sent, size);
     if (write_open && (p.revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
