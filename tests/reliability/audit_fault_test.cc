@@ -64,7 +64,11 @@ TEST(AuditFaultTest, DiskFullDevFullRefusesEveryRequest) {
   const std::vector<Outcome> outcomes = load.Outcomes();
   EXPECT_EQ(CountStatus(outcomes, 503, "audit_unavailable"), outcomes.size())
       << "a request was answered although its record could not be written";
-  for (const Outcome& o : outcomes) EXPECT_TRUE(o.body.empty());
+  for (const Outcome& o : outcomes) {
+    // The error and nothing else: not a vector, not a token.
+    const auto body = nlohmann::json::parse(o.body, nullptr, false);
+    EXPECT_TRUE(body.is_object() && body.size() == 1 && body.contains("error")) << o.body;
+  }
 
   HttpClient probe(daemon.socket_path());
   const auto health = probe.Get("/v1/health");

@@ -212,6 +212,28 @@ TEST_F(ClientFaultTest, TricklingHeadersIsCutOff) {
   ExpectFdsBackToBaseline();
 }
 
+// A slow writer of the body, one byte every 10 ms: body_timeout_ms bounds the whole body, not
+// the gap between two reads, so trickling does not keep the connection (or its buffer) alive.
+TEST_F(ClientFaultTest, TricklingBodyIsCutOff) {
+  const std::string body = FloatsToBytes(Plaintext(3, 64));
+  const int fd = ConnectUnix(daemon_->socket_path());
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendAll(fd, EncryptHead(body.size(), kDimension)));
+  size_t sent = 0;
+  for (; sent < body.size(); ++sent) {
+    if (send(fd, body.data() + sent, 1, MSG_NOSIGNAL) != 1) break;
+    pollfd readable{.fd = fd, .events = POLLIN, .revents = 0};
+    if (poll(&readable, 1, 10) > 0) break;  // the daemon answered
+  }
+  const std::string answer = ReadToEof(fd);
+  close(fd);
+  EXPECT_LT(sent, body.size()) << "the daemon waited for every trickled byte";
+  EXPECT_EQ(StatusOf(answer), 408u) << answer;
+  EXPECT_EQ(ErrorCodeOf(answer), "request_timeout");
+  ExpectFdsBackToBaseline();
+  ExpectStillServing();
+}
+
 // A client that never reads its answer: the daemon gives up after write_timeout_ms, closes, and
 // serves others meanwhile. The answer (40 MB, a permute key keeps it cheap) must exceed what the
 // socket buffers can hold: the daemon asks for a 4 MiB send buffer.

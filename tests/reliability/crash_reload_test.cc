@@ -145,8 +145,12 @@ TEST_P(SighupTest, BrokenFileUnderLoadFailsNoRequest) {
     EXPECT_EQ(reloads[i].value("error_code", ""), GetParam().reason) << reloads[i].dump();
   }
   EXPECT_FALSE(reloads.back().contains("error_code")) << reloads.back().dump();
-  EXPECT_NE(daemon_->Log().find("event=reload_failed reason=" + std::string(GetParam().reason)),
-            std::string::npos);
+  const std::string log = daemon_->Log();
+  const size_t failed = log.find("event=reload_failed reason=" + std::string(GetParam().reason));
+  ASSERT_NE(failed, std::string::npos) << log;
+  EXPECT_NE(log.substr(failed, log.find('\n', failed) - failed).find(" kept=previous"),
+            std::string::npos)
+      << log;
 }
 
 INSTANTIATE_TEST_SUITE_P(

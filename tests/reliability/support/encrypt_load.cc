@@ -61,7 +61,7 @@ void EncryptLoad::Run(size_t thread_index) {
     if (auto id = result.headers.find("vecseal-request-id"); id != result.headers.end()) {
       outcome.request_id = id->second;
     }
-    if (result.status == 200) outcome.body = result.body;
+    outcome.body = result.body;
     {
       std::lock_guard lock(mutex_);
       outcomes_.push_back(std::move(outcome));

@@ -22,7 +22,7 @@ struct Outcome {
   unsigned status = 0;  // 0: the connection failed (no HTTP answer)
   std::string code;     // the error body's code, if any
   std::string request_id;
-  std::string body;  // a 200's body: ciphertexts then tokens (reversible binary encrypt)
+  std::string body;  // a 200's: ciphertexts then tokens (reversible binary encrypt); else the error
 };
 
 inline constexpr size_t kDimension = 16;
