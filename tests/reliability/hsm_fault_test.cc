@@ -216,7 +216,8 @@ TEST_F(HsmFaultTest, SignalsWhileWaitingForTheHsm) {
   const auto stopped_in = std::chrono::steady_clock::now() - stop;
   ASSERT_TRUE(WIFEXITED(status)) << "died of signal " << WTERMSIG(status);
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  EXPECT_LT(stopped_in, std::chrono::seconds(5)) << "SIGTERM waited for an HSM retry";
+  EXPECT_LT(stopped_in, std::chrono::seconds(5))
+      << "SIGTERM waited for an HSM retry; the daemon's log:\n" << daemon_->Log().substr(log_before);
   EXPECT_NE(daemon_->Log().find("event=stopped", log_before), std::string::npos);
 
   CommandResult verified = VerifyAuditLog(*daemon_);
