@@ -140,10 +140,20 @@ class ClientFaultTest : public ::testing::Test {
     EXPECT_TRUE(daemon_->Running());
   }
 
+  // Whatever a client did, the daemon's memory stays within a bound set by the limits, not
+  // by the client's behaviour.
+  void TearDown() override {
+    if (!daemon_ || !daemon_->Running() || !kRssIsMeaningful) return;
+    const size_t rss = RssKib(daemon_->pid()).value_or(0);
+    EXPECT_LT(rss, baseline_rss_kib_ + rss_allowance_kib_)
+        << "RSS grew from " << baseline_rss_kib_ << " KiB to " << rss << " KiB";
+  }
+
   ScratchDir scratch_;
   std::unique_ptr<DaemonProcess> daemon_;
   size_t baseline_fds_ = 0;
   size_t baseline_rss_kib_ = 0;
+  size_t rss_allowance_kib_ = 64 * 1024;
 };
 
 TEST_F(ClientFaultTest, DisconnectMidRequest) {
@@ -210,6 +220,7 @@ TEST_F(ClientFaultTest, TricklingHeadersIsCutOff) {
   EXPECT_LT(sent, head.size()) << "the daemon waited for every trickled byte";
   EXPECT_EQ(StatusOf(answer), 408u) << answer;
   ExpectFdsBackToBaseline();
+  ExpectStillServing();
 }
 
 // A slow writer of the body, one byte every 10 ms: body_timeout_ms bounds the whole body, not
@@ -247,6 +258,9 @@ TEST_F(ClientFaultTest, SlowReaderIsDisconnected) {
                 .status,
             201u);
   const std::string body = FloatsToBytes(std::vector<float>(kVectors * kDim, 0.5f));
+  // The 40 MB body and its 40 MB answer are legitimately held at once; the allocator may keep
+  // their pages afterwards.
+  rss_allowance_kib_ += 2 * body.size() / 1024;
   std::string request = EncryptHead(body.size(), kDim) + body;
   request.replace(request.find("/demo/"), 6, "/bulk/");
   const int fd = ConnectUnix(daemon_->socket_path());
@@ -302,11 +316,7 @@ TEST_F(ClientFaultTest, TenThousandConnectionAttemptsAgainstALimitOf256) {
 
   ExpectFdsBackToBaseline();
   ExpectStillServing();
-  const size_t rss = RssKib(daemon_->pid()).value_or(0);
-  if (kRssIsMeaningful) {
-    EXPECT_LT(rss, baseline_rss_kib_ + 64 * 1024)
-        << "RSS grew from " << baseline_rss_kib_ << " KiB to " << rss << " KiB";
-  }
+  const size_t rss = RssKib(daemon_->pid()).value_or(0);  // TearDown bounds it
   std::cout << "[ figures  ] " << attempts << " attempts (" << refused_by_kernel
             << " refused by the kernel), RSS " << baseline_rss_kib_ << " -> " << rss
             << " KiB, descriptors back to " << baseline_fds_ << "\n";

@@ -333,9 +333,17 @@ TEST_F(HsmFaultTest, SessionLossAndTransientErrorsMidLoadAreInvisible) {
   }
   load.Stop();
   const std::vector<Outcome> outcomes = load.Outcomes();
+  const std::vector<nlohmann::json> records = AuditRecords(daemon_->audit_dir());
   for (const Outcome& o : outcomes) {
-    EXPECT_EQ(o.status, 200u) << "request " << o.request_id << " failed (" << o.code
-                              << ") on a fault the daemon should have recovered from";
+    if (o.status == 200u) continue;
+    std::string why;
+    for (const auto& record : records) {
+      if (record.value("request_id", "") == o.request_id) why += "\n  " + record.dump();
+    }
+    ADD_FAILURE() << "request " << o.request_id << " failed (" << o.status << " " << o.code
+                  << ") on a fault the daemon should have recovered from: " << o.body
+                  << "\nits audit records:"
+                  << why << "\nthe daemon's log:\n" << daemon_->Log();
   }
   const auto wrong = WrongCiphertexts(daemon_->socket_path(), "demo", outcomes);
   EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong, first: " << wrong.front();

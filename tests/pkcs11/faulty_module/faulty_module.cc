@@ -14,12 +14,14 @@
 // writers replace the file with rename(2).
 #include <dlfcn.h>
 #include <p11-kit/pkcs11.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -72,11 +74,16 @@ CK_RV ParseCkr(const std::string& name) {
   return std::strtoul(name.c_str(), nullptr, 0);  // a number, e.g. 0x80000001
 }
 
-// Re-reads the control file if it changed; called with the mutex held.
+// Re-reads the control file if it changed; called with the mutex held. Its identity and its
+// text come from one open descriptor: a stat() of the path, then an open of it, could pair one
+// file's identity with the next one's text when a test replaces the file twice in a row, and
+// read that text a second time, restarting its counts (a second "C_Sign CKR_DEVICE_ERROR 1").
 void RefreshLocked() {
   if (g_faults.control_path.empty()) return;
   struct stat now {};
-  if (stat(g_faults.control_path.c_str(), &now) != 0) {
+  const int fd = open(g_faults.control_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, &now) != 0) {
+    if (fd >= 0) close(fd);
     if (g_faults.have_seen) {
       g_faults.have_seen = false;
       g_faults.down = false;
@@ -89,14 +96,23 @@ void RefreshLocked() {
       now.st_size == g_faults.seen.st_size &&
       now.st_mtim.tv_sec == g_faults.seen.st_mtim.tv_sec &&
       now.st_mtim.tv_nsec == g_faults.seen.st_mtim.tv_nsec) {
+    close(fd);
     return;
   }
+  std::string text;
+  char buffer[4096];
+  for (ssize_t n; (n = read(fd, buffer, sizeof buffer)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
   g_faults.seen = now;
   g_faults.have_seen = true;
   g_faults.down = false;
   g_faults.rules.clear();
   g_faults.delays_ms.clear();
-  std::ifstream in(g_faults.control_path);
+  std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
     std::istringstream words(line);
