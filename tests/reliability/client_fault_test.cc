@@ -57,6 +57,17 @@ bool SendAll(int fd, const std::string& data) {
   return true;
 }
 
+// Sends `data` one byte every 10 ms until the daemon answers; returns how many bytes went.
+size_t Trickle(int fd, const std::string& data) {
+  size_t sent = 0;
+  for (; sent < data.size(); ++sent) {
+    if (send(fd, data.data() + sent, 1, MSG_NOSIGNAL) != 1) break;
+    pollfd readable{.fd = fd, .events = POLLIN, .revents = 0};
+    if (poll(&readable, 1, 10) > 0) break;  // the daemon answered
+  }
+  return sent;
+}
+
 std::string EncryptHead(size_t body_bytes, size_t dimension) {
   return "POST /v1/keys/demo/encrypt HTTP/1.1\r\nHost: localhost\r\n"
          "Content-Type: application/octet-stream\r\nVecseal-Dimension: " +
@@ -218,12 +229,7 @@ TEST_F(ClientFaultTest, TricklingHeadersIsCutOff) {
   const std::string head = EncryptHead(64, kDimension) + std::string(4000, 'x');
   const int fd = ConnectUnix(daemon_->socket_path());
   ASSERT_GE(fd, 0);
-  size_t sent = 0;
-  for (; sent < head.size(); ++sent) {
-    if (send(fd, head.data() + sent, 1, MSG_NOSIGNAL) != 1) break;
-    pollfd readable{.fd = fd, .events = POLLIN, .revents = 0};
-    if (poll(&readable, 1, 10) > 0) break;  // the daemon answered
-  }
+  const size_t sent = Trickle(fd, head);
   const std::string answer = ReadToEof(fd);
   close(fd);
   EXPECT_LT(sent, head.size()) << "the daemon waited for every trickled byte";
@@ -239,12 +245,7 @@ TEST_F(ClientFaultTest, TricklingBodyIsCutOff) {
   const int fd = ConnectUnix(daemon_->socket_path());
   ASSERT_GE(fd, 0);
   ASSERT_TRUE(SendAll(fd, EncryptHead(body.size(), kDimension)));
-  size_t sent = 0;
-  for (; sent < body.size(); ++sent) {
-    if (send(fd, body.data() + sent, 1, MSG_NOSIGNAL) != 1) break;
-    pollfd readable{.fd = fd, .events = POLLIN, .revents = 0};
-    if (poll(&readable, 1, 10) > 0) break;  // the daemon answered
-  }
+  const size_t sent = Trickle(fd, body);
   const std::string answer = ReadToEof(fd);
   close(fd);
   EXPECT_LT(sent, body.size()) << "the daemon waited for every trickled byte";
