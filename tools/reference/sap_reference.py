@@ -583,7 +583,7 @@ def encrypt_v2(key, transform, beta, key_version, vectors, nonces, reversible):
 
 
 def decrypt_v2(key, transform, beta, key_version, c32_rows, tokens):
-    """The steps of §13, in their order; raises Refused."""
+    """The steps of docs/format.md §15, in their order; raises Refused."""
     d = len(c32_rows[0])
     if len(tokens) != len(c32_rows):
         raise Refused("invalid_length", "%d tokens for %d vectors" % (len(tokens), len(c32_rows)))
