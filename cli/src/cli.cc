@@ -39,6 +39,7 @@ Commands:
   decrypt --key NAME --tokens IN.tok [--field F] [--dim D] [--batch N] IN OUT
   keys list
   keys create NAME --approximation-factor BETA [--transform rotate|permute] [--dimension D]
+                   [--derivation aes|hmac]
   keys rotate NAME
   whoami          what vecseald knows about you and what the policy grants you
   status          vecseald's health (HSM, audit log)
@@ -348,12 +349,23 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
 void PrintKey(const client::KeyInfo& key, std::ostream& out) {
   out << key.name << "  version " << key.version << "  " << key.transform << "  beta "
       << key.approximation_factor << "  dimension "
-      << (key.dimension ? std::to_string(*key.dimension) : std::string("any")) << "  created "
-      << key.created << "\n";
+      << (key.dimension ? std::to_string(*key.dimension) : std::string("any"));
+  if (key.format != 0) out << "  format v" << key.format << " (" << key.derivation << ")";
+  out << "  created " << key.created << "\n";
+  // Older versions in another format still decrypt their tokens: say which they are.
+  if (key.formats.size() == key.versions.size()) {
+    std::string older;
+    for (size_t i = 0; i < key.versions.size(); ++i) {
+      if (key.versions[i] == key.version || key.formats[i] == key.format) continue;
+      older += (older.empty() ? "" : ", ") + std::string("v") + std::to_string(key.versions[i]) +
+               " format v" + std::to_string(key.formats[i]);
+    }
+    if (!older.empty()) out << "  older versions: " << older << "\n";
+  }
 }
 
 Status RunKeys(std::span<const std::string> args, const std::string& socket, std::ostream& out) {
-  Args parsed(args, {"approximation-factor", "transform", "dimension"}, {});
+  Args parsed(args, {"approximation-factor", "transform", "dimension", "derivation"}, {});
   VECSEAL_RETURN_IF_ERROR(parsed.Parse());
   const std::vector<std::string>& pos = parsed.positionals();
   if (pos.empty()) return Usage("keys needs list, create or rotate");
@@ -383,6 +395,10 @@ Status RunKeys(std::span<const std::string> args, const std::string& socket, std
     spec.transform = parsed.Get("transform", "rotate");
     if (spec.transform != "rotate" && spec.transform != "permute") {
       return Usage("--transform must be rotate or permute, not '" + spec.transform + "'");
+    }
+    spec.derivation = parsed.Get("derivation", "");
+    if (!spec.derivation.empty() && spec.derivation != "aes" && spec.derivation != "hmac") {
+      return Usage("--derivation must be aes or hmac, not '" + spec.derivation + "'");
     }
     if (parsed.Has("dimension")) {
       Result<size_t> dim = parsed.GetSize("dimension", 0, 1);

@@ -294,6 +294,9 @@ Result<KeyInfo> ParseKeyInfo(const nlohmann::json& j) {
       key.dimension = j.at("dimension").get<size_t>();
     }
     if (j.contains("created")) key.created = j.at("created").get<std::string>();
+    if (j.contains("format")) key.format = j.at("format").get<int>();
+    if (j.contains("derivation")) key.derivation = j.at("derivation").get<std::string>();
+    if (j.contains("formats")) key.formats = j.at("formats").get<std::vector<int>>();
     return key;
   } catch (const nlohmann::json::exception& e) {
     return BadResponse(std::string("malformed key object (") + e.what() + ")");
@@ -837,6 +840,7 @@ Result<KeyInfo> Client::CreateKey(const KeySpec& spec) {
                             {"approximation_factor", spec.approximation_factor},
                             {"transform", spec.transform}};
   if (spec.dimension) request["dimension"] = *spec.dimension;
+  if (!spec.derivation.empty()) request["derivation"] = spec.derivation;
   Result<HttpResponse> response = Call("POST", "/v1/keys", "application/json", request.dump(), {});
   if (!response.ok()) return std::move(response).TakeStatus();
   if (response->status != 201 && response->status != 200) return StatusFromResponse(*response);

@@ -114,6 +114,7 @@ namespace {
 
 constexpr size_t kGemmChunkRows = 48;  // rows staged per GEMM call for rotate
 constexpr std::string_view kDomainToken = "vecseal/v1/token";
+constexpr std::string_view kDomainTokenV2 = "vecseal/v2/token";
 
 void PutU32(uint8_t* out, uint32_t v) {
   for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -229,20 +230,27 @@ class Tagger {
     return Status::Ok();
   }
 
-  Status Compute(uint32_t key_version, const Nonce& nonce, uint32_t index, double beta,
-                 TransformKind kind, std::span<const float> c, std::array<uint8_t, kTagSize>& tag) {
+  // The tag of docs/format.md: v1 over (nonce, index), 16 bytes; v2 over its 12-byte nonce, 24.
+  Status Compute(KeyFormat format, uint32_t key_version, const Nonce& nonce, uint32_t index,
+                 double beta, TransformKind kind, std::span<const float> c,
+                 std::array<uint8_t, kTagSizeV2>& tag) {
+    const bool v2 = format == KeyFormat::kV2;
+    const std::string_view domain = v2 ? kDomainTokenV2 : kDomainToken;
     uint8_t header[64];
     size_t n = 0;
-    std::memcpy(header, kDomainToken.data(), kDomainToken.size());
-    n += kDomainToken.size();
+    std::memcpy(header, domain.data(), domain.size());
+    n += domain.size();
     header[n++] = 0x00;
-    header[n++] = kTokenVersion;
+    header[n++] = v2 ? kTokenVersionV2 : kTokenVersion;
     PutU32(header + n, key_version);
     n += 4;
-    std::memcpy(header + n, nonce.data(), nonce.size());
-    n += nonce.size();
-    PutU32(header + n, index);
-    n += 4;
+    const size_t nonce_size = v2 ? kNonceSizeV2 : kNonceSize;
+    std::memcpy(header + n, nonce.data(), nonce_size);
+    n += nonce_size;
+    if (!v2) {
+      PutU32(header + n, index);
+      n += 4;
+    }
     const auto beta_bits = std::bit_cast<uint64_t>(beta);
     for (int i = 0; i < 8; ++i) header[n++] = static_cast<uint8_t>(beta_bits >> (8 * i));
     header[n++] = static_cast<uint8_t>(kind);
@@ -254,7 +262,8 @@ class Tagger {
                     EVP_MAC_update(ctx_, header, n) == 1 && UpdateFloats(c) &&
                     EVP_MAC_final(ctx_, full, &out_length, sizeof(full)) == 1 &&
                     out_length == sizeof(full);
-    if (ok) std::memcpy(tag.data(), full, kTagSize);
+    tag.fill(0);
+    if (ok) std::memcpy(tag.data(), full, v2 ? kTagSizeV2 : kTagSize);
     SecureWipe(full, sizeof(full));  // the untruncated MAC is never published
     return ok ? Status::Ok() : Failed();
   }
@@ -315,6 +324,21 @@ Status DeriveSeeds(Deriver& deriver, std::span<const Nonce> nonces, std::span<Se
   return status;
 }
 
+// Format v2: S_N of every vector, from its 12-byte nonce, as one EncryptBlocks call.
+Status DeriveNoiseSeedsV2(Deriver& deriver, std::span<const Nonce> nonces, std::span<Seed> seeds) {
+  assert(seeds.size() >= nonces.size());
+  static_assert(sizeof(Seed) == 2 * kBlockSize, "a seed is two blocks");
+  std::vector<uint8_t> blocks(nonces.size() * 2 * kBlockSize);
+  for (size_t k = 0; k < nonces.size(); ++k) {
+    SecretBlocks(BlockDomain::kNoise, std::span<const uint8_t, kBlockInputSize>(nonces[k].data(), kBlockInputSize),
+                 blocks.data() + k * 2 * kBlockSize);
+  }
+  Status status = deriver.EncryptBlocks(
+      blocks, std::span<uint8_t>(reinterpret_cast<uint8_t*>(seeds.data()), blocks.size()));
+  SecureWipe(blocks.data(), blocks.size());  // they hold the nonces
+  return status;
+}
+
 Status CheckLengths(std::span<const float> in, std::span<float> out, size_t dimension) {
   if (in.size() % dimension != 0) {
     return Status(Code::kInvalidArgument, "invalid_length",
@@ -346,6 +370,24 @@ Status TokenCountError(size_t tokens, size_t vectors) {
 
 }  // namespace
 
+void SecretBlocks(BlockDomain domain, std::span<const uint8_t, kBlockInputSize> input,
+                  uint8_t* blocks) {
+  for (uint8_t half = 0; half < 2; ++half) {
+    uint8_t* block = blocks + half * kBlockSize;
+    block[0] = static_cast<uint8_t>(domain);
+    block[1] = half;
+    block[2] = 0x00;
+    block[3] = 0x00;
+    std::memcpy(block + 4, input.data(), kBlockInputSize);
+  }
+}
+
+Status DeriveSecretV2(Deriver& deriver, BlockDomain domain, const BlockInput& input, Seed& out) {
+  uint8_t blocks[2 * kBlockSize];
+  SecretBlocks(domain, input, blocks);
+  return deriver.EncryptBlocks(blocks, out);
+}
+
 Result<std::shared_ptr<Cipher>> Cipher::Create(std::shared_ptr<Deriver> deriver,
                                                SchemeParams params) {
   if (deriver == nullptr) {
@@ -365,17 +407,24 @@ Result<std::shared_ptr<const Cipher::Transform>> Cipher::TransformFor(size_t dim
 }
 
 Result<std::shared_ptr<const Cipher::Transform>> Cipher::DeriveTransform(size_t dimension) const {
-  uint8_t message[64];
-  size_t n = kDomainTransform.size();
-  std::memcpy(message, kDomainTransform.data(), n);
-  message[n++] = 0x00;
-  message[n++] = static_cast<uint8_t>(params_.transform);
-  PutU32(message + n, static_cast<uint32_t>(dimension));
-  n += 4;
   auto seed_buffer = SecureBuffer::Allocate(sizeof(Seed));
   if (!seed_buffer.ok()) return std::move(seed_buffer).TakeStatus();
   Seed& seed = *seed_buffer->as<Seed>();
-  VECSEAL_RETURN_IF_ERROR(deriver_->DeriveOne(std::span<const uint8_t>(message, n), seed));
+  if (format() == KeyFormat::kV2) {
+    BlockInput input{};
+    input[0] = static_cast<uint8_t>(params_.transform);
+    PutU32(input.data() + 1, static_cast<uint32_t>(dimension));
+    VECSEAL_RETURN_IF_ERROR(DeriveSecretV2(*deriver_, BlockDomain::kTransform, input, seed));
+  } else {
+    uint8_t message[64];
+    size_t n = kDomainTransform.size();
+    std::memcpy(message, kDomainTransform.data(), n);
+    message[n++] = 0x00;
+    message[n++] = static_cast<uint8_t>(params_.transform);
+    PutU32(message + n, static_cast<uint32_t>(dimension));
+    n += 4;
+    VECSEAL_RETURN_IF_ERROR(deriver_->DeriveOne(std::span<const uint8_t>(message, n), seed));
+  }
 
   auto transform = std::make_shared<Transform>();
   transform->kind = params_.transform;
@@ -417,9 +466,16 @@ Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t d
     VECSEAL_RETURN_IF_ERROR(CheckLengths(in, out, dimension));
     const size_t d = dimension;
     const size_t n = in.size() / d;
+    const bool v2 = format() == KeyFormat::kV2;
     if (options.group_size == 0) {
       return Status(Code::kInvalidArgument, "invalid_group_size",
                     "the group size must be at least 1, got 0");
+    }
+    if (v2 && options.group_size != 1) {
+      return Status(Code::kInvalidArgument, "invalid_group_size",
+                    "the group size applies to format v1 keys only; a format v2 key derives "
+                    "every vector's own seed, so give 1, got " +
+                        std::to_string(options.group_size));
     }
     if (tokens.size() != (options.reversible ? n : 0)) {
       if (!options.reversible) {
@@ -442,7 +498,7 @@ Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t d
       VECSEAL_RETURN_IF_ERROR(tagger.Init((*key)->key));
     }
 
-    const size_t group = options.group_size;
+    const size_t group = options.group_size;  // 1 for v2
     const size_t groups = (n + group - 1) / group;
     CallNonces call_nonces;
     std::vector<Nonce>& nonces = call_nonces.get();
@@ -452,7 +508,8 @@ Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t d
     const bool rotate = t.kind == TransformKind::kRotate;
     ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate, nonces.size()));
     VECSEAL_RETURN_IF_ERROR(scratch.status());
-    VECSEAL_RETURN_IF_ERROR(DeriveSeeds(*deriver_, nonces, scratch.seeds));
+    VECSEAL_RETURN_IF_ERROR(v2 ? DeriveNoiseSeedsV2(*deriver_, nonces, scratch.seeds)
+                               : DeriveSeeds(*deriver_, nonces, scratch.seeds));
     const Seed* seed = scratch.seeds.data();
     const size_t chunk_rows = rotate ? kGemmChunkRows : 1;
     for (size_t first = 0; first < n; first += chunk_rows) {
@@ -477,12 +534,14 @@ Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t d
         }
         if (options.reversible) {
           TokenFields fields;
+          fields.version = v2 ? kTokenVersionV2 : kTokenVersion;
           fields.key_version = params_.key_version;
           fields.nonce = nonces[k / group];
           fields.index = index;
-          VECSEAL_RETURN_IF_ERROR(tagger.Compute(params_.key_version, fields.nonce, index,
-                                                 params_.approximation_factor, params_.transform,
-                                                 std::span<const float>(c, d), fields.tag));
+          VECSEAL_RETURN_IF_ERROR(tagger.Compute(format(), params_.key_version, fields.nonce,
+                                                 index, params_.approximation_factor,
+                                                 params_.transform, std::span<const float>(c, d),
+                                                 fields.tag));
           tokens[k] = SerializeToken(fields);
         }
       }
@@ -516,6 +575,15 @@ Status Cipher::Decrypt(std::span<const float> in, std::span<float> out, size_t d
                       "token " + std::to_string(k) + ": " + error.message())
             .WithVectorIndex(k);
       }
+      const uint8_t expected_version = format() == KeyFormat::kV2 ? kTokenVersionV2 : kTokenVersion;
+      if (parsed->version != expected_version) {
+        return Status(Code::kInvalidArgument, "invalid_token",
+                      "token " + std::to_string(k) + " is a format v" +
+                          std::to_string(parsed->version) + " token, but key version " +
+                          std::to_string(params_.key_version) + " is format v" +
+                          std::to_string(expected_version) + "; it was not made by this key")
+            .WithVectorIndex(k);
+      }
       if (parsed->key_version != params_.key_version) {
         return Status(Code::kInvalidArgument, "token_key_version_mismatch",
                       "token " + std::to_string(k) + " was made under key version " +
@@ -531,11 +599,11 @@ Status Cipher::Decrypt(std::span<const float> in, std::span<float> out, size_t d
     Tagger tagger;
     VECSEAL_RETURN_IF_ERROR(tagger.Init((*key)->key));
     for (size_t k = 0; k < n; ++k) {
-      std::array<uint8_t, kTagSize> expected;
-      VECSEAL_RETURN_IF_ERROR(tagger.Compute(params_.key_version, fields[k].nonce, fields[k].index,
-                                             params_.approximation_factor, params_.transform,
-                                             in.subspan(k * d, d), expected));
-      if (CRYPTO_memcmp(expected.data(), fields[k].tag.data(), kTagSize) != 0) {
+      std::array<uint8_t, kTagSizeV2> expected;  // v1 tags are zero beyond 16 bytes
+      VECSEAL_RETURN_IF_ERROR(tagger.Compute(format(), params_.key_version, fields[k].nonce,
+                                             fields[k].index, params_.approximation_factor,
+                                             params_.transform, in.subspan(k * d, d), expected));
+      if (CRYPTO_memcmp(expected.data(), fields[k].tag.data(), expected.size()) != 0) {
         return Status(Code::kAuthenticationFailed, "token_authentication_failed",
                       "token " + std::to_string(k) +
                           " does not authenticate its vector: the vector, the token or the key "
@@ -544,7 +612,7 @@ Status Cipher::Decrypt(std::span<const float> in, std::span<float> out, size_t d
       }
     }
 
-    // Consecutive vectors of one group share a nonce, so derive once per run of equal nonces.
+    // Consecutive vectors of one v1 group share a nonce, so derive once per run of equal nonces.
     std::vector<Nonce> nonces;
     std::vector<size_t> seed_of(n);
     for (size_t k = 0; k < n; ++k) {
@@ -558,7 +626,9 @@ Status Cipher::Decrypt(std::span<const float> in, std::span<float> out, size_t d
     const bool rotate = t.kind == TransformKind::kRotate;
     ScratchUse scratch(ThreadScratch(), ScratchLayout(d, rotate, nonces.size()));
     VECSEAL_RETURN_IF_ERROR(scratch.status());
-    VECSEAL_RETURN_IF_ERROR(DeriveSeeds(*deriver_, nonces, scratch.seeds));
+    VECSEAL_RETURN_IF_ERROR(format() == KeyFormat::kV2
+                                ? DeriveNoiseSeedsV2(*deriver_, nonces, scratch.seeds)
+                                : DeriveSeeds(*deriver_, nonces, scratch.seeds));
     const Seed* seed = scratch.seeds.data();
     const size_t chunk_rows = rotate ? kGemmChunkRows : 1;
     for (size_t first = 0; first < n; first += chunk_rows) {
@@ -630,11 +700,16 @@ Result<std::shared_ptr<const Cipher::TokenKey>> Cipher::TokenKeyFor() const {
   auto buffer = SecureBuffer::Allocate(sizeof(Seed));
   if (!buffer.ok()) return std::move(buffer).TakeStatus();
   key->key = std::move(buffer).value();
-  uint8_t message[32];
-  std::memcpy(message, kDomainTokenKey.data(), kDomainTokenKey.size());
-  message[kDomainTokenKey.size()] = 0x00;
-  VECSEAL_RETURN_IF_ERROR(deriver_->DeriveOne(
-      std::span<const uint8_t>(message, kDomainTokenKey.size() + 1), *key->key.as<Seed>()));
+  if (format() == KeyFormat::kV2) {
+    VECSEAL_RETURN_IF_ERROR(
+        DeriveSecretV2(*deriver_, BlockDomain::kTokenKey, BlockInput{}, *key->key.as<Seed>()));
+  } else {
+    uint8_t message[32];
+    std::memcpy(message, kDomainTokenKey.data(), kDomainTokenKey.size());
+    message[kDomainTokenKey.size()] = 0x00;
+    VECSEAL_RETURN_IF_ERROR(deriver_->DeriveOne(
+        std::span<const uint8_t>(message, kDomainTokenKey.size() + 1), *key->key.as<Seed>()));
+  }
   std::lock_guard lock(token_key_mutex_);
   if (token_key_ == nullptr) token_key_ = std::move(key);
   return token_key_;

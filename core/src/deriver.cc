@@ -1,5 +1,6 @@
 #include "vecseal/core/deriver.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -9,33 +10,71 @@
 
 namespace vecseal::core {
 
+namespace {
+
+Status WrongFormat(std::string_view wanted, KeyFormat have) {
+  return Status(Code::kInternal, "wrong_key_format",
+                std::string(wanted) + " was asked of a format v" +
+                    std::to_string(static_cast<int>(have)) + " key");
+}
+
+}  // namespace
+
+std::string_view DerivationName(KeyFormat format) {
+  return format == KeyFormat::kV2 ? "aes" : "hmac";
+}
+
+Result<KeyFormat> ParseDerivation(std::string_view name) {
+  if (name == "aes") return KeyFormat::kV2;
+  if (name == "hmac") return KeyFormat::kV1;
+  return Status(Code::kInvalidArgument, "invalid_derivation",
+                "unknown derivation \"" + std::string(name.substr(0, 32)) +
+                    "\"; use \"aes\" (format v2, the default) or \"hmac\" (format v1)");
+}
+
+Status Deriver::Derive(std::span<const std::span<const uint8_t>>, std::span<Seed> out) {
+  for (auto& seed : out) SecureWipe(seed.data(), seed.size());
+  return WrongFormat("an HMAC derivation", format());
+}
+
+Status Deriver::EncryptBlocks(std::span<const uint8_t>, std::span<uint8_t> out) {
+  SecureWipe(out.data(), out.size());
+  return WrongFormat("an AES block derivation", format());
+}
+
 Status Deriver::DeriveOne(std::span<const uint8_t> message, Seed& out) {
   const std::span<const uint8_t> messages[1] = {message};
   return Derive(messages, std::span<Seed>(&out, 1));
 }
 
-Result<std::unique_ptr<SoftwareDeriver>> SoftwareDeriver::Create(std::span<const uint8_t> key) {
+Result<std::unique_ptr<SoftwareDeriver>> SoftwareDeriver::Create(std::span<const uint8_t> key,
+                                                                KeyFormat format) {
   if (key.empty()) {
     return Status(Code::kInvalidArgument, "invalid_key", "an HMAC key must not be empty");
+  }
+  if (format == KeyFormat::kV2 && key.size() != kSeedSize) {
+    return Status(Code::kInvalidArgument, "invalid_key",
+                  "an AES-256 key is 32 bytes, got " + std::to_string(key.size()));
   }
   auto buffer = SecureBuffer::Allocate(key.size());
   if (!buffer.ok()) return std::move(buffer).TakeStatus();
   std::memcpy(buffer->data(), key.data(), key.size());
-  return std::unique_ptr<SoftwareDeriver>(new SoftwareDeriver(std::move(buffer).value()));
+  return std::unique_ptr<SoftwareDeriver>(new SoftwareDeriver(std::move(buffer).value(), format));
 }
 
-Result<std::unique_ptr<SoftwareDeriver>> SoftwareDeriver::CreateEphemeral() {
+Result<std::unique_ptr<SoftwareDeriver>> SoftwareDeriver::CreateEphemeral(KeyFormat format) {
   auto buffer = SecureBuffer::Allocate(kSeedSize);
   if (!buffer.ok()) return std::move(buffer).TakeStatus();
   if (RAND_priv_bytes(buffer->data(), static_cast<int>(kSeedSize)) != 1) {
     return Status(Code::kUnavailable, "entropy_unavailable",
                   "the OpenSSL random generator could not produce an ephemeral key");
   }
-  return std::unique_ptr<SoftwareDeriver>(new SoftwareDeriver(std::move(buffer).value()));
+  return std::unique_ptr<SoftwareDeriver>(new SoftwareDeriver(std::move(buffer).value(), format));
 }
 
 Status SoftwareDeriver::Derive(std::span<const std::span<const uint8_t>> messages,
                                std::span<Seed> out) {
+  if (format_ != KeyFormat::kV1) return Deriver::Derive(messages, out);
   if (messages.size() != out.size()) {
     for (auto& seed : out) SecureWipe(seed.data(), seed.size());
     return Status(Code::kInternal, "invalid_length",
@@ -61,6 +100,40 @@ Status SoftwareDeriver::Derive(std::span<const std::span<const uint8_t>> message
   if (!ok) {
     for (auto& seed : out) SecureWipe(seed.data(), seed.size());
     return Status(Code::kInternal, "hmac_failed", "OpenSSL HMAC-SHA256 failed");
+  }
+  return Status::Ok();
+}
+
+}  // namespace vecseal::core
+
+namespace vecseal::core {
+
+Status SoftwareDeriver::EncryptBlocks(std::span<const uint8_t> blocks, std::span<uint8_t> out) {
+  if (format_ != KeyFormat::kV2) return Deriver::EncryptBlocks(blocks, out);
+  if (blocks.size() != out.size() || blocks.size() % kBlockSize != 0) {
+    SecureWipe(out.data(), out.size());
+    return Status(Code::kInternal, "invalid_length",
+                  "EncryptBlocks was given " + std::to_string(blocks.size()) +
+                      " bytes for room of " + std::to_string(out.size()) +
+                      "; both must be the same whole number of 16-byte blocks");
+  }
+  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
+  bool ok = ctx != nullptr &&
+            EVP_EncryptInit_ex(ctx, EVP_aes_256_ecb(), nullptr, key_.data(), nullptr) == 1 &&
+            EVP_CIPHER_CTX_set_padding(ctx, 0) == 1;
+  // EVP lengths are int: feed at most 1 MiB per update.
+  constexpr size_t kPerUpdate = size_t{1} << 20;
+  for (size_t done = 0; ok && done < blocks.size(); done += kPerUpdate) {
+    const size_t chunk = std::min(kPerUpdate, blocks.size() - done);
+    int written = 0;
+    ok = EVP_EncryptUpdate(ctx, out.data() + done, &written, blocks.data() + done,
+                           static_cast<int>(chunk)) == 1 &&
+         static_cast<size_t>(written) == chunk;
+  }
+  EVP_CIPHER_CTX_free(ctx);  // cleanses the key schedule
+  if (!ok) {
+    SecureWipe(out.data(), out.size());
+    return Status(Code::kInternal, "aes_failed", "OpenSSL AES-256-ECB failed");
   }
   return Status::Ok();
 }

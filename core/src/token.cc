@@ -1,4 +1,4 @@
-// Token v1 bytes (docs/format.md §7) and the default nonce source.
+// Token bytes of both formats (docs/format.md) and the default nonce source.
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -38,6 +38,9 @@ class OsNonceSource final : public NonceSource {
   }
 };
 
+static_assert(1 + 4 + kNonceSize + 4 + kTagSize == kTokenSize, "v1 token layout");
+static_assert(1 + 4 + kNonceSizeV2 + kTagSizeV2 == kTokenSize, "v2 token layout");
+
 }  // namespace
 
 Result<TokenFields> ParseToken(std::span<const uint8_t> bytes) {
@@ -46,18 +49,22 @@ Result<TokenFields> ParseToken(std::span<const uint8_t> bytes) {
         Code::kInvalidArgument, "invalid_token",
         "a token is " + std::to_string(kTokenSize) + " bytes, got " + std::to_string(bytes.size()));
   }
-  if (bytes[0] != kTokenVersion) {
+  if (bytes[0] != kTokenVersion && bytes[0] != kTokenVersionV2) {
     return Status(Code::kInvalidArgument, "invalid_token",
                   "token format version " + std::to_string(bytes[0]) +
-                      " is not supported; this build reads version " +
-                      std::to_string(kTokenVersion));
+                      " is not supported; this build reads versions 1 and 2");
   }
   TokenFields fields;
   fields.version = bytes[0];
   fields.key_version = GetU32(&bytes[1]);
-  std::copy_n(&bytes[5], kNonceSize, fields.nonce.begin());
-  fields.index = GetU32(&bytes[5 + kNonceSize]);
-  std::copy_n(&bytes[9 + kNonceSize], kTagSize, fields.tag.begin());
+  if (fields.version == kTokenVersion) {
+    std::copy_n(&bytes[5], kNonceSize, fields.nonce.begin());
+    fields.index = GetU32(&bytes[5 + kNonceSize]);
+    std::copy_n(&bytes[9 + kNonceSize], kTagSize, fields.tag.begin());
+  } else {
+    std::copy_n(&bytes[5], kNonceSizeV2, fields.nonce.begin());
+    std::copy_n(&bytes[5 + kNonceSizeV2], kTagSizeV2, fields.tag.begin());
+  }
   return fields;
 }
 
@@ -65,9 +72,14 @@ Token SerializeToken(const TokenFields& fields) {
   Token token{};
   token[0] = fields.version;
   PutU32(&token[1], fields.key_version);
-  std::copy(fields.nonce.begin(), fields.nonce.end(), &token[5]);
-  PutU32(&token[5 + kNonceSize], fields.index);
-  std::copy(fields.tag.begin(), fields.tag.end(), &token[9 + kNonceSize]);
+  if (fields.version == kTokenVersion) {
+    std::copy(fields.nonce.begin(), fields.nonce.end(), &token[5]);
+    PutU32(&token[5 + kNonceSize], fields.index);
+    std::copy_n(fields.tag.begin(), kTagSize, &token[9 + kNonceSize]);
+  } else {
+    std::copy_n(fields.nonce.begin(), kNonceSizeV2, &token[5]);
+    std::copy_n(fields.tag.begin(), kTagSizeV2, &token[5 + kNonceSizeV2]);
+  }
   return token;
 }
 

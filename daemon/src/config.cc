@@ -62,6 +62,19 @@ class ObjectReader {
     return Status::Ok();
   }
 
+  Status TakeDerivation(std::string_view key, core::KeyFormat& out) {
+    std::string name;
+    VECSEAL_RETURN_IF_ERROR(TakeString(key, name));
+    if (name.empty()) return Status::Ok();
+    auto format = core::ParseDerivation(name);
+    if (!format.ok()) {
+      return ConfigError(PathOf(key), "must be \"aes\" (format v2, the default) or \"hmac\" "
+                                      "(format v1, for a module without CKM_AES_ECB)");
+    }
+    out = *format;
+    return Status::Ok();
+  }
+
   Status TakePath(std::string_view key, std::string& out) {
     if (object_.find(std::string(key)) == object_.end()) return Status::Ok();
     std::string text;
@@ -255,7 +268,8 @@ Status ParseRoot(ObjectReader& root, Config& config, ConfigKind kind) {
     return ParsePkcs11(r, config.pkcs11, production);
   };
   const auto parse_derivation = [&](ObjectReader& r) {
-    return r.TakeNumber("group_size", 1, 4096, config.group_size);
+    VECSEAL_RETURN_IF_ERROR(r.TakeNumber("group_size", 1, 4096, config.group_size));
+    return r.TakeDerivation("new_keys", config.new_keys);
   };
   const auto parse_limits = [&](ObjectReader& r) { return ParseLimits(r, config.limits); };
   const auto parse_threads = [&](ObjectReader& r) { return ParseThreads(r, config.threads); };

@@ -250,7 +250,17 @@ audit::LogOptions AuditOptions(const AuditConfig& config) {
 
 ServiceSettings SettingsOf(const Config& config) {
   return ServiceSettings{.group_size = config.group_size,
+                         .new_keys = config.new_keys,
                          .max_vectors = config.limits.max_vectors};
+}
+
+// Said wherever the config is checked or applied, so that a group size is never ignored
+// silently: it cannot apply to format v2 key versions.
+std::string GroupSizeNote(const Config& config) {
+  if (config.group_size == 1) return "";
+  return "derivation.group_size=" + std::to_string(config.group_size) +
+         " applies to format v1 (hmac) key versions only; format v2 (aes) versions derive every "
+         "vector's own seed in one HSM call per request";
 }
 
 // The model key `demo` and the exported audit public key of dev mode.
@@ -429,6 +439,7 @@ class Daemon {
     metrics_.SetConnectionsSource([server = server_.get()] {
       return server->active_connections();
     });
+    metrics_.SetHsmCallsSource([gate = &hsm_gate_] { return gate->CallCounts(); });
     server_->Start();
 
     if (hsm.ok()) {
@@ -437,6 +448,9 @@ class Daemon {
       AuditEvent("start", hsm,
                  nlohmann::json{
                      {"version", kVersion}, {"hsm", "unavailable"}, {"message", hsm.message()}});
+    }
+    if (const std::string note = GroupSizeNote(config_); !note.empty()) {
+      LogLine("info", "group_size_v1_only", "message=" + LogValue(note));
     }
     sd_notify(0, ("READY=1\nSTATUS=" + StatusText()).c_str());
     LogLine("info", "ready", "socket=" + LogValue(config_.socket.path) +
@@ -531,6 +545,9 @@ class Daemon {
     AuditEvent("reload", status,
                status.ok() ? nlohmann::json(nullptr)
                            : nlohmann::json{{"message", status.message()}});
+    if (const std::string note = GroupSizeNote(config_); !note.empty()) {
+      LogLine("info", "group_size_v1_only", "message=" + LogValue(note));
+    }
     sd_notify(0, ("READY=1\nSTATUS=" + StatusText()).c_str());
   }
 
@@ -693,6 +710,9 @@ int CheckConfig(const std::string& path, std::ostream& out, std::ostream& err) {
   const size_t rules = (*policy)->rule_count();
   out << path << ": ok (policy " << config->policy_file << ": " << rules
       << (rules == 1 ? " rule)\n" : " rules)\n");
+  if (const std::string note = GroupSizeNote(*config); !note.empty()) {
+    out << path << ": note: " << note << "\n";
+  }
   return 0;
 }
 

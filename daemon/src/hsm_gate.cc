@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "vecseal/pkcs11/cryptoki.h"
+
 namespace vecseal::daemon {
 
 void HsmGate::Open(pkcs11::Hsm& hsm) { hsm_.store(&hsm, std::memory_order_release); }
@@ -30,8 +32,10 @@ Result<pkcs11::KeyInfo> HsmGate::CreateKey(std::string_view name,
   return Refusal();
 }
 
-Result<pkcs11::KeyInfo> HsmGate::RotateKey(std::string_view name) {
-  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->RotateKey(name);
+Result<pkcs11::KeyInfo> HsmGate::RotateKey(std::string_view name, core::KeyFormat format) {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) {
+    return hsm->RotateKey(name, format);
+  }
   return Refusal();
 }
 
@@ -44,6 +48,17 @@ Result<pkcs11::ModelKey> HsmGate::FindKey(std::string_view name,
 Status HsmGate::Ping() {
   if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->Ping();
   return Refusal();
+}
+
+std::vector<std::pair<std::string, uint64_t>> HsmGate::CallCounts() const {
+  std::vector<std::pair<std::string, uint64_t>> counts;
+  const pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire);
+  if (hsm == nullptr) return counts;
+  for (size_t i = 0; i < static_cast<size_t>(pkcs11::HsmCall::kCount); ++i) {
+    const auto call = static_cast<pkcs11::HsmCall>(i);
+    counts.emplace_back(pkcs11::HsmCallName(call), hsm->calls().Get(call));
+  }
+  return counts;
 }
 
 }  // namespace vecseal::daemon

@@ -148,10 +148,13 @@ int Init(const InitOptions& options, std::ostream& out) {
   } else {
     report.Ok("token", "\"" + config->pkcs11.token_label + "\" in " + config->pkcs11.module +
                            ", logged in");
-    if (Status mechanisms = (*hsm)->CheckMechanisms(); !mechanisms.ok()) {
+    if (Status mechanisms = (*hsm)->CheckMechanisms(config->new_keys); !mechanisms.ok()) {
       report.Failed("mechanisms", mechanisms);
+    } else if (config->new_keys == core::KeyFormat::kV2) {
+      report.Ok("mechanisms", "AES-256 generation, AES-ECB (format v2 keys), EC P-256, ECDSA");
     } else {
-      report.Ok("mechanisms", "HMAC-SHA256, generic secret generation, EC P-256, ECDSA");
+      report.Ok("mechanisms",
+                "generic secret generation, HMAC-SHA256 (format v1 keys), EC P-256, ECDSA");
     }
     auto audit_key = (*hsm)->EnsureAuditKey(config->audit.key_label);
     auto key_id = audit_key.ok() ? PublicKeyFingerprint(audit_key->PublicKeyPem())

@@ -27,6 +27,11 @@ void Metrics::SetConnectionsSource(std::function<size_t()> source) {
   connections_ = std::move(source);
 }
 
+void Metrics::SetHsmCallsSource(std::function<HsmCalls()> source) {
+  std::lock_guard lock(mutex_);
+  hsm_calls_ = std::move(source);
+}
+
 std::string Metrics::RenderPrometheus() const {
   std::ostringstream out;
   std::lock_guard lock(mutex_);
@@ -69,7 +74,15 @@ std::string Metrics::RenderPrometheus() const {
       << "vecseal_audit_errors_total " << audit_errors_.load() << '\n'
       << "# HELP vecseal_connections Open client connections.\n"
          "# TYPE vecseal_connections gauge\n"
-      << "vecseal_connections " << (connections_ ? connections_() : 0) << '\n';
+      << "vecseal_connections " << (connections_ ? connections_() : 0) << '\n'
+      << "# HELP vecseal_hsm_calls_total Cryptoki calls made, by function (those that cost the "
+         "HSM work or a round trip).\n"
+         "# TYPE vecseal_hsm_calls_total counter\n";
+  if (hsm_calls_) {
+    for (const auto& [function, count] : hsm_calls_()) {
+      out << "vecseal_hsm_calls_total{function=\"" << function << "\"} " << count << '\n';
+    }
+  }
   return out.str();
 }
 

@@ -440,10 +440,13 @@ Status Service::Encrypt(Call& call, const std::string& key_name) {
                       std::to_string(*key->info.params.dimension) + ", got " +
                       std::to_string(batch.dimension));
   }
+  call.event.extra = json{{"key_format", static_cast<int>(key->info.params.format)}};
   std::vector<core::Token> tokens(request->reversible ? count : 0);
   core::EncryptOptions options;
   options.reversible = request->reversible;
-  options.group_size = call.settings.group_size;
+  // v2 derives every vector's own seed; the configured group size is v1's alone.
+  options.group_size =
+      key->info.params.format == core::KeyFormat::kV1 ? call.settings.group_size : 1;
   VECSEAL_RETURN_IF_ERROR(CountHsm(key->cipher->Encrypt(batch.values, batch.values,
                                                         batch.dimension, options, tokens)));
   metrics_.CountVectors(key_name, "encrypt", count);
@@ -481,6 +484,7 @@ Status Service::Decrypt(Call& call, const std::string& key_name) {
   auto key = KeyFor(key_name, key_version);
   if (!key.ok()) return std::move(key).TakeStatus();
   call.metric_key = key_name;
+  call.event.extra = json{{"key_format", static_cast<int>(key->info.params.format)}};
   VECSEAL_RETURN_IF_ERROR(CountHsm(key->cipher->Decrypt(batch.values, batch.values,
                                                         batch.dimension, tokens)));
   metrics_.CountVectors(key_name, "decrypt", count);
@@ -494,10 +498,12 @@ Result<nlohmann::json> Service::KeyObject(const std::string& name) {
   auto keys = hsm_.ListKeys();
   if (!keys.ok()) return CountHsm(std::move(keys).TakeStatus());
   json versions = json::array();
+  json formats = json::array();
   const pkcs11::KeyInfo* newest = nullptr;
   for (const auto& info : *keys) {
     if (info.name != name) continue;
     versions.push_back(info.version);
+    formats.push_back(static_cast<int>(info.params.format));
     if (newest == nullptr || info.version > newest->version) newest = &info;
   }
   if (newest == nullptr) {
@@ -508,6 +514,9 @@ Result<nlohmann::json> Service::KeyObject(const std::string& name) {
   return json{{"name", name},
               {"version", newest->version},
               {"versions", std::move(versions)},
+              {"format", static_cast<int>(newest->params.format)},
+              {"derivation", core::DerivationName(newest->params.format)},
+              {"formats", std::move(formats)},
               {"approximation_factor", newest->params.approximation_factor},
               {"transform", core::TransformName(newest->params.transform)},
               {"dimension", std::move(dimension)},
@@ -549,9 +558,10 @@ Status Service::CreateKey(Call& call) {
   if (!body.is_object()) return InvalidRequest("the request body must be a JSON object");
   for (const auto& [field, value] : body.items()) {
     if (field != "name" && field != "approximation_factor" && field != "transform" &&
-        field != "dimension") {
+        field != "dimension" && field != "derivation") {
       return InvalidRequest("unknown field \"" + field.substr(0, 32) +
-                            "\" (expected name, approximation_factor, transform, dimension)");
+                            "\" (expected name, approximation_factor, transform, dimension, "
+                            "derivation)");
     }
   }
   if (!body.contains("name") || !body["name"].is_string()) {
@@ -584,10 +594,20 @@ Status Service::CreateKey(Call& call) {
     }
     params.dimension = body["dimension"].get<uint32_t>();
   }
+  params.format = call.settings.new_keys;
+  if (body.contains("derivation")) {
+    if (!body["derivation"].is_string()) {
+      return InvalidRequest("\"derivation\" must be \"aes\" or \"hmac\"");
+    }
+    auto format = core::ParseDerivation(body["derivation"].get<std::string>());
+    if (!format.ok()) return std::move(format).TakeStatus();
+    params.format = *format;
+  }
   VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyParams(params));
   auto created = hsm_.CreateKey(name, params);
   if (!created.ok()) return CountHsm(std::move(created).TakeStatus());
   call.event.key_version = created->version;
+  call.event.extra = json{{"key_format", static_cast<int>(created->params.format)}};
   call.metric_key = name;
   auto object = KeyObject(name);
   if (!object.ok()) return std::move(object).TakeStatus();
@@ -597,8 +617,9 @@ Status Service::CreateKey(Call& call) {
 
 Status Service::RotateKey(Call& call, const std::string& key_name) {
   VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kKeysRotate, key_name));
-  auto rotated = hsm_.RotateKey(key_name);
+  auto rotated = hsm_.RotateKey(key_name, call.settings.new_keys);
   if (!rotated.ok()) return CountHsm(std::move(rotated).TakeStatus());
+  call.event.extra = json{{"key_format", static_cast<int>(rotated->params.format)}};
   {
     std::lock_guard lock(mutex_);
     newest_.erase(key_name);

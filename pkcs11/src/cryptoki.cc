@@ -227,6 +227,24 @@ Status CkrStatus(std::string_view function, CK_RV rv) {
                 std::move(message));
 }
 
+std::string_view HsmCallName(HsmCall call) {
+  switch (call) {
+    case HsmCall::kOpenSession: return "C_OpenSession";
+    case HsmCall::kLogin: return "C_Login";
+    case HsmCall::kFindObjectsInit: return "C_FindObjectsInit";
+    case HsmCall::kSignInit: return "C_SignInit";
+    case HsmCall::kSign: return "C_Sign";
+    case HsmCall::kEncryptInit: return "C_EncryptInit";
+    case HsmCall::kEncrypt: return "C_Encrypt";
+    case HsmCall::kEncryptUpdate: return "C_EncryptUpdate";
+    case HsmCall::kEncryptFinal: return "C_EncryptFinal";
+    case HsmCall::kGenerateKey: return "C_GenerateKey";
+    case HsmCall::kGenerateKeyPair: return "C_GenerateKeyPair";
+    case HsmCall::kCount: break;
+  }
+  return "unknown";
+}
+
 // Module
 
 Result<Module> Module::Load(const std::string& path) {
@@ -283,7 +301,8 @@ Module::~Module() { Release(); }
 Module::Module(Module&& other) noexcept
     : library_(std::exchange(other.library_, nullptr)),
       functions_(std::exchange(other.functions_, nullptr)),
-      path_(std::move(other.path_)) {}
+      path_(std::move(other.path_)),
+      calls_(other.calls_) {}
 
 Module& Module::operator=(Module&& other) noexcept {
   if (this != &other) {
@@ -291,6 +310,7 @@ Module& Module::operator=(Module&& other) noexcept {
     library_ = std::exchange(other.library_, nullptr);
     functions_ = std::exchange(other.functions_, nullptr);
     path_ = std::move(other.path_);
+    calls_ = other.calls_;
   }
   return *this;
 }
@@ -429,20 +449,24 @@ CK_OBJECT_HANDLE Object::Release() {
 Result<Session> Session::Open(const Module& module, CK_SLOT_ID slot, bool read_write) {
   CK_FLAGS flags = CKF_SERIAL_SESSION | (read_write ? CKF_RW_SESSION : 0);
   CK_SESSION_HANDLE handle = CK_INVALID_HANDLE;
+  module.calls()->Add(HsmCall::kOpenSession);
   CK_RV rv = module.functions()->C_OpenSession(slot, flags, nullptr, nullptr, &handle);
   if (rv != CKR_OK) return CkrStatus("C_OpenSession", rv);
-  return Session(module.functions(), handle);
+  return Session(module.functions(), module.calls(), handle);
 }
 
 Session::~Session() { Close(); }
 
 Session::Session(Session&& other) noexcept
-    : functions_(other.functions_), handle_(std::exchange(other.handle_, CK_INVALID_HANDLE)) {}
+    : functions_(other.functions_),
+      calls_(other.calls_),
+      handle_(std::exchange(other.handle_, CK_INVALID_HANDLE)) {}
 
 Session& Session::operator=(Session&& other) noexcept {
   if (this != &other) {
     Close();
     functions_ = other.functions_;
+    calls_ = other.calls_;
     handle_ = std::exchange(other.handle_, CK_INVALID_HANDLE);
   }
   return *this;
@@ -455,6 +479,7 @@ void Session::Close() {
 
 Status Session::Login(std::span<const uint8_t> pin) {
   // Cryptoki takes a non-const pointer but does not write through it.
+  Count(HsmCall::kLogin);
   CK_RV rv = functions_->C_Login(handle_, CKU_USER,
                                  const_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
   if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) return Status::Ok();
@@ -475,6 +500,7 @@ Result<CK_SESSION_INFO> Session::Info() const {
 }
 
 Result<std::vector<Object>> Session::Find(std::span<const CK_ATTRIBUTE> match) const {
+  Count(HsmCall::kFindObjectsInit);
   CK_RV rv = functions_->C_FindObjectsInit(handle_, const_cast<CK_ATTRIBUTE_PTR>(match.data()),
                                            match.size());
   if (rv != CKR_OK) return CkrStatus("C_FindObjectsInit", rv);
@@ -509,6 +535,7 @@ Result<Object> Session::GenerateKey(CK_MECHANISM_TYPE mechanism,
                                     std::span<const CK_ATTRIBUTE> attributes) {
   CK_MECHANISM mech{mechanism, nullptr, 0};
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+  Count(HsmCall::kGenerateKey);
   CK_RV rv = functions_->C_GenerateKey(
       handle_, &mech, const_cast<CK_ATTRIBUTE_PTR>(attributes.data()), attributes.size(), &handle);
   if (rv != CKR_OK) return CkrStatus("C_GenerateKey", rv);
@@ -521,6 +548,7 @@ Result<std::pair<Object, Object>> Session::GenerateKeyPair(
   CK_MECHANISM mech{mechanism, nullptr, 0};
   CK_OBJECT_HANDLE public_key = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE private_key = CK_INVALID_HANDLE;
+  Count(HsmCall::kGenerateKeyPair);
   CK_RV rv = functions_->C_GenerateKeyPair(
       handle_, &mech, const_cast<CK_ATTRIBUTE_PTR>(public_attributes.data()),
       public_attributes.size(), const_cast<CK_ATTRIBUTE_PTR>(private_attributes.data()),
@@ -543,11 +571,45 @@ CK_RV Session::SignRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
                        std::span<const uint8_t> data, std::span<uint8_t> signature,
                        CK_ULONG* length) const {
   CK_MECHANISM mech{mechanism, nullptr, 0};
+  Count(HsmCall::kSignInit);
   CK_RV rv = functions_->C_SignInit(handle_, &mech, key);
   if (rv != CKR_OK) return rv;
   *length = signature.size();
+  Count(HsmCall::kSign);
   return functions_->C_Sign(handle_, const_cast<CK_BYTE_PTR>(data.data()), data.size(),
                             signature.data(), length);
+}
+
+CK_RV Session::EncryptRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
+                          std::span<const uint8_t> data, std::span<uint8_t> out,
+                          size_t max_part) const {
+  if (out.size() != data.size() || max_part == 0) return CKR_ARGUMENTS_BAD;
+  CK_MECHANISM mech{mechanism, nullptr, 0};
+  Count(HsmCall::kEncryptInit);
+  CK_RV rv = functions_->C_EncryptInit(handle_, &mech, key);
+  if (rv != CKR_OK) return rv;
+  auto* input = const_cast<CK_BYTE_PTR>(data.data());
+  if (data.size() <= max_part) {
+    CK_ULONG length = out.size();
+    Count(HsmCall::kEncrypt);
+    rv = functions_->C_Encrypt(handle_, input, data.size(), out.data(), &length);
+    return rv == CKR_OK && length != out.size() ? CKR_FUNCTION_FAILED : rv;
+  }
+  for (size_t done = 0; done < data.size(); done += max_part) {
+    const size_t part = std::min(max_part, data.size() - done);
+    CK_ULONG length = part;
+    Count(HsmCall::kEncryptUpdate);
+    rv = functions_->C_EncryptUpdate(handle_, input + done, part, out.data() + done, &length);
+    if (rv != CKR_OK) return rv;  // the module has ended the operation
+    // A module that held back ECB blocks would shift every later seed. The operation is left
+    // open; callers discard a session after any failure.
+    if (length != part) return CKR_FUNCTION_FAILED;
+  }
+  uint8_t tail[16];
+  CK_ULONG length = sizeof(tail);
+  Count(HsmCall::kEncryptFinal);
+  rv = functions_->C_EncryptFinal(handle_, tail, &length);
+  return rv == CKR_OK && length != 0 ? CKR_FUNCTION_FAILED : rv;
 }
 
 Result<size_t> Session::Sign(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,

@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 
@@ -36,7 +37,6 @@ namespace {
 
 constexpr std::string_view kLabelPrefix = "vecseal:";
 constexpr std::string_view kParamsApplication = "vecseal/v1/params";
-constexpr uint8_t kParamsFormat = 1;
 constexpr size_t kMaxPinSize = 255;
 constexpr size_t kMacSize = 32;
 // DER of OID 1.2.840.10045.3.1.7 (prime256v1).
@@ -108,7 +108,9 @@ Result<KeyParams> ParseCanonicalParams(std::span<const uint8_t> bytes, std::stri
                                        uint32_t version, std::string_view label) {
   // Fixed part after the name: version 4, β 8, transform 1, has_dim 1, dim 4, created 8.
   constexpr size_t kFixed = 4 + 8 + 1 + 1 + 4 + 8;
-  if (bytes.size() < 2 || bytes[0] != kParamsFormat || bytes.size() != 2 + bytes[1] + kFixed) {
+  const bool known_format = bytes.size() >= 2 && (bytes[0] == static_cast<uint8_t>(core::KeyFormat::kV1) ||
+                                                  bytes[0] == static_cast<uint8_t>(core::KeyFormat::kV2));
+  if (!known_format || bytes.size() != 2 + bytes[1] + kFixed) {
     return Tampered(label, "have an unknown layout");
   }
   std::string_view stored_name(reinterpret_cast<const char*>(bytes.data() + 2), bytes[1]);
@@ -117,6 +119,7 @@ Result<KeyParams> ParseCanonicalParams(std::span<const uint8_t> bytes, std::stri
     return Tampered(label, "belong to another key");
   }
   KeyParams params;
+  params.format = static_cast<core::KeyFormat>(bytes[0]);
   params.approximation_factor = std::bit_cast<double>(GetLe(rest.subspan(4, 8)));
   uint8_t transform = rest[12];
   if (transform != static_cast<uint8_t>(core::TransformKind::kPermute) &&
@@ -166,6 +169,16 @@ Result<bool> StaysInToken(const Object& key) {
   auto extractable = key.GetBool(CKA_EXTRACTABLE);
   if (!extractable.ok()) return std::move(extractable).TakeStatus();
   return *sensitive && !*extractable;
+}
+
+// CKK_GENERIC_SECRET is a v1 (HMAC) key, CKK_AES a v2 key; nothing else is a model key.
+std::optional<core::KeyFormat> FormatOfKeyType(const std::vector<uint8_t>& value) {
+  CK_KEY_TYPE type = 0;
+  if (value.size() != sizeof type) return std::nullopt;
+  std::memcpy(&type, value.data(), sizeof type);
+  if (type == CKK_GENERIC_SECRET) return core::KeyFormat::kV1;
+  if (type == CKK_AES) return core::KeyFormat::kV2;
+  return std::nullopt;
 }
 
 Status InvalidConfig(std::string field, std::string fix) {
@@ -281,6 +294,10 @@ Status ValidateKeyName(std::string_view name) {
 }
 
 Status ValidateKeyParams(const KeyParams& params) {
+  if (params.format != core::KeyFormat::kV1 && params.format != core::KeyFormat::kV2) {
+    return Status(Code::kInvalidArgument, "invalid_key_params",
+                  "the derivation must be \"aes\" (format v2) or \"hmac\" (format v1)");
+  }
   if (!std::isfinite(params.approximation_factor) || params.approximation_factor <= 0) {
     return Status(Code::kInvalidArgument, "invalid_key_params",
                   "the approximation factor (beta) must be a finite number greater than 0");
@@ -306,7 +323,7 @@ std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version
                                          const KeyParams& params) {
   assert(name.size() <= 255);
   std::vector<uint8_t> out;
-  out.push_back(kParamsFormat);
+  out.push_back(static_cast<uint8_t>(params.format));
   out.push_back(static_cast<uint8_t>(name.size()));
   // Byte by byte: vector::insert here trips a false -Warray-bounds in GCC 12.
   for (char c : name) out.push_back(static_cast<uint8_t>(c));
@@ -394,7 +411,10 @@ struct Hsm::State {
   Result<KeyInfo> CreateVersionLocked(const std::string& name, uint32_t version,
                                       const KeyParams& params);
   Result<std::array<uint8_t, kMacSize>> ParamsMacLocked(CK_OBJECT_HANDLE key,
+                                                        core::KeyFormat format,
                                                         std::span<const uint8_t> canonical);
+  // kFailedPrecondition "mechanism_missing" unless the token can make and use keys of `format`.
+  Status CheckDerivationMechanisms(core::KeyFormat format);
 };
 
 Status Hsm::State::ConnectLocked() {
@@ -571,10 +591,9 @@ Result<CK_OBJECT_HANDLE> Hsm::State::KeyHandle(PoolSlot& pool_slot, const std::s
 
 Result<std::vector<std::pair<std::string, uint32_t>>> Hsm::State::KeyVersionsLocked(
     std::optional<std::string_view> name) {
+  // Both key types: LoadKeyLocked refuses a version whose type does not match its parameters.
   CK_OBJECT_CLASS klass = CKO_SECRET_KEY;
-  CK_KEY_TYPE type = CKK_GENERIC_SECRET;
-  CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue),
-                          Attr(CKA_KEY_TYPE, type)};
+  CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue)};
   auto objects = FindKeys(anchor, match);
   if (!objects.ok()) return std::move(objects).TakeStatus();
   std::vector<std::pair<std::string, uint32_t>> versions;
@@ -592,17 +611,68 @@ Result<std::vector<std::pair<std::string, uint32_t>>> Hsm::State::KeyVersionsLoc
 }
 
 Result<std::array<uint8_t, kMacSize>> Hsm::State::ParamsMacLocked(
-    CK_OBJECT_HANDLE key, std::span<const uint8_t> canonical) {
-  std::vector<uint8_t> message(core::kDomainParams.begin(), core::kDomainParams.end());
+    CK_OBJECT_HANDLE key, core::KeyFormat format, std::span<const uint8_t> canonical) {
+  const bool v2 = format == core::KeyFormat::kV2;
+  const std::string_view domain = v2 ? core::kDomainParamsV2 : core::kDomainParams;
+  std::vector<uint8_t> message(domain.begin(), domain.end());
   message.push_back(0);
   message.insert(message.end(), canonical.begin(), canonical.end());
   std::array<uint8_t, kMacSize> mac{};
-  auto length = anchor.Sign(CKM_SHA256_HMAC, key, message, mac);
-  if (!length.ok()) return std::move(length).TakeStatus();
-  if (*length != kMacSize) {
-    return Status(Code::kInternal, "hsm_error", "CKM_SHA256_HMAC returned a short MAC");
+  if (!v2) {
+    auto length = anchor.Sign(CKM_SHA256_HMAC, key, message, mac);
+    if (!length.ok()) return std::move(length).TakeStatus();
+    if (*length != kMacSize) {
+      return Status(Code::kInternal, "hsm_error", "CKM_SHA256_HMAC returned a short MAC");
+    }
+    return mac;
   }
+  auto params_key = core::SecureBuffer::Allocate(sizeof(core::Seed));
+  if (!params_key.ok()) return std::move(params_key).TakeStatus();
+  uint8_t blocks[2 * core::kBlockSize];
+  core::SecretBlocks(core::BlockDomain::kParamsKey, core::BlockInput{}, blocks);
+  CK_RV rv = anchor.EncryptRaw(CKM_AES_ECB, key, blocks,
+                               std::span<uint8_t>(params_key->data(), params_key->size()),
+                               kDerivationPartBytes);
+  if (rv != CKR_OK) return CkrStatus("C_Encrypt", rv);
+  unsigned int length = 0;
+  const bool ok = HMAC(EVP_sha256(), params_key->data(), static_cast<int>(params_key->size()),
+                       message.data(), message.size(), mac.data(), &length) != nullptr &&
+                  length == kMacSize;
+  if (!ok) return Status(Code::kInternal, "hmac_failed", "OpenSSL HMAC-SHA256 failed");
   return mac;
+}
+
+Status Hsm::State::CheckDerivationMechanisms(core::KeyFormat format) {
+  struct Needed {
+    CK_MECHANISM_TYPE mechanism;
+    CK_FLAGS flag;
+    const char* what;
+  };
+  static constexpr Needed kV2[] = {
+      {CKM_AES_KEY_GEN, CKF_GENERATE, "CKM_AES_KEY_GEN with CKF_GENERATE (format v2 key creation)"},
+      {CKM_AES_ECB, CKF_ENCRYPT, "CKM_AES_ECB with CKF_ENCRYPT (format v2 derivation)"},
+  };
+  static constexpr Needed kV1[] = {
+      {CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE,
+       "CKM_GENERIC_SECRET_KEY_GEN with CKF_GENERATE (format v1 key creation)"},
+      {CKM_SHA256_HMAC, CKF_SIGN, "CKM_SHA256_HMAC with CKF_SIGN (format v1 derivation)"},
+  };
+  const bool v2 = format == core::KeyFormat::kV2;
+  const CK_SLOT_ID slot_id = slot.load();
+  for (const Needed& needed : v2 ? std::span<const Needed>(kV2) : std::span<const Needed>(kV1)) {
+    CK_MECHANISM_INFO info{};
+    const CK_RV rv = module.functions()->C_GetMechanismInfo(slot_id, needed.mechanism, &info);
+    if (rv == CKR_MECHANISM_INVALID || (rv == CKR_OK && (info.flags & needed.flag) == 0)) {
+      return Status(Code::kFailedPrecondition, "mechanism_missing",
+                    "token \"" + config.token_label + "\" does not offer " + needed.what +
+                        (v2 ? "; create keys with \"derivation\": \"hmac\" (format v1) on this "
+                              "module: set \"derivation\": {\"new_keys\": \"hmac\"} in the "
+                              "config, or pass it when creating a key"
+                            : "; create keys with \"derivation\": \"aes\" (format v2) instead"));
+    }
+    if (rv != CKR_OK) return CkrStatus("C_GetMechanismInfo", rv);
+  }
+  return Status::Ok();
 }
 
 Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t version) {
@@ -617,6 +687,10 @@ Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t vers
                   "no key " + name + " version " + std::to_string(version) + " on the token");
   }
   if (keys->size() > 1) return Tampered(label, "exist twice (two keys carry the label)");
+  auto key_type = keys->front().GetAttribute(CKA_KEY_TYPE);
+  if (!key_type.ok()) return std::move(key_type).TakeStatus();
+  auto format = FormatOfKeyType(*key_type);
+  if (!format) return Tampered(label, "belong to a key that is neither an HMAC nor an AES key");
   auto stays = StaysInToken(keys->front());
   if (!stays.ok()) return std::move(stays).TakeStatus();
   if (!*stays) {
@@ -644,39 +718,54 @@ Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t vers
   std::span<const uint8_t> stored(*value);
   auto canonical = stored.first(stored.size() - kMacSize);
   auto tag = stored.last(kMacSize);
-  auto mac = ParamsMacLocked(keys->front().handle(), canonical);
+  auto mac = ParamsMacLocked(keys->front().handle(), *format, canonical);
   if (!mac.ok()) return std::move(mac).TakeStatus();
   if (CRYPTO_memcmp(mac->data(), tag.data(), kMacSize) != 0) {
     return Tampered(label, "fail their HMAC");
   }
   auto params = ParseCanonicalParams(canonical, name, version, label);
   if (!params.ok()) return std::move(params).TakeStatus();
+  if (params->format != *format) return Tampered(label, "name another key format");
   return KeyInfo{name, version, *params, label};
 }
 
 Result<KeyInfo> Hsm::State::CreateVersionLocked(const std::string& name, uint32_t version,
                                                 const KeyParams& params) {
+  VECSEAL_RETURN_IF_ERROR(CheckDerivationMechanisms(params.format));
   std::string label = KeyLabel(name, version);
+  const bool v2 = params.format == core::KeyFormat::kV2;
   CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-  CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
+  CK_KEY_TYPE key_type = v2 ? CKK_AES : CKK_GENERIC_SECRET;
   CK_ULONG key_size = 32;
-  CK_BBOOL copyable = config.create_copyable_keys ? CK_TRUE : CK_FALSE;
+  // A v2 key is only ever used in place, so it is never copyable; v1 copies are a speed option.
+  CK_BBOOL copyable = !v2 && config.create_copyable_keys ? CK_TRUE : CK_FALSE;
+  CK_BBOOL sign = v2 ? CK_FALSE : CK_TRUE;
+  CK_BBOOL encrypt = v2 ? CK_TRUE : CK_FALSE;
+  CK_MECHANISM_TYPE allowed = v2 ? CKM_AES_ECB : CKM_SHA256_HMAC;
   CK_ATTRIBUTE key_template[] = {
       Attr(CKA_CLASS, key_class),      Attr(CKA_KEY_TYPE, key_type),
       Attr(CKA_VALUE_LEN, key_size),   Attr(CKA_TOKEN, kTrue),
       Attr(CKA_PRIVATE, kTrue),        Attr(CKA_SENSITIVE, kTrue),
       Attr(CKA_EXTRACTABLE, kFalse),   Attr(CKA_COPYABLE, copyable),
-      Attr(CKA_MODIFIABLE, copyable),  Attr(CKA_SIGN, kTrue),
+      Attr(CKA_MODIFIABLE, copyable),  Attr(CKA_SIGN, sign),
       Attr(CKA_VERIFY, kFalse),        Attr(CKA_DERIVE, kFalse),
-      Attr(CKA_ENCRYPT, kFalse),       Attr(CKA_DECRYPT, kFalse),
+      Attr(CKA_ENCRYPT, encrypt),      Attr(CKA_DECRYPT, kFalse),
       Attr(CKA_WRAP, kFalse),          Attr(CKA_UNWRAP, kFalse),
       Attr(CKA_LABEL, label),          Attr(CKA_ID, label),
+      {CKA_ALLOWED_MECHANISMS, &allowed, sizeof allowed},
   };
-  auto key = anchor.GenerateKey(CKM_GENERIC_SECRET_KEY_GEN, key_template);
+  const CK_MECHANISM_TYPE generate = v2 ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN;
+  auto key = anchor.GenerateKey(generate, key_template);
+  if (!key.ok() && key.status().message().find(CkrName(CKR_ATTRIBUTE_TYPE_INVALID)) !=
+                       std::string::npos) {
+    // A module without CKA_ALLOWED_MECHANISMS (PKCS#11 2.40) still gets every usage flag.
+    key = anchor.GenerateKey(generate, std::span<const CK_ATTRIBUTE>(key_template).first(
+                                           std::size(key_template) - 1));
+  }
   if (!key.ok()) return std::move(key).TakeStatus();
 
   std::vector<uint8_t> value = CanonicalParamBytes(name, version, params);
-  auto mac = ParamsMacLocked(key->handle(), value);
+  auto mac = ParamsMacLocked(key->handle(), params.format, value);
   if (mac.ok()) {
     value.insert(value.end(), mac->begin(), mac->end());
     CK_OBJECT_CLASS data_class = CKO_DATA;
@@ -762,7 +851,7 @@ Result<KeyInfo> Hsm::CreateKey(std::string_view name, const KeyParams& params) {
   });
 }
 
-Result<KeyInfo> Hsm::RotateKey(std::string_view name) {
+Result<KeyInfo> Hsm::RotateKey(std::string_view name, core::KeyFormat format) {
   VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
   std::string key_name(name);
   return state_->Admin<KeyInfo>([&](Session&) -> Result<KeyInfo> {
@@ -780,6 +869,7 @@ Result<KeyInfo> Hsm::RotateKey(std::string_view name) {
     auto current = state_->LoadKeyLocked(key_name, newest);
     if (!current.ok()) return std::move(current).TakeStatus();
     KeyParams params = current->params;
+    params.format = format;
     params.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
                               std::chrono::system_clock::now().time_since_epoch())
                               .count();
@@ -789,24 +879,54 @@ Result<KeyInfo> Hsm::RotateKey(std::string_view name) {
 
 namespace {
 
-// HMAC-SHA256 inside the token through the session pool.
+// The key's derivations inside the token through the session pool: HMAC-SHA256 for v1,
+// AES-256-ECB for v2.
 class HsmDeriver final : public core::Deriver {
  public:
-  HsmDeriver(std::shared_ptr<Hsm::State> state, std::string label)
-      : state_(std::move(state)), label_(std::move(label)) {}
+  HsmDeriver(std::shared_ptr<Hsm::State> state, std::string label, core::KeyFormat format)
+      : state_(std::move(state)), label_(std::move(label)), format_(format) {}
 
+  core::KeyFormat format() const override { return format_; }
   Status Derive(std::span<const std::span<const uint8_t>> messages,
                 std::span<core::Seed> out) override;
+  Status EncryptBlocks(std::span<const uint8_t> blocks, std::span<uint8_t> out) override;
 
  private:
+  // Runs `operation(session, key)` on a pooled session, looking a stale key handle up once
+  // more; `function` names the Cryptoki call in errors.
+  template <typename F>
+  Status WithKey(const char* function, F&& operation);
+
   std::shared_ptr<Hsm::State> state_;
   std::string label_;
+  core::KeyFormat format_;
 };
 
 }  // namespace
 
+template <typename F>
+Status HsmDeriver::WithKey(const char* function, F&& operation) {
+  auto result = state_->Pooled<bool>([&](PoolSlot& slot) -> Result<bool> {
+    // A handle that went stale (the key object was replaced) is looked up once more.
+    for (int lookup = 0; lookup < 2; ++lookup) {
+      auto key = state_->KeyHandle(slot, label_, CKO_SECRET_KEY);
+      if (!key.ok()) return std::move(key).TakeStatus();
+      const CK_RV rv = operation(slot.session, *key);
+      if (rv == CKR_OK) return true;
+      if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) && lookup == 0) {
+        slot.keys.erase(CacheKey(label_, CKO_SECRET_KEY));
+        continue;
+      }
+      return CkrStatus(function, rv);
+    }
+    return Status(Code::kInternal, "hsm_error", "unreachable");
+  });
+  return result.ok() ? Status::Ok() : std::move(result).TakeStatus();
+}
+
 Status HsmDeriver::Derive(std::span<const std::span<const uint8_t>> messages,
                           std::span<core::Seed> out) {
+  if (format_ != core::KeyFormat::kV1) return Deriver::Derive(messages, out);
   // Refused, not asserted: under NDEBUG a short `out` would be written past its end.
   if (messages.size() != out.size()) {
     for (auto& seed : out) core::SecureWipe(seed.data(), seed.size());
@@ -814,29 +934,36 @@ Status HsmDeriver::Derive(std::span<const std::span<const uint8_t>> messages,
                   "Derive was given " + std::to_string(messages.size()) +
                       " messages but room for " + std::to_string(out.size()) + " seeds");
   }
-  auto result = state_->Pooled<bool>([&](PoolSlot& slot) -> Result<bool> {
-    // A handle that went stale (the key object was replaced) is looked up once more.
-    for (int lookup = 0; lookup < 2; ++lookup) {
-      auto key = state_->KeyHandle(slot, label_, CKO_SECRET_KEY);
-      if (!key.ok()) return std::move(key).TakeStatus();
-      CK_RV rv = CKR_OK;
-      for (size_t i = 0; i < messages.size() && rv == CKR_OK; ++i) {
-        CK_ULONG length = 0;
-        rv = slot.session.SignRaw(CKM_SHA256_HMAC, *key, messages[i], out[i], &length);
-        if (rv == CKR_OK && length != core::kSeedSize) rv = CKR_FUNCTION_FAILED;
-      }
-      if (rv == CKR_OK) return true;
-      if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) && lookup == 0) {
-        slot.keys.erase(CacheKey(label_, CKO_SECRET_KEY));
-        continue;
-      }
-      return CkrStatus("C_Sign", rv);
+  Status status = WithKey("C_Sign", [&](const Session& session, CK_OBJECT_HANDLE key) {
+    CK_RV rv = CKR_OK;
+    for (size_t i = 0; i < messages.size() && rv == CKR_OK; ++i) {
+      CK_ULONG length = 0;
+      rv = session.SignRaw(CKM_SHA256_HMAC, key, messages[i], out[i], &length);
+      if (rv == CKR_OK && length != core::kSeedSize) rv = CKR_FUNCTION_FAILED;
     }
-    return Status(Code::kInternal, "hsm_error", "unreachable");
+    return rv;
   });
-  if (result.ok()) return Status::Ok();
-  for (auto& seed : out) core::SecureWipe(seed.data(), seed.size());
-  return std::move(result).TakeStatus();
+  if (!status.ok()) {
+    for (auto& seed : out) core::SecureWipe(seed.data(), seed.size());
+  }
+  return status;
+}
+
+Status HsmDeriver::EncryptBlocks(std::span<const uint8_t> blocks, std::span<uint8_t> out) {
+  if (format_ != core::KeyFormat::kV2) return Deriver::EncryptBlocks(blocks, out);
+  if (blocks.size() != out.size() || blocks.size() % core::kBlockSize != 0) {
+    core::SecureWipe(out.data(), out.size());
+    return Status(Code::kInternal, "invalid_length",
+                  "EncryptBlocks was given " + std::to_string(blocks.size()) +
+                      " bytes for room of " + std::to_string(out.size()) +
+                      "; both must be the same whole number of 16-byte blocks");
+  }
+  if (blocks.empty()) return Status::Ok();
+  Status status = WithKey("C_Encrypt", [&](const Session& session, CK_OBJECT_HANDLE key) {
+    return session.EncryptRaw(CKM_AES_ECB, key, blocks, out, kDerivationPartBytes);
+  });
+  if (!status.ok()) core::SecureWipe(out.data(), out.size());
+  return status;
 }
 
 Result<ModelKey> Hsm::FindKey(std::string_view name, std::optional<uint32_t> version) {
@@ -855,7 +982,7 @@ Result<ModelKey> Hsm::FindKey(std::string_view name, std::optional<uint32_t> ver
     return state_->LoadKeyLocked(key_name, wanted);
   });
   if (!info.ok()) return std::move(info).TakeStatus();
-  auto deriver = std::make_shared<HsmDeriver>(state_, info->label);
+  auto deriver = std::make_shared<HsmDeriver>(state_, info->label, info->params.format);
   return ModelKey{std::move(info).value(), std::move(deriver)};
 }
 
@@ -867,22 +994,23 @@ Status Hsm::Ping() {
   return result.ok() ? Status::Ok() : std::move(result).TakeStatus();
 }
 
-Status Hsm::CheckMechanisms() {
+Status Hsm::CheckMechanisms(core::KeyFormat format) {
   struct Needed {
     CK_MECHANISM_TYPE mechanism;
     CK_FLAGS flag;
     const char* what;
   };
-  static constexpr Needed kNeeded[] = {
-      {CKM_SHA256_HMAC, CKF_SIGN, "CKM_SHA256_HMAC with CKF_SIGN (keystream derivation)"},
-      {CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE,
-       "CKM_GENERIC_SECRET_KEY_GEN with CKF_GENERATE (model key creation)"},
+  static constexpr Needed kAudit[] = {
       {CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR,
        "CKM_EC_KEY_PAIR_GEN with CKF_GENERATE_KEY_PAIR (the audit key)"},
       {CKM_ECDSA, CKF_SIGN, "CKM_ECDSA with CKF_SIGN (audit seals)"},
   };
+  {
+    std::lock_guard lock(state_->admin_mutex);
+    VECSEAL_RETURN_IF_ERROR(state_->CheckDerivationMechanisms(format));
+  }
   const CK_SLOT_ID slot = state_->slot.load();
-  for (const Needed& needed : kNeeded) {
+  for (const Needed& needed : kAudit) {
     CK_MECHANISM_INFO info{};
     const CK_RV rv =
         state_->module.functions()->C_GetMechanismInfo(slot, needed.mechanism, &info);
@@ -895,6 +1023,8 @@ Status Hsm::CheckMechanisms() {
   }
   return Status::Ok();
 }
+
+const HsmCallCounts& Hsm::calls() const { return *state_->module.calls(); }
 
 // Audit key
 

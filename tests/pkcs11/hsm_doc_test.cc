@@ -120,7 +120,8 @@ TEST_F(HsmDocTest, ErrorTableListsEveryReason) {
                            "hsm_module_unloadable", "token_not_found",      "token_label_ambiguous",
                            "pin_unreadable",        "pin_file_permissions", "pin_source_invalid",
                            "key_not_found",         "key_exists",           "key_params_tampered",
-                           "key_params_missing",    "audit_key_invalid"};
+                           "key_params_missing",    "audit_key_invalid",    "key_unprotected",
+                           "mechanism_missing"};
   for (const char* reason : reasons) {
     EXPECT_NE(doc.find(std::string("| `") + reason + "` |"), std::string::npos) << reason;
   }

@@ -2,11 +2,13 @@
 // fault-injecting module (faulty_module/) in front of a real SoftHSM2 token.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 #include <vector>
 
 #include "softhsm_test.h"
+#include "vecseal/pkcs11/cryptoki.h"
 #include "vecseal/pkcs11/hsm.h"
 
 namespace vecseal::pkcs11 {
@@ -30,12 +32,13 @@ class RecoveryTest : public testing::SoftHsmTest {
     ASSERT_TRUE(hsm.ok()) << hsm.status().ToString();
     hsm_ = std::move(hsm).value();
     KeyParams params;
+    params.format = Format();
     params.approximation_factor = 2.0;
     ASSERT_TRUE(hsm_->CreateKey("model", params).ok());
     auto key = hsm_->FindKey("model");
     ASSERT_TRUE(key.ok()) << key.status().ToString();
     key_ = *key;
-    ASSERT_TRUE(key_.deriver->DeriveOne(Bytes("nonce"), expected_).ok());
+    ASSERT_TRUE(Derive(expected_).ok());
   }
   void TearDown() override {
     hsm_.reset();
@@ -44,8 +47,14 @@ class RecoveryTest : public testing::SoftHsmTest {
   }
 
   virtual HsmConfig Config() { return faulty_->Config(); }
+  // The tests of this fixture prove recovery on a format v1 (HMAC, C_Sign) key; V2RecoveryTest
+  // repeats what differs for a v2 (AES, C_Encrypt) key.
+  virtual core::KeyFormat Format() { return core::KeyFormat::kV1; }
 
-  Status Derive(core::Seed& out) { return key_.deriver->DeriveOne(Bytes("nonce"), out); }
+  Status Derive(core::Seed& out) {
+    if (Format() == core::KeyFormat::kV1) return key_.deriver->DeriveOne(Bytes("nonce"), out);
+    return core::DeriveSecretV2(*key_.deriver, core::BlockDomain::kNoise, core::BlockInput{}, out);
+  }
 
   std::unique_ptr<FaultyModule> faulty_;
   std::unique_ptr<Hsm> hsm_;
@@ -54,18 +63,19 @@ class RecoveryTest : public testing::SoftHsmTest {
 };
 
 TEST_F(RecoveryTest, CheckMechanismsPassesOnSoftHsmAndNamesAMissingOne) {
-  Status all = hsm_->CheckMechanisms();
+  Status all = hsm_->CheckMechanisms(core::KeyFormat::kV1);
   EXPECT_TRUE(all.ok()) << all.ToString();
-  // A module that lacks HMAC-SHA256 (a real case: some HSMs need a licence for it).
+  // A module that lacks HMAC (a real case: some HSMs need a licence for it).
   ASSERT_TRUE(faulty_->Set("C_GetMechanismInfo CKR_MECHANISM_INVALID").ok());
-  Status missing = hsm_->CheckMechanisms();
+  Status missing = hsm_->CheckMechanisms(core::KeyFormat::kV1);
   EXPECT_EQ(missing.code(), Code::kFailedPrecondition);
   EXPECT_EQ(missing.reason(), "mechanism_missing");
   EXPECT_EQ(missing.message(),
-            "token \"vecseal-test\" does not offer CKM_SHA256_HMAC with CKF_SIGN (keystream "
-            "derivation); vecseal cannot use it");
+            "token \"vecseal-test\" does not offer CKM_GENERIC_SECRET_KEY_GEN with CKF_GENERATE "
+            "(format v1 key creation); create keys with \"derivation\": \"aes\" (format v2) "
+            "instead");
   ASSERT_TRUE(faulty_->Set("C_GetMechanismInfo CKR_DEVICE_ERROR 1").ok());
-  EXPECT_EQ(hsm_->CheckMechanisms().reason(), "hsm_unavailable");
+  EXPECT_EQ(hsm_->CheckMechanisms(core::KeyFormat::kV1).reason(), "hsm_unavailable");
 }
 
 TEST_F(RecoveryTest, RecoversAfterSessionLoss) {
@@ -295,6 +305,93 @@ TEST_F(PooledRecoveryTest, LookupsNeverMeetACopyInTheMaking) {
     for (auto& thread : threads) thread.join();
     ASSERT_EQ(failures.load(), 0);
   }
+}
+
+class V2RecoveryTest : public RecoveryTest {
+ protected:
+  core::KeyFormat Format() override { return core::KeyFormat::kV2; }
+
+  // Blocks of `count` distinct 32-byte secrets, enough to need several parts when large.
+  static std::vector<uint8_t> Blocks(size_t count) {
+    std::vector<uint8_t> blocks(count * 32);
+    for (size_t i = 0; i < count; ++i) {
+      core::BlockInput input{};
+      for (int b = 0; b < 4; ++b) input[b] = static_cast<uint8_t>(i >> (8 * b));
+      core::SecretBlocks(core::BlockDomain::kNoise, input, blocks.data() + 32 * i);
+    }
+    return blocks;
+  }
+};
+
+TEST_F(V2RecoveryTest, RecoversAfterEachRecoverableCodeOnEveryEncryptCall) {
+  for (const char* function : {"C_EncryptInit", "C_Encrypt"}) {
+    for (const char* code : {"CKR_DEVICE_ERROR", "CKR_SESSION_HANDLE_INVALID",
+                             "CKR_SESSION_CLOSED", "CKR_USER_NOT_LOGGED_IN"}) {
+      ASSERT_TRUE(faulty_->Set(std::string(function) + " " + code + " 1").ok());
+      core::Seed seed{};
+      Status status = Derive(seed);
+      EXPECT_TRUE(status.ok()) << function << " " << code << ": " << status.ToString();
+      EXPECT_EQ(seed, expected_) << function << " " << code;
+    }
+  }
+  ASSERT_TRUE(faulty_->Set("close-sessions").ok());
+  core::Seed seed{};
+  ASSERT_TRUE(Derive(seed).ok());
+  EXPECT_EQ(seed, expected_);
+}
+
+TEST_F(V2RecoveryTest, PersistentDeviceErrorIsTypedAndWipesOutput) {
+  ASSERT_TRUE(faulty_->Set("C_Encrypt CKR_DEVICE_ERROR").ok());
+  core::Seed seed;
+  seed.fill(0xAA);
+  Status status = Derive(seed);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.reason(), "hsm_unavailable");
+  EXPECT_EQ(status.message(),
+            "C_Encrypt failed: CKR_DEVICE_ERROR (the device reported an error)");
+  EXPECT_EQ(seed, core::Seed{}) << "a failed derivation leaves its output wiped";
+  ASSERT_TRUE(faulty_->Set("C_Encrypt CKR_FUNCTION_FAILED 1").ok());
+  EXPECT_EQ(Derive(seed).reason(), "hsm_error") << "a non-recoverable code is not retried";
+  ASSERT_TRUE(Derive(seed).ok());
+  EXPECT_EQ(seed, expected_);
+}
+
+// More than kDerivationPartBytes goes as one multi-part operation whose output equals that of
+// one call per secret; a part that fails mid-operation is retried from the start.
+TEST_F(V2RecoveryTest, MultiPartOperationMatchesSinglePartsAndRecoversMidway) {
+  constexpr size_t kSecrets = 2 * kDerivationPartBytes / 32 + 7;
+  const std::vector<uint8_t> blocks = Blocks(kSecrets);
+  std::vector<uint8_t> whole(blocks.size());
+  const uint64_t updates = hsm_->calls().Get(HsmCall::kEncryptUpdate);
+  ASSERT_TRUE(key_.deriver->EncryptBlocks(blocks, whole).ok());
+  EXPECT_EQ(hsm_->calls().Get(HsmCall::kEncryptUpdate) - updates, 3u) << "three parts";
+  for (size_t i : {size_t{0}, kSecrets / 2, kSecrets - 1}) {
+    std::vector<uint8_t> one(32);
+    ASSERT_TRUE(key_.deriver->EncryptBlocks(std::span(blocks).subspan(32 * i, 32), one).ok());
+    EXPECT_TRUE(std::equal(one.begin(), one.end(), whole.begin() + 32 * i)) << "secret " << i;
+  }
+  ASSERT_TRUE(faulty_->Set("C_EncryptUpdate CKR_DEVICE_ERROR 1").ok());
+  std::vector<uint8_t> again(blocks.size());
+  Status status = key_.deriver->EncryptBlocks(blocks, again);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(again, whole);
+}
+
+TEST_F(V2RecoveryTest, CheckMechanismsNamesTheMissingAesMechanismAndTheWayOut) {
+  EXPECT_TRUE(hsm_->CheckMechanisms(core::KeyFormat::kV2).ok());
+  ASSERT_TRUE(faulty_->Set("C_GetMechanismInfo CKR_MECHANISM_INVALID").ok());
+  Status missing = hsm_->CheckMechanisms(core::KeyFormat::kV2);
+  EXPECT_EQ(missing.reason(), "mechanism_missing");
+  EXPECT_EQ(missing.message(),
+            "token \"vecseal-test\" does not offer CKM_AES_KEY_GEN with CKF_GENERATE (format v2 "
+            "key creation); create keys with \"derivation\": \"hmac\" (format v1) on this "
+            "module: set \"derivation\": {\"new_keys\": \"hmac\"} in the config, or pass it "
+            "when creating a key");
+  KeyParams params;
+  params.approximation_factor = 1.0;
+  auto created = hsm_->CreateKey("other", params);
+  EXPECT_EQ(created.status().reason(), "mechanism_missing") << "refused at creation";
+  EXPECT_EQ(hsm_->ListKeys()->size(), 1u) << "nothing was left on the token";
 }
 
 }  // namespace

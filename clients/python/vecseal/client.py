@@ -41,6 +41,9 @@ class KeyInfo:
     transform: str
     dimension: Optional[int]
     created: str
+    format: int = 0          # the newest version's ciphertext format: 2 (aes) or 1 (hmac)
+    derivation: str = ""     # "aes" or "hmac"
+    formats: Tuple[int, ...] = ()  # the format of each of versions
 
     @classmethod
     def from_json(cls, obj: Dict[str, Any]) -> "KeyInfo":
@@ -49,7 +52,9 @@ class KeyInfo:
                        versions=tuple(int(v) for v in obj.get("versions", [obj["version"]])),
                        approximation_factor=float(obj["approximation_factor"]),
                        transform=obj["transform"], dimension=obj.get("dimension"),
-                       created=obj.get("created", ""))
+                       created=obj.get("created", ""), format=int(obj.get("format", 0)),
+                       derivation=obj.get("derivation", ""),
+                       formats=tuple(int(f) for f in obj.get("formats", ())))
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError("bad_response", f"unexpected key object from vecseald: {e!r}")
 
@@ -209,14 +214,17 @@ class Client:
         return [KeyInfo.from_json(k) for k in reply.get("keys", [])]
 
     def create_key(self, name: str, approximation_factor: float, transform: str = "rotate",
-                   dimension: Optional[int] = None) -> KeyInfo:
+                   dimension: Optional[int] = None, derivation: Optional[str] = None) -> KeyInfo:
         """Creates a model key inside the daemon's HSM. approximation_factor is β: larger means
-        more noise (more privacy, less accuracy)."""
+        more noise (more privacy, less accuracy). derivation is "aes" (format v2) or "hmac"
+        (format v1, for an HSM without AES-ECB); None leaves it to the daemon's configuration."""
         request: Dict[str, Any] = {"name": _check_key_name(name),
                                    "approximation_factor": approximation_factor,
                                    "transform": transform}
         if dimension is not None:
             request["dimension"] = dimension
+        if derivation is not None:
+            request["derivation"] = derivation
         return KeyInfo.from_json(self._json_call("POST", "/v1/keys", request, retry_safe=False))
 
     def rotate_key(self, name: str) -> KeyInfo:

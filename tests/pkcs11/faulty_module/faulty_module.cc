@@ -10,6 +10,7 @@
 //     up                          nothing fails (also: an empty or missing file)
 //     close-sessions              once, when read: closes every session in the real module
 //     slow C_Sign 500             every C_Sign waits 500 ms, then goes through (a slow HSM)
+//     delay 500                   every call waits 500 µs first: a network HSM's round trip
 // Read by several processes at once (a test and the vecseald it runs) without coordination:
 // writers replace the file with rename(2).
 #include <dlfcn.h>
@@ -45,6 +46,7 @@ struct Faults {
   CK_RV down_rv = CKR_DEVICE_REMOVED;
   std::map<std::string, Rule> rules;
   std::map<std::string, long> delays_ms;
+  long delay_us = 0;
   std::set<CK_SLOT_ID> slots;
 };
 
@@ -89,6 +91,7 @@ void RefreshLocked() {
       g_faults.down = false;
       g_faults.rules.clear();
       g_faults.delays_ms.clear();
+      g_faults.delay_us = 0;
     }
     return;
   }
@@ -112,6 +115,7 @@ void RefreshLocked() {
   g_faults.down = false;
   g_faults.rules.clear();
   g_faults.delays_ms.clear();
+  g_faults.delay_us = 0;
   std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
@@ -128,6 +132,9 @@ void RefreshLocked() {
       std::string function;
       long milliseconds = 0;
       if (words >> function >> milliseconds) g_faults.delays_ms[function] = milliseconds;
+    } else if (command == "delay") {
+      long microseconds = 0;
+      if (words >> microseconds && microseconds > 0) g_faults.delay_us = microseconds;
     } else if (command == "close-sessions") {
       for (CK_SLOT_ID slot : g_faults.slots) g_real->C_CloseAllSessions(slot);
     } else if (words >> code) {
@@ -140,6 +147,11 @@ void RefreshLocked() {
 CK_RV Fault(const char* function) {
   std::unique_lock lock(g_faults.mutex);
   RefreshLocked();
+  if (const long microseconds = g_faults.delay_us; microseconds > 0) {
+    lock.unlock();  // round trips of concurrent sessions overlap, as on a network
+    std::this_thread::sleep_for(std::chrono::microseconds(microseconds));
+    lock.lock();
+  }
   if (auto slow = g_faults.delays_ms.find(function); slow != g_faults.delays_ms.end()) {
     const long milliseconds = slow->second;
     lock.unlock();  // other calls are not held up by this one's wait
@@ -232,6 +244,35 @@ CK_RV Faulty_C_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG size,
   }
   return g_real->C_Sign(session, data, size, signature, signature_size);
 }
+VECSEAL_FAULTY(C_EncryptInit,
+               (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_OBJECT_HANDLE key),
+               (session, mechanism, key))
+// Like C_Sign, a failed C_Encrypt or C_EncryptUpdate ends the operation: the real one is ended
+// too (with C_EncryptFinal, since ECB output of whole blocks never needs a buffer retry).
+CK_RV EndRealEncryption(CK_SESSION_HANDLE session) {
+  CK_BYTE scratch[64];
+  CK_ULONG scratch_size = sizeof scratch;
+  g_real->C_EncryptFinal(session, scratch, &scratch_size);
+  return CKR_OK;
+}
+CK_RV Faulty_C_Encrypt(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG size,
+                       CK_BYTE_PTR out, CK_ULONG_PTR out_size) {
+  if (CK_RV fault = Fault("C_Encrypt"); fault != CKR_OK) {
+    EndRealEncryption(session);
+    return fault;
+  }
+  return g_real->C_Encrypt(session, data, size, out, out_size);
+}
+CK_RV Faulty_C_EncryptUpdate(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG size,
+                             CK_BYTE_PTR out, CK_ULONG_PTR out_size) {
+  if (CK_RV fault = Fault("C_EncryptUpdate"); fault != CKR_OK) {
+    EndRealEncryption(session);
+    return fault;
+  }
+  return g_real->C_EncryptUpdate(session, data, size, out, out_size);
+}
+VECSEAL_FAULTY(C_EncryptFinal, (CK_SESSION_HANDLE session, CK_BYTE_PTR out, CK_ULONG_PTR out_size),
+               (session, out, out_size))
 VECSEAL_FAULTY(C_GenerateKey,
                (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR attributes,
                 CK_ULONG count, CK_OBJECT_HANDLE_PTR key),
@@ -277,6 +318,10 @@ extern "C" __attribute__((visibility("default"))) CK_RV C_GetFunctionList(
     g_list.C_FindObjectsFinal = Faulty_C_FindObjectsFinal;
     g_list.C_SignInit = Faulty_C_SignInit;
     g_list.C_Sign = Faulty_C_Sign;
+    g_list.C_EncryptInit = Faulty_C_EncryptInit;
+    g_list.C_Encrypt = Faulty_C_Encrypt;
+    g_list.C_EncryptUpdate = Faulty_C_EncryptUpdate;
+    g_list.C_EncryptFinal = Faulty_C_EncryptFinal;
     g_list.C_GenerateKey = Faulty_C_GenerateKey;
     g_list.C_GenerateKeyPair = Faulty_C_GenerateKeyPair;
   }

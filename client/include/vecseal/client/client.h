@@ -73,6 +73,11 @@ struct KeyInfo {
   std::string transform;  // "rotate" | "permute"
   std::optional<size_t> dimension;
   std::string created;  // RFC 3339, UTC
+  // The newest version's ciphertext format (1 or 2) and derivation ("hmac" or "aes"), and the
+  // format of each of `versions`; a daemon older than format v2 reports none (0, "", empty).
+  int format = 0;
+  std::string derivation;
+  std::vector<int> formats;
 };
 
 struct KeySpec {
@@ -80,6 +85,7 @@ struct KeySpec {
   double approximation_factor = 0;
   std::string transform = "rotate";
   std::optional<size_t> dimension;
+  std::string derivation;  // "aes" or "hmac"; empty: the daemon's derivation.new_keys
 };
 
 // Errors. The daemon's error body becomes the Status: its "code" is the reason, its "message"

@@ -1,7 +1,9 @@
-// The Scale-And-Perturb (SAP) DCPE scheme, format v1 (docs/format.md):
+// The Scale-And-Perturb (SAP) DCPE scheme, formats v1 and v2 (docs/format.md):
 //   c = T(m) + r·u/‖u‖,  u ~ N(0, I_d),  r = (β/4)·x'^(1/d),  x' ~ U(0,1)
 // with T a key-derived permutation or Haar rotation, and u, x' drawn from a ChaCha20 stream
-// keyed by a seed that the Deriver computes from a fresh nonce.
+// keyed by a seed that the Deriver computes from a fresh nonce. The key's format (its Deriver's)
+// decides how seeds are derived: v1 with one HMAC per nonce group, v2 with one AES block pair
+// per vector, all of a call's in one operation.
 #pragma once
 
 #include <array>
@@ -28,11 +30,22 @@ inline constexpr size_t kMaxRotateDimension = 4096;
 inline constexpr size_t kMaxCachedTransforms = 8;
 inline constexpr size_t kMaxCachedTransformBytes = size_t{512} << 20;
 
-// Domain-separation prefixes for every HMAC under a model key (docs/format.md §2).
+// Domain-separation prefixes for every HMAC under a format v1 model key (docs/format.md §2).
 inline constexpr std::string_view kDomainTransform = "vecseal/v1/transform";
 inline constexpr std::string_view kDomainNoise = "vecseal/v1/noise";
 inline constexpr std::string_view kDomainTokenKey = "vecseal/v1/token-key";
 inline constexpr std::string_view kDomainParams = "vecseal/v1/params";
+inline constexpr std::string_view kDomainParamsV2 = "vecseal/v2/params";
+
+// Format v2: byte 0 of every block under the key, so that no two purposes share a block.
+enum class BlockDomain : uint8_t { kTransform = 1, kTokenKey = 2, kParamsKey = 3, kNoise = 4 };
+inline constexpr size_t kBlockInputSize = 12;
+using BlockInput = std::array<uint8_t, kBlockInputSize>;
+// The two blocks whose encryptions are the 32-byte secret of (domain, input): 32 bytes.
+void SecretBlocks(BlockDomain domain, std::span<const uint8_t, kBlockInputSize> input,
+                  uint8_t* blocks);
+// One 32-byte secret of a v2 key, e.g. the parameters key of the PKCS#11 layer.
+Status DeriveSecretV2(Deriver& deriver, BlockDomain domain, const BlockInput& input, Seed& out);
 
 enum class TransformKind : uint8_t { kPermute = 1, kRotate = 2 };
 std::string_view TransformName(TransformKind kind);  // "permute" | "rotate"
@@ -54,22 +67,29 @@ Status ValidateVectors(std::span<const float> data, size_t dimension);
 // does not.
 Result<size_t> CommonDimension(std::span<const size_t> row_lengths);
 
-// Reversible-mode token, format v1: version(1) ‖ key_version(u32le) ‖ nonce(16) ‖ index(u32le)
-// ‖ tag(16) = 41 bytes.
+// Reversible-mode tokens are 41 bytes in both formats, so that every wire format carries either:
+//   v1: version 1 ‖ key_version(u32le) ‖ nonce(16) ‖ index(u32le) ‖ tag(16)
+//   v2: version 2 ‖ key_version(u32le) ‖ nonce(12) ‖ tag(24)
+// The version byte is the key format's number.
 inline constexpr size_t kNonceSize = 16;
+inline constexpr size_t kNonceSizeV2 = 12;
 inline constexpr size_t kTagSize = 16;
+inline constexpr size_t kTagSizeV2 = 24;
 inline constexpr size_t kTokenSize = 41;
 inline constexpr uint8_t kTokenVersion = 1;
+inline constexpr uint8_t kTokenVersionV2 = 2;
+// A v2 vector's nonce is the first kNonceSizeV2 bytes of one Nonce.
 using Nonce = std::array<uint8_t, kNonceSize>;
 using Token = std::array<uint8_t, kTokenSize>;
 
 struct TokenFields {
   uint8_t version = kTokenVersion;
   uint32_t key_version = 0;
-  Nonce nonce{};
-  uint32_t index = 0;
-  std::array<uint8_t, kTagSize> tag{};
+  Nonce nonce{};                          // v2: the first 12 bytes, the rest zero
+  uint32_t index = 0;                     // v1 only
+  std::array<uint8_t, kTagSizeV2> tag{};  // v1: the first 16 bytes, the rest zero
 };
+// Either version; kInvalidArgument "invalid_token" for any other length or version byte.
 Result<TokenFields> ParseToken(std::span<const uint8_t> bytes);
 Token SerializeToken(const TokenFields& fields);
 
@@ -78,7 +98,8 @@ class NonceSource {
  public:
   virtual ~NonceSource() = default;
   virtual Status Next(Nonce& nonce) = 0;
-  // Every nonce of one call; by default one Next each. The OS source overrides it with a single
+  // Every nonce of one call (one per group in v1, one per vector in v2, which uses the first 12
+  // bytes of each); by default one Next each. The OS source overrides it with a single
   // request, because each request to the OpenSSL DRBG has a fixed cost (about 0.7 µs here) that
   // would otherwise dominate encryption at group size 1.
   virtual Status Fill(std::span<Nonce> nonces);
@@ -87,7 +108,8 @@ NonceSource& SystemNonceSource();
 
 struct EncryptOptions {
   bool reversible = false;
-  // Vectors sharing one nonce, and so one derivation. 1 means one derivation per vector.
+  // Format v1: vectors sharing one nonce, and so one derivation; 1 means one derivation per
+  // vector. A v2 key derives every vector's own seed and refuses any other value than 1.
   uint32_t group_size = 1;
   NonceSource* nonces = nullptr;  // null: SystemNonceSource()
 };
@@ -101,6 +123,7 @@ class Cipher {
   ~Cipher();
 
   const SchemeParams& params() const { return params_; }
+  KeyFormat format() const { return deriver_->format(); }
 
   // Encrypts n = in.size()/d vectors into `out`, which may be `in` itself but must not otherwise
   // overlap it. `tokens` holds n entries
@@ -109,7 +132,7 @@ class Cipher {
                  const EncryptOptions& options, std::span<Token> tokens) const;
 
   // Checks every token's tag before recomputing anything, then removes the noise and inverts T.
-  // tokens.size() == n, and every token must carry this key's version.
+  // tokens.size() == n, and every token must carry this key's version and format.
   Status Decrypt(std::span<const float> in, std::span<float> out, size_t dimension,
                  std::span<const Token> tokens) const;
 

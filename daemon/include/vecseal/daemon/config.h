@@ -12,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "vecseal/core/deriver.h"
 #include "vecseal/core/status.h"
 
 namespace vecseal::daemon {
@@ -73,7 +74,11 @@ struct AuditConfig {
 struct Config {
   SocketConfig socket;
   Pkcs11Config pkcs11;
-  uint32_t group_size = 1;  // vectors per HSM derivation
+  // Format v1 (hmac) key versions only: vectors per HSM derivation. v2 versions derive every
+  // vector's own seed in one call per request, whatever this says.
+  uint32_t group_size = 1;
+  // The format of keys created without a "derivation" and of every new version made by rotation.
+  core::KeyFormat new_keys = core::KeyFormat::kV2;
   Limits limits;
   ThreadsConfig threads;
   std::string policy_file = "/etc/vecseal/policy.json";

@@ -35,9 +35,11 @@ class HsmGate {
   // pkcs11::Hsm's operations, or kUnavailable "hsm_unavailable" while closed.
   Result<std::vector<pkcs11::KeyInfo>> ListKeys();
   Result<pkcs11::KeyInfo> CreateKey(std::string_view name, const pkcs11::KeyParams& params);
-  Result<pkcs11::KeyInfo> RotateKey(std::string_view name);
+  Result<pkcs11::KeyInfo> RotateKey(std::string_view name, core::KeyFormat format);
   Result<pkcs11::ModelKey> FindKey(std::string_view name, std::optional<uint32_t> version = {});
   Status Ping();
+  // Every counted Cryptoki function and its calls so far; empty while closed.
+  std::vector<std::pair<std::string, uint64_t>> CallCounts() const;
 
  private:
   Status Refusal() const;

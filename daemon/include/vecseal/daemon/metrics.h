@@ -12,6 +12,8 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 namespace vecseal::daemon {
 
@@ -25,6 +27,9 @@ class Metrics {
   void CountAuditError() { audit_errors_.fetch_add(1, std::memory_order_relaxed); }
   // Read at render time (the server's live connection count).
   void SetConnectionsSource(std::function<size_t()> source);
+  // Read at render time: (Cryptoki function, calls so far) for vecseal_hsm_calls_total.
+  using HsmCalls = std::vector<std::pair<std::string, uint64_t>>;
+  void SetHsmCallsSource(std::function<HsmCalls()> source);
 
   std::string RenderPrometheus() const;
 
@@ -47,6 +52,7 @@ class Metrics {
   std::atomic<uint64_t> hsm_errors_{0};
   std::atomic<uint64_t> audit_errors_{0};
   std::function<size_t()> connections_;
+  std::function<HsmCalls()> hsm_calls_;
 };
 
 }  // namespace vecseal::daemon

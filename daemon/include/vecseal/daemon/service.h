@@ -26,7 +26,8 @@ inline constexpr std::string_view kVersion = "0.1.0";
 
 // What a SIGHUP may change while requests are in flight.
 struct ServiceSettings {
-  uint32_t group_size = 1;
+  uint32_t group_size = 1;  // format v1 key versions only
+  core::KeyFormat new_keys = core::KeyFormat::kV2;
   size_t max_vectors = 10000;
 };
 

@@ -5,7 +5,10 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,6 +40,34 @@ bool IsDeviceAbsent(CK_RV rv);
 // "C_Sign failed: CKR_DEVICE_ERROR (the device reported an error)". rv must not be CKR_OK.
 Status CkrStatus(std::string_view function, CK_RV rv);
 
+// The Cryptoki calls that cost the HSM work or a round trip, counted per module for /metrics, so
+// that what a request costs the HSM can be measured rather than assumed.
+enum class HsmCall : uint8_t {
+  kOpenSession,
+  kLogin,
+  kFindObjectsInit,
+  kSignInit,
+  kSign,
+  kEncryptInit,
+  kEncrypt,
+  kEncryptUpdate,
+  kEncryptFinal,
+  kGenerateKey,
+  kGenerateKeyPair,
+  kCount
+};
+std::string_view HsmCallName(HsmCall call);  // the Cryptoki function's name, e.g. "C_EncryptInit"
+
+class HsmCallCounts {
+ public:
+  void Add(HsmCall call) { counts_[Index(call)].fetch_add(1, std::memory_order_relaxed); }
+  uint64_t Get(HsmCall call) const { return counts_[Index(call)].load(std::memory_order_relaxed); }
+
+ private:
+  static size_t Index(HsmCall call) { return static_cast<size_t>(call); }
+  std::array<std::atomic<uint64_t>, static_cast<size_t>(HsmCall::kCount)> counts_{};
+};
+
 // One dlopen()ed PKCS#11 module, initialised by us with CKF_OS_LOCKING_OK and finalised and
 // unloaded when the last owner lets go. Sessions hold the function list, not the Module, so the
 // Module must outlive every Session made from it (Hsm guarantees that).
@@ -59,6 +90,8 @@ class Module {
 
   CK_FUNCTION_LIST_PTR functions() const { return functions_; }
   const std::string& path() const { return path_; }
+  // Shared with every Session opened from this module; stable across moves.
+  HsmCallCounts* calls() const { return calls_.get(); }
 
   // The slot whose token carries `label` (compared after trimming the blank padding).
   // kNotFound "token_not_found" when none does; kFailedPrecondition "token_label_ambiguous" when
@@ -73,6 +106,7 @@ class Module {
   void* library_ = nullptr;
   CK_FUNCTION_LIST_PTR functions_ = nullptr;
   std::string path_;
+  std::shared_ptr<HsmCallCounts> calls_ = std::make_shared<HsmCallCounts>();
 };
 
 // An attribute read back from an object: its type and raw value bytes.
@@ -160,16 +194,27 @@ class Session {
   // The raw CK_RV of C_SignInit + C_Sign, for the hot path that must not build a Status.
   CK_RV SignRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key, std::span<const uint8_t> data,
                 std::span<uint8_t> signature, CK_ULONG* length) const;
+  // One encryption operation with a mechanism whose output is as long as its input (CKM_AES_ECB):
+  // C_EncryptInit, then C_Encrypt when `data` is at most `max_part` bytes, else C_EncryptUpdate
+  // per part of at most `max_part` bytes and C_EncryptFinal. out.size() == data.size(), and
+  // max_part is a whole number of blocks. The raw CK_RV, as SignRaw; a wrong output length is
+  // CKR_FUNCTION_FAILED.
+  CK_RV EncryptRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
+                   std::span<const uint8_t> data, std::span<uint8_t> out, size_t max_part) const;
 
   // Closes now (the destructor does it otherwise); errors are ignored because the handle may
   // already be gone with the device.
   void Close();
 
  private:
-  Session(CK_FUNCTION_LIST_PTR functions, CK_SESSION_HANDLE handle)
-      : functions_(functions), handle_(handle) {}
+  Session(CK_FUNCTION_LIST_PTR functions, HsmCallCounts* calls, CK_SESSION_HANDLE handle)
+      : functions_(functions), calls_(calls), handle_(handle) {}
+  void Count(HsmCall call) const {
+    if (calls_ != nullptr) calls_->Add(call);
+  }
 
   CK_FUNCTION_LIST_PTR functions_ = nullptr;
+  HsmCallCounts* calls_ = nullptr;
   CK_SESSION_HANDLE handle_ = CK_INVALID_HANDLE;
 };
 

@@ -21,6 +21,8 @@
 
 namespace vecseal::pkcs11 {
 
+class HsmCallCounts;  // cryptoki.h
+
 // Where the user PIN comes from. Exactly one of the two is set.
 struct PinSource {
   std::string file;        // an absolute path, e.g. /etc/vecseal/pin (mode 0600 or stricter)
@@ -62,6 +64,9 @@ struct HsmConfig {
 };
 
 struct KeyParams {
+  // v2 (an AES-256 key that may only encrypt) unless a module without CKM_AES_ECB needs v1 (an
+  // HMAC key).
+  core::KeyFormat format = core::KeyFormat::kV2;
   double approximation_factor = 0;  // β
   core::TransformKind transform = core::TransformKind::kRotate;
   std::optional<uint32_t> dimension;  // fixed by the key when set
@@ -75,11 +80,17 @@ struct KeyInfo {
   std::string label;  // CKA_LABEL on the token: "vecseal:<name>:v<version>"
 };
 
+// Format v2 derivations go to the module in parts of at most this many bytes (1024 vectors):
+// SoftHSM2 2.6.1 takes 35-50 µs for one C_Encrypt of up to 64 KiB, then 254 µs at 96 KiB and
+// 1 ms at 256 KiB (docs/performance.md), and vendor modules cap a call's data length.
+inline constexpr size_t kDerivationPartBytes = 32768;
+
 struct ModelKey {
   KeyInfo info;
-  // HMAC-SHA256 inside the token. Valid across recovery, usable from many threads, and keeps
-  // the Hsm's module loaded while it lives. Derive() with n messages is the batched form: one
-  // pool checkout and one key lookup for the whole batch (Cryptoki has no multi-message MAC).
+  // The key's derivations inside the token, in its format. Valid across recovery, usable from
+  // many threads, and keeps the Hsm's module loaded while it lives. One pool checkout and one key
+  // lookup per call: v1 signs each message (Cryptoki has no multi-message MAC); v2 encrypts every
+  // block of the call in one operation, in parts of kDerivationPartBytes.
   std::shared_ptr<core::Deriver> deriver;
 };
 
@@ -108,10 +119,12 @@ Status ValidateKeyName(std::string_view name);
 // "invalid_key_params".
 Status ValidateKeyParams(const KeyParams& params);
 
-// The bytes authenticated by the parameter HMAC (format v1, little-endian):
-//   1 (u8) ‖ len(name) (u8) ‖ name ‖ version (u32) ‖ β (IEEE-754 binary64)
+// The bytes authenticated by the parameter tag (little-endian):
+//   format (u8: 1 or 2) ‖ len(name) (u8) ‖ name ‖ version (u32) ‖ β (IEEE-754 binary64)
 //   ‖ transform (u8) ‖ has_dimension (u8) ‖ dimension (u32, 0 when absent) ‖ created_unix (i64)
-// The tag is HMAC-SHA256(K, "vecseal/v1/params" ‖ 0x00 ‖ these bytes) under the key itself.
+// v1: the tag is HMAC-SHA256(K, "vecseal/v1/params" ‖ 0x00 ‖ these bytes) under the key itself.
+// v2: HMAC-SHA256(PK, "vecseal/v2/params" ‖ 0x00 ‖ these bytes), PK the key's parameters key
+// (docs/format.md), derived in the token and wiped after use.
 std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version,
                                          const KeyParams& params);
 
@@ -128,6 +141,7 @@ std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version
 //   kFailedPrecondition "key_params_tampered" the stored parameters fail their HMAC
 //   kFailedPrecondition "key_params_missing"  a key without its parameter object
 //   kFailedPrecondition "key_unprotected"     a key that is not sensitive or is extractable
+//   kFailedPrecondition "mechanism_missing"   the token lacks a mechanism the operation needs
 class Hsm {
  public:
   // Loads and initialises the module, finds the token, logs in (one attempt), opens the anchor
@@ -142,18 +156,22 @@ class Hsm {
   Result<std::vector<KeyInfo>> ListKeys();
   // Version 1 of a new key. created_unix in `params` is ignored and set to now.
   Result<KeyInfo> CreateKey(std::string_view name, const KeyParams& params);
-  // Version N+1 with the parameters of version N; version N stays usable.
-  Result<KeyInfo> RotateKey(std::string_view name);
+  // Version N+1 with the parameters of version N, in `format` (whatever version N's was);
+  // version N stays usable.
+  Result<KeyInfo> RotateKey(std::string_view name, core::KeyFormat format = core::KeyFormat::kV2);
   // The newest version when `version` is nullopt. Verifies the stored parameters.
   Result<ModelKey> FindKey(std::string_view name, std::optional<uint32_t> version = {});
   // The audit key pair with this label, generated on first use.
   Result<AuditKey> EnsureAuditKey(std::string_view label = "vecseal-audit");
   // Cheap liveness check (C_GetSessionInfo on the anchor session), recovering if needed.
   Status Ping();
-  // Every mechanism vecseal uses, with the capability it needs (HMAC-SHA256 sign, generic
-  // secret generation, EC P-256 pair generation, ECDSA sign): kFailedPrecondition
-  // "mechanism_missing" naming the first one the token lacks. A vendor HSM's first check.
-  Status CheckMechanisms();
+  // Every mechanism vecseal needs for new keys of `format` (v2: AES-256 generation and
+  // AES-ECB encryption; v1: generic secret generation and HMAC-SHA256 signing) and for the audit
+  // key (EC P-256 pair generation, ECDSA signing): kFailedPrecondition "mechanism_missing"
+  // naming the first one the token lacks and the way out. A vendor HSM's first check.
+  Status CheckMechanisms(core::KeyFormat format = core::KeyFormat::kV2);
+  // How often this process called each counted Cryptoki function.
+  const HsmCallCounts& calls() const;
 
   struct State;
 
