@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -410,6 +412,125 @@ TEST_F(DaemonTest, KeysCreateListRotateAndOldVersionsStillDecrypt) {
   std::vector<std::string> names;
   for (const auto& key : keys) names.push_back(key["name"]);
   EXPECT_EQ(names, (std::vector<std::string>{"demo", "ratings"}));
+}
+
+// vecseal_hsm_calls_total{function="NAME"}, read from /metrics.
+uint64_t HsmCalls(HttpClient& client, const std::string& function) {
+  const std::string text = client.Get("/metrics").body;
+  const std::string prefix = "vecseal_hsm_calls_total{function=\"" + function + "\"} ";
+  const size_t at = text.find(prefix);
+  if (at == std::string::npos) {
+    ADD_FAILURE() << "no " << prefix << "in /metrics";
+    return 0;
+  }
+  return std::stoull(text.substr(at + prefix.size()));
+}
+
+// Issue #16's contract: a format 2 key derives every vector's own seed, and a request of any
+// size costs one derivation operation, in parts of 1024 vectors above that.
+TEST(DaemonHsmCallsTest, EachRequestIsOneDerivationWhateverItsSize) {
+  auto daemon = StartOrFail(R"({"limits": {"max_body_bytes": 67108864, "max_vectors": 10000}})");
+  ASSERT_NE(daemon, nullptr);
+  HttpClient client(daemon->socket_path());
+  auto created = client.PostJson(
+      "/v1/keys", {{"name", "counted"}, {"approximation_factor", 1.0}, {"transform", "permute"}});
+  ASSERT_EQ(created.status, 201u) << created.body;
+  EXPECT_EQ(created.Json()["format"], 2);
+  EXPECT_EQ(created.Json()["derivation"], "aes");
+  const size_t d = 8;
+  // The first request also derives T and the token key, and looks the key up in the pooled
+  // session.
+  ASSERT_EQ(client.PostJson("/v1/keys/counted/encrypt",
+                            {{"vectors", Rows(RandomVectors(1, d, 1), d)}, {"reversible", true}})
+                .status,
+            200u);
+  const char* kFunctions[] = {"C_EncryptInit", "C_Encrypt",   "C_EncryptUpdate",
+                              "C_EncryptFinal", "C_SignInit", "C_FindObjectsInit"};
+  for (size_t n : {size_t{1}, size_t{100}, size_t{4000}}) {
+    std::map<std::string, uint64_t> before;
+    for (const char* function : kFunctions) before[function] = HsmCalls(client, function);
+    const auto plain = RandomVectors(n, d, static_cast<uint32_t>(n));
+    std::string body(reinterpret_cast<const char*>(plain.data()), plain.size() * sizeof(float));
+    auto sealed = client.PostBinary("/v1/keys/counted/encrypt", body,
+                                    {{"Vecseal-Dimension", std::to_string(d)},
+                                     {"Vecseal-Reversible", "true"}});
+    ASSERT_EQ(sealed.status, 200u) << sealed.body;
+    auto opened = client.PostBinary("/v1/keys/counted/decrypt", sealed.body,
+                                    {{"Vecseal-Dimension", std::to_string(d)}});
+    ASSERT_EQ(opened.status, 200u) << opened.body;
+    std::vector<float> back(plain.size());
+    ASSERT_EQ(opened.body.size(), back.size() * sizeof(float));
+    std::memcpy(back.data(), opened.body.data(), opened.body.size());
+    EXPECT_LT(MaxAbsDifference(back, plain), kDecryptTolerance);
+    std::map<std::string, uint64_t> spent;
+    for (const char* function : kFunctions) spent[function] = HsmCalls(client, function) - before[function];
+    // Per request: one operation; one C_Encrypt up to 1024 vectors, else one update per 1024.
+    const uint64_t parts = (n + 1023) / 1024;
+    EXPECT_EQ(spent["C_EncryptInit"], 2u) << n << " vectors: one for encrypt, one for decrypt";
+    EXPECT_EQ(spent["C_Encrypt"], parts == 1 ? 2u : 0u) << n;
+    EXPECT_EQ(spent["C_EncryptUpdate"], parts == 1 ? 0u : 2 * parts) << n;
+    EXPECT_EQ(spent["C_EncryptFinal"], parts == 1 ? 0u : 2u) << n;
+    EXPECT_EQ(spent["C_SignInit"], 0u) << n << ": no HMAC for a format 2 key";
+    EXPECT_EQ(spent["C_FindObjectsInit"], 0u) << n << ": the key handle is reused";
+  }
+}
+
+// A key created as format 1 ("derivation": "hmac") keeps it; rotating it makes a format 2
+// version; tokens of either decrypt under their own version, and one version's format never
+// decrypts the other's token.
+TEST_F(DaemonTest, FormatsOneAndTwoLiveSideBySideInOneKey) {
+  auto created = client_->PostJson("/v1/keys", {{"name", "legacy"},
+                                                {"approximation_factor", 1.0},
+                                                {"transform", "rotate"},
+                                                {"derivation", "hmac"}});
+  ASSERT_EQ(created.status, 201u) << created.body;
+  EXPECT_EQ(created.Json()["format"], 1);
+  EXPECT_EQ(created.Json()["derivation"], "hmac");
+  const auto plain = RandomVectors(2, 6, 9);
+  auto v1 = client_->PostJson("/v1/keys/legacy/encrypt",
+                              {{"vectors", Rows(plain, 6)}, {"reversible", true}});
+  ASSERT_EQ(v1.status, 200u) << v1.body;
+  auto rotated = client_->Send(HttpCall{.method = "POST", .target = "/v1/keys/legacy/rotate",
+                                        .body = "", .content_type = {}, .headers = {}});
+  ASSERT_EQ(rotated.status, 200u) << rotated.body;
+  EXPECT_EQ(rotated.Json()["format"], 2);
+  EXPECT_EQ(rotated.Json()["formats"], json::array({1, 2}));
+  auto v2 = client_->PostJson("/v1/keys/legacy/encrypt",
+                              {{"vectors", Rows(plain, 6)}, {"reversible", true}});
+  ASSERT_EQ(v2.status, 200u) << v2.body;
+  for (const auto* sealed : {&v1, &v2}) {
+    auto opened = client_->PostJson("/v1/keys/legacy/decrypt", {{"vectors", sealed->Json()["vectors"]},
+                                                                 {"tokens", sealed->Json()["tokens"]}});
+    ASSERT_EQ(opened.status, 200u) << opened.body;
+    EXPECT_LT(MaxAbsDifference(Flatten(opened.Json()["vectors"]), plain), kDecryptTolerance);
+  }
+  // A format 1 token relabelled with version 2 reaches the format 2 version: refused, no vector.
+  // Base64 of the first three bytes (format 1, key version 1 as u32le): 01 01 00 is "AQEA";
+  // 01 02 00, key version 2, is "AQIA".
+  std::string token = v1.Json()["tokens"][0].get<std::string>();
+  ASSERT_EQ(token.substr(0, 4), "AQEA");
+  token.replace(0, 4, "AQIA");
+  auto crossed = client_->PostJson("/v1/keys/legacy/decrypt",
+                                   {{"vectors", {v1.Json()["vectors"][0]}}, {"tokens", {token}}});
+  EXPECT_EQ(crossed.status, 400u);
+  EXPECT_EQ(crossed.ErrorCode(), "invalid_token");
+  EXPECT_EQ(crossed.Json()["error"]["message"],
+            "token 0 is a format v1 token, but key version 2 is format v2; it was not made by "
+            "this key");
+  EXPECT_FALSE(crossed.Json().contains("vectors"));
+  auto bad = client_->PostJson("/v1/keys", {{"name", "x"}, {"approximation_factor", 1.0},
+                                            {"derivation", "des"}});
+  EXPECT_EQ(bad.status, 400u);
+  EXPECT_EQ(bad.ErrorCode(), "invalid_derivation");
+  // The audit log says which format each request used.
+  int formats_seen = 0;
+  for (const json& record : daemon_->AuditRecords()) {
+    if (record.value("key", "") != "legacy" || !record.contains("extra")) continue;
+    const int format = record["extra"].value("key_format", 0);
+    EXPECT_EQ(format, record.value("key_version", 0) == 1 ? 1 : 2) << record.dump();
+    ++formats_seen;
+  }
+  EXPECT_GE(formats_seen, 6);
 }
 
 TEST_F(DaemonTest, WhoAmIHealthAndMetrics) {

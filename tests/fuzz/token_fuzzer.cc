@@ -1,6 +1,6 @@
 // Reversible-mode tokens, binary (core::ParseToken, Cipher::Decrypt) and as the API carries them
 // (base64, daemon::DecodeTokens). Input: a 41-byte token followed by one ciphertext vector of
-// float32le. Invariants: ParseToken accepts exactly the 41-byte version-1 strings and
+// float32le. Invariants: ParseToken accepts exactly the 41-byte version-1 and version-2 strings and
 // SerializeToken gives the same bytes back; Decrypt accepts nothing but the one genuine
 // (token, ciphertext) pair made at start-up, and returns its plaintext; base64 decoding is
 // canonical (encode(decode(t)) == t) and DecodeTokens accepts exactly base64 of 41 bytes.
@@ -103,7 +103,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The binary token alone.
   const auto head = input.first(std::min(size, kTokenSize + 1));
   auto parsed = vecseal::core::ParseToken(head.first(std::min(head.size(), kTokenSize)));
-  const bool parseable = size >= kTokenSize && data[0] == vecseal::core::kTokenVersion;
+  const bool parseable = size >= kTokenSize && (data[0] == vecseal::core::kTokenVersion ||
+                                                data[0] == vecseal::core::kTokenVersionV2);
   VECSEAL_FUZZ_CHECK(parsed.ok() == parseable, "ParseToken verdict %d for size %zu",
                      parsed.ok(), size);
   if (parsed.ok()) {

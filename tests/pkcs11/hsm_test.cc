@@ -34,9 +34,13 @@ core::Seed OpenSslHmac(std::span<const uint8_t> key, std::span<const uint8_t> me
   return out;
 }
 
+// Format v1 (HMAC) unless asked: most tests here exercise the v1 derivation that keys made
+// before format v2 keep using; the V2 tests below ask for format v2.
 KeyParams Params(double beta, core::TransformKind transform = core::TransformKind::kRotate,
-                 std::optional<uint32_t> dimension = std::nullopt) {
+                 std::optional<uint32_t> dimension = std::nullopt,
+                 core::KeyFormat format = core::KeyFormat::kV1) {
   KeyParams params;
+  params.format = format;
   params.approximation_factor = beta;
   params.transform = transform;
   params.dimension = dimension;
@@ -329,7 +333,7 @@ TEST_F(HsmTest, CreateFindListRotate) {
   EXPECT_EQ(again.status().code(), Code::kAlreadyExists);
   EXPECT_EQ(again.status().reason(), "key_exists");
 
-  auto rotated = hsm->RotateKey("ratings");
+  auto rotated = hsm->RotateKey("ratings", core::KeyFormat::kV1);
   ASSERT_TRUE(rotated.ok()) << rotated.status().ToString();
   EXPECT_EQ(rotated->version, 2u);
   EXPECT_EQ(rotated->params.approximation_factor, 2.5);
@@ -517,6 +521,124 @@ TEST_F(HsmTest, DerivationsEqualOpenSslHmacForAKnownKey) {
     std::vector<core::Seed> too_few(messages.size() - 1);
     EXPECT_EQ(key->deriver->Derive(messages, too_few).reason(), "invalid_length");
   }
+}
+
+TEST_F(HsmTest, FormatV2KeysMayOnlyEncryptWithAesEcb) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto created = hsm->CreateKey("aes", Params(2.0, core::TransformKind::kRotate, std::nullopt,
+                                              core::KeyFormat::kV2));
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_EQ(created->params.format, core::KeyFormat::kV2);
+  auto raw = OpenRaw();
+  Object key = FindOne(raw->session, CKO_SECRET_KEY, "vecseal:aes:v1");
+  EXPECT_EQ(key.GetAttribute(CKA_VALUE).status().reason(), "attribute_sensitive");
+  struct Expect {
+    CK_ATTRIBUTE_TYPE type;
+    bool value;
+  } expected[] = {{CKA_ENCRYPT, true},     {CKA_DECRYPT, false},     {CKA_SIGN, false},
+                  {CKA_VERIFY, false},     {CKA_WRAP, false},        {CKA_UNWRAP, false},
+                  {CKA_DERIVE, false},     {CKA_SENSITIVE, true},    {CKA_EXTRACTABLE, false},
+                  {CKA_COPYABLE, false},   {CKA_MODIFIABLE, false},  {CKA_ALWAYS_SENSITIVE, true},
+                  {CKA_NEVER_EXTRACTABLE, true}, {CKA_LOCAL, true}};
+  for (const Expect& e : expected) {
+    auto flag = key.GetBool(e.type);
+    ASSERT_TRUE(flag.ok()) << std::hex << e.type;
+    EXPECT_EQ(*flag, e.value) << "attribute 0x" << std::hex << e.type;
+  }
+  auto type = key.GetAttribute(CKA_KEY_TYPE);
+  ASSERT_TRUE(type.ok());
+  CK_KEY_TYPE key_type = 0;
+  std::memcpy(&key_type, type->data(), sizeof key_type);
+  EXPECT_EQ(key_type, CKK_AES);
+  auto allowed = key.GetAttribute(CKA_ALLOWED_MECHANISMS);
+  ASSERT_TRUE(allowed.ok()) << allowed.status().ToString();
+  ASSERT_EQ(allowed->size(), sizeof(CK_MECHANISM_TYPE));
+  CK_MECHANISM_TYPE mechanism = 0;
+  std::memcpy(&mechanism, allowed->data(), sizeof mechanism);
+  EXPECT_EQ(mechanism, static_cast<CK_MECHANISM_TYPE>(CKM_AES_ECB));
+  // The token itself refuses any other use of the key, even to a PIN holder.
+  std::array<uint8_t, 32> out{};
+  EXPECT_FALSE(raw->session.Sign(CKM_SHA256_HMAC, key.handle(), Bytes("m"), out).ok());
+  std::array<uint8_t, 16> block{}, cipher{};
+  EXPECT_NE(raw->session.EncryptRaw(CKM_AES_CBC, key.handle(), block, cipher, 16),
+            static_cast<CK_RV>(CKR_OK));
+  EXPECT_EQ(raw->session.EncryptRaw(CKM_AES_ECB, key.handle(), block, cipher, 16),
+            static_cast<CK_RV>(CKR_OK));
+  // Its HMAC-only Derive is refused rather than answered wrongly.
+  auto found = hsm->FindKey("aes");
+  ASSERT_TRUE(found.ok()) << found.status().ToString();
+  core::Seed seed{};
+  EXPECT_EQ(found->deriver->DeriveOne(Bytes("m"), seed).reason(), "wrong_key_format");
+}
+
+// The key of the format v2 known answers (docs/format.md §20), imported: the token's
+// derivations then give the reference's bytes, and its parameters verify under the parameters
+// key the reference lists.
+TEST_F(HsmTest, FormatV2DerivationsEqualTheReferenceForItsKey) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto raw = OpenRaw();
+  std::array<uint8_t, 32> key_value{};
+  for (size_t i = 0; i < key_value.size(); ++i) key_value[i] = static_cast<uint8_t>(i);
+  const std::string name = "kat";
+  std::string label = "vecseal:" + name + ":v1";
+  CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+  CK_KEY_TYPE key_type = CKK_AES;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ATTRIBUTE key_template[] = {{CKA_CLASS, &key_class, sizeof key_class},
+                                 {CKA_KEY_TYPE, &key_type, sizeof key_type},
+                                 {CKA_TOKEN, &yes, 1},
+                                 {CKA_PRIVATE, &yes, 1},
+                                 {CKA_SENSITIVE, &yes, 1},
+                                 {CKA_EXTRACTABLE, &no, 1},
+                                 {CKA_ENCRYPT, &yes, 1},
+                                 {CKA_LABEL, label.data(), label.size()},
+                                 {CKA_VALUE, key_value.data(), key_value.size()}};
+  ASSERT_TRUE(raw->session.Create(key_template).ok());
+  // PK and TK of the v2 known answers.
+  const std::string params_key =
+      "80c3017e8f89ab315ede32b11e48ab50fa7ba8ba289bbb5d04537f426ea4468c";
+  const std::string token_key =
+      "4ef4b88bebd54953c37ffaf66efaca7bd2b5021f9f0cc098bc87d98662967c17";
+  std::vector<uint8_t> pk(32);
+  for (size_t i = 0; i < pk.size(); ++i) {
+    pk[i] = static_cast<uint8_t>(std::stoi(params_key.substr(2 * i, 2), nullptr, 16));
+  }
+  KeyParams params = Params(1.5, core::TransformKind::kPermute, 8u, core::KeyFormat::kV2);
+  params.created_unix = 1760000000;
+  std::vector<uint8_t> canonical = CanonicalParamBytes(name, 1, params);
+  ASSERT_EQ(canonical[0], 2) << "the canonical bytes start with the format";
+  std::string message = std::string(core::kDomainParamsV2) + '\0' +
+                        std::string(canonical.begin(), canonical.end());
+  core::Seed tag = OpenSslHmac(pk, Bytes(message));
+  std::vector<uint8_t> stored = canonical;
+  stored.insert(stored.end(), tag.begin(), tag.end());
+  CK_OBJECT_CLASS data_class = CKO_DATA;
+  std::string application = "vecseal/v1/params";
+  CK_ATTRIBUTE data[] = {{CKA_CLASS, &data_class, sizeof data_class},
+                         {CKA_TOKEN, &yes, 1},
+                         {CKA_PRIVATE, &yes, 1},
+                         {CKA_LABEL, label.data(), label.size()},
+                         {CKA_APPLICATION, application.data(), application.size()},
+                         {CKA_VALUE, stored.data(), stored.size()}};
+  ASSERT_TRUE(raw->session.Create(data).ok());
+
+  auto key = hsm->FindKey(name);
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  EXPECT_EQ(key->info.params.format, core::KeyFormat::kV2);
+  EXPECT_EQ(key->info.params.dimension, 8u);
+  core::Seed tk{};
+  ASSERT_TRUE(core::DeriveSecretV2(*key->deriver, core::BlockDomain::kTokenKey, core::BlockInput{},
+                                   tk)
+                  .ok());
+  std::string hex;
+  for (uint8_t b : tk) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    hex += kDigits[b >> 4];
+    hex += kDigits[b & 15];
+  }
+  EXPECT_EQ(hex, token_key);
 }
 
 // A key carrying a vecseal label but a template that lets its bytes out is refused before use.
