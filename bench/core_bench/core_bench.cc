@@ -28,18 +28,20 @@ std::vector<float> RandomVectors(size_t n, size_t d) {
   return v;
 }
 
-std::shared_ptr<Cipher> BenchCipher(TransformKind transform) {
-  auto deriver = SoftwareDeriver::CreateEphemeral();
+std::shared_ptr<Cipher> BenchCipher(TransformKind transform,
+                                    KeyFormat format = KeyFormat::kV1) {
+  auto deriver = SoftwareDeriver::CreateEphemeral(format);
   auto cipher = Cipher::Create(std::move(deriver).value(), SchemeParams{2.0, transform, 1});
   return std::move(cipher).value();
 }
 
-// Args: d, group size, reversible.
+// Args: d, group size (0: format v2, a seed per vector from one AES call), reversible.
 void Encrypt(benchmark::State& state, TransformKind transform) {
   const auto d = static_cast<size_t>(state.range(0));
-  const auto group = static_cast<uint32_t>(state.range(1));
+  const bool v2 = state.range(1) == 0;
+  const auto group = v2 ? 1u : static_cast<uint32_t>(state.range(1));
   const bool reversible = state.range(2) != 0;
-  auto cipher = BenchCipher(transform);
+  auto cipher = BenchCipher(transform, v2 ? KeyFormat::kV2 : KeyFormat::kV1);
   auto data = RandomVectors(kBatch, d);
   std::vector<Token> tokens(reversible ? kBatch : 0);
   const EncryptOptions options{reversible, group, nullptr};
@@ -60,6 +62,8 @@ void EncryptArgs(benchmark::internal::Benchmark* b) {
     for (int64_t group : {1, 256}) b->Args({d, group, 0});
   }
   b->Args({768, 256, 1});  // reversible: one tag per vector on top
+  for (int64_t d : {384, 768, 1536}) b->Args({d, 0, 0});  // format v2
+  b->Args({768, 0, 1});
   b->ArgNames({"d", "group", "reversible"});
 }
 BENCHMARK(Permute)->Apply(EncryptArgs)->Unit(benchmark::kMicrosecond);

@@ -54,6 +54,9 @@ struct Options {
   size_t group_size = 256;
   std::string key = "load-bench";
   std::string transform = "permute";
+  std::string derivation = "aes";  // the key's format: aes (v2) or hmac (v1)
+  std::string pkcs11_module;       // own daemon: this module instead of SoftHSM2's
+  long hsm_delay_us = 0;           // own daemon: every Cryptoki call of the fault module waits
   size_t connections = 2;
   size_t batch = 1024;
   size_t dimension = 768;
@@ -72,8 +75,10 @@ struct Options {
 };
 
 constexpr std::string_view kUsage =
-    "usage: vecseal_load (--socket PATH | --vecseald PATH [--group-size G]) [--key NAME]\n"
-    "         [--transform permute|rotate] [--connections C] [--batch B] [--dim D]\n"
+    "usage: vecseal_load (--socket PATH | --vecseald PATH [--group-size G]\n"
+    "                     [--pkcs11-module FAULTY.so --hsm-delay-us US]) [--key NAME]\n"
+    "         [--transform permute|rotate] [--derivation aes|hmac] [--connections C]\n"
+    "         [--batch B] [--dim D]\n"
     "         [--wire binary|json] [--reversible] [--allocating] [--single-fraction F]\n"
     "         [--duration S] [--warmup S] [--repetitions R]\n"
     "       vecseal_load --soak (--vecseald PATH | --socket PATH --pid PID --audit-dir DIR)\n"
@@ -120,6 +125,9 @@ Options ParseOptions(int argc, char** argv) {
     else if (name == "group-size") o.group_size = Number<size_t>(name, value);
     else if (name == "key") o.key = value;
     else if (name == "transform") o.transform = value;
+    else if (name == "derivation") o.derivation = value;
+    else if (name == "pkcs11-module") o.pkcs11_module = value;
+    else if (name == "hsm-delay-us") o.hsm_delay_us = Number<long>(name, value);
     else if (name == "connections") o.connections = Number<size_t>(name, value);
     else if (name == "batch") o.batch = Number<size_t>(name, value);
     else if (name == "dim") o.dimension = Number<size_t>(name, value);
@@ -147,7 +155,9 @@ Options ParseOptions(int argc, char** argv) {
 // A `vecseald --dev` of our own, stopped on destruction.
 class OwnDaemon {
  public:
-  OwnDaemon(const std::string& binary, size_t group_size) {
+  // `module` (the fault module of tests/pkcs11) with `delay_us` simulates a network HSM.
+  OwnDaemon(const std::string& binary, size_t group_size, const std::string& module,
+            long delay_us) {
     char pattern[] = "/tmp/vecseal-load-XXXXXX";
     if (::mkdtemp(pattern) == nullptr) Die("mkdtemp failed");
     root_ = pattern;
@@ -157,7 +167,14 @@ class OwnDaemon {
     std::filesystem::permissions(state, std::filesystem::perms::owner_all);
     // No chattr +a: as root it would make the throwaway audit files undeletable.
     std::ofstream(config) << "{\"derivation\": {\"group_size\": " << group_size
-                          << "}, \"audit\": {\"try_append_only\": false}}\n";
+                          << "}, \"audit\": {\"try_append_only\": false}"
+                          << (module.empty() ? "" : ", \"pkcs11\": {\"module\": \"" + module + "\"}")
+                          << "}\n";
+    if (!module.empty()) {
+      const std::string control = root_ + "/faults";
+      std::ofstream(control) << "delay " << delay_us << "\n";
+      ::setenv("VECSEAL_FAULTY_CONTROL", control.c_str(), 1);
+    }
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
@@ -522,12 +539,13 @@ int main(int argc, char** argv) {
   std::unique_ptr<OwnDaemon> daemon;
   std::string socket = o.socket;
   if (!o.vecseald.empty()) {
-    daemon = std::make_unique<OwnDaemon>(o.vecseald, o.group_size);
+    daemon = std::make_unique<OwnDaemon>(o.vecseald, o.group_size, o.pkcs11_module,
+                                         o.hsm_delay_us);
     socket = daemon->socket();
   }
   {
     std::unique_ptr<Client> admin = MustConnect(socket, false);
-    auto created = admin->CreateKey({o.key, 1.0, o.transform, std::nullopt});
+    auto created = admin->CreateKey({o.key, 1.0, o.transform, std::nullopt, o.derivation});
     if (!created.ok() && created.status().reason() != "key_exists") Die(created.status().ToString());
   }
   if (o.soak) {
@@ -535,11 +553,12 @@ int main(int argc, char** argv) {
                    daemon ? daemon->audit_dir() : o.audit_dir);
   }
   std::printf("vecseal_load: %zu connections, batch %zu, d=%zu, %s, %s, %s, single-fraction %.3f, "
-              "group size %s, %.1f s x %zu\n",
+              "derivation %s, group size %s, HSM delay %ld us, %.1f s x %zu\n",
               o.connections, o.batch, o.dimension, o.json ? "json" : "binary",
               o.transform.c_str(), o.reversible ? "reversible" : "one-way", o.single_fraction,
-              o.vecseald.empty() ? "(daemon's)" : std::to_string(o.group_size).c_str(), o.duration,
-              o.repetitions);
+              o.derivation.c_str(),
+              o.vecseald.empty() ? "(daemon's)" : std::to_string(o.group_size).c_str(),
+              o.hsm_delay_us, o.duration, o.repetitions);
   std::vector<RunResult> runs;
   size_t errors = 0;
   for (size_t i = 0; i < o.repetitions; ++i) {
