@@ -584,31 +584,48 @@ CK_RV Session::EncryptRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
                           std::span<const uint8_t> data, std::span<uint8_t> out,
                           size_t max_part) const {
   if (out.size() != data.size() || max_part == 0) return CKR_ARGUMENTS_BAD;
-  CK_MECHANISM mech{mechanism, nullptr, 0};
-  Count(HsmCall::kEncryptInit);
-  CK_RV rv = functions_->C_EncryptInit(handle_, &mech, key);
+  CK_RV rv = EncryptInit(mechanism, key);
   if (rv != CKR_OK) return rv;
-  auto* input = const_cast<CK_BYTE_PTR>(data.data());
   if (data.size() <= max_part) {
     CK_ULONG length = out.size();
     Count(HsmCall::kEncrypt);
-    rv = functions_->C_Encrypt(handle_, input, data.size(), out.data(), &length);
+    rv = functions_->C_Encrypt(handle_, const_cast<CK_BYTE_PTR>(data.data()), data.size(),
+                               out.data(), &length);
     return rv == CKR_OK && length != out.size() ? CKR_FUNCTION_FAILED : rv;
   }
+  rv = EncryptUpdate(data, out, max_part);
+  return rv == CKR_OK ? EncryptFinal() : rv;
+}
+
+CK_RV Session::EncryptInit(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key) const {
+  CK_MECHANISM mech{mechanism, nullptr, 0};
+  Count(HsmCall::kEncryptInit);
+  return functions_->C_EncryptInit(handle_, &mech, key);
+}
+
+CK_RV Session::EncryptUpdate(std::span<const uint8_t> data, std::span<uint8_t> out,
+                             size_t max_part) const {
+  if (out.size() != data.size() || max_part == 0) return CKR_ARGUMENTS_BAD;
+  auto* input = const_cast<CK_BYTE_PTR>(data.data());
   for (size_t done = 0; done < data.size(); done += max_part) {
     const size_t part = std::min(max_part, data.size() - done);
     CK_ULONG length = part;
     Count(HsmCall::kEncryptUpdate);
-    rv = functions_->C_EncryptUpdate(handle_, input + done, part, out.data() + done, &length);
+    const CK_RV rv =
+        functions_->C_EncryptUpdate(handle_, input + done, part, out.data() + done, &length);
     if (rv != CKR_OK) return rv;  // the module has ended the operation
     // A module that held back ECB blocks would shift every later seed. The operation is left
     // open; callers discard a session after any failure.
     if (length != part) return CKR_FUNCTION_FAILED;
   }
+  return CKR_OK;
+}
+
+CK_RV Session::EncryptFinal() const {
   uint8_t tail[16];
   CK_ULONG length = sizeof(tail);
   Count(HsmCall::kEncryptFinal);
-  rv = functions_->C_EncryptFinal(handle_, tail, &length);
+  const CK_RV rv = functions_->C_EncryptFinal(handle_, tail, &length);
   return rv == CKR_OK && length != 0 ? CKR_FUNCTION_FAILED : rv;
 }
 

@@ -351,6 +351,11 @@ struct PoolSlot {
   Session session;
   uint64_t generation = 0;  // the Hsm generation this session was opened in; 0: none
   std::unordered_map<std::string, Object> keys;
+  // The label of the format v2 key whose CKM_AES_ECB operation this session keeps open, so that
+  // a request costs one C_EncryptUpdate instead of C_EncryptInit + C_Encrypt (on SoftHSM2 the
+  // init is most of the cost; on a network HSM it is a second round trip). ECB has no chaining,
+  // so each update's output is exactly what a fresh C_Encrypt gives. Empty: none open.
+  std::string open_encryption;
 };
 
 }  // namespace
@@ -401,6 +406,10 @@ struct Hsm::State {
 
   PoolSlot& Acquire(std::unique_lock<std::mutex>& lock);
   Status EnsureOpen(PoolSlot& slot);
+  // Ends the slot's open encryption before its session runs any other operation: a module may
+  // allow one active operation per session (SoftHSM2 does), and a find or sign would fail with
+  // CKR_OPERATION_ACTIVE. Its result does not matter: a session that fails is replaced anyway.
+  void EndEncryption(PoolSlot& slot);
   // The handle to use for signing with the private or secret key labelled `label`.
   Result<CK_OBJECT_HANDLE> KeyHandle(PoolSlot& slot, const std::string& label,
                                      CK_OBJECT_CLASS klass);
@@ -514,12 +523,19 @@ Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   uint64_t current = generation.load();
   if (pool_slot.generation == current && pool_slot.session.valid()) return Status::Ok();
   pool_slot.keys.clear();  // session copies die with their session; drop them first
+  pool_slot.open_encryption.clear();
   pool_slot.session.Close();
   auto session = Session::Open(module, slot.load(), false);
   if (!session.ok()) return std::move(session).TakeStatus();
   pool_slot.session = std::move(session).value();
   pool_slot.generation = current;
   return Status::Ok();
+}
+
+void Hsm::State::EndEncryption(PoolSlot& pool_slot) {
+  if (pool_slot.open_encryption.empty()) return;
+  pool_slot.open_encryption.clear();
+  (void)pool_slot.session.EncryptFinal();
 }
 
 template <typename T, typename F>
@@ -563,6 +579,7 @@ Result<CK_OBJECT_HANDLE> Hsm::State::KeyHandle(PoolSlot& pool_slot, const std::s
   // under ASan). vecseal never logs out, so a login lost after this check means every session
   // closed, this one too, and Find then fails instead of answering "none".
   VECSEAL_RETURN_IF_ERROR(RequireLogin(pool_slot.session));
+  EndEncryption(pool_slot);
   // Token objects only: session copies made by other pooled sessions carry the same label.
   CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue), Attr(CKA_LABEL, label)};
   auto found = FindKeys(pool_slot.session, match);
@@ -892,10 +909,10 @@ class HsmDeriver final : public core::Deriver {
   Status EncryptBlocks(std::span<const uint8_t> blocks, std::span<uint8_t> out) override;
 
  private:
-  // Runs `operation(session, key)` on a pooled session, looking a stale key handle up once
-  // more; `function` names the Cryptoki call in errors.
+  // Runs `operation(slot, key)` on a pooled session, looking a stale key handle up once more.
+  // The operation returns its CK_RV and the name of the Cryptoki call it comes from.
   template <typename F>
-  Status WithKey(const char* function, F&& operation);
+  Status WithKey(F&& operation);
 
   std::shared_ptr<Hsm::State> state_;
   std::string label_;
@@ -905,16 +922,20 @@ class HsmDeriver final : public core::Deriver {
 }  // namespace
 
 template <typename F>
-Status HsmDeriver::WithKey(const char* function, F&& operation) {
+Status HsmDeriver::WithKey(F&& operation) {
   auto result = state_->Pooled<bool>([&](PoolSlot& slot) -> Result<bool> {
-    // A handle that went stale (the key object was replaced) is looked up once more.
-    for (int lookup = 0; lookup < 2; ++lookup) {
+    // A handle that went stale (the key object was replaced), or an open operation the module
+    // dropped, is set up once more.
+    for (int attempt = 0; attempt < 2; ++attempt) {
       auto key = state_->KeyHandle(slot, label_, CKO_SECRET_KEY);
       if (!key.ok()) return std::move(key).TakeStatus();
-      const CK_RV rv = operation(slot.session, *key);
+      const auto [rv, function] = operation(slot, *key);
       if (rv == CKR_OK) return true;
-      if ((rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) && lookup == 0) {
+      const bool stale = rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID ||
+                         rv == CKR_OPERATION_NOT_INITIALIZED;
+      if (stale && attempt == 0) {
         slot.keys.erase(CacheKey(label_, CKO_SECRET_KEY));
+        slot.open_encryption.clear();
         continue;
       }
       return CkrStatus(function, rv);
@@ -934,14 +955,15 @@ Status HsmDeriver::Derive(std::span<const std::span<const uint8_t>> messages,
                   "Derive was given " + std::to_string(messages.size()) +
                       " messages but room for " + std::to_string(out.size()) + " seeds");
   }
-  Status status = WithKey("C_Sign", [&](const Session& session, CK_OBJECT_HANDLE key) {
+  Status status = WithKey([&](PoolSlot& slot, CK_OBJECT_HANDLE key) {
+    state_->EndEncryption(slot);
     CK_RV rv = CKR_OK;
     for (size_t i = 0; i < messages.size() && rv == CKR_OK; ++i) {
       CK_ULONG length = 0;
-      rv = session.SignRaw(CKM_SHA256_HMAC, key, messages[i], out[i], &length);
+      rv = slot.session.SignRaw(CKM_SHA256_HMAC, key, messages[i], out[i], &length);
       if (rv == CKR_OK && length != core::kSeedSize) rv = CKR_FUNCTION_FAILED;
     }
-    return rv;
+    return std::pair<CK_RV, const char*>(rv, "C_Sign");
   });
   if (!status.ok()) {
     for (auto& seed : out) core::SecureWipe(seed.data(), seed.size());
@@ -959,8 +981,16 @@ Status HsmDeriver::EncryptBlocks(std::span<const uint8_t> blocks, std::span<uint
                       "; both must be the same whole number of 16-byte blocks");
   }
   if (blocks.empty()) return Status::Ok();
-  Status status = WithKey("C_Encrypt", [&](const Session& session, CK_OBJECT_HANDLE key) {
-    return session.EncryptRaw(CKM_AES_ECB, key, blocks, out, kDerivationPartBytes);
+  Status status = WithKey([&](PoolSlot& slot, CK_OBJECT_HANDLE key) {
+    if (slot.open_encryption != label_) {
+      state_->EndEncryption(slot);
+      const CK_RV rv = slot.session.EncryptInit(CKM_AES_ECB, key);
+      if (rv != CKR_OK) return std::pair<CK_RV, const char*>(rv, "C_EncryptInit");
+      slot.open_encryption = label_;
+    }
+    const CK_RV rv = slot.session.EncryptUpdate(blocks, out, kDerivationPartBytes);
+    if (rv != CKR_OK) slot.open_encryption.clear();  // the module has ended the operation
+    return std::pair<CK_RV, const char*>(rv, "C_EncryptUpdate");
   });
   if (!status.ok()) core::SecureWipe(out.data(), out.size());
   return status;
@@ -1168,6 +1198,7 @@ Result<std::vector<uint8_t>> AuditKey::SignDigest(std::span<const uint8_t, 32> d
   auto signed_length = state_->hsm->Pooled<size_t>([&](PoolSlot& slot) -> Result<size_t> {
     auto key = state_->hsm->KeyHandle(slot, state_->label, CKO_PRIVATE_KEY);
     if (!key.ok()) return std::move(key).TakeStatus();
+    state_->hsm->EndEncryption(slot);
     return slot.session.Sign(CKM_ECDSA, *key, digest, raw);
   });
   if (!signed_length.ok()) return std::move(signed_length).TakeStatus();

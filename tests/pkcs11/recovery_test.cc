@@ -323,15 +323,22 @@ class V2RecoveryTest : public RecoveryTest {
   }
 };
 
+// The pooled session keeps the key's ECB operation open: a request is one C_EncryptUpdate, and
+// C_EncryptInit comes only after something else used the session (here an audit seal).
 TEST_F(V2RecoveryTest, RecoversAfterEachRecoverableCodeOnEveryEncryptCall) {
-  for (const char* function : {"C_EncryptInit", "C_Encrypt"}) {
+  auto audit = hsm_->EnsureAuditKey();
+  ASSERT_TRUE(audit.ok()) << audit.status().ToString();
+  for (const char* function : {"C_EncryptInit", "C_EncryptUpdate"}) {
     for (const char* code : {"CKR_DEVICE_ERROR", "CKR_SESSION_HANDLE_INVALID",
                              "CKR_SESSION_CLOSED", "CKR_USER_NOT_LOGGED_IN"}) {
+      const uint64_t inits = hsm_->calls().Get(HsmCall::kEncryptInit);
+      ASSERT_TRUE(audit->SignDigest(std::array<uint8_t, 32>{}).ok());  // ends the open operation
       ASSERT_TRUE(faulty_->Set(std::string(function) + " " + code + " 1").ok());
       core::Seed seed{};
       Status status = Derive(seed);
       EXPECT_TRUE(status.ok()) << function << " " << code << ": " << status.ToString();
       EXPECT_EQ(seed, expected_) << function << " " << code;
+      EXPECT_GE(hsm_->calls().Get(HsmCall::kEncryptInit) - inits, 1u) << "the fault was met";
     }
   }
   ASSERT_TRUE(faulty_->Set("close-sessions").ok());
@@ -341,23 +348,24 @@ TEST_F(V2RecoveryTest, RecoversAfterEachRecoverableCodeOnEveryEncryptCall) {
 }
 
 TEST_F(V2RecoveryTest, PersistentDeviceErrorIsTypedAndWipesOutput) {
-  ASSERT_TRUE(faulty_->Set("C_Encrypt CKR_DEVICE_ERROR").ok());
+  ASSERT_TRUE(faulty_->Set("C_EncryptUpdate CKR_DEVICE_ERROR").ok());
   core::Seed seed;
   seed.fill(0xAA);
   Status status = Derive(seed);
   ASSERT_FALSE(status.ok());
   EXPECT_EQ(status.reason(), "hsm_unavailable");
   EXPECT_EQ(status.message(),
-            "C_Encrypt failed: CKR_DEVICE_ERROR (the device reported an error)");
+            "C_EncryptUpdate failed: CKR_DEVICE_ERROR (the device reported an error)");
   EXPECT_EQ(seed, core::Seed{}) << "a failed derivation leaves its output wiped";
-  ASSERT_TRUE(faulty_->Set("C_Encrypt CKR_FUNCTION_FAILED 1").ok());
+  ASSERT_TRUE(faulty_->Set("C_EncryptUpdate CKR_FUNCTION_FAILED 1").ok());
   EXPECT_EQ(Derive(seed).reason(), "hsm_error") << "a non-recoverable code is not retried";
   ASSERT_TRUE(Derive(seed).ok());
   EXPECT_EQ(seed, expected_);
 }
 
-// More than kDerivationPartBytes goes as one multi-part operation whose output equals that of
-// one call per secret; a part that fails mid-operation is retried from the start.
+// More than kDerivationPartBytes goes in parts of the open operation, whose output equals that
+// of one call per secret; a part that fails mid-operation is retried from the start. An
+// operation the module dropped (CKR_OPERATION_NOT_INITIALIZED) is opened again, not reported.
 TEST_F(V2RecoveryTest, MultiPartOperationMatchesSinglePartsAndRecoversMidway) {
   constexpr size_t kSecrets = 2 * kDerivationPartBytes / 32 + 7;
   const std::vector<uint8_t> blocks = Blocks(kSecrets);
@@ -375,6 +383,38 @@ TEST_F(V2RecoveryTest, MultiPartOperationMatchesSinglePartsAndRecoversMidway) {
   Status status = key_.deriver->EncryptBlocks(blocks, again);
   ASSERT_TRUE(status.ok()) << status.ToString();
   EXPECT_EQ(again, whole);
+  ASSERT_TRUE(faulty_->Set("C_EncryptUpdate CKR_OPERATION_NOT_INITIALIZED 1").ok());
+  std::fill(again.begin(), again.end(), 0);
+  status = key_.deriver->EncryptBlocks(blocks, again);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  EXPECT_EQ(again, whole);
+}
+
+// What a fresh C_Encrypt gives for each request is what the open operation gives.
+TEST_F(V2RecoveryTest, OpenOperationGivesWhatAFreshEncryptGives) {
+  const std::vector<uint8_t> blocks = Blocks(5);
+  std::vector<uint8_t> kept(blocks.size()), fresh(blocks.size());
+  ASSERT_TRUE(key_.deriver->EncryptBlocks(blocks, kept).ok());
+  const uint64_t inits = hsm_->calls().Get(HsmCall::kEncryptInit);
+  ASSERT_TRUE(key_.deriver->EncryptBlocks(blocks, kept).ok());
+  EXPECT_EQ(hsm_->calls().Get(HsmCall::kEncryptInit), inits) << "the operation stayed open";
+  // A second user of the same loaded module shares its login.
+  auto module = Module::Load(FaultyModule::Path());
+  ASSERT_TRUE(module.ok()) << module.status().ToString();
+  auto slot = module->FindTokenSlot("vecseal-test");
+  ASSERT_TRUE(slot.ok()) << slot.status().ToString();
+  auto raw = Session::Open(*module, *slot, false);
+  ASSERT_TRUE(raw.ok()) << raw.status().ToString();
+  CK_OBJECT_CLASS klass = CKO_SECRET_KEY;
+  std::string label = key_.info.label;
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass}, {CKA_TOKEN, &yes, 1},
+                          {CKA_LABEL, label.data(), label.size()}};
+  auto found = raw->Find(match);
+  ASSERT_TRUE(found.ok() && found->size() == 1);
+  ASSERT_EQ(raw->EncryptRaw(CKM_AES_ECB, found->front().handle(), blocks, fresh, 32768),
+            static_cast<CK_RV>(CKR_OK));
+  EXPECT_EQ(kept, fresh);
 }
 
 TEST_F(V2RecoveryTest, CheckMechanismsNamesTheMissingAesMechanismAndTheWayOut) {

@@ -71,6 +71,7 @@ CK_RV ParseCkr(const std::string& name) {
       {"CKR_KEY_HANDLE_INVALID", CKR_KEY_HANDLE_INVALID},
       {"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
       {"CKR_MECHANISM_INVALID", CKR_MECHANISM_INVALID},
+      {"CKR_OPERATION_NOT_INITIALIZED", CKR_OPERATION_NOT_INITIALIZED},
   };
   if (auto it = kCodes.find(name); it != kCodes.end()) return it->second;
   return std::strtoul(name.c_str(), nullptr, 0);  // a number, e.g. 0x80000001

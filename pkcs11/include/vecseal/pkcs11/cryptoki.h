@@ -201,6 +201,13 @@ class Session {
   // CKR_FUNCTION_FAILED.
   CK_RV EncryptRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
                    std::span<const uint8_t> data, std::span<uint8_t> out, size_t max_part) const;
+  // The parts of EncryptRaw, for an operation kept open across calls: C_EncryptInit; one
+  // C_EncryptUpdate per part of at most `max_part` bytes, each returning exactly its input's
+  // length (else CKR_FUNCTION_FAILED); and C_EncryptFinal, which must return nothing.
+  CK_RV EncryptInit(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key) const;
+  CK_RV EncryptUpdate(std::span<const uint8_t> data, std::span<uint8_t> out,
+                      size_t max_part) const;
+  CK_RV EncryptFinal() const;
 
   // Closes now (the destructor does it otherwise); errors are ignored because the handle may
   // already be gone with the device.
