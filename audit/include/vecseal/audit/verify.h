@@ -55,8 +55,8 @@ enum class LogEnd {
 Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem,
                             std::span<const Anchor> anchors = {}, LogEnd end = LogEnd::kStopped);
 
-// True for the codes of CheckEnd's findings (no_seal, torn_end, unsealed_end, missing_stop,
-// missing_last_file): the end of the log is not vouched for, rather than something altered.
+// True for the findings about the end of the log (no_seal, torn_end, unsealed_end,
+// missing_stop, missing_last_file): nothing vouches for the end, rather than something altered.
 bool IsEndOfLogFinding(std::string_view code);
 
 // `vecseal audit ARGS...` (ARGS after "audit"): verify | show. Returns the process exit code:
