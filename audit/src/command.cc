@@ -19,10 +19,13 @@ constexpr int kExitUsage = 2;
 constexpr int kExitUnreadable = 3;
 
 constexpr std::string_view kUsage =
-    "usage: vecseal audit verify --pubkey KEY.pem [--anchor SEQ:HEAD]... [--json] FILE|DIR...\n"
+    "usage: vecseal audit verify --pubkey KEY.pem [--anchor SEQ:HEAD]... [--allow-unsealed-tail]\n"
+    "                            [--json] FILE|DIR...\n"
     "       vecseal audit show [--key NAME] [--caller USER|UID|EXE|UNIT] [--event NAME]\n"
     "                          [--since TIME] [--until TIME] [--json] FILE|DIR...\n"
-    "A DIR stands for its audit-*.jsonl files in order. TIME is UTC, ISO 8601, any prefix\n"
+    "A DIR stands for its audit-*.jsonl files in order. verify fails unless the log ends in a\n"
+    "stop record and its seal; --allow-unsealed-tail accepts a running daemon's unsealed end\n"
+    "(reported as warnings). TIME is UTC, ISO 8601, any prefix\n"
     "of 2026-11-25T03:04:31.123456Z (e.g. 2026-11-25 or 2026-11-25T03:04).\n";
 
 // Directories become their audit files, oldest first (the names sort by first seq).
@@ -71,6 +74,7 @@ std::string Count(uint64_t n, std::string_view noun) {
 int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   std::string pubkey_path;
   bool json = false;
+  LogEnd log_end = LogEnd::kStopped;
   std::vector<std::string> operands;
   std::vector<Anchor> anchors;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -92,6 +96,8 @@ int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostr
       anchors.push_back(anchor);
     } else if (args[i] == "--json") {
       json = true;
+    } else if (args[i] == "--allow-unsealed-tail") {
+      log_end = LogEnd::kLive;
     } else if (args[i].starts_with("--")) {
       err << "vecseal audit verify: unknown or incomplete option " << args[i] << "\n" << kUsage;
       return kExitUsage;
@@ -110,7 +116,7 @@ int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostr
   }
   std::vector<std::string> files;
   if (!ExpandPaths(operands, &files, err)) return kExitUnreadable;
-  Result<VerifyReport> result = Verify(files, pem, anchors);
+  Result<VerifyReport> result = Verify(files, pem, anchors, log_end);
   if (!result.ok()) {
     err << "vecseal audit verify: " << pubkey_path << ": " << result.status().message() << "\n";
     return kExitUnreadable;
@@ -132,10 +138,19 @@ int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostr
     out << body.dump(2) << "\n";
   } else {
     for (const Finding& warning : report.warnings) out << "warning: " << FindingText(warning) << "\n";
-    if (report.error) {
+    if (report.error && IsEndOfLogFinding(report.error->code)) {
+      out << "error: " << FindingText(*report.error) << "\n";
+      out << "FAILED: no seal vouches for the end of the audit log (" << Count(report.records, "record")
+          << " checked); for the log of a running daemon, use --allow-unsealed-tail\n";
+    } else if (report.error) {
       out << "error: " << FindingText(*report.error) << "\n";
       out << "FAILED: the audit log was altered (" << Count(report.records, "record")
           << " checked before the error)\n";
+    } else if (report.seals == 0) {
+      out << "UNSIGNED: " << Count(report.records, "record") << " (seq " << report.first_seq << ".."
+          << report.last_seq << ") in " << Count(report.files, "file")
+          << ", 0 valid seals: nothing vouches for them, " << Count(report.warnings.size(), "warning")
+          << "\n";
     } else {
       out << "OK: " << Count(report.records, "record") << " (seq " << report.first_seq << ".."
           << report.last_seq << ") in " << Count(report.files, "file") << ", "
@@ -222,6 +237,8 @@ std::string HumanLine(const nlohmann::json& r) {
   put("error", "error_code");
   put("request", "request_id");
   put("reason", "reason");
+  put("last_seq", "last_seq");
+  put("last_sealed_seq", "last_sealed_seq");
   return line.str();
 }
 

@@ -55,6 +55,24 @@ std::string Dirname(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
+// The event of a record line, or "" when the line is not a record.
+std::string EventOfLine(std::string_view line) {
+  const auto record = nlohmann::json::parse(line, nullptr, false);
+  if (record.is_discarded() || !record.is_object()) return "";
+  const auto event = record.find("event");
+  return event != record.end() && event->is_string() ? event->get<std::string>() : "";
+}
+
+// What a stop leaves at the end of the log: the stop record, and the seal that signs it unless
+// the audit key was out of reach then.
+bool EndsWithStop(std::string_view last, const std::optional<std::string>& before_last) {
+  const std::string event = EventOfLine(last);
+  return event == "stop" || (event == "seal" && before_last && EventOfLine(*before_last) == "stop");
+}
+
+// How much of the newest files a start after an unclean stop reads back to find the last seal.
+constexpr uint64_t kSealSearchBytes = 64ull << 20;
+
 // The signer's public key, once a signature over a fixed digest verifies under it: a signer that
 // does not match its own public key would write seals no one can verify.
 Result<internal::PublicKey> SelfTestedKey(Signer& signer) {
@@ -107,7 +125,7 @@ class Log::Impl {
     Result<std::string> body = internal::SerializeEventBody(event);
     if (!body.ok()) return std::move(body).TakeStatus();
     std::unique_lock lock(mu_);
-    Status status = AppendLocked(lock, *body);
+    Status status = AppendLocked(lock, *body, event.event == "stop");
     FlushNoticesUnlocking(lock);
     return status;
   }
@@ -130,7 +148,10 @@ class Log::Impl {
     }
     Status status = Status::Ok();
     if (healthy_) {
-      status = SealLocked("close");
+      // The verifier takes a stop record and the seal that signs it as the proof that the log
+      // ends here, so Close writes one if the caller did not.
+      if (!ends_with_stop_) status = WriteStopLocked();
+      if (status.ok()) status = SealLocked("close");
       const Status synced = file_ ? file_->Sync() : Status::Ok();
       if (status.ok()) status = synced;
     } else {
@@ -185,23 +206,37 @@ class Log::Impl {
       uint64_t size = 0;
       uint64_t window = 1 << 20;
       std::optional<std::string> line;
+      std::optional<std::string> before_line;
+      bool torn = false;
       while (true) {
         const Status read = fs_->ReadTail(path, window, &tail, &size);
         if (!read.ok()) {
           if (!options_.single_file.empty()) break;  // a device or a file not yet created
           return Status(Code::kFailedPrecondition, "audit_dir_unusable", read.message());
         }
+        const bool whole = tail.size() == size;
         const size_t end = tail.rfind('\n');
-        if (end != std::string::npos) {
-          const size_t start = end == 0 ? std::string::npos : tail.rfind('\n', end - 1);
-          if (start != std::string::npos || tail.size() == size) {
-            const size_t begin = start == std::string::npos ? 0 : start + 1;
-            line = tail.substr(begin, end - begin);
-            break;
-          }
+        if (end == std::string::npos) {
+          if (whole) break;  // no complete line in the whole file
+          window = size;
+          continue;
         }
-        if (tail.size() == size) break;  // no complete line in the whole file
-        window = size;
+        const size_t start = end == 0 ? std::string::npos : tail.rfind('\n', end - 1);
+        const size_t before = start == std::string::npos || start == 0
+                                  ? std::string::npos
+                                  : tail.rfind('\n', start - 1);
+        if (before == std::string::npos && !whole) {  // the window may cut one of the two lines
+          window = size;
+          continue;
+        }
+        const size_t begin = start == std::string::npos ? 0 : start + 1;
+        line = tail.substr(begin, end - begin);
+        if (start != std::string::npos) {
+          const size_t before_begin = before == std::string::npos ? 0 : before + 1;
+          before_line = tail.substr(before_begin, start - before_begin);
+        }
+        torn = end + 1 < tail.size();
+        break;
       }
       if (!line) continue;  // only a torn fragment: the chain ends in an older file
       const auto record = nlohmann::json::parse(*line, nullptr, false);
@@ -216,9 +251,55 @@ class Log::Impl {
       head_ = internal::Sha256(*line);
       head_hex_ = internal::Hex(head_);
       prev_file_ = Basename(path);
+      // A newer file without a complete record, a torn line, or an end that is not a stop: the
+      // last run was killed or crashed, which nothing else in the log would show.
+      if (path != candidates.front() || torn || !EndsWithStop(*line, before_line)) {
+        const uint64_t last_sealed_seq = FindLastSealSeq(candidates);
+        std::string body;
+        internal::AppendStringField(&body, "event", "unclean_stop");
+        internal::AppendUintField(&body, "last_seq", next_seq_ - 1);
+        internal::AppendUintField(&body, "last_sealed_seq", last_sealed_seq);
+        pending_unclean_stop_ = std::move(body);
+        Notice("warning", "the audit log does not end with a stop record: vecseald was killed or "
+                          "crashed (last record seq " + std::to_string(next_seq_ - 1) +
+                              ", last seal seq " + std::to_string(last_sealed_seq) + ")");
+      }
       return Status::Ok();
     }
     return Status::Ok();  // the first file ever
+  }
+
+  // The seq of the last seal in the newest files (0: none found), read newest first and at most
+  // kSealSearchBytes of them, so that a start after a crash does not read back a whole large log.
+  uint64_t FindLastSealSeq(const std::vector<std::string>& candidates) {
+    static constexpr std::string_view kSealEvent = "\"event\":\"seal\"";
+    uint64_t budget = kSealSearchBytes;
+    for (const std::string& path : candidates) {
+      if (budget == 0) break;
+      std::string tail;
+      uint64_t size = 0;
+      if (!fs_->ReadTail(path, budget, &tail, &size).ok()) return 0;
+      budget -= std::min<uint64_t>(budget, tail.size());
+      size_t from = tail.size();
+      while (from > 0) {
+        const size_t found = tail.rfind(kSealEvent, from - 1);
+        if (found == std::string::npos) break;
+        const size_t newline = found == 0 ? std::string::npos : tail.rfind('\n', found - 1);
+        const size_t begin = newline == std::string::npos ? 0 : newline + 1;
+        const size_t end = tail.find('\n', found);
+        if (end != std::string::npos) {
+          // The marker may sit in a caller's extra fields: only the record's own event counts.
+          const auto record = nlohmann::json::parse(
+              std::string_view(tail).substr(begin, end - begin), nullptr, false);
+          if (record.is_object() && record.value("event", nlohmann::json()) == "seal" &&
+              record.contains("seq") && record["seq"].is_number_unsigned()) {
+            return record["seq"].get<uint64_t>();
+          }
+        }
+        from = begin;
+      }
+    }
+    return 0;
   }
 
   Status StartFileLocked(std::string_view reason) {
@@ -278,14 +359,34 @@ class Log::Impl {
   }
 
   // The file_start record of the current file, retried in the same (still empty) file when it
-  // could not be written.
+  // could not be written; then the unclean_stop record that the start found due, if any.
   Status WriteStartLocked() {
-    const Status written = WriteRecordLocked(pending_start_);
-    if (written.ok()) {
+    if (!pending_start_.empty()) {
+      VECSEAL_RETURN_IF_ERROR(WriteRecordLocked(pending_start_));
       pending_start_.clear();
       prev_file_ = Basename(file_path_);
     }
-    return written;
+    if (!pending_unclean_stop_.empty()) {
+      VECSEAL_RETURN_IF_ERROR(WriteRecordLocked(pending_unclean_stop_));
+      pending_unclean_stop_.clear();
+    }
+    return Status::Ok();
+  }
+
+  // The stop record Close writes when the caller wrote none.
+  Status WriteStopLocked() {
+    Event stop;
+    stop.event = "stop";
+    stop.operation = "stop";
+    Result<std::string> body = internal::SerializeEventBody(stop);
+    if (!body.ok()) return std::move(body).TakeStatus();
+    const Status written = WriteRecordLocked(*body);
+    if (!written.ok()) {
+      SuspendLocked(written);
+      return written;
+    }
+    ends_with_stop_ = true;
+    return Status::Ok();
   }
 
   // One write() of one record; advances the chain only when every byte landed.
@@ -305,6 +406,7 @@ class Log::Impl {
     }
     head_ = digest;
     head_hex_ = internal::Hex(head_);
+    ends_with_stop_ = false;
     ++next_seq_;
     ++records_since_seal_;
     bytes_since_space_check_ += line.size();
@@ -372,7 +474,7 @@ class Log::Impl {
     }
   }
 
-  Status AppendLocked(std::unique_lock<std::mutex>& lock, std::string_view body) {
+  Status AppendLocked(std::unique_lock<std::mutex>& lock, std::string_view body, bool is_stop) {
     if (closed_) return Unavailable("the audit log is closed");
     if (!healthy_ && !TryResumeLocked()) {
       ++refused_;
@@ -386,6 +488,7 @@ class Log::Impl {
       return written;
     }
     const uint64_t seq = next_seq_ - 1;
+    ends_with_stop_ = is_stop;
     AfterWriteLocked();
     if (group_commit) {
       const Status durable = WaitDurableLocked(lock, seq);
@@ -405,7 +508,10 @@ class Log::Impl {
         next_seal_retry_ = records_since_seal_ + std::max<uint64_t>(1, options_.seal_every_records / 16);
       }
     }
-    if (healthy_ && options_.single_file.empty() && file_->size() >= options_.rotate_bytes) {
+    // A stop record and its seal share a file: deleting the file after a rotation seal must not
+    // leave a log that ends with a stop record and a seal.
+    if (healthy_ && !ends_with_stop_ && options_.single_file.empty() &&
+        file_->size() >= options_.rotate_bytes) {
       RotateLocked();
     }
   }
@@ -430,7 +536,9 @@ class Log::Impl {
     internal::AppendStringField(&body, "sig", internal::Base64(*signature));
     internal::AppendStringField(&body, "reason", reason);
     const uint64_t seal_seq = next_seq_;
+    const bool sealing_a_stop = ends_with_stop_;
     Status status = WriteRecordLocked(body);
+    ends_with_stop_ = sealing_a_stop;
     if (status.ok() && options_.sync == LogOptions::Sync::kInterval) status = SyncLocked();
     if (!status.ok()) {
       SuspendLocked(status);
@@ -554,7 +662,7 @@ class Log::Impl {
         return false;
       }
       needs_new_file_ = false;
-    } else if (!pending_start_.empty()) {
+    } else if (!pending_start_.empty() || !pending_unclean_stop_.empty()) {
       const Status written = WriteStartLocked();
       if (!written.ok()) {
         if (file_torn_) needs_new_file_ = true;
@@ -659,6 +767,8 @@ class Log::Impl {
   bool file_torn_ = false;       // the file ends in a partial line or failed fdatasync
   bool needs_new_file_ = false;  // so resume in a fresh file
   std::string pending_start_;    // a file_start body not yet written
+  std::string pending_unclean_stop_;  // an unclean_stop body, written after the file_start
+  bool ends_with_stop_ = false;  // the last record other than a seal is a stop
   bool dirty_ = false;           // written since the last fdatasync
   uint64_t synced_seq_ = 0;      // every record up to this seq is durable
   uint64_t failed_sync_seq_ = 0; // records up to this seq were in a failed fdatasync

@@ -52,7 +52,7 @@ void AppendUint(std::string* out, uint64_t value) {
 
 bool IsReservedEvent(std::string_view event) {
   return event == "file_start" || event == "seal" || event == "suspended" ||
-         event == "resumed" || event == "space_low";
+         event == "resumed" || event == "space_low" || event == "unclean_stop";
 }
 
 void AppendString(std::string* out, std::string_view value) {

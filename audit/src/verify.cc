@@ -63,14 +63,27 @@ std::string StringField(const nlohmann::json& object, const char* name) {
   return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+// An unsigned field as text, or "?" when a (forged or damaged) record has something else there.
+std::string SeqField(const nlohmann::json& object, const char* name) {
+  const auto it = object.find(name);
+  return it != object.end() && it->is_number_unsigned() ? std::to_string(it->get<uint64_t>())
+                                                        : std::string("?");
+}
+
+std::string CountOf(uint64_t n, std::string_view noun) {
+  return std::to_string(n) + " " + std::string(noun) + (n == 1 ? "" : "s");
+}
+
 class Verifier {
  public:
-  Verifier(const internal::PublicKey& key, std::span<const Anchor> anchors)
-      : key_(key), anchors_(anchors.begin(), anchors.end()) {}
+  Verifier(const internal::PublicKey& key, std::span<const Anchor> anchors, LogEnd end)
+      : key_(key), anchors_(anchors.begin(), anchors.end()), end_(end) {}
 
   // False once an alteration is found.
   bool VerifyFile(const std::string& path) {
     ++report_.files;
+    last_file_ = path;
+    last_file_incomplete_.reset();
     std::string content;
     if (!internal::ReadWholeFile(path, &content)) {
       return Fail("unreadable_file", path, 0, expected_seq_, "cannot read " + path);
@@ -78,6 +91,7 @@ class Verifier {
 
     const std::string_view complete(content.data(), content.rfind('\n') + 1);  // npos + 1 == 0
     if (complete.size() < content.size()) {
+      last_file_incomplete_ = report_.warnings.size();
       Warn("torn_line", path,
            static_cast<uint64_t>(std::count(complete.begin(), complete.end(), '\n')) + 1, 0,
            "the last line of " + Basename(path) + " is incomplete (" +
@@ -85,6 +99,7 @@ class Verifier {
                " bytes without a newline), as a crash leaves it; it is not part of the chain");
     }
     if (complete.empty()) {
+      if (!last_file_incomplete_) last_file_incomplete_ = report_.warnings.size();
       Warn("empty_file", path, 0, 0, Basename(path) + " holds no complete record");
       return true;
     }
@@ -133,18 +148,79 @@ class Verifier {
     if (report_.ok()) {
       report_.unsealed_tail = report_.last_seq - std::max(report_.last_sealed_seq,
                                                           report_.first_seq - 1);
-      if (report_.unsealed_tail > 0) {
-        Warn("unsealed_tail", last_record_file_, last_record_line_, report_.last_seq,
-             "unsealed tail: " + std::to_string(report_.unsealed_tail) + " records (seq " +
-                 std::to_string(report_.last_seq - report_.unsealed_tail + 1) + ".." +
-                 std::to_string(report_.last_seq) +
-                 ") were written after the last seal; no signature covers them yet");
-      }
+      CheckEnd();
     }
     return std::move(report_);
   }
 
  private:
+  // Seals vouch for what comes before them, so only a stop record and the seal right after it,
+  // at the very end of the last file, show that nothing was cut from or appended to the end.
+  // The seal's own `reason` is not signed: the stop record, which the seal signs, is the proof.
+  // Stopped, the first of these is the error; live, each that applies is a warning.
+  void CheckEnd() {
+    const bool live = end_ == LogEnd::kLive;
+    const std::string last = Basename(last_file_);
+    if (report_.seals == 0) {
+      EndFinding("no_seal", last_record_file_, 0, 0,
+                 "no valid seal: nothing in the files is signed, so nothing vouches for their " +
+                     CountOf(report_.records, "record") +
+                     " (a forged log, or a daemon that has not sealed yet)");
+      if (!live) return;
+    }
+    if (last_file_incomplete_ && !live) {
+      // The warning said it as for a crash mid-write; at the end of the log it is an error.
+      Finding torn = report_.warnings[*last_file_incomplete_];
+      report_.warnings.erase(report_.warnings.begin() +
+                             static_cast<std::ptrdiff_t>(*last_file_incomplete_));
+      const std::string what = torn.code == "empty_file"
+                                   ? last + " holds no complete record"
+                                   : last + " ends in an incomplete record";
+      Fail("torn_end", torn.file, torn.line, 0,
+           what + ": the log was truncated there, or bytes were appended after its last record, "
+                  "or the writer was killed mid-write; no seal vouches for the end");
+      return;
+    }
+    if (report_.unsealed_tail > 0) {
+      const std::string range = std::to_string(report_.last_seq - report_.unsealed_tail + 1) +
+                                ".." + std::to_string(report_.last_seq);
+      if (live) {
+        Warn("unsealed_tail", last_record_file_, last_record_line_, report_.last_seq,
+             "unsealed tail: " + CountOf(report_.unsealed_tail, "record") + " (seq " + range +
+                 ") were written after the last seal; no signature covers them yet");
+      } else if (report_.seals > 0) {
+        Fail("unsealed_end", last_record_file_, last_record_line_, report_.last_seq,
+             CountOf(report_.unsealed_tail, "record") + " (seq " + range +
+                 (report_.unsealed_tail == 1 ? ") follows" : ") follow") +
+                 " the last seal, seq " + std::to_string(report_.last_sealed_seq) +
+                 ": appended (forged) records, a removed final seal, or a daemon that is still "
+                 "running or was killed");
+      }
+      return;
+    }
+    if (report_.seals == 0 || event_before_last_ == "stop") return;
+    if (last_seal_reason_ == "rotation") {
+      EndFinding("missing_last_file", last_record_file_, last_record_line_, report_.last_seq,
+                 last + " ends with the seal written before a rotation, seq " +
+                     std::to_string(report_.last_seq) +
+                     ": the file the daemon started after it was not given (deleted?)");
+    } else {
+      EndFinding("missing_stop", last_record_file_, last_record_line_, report_.last_seq,
+                 "the last seal, seq " + std::to_string(report_.last_seq) +
+                     ", does not follow a stop record: the records after it were cut, or the "
+                     "daemon is still running or was killed right after sealing");
+    }
+  }
+
+  void EndFinding(std::string code, const std::string& path, uint64_t line, uint64_t seq,
+                  std::string message) {
+    if (end_ == LogEnd::kLive) {
+      Warn(std::move(code), path, line, seq, std::move(message));
+    } else {
+      Fail(std::move(code), path, line, seq, std::move(message));
+    }
+  }
+
   bool CheckLine(const std::string& path, const Line& line, bool first_in_file, const Line* next,
                  const Line* after_next) {
     const std::string file = Basename(path);
@@ -173,6 +249,16 @@ class Verifier {
                   "a file_start record in the middle of " + file);
     }
     if (line.event == "seal" && !CheckSeal(path, line)) return false;
+    if (line.event == "unclean_stop") {
+      Warn("unclean_stop", path, line.number, line.seq,
+           "the daemon did not stop cleanly before seq " + std::to_string(line.seq) +
+               " (killed, crashed or a power cut): its last record was seq " +
+               SeqField(line.json, "last_seq") + ", its last seal seq " +
+               SeqField(line.json, "last_sealed_seq") +
+               " (0: none found); the seals from here on cover those records");
+    }
+    event_before_last_ = std::move(last_event_);
+    last_event_ = line.event;
 
     previous_head_hex_ = head_hex_;
     head_hex_ = internal::Hex(internal::Sha256(line.text));
@@ -298,6 +384,7 @@ class Verifier {
     }
     ++report_.seals;
     report_.last_sealed_seq = line.seq;
+    last_seal_reason_ = StringField(line.json, "reason");
     for (const Anchor& anchor : anchors_) {
       if (anchor.seq == line.seq && anchor.head == head) anchors_found_.insert(line.seq);
     }
@@ -317,6 +404,7 @@ class Verifier {
 
   const internal::PublicKey& key_;
   const std::vector<Anchor> anchors_;
+  const LogEnd end_;
   std::set<uint64_t> anchors_found_;
   VerifyReport report_;
   bool have_head_ = false;
@@ -327,15 +415,26 @@ class Verifier {
   std::string prev_file_path_;
   std::string last_record_file_;
   uint64_t last_record_line_ = 0;
+  std::string last_file_;
+  // Index in report_.warnings of the torn_line or empty_file warning of the last file, if any.
+  std::optional<size_t> last_file_incomplete_;
+  std::string last_event_;
+  std::string event_before_last_;
+  std::string last_seal_reason_;
 };
 
 }  // namespace
 
+bool IsEndOfLogFinding(std::string_view code) {
+  return code == "no_seal" || code == "torn_end" || code == "unsealed_end" ||
+         code == "missing_stop" || code == "missing_last_file";
+}
+
 Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem,
-                            std::span<const Anchor> anchors) {
+                            std::span<const Anchor> anchors, LogEnd end) {
   Result<internal::PublicKey> key = internal::PublicKey::FromPem(pubkey_pem);
   if (!key.ok()) return std::move(key).TakeStatus();
-  Verifier verifier(*key, anchors);
+  Verifier verifier(*key, anchors, end);
   for (const std::string& file : files) {
     if (!verifier.VerifyFile(file)) break;
   }

@@ -51,9 +51,10 @@ bool WaitForFiles(const std::string& dir, size_t count, pid_t child) {
   return false;
 }
 
-VerifyReport VerifyDir(const std::string& dir, const std::string& pem) {
+VerifyReport VerifyDir(const std::string& dir, const std::string& pem,
+                       LogEnd end = LogEnd::kStopped) {
   const auto files = LogFiles(dir);
-  Result<VerifyReport> report = Verify(files, pem);
+  Result<VerifyReport> report = Verify(files, pem, {}, end);
   EXPECT_TRUE(report.ok());
   return std::move(report).value();
 }
@@ -80,12 +81,19 @@ TEST(AuditCrashTest, SigkillUnderLoadLeavesAVerifiableLog) {
     ASSERT_TRUE(busy) << "the writer stopped before it was killed";
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 
-    const VerifyReport report = VerifyDir(log_dir, pem);
+    // A killed writer leaves an end that no seal vouches for: only a live log may end so.
+    const VerifyReport stopped = VerifyDir(log_dir, pem);
+    ASSERT_FALSE(stopped.ok()) << "round " << round << ": a killed log verified as stopped";
+    EXPECT_TRUE(IsEndOfLogFinding(stopped.error->code)) << stopped.error->code;
+    const VerifyReport report = VerifyDir(log_dir, pem, LogEnd::kLive);
     ASSERT_TRUE(report.ok()) << "round " << round << ": " << report.error->code << " at seq "
                              << report.error->seq << ": " << report.error->message;
     for (const Finding& warning : report.warnings) {
-      // A kill between creating a file and writing its first record leaves it empty.
-      EXPECT_THAT(warning.code, ::testing::AnyOf("unsealed_tail", "torn_line", "empty_file"))
+      // A kill between creating a file and writing its first record leaves it empty; each
+      // writer after the first finds the previous one's unclean stop.
+      EXPECT_THAT(warning.code, ::testing::AnyOf("unsealed_tail", "torn_line", "empty_file",
+                                                 "missing_stop", "missing_last_file",
+                                                 "unclean_stop"))
           << warning.message;
     }
     EXPECT_GT(report.last_seq, last_seq) << "every round adds records";
@@ -102,7 +110,8 @@ TEST(AuditCrashTest, SigkillUnderLoadLeavesAVerifiableLog) {
     LogOptions options = testing::TestOptions(log_dir);
     auto log = Log::Open(options, signer);
     ASSERT_TRUE(log.ok());
-    EXPECT_EQ((*log)->next_seq(), last_seq + 2);  // its file_start took last_seq + 1
+    // Its file_start took last_seq + 1, its unclean_stop record last_seq + 2.
+    EXPECT_EQ((*log)->next_seq(), last_seq + 3);
     restart_file = (*log)->current_file();
     for (int i = 0; i < 5; ++i) ASSERT_TRUE((*log)->Append(testing::SampleEvent(i)).ok());
     ASSERT_TRUE((*log)->Close().ok());
@@ -112,10 +121,32 @@ TEST(AuditCrashTest, SigkillUnderLoadLeavesAVerifiableLog) {
   uint64_t seals = 0;
   for (const auto& line : new_lines) seals += nlohmann::json::parse(line)["event"] == "seal";
   EXPECT_EQ(restart["prev_file"], std::filesystem::path(crashed_file).filename().string());
+  const auto unclean = nlohmann::json::parse(new_lines[1]);
+  EXPECT_EQ(unclean["event"], "unclean_stop");
+  EXPECT_EQ(unclean["last_seq"], last_seq);
+  uint64_t last_sealed_seq = 0;
+  for (const auto& file : LogFiles(log_dir)) {
+    if (file == restart_file) continue;
+    for (const auto& line : ReadLines(file)) {
+      const auto record = nlohmann::json::parse(line);
+      if (record["event"] == "seal") last_sealed_seq = record["seq"].get<uint64_t>();
+    }
+  }
+  EXPECT_GT(last_sealed_seq, 0u);
+  EXPECT_EQ(unclean["last_sealed_seq"], last_sealed_seq);
   const VerifyReport report = VerifyDir(log_dir, pem);
   ASSERT_TRUE(report.ok()) << report.error->message;
   EXPECT_EQ(report.unsealed_tail, 0u) << "the final seal covers the crashed files too";
-  EXPECT_EQ(report.last_seq, last_seq + 1 + 5 + seals);
+  // file_start, unclean_stop, 5 events, the stop record Close wrote, and the seals.
+  EXPECT_EQ(report.last_seq, last_seq + 2 + 5 + 1 + seals);
+  // Every kill left its trace: the writers of rounds 1 and 2, and this restart.
+  size_t unclean_stops = 0;
+  for (const Finding& warning : report.warnings) {
+    if (warning.code != "unclean_stop") continue;
+    ++unclean_stops;
+    EXPECT_THAT(warning.message, ::testing::HasSubstr("did not stop cleanly"));
+  }
+  EXPECT_EQ(unclean_stops, 3u);
 }
 
 }  // namespace

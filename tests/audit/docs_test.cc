@@ -173,7 +173,9 @@ TEST(AuditCommandTest, UsageErrorsAndExitCodes) {
   const std::string log = dir.path() + "/audit";
   testing::WriteFileText(dir.path() + "/not-a-key.pem", "hello\n");
   const std::vector<CommandCase> cases = {
-      {{}, 2, "usage: vecseal audit verify --pubkey KEY.pem [--anchor SEQ:HEAD]... [--json]"},
+      {{}, 2,
+       "usage: vecseal audit verify --pubkey KEY.pem [--anchor SEQ:HEAD]... "
+       "[--allow-unsealed-tail]"},
       {{"verify", "--pubkey", key, "--anchor", "12", log}, 2,
        "vecseal audit verify: --anchor 12: expected SEQ:HEAD, a seal's seq and its 64-hex-digit "
        "head"},

@@ -424,7 +424,8 @@ TEST(AuditFailClosedTest, CloseTriesOnceMoreSoThatTheFinalSealIsWritten) {
   const auto records = h.Records();
   EXPECT_EQ(records.back()["event"], "seal");
   EXPECT_EQ(records.back()["reason"], "close");
-  EXPECT_EQ(records[records.size() - 2]["event"], "resumed");
+  EXPECT_EQ(records[records.size() - 3]["event"], "resumed");
+  EXPECT_EQ(records[records.size() - 2]["event"], "stop");
   const VerifyReport report = h.VerifyAll();
   EXPECT_TRUE(report.ok());
   EXPECT_EQ(report.unsealed_tail, 0u);

@@ -31,9 +31,10 @@ using ::testing::HasSubstr;
 
 std::string Pem(const std::shared_ptr<SoftwareSigner>& signer) { return *signer->PublicKeyPem(); }
 
-VerifyReport VerifyDir(const std::string& dir, const std::shared_ptr<SoftwareSigner>& signer) {
+VerifyReport VerifyDir(const std::string& dir, const std::shared_ptr<SoftwareSigner>& signer,
+                       LogEnd end = LogEnd::kStopped) {
   const std::vector<std::string> files = LogFiles(dir);
-  Result<VerifyReport> report = Verify(files, Pem(signer));
+  Result<VerifyReport> report = Verify(files, Pem(signer), {}, end);
   EXPECT_TRUE(report.ok()) << report.status().ToString();
   return std::move(report).value();
 }
@@ -58,7 +59,8 @@ TEST(AuditLogTest, RecordsAreCanonicalJsonInFixedOrderAndChained) {
   const auto files = LogFiles(dir.path());
   ASSERT_EQ(files.size(), 1u);
   const auto lines = ReadLines(files[0]);
-  ASSERT_EQ(lines.size(), 3u);  // file_start, the event, the final seal
+  ASSERT_EQ(lines.size(), 4u);  // file_start, the event, the stop record Close wrote, the seal
+  EXPECT_EQ(nlohmann::json::parse(lines[2])["event"], "stop");
   const auto start = nlohmann::json::parse(lines[0]);
   EXPECT_EQ(start["event"], "file_start");
   EXPECT_EQ(start["seq"], 1);
@@ -85,7 +87,7 @@ TEST(AuditLogTest, RecordsAreCanonicalJsonInFixedOrderAndChained) {
               ::testing::MatchesRegex("20[0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:"
                                       "[0-6][0-9]\\.[0-9]{6}Z"));
 
-  const auto seal = nlohmann::json::parse(lines[2]);
+  const auto seal = nlohmann::json::parse(lines[3]);
   EXPECT_EQ(seal["event"], "seal");
   EXPECT_EQ(seal["reason"], "close");
   EXPECT_EQ(seal["file_id"], start["file_id"]);
@@ -94,7 +96,7 @@ TEST(AuditLogTest, RecordsAreCanonicalJsonInFixedOrderAndChained) {
 
   const VerifyReport report = VerifyDir(dir.path(), signer);
   EXPECT_TRUE(report.ok()) << report.error->message;
-  EXPECT_EQ(report.records, 3u);
+  EXPECT_EQ(report.records, 4u);
   EXPECT_EQ(report.seals, 1u);
   EXPECT_EQ(report.unsealed_tail, 0u);
   EXPECT_TRUE(report.warnings.empty());
@@ -148,7 +150,7 @@ TEST(AuditLogTest, SealsEveryNRecordsAndAcceptsRawSignatures) {
   EXPECT_EQ(seal_record["event"], "seal");
   EXPECT_EQ(seal_record["head"], seal.head);
 
-  const VerifyReport open_report = VerifyDir(dir.path(), signer);
+  const VerifyReport open_report = VerifyDir(dir.path(), signer, LogEnd::kLive);
   EXPECT_TRUE(open_report.ok());
   EXPECT_GE(open_report.seals, 2u);
   EXPECT_EQ(open_report.unsealed_tail, open_report.last_seq - seal.seq);
@@ -192,7 +194,7 @@ TEST(AuditLogTest, SealsAfterSealEverySeconds) {
   EXPECT_EQ(found[0]["reason"], "time");
   EXPECT_EQ(found[0]["seq"], 4);  // file_start, the two events, the seal
   EXPECT_EQ(found[0]["head"], found[0]["prev"]);
-  const VerifyReport report = VerifyDir(dir.path(), signer);
+  const VerifyReport report = VerifyDir(dir.path(), signer, LogEnd::kLive);
   EXPECT_TRUE(report.ok());
   EXPECT_EQ(report.seals, 1u);
   EXPECT_EQ(report.unsealed_tail, 0u) << "the time seal covers every record before it";
@@ -349,7 +351,8 @@ TEST(AuditLogTest, ReopenContinuesTheChainInANewFile) {
   EXPECT_EQ(third["prev_file"], std::filesystem::path(files[1]).filename().string());
   const VerifyReport report = VerifyDir(dir.path(), signer);
   EXPECT_TRUE(report.ok());
-  EXPECT_EQ(report.last_seq, 15u);  // 3 x (file_start + 3 events + seal)
+  EXPECT_EQ(report.last_seq, 18u);  // 3 x (file_start + 3 events + stop + seal)
+  EXPECT_TRUE(report.warnings.empty()) << "each run stopped cleanly: no unclean_stop";
 }
 
 TEST(AuditLogTest, RejectsASignerThatDoesNotMatchItsPublicKey) {
@@ -443,7 +446,8 @@ TEST_P(AuditConcurrencyTest, ConcurrentAppendsKeepSeqAndChainIntact) {
   ASSERT_TRUE(log->Close().ok());
   const VerifyReport report = VerifyDir(dir.path(), signer);
   EXPECT_TRUE(report.ok()) << report.error->message;
-  EXPECT_EQ(report.records - report.seals - report.files, 4u * kPerThread);
+  // Every record is a seal, a file_start, one of the events, or the stop record Close wrote.
+  EXPECT_EQ(report.records - report.seals - report.files - 1, 4u * kPerThread);
 }
 
 TEST(AuditLogTest, SetsAppendOnlyWhenPrivilegedAndSaysSo) {

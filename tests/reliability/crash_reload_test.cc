@@ -1,6 +1,8 @@
-// kill -9 under load (the audit log still verifies, reports its unsealed tail, and holds a record
-// for every answer given before the kill), and SIGHUP with a broken policy under load (no request
+// kill -9 under load (the audit log holds a record for every answer given before the kill, fails
+// a check as a stopped log but verifies as a live one with its unsealed tail, and after a restart
+// verifies with an unclean_stop warning that names the crash), and SIGHUP with a broken policy under load (no request
 // fails because of it; each failed reload is audited, and a good file reloads afterwards).
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -37,8 +39,9 @@ class DaemonUnderLoadTest : public ::testing::Test {
   std::unique_ptr<DaemonProcess> daemon_;
 };
 
-nlohmann::json VerifiedReport(const DaemonProcess& daemon) {
-  const CommandResult verified = VerifyAuditLog(daemon);
+nlohmann::json VerifiedReport(const DaemonProcess& daemon,
+                              const std::vector<std::string>& options = {}) {
+  const CommandResult verified = VerifyAuditLog(daemon, options);
   EXPECT_EQ(verified.exit_code, 0) << verified.output;
   return nlohmann::json::parse(verified.output, nullptr, false);
 }
@@ -56,14 +59,23 @@ TEST_F(DaemonUnderLoadTest, KillNineLeavesAVerifiableLogAndRestarts) {
   const auto records = AuditRecords(daemon_->audit_dir());
   const auto missing = ServedWithoutRecord(before_kill, records);
   EXPECT_TRUE(missing.empty()) << missing.size() << " answers lost their record in the crash";
-  const nlohmann::json crashed = VerifiedReport(*daemon_);
+  // No seal vouches for the end of a killed daemon's log: as a stopped log, it fails.
+  const CommandResult as_stopped = VerifyAuditLog(*daemon_);
+  EXPECT_EQ(as_stopped.exit_code, 1) << as_stopped.output;
+  const auto stopped_report = nlohmann::json::parse(as_stopped.output, nullptr, false);
+  ASSERT_TRUE(stopped_report.is_object()) << as_stopped.output;
+  EXPECT_THAT(stopped_report["error"].value("code", ""),
+              ::testing::AnyOf("no_seal", "unsealed_end", "torn_end"))
+      << as_stopped.output;
+  const nlohmann::json crashed = VerifiedReport(*daemon_, {"--allow-unsealed-tail"});
   ASSERT_TRUE(crashed.is_object());
   EXPECT_TRUE(crashed.value("ok", false));
   EXPECT_GT(crashed.value("unsealed_tail", 0), 0) << crashed.dump()
       << "\na log killed mid-load should end in records no seal covers yet";
   // What an operator reads: the warning names the unsealed tail and its length.
-  const CommandResult text = RunCommand({VECSEAL_CLI_PATH, "audit", "verify", "--pubkey",
-                                         daemon_->audit_pubkey(), daemon_->audit_dir()});
+  const CommandResult text =
+      RunCommand({VECSEAL_CLI_PATH, "audit", "verify", "--allow-unsealed-tail", "--pubkey",
+                  daemon_->audit_pubkey(), daemon_->audit_dir()});
   EXPECT_EQ(text.exit_code, 0) << text.output;
   EXPECT_NE(text.output.find("unsealed tail: " + std::to_string(crashed.value("unsealed_tail", 0)) +
                              " records"),
@@ -88,6 +100,29 @@ TEST_F(DaemonUnderLoadTest, KillNineLeavesAVerifiableLogAndRestarts) {
   EXPECT_EQ(stopped.value("unsealed_tail", -1), 0) << stopped.dump()
       << "\nthe restarted daemon's final seal covers the whole chain, crash tail included";
   EXPECT_GT(stopped.value("records", 0), crashed.value("records", 0));
+  // The crash left its trace: the restart's unclean_stop record, which verify reports.
+  const std::string crashed_end = "its last record was seq " +
+                                  std::to_string(crashed.value("last_seq", 0)) +
+                                  ", its last seal seq " +
+                                  std::to_string(crashed.value("last_sealed_seq", 0));
+  size_t unclean_stops = 0;
+  for (const auto& warning : stopped["warnings"]) {
+    if (warning.value("code", "") != "unclean_stop") continue;
+    ++unclean_stops;
+    EXPECT_NE(warning.value("message", "").find(crashed_end), std::string::npos) << warning;
+    EXPECT_EQ(warning.value("seq", 0), crashed.value("last_seq", 0) + 2)
+        << "the second record of the restarted daemon's first file";
+  }
+  EXPECT_EQ(unclean_stops, 1u) << stopped.dump();
+  const CommandResult shown =
+      RunCommand({VECSEAL_CLI_PATH, "audit", "show", "--event", "unclean_stop",
+                  daemon_->audit_dir()});
+  EXPECT_EQ(shown.exit_code, 0) << shown.output;
+  EXPECT_NE(shown.output.find(" unclean_stop last_seq=" +
+                              std::to_string(crashed.value("last_seq", 0)) + " last_sealed_seq=" +
+                              std::to_string(crashed.value("last_sealed_seq", 0)) + "\n"),
+            std::string::npos)
+      << shown.output;
   std::cout << "[ figures  ] " << CountStatus(before_kill, 200) << " answers before kill -9, "
             << crashed.value("unsealed_tail", 0) << " records in the unsealed tail\n";
 }

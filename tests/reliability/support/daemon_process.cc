@@ -265,9 +265,11 @@ CommandResult RunCommand(const std::vector<std::string>& command) {
   return result;
 }
 
-CommandResult VerifyAuditLog(const DaemonProcess& daemon) {
-  return RunCommand({VECSEAL_CLI_PATH, "audit", "verify", "--json", "--pubkey",
-                     daemon.audit_pubkey(), daemon.audit_dir()});
+CommandResult VerifyAuditLog(const DaemonProcess& daemon, const std::vector<std::string>& options) {
+  std::vector<std::string> argv = {VECSEAL_CLI_PATH, "audit", "verify", "--json"};
+  argv.insert(argv.end(), options.begin(), options.end());
+  argv.insert(argv.end(), {"--pubkey", daemon.audit_pubkey(), daemon.audit_dir()});
+  return RunCommand(argv);
 }
 
 }  // namespace vecseal::reliability

@@ -88,7 +88,8 @@ struct CommandResult {
 };
 CommandResult RunCommand(const std::vector<std::string>& argv);
 
-// `vecseal audit verify --json` on the daemon's audit directory.
-CommandResult VerifyAuditLog(const DaemonProcess& daemon);
+// `vecseal audit verify --json [OPTIONS...]` on the daemon's audit directory.
+CommandResult VerifyAuditLog(const DaemonProcess& daemon,
+                             const std::vector<std::string>& options = {});
 
 }  // namespace vecseal::reliability

@@ -100,6 +100,9 @@ class Log {
   // is not there yet) does not fail it either: records are written and acknowledged as usual,
   // the file_start records leave out key_id, and each seal first fetches the key and checks it
   // as Open would; until that succeeds seals fail and are retried like any failed seal.
+  // When the newest file does not end with a stop record (and its seal), the last run was
+  // killed or crashed: the new file's second record is then `unclean_stop`, naming the last seq
+  // and the last sealed seq found.
   static Result<std::unique_ptr<Log>> Open(LogOptions options, std::shared_ptr<Signer> signer);
   ~Log();  // Close() if not closed
   Log(const Log&) = delete;
@@ -110,7 +113,9 @@ class Log {
   Status Append(const Event& event);
   // Writes a seal record now (the daemon need not call it: count, time, rotation and Close seal).
   Status Seal();
-  // Final seal, fdatasync, stops the flusher. Idempotent.
+  // A stop record (unless the last record other than a seal is one: the daemon writes its own,
+  // with its cause), the final seal, fdatasync; stops the flusher. Idempotent. The verifier
+  // takes that stop record and its seal as the proof that nothing was cut from the end.
   Status Close();
 
   bool healthy() const;

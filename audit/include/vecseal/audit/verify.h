@@ -6,6 +6,7 @@
 #include <ostream>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "vecseal/core/status.h"
@@ -25,7 +26,7 @@ struct VerifyReport {
   bool ok() const { return !error.has_value(); }
 
   std::optional<Finding> error;    // the first alteration found; verification stops there
-  std::vector<Finding> warnings;   // unsealed tail, torn last line, ...
+  std::vector<Finding> warnings;   // unclean stop, torn line, unsealed tail of a live log, ...
   uint64_t files = 0;
   uint64_t records = 0;
   uint64_t seals = 0;
@@ -42,10 +43,21 @@ struct Anchor {
   std::string head;
 };
 
+// What the end of the files must show. A cleanly stopped log ends in a `stop` record and the
+// seal right after it; a running daemon's live file ends in records no seal covers yet.
+enum class LogEnd {
+  kStopped,  // anything else at the end (no seal, unsealed or torn tail, no stop) is an error
+  kLive,     // those are warnings (--allow-unsealed-tail); the middle is checked as strictly
+};
+
 // `files` in order (oldest first). Fails (rather than reporting) only when the key cannot be
 // parsed; an unreadable file is a finding.
 Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem,
-                            std::span<const Anchor> anchors = {});
+                            std::span<const Anchor> anchors = {}, LogEnd end = LogEnd::kStopped);
+
+// True for the findings about the end of the log (no_seal, torn_end, unsealed_end,
+// missing_stop, missing_last_file): nothing vouches for the end, rather than something altered.
+bool IsEndOfLogFinding(std::string_view code);
 
 // `vecseal audit ARGS...` (ARGS after "audit"): verify | show. Returns the process exit code:
 // 0 verified (warnings allowed), 1 alteration found, 2 usage error, 3 cannot read key or files.
