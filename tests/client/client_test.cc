@@ -261,7 +261,7 @@ TEST_F(ClientDaemonTest, BinaryAndJsonRoundTrip) {
     Result<std::unique_ptr<Client>> client = Client::Connect(options);
     ASSERT_TRUE(client.ok()) << client.status().ToString();
     const std::string key = wire == Wire::kBinary ? "bin-key" : "json-key";
-    Result<KeyInfo> created = (*client)->CreateKey({key, 1.0, "permute", std::nullopt});
+    Result<KeyInfo> created = (*client)->CreateKey({key, 1.0, "permute", std::nullopt, ""});
     ASSERT_TRUE(created.ok()) << created.status().ToString();
     EXPECT_EQ(created->name, key);
     EXPECT_EQ(created->version, 1u);
@@ -292,7 +292,7 @@ TEST_F(ClientDaemonTest, EncryptIntoWritesTheCallersBuffers) {
   VECSEAL_REQUIRE_DAEMON();
   Result<std::unique_ptr<Client>> client = ConnectTo(socket_);
   ASSERT_TRUE(client.ok());
-  ASSERT_TRUE((*client)->CreateKey({"into-key", 1.0, "permute", std::nullopt}).ok());
+  ASSERT_TRUE((*client)->CreateKey({"into-key", 1.0, "permute", std::nullopt, ""}).ok());
   const std::vector<float> plain = Vectors(7, 16);
 
   std::vector<float> sealed(plain.size(), 0.0f);
@@ -332,7 +332,7 @@ TEST_F(ClientDaemonTest, EncryptUnderAnOlderKeyVersion) {
     Result<std::unique_ptr<Client>> client = Client::Connect(options);
     ASSERT_TRUE(client.ok()) << client.status().ToString();
     const std::string key = wire == Wire::kBinary ? "pinned-bin" : "pinned-json";
-    ASSERT_TRUE((*client)->CreateKey({key, 1.0, "permute", std::nullopt}).ok());
+    ASSERT_TRUE((*client)->CreateKey({key, 1.0, "permute", std::nullopt, ""}).ok());
     ASSERT_TRUE((*client)->RotateKey(key).ok());
     const std::vector<float> plain = Vectors(3, 8);
 
@@ -367,7 +367,7 @@ TEST_F(ClientDaemonTest, DaemonErrorsBecomeStatuses) {
   EXPECT_EQ(missing.status().code(), Code::kNotFound);
   EXPECT_EQ(missing.status().reason(), "key_not_found");
 
-  ASSERT_TRUE((*client)->CreateKey({"nan-key", 1.0, "permute", std::nullopt}).ok());
+  ASSERT_TRUE((*client)->CreateKey({"nan-key", 1.0, "permute", std::nullopt, ""}).ok());
   std::vector<float> bad = Vectors(5, 4);
   bad[3 * 4 + 1] = INFINITY;
   Result<EncryptResult> nonfinite = (*client)->Encrypt("nan-key", bad, 4);
@@ -375,7 +375,7 @@ TEST_F(ClientDaemonTest, DaemonErrorsBecomeStatuses) {
   EXPECT_EQ(nonfinite.status().reason(), "non_finite_value");
   EXPECT_EQ(nonfinite.status().vector_index(), 3u);
 
-  Result<KeyInfo> again = (*client)->CreateKey({"nan-key", 1.0, "permute", std::nullopt});
+  Result<KeyInfo> again = (*client)->CreateKey({"nan-key", 1.0, "permute", std::nullopt, ""});
   ASSERT_FALSE(again.ok());
   EXPECT_EQ(again.status().reason(), "key_exists");
 
