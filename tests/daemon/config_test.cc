@@ -203,6 +203,30 @@ TEST_F(CheckConfigTest, CountsASingleRuleInTheSingular) {
   EXPECT_EQ(out.str(), config + ": ok (policy " + policy + ": 1 rule)\n");
 }
 
+// A group size cannot apply to format 2 keys, so it is never taken silently.
+TEST_F(CheckConfigTest, SaysAGroupSizeAppliesToFormat1KeysOnly) {
+  const std::string policy = Write("policy.json", R"({"version": 1, "rules": []})");
+  const std::string config =
+      Write("vecseald.json", std::string("{") + kPin + R"(, "derivation": {"group_size": 16}, )" +
+                                 R"("policy": {"file": ")" + policy + "\"}}");
+  std::ostringstream out, err;
+  EXPECT_EQ(CheckConfig(config, out, err), 0) << err.str();
+  EXPECT_EQ(out.str(), config + ": ok (policy " + policy + ": 0 rules)\n" + config +
+                           ": note: derivation.group_size=16 applies to format v1 (hmac) key "
+                           "versions only; format v2 (aes) versions derive every vector's own "
+                           "seed in one HSM call per request\n");
+}
+
+TEST_F(CheckConfigTest, RejectsAnUnknownDerivationWithItsPath) {
+  const std::string config = Write(
+      "vecseald.json", std::string("{") + kPin + R"(, "derivation": {"new_keys": "des"}})");
+  std::ostringstream out, err;
+  EXPECT_EQ(CheckConfig(config, out, err), 1);
+  EXPECT_EQ(err.str(), config +
+                           ": $.derivation.new_keys: must be \"aes\" (format v2, the default) or "
+                           "\"hmac\" (format v1, for a module without CKM_AES_ECB)\n");
+}
+
 TEST_F(CheckConfigTest, RejectsAnUnknownKeyWithItsPath) {
   const std::string config = Write("vecseald.json", std::string("{") + kPin + R"(, "limts": {}})");
   std::ostringstream out, err;

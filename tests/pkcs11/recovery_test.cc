@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -388,6 +389,17 @@ TEST_F(V2RecoveryTest, MultiPartOperationMatchesSinglePartsAndRecoversMidway) {
   status = key_.deriver->EncryptBlocks(blocks, again);
   ASSERT_TRUE(status.ok()) << status.ToString();
   EXPECT_EQ(again, whole);
+}
+
+// The delay that simulates a network HSM's round trip (bench/load --hsm-delay-us) is applied:
+// a lower bound only, so that a slow machine cannot fail it.
+TEST_F(V2RecoveryTest, FaultModuleDelaysEveryCall) {
+  ASSERT_TRUE(faulty_->Set("delay 20000").ok());
+  const auto start = std::chrono::steady_clock::now();
+  core::Seed seed{};
+  ASSERT_TRUE(Derive(seed).ok());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(20));
+  EXPECT_EQ(seed, expected_);
 }
 
 // What a fresh C_Encrypt gives for each request is what the open operation gives.
