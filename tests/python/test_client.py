@@ -134,7 +134,7 @@ class DaemonTest(unittest.TestCase):
         version = self.client.last_key_version
         for token in tokens:
             self.assertEqual(len(token), vecseal.TOKEN_SIZE)
-            self.assertEqual(token[0], 1)  # token format version
+            self.assertEqual(token[0], 2)  # token format version: the demo key is format 2
             self.assertEqual(int.from_bytes(token[1:5], "little"), version)
         decrypted = rows(self.client.decrypt("demo", encrypted, tokens))
         for m, p in zip(plain, decrypted):

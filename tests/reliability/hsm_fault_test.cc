@@ -333,7 +333,8 @@ TEST_F(HsmFaultTest, SessionLossAndTransientErrorsMidLoadAreInvisible) {
   EncryptLoad load(daemon_->socket_path(), "demo", 4);
   ASSERT_TRUE(load.WaitForMore(200, 100));
   for (int round = 0; round < 5; ++round) {
-    SetFaults(round % 2 == 0 ? "close-sessions" : "C_Sign CKR_DEVICE_ERROR 1");
+    // The demo key is format 2: each request is one C_EncryptUpdate of an open operation.
+    SetFaults(round % 2 == 0 ? "close-sessions" : "C_EncryptUpdate CKR_DEVICE_ERROR 1");
     ASSERT_TRUE(load.WaitForMore(200, 100));
     SetFaults("up");
   }
@@ -356,13 +357,16 @@ TEST_F(HsmFaultTest, SessionLossAndTransientErrorsMidLoadAreInvisible) {
 }
 
 // A slow HSM holds up only the requests that wait for it. Three encryptions sit in a slow
-// C_Sign (one on the I/O thread that read it, two on workers) while another connection asks for
+// derivation (one on the I/O thread that read it, two on workers) while another connection asks for
 // things that need no HSM: those are answered at once, not after the HSM. (/v1/health is not
 // among them: it probes the HSM, and reports it slow by being slow.)
 TEST_F(HsmFaultTest, SlowHsmDoesNotStallOtherConnections) {
   StartDaemon();
   constexpr auto kSignDelay = std::chrono::milliseconds(1000);
-  SetFaults("slow C_Sign " + std::to_string(kSignDelay.count()));
+  // The demo key is format 2: an encryption's derivation is C_EncryptInit, then
+  // C_EncryptUpdate of the operation its session keeps open.
+  SetFaults("slow C_EncryptInit " + std::to_string(kSignDelay.count()) +
+            "\nslow C_EncryptUpdate " + std::to_string(kSignDelay.count()));
   constexpr int kSlow = 3;
   std::atomic<int> finished{0};
   std::vector<unsigned> statuses(kSlow, 0);
@@ -374,7 +378,7 @@ TEST_F(HsmFaultTest, SlowHsmDoesNotStallOtherConnections) {
       ++finished;
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // into their C_Sign
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // into their derivation
 
   HttpClient other(daemon_->socket_path());
   const auto start = std::chrono::steady_clock::now();
@@ -392,7 +396,7 @@ TEST_F(HsmFaultTest, SlowHsmDoesNotStallOtherConnections) {
   std::cout << "[ figures  ] whoami and metrics answered in "
             << std::chrono::duration_cast<std::chrono::microseconds>(waited).count()
             << " us while " << kSlow << " encryptions waited " << kSignDelay.count()
-            << " ms per C_Sign\n";
+            << " ms per derivation call\n";
 }
 
 }  // namespace
