@@ -217,7 +217,8 @@ Status ParsePkcs11(ObjectReader& r, Pkcs11Config& pkcs11, bool require_pin) {
     return ConfigError(r.PathOf("pin"), "is required: {\"file\": \"/etc/vecseal/pin\"} or "
                                         "{\"credential\": \"vecseal-pin\"}");
   }
-  return r.TakeNumber("sessions", 1, 256, pkcs11.sessions);
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("sessions", 1, 256, pkcs11.sessions));
+  return r.TakeBool("accept_imported_keys", pkcs11.accept_imported_keys);
 }
 
 Status ParseLimits(ObjectReader& r, Limits& limits) {
@@ -336,6 +337,9 @@ std::optional<std::string> RestartOnlyChange(const Config& current, const Config
     return "pkcs11.pin";
   }
   if (current.pkcs11.sessions != next.pkcs11.sessions) return "pkcs11.sessions";
+  if (current.pkcs11.accept_imported_keys != next.pkcs11.accept_imported_keys) {
+    return "pkcs11.accept_imported_keys";
+  }
   if (current.threads.io != next.threads.io) return "threads.io";
   if (current.threads.workers != next.threads.workers) return "threads.workers";
   if (current.audit.directory != next.audit.directory) return "audit.directory";

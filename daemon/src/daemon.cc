@@ -634,6 +634,7 @@ pkcs11::HsmConfig HsmConfigOf(const Config& config) {
   hsm_config.pin.file = config.pkcs11.pin.file;
   hsm_config.pin.credential = config.pkcs11.pin.credential;
   hsm_config.sessions = config.pkcs11.sessions;
+  hsm_config.accept_imported_keys = config.pkcs11.accept_imported_keys;
   return hsm_config;
 }
 

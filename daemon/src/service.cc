@@ -406,7 +406,17 @@ Result<Service::CachedKey> Service::KeyFor(const std::string& name,
     }
   }
   auto key = hsm_.FindKey(name, version);
-  if (!key.ok()) return CountHsm(std::move(key).TakeStatus());
+  if (!key.ok()) {
+    const std::string& reason = key.status().reason();
+    // A key on the token that vecseal will not use is an operator's matter, not only a caller's.
+    if (reason == "key_untrusted" || reason == "key_unprotected" ||
+        reason == "key_params_tampered" || reason == "key_params_missing") {
+      LogLine("error", "key_refused",
+              "key=" + LogValue(name) + " reason=" + reason +
+                  " message=" + LogValue(key.status().message()));
+    }
+    return CountHsm(std::move(key).TakeStatus());
+  }
   core::SchemeParams params;
   params.approximation_factor = key->info.params.approximation_factor;
   params.transform = key->info.params.transform;

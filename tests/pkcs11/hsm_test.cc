@@ -197,6 +197,13 @@ class HsmTest : public testing::SoftHsmTest {
     return hsm.ok() ? std::move(hsm).value() : nullptr;
   }
   std::unique_ptr<Hsm> OpenHsm() { return OpenHsm(token_->Config()); }
+  // For keys of known value, imported with C_CreateObject: the only way to compare the token's
+  // derivations with OpenSSL's or the reference's.
+  std::unique_ptr<Hsm> OpenHsmAcceptingImportedKeys() {
+    HsmConfig config = token_->Config();
+    config.accept_imported_keys = true;
+    return OpenHsm(config);
+  }
 
   // A raw session on the same token, logged in, for inspecting and tampering.
   struct Raw {
@@ -462,7 +469,7 @@ TEST_F(HsmTest, ModelKeyAttributesKeepTheValueInside) {
 TEST_F(HsmTest, DerivationsEqualOpenSslHmacForAKnownKey) {
   for (bool copies : {false, true}) {
     SCOPED_TRACE(copies ? "copyable key, session copies" : "non-copyable key, token object");
-    auto hsm = OpenHsm();
+    auto hsm = OpenHsmAcceptingImportedKeys();
     ASSERT_TRUE(hsm);
     auto raw = OpenRaw();
     const std::string name = copies ? "known-copy" : "known";
@@ -481,6 +488,12 @@ TEST_F(HsmTest, DerivationsEqualOpenSslHmacForAKnownKey) {
                                    {CKA_EXTRACTABLE, &no, 1},
                                    {CKA_COPYABLE, &copyable, 1},
                                    {CKA_SIGN, &yes, 1},
+                                   {CKA_VERIFY, &no, 1},
+                                   {CKA_ENCRYPT, &no, 1},
+                                   {CKA_DECRYPT, &no, 1},
+                                   {CKA_WRAP, &no, 1},
+                                   {CKA_UNWRAP, &no, 1},
+                                   {CKA_DERIVE, &no, 1},
                                    {CKA_LABEL, label.data(), label.size()},
                                    {CKA_VALUE, key_value.data(), key_value.size()}};
     ASSERT_TRUE(raw->session.Create(key_template).ok());
@@ -576,7 +589,7 @@ TEST_F(HsmTest, FormatV2KeysMayOnlyEncryptWithAesEcb) {
 // derivations then give the reference's bytes, and its parameters verify under the parameters
 // key the reference lists.
 TEST_F(HsmTest, FormatV2DerivationsEqualTheReferenceForItsKey) {
-  auto hsm = OpenHsm();
+  auto hsm = OpenHsmAcceptingImportedKeys();
   ASSERT_TRUE(hsm);
   auto raw = OpenRaw();
   std::array<uint8_t, 32> key_value{};
@@ -593,6 +606,12 @@ TEST_F(HsmTest, FormatV2DerivationsEqualTheReferenceForItsKey) {
                                  {CKA_SENSITIVE, &yes, 1},
                                  {CKA_EXTRACTABLE, &no, 1},
                                  {CKA_ENCRYPT, &yes, 1},
+                                 {CKA_SIGN, &no, 1},
+                                 {CKA_VERIFY, &no, 1},
+                                 {CKA_DECRYPT, &no, 1},
+                                 {CKA_WRAP, &no, 1},
+                                 {CKA_UNWRAP, &no, 1},
+                                 {CKA_DERIVE, &no, 1},
                                  {CKA_LABEL, label.data(), label.size()},
                                  {CKA_VALUE, key_value.data(), key_value.size()}};
   ASSERT_TRUE(raw->session.Create(key_template).ok());
@@ -639,6 +658,91 @@ TEST_F(HsmTest, FormatV2DerivationsEqualTheReferenceForItsKey) {
     hex += kDigits[b & 15];
   }
   EXPECT_EQ(hex, token_key);
+}
+
+// Issue #17 row 10(b): a PIN holder plants a key whose value they know under a vecseal label,
+// with parameters whose HMAC they can compute, hoping the daemon will use it. It is refused:
+// the token did not generate it. The same object is accepted when imported keys are trusted.
+TEST_F(HsmTest, PlantedKeyOfKnownValueIsRefusedAsUntrusted) {
+  auto raw = OpenRaw();
+  std::array<uint8_t, 32> key_value{};
+  key_value.fill(0x5a);
+  const std::string name = "planted";
+  std::string label = "vecseal:" + name + ":v1";
+  CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+  CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ATTRIBUTE key_template[] = {{CKA_CLASS, &key_class, sizeof key_class},
+                                 {CKA_KEY_TYPE, &key_type, sizeof key_type},
+                                 {CKA_TOKEN, &yes, 1},
+                                 {CKA_PRIVATE, &yes, 1},
+                                 {CKA_SENSITIVE, &yes, 1},
+                                 {CKA_EXTRACTABLE, &no, 1},
+                                 {CKA_SIGN, &yes, 1},
+                                 {CKA_VERIFY, &no, 1},
+                                 {CKA_ENCRYPT, &no, 1},
+                                 {CKA_DECRYPT, &no, 1},
+                                 {CKA_WRAP, &no, 1},
+                                 {CKA_UNWRAP, &no, 1},
+                                 {CKA_DERIVE, &no, 1},
+                                 {CKA_LABEL, label.data(), label.size()},
+                                 {CKA_VALUE, key_value.data(), key_value.size()}};
+  ASSERT_TRUE(raw->session.Create(key_template).ok());
+  KeyParams params = Params(2.0);
+  std::vector<uint8_t> canonical = CanonicalParamBytes(name, 1, params);
+  std::string message = std::string(core::kDomainParams) + '\0' +
+                        std::string(canonical.begin(), canonical.end());
+  core::Seed tag = OpenSslHmac(key_value, Bytes(message));
+  std::vector<uint8_t> stored = canonical;
+  stored.insert(stored.end(), tag.begin(), tag.end());
+  CK_OBJECT_CLASS data_class = CKO_DATA;
+  std::string application = "vecseal/v1/params";
+  CK_ATTRIBUTE data[] = {{CKA_CLASS, &data_class, sizeof data_class},
+                         {CKA_TOKEN, &yes, 1},
+                         {CKA_PRIVATE, &yes, 1},
+                         {CKA_LABEL, label.data(), label.size()},
+                         {CKA_APPLICATION, application.data(), application.size()},
+                         {CKA_VALUE, stored.data(), stored.size()}};
+  ASSERT_TRUE(raw->session.Create(data).ok());
+
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto key = hsm->FindKey(name);
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.status().code(), Code::kFailedPrecondition);
+  EXPECT_EQ(key.status().reason(), "key_untrusted");
+  EXPECT_EQ(key.status().message(),
+            "the key vecseal:planted:v1 was not generated by this token with vecseal's "
+            "attributes (CKA_LOCAL is false), so someone outside may know its value; vecseal "
+            "refuses it. Delete the object and rotate the key, or, for keys migrated from "
+            "another HSM, set accept_imported_keys");
+  EXPECT_EQ(hsm->ListKeys().status().reason(), "key_untrusted") << "listing fails closed too";
+  hsm.reset();
+  auto trusting = OpenHsmAcceptingImportedKeys();
+  ASSERT_TRUE(trusting);
+  EXPECT_TRUE(trusting->FindKey(name).ok());
+}
+
+// A generated key whose usage flags were widened afterwards (possible when it was created
+// modifiable) is refused too.
+TEST_F(HsmTest, KeyWithWidenedUsageIsRefusedAsUntrusted) {
+  HsmConfig config = token_->Config();
+  config.create_copyable_keys = true;  // CKA_MODIFIABLE true, so C_SetAttributeValue works
+  auto hsm = OpenHsm(config);
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("widened", Params(1.0)).ok());
+  auto raw = OpenRaw();
+  Object key = FindOne(raw->session, CKO_SECRET_KEY, "vecseal:widened:v1");
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE derive[] = {{CKA_DERIVE, &yes, 1}};
+  ASSERT_EQ(raw->session.functions()->C_SetAttributeValue(raw->session.handle(), key.handle(),
+                                                          derive, 1),
+            static_cast<CK_RV>(CKR_OK));
+  auto found = hsm->FindKey("widened");
+  ASSERT_FALSE(found.ok());
+  EXPECT_EQ(found.status().reason(), "key_untrusted");
+  EXPECT_NE(found.status().message().find("(CKA_DERIVE is true)"), std::string::npos)
+      << found.status().message();
 }
 
 // A key carrying a vecseal label but a template that lets its bytes out is refused before use.

@@ -38,6 +38,7 @@ struct Pkcs11Config {
   std::string token_label = "vecseal";
   PinSource pin;
   size_t sessions = 1;  // derivation sessions; network HSMs want about one per worker
+  bool accept_imported_keys = false;  // pkcs11::HsmConfig::accept_imported_keys
 };
 
 struct Limits {

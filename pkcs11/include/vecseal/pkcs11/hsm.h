@@ -61,6 +61,12 @@ struct HsmConfig {
   // the key's attribute policy: a PIN holder could copy it or change its usage flags (still
   // never extract it directly). Off by default; docs/hsm.md explains the trade.
   bool create_copyable_keys = false;
+  // A model key is used only if the token generated it (CKA_LOCAL, CKA_ALWAYS_SENSITIVE and
+  // CKA_NEVER_EXTRACTABLE true) with exactly the usage flags vecseal gives its format: a PIN
+  // holder cannot plant a key whose value they know under a vecseal label. True accepts keys
+  // imported with C_CreateObject or C_UnwrapKey, e.g. migrated from another HSM, and so trusts
+  // whoever imported them; tests use it for keys of known value.
+  bool accept_imported_keys = false;
 };
 
 struct KeyParams {
@@ -141,6 +147,9 @@ std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version
 //   kFailedPrecondition "key_params_tampered" the stored parameters fail their HMAC
 //   kFailedPrecondition "key_params_missing"  a key without its parameter object
 //   kFailedPrecondition "key_unprotected"     a key that is not sensitive or is extractable
+//   kFailedPrecondition "key_untrusted"       a key the token did not generate, that was ever
+//                                            extractable or not sensitive, or whose usage flags
+//                                            are not its format's (planted or altered)
 //   kFailedPrecondition "mechanism_missing"   the token lacks a mechanism the operation needs
 class Hsm {
  public:
