@@ -546,7 +546,7 @@ Status Cipher::Encrypt(std::span<const float> in, std::span<float> out, size_t d
         }
       }
     }
-    return Status::Ok();
+    return ValidateResults(out, d);
   }();
   if (!status.ok()) {
     std::fill(out.begin(), out.end(), 0.0f);
@@ -652,7 +652,7 @@ Status Cipher::Decrypt(std::span<const float> in, std::span<float> out, size_t d
                             out.data() + first * d, d);
       }
     }
-    return Status::Ok();
+    return ValidateResults(out, d);
   }();
   if (!status.ok()) std::fill(out.begin(), out.end(), 0.0f);
   return status;

@@ -90,6 +90,23 @@ Status ValidateVectors(std::span<const float> data, size_t dimension) {
   return Status::Ok();
 }
 
+Status ValidateResults(std::span<const float> data, size_t dimension) {
+  if (detail::AllFinite(data.data(), data.size())) return Status::Ok();
+  for (size_t i = 0; i < data.size(); ++i) {
+    if (!std::isfinite(data[i])) {
+      const size_t vector = i / dimension;
+      return Status(Code::kInvalidArgument, "non_finite_value",
+                    "vector " + std::to_string(vector) +
+                        " cannot be encrypted or decrypted: its result would not be finite at "
+                        "component " +
+                        std::to_string(i % dimension) +
+                        " (its values are too close to float32's limit of 3.4e38)")
+          .WithVectorIndex(vector);
+    }
+  }
+  return Status::Ok();
+}
+
 Result<size_t> CommonDimension(std::span<const size_t> row_lengths) {
   if (row_lengths.empty()) {
     return Status(Code::kInvalidArgument, "invalid_length", "there are no vectors");

@@ -613,7 +613,7 @@ Status Service::CreateKey(Call& call) {
     if (!format.ok()) return std::move(format).TakeStatus();
     params.format = *format;
   }
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyParams(params));
+  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateNewKeyParams(params));
   auto created = hsm_.CreateKey(name, params);
   if (!created.ok()) return CountHsm(std::move(created).TakeStatus());
   call.event.key_version = created->version;

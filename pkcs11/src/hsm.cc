@@ -352,6 +352,17 @@ Status ValidateKeyParams(const KeyParams& params) {
   return Status::Ok();
 }
 
+Status ValidateNewKeyParams(const KeyParams& params) {
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyParams(params));
+  if (params.approximation_factor < kMinApproximationFactor ||
+      params.approximation_factor > kMaxApproximationFactor) {
+    return Status(Code::kInvalidArgument, "invalid_key_params",
+                  "the approximation factor (beta) of a new key must be between 0.001 and 1000; "
+                  "vecseal calibrate recommends one for your data");
+  }
+  return Status::Ok();
+}
+
 std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version,
                                          const KeyParams& params) {
   assert(name.size() <= 255);
@@ -892,7 +903,7 @@ Result<std::vector<KeyInfo>> Hsm::ListKeys() {
 
 Result<KeyInfo> Hsm::CreateKey(std::string_view name, const KeyParams& params) {
   VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
-  VECSEAL_RETURN_IF_ERROR(ValidateKeyParams(params));
+  VECSEAL_RETURN_IF_ERROR(ValidateNewKeyParams(params));
   KeyParams stamped = params;
   stamped.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
                              std::chrono::system_clock::now().time_since_epoch())

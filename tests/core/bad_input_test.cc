@@ -100,6 +100,18 @@ std::vector<BadInput> BadInputs() {
        "non_finite_value", "vector 0 has a non-finite value (+Inf) at component 0", 0},
       {"minus_infinity", [] { return EncryptWith(kPermute, With(Ones(12), 7, -kInf), 4); },
        kInvalid, "non_finite_value", "vector 1 has a non-finite value (-Inf) at component 3", 1},
+      // Issue #17 row 11: finite inputs whose rotation overflows float32 were answered with
+      // infinities, which are not JSON.
+      {"result_overflows",
+       [] {
+         std::vector<float> in = Ones(4);
+         in.insert(in.end(), 4, std::numeric_limits<float>::max());
+         return EncryptWith(kRotate, in, 4);
+       },
+       kInvalid, "non_finite_value",
+       "vector 1 cannot be encrypted or decrypted: its result would not be finite at component 3 "
+       "(its values are too close to float32's limit of 3.4e38)",
+       1},
       {"ragged_batch",
        [] { return EncryptWith(kPermute, Ones(10), 4); },
        kInvalid,

@@ -660,6 +660,22 @@ TEST_F(HsmTest, FormatV2DerivationsEqualTheReferenceForItsKey) {
   EXPECT_EQ(hex, token_key);
 }
 
+// Issue #17 row 11: β = 1e300 made every output infinite, and β = 1e-300 no noise at all.
+TEST_F(HsmTest, NewKeysTakeABetaWithinTheDocumentedRange) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  for (double beta : {1e300, 1e-300, 0.0009, 1000.5}) {
+    auto created = hsm->CreateKey("beta", Params(beta));
+    ASSERT_FALSE(created.ok()) << beta;
+    EXPECT_EQ(created.status().reason(), "invalid_key_params") << beta;
+    EXPECT_EQ(created.status().message(),
+              "the approximation factor (beta) of a new key must be between 0.001 and 1000; "
+              "vecseal calibrate recommends one for your data");
+  }
+  EXPECT_TRUE(hsm->CreateKey("smallest", Params(kMinApproximationFactor)).ok());
+  EXPECT_TRUE(hsm->CreateKey("largest", Params(kMaxApproximationFactor)).ok());
+}
+
 // Issue #17 row 10(b): a PIN holder plants a key whose value they know under a vecseal label,
 // with parameters whose HMAC they can compute, hoping the daemon will use it. It is refused:
 // the token did not generate it. The same object is accepted when imported keys are trusted.

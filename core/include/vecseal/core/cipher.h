@@ -63,6 +63,9 @@ Status ValidateDimension(size_t dimension, TransformKind transform);
 // `data` holds n×d row-major floats: its size must be a multiple of d and every value finite.
 // Errors name the offending vector index.
 Status ValidateVectors(std::span<const float> data, size_t dimension);
+// Every value of a call's result must be finite: an input near float32's limit can overflow
+// once rotated or perturbed. kInvalidArgument "non_finite_value" naming the vector.
+Status ValidateResults(std::span<const float> data, size_t dimension);
 // For row-by-row input (JSON): all rows must have the length of row 0; names the first that
 // does not.
 Result<size_t> CommonDimension(std::span<const size_t> row_lengths);

@@ -122,8 +122,15 @@ class AuditKey {
 // [a-z0-9][a-z0-9._-]{0,63}; kInvalidArgument "invalid_key_name" otherwise.
 Status ValidateKeyName(std::string_view name);
 // β finite and > 0, dimension (when set) valid for the transform; kInvalidArgument
-// "invalid_key_params".
+// "invalid_key_params". What a stored key must satisfy.
 Status ValidateKeyParams(const KeyParams& params);
+// β of a new key: between these bounds. Below, the noise (radius β/4) is under 0.025% of a unit
+// vector's norm, which is no protection; above, it drowns any embedding, and large inputs
+// overflow float32.
+inline constexpr double kMinApproximationFactor = 1e-3;
+inline constexpr double kMaxApproximationFactor = 1e3;
+// ValidateKeyParams, and β within the bounds above: what a key being created must satisfy.
+Status ValidateNewKeyParams(const KeyParams& params);
 
 // The bytes authenticated by the parameter tag (little-endian):
 //   format (u8: 1 or 2) ‖ len(name) (u8) ‖ name ‖ version (u32) ‖ β (IEEE-754 binary64)
