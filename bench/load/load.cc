@@ -156,8 +156,10 @@ class OwnDaemon {
     std::filesystem::create_directory(state);
     std::filesystem::permissions(state, std::filesystem::perms::owner_all);
     // No chattr +a: as root it would make the throwaway audit files undeletable.
+    // One uid plays every client, so its share of connections is the whole limit.
     std::ofstream(config) << "{\"derivation\": {\"group_size\": " << group_size
-                          << "}, \"audit\": {\"try_append_only\": false}}\n";
+                          << "}, \"limits\": {\"max_connections_per_uid\": 65536}"
+                          << ", \"audit\": {\"try_append_only\": false}}\n";
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
