@@ -137,8 +137,8 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
            " timer=" + (timer_waiting_ ? in_ms(timer_.expiry()) : std::string("idle")) +
            " timed_out=" + (timed_out_ ? "yes" : "no") +
            " buffered=" + std::to_string(buffer_.size()) +
-           " reserved=" + std::to_string(reserved_body_) +
-           " unread=" + std::to_string(socket_.available(ec));
+           " unread=" + std::to_string(socket_.available(ec)) +
+           " reserved=" + std::to_string(reserved_body_);
   }
 
   // Called on this connection's strand when the server drains. A connection whose next request

@@ -64,7 +64,8 @@ bool ResetPeak(pid_t pid) {
 // User plus system CPU time of a process, in clock ticks.
 long CpuTicks(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string text;
+  std::getline(in, text);  // one line
   std::istringstream fields(text.substr(text.rfind(')') + 2));
   std::string field;
   long utime = 0, stime = 0;

@@ -100,10 +100,11 @@ class HttpServer {
   // Request body bytes held now, counted against limits.max_buffered_body_bytes.
   size_t buffered_body_bytes() const { return buffered_body_bytes_.load(); }
 
-  // One line per live connection (its phase, deadline, timer and buffered bytes), each taken on
-  // the connection's own strand; a connection that does not answer within `wait` is reported
-  // as busy. For diagnosing a connection that neither answers nor closes. Not from an I/O
-  // thread or a handler: it would wait for work only the caller's own thread can run.
+  // One line per live connection (its phase, deadline, timer, and buffered, unread and reserved
+  // body bytes), each taken on the connection's own strand; a connection that does not answer
+  // within `wait` is reported as busy. For diagnosing a connection that neither answers nor
+  // closes. Not from an I/O thread or a handler: it would wait for work only the caller's own
+  // thread can run.
   std::vector<std::string> DescribeConnections(std::chrono::milliseconds wait);
 
  private:
