@@ -255,7 +255,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   // the server's budget (a chunked body's as they arrive), then read.
   void OnScreened(std::shared_ptr<HttpResponse> refusal) {
     if (phase_ == Phase::kClosed) return;
-    if (refusal) return Write(std::move(refusal), /*keep_alive=*/false);
+    if (refusal) return WriteRefusal(std::move(refusal));
     const auto length = parser_->content_length();
     if (length && !ReserveBody(static_cast<size_t>(*length))) {
       return Refuse(BodyMemoryExhausted(limits_->max_buffered_body_bytes));
@@ -273,6 +273,15 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     ReadBody();
+  }
+
+  // A refused body that already arrived with the headers costs nothing more to skip, and the
+  // connection stays usable; any other is left unread, and the connection closed.
+  void WriteRefusal(std::shared_ptr<HttpResponse> refusal) {
+    const auto length = parser_->content_length();
+    const bool arrived = length && buffer_.size() >= *length;
+    if (arrived) buffer_.consume(static_cast<size_t>(*length));
+    Write(std::move(refusal), arrived && parser_->get().keep_alive());
   }
 
   void ReadBody() {

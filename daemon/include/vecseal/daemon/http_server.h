@@ -54,8 +54,8 @@ class RequestHandler {
                               const Status& status) = 0;
   // Before a byte of a request's body is read, from its request line and headers alone: nullopt
   // to read the body and then Handle the request, or the final answer (already audited), which
-  // is sent with Connection: close while the body is left unread. Runs where Handle runs; must
-  // not throw. The default reads every body.
+  // is sent with Connection: close while the body is left unread (unless all of it arrived with
+  // the headers). Runs where Handle runs; must not throw. The default reads every body.
   virtual std::optional<HttpResponse> Screen(ConnectionContext& /*connection*/,
                                              HttpRequest& /*header*/) {
     return std::nullopt;
