@@ -166,8 +166,10 @@ class OwnDaemon {
     std::filesystem::create_directory(state);
     std::filesystem::permissions(state, std::filesystem::perms::owner_all);
     // No chattr +a: as root it would make the throwaway audit files undeletable.
+    // One uid plays every client, so its share of connections is the whole limit.
     std::ofstream(config) << "{\"derivation\": {\"group_size\": " << group_size
-                          << "}, \"audit\": {\"try_append_only\": false}"
+                          << "}, \"limits\": {\"max_connections_per_uid\": 65536}"
+                          << ", \"audit\": {\"try_append_only\": false}"
                           << (module.empty() ? "" : ", \"pkcs11\": {\"module\": \"" + module + "\"}")
                           << "}\n";
     if (!module.empty()) {

@@ -221,10 +221,24 @@ Status ParsePkcs11(ObjectReader& r, Pkcs11Config& pkcs11, bool require_pin) {
   return r.TakeBool("accept_imported_keys", pkcs11.accept_imported_keys);
 }
 
+// A budget smaller than one body would refuse every request of the largest allowed size.
+Status CheckBodyBudget(const ObjectReader& r, const Limits& limits) {
+  if (limits.max_buffered_body_bytes >= limits.max_body_bytes) return Status::Ok();
+  return ConfigError(r.PathOf("max_buffered_body_bytes"),
+                     "must be at least max_body_bytes (" + std::to_string(limits.max_body_bytes) +
+                         "), got " + std::to_string(limits.max_buffered_body_bytes) +
+                         "; raise it or lower max_body_bytes");
+}
+
 Status ParseLimits(ObjectReader& r, Limits& limits) {
   VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_body_bytes", 64, 1ull << 32, limits.max_body_bytes));
   VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_vectors", 1, 10'000'000, limits.max_vectors));
   VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_connections", 1, 65536, limits.max_connections));
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_connections_per_uid", 1, 65536,
+                                       limits.max_connections_per_uid));
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_buffered_body_bytes", 64, 1ull << 40,
+                                       limits.max_buffered_body_bytes));
+  VECSEAL_RETURN_IF_ERROR(CheckBodyBudget(r, limits));
   VECSEAL_RETURN_IF_ERROR(
       r.TakeNumber("max_header_bytes", 1024, 1 << 20, limits.max_header_bytes));
   VECSEAL_RETURN_IF_ERROR(r.TakeMillis("header_timeout_ms", limits.header_timeout));

@@ -22,6 +22,8 @@ constexpr ReasonStatus kReasonTable[] = {
     {"too_many_vectors", 413},     {"unsupported_media_type", 415},
     {"header_too_large", 431},     {"too_many_connections", 503},
     {"key_not_found", 404},        {"not_found", 404},
+    {"too_many_connections_for_user", 503},
+    {"body_memory_exhausted", 503},
 };
 
 unsigned DefaultFor(Code code) {

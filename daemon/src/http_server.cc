@@ -4,11 +4,14 @@
 
 #include "vecseal/daemon/http_server.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <exception>
 #include <optional>
+#include <sstream>
 #include <utility>
 
 #include <boost/asio/bind_executor.hpp>
@@ -47,33 +50,56 @@ Status TransportError(Code code, const char* reason, std::string message) {
   return Status(code, reason, std::move(message));
 }
 
+// The uid the kernel recorded when the peer connected; -1 when it cannot say (counted as one
+// more user).
+uid_t PeerUid(int fd) {
+  ucred credentials{};
+  socklen_t length = sizeof(credentials);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) {
+    return static_cast<uid_t>(-1);
+  }
+  return credentials.uid;
+}
+
+// Answers a connection over a limit and closes it at once: one non-blocking send of the error
+// and nothing kept, so that a flood of connects costs a descriptor for microseconds each. On a
+// Unix socket the client still reads the answer before it sees the close.
+void RefuseConnection(asio::local::stream_protocol::socket& socket, const Status& status) {
+  HttpResponse response = ErrorResponse(status);
+  response.keep_alive(false);
+  response.prepare_payload();
+  std::ostringstream text;
+  text << response;
+  const std::string bytes = text.str();
+  [[maybe_unused]] const ssize_t sent =
+      ::send(socket.native_handle(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  ErrorCode ignored;
+  socket.shutdown(asio::local::stream_protocol::socket::shutdown_both, ignored);
+  socket.close(ignored);
+}
+
+Status BodyMemoryExhausted(size_t budget) {
+  return TransportError(Code::kResourceExhausted, "body_memory_exhausted",
+                        "the daemon already holds its limit of " + std::to_string(budget) +
+                            " bytes of request bodies (limits.max_buffered_body_bytes); retry "
+                            "later");
+}
+
 }  // namespace
 
 class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(HttpServer& server, Socket socket, bool over_limit)
-      : server_(server),
-        socket_(std::move(socket)),
-        timer_(socket_.get_executor()),
-        over_limit_(over_limit) {}
+  Connection(HttpServer& server, Socket socket, uid_t uid)
+      : server_(server), socket_(std::move(socket)), timer_(socket_.get_executor()), uid_(uid) {}
 
   ~Connection() {
-    if (over_limit_) return;
     ReleaseSlot();
+    ReleaseBody();
     server_.Unregister(this);
   }
 
   void Start() {
     limits_ = server_.limits();
-    if (over_limit_) {
-      // Refused before anything is read: no identity, no handler, just the error.
-      Write(std::make_shared<HttpResponse>(ErrorResponse(TransportError(
-                Code::kResourceExhausted, "too_many_connections",
-                "the daemon already serves its maximum of " +
-                    std::to_string(limits_->max_connections) + " connections; retry later"))),
-            /*keep_alive=*/false);
-      return;
-    }
     // Identifying the peer reads /proc and may hash its executable: a worker's job, not an I/O
     // thread's. Nothing is read from the socket until it is done.
     phase_ = Phase::kHandling;
@@ -111,7 +137,8 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
            " timer=" + (timer_waiting_ ? in_ms(timer_.expiry()) : std::string("idle")) +
            " timed_out=" + (timed_out_ ? "yes" : "no") +
            " buffered=" + std::to_string(buffer_.size()) +
-           " unread=" + std::to_string(socket_.available(ec));
+           " unread=" + std::to_string(socket_.available(ec)) +
+           " reserved=" + std::to_string(reserved_body_);
   }
 
   // Called on this connection's strand when the server drains. A connection whose next request
@@ -187,8 +214,54 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     if (parser_->content_length() && *parser_->content_length() > limits_->max_body_bytes) {
       return Refuse(BodyTooLarge());
     }
-    if (!parser_->is_done() &&
-        beast::iequals(request[http::field::expect], "100-continue")) {
+    if (parser_->is_done()) return ReadBody();
+    Screen();
+  }
+
+  // The handler decides from the headers before the body is read, so that a caller it refuses
+  // never costs more than its headers. Run inline or on a worker, as Dispatch runs a request.
+  void Screen() {
+    phase_ = Phase::kHandling;
+    Disarm();
+    if (server_.TryEnterInlineHandler()) {
+      auto answer = RunScreen();
+      server_.LeaveInlineHandler();
+      return OnScreened(std::move(answer));
+    }
+    asio::post(server_.workers_, [self = shared_from_this()]() {
+      auto answer = self->RunScreen();
+      asio::post(self->socket_.get_executor(), [self, answer = std::move(answer)]() mutable {
+        self->OnScreened(std::move(answer));
+      });
+    });
+  }
+
+  std::shared_ptr<HttpResponse> RunScreen() {
+    HttpRequest& header = parser_->get();
+    try {
+      auto answer = server_.handler_.Screen(*context_, header);
+      if (!answer) return nullptr;
+      auto response = std::make_shared<HttpResponse>(std::move(*answer));
+      response->version(header.version() == 10 ? 10 : 11);
+      return response;
+    } catch (const std::exception& error) {
+      LogLine("error", "handler_exception", "error=" + LogValue(error.what()));
+      return std::make_shared<HttpResponse>(ErrorResponse(
+          Status(Code::kInternal, "internal", "the daemon failed to handle the request")));
+    }
+  }
+
+  // A refusal is sent without reading the body; otherwise the body's bytes are reserved from
+  // the server's budget (a chunked body's as they arrive), then read.
+  void OnScreened(std::shared_ptr<HttpResponse> refusal) {
+    if (phase_ == Phase::kClosed) return;
+    if (refusal) return WriteRefusal(std::move(refusal));
+    const auto length = parser_->content_length();
+    if (length && !ReserveBody(static_cast<size_t>(*length))) {
+      return Refuse(BodyMemoryExhausted(limits_->max_buffered_body_bytes));
+    }
+    const auto& request = parser_->get();
+    if (beast::iequals(request[http::field::expect], "100-continue")) {
       static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       phase_ = Phase::kBody;
       Arm(limits_->write_timeout);
@@ -202,16 +275,25 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     ReadBody();
   }
 
+  // A refused body that already arrived with the headers costs nothing more to skip, and the
+  // connection stays usable; any other is left unread, and the connection closed.
+  void WriteRefusal(std::shared_ptr<HttpResponse> refusal) {
+    const auto length = parser_->content_length();
+    const bool arrived = length && buffer_.size() >= *length;
+    if (arrived) buffer_.consume(static_cast<size_t>(*length));
+    Write(std::move(refusal), arrived && parser_->get().keep_alive());
+  }
+
   void ReadBody() {
     phase_ = Phase::kBody;
     Arm(limits_->body_timeout);
     const auto length = parser_->content_length();
-    if (parser_->is_done() || !length) {
-      // Chunked (or already complete): Beast's parser reassembles it.
+    if (parser_->is_done()) {
       http::async_read(socket_, buffer_, *parser_,
                        [self = shared_from_this()](ErrorCode ec, size_t) { self->OnBody(ec); });
       return;
     }
+    if (!length) return ReadChunks();
     // A known length: whatever arrived with the headers, then one read of the rest straight
     // into the body's own buffer, so the bytes are copied once, by the kernel.
     content_ = server_.buffers_.Take(static_cast<size_t>(*length));
@@ -230,6 +312,39 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     parser_->get().body().segments.push_back(std::move(content_));
     Dispatch(/*refusal=*/std::nullopt);
   }
+
+  // Chunked: Beast's parser reassembles the body, one read at a time, so that each read's growth
+  // is reserved from the budget before the next.
+  void ReadChunks() {
+    http::async_read_some(socket_, buffer_, *parser_,
+                          [self = shared_from_this()](ErrorCode ec, size_t) {
+                            self->OnChunks(ec);
+                          });
+  }
+
+  void OnChunks(ErrorCode ec) {
+    if (ec || phase_ == Phase::kClosed || timed_out_) return OnBody(ec);
+    if (!CoverBody(parser_->get().body().text.capacity())) {
+      return Refuse(BodyMemoryExhausted(limits_->max_buffered_body_bytes));
+    }
+    if (parser_->is_done()) return OnBody(ec);
+    ReadChunks();
+  }
+
+  // Grows this request's reservation to `held` bytes.
+  bool CoverBody(size_t held) {
+    return held <= reserved_body_ || ReserveBody(held - reserved_body_);
+  }
+
+  bool ReserveBody(size_t bytes) {
+    if (!server_.ReserveBody(bytes, limits_->max_buffered_body_bytes)) return false;
+    reserved_body_ += bytes;
+    return true;
+  }
+
+  // The bytes stay reserved until the answer is written: a binary answer is written from the
+  // request's own buffer.
+  void ReleaseBody() { server_.ReleaseBody(std::exchange(reserved_body_, 0)); }
 
   Status BodyTimeout() const {
     return TransportError(Code::kResourceExhausted, "request_timeout",
@@ -312,6 +427,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
                         for (ByteBuffer& segment : response->body().segments) {
                           self->server_.buffers_.Give(std::move(segment));
                         }
+                        self->ReleaseBody();
                         if (ec || self->phase_ == Phase::kClosed) return self->Close();
                         if (!keep_alive) return self->Linger();
                         self->ReadNext();
@@ -383,16 +499,17 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   // Released before the close, so that a client that saw its connection end can connect again
   // at once; the object itself lives on until its last pending handler returns.
   void ReleaseSlot() {
-    if (over_limit_ || slot_released_) return;
+    if (slot_released_) return;
     slot_released_ = true;
-    server_.ReleaseSlot();
+    server_.ReleaseSlot(uid_);
   }
 
   HttpServer& server_;
   Socket socket_;
   asio::steady_timer timer_;
-  const bool over_limit_;
+  const uid_t uid_;
   bool slot_released_ = false;
+  size_t reserved_body_ = 0;  // of the server's body budget
   std::unique_ptr<ConnectionContext> context_;
   std::shared_ptr<const Limits> limits_;
   beast::flat_buffer buffer_;
@@ -461,16 +578,61 @@ void HttpServer::Accept() {
       timer->async_wait([this, timer](ErrorCode) { Accept(); });
       return;
     }
-    // A 3 MB answer through the default 208 KiB send buffer takes a dozen wake-ups of each
-    // side; a larger one (capped by net.core.wmem_max) takes fewer.
-    ErrorCode ignored;
-    socket.set_option(asio::socket_base::send_buffer_size(kSendBufferBytes), ignored);
-    const bool over_limit = open_connections_.load() >= limits()->max_connections;
-    auto connection = std::make_shared<Connection>(*this, std::move(socket), over_limit);
-    if (!over_limit) Register(connection);
-    asio::post(connection->socket_executor(), [connection] { connection->Start(); });
+    OnAccepted(std::move(socket));
     Accept();
   });
+}
+
+// On the acceptor's strand. A connection over a limit is answered and closed here, before any
+// state exists for it.
+void HttpServer::OnAccepted(Socket socket) {
+  const auto limits = this->limits();
+  const uid_t uid = PeerUid(socket.native_handle());
+  switch (ClaimSlot(uid, *limits)) {
+    case Admission::kServerFull:
+      return RefuseConnection(
+          socket, TransportError(Code::kResourceExhausted, "too_many_connections",
+                                 "the daemon already serves its maximum of " +
+                                     std::to_string(limits->max_connections) +
+                                     " connections; retry later"));
+    case Admission::kUserFull:
+      return RefuseConnection(
+          socket, TransportError(Code::kResourceExhausted, "too_many_connections_for_user",
+                                 "uid " + std::to_string(uid) + " already holds its share of " +
+                                     std::to_string(limits->max_connections_per_uid) +
+                                     " connections (limits.max_connections_per_uid); close "
+                                     "idle ones or retry later"));
+    case Admission::kAdmitted:
+      break;
+  }
+  // A 3 MB answer through the default 208 KiB send buffer takes a dozen wake-ups of each
+  // side; a larger one (capped by net.core.wmem_max) takes fewer.
+  ErrorCode ignored;
+  socket.set_option(asio::socket_base::send_buffer_size(kSendBufferBytes), ignored);
+  auto connection = std::make_shared<Connection>(*this, std::move(socket), uid);
+  Register(connection);
+  asio::post(connection->socket_executor(), [connection] { connection->Start(); });
+}
+
+HttpServer::Admission HttpServer::ClaimSlot(uid_t uid, const Limits& limits) {
+  std::lock_guard lock(mutex_);
+  if (open_connections_.load() >= limits.max_connections) return Admission::kServerFull;
+  size_t& mine = connections_per_uid_[uid];
+  if (mine >= limits.max_connections_per_uid) {
+    if (mine == 0) connections_per_uid_.erase(uid);
+    return Admission::kUserFull;
+  }
+  ++mine;
+  ++open_connections_;
+  return Admission::kAdmitted;
+}
+
+bool HttpServer::ReserveBody(size_t bytes, size_t budget) {
+  size_t held = buffered_body_bytes_.load();
+  do {
+    if (bytes > budget || held > budget - bytes) return false;
+  } while (!buffered_body_bytes_.compare_exchange_weak(held, held + bytes));
+  return true;
 }
 
 bool HttpServer::TryEnterInlineHandler() {
@@ -486,12 +648,16 @@ void HttpServer::LeaveInlineHandler() { --inline_handlers_; }
 
 void HttpServer::Register(const std::shared_ptr<Connection>& connection) {
   std::lock_guard lock(mutex_);
-  ++open_connections_;
   ++live_connections_;
   connections_.push_back(connection);
 }
 
-void HttpServer::ReleaseSlot() { --open_connections_; }
+void HttpServer::ReleaseSlot(uid_t uid) {
+  std::lock_guard lock(mutex_);
+  --open_connections_;
+  const auto mine = connections_per_uid_.find(uid);
+  if (mine != connections_per_uid_.end() && --mine->second == 0) connections_per_uid_.erase(mine);
+}
 
 void HttpServer::Unregister(Connection* /*connection*/) {
   std::lock_guard lock(mutex_);

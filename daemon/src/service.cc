@@ -348,6 +348,7 @@ Status Service::Route(Call& call) {
     }
     call.event.operation = "keys.create";
     VECSEAL_RETURN_IF_ERROR(only(http::verb::post, "GET, POST"));
+    VECSEAL_RETURN_IF_ERROR(CheckKeyCreationBody(call));
     return CreateKey(call);
   }
   constexpr std::string_view kKeysPrefix = "/v1/keys/";
@@ -711,6 +712,112 @@ HttpResponse Service::Finish(Call& call, const Status& status) {
   call.response.set("Vecseal-Request-Id", call.event.request_id);
   call.response.prepare_payload();
   return std::move(call.response);
+}
+
+// Deciding before reading (docs/api.md, "When the body is read"). Kept apart from Route and the
+// handlers, which still decide in full once the body is read.
+namespace {
+
+// A key creation body is four short fields; anything larger is not one.
+constexpr size_t kMaxKeyCreationBodyBytes = 64 << 10;
+
+Status KeyCreationBodyTooLarge() {
+  return Status(Code::kResourceExhausted, "body_too_large",
+                "a key creation body is at most " + std::to_string(kMaxKeyCreationBodyBytes) +
+                    " bytes");
+}
+
+// The Content-Length the request declares; nullopt for a chunked body.
+std::optional<uint64_t> DeclaredLength(const HttpRequest& request) {
+  const auto value = HeaderValue(request, "Content-Length");
+  uint64_t length = 0;
+  if (!value || std::from_chars(value->data(), value->data() + value->size(), length).ec !=
+                    std::errc()) {
+    return std::nullopt;
+  }
+  return length;
+}
+
+}  // namespace
+
+std::optional<HttpResponse> Service::Screen(ConnectionContext& connection, HttpRequest& header) {
+  Call call(header, connection);
+  {
+    std::lock_guard lock(mutex_);
+    call.policy = policy_;
+    call.settings = settings_;
+  }
+  const bool body_endpoint = ExpectsBody(header);
+  if (body_endpoint) {
+    const Status admitted = Admit(call);
+    if (admitted.ok()) return std::nullopt;
+    {
+      std::lock_guard lock(mutex_);
+      call.event.request_id = std::to_string(next_request_++);
+    }
+    return Finish(call, admitted);
+  }
+  // No other endpoint reads a body: it is answered now, and the body never read.
+  {
+    std::lock_guard lock(mutex_);
+    call.event.request_id = std::to_string(next_request_++);
+  }
+  const Status status = Route(call);
+  return Finish(call, status);
+}
+
+Status Service::Admit(Call& call) {
+  auto identity = call.connection.Refresh(resolver_);
+  if (!identity.ok()) return std::move(identity).TakeStatus();
+  call.identity = *identity;
+  call.event.caller = AuditCaller(*call.identity);
+  std::string_view target(call.request.target().data(), call.request.target().size());
+  target = target.substr(0, target.find('?'));
+  if (target == "/v1/keys") {
+    call.event.operation = "keys.create";
+    return AdmitKeyCreation(call);
+  }
+  // ExpectsBody holds: /v1/keys/.../encrypt or /decrypt, split as Route splits it.
+  const std::string_view rest = target.substr(std::string_view("/v1/keys/").size());
+  const size_t slash = rest.find('/');
+  const std::string_view action =
+      slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+  if (action != "encrypt" && action != "decrypt") {
+    call.event.operation = "unknown";
+    return Status(Code::kNotFound, "not_found", "no such endpoint; see docs/api.md");
+  }
+  call.event.operation = std::string(action);
+  const std::string name(rest.substr(0, slash));
+  call.event.key = name;
+  const Status valid = pkcs11::ValidateKeyName(name);
+  if (!valid.ok()) {
+    call.event.key.clear();  // not a name: keep caller input out of the record
+    return valid;
+  }
+  VECSEAL_RETURN_IF_ERROR(
+      Authorize(call, action == "encrypt" ? Operation::kEncrypt : Operation::kDecrypt, name));
+  if (ContentTypeOf(call.request) == ContentType::kOther) return UnsupportedMediaType();
+  return Status::Ok();
+}
+
+// The key's name is in the body, so only "may this caller create any key" can be asked before
+// it is read; CreateKey decides on the name itself afterwards.
+Status Service::AdmitKeyCreation(Call& call) {
+  if (!call.policy->GrantsAny(*call.identity, Operation::kKeysCreate)) {
+    call.event.decision = "denied";
+    return Status(Code::kPermissionDenied, "permission_denied",
+                  "no rule grants keys.create on any key");
+  }
+  if (ContentTypeOf(call.request) != ContentType::kJson) return UnsupportedMediaType();
+  const auto length = DeclaredLength(call.request);
+  if (length && *length > kMaxKeyCreationBodyBytes) return KeyCreationBodyTooLarge();
+  return Status::Ok();
+}
+
+Status Service::CheckKeyCreationBody(const Call& call) {
+  const std::string_view text = call.request.body().view();
+  if (text.size() > kMaxKeyCreationBodyBytes) return KeyCreationBodyTooLarge();
+  return CheckJsonDepth(text, kMaxKeyJsonDepth);
 }
 
 }  // namespace vecseal::daemon

@@ -47,6 +47,47 @@ float ParseFloat(std::string_view text) {
                             : std::numeric_limits<float>::infinity();
 }
 
+Status TooDeep(size_t max_depth) {
+  return Status(Code::kInvalidArgument, "json_too_deep",
+                "the request body nests JSON arrays and objects deeper than " +
+                    std::to_string(max_depth) + " levels");
+}
+
+// Counts nesting and nothing else: values are dropped as they are scanned.
+class DepthSax {
+ public:
+  explicit DepthSax(size_t max_depth) : max_depth_(max_depth) {}
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(json::number_integer_t) { return true; }
+  bool number_unsigned(json::number_unsigned_t) { return true; }
+  bool number_float(json::number_float_t, const json::string_t&) { return true; }
+  bool string(json::string_t&) { return true; }
+  bool binary(json::binary_t&) { return true; }
+  bool key(json::string_t&) { return true; }
+  bool start_object(size_t) { return Deeper(); }
+  bool start_array(size_t) { return Deeper(); }
+  bool end_object() { return Shallower(); }
+  bool end_array() { return Shallower(); }
+  bool parse_error(size_t, const std::string&, const nlohmann::detail::exception&) {
+    return false;
+  }
+  bool too_deep() const { return too_deep_; }
+
+ private:
+  bool Deeper() {
+    too_deep_ = ++depth_ > max_depth_;
+    return !too_deep_;
+  }
+  bool Shallower() {
+    --depth_;
+    return true;
+  }
+  const size_t max_depth_;
+  size_t depth_ = 0;
+  bool too_deep_ = false;
+};
+
 // Accepts exactly {"vectors": [[number...]...], "reversible": bool, "tokens": [string...]} in
 // any order, each at most once. Stops at the first problem, keeping it in status_.
 class VectorRequestSax {
@@ -97,6 +138,7 @@ class VectorRequestSax {
   bool binary(binary_t&) { return WrongType("binary"); }
 
   bool start_object(size_t) {
+    if (!Deeper()) return false;
     if (state_ == State::kStart) {
       state_ = State::kObject;
       return true;
@@ -126,10 +168,12 @@ class VectorRequestSax {
     return true;
   }
   bool end_object() {
+    --depth_;
     state_ = State::kDone;
     return true;
   }
   bool start_array(size_t) {
+    if (!Deeper()) return false;
     if (state_ == State::kValue && field_ == Field::kVectors) {
       state_ = State::kVectors;
       return true;
@@ -148,6 +192,7 @@ class VectorRequestSax {
     return WrongType("an array");
   }
   bool end_array() {
+    --depth_;
     if (state_ == State::kRow) {
       state_ = State::kVectors;
     } else {
@@ -184,6 +229,12 @@ class VectorRequestSax {
  private:
   enum class State { kStart, kObject, kValue, kVectors, kRow, kTokens, kDone };
   enum class Field : unsigned { kVectors, kReversible, kTokens, kKeyVersion };
+
+  // Checked before the shape, so that any body nested too deep gets the same answer.
+  bool Deeper() {
+    if (++depth_ <= kMaxVectorJsonDepth) return true;
+    return Fail(TooDeep(kMaxVectorJsonDepth));
+  }
 
   bool IsKeyVersion() const { return state_ == State::kValue && field_ == Field::kKeyVersion; }
 
@@ -240,6 +291,7 @@ class VectorRequestSax {
   }
 
   const size_t max_vectors_;
+  size_t depth_ = 0;
   State state_ = State::kStart;
   Field field_ = Field::kVectors;
   unsigned seen_ = 0;
@@ -262,6 +314,12 @@ constexpr std::array<int8_t, 256> MakeBase64Table() {
 constexpr auto kBase64Table = MakeBase64Table();
 
 }  // namespace
+
+Status CheckJsonDepth(std::string_view body, size_t max_depth) {
+  DepthSax sax(max_depth);
+  json::sax_parse(body.begin(), body.end(), &sax);
+  return sax.too_deep() ? TooDeep(max_depth) : Status::Ok();
+}
 
 Result<JsonVectorRequest> ParseJsonVectorRequest(std::string_view body, size_t max_vectors) {
   VectorRequestSax sax(max_vectors);

@@ -38,6 +38,7 @@ TEST(ConfigTest, EveryKeyIsRead) {
                "pin": {"credential": "vecseal-pin"}},
     "derivation": {"group_size": 16},
     "limits": {"max_body_bytes": 1000, "max_vectors": 5, "max_connections": 7,
+               "max_connections_per_uid": 3, "max_buffered_body_bytes": 5000,
                "max_header_bytes": 2048, "header_timeout_ms": 11, "body_timeout_ms": 12,
                "idle_timeout_ms": 13, "write_timeout_ms": 14},
     "threads": {"io": 3, "workers": 9},
@@ -59,6 +60,8 @@ TEST(ConfigTest, EveryKeyIsRead) {
   EXPECT_EQ(config->limits.max_body_bytes, 1000u);
   EXPECT_EQ(config->limits.max_vectors, 5u);
   EXPECT_EQ(config->limits.max_connections, 7u);
+  EXPECT_EQ(config->limits.max_connections_per_uid, 3u);
+  EXPECT_EQ(config->limits.max_buffered_body_bytes, 5000u);
   EXPECT_EQ(config->limits.max_header_bytes, 2048u);
   EXPECT_EQ(config->limits.header_timeout.count(), 11);
   EXPECT_EQ(config->limits.body_timeout.count(), 12);
@@ -106,6 +109,11 @@ TEST(ConfigTest, MistakesAreRejectedWithTheirJsonPath) {
       {"{" + pin + R"(, "limits": {"header_timeout_ms": -5}})",
        "$.limits.header_timeout_ms: must be between 1 and 86400000, got -5"},
       {"{" + pin + R"(, "limits": 5})", "$.limits: must be an object, not an integer"},
+      {"{" + pin + R"(, "limits": {"max_connections_per_uid": 0}})",
+       "$.limits.max_connections_per_uid: must be between 1 and 65536, got 0"},
+      {"{" + pin + R"(, "limits": {"max_buffered_body_bytes": 1048576}})",
+       "$.limits.max_buffered_body_bytes: must be at least max_body_bytes (67108864), got "
+       "1048576; raise it or lower max_body_bytes"},
       {"{" + pin + R"(, "socket": {"mode": 660}})",
        "$.socket.mode: must be an octal string such as \"0660\", not an integer"},
       {"{" + pin + R"(, "socket": {"mode": "0666"}})",
@@ -316,6 +324,8 @@ TEST(ConfigDocsTest, TheCompleteExampleParsesAndShowsTheDefaults) {
   EXPECT_EQ(config->limits.max_body_bytes, expected.limits.max_body_bytes);
   EXPECT_EQ(config->limits.max_vectors, expected.limits.max_vectors);
   EXPECT_EQ(config->limits.max_connections, expected.limits.max_connections);
+  EXPECT_EQ(config->limits.max_connections_per_uid, expected.limits.max_connections_per_uid);
+  EXPECT_EQ(config->limits.max_buffered_body_bytes, expected.limits.max_buffered_body_bytes);
   EXPECT_EQ(config->limits.max_header_bytes, expected.limits.max_header_bytes);
   EXPECT_EQ(config->limits.header_timeout, expected.limits.header_timeout);
   EXPECT_EQ(config->limits.body_timeout, expected.limits.body_timeout);

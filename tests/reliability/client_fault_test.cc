@@ -94,7 +94,9 @@ class ClientFaultTest : public ::testing::Test {
     setrlimit(RLIMIT_NOFILE, &files);
 
     const std::string overlay = scratch_.path() + "/overlay.json";
-    ReplaceFile(overlay, R"({"limits": {"max_connections": 256, "header_timeout_ms": 500,
+    // One uid (this test) plays every client: its share is the whole limit.
+    ReplaceFile(overlay, R"({"limits": {"max_connections": 256, "max_connections_per_uid": 256,
+                             "header_timeout_ms": 500,
                              "body_timeout_ms": 500, "write_timeout_ms": 1000,
                              "idle_timeout_ms": 10000},
                              "audit": {"try_append_only": false}})");
@@ -339,7 +341,8 @@ TEST_F(ClientFaultTest, TenThousandConnectionAttemptsAgainstALimitOf256) {
 TEST(FdLimitTest, MaxConnectionsFitTheDefaultSoftFdLimit) {
   ScratchDir scratch;
   const std::string overlay = scratch.path() + "/overlay.json";
-  ReplaceFile(overlay, R"({"limits": {"max_connections": 256}, "audit": {"try_append_only": false}})");
+  ReplaceFile(overlay, R"({"limits": {"max_connections": 256, "max_connections_per_uid": 256},
+                           "audit": {"try_append_only": false}})");
   DaemonProcess daemon({.state_dir = scratch.path() + "/state", .overlay_path = overlay, .env = {}});
   rlimit mine{};
   getrlimit(RLIMIT_NOFILE, &mine);

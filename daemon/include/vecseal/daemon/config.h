@@ -45,6 +45,12 @@ struct Limits {
   size_t max_body_bytes = 64 << 20;
   size_t max_vectors = 10000;
   size_t max_connections = 256;
+  // One uid's share of max_connections, so that one caller's idle connections cannot lock the
+  // others out.
+  size_t max_connections_per_uid = 64;
+  // Request bodies held in memory at once, across all connections; a body that would exceed it
+  // is answered 503 body_memory_exhausted before it is read.
+  size_t max_buffered_body_bytes = 256 << 20;
   size_t max_header_bytes = 16 << 10;
   std::chrono::milliseconds header_timeout{10'000};  // first byte to end of headers
   std::chrono::milliseconds body_timeout{60'000};    // end of headers to end of body

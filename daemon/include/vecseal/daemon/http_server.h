@@ -8,11 +8,15 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/types.h>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -48,6 +52,14 @@ class RequestHandler {
   // handler records it and shapes the error body. `request` holds whatever headers were read.
   virtual HttpResponse Refuse(ConnectionContext& connection, HttpRequest& request,
                               const Status& status) = 0;
+  // Before a byte of a request's body is read, from its request line and headers alone: nullopt
+  // to read the body and then Handle the request, or the final answer (already audited), which
+  // is sent with Connection: close while the body is left unread (unless all of it arrived with
+  // the headers). Runs where Handle runs; must not throw. The default reads every body.
+  virtual std::optional<HttpResponse> Screen(ConnectionContext& /*connection*/,
+                                             HttpRequest& /*header*/) {
+    return std::nullopt;
+  }
   // On an I/O thread, from the request line and headers alone: whether this request's endpoint
   // takes a body, so that one sent without a length is answered 411 (RFC 9112 §6.3: a request
   // without a length has an empty body, which is right for the others). Must be cheap.
@@ -85,20 +97,33 @@ class HttpServer {
 
   // Connections counted against max_connections: accepted and not yet closed.
   size_t active_connections() const { return open_connections_.load(); }
+  // Request body bytes held now, counted against limits.max_buffered_body_bytes.
+  size_t buffered_body_bytes() const { return buffered_body_bytes_.load(); }
 
-  // One line per live connection (its phase, deadline, timer and buffered bytes), each taken on
-  // the connection's own strand; a connection that does not answer within `wait` is reported
-  // as busy. For diagnosing a connection that neither answers nor closes. Not from an I/O
-  // thread or a handler: it would wait for work only the caller's own thread can run.
+  // One line per live connection (its phase, deadline, timer, and buffered, unread and reserved
+  // body bytes), each taken on the connection's own strand; a connection that does not answer
+  // within `wait` is reported as busy. For diagnosing a connection that neither answers nor
+  // closes. Not from an I/O thread or a handler: it would wait for work only the caller's own
+  // thread can run.
   std::vector<std::string> DescribeConnections(std::chrono::milliseconds wait);
 
  private:
   class Connection;
   friend class Connection;
 
+  enum class Admission { kAdmitted, kServerFull, kUserFull };
+
   void Accept();
+  void OnAccepted(boost::asio::local::stream_protocol::socket socket);
+  // Counts a new connection of `uid` against max_connections and its uid's share, or says
+  // which of the two is full (then nothing is counted).
+  Admission ClaimSlot(uid_t uid, const Limits& limits);
   void Register(const std::shared_ptr<Connection>& connection);
-  void ReleaseSlot();
+  void ReleaseSlot(uid_t uid);
+  // Reserves `bytes` of the body budget (limits.max_buffered_body_bytes); false when they would
+  // exceed it.
+  bool ReserveBody(size_t bytes, size_t budget);
+  void ReleaseBody(size_t bytes) { buffered_body_bytes_ -= bytes; }
   void Unregister(Connection* connection);
   // Claims an I/O thread for running a request, if one would still be left free; false when
   // the request must go to a worker.
@@ -121,6 +146,9 @@ class HttpServer {
   std::vector<std::weak_ptr<Connection>> connections_;
   std::condition_variable drained_;
   std::atomic<size_t> open_connections_{0};
+  // Open connections per peer uid (SO_PEERCRED); guarded by mutex_.
+  std::map<uid_t, size_t> connections_per_uid_;
+  std::atomic<size_t> buffered_body_bytes_{0};
   // Connection objects not yet destroyed, which Drain waits for; guarded by mutex_.
   size_t live_connections_ = 0;
   std::atomic<size_t> inline_handlers_{0};

@@ -47,6 +47,8 @@ class Service final : public RequestHandler {
   HttpResponse Refuse(ConnectionContext& connection, HttpRequest& request,
                       const Status& status) override;
   bool ExpectsBody(const HttpRequest& header) const override;
+  std::optional<HttpResponse> Screen(ConnectionContext& connection,
+                                     HttpRequest& header) override;
 
  private:
   struct Call;
@@ -66,6 +68,13 @@ class Service final : public RequestHandler {
   Status Metrics(Call& call);
 
   Status Authorize(Call& call, policy::Operation op, const std::string& key);
+  // Screen's decision for a request whose body is still unread: the caller's identity, then the
+  // policy on the key the target names (for a key creation, on any key), then the cheap header
+  // checks that would refuse it anyway once read.
+  Status Admit(Call& call);
+  Status AdmitKeyCreation(Call& call);
+  // A key creation body, once read: small, and nested no deeper than kMaxKeyJsonDepth.
+  Status CheckKeyCreationBody(const Call& call);
   Result<CachedKey> KeyFor(const std::string& name, std::optional<uint32_t> version);
   Result<nlohmann::json> KeyObject(const std::string& name);
   // Writes the audit record for `call` (outcome `status`) and returns the response to send: the

@@ -35,6 +35,17 @@ struct VectorBatch {
   size_t count() const { return dimension == 0 ? 0 : values.size() / dimension; }
 };
 
+// JSON nesting depth allowed in request bodies. An encrypt or decrypt body needs exactly 3
+// (object, "vectors", a row); a key creation body needs 1, and 16 leaves room for fields to
+// come. Anything deeper is refused as json_too_deep while it is scanned, so that no parse ever
+// holds a stack or tree for it.
+inline constexpr size_t kMaxVectorJsonDepth = 3;
+inline constexpr size_t kMaxKeyJsonDepth = 16;
+
+// json_too_deep (400) when `body` nests arrays and objects deeper than `max_depth`; a streaming
+// scan that stops at the first level too deep. Syntax errors are left to the real parse.
+Status CheckJsonDepth(std::string_view body, size_t max_depth);
+
 // The body of an encrypt or decrypt request in JSON. Fields absent from the body stay empty.
 struct JsonVectorRequest {
   VectorBatch batch;
@@ -43,7 +54,8 @@ struct JsonVectorRequest {
   std::optional<std::vector<std::string>> tokens;  // base64 text, decoded by DecodeTokens
 };
 
-// Errors: invalid_json (syntax, with the byte offset), invalid_request (wrong shape, unknown or
+// Errors: invalid_json (syntax, with the byte offset), json_too_deep (nesting beyond
+// kMaxVectorJsonDepth), invalid_request (wrong shape, unknown or
 // duplicate field, no vectors), too_many_vectors (more than max_vectors rows, kResourceExhausted),
 // core's ragged-row and dimension reasons, non_finite_value (a number outside float32's range)
 // with its vector_index.

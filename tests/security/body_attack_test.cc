@@ -1,0 +1,382 @@
+// Issue #17's attacks by members of the socket group, as real other uids against a real
+// vecseald: 64 MiB nested bodies and stalled half-bodies from callers with no grant (or a grant
+// on another key), and one uid holding every connection it can. The daemon decides before it
+// reads a body, so none of these may raise its memory by more than a few MiB, and a granted
+// caller is served meanwhile.
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "support/dev_daemon.h"
+#include "support/secured_daemon.h"
+#include "test_util.h"
+
+namespace vecseal::security_testing {
+namespace {
+
+using nlohmann::json;
+using policy::testing_util::WriteFile;
+using Clock = std::chrono::steady_clock;
+
+constexpr uid_t kNoGrantUid = 64111;
+constexpr uid_t kOtherKeyUid = 64112;  // granted encrypt on "theirs" only
+constexpr gid_t kAttackerGid = 64113;
+constexpr size_t kBodyBytes = 64u << 20;
+constexpr size_t kPerUid = 64;  // the default limits.max_connections_per_uid
+
+// One field of /proc/PID/status in KiB (VmRSS, VmHWM), 0 when missing.
+size_t StatusKib(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with(field + ":")) return std::stoul(line.substr(field.size() + 1));
+  }
+  return 0;
+}
+
+// Resets the peak RSS (VmHWM) to the current RSS, so that the next read is this test's peak.
+bool ResetPeak(pid_t pid) {
+  std::ofstream out("/proc/" + std::to_string(pid) + "/clear_refs");
+  out << "5";
+  out.flush();
+  return static_cast<bool>(out);
+}
+
+// User plus system CPU time of a process, in clock ticks.
+long CpuTicks(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text;
+  std::getline(in, text);  // one line
+  std::istringstream fields(text.substr(text.rfind(')') + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return utime + stime;
+}
+
+int Connect(const std::string& path) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool Readable(int fd, int timeout_ms) {
+  pollfd p{.fd = fd, .events = POLLIN, .revents = 0};
+  return poll(&p, 1, timeout_ms) > 0;
+}
+
+// Reads what the daemon answered, until it closes or 10 s pass.
+std::string ReadAnswer(int fd) {
+  std::string answer;
+  char buffer[4096];
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (Clock::now() < deadline && Readable(fd, 100)) {
+    const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) break;
+    answer.append(buffer, static_cast<size_t>(n));
+  }
+  return answer;
+}
+
+std::string Head(const std::string& target, size_t length) {
+  return "POST " + target + " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+         "Content-Length: " + std::to_string(length) + "\r\n\r\n";
+}
+
+// Sends the head, then up to `body_bytes` of '[' in 64 KiB pieces, stopping as soon as the
+// daemon answers or stops taking bytes; returns how many body bytes went.
+size_t SendNested(int fd, const std::string& head, size_t body_bytes) {
+  if (send(fd, head.data(), head.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(head.size())) {
+    return 0;
+  }
+  const std::string piece(64 << 10, '[');
+  size_t sent = 0;
+  while (sent < body_bytes && !Readable(fd, 0)) {
+    const ssize_t n = send(fd, piece.data(), std::min(piece.size(), body_bytes - sent),
+                           MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EAGAIN) {
+      pollfd p{.fd = fd, .events = POLLIN | POLLOUT, .revents = 0};
+      if (poll(&p, 1, 5000) <= 0) break;
+    } else {
+      break;
+    }
+  }
+  return sent;
+}
+
+// "STATUS CODE" of a raw answer, e.g. "403 permission_denied"; "0 " when there is none.
+std::string Outcome(const std::string& raw) {
+  const unsigned status = daemon::testing::StatusOf(raw);
+  const size_t body = raw.find("\r\n\r\n");
+  std::string code;
+  if (body != std::string::npos) {
+    const auto parsed = json::parse(raw.substr(body + 4), nullptr, false);
+    if (parsed.is_object() && parsed.contains("error")) code = parsed["error"].value("code", "");
+  }
+  return std::to_string(status) + " " + code;
+}
+
+// A child process running as another uid (in the socket's group), which reports lines over a
+// pipe and stays alive, holding whatever it opened, until Finish.
+class Attacker {
+ public:
+  Attacker(uid_t uid, gid_t socket_gid, std::function<void(int report)> attack) {
+    int report[2], release[2];
+    if (pipe2(report, O_CLOEXEC) != 0 || pipe2(release, O_CLOEXEC) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      close(report[0]);
+      close(release[1]);
+      const gid_t groups[] = {socket_gid};
+      if (setgroups(1, groups) != 0 || setgid(kAttackerGid) != 0 || setuid(uid) != 0) _exit(124);
+      attack(report[1]);
+      if (write(report[1], "done\n", 5) != 5) _exit(1);
+      char byte;
+      [[maybe_unused]] const ssize_t ignored = read(release[0], &byte, 1);
+      _exit(0);
+    }
+    close(report[1]);
+    close(release[0]);
+    report_ = report[0];
+    release_ = release[1];
+  }
+  ~Attacker() { Finish(); }
+
+  // The lines reported up to "done" (without it); empty when the child failed.
+  std::vector<std::string> WaitDone() {
+    std::vector<std::string> lines;
+    std::string text;
+    char buffer[4096];
+    ssize_t n;
+    while (text.find("done\n") == std::string::npos &&
+           (n = read(report_, buffer, sizeof(buffer))) > 0) {
+      text.append(buffer, static_cast<size_t>(n));
+    }
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line) && line != "done";) lines.push_back(line);
+    return lines;
+  }
+
+  // Lets the child exit, closing everything it holds.
+  void Finish() {
+    if (pid_ <= 0) return;
+    close(release_);
+    close(report_);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int report_ = -1;
+  int release_ = -1;
+};
+
+void Report(int fd, const std::string& line) {
+  const std::string text = line + "\n";
+  [[maybe_unused]] const ssize_t n = write(fd, text.data(), text.size());
+}
+
+class BodyAttackTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) {
+      GTEST_SKIP() << "needs root: the attackers are child processes that setuid to other uids";
+    }
+    if (auto reason = testing::SoftHsmUnavailableReason(); !reason.empty()) GTEST_SKIP() << reason;
+    const group* socket_group = getgrnam("nogroup");
+    if (socket_group == nullptr) GTEST_SKIP() << "no group 'nogroup' to own the socket";
+    socket_gid_ = socket_group->gr_gid;
+    const json policy = {
+        {"version", 1},
+        {"rules",
+         {{{"id", "admin"},
+           {"callers", {{"uid", 0}}},
+           {"keys", {"*"}},
+           {"operations", {"keys.create", "encrypt", "decrypt"}}},
+          {{"id", "their-key"},
+           {"callers", {{"uid", kOtherKeyUid}}},
+           {"keys", {"theirs"}},
+           {"operations", {"encrypt"}}}}}};
+    std::string error;
+    daemon_ = SecuredDaemon::Prepare(
+        {.policy_json = policy.dump(2), .socket_group = "nogroup"}, &error);
+    ASSERT_TRUE(daemon_) << error;
+    ASSERT_TRUE(daemon_->Start(&error)) << error;
+    admin_ = std::make_unique<daemon::testing::HttpClient>(daemon_->socket_path());
+    for (const char* name : {"demo", "theirs"}) {
+      const auto created =
+          admin_->PostJson("/v1/keys", {{"name", name}, {"approximation_factor", 2.5}});
+      ASSERT_EQ(created.status, 201u) << created.body;
+    }
+    ASSERT_EQ(EncryptOne(), 200u);
+    baseline_kib_ = StatusKib(daemon_->pid(), "VmRSS");
+    ASSERT_TRUE(ResetPeak(daemon_->pid()));
+  }
+
+  unsigned EncryptOne() {
+    return admin_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{0.25, -0.5, 0.75}}}}).status;
+  }
+
+  // The daemon's peak RSS since SetUp, over its RSS then.
+  size_t PeakGrowthKib() const {
+    const size_t peak = StatusKib(daemon_->pid(), "VmHWM");
+    return peak > baseline_kib_ ? peak - baseline_kib_ : 0;
+  }
+
+  // The audit record that denied `operation` to `uid`, if any.
+  std::optional<json> DenialOf(uid_t uid, const std::string& operation) const {
+    for (const json& record : daemon_->AuditRecords()) {
+      if (record.value("event", "") == "deny" && record.value("operation", "") == operation &&
+          record.value("caller", json::object()).value("uid", int64_t{-1}) ==
+              static_cast<int64_t>(uid)) {
+        return record;
+      }
+    }
+    return std::nullopt;
+  }
+
+  gid_t socket_gid_ = 0;
+  std::unique_ptr<SecuredDaemon> daemon_;
+  std::unique_ptr<daemon::testing::HttpClient> admin_;
+  size_t baseline_kib_ = 0;
+};
+
+// Attack row 1: 64 MiB of '[' to POST /v1/keys and to encrypt, from a caller with no grant and
+// from one with a grant on another key. Each is answered 403 from its headers and audited; the
+// body is never parsed or held.
+TEST_F(BodyAttackTest, NestedBodyWithoutGrantIsDeniedBeforeItIsRead) {
+  struct Row {
+    uid_t uid;
+    std::string target;
+    std::string operation;
+  };
+  const Row rows[] = {{kNoGrantUid, "/v1/keys", "keys.create"},
+                      {kNoGrantUid, "/v1/keys/demo/encrypt", "encrypt"},
+                      {kOtherKeyUid, "/v1/keys", "keys.create"},
+                      {kOtherKeyUid, "/v1/keys/demo/encrypt", "encrypt"}};
+  for (const Row& row : rows) {
+    SCOPED_TRACE("uid " + std::to_string(row.uid) + " " + row.target);
+    const long cpu_before = CpuTicks(daemon_->pid());
+    const auto start = Clock::now();
+    Attacker attacker(row.uid, socket_gid_, [&](int report) {
+      const int fd = Connect(daemon_->socket_path());
+      const size_t sent = SendNested(fd, Head(row.target, kBodyBytes), kBodyBytes);
+      Report(report, Outcome(ReadAnswer(fd)));
+      Report(report, std::to_string(sent));
+    });
+    const auto lines = attacker.WaitDone();
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    attacker.Finish();
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_EQ(lines[0], "403 permission_denied");
+    const long cpu_ticks = CpuTicks(daemon_->pid()) - cpu_before;
+    std::cout << "[ figures  ] " << row.target << " as uid " << row.uid << ": " << lines[0]
+              << " after " << lines[1] << " body bytes sent, " << seconds << " s, daemon CPU "
+              << cpu_ticks << " ticks, peak RSS +" << PeakGrowthKib() << " KiB\n";
+    EXPECT_LT(seconds, 5.0);
+    EXPECT_LT(cpu_ticks, sysconf(_SC_CLK_TCK)) << "more than one CPU second";
+    const auto record = DenialOf(row.uid, row.operation);
+    ASSERT_TRUE(record.has_value()) << "no deny record for " << row.operation;
+    EXPECT_EQ((*record)["error_code"], "permission_denied");
+  }
+  EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the bodies were held or parsed";
+  EXPECT_EQ(EncryptOne(), 200u);
+}
+
+// Attack row 2: many connections each send half of a 64 MiB body and stall, from a caller with
+// no grant. They are refused from their headers, so nothing is buffered, and a granted caller's
+// single-vector requests stay fast meanwhile.
+TEST_F(BodyAttackTest, StalledHalfBodiesWithoutGrantHoldNoMemory) {
+  constexpr size_t kConnections = 48;
+  Attacker attacker(kNoGrantUid, socket_gid_, [&](int report) {
+    std::vector<int> held;
+    for (size_t i = 0; i < kConnections; ++i) {
+      const int fd = Connect(daemon_->socket_path());
+      SendNested(fd, Head("/v1/keys/demo/encrypt", kBodyBytes), kBodyBytes / 2);
+      held.push_back(fd);  // stalled: never sends the rest, never closes
+    }
+    for (int fd : held) Report(report, Outcome(ReadAnswer(fd)));
+  });
+  // A granted caller, while the stalled connections are opened and answered.
+  std::vector<double> latencies_ms;
+  const auto until = Clock::now() + std::chrono::seconds(2);
+  while (Clock::now() < until) {
+    const auto start = Clock::now();
+    ASSERT_EQ(EncryptOne(), 200u);
+    latencies_ms.push_back(
+        std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  const auto lines = attacker.WaitDone();
+  ASSERT_EQ(lines.size(), kConnections);
+  for (const std::string& line : lines) EXPECT_EQ(line, "403 permission_denied");
+  const size_t rss_kib = StatusKib(daemon_->pid(), "VmRSS");
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  const double p99 = latencies_ms[latencies_ms.size() * 99 / 100];
+  std::cout << "[ figures  ] " << kConnections << " stalled half-bodies: RSS " << baseline_kib_
+            << " -> " << rss_kib << " KiB (peak +" << PeakGrowthKib() << " KiB); granted p99 "
+            << p99 << " ms over " << latencies_ms.size() << " requests\n";
+  EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the half-bodies were buffered";
+  EXPECT_LT(p99, 10.0);
+  attacker.Finish();
+}
+
+// Attack row 4: one uid holds its whole share of connections; its next one is answered 503
+// too_many_connections_for_user at once, while another uid is still served.
+TEST_F(BodyAttackTest, OneUidCannotHoldEveryConnection) {
+  Attacker attacker(kNoGrantUid, socket_gid_, [&](int report) {
+    std::vector<int> held;
+    for (size_t i = 0; i < kPerUid; ++i) held.push_back(Connect(daemon_->socket_path()));
+    // One answered request proves the held connections are all counted (accepted in order).
+    const std::string health = "GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    [[maybe_unused]] const ssize_t n = send(held.back(), health.data(), health.size(), 0);
+    Report(report, std::to_string(daemon::testing::StatusOf(ReadAnswer(held.back()))));
+    const int over = Connect(daemon_->socket_path());
+    Report(report, Outcome(ReadAnswer(over)));
+  });
+  const auto lines = attacker.WaitDone();
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[1], "503 too_many_connections_for_user");
+  // The attacker still holds its connections; another uid gets new ones.
+  for (int i = 0; i < 8; ++i) {
+    daemon::testing::HttpClient other(daemon_->socket_path());
+    EXPECT_EQ(other.Get("/v1/health").status, 200u);
+  }
+  EXPECT_EQ(EncryptOne(), 200u);
+  attacker.Finish();
+}
+
+}  // namespace
+}  // namespace vecseal::security_testing
