@@ -224,6 +224,41 @@ class HsmTest : public testing::SoftHsmTest {
     return raw;
   }
 
+  // Imports a model key of known value under `label` with C_CreateObject, as a PIN holder could,
+  // with exactly the usage flags vecseal gives `format`, and its parameter object holding
+  // `canonical` and the tag over it: a key that is labelled and parameterised as vecseal's.
+  void ImportModelKey(Raw& raw, const std::string& label, core::KeyFormat format,
+                      std::span<const uint8_t> value, bool copyable,
+                      std::span<const uint8_t> canonical, const core::Seed& tag) {
+    const bool v2 = format == core::KeyFormat::kV2;
+    CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+    CK_KEY_TYPE key_type = v2 ? CKK_AES : CKK_GENERIC_SECRET;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL copy = copyable ? CK_TRUE : CK_FALSE;
+    CK_BBOOL sign = v2 ? CK_FALSE : CK_TRUE, encrypt = v2 ? CK_TRUE : CK_FALSE;
+    CK_ATTRIBUTE key_template[] = {
+        {CKA_CLASS, &key_class, sizeof key_class}, {CKA_KEY_TYPE, &key_type, sizeof key_type},
+        {CKA_TOKEN, &yes, 1},       {CKA_PRIVATE, &yes, 1},    {CKA_SENSITIVE, &yes, 1},
+        {CKA_EXTRACTABLE, &no, 1},  {CKA_COPYABLE, &copy, 1},  {CKA_SIGN, &sign, 1},
+        {CKA_ENCRYPT, &encrypt, 1}, {CKA_VERIFY, &no, 1},      {CKA_DECRYPT, &no, 1},
+        {CKA_WRAP, &no, 1},         {CKA_UNWRAP, &no, 1},      {CKA_DERIVE, &no, 1},
+        {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+        {CKA_VALUE, const_cast<uint8_t*>(value.data()), value.size()}};
+    ASSERT_TRUE(raw.session.Create(key_template).ok());
+    std::vector<uint8_t> stored(canonical.begin(), canonical.end());
+    stored.insert(stored.end(), tag.begin(), tag.end());
+    CK_OBJECT_CLASS data_class = CKO_DATA;
+    std::string application = "vecseal/v1/params";
+    CK_ATTRIBUTE data[] = {{CKA_CLASS, &data_class, sizeof data_class},
+                           {CKA_TOKEN, &yes, 1},
+                           {CKA_PRIVATE, &yes, 1},
+                           {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                           {CKA_APPLICATION, application.data(), application.size()},
+                           {CKA_VALUE, stored.data(), stored.size()}};
+    ASSERT_TRUE(raw.session.Create(data).ok());
+  }
+
+
   Object FindOne(Session& session, CK_OBJECT_CLASS klass, const std::string& label) {
     CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass},
                             {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
@@ -475,45 +510,13 @@ TEST_F(HsmTest, DerivationsEqualOpenSslHmacForAKnownKey) {
     const std::string name = copies ? "known-copy" : "known";
     std::array<uint8_t, 32> key_value{};
     for (size_t i = 0; i < key_value.size(); ++i) key_value[i] = static_cast<uint8_t>(i * 7 + 1);
-    std::string label = "vecseal:" + name + ":v1";
-    CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-    CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_BBOOL copyable = copies ? CK_TRUE : CK_FALSE;
-    CK_ATTRIBUTE key_template[] = {{CKA_CLASS, &key_class, sizeof key_class},
-                                   {CKA_KEY_TYPE, &key_type, sizeof key_type},
-                                   {CKA_TOKEN, &yes, 1},
-                                   {CKA_PRIVATE, &yes, 1},
-                                   {CKA_SENSITIVE, &yes, 1},
-                                   {CKA_EXTRACTABLE, &no, 1},
-                                   {CKA_COPYABLE, &copyable, 1},
-                                   {CKA_SIGN, &yes, 1},
-                                   {CKA_VERIFY, &no, 1},
-                                   {CKA_ENCRYPT, &no, 1},
-                                   {CKA_DECRYPT, &no, 1},
-                                   {CKA_WRAP, &no, 1},
-                                   {CKA_UNWRAP, &no, 1},
-                                   {CKA_DERIVE, &no, 1},
-                                   {CKA_LABEL, label.data(), label.size()},
-                                   {CKA_VALUE, key_value.data(), key_value.size()}};
-    ASSERT_TRUE(raw->session.Create(key_template).ok());
     KeyParams params = Params(2.0);
     params.created_unix = 1750000000;
     std::vector<uint8_t> canonical = CanonicalParamBytes(name, 1, params);
     std::string message = std::string(core::kDomainParams) + '\0' +
                           std::string(canonical.begin(), canonical.end());
-    core::Seed tag = OpenSslHmac(key_value, Bytes(message));
-    std::vector<uint8_t> stored = canonical;
-    stored.insert(stored.end(), tag.begin(), tag.end());
-    CK_OBJECT_CLASS data_class = CKO_DATA;
-    std::string application = "vecseal/v1/params";
-    CK_ATTRIBUTE data[] = {{CKA_CLASS, &data_class, sizeof data_class},
-                           {CKA_TOKEN, &yes, 1},
-                           {CKA_PRIVATE, &yes, 1},
-                           {CKA_LABEL, label.data(), label.size()},
-                           {CKA_APPLICATION, application.data(), application.size()},
-                           {CKA_VALUE, stored.data(), stored.size()}};
-    ASSERT_TRUE(raw->session.Create(data).ok());
+    ImportModelKey(*raw, "vecseal:" + name + ":v1", core::KeyFormat::kV1, key_value, copies,
+                   canonical, OpenSslHmac(key_value, Bytes(message)));
 
     auto key = hsm->FindKey(name);
     ASSERT_TRUE(key.ok()) << key.status().ToString();
@@ -595,26 +598,6 @@ TEST_F(HsmTest, FormatV2DerivationsEqualTheReferenceForItsKey) {
   std::array<uint8_t, 32> key_value{};
   for (size_t i = 0; i < key_value.size(); ++i) key_value[i] = static_cast<uint8_t>(i);
   const std::string name = "kat";
-  std::string label = "vecseal:" + name + ":v1";
-  CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-  CK_KEY_TYPE key_type = CKK_AES;
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_ATTRIBUTE key_template[] = {{CKA_CLASS, &key_class, sizeof key_class},
-                                 {CKA_KEY_TYPE, &key_type, sizeof key_type},
-                                 {CKA_TOKEN, &yes, 1},
-                                 {CKA_PRIVATE, &yes, 1},
-                                 {CKA_SENSITIVE, &yes, 1},
-                                 {CKA_EXTRACTABLE, &no, 1},
-                                 {CKA_ENCRYPT, &yes, 1},
-                                 {CKA_SIGN, &no, 1},
-                                 {CKA_VERIFY, &no, 1},
-                                 {CKA_DECRYPT, &no, 1},
-                                 {CKA_WRAP, &no, 1},
-                                 {CKA_UNWRAP, &no, 1},
-                                 {CKA_DERIVE, &no, 1},
-                                 {CKA_LABEL, label.data(), label.size()},
-                                 {CKA_VALUE, key_value.data(), key_value.size()}};
-  ASSERT_TRUE(raw->session.Create(key_template).ok());
   // PK and TK of the v2 known answers.
   const std::string params_key =
       "80c3017e8f89ab315ede32b11e48ab50fa7ba8ba289bbb5d04537f426ea4468c";
@@ -630,18 +613,8 @@ TEST_F(HsmTest, FormatV2DerivationsEqualTheReferenceForItsKey) {
   ASSERT_EQ(canonical[0], 2) << "the canonical bytes start with the format";
   std::string message = std::string(core::kDomainParamsV2) + '\0' +
                         std::string(canonical.begin(), canonical.end());
-  core::Seed tag = OpenSslHmac(pk, Bytes(message));
-  std::vector<uint8_t> stored = canonical;
-  stored.insert(stored.end(), tag.begin(), tag.end());
-  CK_OBJECT_CLASS data_class = CKO_DATA;
-  std::string application = "vecseal/v1/params";
-  CK_ATTRIBUTE data[] = {{CKA_CLASS, &data_class, sizeof data_class},
-                         {CKA_TOKEN, &yes, 1},
-                         {CKA_PRIVATE, &yes, 1},
-                         {CKA_LABEL, label.data(), label.size()},
-                         {CKA_APPLICATION, application.data(), application.size()},
-                         {CKA_VALUE, stored.data(), stored.size()}};
-  ASSERT_TRUE(raw->session.Create(data).ok());
+  ImportModelKey(*raw, "vecseal:" + name + ":v1", core::KeyFormat::kV2, key_value, false,
+                 canonical, OpenSslHmac(pk, Bytes(message)));
 
   auto key = hsm->FindKey(name);
   ASSERT_TRUE(key.ok()) << key.status().ToString();
@@ -684,42 +657,12 @@ TEST_F(HsmTest, PlantedKeyOfKnownValueIsRefusedAsUntrusted) {
   std::array<uint8_t, 32> key_value{};
   key_value.fill(0x5a);
   const std::string name = "planted";
-  std::string label = "vecseal:" + name + ":v1";
-  CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
-  CK_KEY_TYPE key_type = CKK_GENERIC_SECRET;
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_ATTRIBUTE key_template[] = {{CKA_CLASS, &key_class, sizeof key_class},
-                                 {CKA_KEY_TYPE, &key_type, sizeof key_type},
-                                 {CKA_TOKEN, &yes, 1},
-                                 {CKA_PRIVATE, &yes, 1},
-                                 {CKA_SENSITIVE, &yes, 1},
-                                 {CKA_EXTRACTABLE, &no, 1},
-                                 {CKA_SIGN, &yes, 1},
-                                 {CKA_VERIFY, &no, 1},
-                                 {CKA_ENCRYPT, &no, 1},
-                                 {CKA_DECRYPT, &no, 1},
-                                 {CKA_WRAP, &no, 1},
-                                 {CKA_UNWRAP, &no, 1},
-                                 {CKA_DERIVE, &no, 1},
-                                 {CKA_LABEL, label.data(), label.size()},
-                                 {CKA_VALUE, key_value.data(), key_value.size()}};
-  ASSERT_TRUE(raw->session.Create(key_template).ok());
   KeyParams params = Params(2.0);
   std::vector<uint8_t> canonical = CanonicalParamBytes(name, 1, params);
   std::string message = std::string(core::kDomainParams) + '\0' +
                         std::string(canonical.begin(), canonical.end());
-  core::Seed tag = OpenSslHmac(key_value, Bytes(message));
-  std::vector<uint8_t> stored = canonical;
-  stored.insert(stored.end(), tag.begin(), tag.end());
-  CK_OBJECT_CLASS data_class = CKO_DATA;
-  std::string application = "vecseal/v1/params";
-  CK_ATTRIBUTE data[] = {{CKA_CLASS, &data_class, sizeof data_class},
-                         {CKA_TOKEN, &yes, 1},
-                         {CKA_PRIVATE, &yes, 1},
-                         {CKA_LABEL, label.data(), label.size()},
-                         {CKA_APPLICATION, application.data(), application.size()},
-                         {CKA_VALUE, stored.data(), stored.size()}};
-  ASSERT_TRUE(raw->session.Create(data).ok());
+  ImportModelKey(*raw, "vecseal:" + name + ":v1", core::KeyFormat::kV1, key_value, false,
+                 canonical, OpenSslHmac(key_value, Bytes(message)));
 
   auto hsm = OpenHsm();
   ASSERT_TRUE(hsm);
