@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,31 @@ class ReferenceTest : public ::testing::Test {
   }
 };
 
+// The "m", "c_f32_hex" and "tokens" members of a case dump for the reference's `check`.
+std::string CaseVectors(const std::vector<float>& m, const std::vector<float>& c,
+                        const std::vector<Token>& tokens, size_t d) {
+  std::ostringstream json;
+  json << "\"m\": [";
+  for (size_t k = 0; k < tokens.size(); ++k) {
+    json << (k ? ", [" : "[");
+    for (size_t i = 0; i < d; ++i) {
+      char text[32];
+      std::snprintf(text, sizeof(text), "%.9g", double{m[k * d + i]});
+      json << (i ? ", " : "") << text;
+    }
+    json << "]";
+  }
+  json << "], \"c_f32_hex\": [";
+  for (size_t k = 0; k < tokens.size(); ++k) {
+    const auto* bytes = reinterpret_cast<const uint8_t*>(&c[k * d]);
+    json << (k ? ", " : "") << '"' << ToHex({bytes, d * sizeof(float)}) << '"';
+  }
+  json << "], \"tokens\": [";
+  for (size_t k = 0; k < tokens.size(); ++k) json << (k ? ", " : "") << '"' << ToHex(tokens[k]) << '"';
+  json << "]";
+  return json.str();
+}
+
 TEST_F(ReferenceTest, AgreesOnARandomCaseInBothTransforms) {
   constexpr size_t kD = 64, kN = 16;
   constexpr uint32_t kGroup = 4;
@@ -75,24 +101,7 @@ TEST_F(ReferenceTest, AgreesOnARandomCaseInBothTransforms) {
            << ", \"group_size\": " << kGroup << ", \"nonces\": [";
       for (size_t g = 0; g < nonces.size(); ++g)
         json << (g ? ", " : "") << '"' << ToHex(nonces[g]) << '"';
-      json << "], \"m\": [";
-      for (size_t k = 0; k < kN; ++k) {
-        json << (k ? ", [" : "[");
-        for (size_t i = 0; i < kD; ++i) {
-          char text[32];
-          std::snprintf(text, sizeof(text), "%.9g", double{m[k * kD + i]});
-          json << (i ? ", " : "") << text;
-        }
-        json << "]";
-      }
-      json << "], \"c_f32_hex\": [";
-      for (size_t k = 0; k < kN; ++k) {
-        const auto* bytes = reinterpret_cast<const uint8_t*>(&c[k * kD]);
-        json << (k ? ", " : "") << '"' << ToHex({bytes, kD * sizeof(float)}) << '"';
-      }
-      json << "], \"tokens\": [";
-      for (size_t k = 0; k < kN; ++k) json << (k ? ", " : "") << '"' << ToHex(tokens[k]) << '"';
-      json << "]}\n";
+      json << "], " << CaseVectors(m, c, tokens, kD) << "}\n";
     }
     std::string output;
     const int rc =
@@ -210,24 +219,7 @@ TEST_F(ReferenceTest, AgreesOnARandomFormatV2CaseInBothTransforms) {
       for (size_t k = 0; k < kN; ++k) {
         json << (k ? ", " : "") << '"' << ToHex({nonces[k].data(), kNonceSizeV2}) << '"';
       }
-      json << "], \"m\": [";
-      for (size_t k = 0; k < kN; ++k) {
-        json << (k ? ", [" : "[");
-        for (size_t i = 0; i < kD; ++i) {
-          char text[32];
-          std::snprintf(text, sizeof(text), "%.9g", double{m[k * kD + i]});
-          json << (i ? ", " : "") << text;
-        }
-        json << "]";
-      }
-      json << "], \"c_f32_hex\": [";
-      for (size_t k = 0; k < kN; ++k) {
-        const auto* bytes = reinterpret_cast<const uint8_t*>(&c[k * kD]);
-        json << (k ? ", " : "") << '"' << ToHex({bytes, kD * sizeof(float)}) << '"';
-      }
-      json << "], \"tokens\": [";
-      for (size_t k = 0; k < kN; ++k) json << (k ? ", " : "") << '"' << ToHex(tokens[k]) << '"';
-      json << "]}\n";
+      json << "], " << CaseVectors(m, c, tokens, kD) << "}\n";
     }
     std::string output;
     const int rc =
