@@ -24,6 +24,7 @@ constexpr ReasonStatus kReasonTable[] = {
     {"key_not_found", 404},        {"not_found", 404},
     {"too_many_connections_for_user", 503},
     {"body_memory_exhausted", 503},
+    {"unsupported_transfer_coding", 501},
 };
 
 unsigned DefaultFor(Code code) {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <exception>
 #include <optional>
@@ -45,6 +46,51 @@ constexpr std::chrono::milliseconds kLingerLimit{2000};
 constexpr int kSendBufferBytes = 4 << 20;
 // Enough recycled body buffers for a handful of 1024×768 batches in flight.
 constexpr size_t kRetainedBufferBytes = 32 << 20;
+
+// Headers that may appear once: a second copy would make the request mean what one reader or
+// another decides (RFC 9110 §5.3), so it is refused rather than resolved.
+constexpr std::string_view kSingletonHeaders[] = {
+    "content-type",       "transfer-encoding",   "vecseal-dimension",
+    "vecseal-reversible", "vecseal-key-version", "host",
+};
+
+bool SameName(std::string_view a, std::string_view b) {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// Strict header rules (issue #17): no repeated singleton header, and no transfer coding but
+// chunked, which is all the server decodes (a "gzip, chunked" body was read as plain chunked).
+Status CheckStrictHeaders(const HttpRequest& request) {
+  for (std::string_view name : kSingletonHeaders) {
+    size_t count = 0;
+    for (const auto& field : request) {
+      if (SameName(std::string_view(field.name_string().data(), field.name_string().size()),
+                   name)) {
+        ++count;
+      }
+    }
+    if (count > 1) {
+      return Status(Code::kInvalidArgument, "invalid_request",
+                    "the " + std::string(name) + " header appears " + std::to_string(count) +
+                        " times; send it once");
+    }
+  }
+  const auto coding = request.find(boost::beast::http::field::transfer_encoding);
+  if (coding != request.end()) {
+    std::string_view value(coding->value().data(), coding->value().size());
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+    while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) value.remove_suffix(1);
+    if (!SameName(value, "chunked")) {
+      return Status(Code::kInvalidArgument, "unsupported_transfer_coding",
+                    "Transfer-Encoding may only be chunked; send the body uncompressed");
+    }
+  }
+  return Status::Ok();
+}
 
 Status TransportError(Code code, const char* reason, std::string message) {
   return Status(code, reason, std::move(message));
@@ -206,6 +252,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
                                    "malformed HTTP request: " + ec.message()));
     }
     const auto& request = parser_->get();
+    if (Status strict = CheckStrictHeaders(request); !strict.ok()) return Refuse(strict);
     if (server_.handler_.ExpectsBody(request) && !parser_->content_length() &&
         !parser_->chunked()) {
       return Refuse(TransportError(Code::kInvalidArgument, "length_required",

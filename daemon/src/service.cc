@@ -6,6 +6,7 @@
 #include <cctype>
 #include <ctime>
 #include <random>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -562,10 +563,24 @@ Status Service::ListKeys(Call& call) {
 Status Service::CreateKey(Call& call) {
   if (ContentTypeOf(call.request) != ContentType::kJson) return UnsupportedMediaType();
   const std::string_view text = call.request.body().view();
-  const json body = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  // A repeated field is refused, not resolved to its last value: two readers of one body must
+  // never disagree on which key it creates.
+  std::vector<std::set<std::string>> fields_seen;
+  std::string repeated;
+  const json::parser_callback_t note_fields = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) fields_seen.emplace_back();
+    if (event == json::parse_event_t::object_end && !fields_seen.empty()) fields_seen.pop_back();
+    if (event == json::parse_event_t::key && !fields_seen.empty() &&
+        !fields_seen.back().insert(parsed.get<std::string>()).second && repeated.empty()) {
+      repeated = parsed.get<std::string>().substr(0, 32);
+    }
+    return true;
+  };
+  const json body = json::parse(text.begin(), text.end(), note_fields, /*allow_exceptions=*/false);
   if (body.is_discarded()) {
     return Status(Code::kInvalidArgument, "invalid_json", "the request body is not valid JSON");
   }
+  if (!repeated.empty()) return InvalidRequest("the field \"" + repeated + "\" is repeated");
   if (!body.is_object()) return InvalidRequest("the request body must be a JSON object");
   for (const auto& [field, value] : body.items()) {
     if (field != "name" && field != "approximation_factor" && field != "transform" &&
@@ -710,6 +725,12 @@ HttpResponse Service::Finish(Call& call, const Status& status) {
   metrics_.CountRequest(call.metric_key, call.event.operation, outcome,
                         std::chrono::steady_clock::now() - call.start);
   call.response.set("Vecseal-Request-Id", call.event.request_id);
+  // No route takes HEAD: it gets its 405 (or 404), and a response to HEAD carries no body
+  // (RFC 9110 §9.3.2).
+  if (call.request.method() == http::verb::head) {
+    call.response.body().text.clear();
+    call.response.body().segments.clear();
+  }
   call.response.prepare_payload();
   return std::move(call.response);
 }

@@ -785,6 +785,68 @@ TEST(DaemonLimitsTest, IdleKeepAliveConnectionIsClosed) {
   close(fd);
 }
 
+// Issue #17 row 15: what a lenient reader resolves one way and another reader another way is
+// refused: a repeated JSON field, a transfer coding the server does not decode, a repeated
+// header. HEAD is answered without a body.
+TEST(DaemonStrictHttpTest, AmbiguousRequestsAreRefused) {
+  auto daemon = StartOrFail();
+  ASSERT_NE(daemon, nullptr);
+  const auto exchange = [&](const std::string& request) {
+    const int fd = ConnectUnix(daemon->socket_path());
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+    shutdown(fd, SHUT_WR);
+    std::string response = ReadToEof(fd);
+    close(fd);
+    return response;
+  };
+  const std::string twice_named = R"({"name": "first", "name": "second", "approximation_factor": 1.0})";
+  std::string response = exchange(
+      "POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+      std::to_string(twice_named.size()) + "\r\n\r\n" + twice_named);
+  EXPECT_EQ(StatusOf(response), 400u) << response;
+  EXPECT_NE(response.find(R"("code":"invalid_request","message":"the field \"name\" is repeated")"),
+            std::string::npos)
+      << response;
+
+  const std::string chunk = "{\"vectors\": [[1, 2]]}";
+  char size[16];
+  std::snprintf(size, sizeof size, "%zx", chunk.size());
+  response = exchange(
+      "POST /v1/keys/demo/encrypt HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Transfer-Encoding: gzip, chunked\r\n\r\n" + std::string(size) + "\r\n" + chunk +
+      "\r\n0\r\n\r\n");
+  EXPECT_EQ(StatusOf(response), 501u) << response;
+  EXPECT_NE(response.find(R"("code":"unsupported_transfer_coding")"), std::string::npos)
+      << response;
+
+  const std::string floats = FloatsToBytes({1, 2, 3, 4});
+  response = exchange(
+      "POST /v1/keys/demo/encrypt HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+      "Vecseal-Dimension: 2\r\nVecseal-Dimension: 4\r\nContent-Length: " +
+      std::to_string(floats.size()) + "\r\n\r\n" + floats);
+  EXPECT_EQ(StatusOf(response), 400u) << response;
+  EXPECT_NE(response.find("the vecseal-dimension header appears 2 times; send it once"),
+            std::string::npos)
+      << response;
+
+  response = exchange("HEAD /v1/health HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(StatusOf(response), 405u) << response;
+  EXPECT_NE(response.find("Allow: GET"), std::string::npos) << response;
+  EXPECT_NE(response.find("Content-Length: 0\r\n"), std::string::npos) << response;
+  EXPECT_TRUE(response.ends_with("\r\n\r\n")) << "a response to HEAD has no body: " << response;
+  // Every refusal is audited.
+  size_t refused = 0;
+  for (const json& record : daemon->AuditRecords()) {
+    const std::string code = record.value("error_code", "");
+    if (code == "invalid_request" || code == "unsupported_transfer_coding" ||
+        code == "method_not_allowed") {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(refused, 4u);
+}
+
 TEST(DaemonLimitsTest, PostWithoutContentLengthGets411) {
   auto daemon = StartOrFail();
   ASSERT_NE(daemon, nullptr);
