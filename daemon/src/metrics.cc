@@ -32,19 +32,31 @@ void Metrics::SetHsmCallsSource(std::function<HsmCalls()> source) {
   hsm_calls_ = std::move(source);
 }
 
-std::string Metrics::RenderPrometheus() const {
+std::string Metrics::RenderPrometheus(
+    const std::function<bool(const std::string&)>& may_see_key) const {
   std::ostringstream out;
   std::lock_guard lock(mutex_);
+  const auto shown = [&](const std::string& key) { return may_see_key(key) ? key : std::string(); };
+  std::map<std::tuple<std::string, std::string, std::string>, uint64_t> requests;
+  for (const auto& [labels, count] : requests_) {
+    const auto& [key, operation, outcome] = labels;
+    requests[{shown(key), operation, outcome}] += count;
+  }
+  std::map<std::tuple<std::string, std::string>, uint64_t> vectors;
+  for (const auto& [labels, count] : vectors_) {
+    const auto& [key, operation] = labels;
+    vectors[{shown(key), operation}] += count;
+  }
   out << "# HELP vecseal_requests_total Requests answered, by key, operation and outcome.\n"
          "# TYPE vecseal_requests_total counter\n";
-  for (const auto& [labels, count] : requests_) {
+  for (const auto& [labels, count] : requests) {
     const auto& [key, operation, outcome] = labels;
     out << "vecseal_requests_total{key=\"" << key << "\",operation=\"" << operation
         << "\",outcome=\"" << outcome << "\"} " << count << '\n';
   }
   out << "# HELP vecseal_vectors_total Vectors encrypted or decrypted.\n"
          "# TYPE vecseal_vectors_total counter\n";
-  for (const auto& [labels, count] : vectors_) {
+  for (const auto& [labels, count] : vectors) {
     const auto& [key, operation] = labels;
     out << "vecseal_vectors_total{key=\"" << key << "\",operation=\"" << operation << "\"} "
         << count << '\n';

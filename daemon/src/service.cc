@@ -684,7 +684,11 @@ Status Service::Health(Call& call) {
 Status Service::Metrics(Call& call) {
   call.response = HttpResponse(http::status::ok, call.request.version());
   call.response.set(http::field::content_type, "text/plain; version=0.0.4");
-  call.response.body().text = metrics_.RenderPrometheus();
+  // Key names, and per-key counts, only for the keys this caller may list.
+  const bool may_list = call.policy->DecideKeysList(*call.identity).granted;
+  call.response.body().text = metrics_.RenderPrometheus([&](const std::string& key) {
+    return may_list && call.policy->DecideListed(*call.identity, key).granted;
+  });
   return Status::Ok();
 }
 

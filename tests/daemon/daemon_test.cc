@@ -646,6 +646,28 @@ TEST_F(DaemonTest, EveryRequestIsAuditedBeforeTheResponse) {
   }
 }
 
+// Issue #17 row 12: /metrics showed key names and per-key counts to a caller denied keys.list.
+TEST_F(DaemonTest, MetricsNameOnlyTheKeysTheCallerMayList) {
+  ASSERT_EQ(client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1, 2}}}}).status, 200u);
+  EXPECT_NE(client_->Get("/metrics").body.find(
+                R"(vecseal_vectors_total{key="demo",operation="encrypt"} 1)"),
+            std::string::npos);
+  const std::string policy_path = daemon_->state_dir() + "/policy.json";
+  {
+    std::ofstream(policy_path, std::ios::trunc)
+        << R"({"version": 1, "rules": [{"id": "encrypt-only", "callers": {"uid": )" << getuid()
+        << R"(}, "keys": ["demo"], "operations": ["encrypt"]}]})";
+  }
+  daemon_->Signal(SIGHUP);
+  ASSERT_TRUE(WaitForLog(*daemon_, "event=reloaded")) << daemon_->Log();
+  ASSERT_EQ(client_->PostJson("/v1/keys/demo/encrypt", {{"vectors", {{1, 2}}}}).status, 200u);
+  const std::string hidden = client_->Get("/metrics").body;
+  EXPECT_EQ(hidden.find("key=\"demo\""), std::string::npos) << hidden;
+  EXPECT_NE(hidden.find(R"(vecseal_vectors_total{key="",operation="encrypt"} 2)"),
+            std::string::npos)
+      << "the counts are still there, without the name:\n" << hidden;
+}
+
 TEST_F(DaemonTest, SighupWithABrokenPolicyKeepsServingThenAValidOneApplies) {
   const std::string policy_path = daemon_->state_dir() + "/policy.json";
   { std::ofstream(policy_path, std::ios::trunc) << R"({"version": 1, "rules": [)"; }

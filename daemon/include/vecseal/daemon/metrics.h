@@ -1,6 +1,6 @@
 // Counters for GET /metrics in the Prometheus text format. Label values are key names that
 // exist on the token and fixed operation/outcome words, never caller input, so that a client
-// cannot grow the label set.
+// cannot grow the label set; each reader sees only the key names it may list.
 #pragma once
 
 #include <array>
@@ -31,7 +31,10 @@ class Metrics {
   using HsmCalls = std::vector<std::pair<std::string, uint64_t>>;
   void SetHsmCallsSource(std::function<HsmCalls()> source);
 
-  std::string RenderPrometheus() const;
+  // Every series. Key names the reader may not see (`may_see_key` false) are not shown: their
+  // series are added into those of the empty key, so that totals stay right and a caller without
+  // keys.list learns neither which keys exist nor how much each is used (issue #17 row 12).
+  std::string RenderPrometheus(const std::function<bool(const std::string&)>& may_see_key) const;
 
   // Upper bounds, in seconds, of the request-duration histogram buckets (then +Inf).
   static constexpr std::array<double, 12> kBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
