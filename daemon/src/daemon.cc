@@ -142,17 +142,29 @@ struct Listener {
   std::string created_path;  // unlinked at exit; empty for a socket passed by systemd
 };
 
+// Anyone who can write the socket's directory can bind the path first, or replace the socket,
+// and receive callers' plaintext: the sticky bit does not stop the first (issue #17 row 13). So
+// the directory must be the daemon's (or root's) and writable by nobody else, and no symlink on
+// the way may belong to another user.
 Status CheckSocketDirectory(const std::string& socket_path) {
   const std::string dir = std::filesystem::path(socket_path).parent_path().string();
+  if (Status links = policy::CheckSymlinkOwners(dir); !links.ok()) {
+    return SocketError("the socket directory: " + links.message());
+  }
   struct stat st {};
   if (stat(dir.c_str(), &st) != 0) {
     return SocketError("the socket directory " + dir + " does not exist (systemd creates it with "
                        "RuntimeDirectory=vecseal)");
   }
-  // Anyone who can write the directory can replace the socket with their own.
-  if ((st.st_mode & S_IWOTH) != 0 && (st.st_mode & S_ISVTX) == 0) {
-    return SocketError("the socket directory " + dir + " is writable by others (chmod o-w " +
-                       dir + ")");
+  if (st.st_uid != 0 && st.st_uid != geteuid()) {
+    return SocketError("the socket directory " + dir + " belongs to uid " +
+                       std::to_string(st.st_uid) + ", not to the daemon's user or root; put the "
+                       "socket in a directory of the daemon's, such as /run/vecseal");
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return SocketError("the socket directory " + dir +
+                       " is writable by group or others, so another user could bind the socket "
+                       "path first; chmod go-w " + dir + " or use a directory of the daemon's");
   }
   return Status::Ok();
 }

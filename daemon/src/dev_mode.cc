@@ -80,8 +80,10 @@ Result<std::string> MakeStateDir(std::string dir) {
     buffer.push_back('\0');
     if (mkdtemp(buffer.data()) == nullptr) return ErrnoError("cannot create", pattern);
     dir = buffer.data();
-  } else if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return ErrnoError("cannot create", dir);
+  } else {
+    // A symlink of another user's would choose where the state (PINs included) is written.
+    VECSEAL_RETURN_IF_ERROR(policy::CheckSymlinkOwners(dir));
+    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return ErrnoError("cannot create", dir);
   }
   char resolved[PATH_MAX];
   if (realpath(dir.c_str(), resolved) == nullptr) return ErrnoError("cannot resolve", dir);

@@ -4,10 +4,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "policy_internal.h"
 #include "vecseal/policy/policy.h"
@@ -44,9 +46,47 @@ Status CheckOne(const std::string& path, const struct stat& st, bool is_file) {
   return Status::Ok();
 }
 
+constexpr int kMaxSymlinks = 40;  // as the kernel's ELOOP limit
+
+Status CheckSymlinkOwnersFrom(std::string path, int links) {
+  if (path.empty() || path.front() != '/') {
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof cwd) == nullptr) return Status::Ok();
+    path = std::string(cwd) + "/" + path;
+  }
+  std::string prefix;
+  size_t at = 1;
+  while (at <= path.size()) {
+    const size_t end = std::min(path.find('/', at), path.size());
+    const std::string component = path.substr(at, end - at);
+    at = end + 1;
+    if (component.empty() || component == ".") continue;
+    prefix += "/" + component;
+    struct stat st;
+    if (lstat(prefix.c_str(), &st) != 0) return Status::Ok();
+    if (!S_ISLNK(st.st_mode)) continue;
+    const uid_t euid = geteuid();
+    if (st.st_uid != 0 && st.st_uid != euid) {
+      return Untrusted(prefix + " is a symlink owned by uid " + std::to_string(st.st_uid) +
+                       ", who decides where it points; use a path without it, or chown -h root " +
+                       prefix);
+    }
+    if (++links > kMaxSymlinks) return Untrusted(path + " has too many levels of symlinks");
+    char target[PATH_MAX];
+    const ssize_t length = readlink(prefix.c_str(), target, sizeof target - 1);
+    if (length < 0) return Status::Ok();
+    std::string next(target, static_cast<size_t>(length));
+    if (next.front() != '/') next = prefix.substr(0, prefix.rfind('/') + 1) + next;
+    const std::string rest = at <= path.size() ? path.substr(at - 1) : std::string();
+    return CheckSymlinkOwnersFrom(next + rest, links);
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status CheckTrustedFileStat(const std::string& path, struct stat* file_stat) {
+  VECSEAL_RETURN_IF_ERROR(CheckSymlinkOwners(path));
   std::unique_ptr<char, decltype(&free)> resolved(realpath(path.c_str(), nullptr), &free);
   if (!resolved) {
     int err = errno;
@@ -82,6 +122,10 @@ Status CheckTrustedFileStat(const std::string& path, struct stat* file_stat) {
 Status CheckTrustedFile(const std::string& path) {
   struct stat st;
   return internal::CheckTrustedFileStat(path, &st);
+}
+
+Status CheckSymlinkOwners(const std::string& path) {
+  return internal::CheckSymlinkOwnersFrom(path, 0);
 }
 
 }  // namespace vecseal::policy

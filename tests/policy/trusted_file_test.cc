@@ -87,6 +87,25 @@ TEST_F(TrustedFileTest, RejectsForeignOwner) {
   EXPECT_EQ(status.message(), sub + " is owned by uid 4321, not by root; run: chown root " + sub);
 }
 
+// Whoever owns a link decides where it points: a link of another user's, anywhere on the way
+// (here the second of a chain), is refused even when every target is trusted.
+TEST_F(TrustedFileTest, RejectsASymlinkOwnedByAnotherUser) {
+  if (geteuid() != 0) GTEST_SKIP() << "lchown to another uid needs root";
+  std::string path = dir_ / "policy.json";
+  WriteFile(path, kPolicy);
+  const std::string second = dir_ / "second";
+  const std::string first = dir_ / "first";
+  ASSERT_EQ(symlink(path.c_str(), second.c_str()), 0);
+  ASSERT_EQ(symlink(second.c_str(), first.c_str()), 0);
+  EXPECT_TRUE(CheckTrustedFile(first).ok());
+  ASSERT_EQ(lchown(second.c_str(), 4321, 4321), 0);
+  Status status = CheckTrustedFile(first);
+  EXPECT_EQ(status.reason(), "file_untrusted");
+  EXPECT_EQ(status.message(), second + " is a symlink owned by uid 4321, who decides where it "
+                                       "points; use a path without it, or chown -h root " + second);
+  EXPECT_EQ(CheckSymlinkOwners(first).message(), status.message());
+}
+
 TEST_F(TrustedFileTest, FollowsSymlinksAndChecksTheTarget) {
   std::string bad = dir_ / "bad";
   ASSERT_EQ(mkdir(bad.c_str(), 0755), 0);

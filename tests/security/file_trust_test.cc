@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <functional>
 #include <string>
 
@@ -110,6 +111,75 @@ TEST_F(FileTrustTest, LooseConfigOrPolicyStopsTheStart) {
   // Control: the very same files, tightened again, start.
   std::string error;
   ASSERT_TRUE(daemon_->Start(&error)) << error;
+}
+
+// Issue #17 row 13: in a directory others may write, sticky or not (like /tmp), another user
+// binds the socket path first and receives the callers' plaintext. The daemon refuses to start.
+TEST_F(FileTrustTest, SocketDirectoryOthersCanWriteStopsTheStart) {
+  const std::string run = daemon_->root() + "/run";
+  for (mode_t mode : {mode_t{01777}, mode_t{0775}}) {
+    SCOPED_TRACE(mode);
+    ASSERT_EQ(chmod(run.c_str(), mode), 0);
+    std::string error;
+    ASSERT_FALSE(daemon_->Start(&error)) << "started with its socket in a shared directory";
+    EXPECT_EQ(daemon_->exit_status(), 1);
+    EXPECT_NE(daemon_->Log().find("the socket directory " + run +
+                                  " is writable by group or others, so another user could bind "
+                                  "the socket path first; chmod go-w " + run),
+              std::string::npos)
+        << daemon_->Log();
+  }
+  ASSERT_EQ(chmod(run.c_str(), 0755), 0);
+  ASSERT_EQ(chown(run.c_str(), kStranger, static_cast<gid_t>(-1)), 0);
+  std::string error;
+  ASSERT_FALSE(daemon_->Start(&error)) << "started with its socket in another user's directory";
+  EXPECT_NE(daemon_->Log().find("the socket directory " + run + " belongs to uid 64105"),
+            std::string::npos)
+      << daemon_->Log();
+  ASSERT_EQ(chown(run.c_str(), 0, static_cast<gid_t>(-1)), 0);
+  ASSERT_TRUE(daemon_->Start(&error)) << error;
+}
+
+// Issue #17 row 14: a policy reached through a symlink that another user owns passed, since
+// only the target was checked; that user could repoint it at any file of root's.
+TEST_F(FileTrustTest, PolicyThroughAnotherUsersSymlinkStopsTheStart) {
+  const std::string link = daemon_->policy_path();
+  const std::string real = link + ".real";
+  ASSERT_EQ(rename(link.c_str(), real.c_str()), 0);
+  ASSERT_EQ(symlink(real.c_str(), link.c_str()), 0);
+  ASSERT_EQ(lchown(link.c_str(), kStranger, static_cast<gid_t>(-1)), 0);
+  std::string error;
+  ASSERT_FALSE(daemon_->Start(&error)) << "started with its policy behind another user's link";
+  EXPECT_EQ(daemon_->exit_status(), 1);
+  EXPECT_NE(daemon_->Log().find(link + " is a symlink owned by uid 64105, who decides where it "
+                                       "points; use a path without it, or chown -h root " + link),
+            std::string::npos)
+      << daemon_->Log();
+  ASSERT_EQ(lchown(link.c_str(), 0, static_cast<gid_t>(-1)), 0);
+  ASSERT_TRUE(daemon_->Start(&error)) << "the same link, owned by root, is fine: " << error;
+}
+
+// The same row: `vecseald --dev --state-dir LINK` through another user's link wrote the dev
+// state, PIN files included, wherever that user pointed it.
+TEST_F(FileTrustTest, DevStateDirThroughAnotherUsersSymlinkIsRefused) {
+  const std::string target = daemon_->root() + "/dev-state";
+  const std::string link = daemon_->root() + "/dev-link";
+  ASSERT_EQ(mkdir(target.c_str(), 0700), 0);
+  ASSERT_EQ(symlink(target.c_str(), link.c_str()), 0);
+  ASSERT_EQ(lchown(link.c_str(), kStranger, static_cast<gid_t>(-1)), 0);
+  const std::string command = std::string(VECSEALD_PATH) + " --dev --state-dir " + link + " 2>&1";
+  std::string output;
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char buffer[512];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
+  const int status = pclose(pipe);
+  EXPECT_NE(status, 0) << output;
+  EXPECT_NE(output.find(link + " is a symlink owned by uid 64105, who decides where it points"),
+            std::string::npos)
+      << output;
+  struct stat st {};
+  EXPECT_NE(stat((target + "/hsm-pin").c_str(), &st), 0) << "nothing was written through it";
 }
 
 TEST_F(FileTrustTest, LooseFilesAtReloadKeepTheRunningPolicy) {

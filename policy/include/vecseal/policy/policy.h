@@ -101,10 +101,18 @@ class Policy {
 // sshd StrictModes for a file the daemon trusts (policy, config): the file and every directory
 // above it, up to /, must be owned by root or the daemon's euid and not writable by group or
 // others. A directory with the sticky bit (like /tmp) may be writable by others, since they cannot
-// replace entries they do not own. Symlinks are resolved and the target's path is checked.
+// replace entries they do not own. Symlinks are resolved and the target's path is checked, and
+// every symlink met on the way (CheckSymlinkOwners) must be owned by root or the daemon's euid.
 // Errors: file_untrusted (kPermissionDenied) naming the path and the chmod/chown that fixes it;
 // file_unreadable (kNotFound when missing, kUnavailable otherwise) when it cannot be examined.
 Status CheckTrustedFile(const std::string& path);
+
+// Every symlink met while resolving `path` (as given, then each link's target, up to 40 links)
+// is owned by root or the daemon's euid: whoever owns a link decides where it points, so a link
+// of another user's would let them choose which file the daemon trusts or writes. Components that
+// do not exist end the walk without error (the caller reports them). file_untrusted naming the
+// link otherwise.
+Status CheckSymlinkOwners(const std::string& path);
 
 // The work behind `vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH
 // [--unit UNIT] [--script PATH]] [--op OPERATION --key NAME]`. `args` holds what follows
