@@ -662,10 +662,10 @@ Result<CallerIdentity> IdentityResolver::Synthesize(const SyntheticCaller& calle
 
   // The daemon looks for a script only on an interpreter's command line, so a script given with
   // any other program would describe a caller that cannot exist.
-  if (!internal::IsInterpreter(id.exe)) {
+  if (!internal::IsRecognisedInterpreterPath(id.exe)) {
     return Status(Code::kInvalidArgument, "not_an_interpreter",
-                  id.exe + " is not an interpreter, so the daemon identifies no script for it; "
-                           "give the interpreter (python3, node, java, sh, ...) as the executable");
+                  id.exe + " is not a recognised interpreter, so the daemon identifies no script "
+                           "for it; give /usr/bin/python3 as the executable");
   }
   // Like OpenScript: look before reading, so that a device or a FIFO is never opened for reading.
   Fd path(open(caller.script.c_str(), O_PATH | O_CLOEXEC));
