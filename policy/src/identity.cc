@@ -452,7 +452,9 @@ nlohmann::json CallerIdentity::ToJson() const {
           {"exe_sha256", text(exe_sha256)},
           {"unit", text(unit)},
           {"script", text(script)},
-          {"script_sha256", text(script_sha256)}};
+          {"script_sha256", text(script_sha256)},
+          {"code_unproven", text(code_unproven)},
+          {"script_refused", text(script_refused)}};
 }
 
 IdentityResolver::IdentityResolver(IdentityResolverOptions options) : options_(options) {}

@@ -50,7 +50,8 @@ struct CallerIdentity {
   std::string script_refused;
 
   // {"pid", "uid", "user", "gid", "group", "groups": [{"gid", "name"}], "exe", "exe_sha256",
-  //  "unit", "script", "script_sha256"}; unknown strings are null. No lookups: cheap per request.
+  //  "unit", "script", "script_sha256", "code_unproven", "script_refused"}; unknown (or, for the
+  //  last two, empty) strings are null. No lookups: cheap per request.
   nlohmann::json ToJson() const;
 };
 
