@@ -33,6 +33,7 @@ namespace {
 
 constexpr size_t kMaxCmdlineBytes = size_t{1} << 20;
 constexpr size_t kMaxSmallFileBytes = size_t{1} << 16;
+constexpr size_t kMaxMapsBytes = size_t{8} << 20;
 
 // Closes a file descriptor on scope exit.
 class Fd {
@@ -119,6 +120,12 @@ bool Alive(int pidfd) {
   // EPERM still proves the process exists; only ESRCH means it is gone.
   long rc = syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0u);
   return rc == 0 || errno == EPERM;
+}
+
+int64_t MonotonicNs() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
 }
 
 uint64_t BootTimeTicks() {
@@ -261,6 +268,89 @@ Status ReadCredentialsFromStatus(int proc_dir_fd, CallerIdentity* id) {
   return Status::Ok();
 }
 
+// Reads a /proc/PID file that may be unreadable without ptrace rights; PeerGone when the process
+// exited, else Ok with `*problem` saying why it could not be read (empty when it was).
+Status ReadGuardedProcFile(int proc_dir_fd, pid_t pid, const char* name, size_t limit,
+                           std::string* out, std::string* problem) {
+  int err = 0;
+  if (!ReadProcFile(proc_dir_fd, name, limit, out, &err)) {
+    if (err == ESRCH) return PeerGone(pid);
+    *problem = "/proc/" + std::to_string(pid) + "/" + name + " is unreadable (" +
+               std::strerror(err) + ")";
+  } else if (out->size() >= limit) {
+    // What lies past the limit is unseen and could hold what the checks look for.
+    *problem = "/proc/" + std::to_string(pid) + "/" + name + " is larger than " +
+               std::to_string(limit) + " bytes";
+  }
+  return Status::Ok();
+}
+
+// Sets id.code_unproven when the loader environment or the executable mappings let code other
+// than the executable and system libraries run. Fails closed when either file is unreadable.
+Status CheckLoadedCode(int proc_dir_fd, const std::vector<std::string>& env_vars,
+                       const std::string& environ_problem, CallerIdentity* id) {
+  if (!environ_problem.empty()) {
+    id->code_unproven = environ_problem;
+    return Status::Ok();
+  }
+  if (std::string name = internal::LoaderVariableSet(env_vars); !name.empty()) {
+    id->code_unproven = "the environment sets " + name;
+    return Status::Ok();
+  }
+  std::string maps;
+  std::string maps_problem;
+  VECSEAL_RETURN_IF_ERROR(ReadGuardedProcFile(proc_dir_fd, id->pid, "maps", kMaxMapsBytes, &maps,
+                                              &maps_problem));
+  if (!maps_problem.empty()) {
+    id->code_unproven = maps_problem;
+  } else if (std::string file = internal::ForeignExecutableMapping(maps, id->exe); !file.empty()) {
+    id->code_unproven = "code from " + file + ", outside the system library directories, is mapped";
+  }
+  return Status::Ok();
+}
+
+// Why the script named on an interpreter's command line cannot be trusted to be the code that
+// runs; empty when it can. `exe_fd` is the running image.
+std::string ScriptRefusal(const CallerIdentity& id, int exe_fd, const std::string& script,
+                          const std::vector<std::string>& argv,
+                          const std::vector<std::string>& env_vars,
+                          const std::string& environ_problem) {
+  struct stat running;
+  struct stat installed;
+  // The path must be a recognised interpreter and the running image that very file, so a copy of
+  // another program named python3, or a container's own /usr/bin/python3, does not count.
+  if (!internal::IsRecognisedInterpreterPath(id.exe) || exe_fd < 0 ||
+      fstat(exe_fd, &running) != 0 || stat(id.exe.c_str(), &installed) != 0 ||
+      running.st_dev != installed.st_dev || running.st_ino != installed.st_ino) {
+    return "the executable is not a recognised interpreter (/usr/bin/python3.N)";
+  }
+  if (!environ_problem.empty()) return environ_problem;
+  if (std::string problem = internal::PythonRunProblem(argv, env_vars); !problem.empty()) {
+    return problem;
+  }
+  if (script[0] != '/') return "the script path '" + script + "' is relative";
+  return "";
+}
+
+// Fills id.script and id.script_sha256 from the script argument, or id.script_refused.
+void IdentifyScript(int proc_dir_fd, int exe_fd, const std::vector<std::string>& argv,
+                    const std::vector<std::string>& env_vars, const std::string& environ_problem,
+                    IdentityResolver& resolver, CallerIdentity* id) {
+  std::optional<std::string> script = internal::ScriptArgument(id->exe, argv);
+  if (!script || script->empty()) return;
+  id->script_refused = ScriptRefusal(*id, exe_fd, *script, argv, env_vars, environ_problem);
+  if (!id->script_refused.empty()) return;
+  Fd file(OpenScript(proc_dir_fd, *script));
+  struct stat st;
+  // A path that names no regular file stays unknown: the command line is the peer's to write,
+  // and only a file actually opened is reported.
+  if (file.get() >= 0 && fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode) && MayRead(*id, st)) {
+    id->script = PathOfFd(file.get());
+    Result<std::string> digest = resolver.DigestCharged(file.get(), id->uid);
+    if (digest.ok()) id->script_sha256 = std::move(digest).value();
+  }
+}
+
 // Reads everything but the credentials from /proc/PID (through `proc_dir_fd`). The caller must
 // confirm afterwards that the pidfd's process is still alive, which proves the reads were of it.
 Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* snap) {
@@ -274,6 +364,8 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
   id.unit.clear();
   id.script.clear();
   id.script_sha256.clear();
+  id.code_unproven.clear();
+  id.script_refused.clear();
   VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &snap->marker, &snap->start_time));
 
   char link[PATH_MAX];
@@ -285,7 +377,7 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
 
   Fd exe(openat(proc_dir_fd, "exe", O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   if (exe.get() >= 0) {
-    Result<std::string> digest = resolver.DigestOf(exe.get());
+    Result<std::string> digest = resolver.DigestCharged(exe.get(), id.uid);
     if (digest.ok()) id.exe_sha256 = std::move(digest).value();
   } else if (errno == ENOENT || errno == ESRCH) {
     return PeerGone(pid);
@@ -296,20 +388,14 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
   }
   id.unit = internal::UnitFromCgroup(cgroup);
 
-  std::optional<std::string> script =
-      internal::ScriptArgument(id.exe, internal::SplitCmdline(snap->marker.cmdline));
-  if (script && !script->empty()) {
-    Fd file(OpenScript(proc_dir_fd, *script));
-    struct stat st;
-    // A path that names no regular file stays unknown: the command line is the peer's to write,
-    // and only a file actually opened is reported.
-    if (file.get() >= 0 && fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode) &&
-        MayRead(id, st)) {
-      id.script = PathOfFd(file.get());
-      Result<std::string> digest = resolver.DigestOf(file.get());
-      if (digest.ok()) id.script_sha256 = std::move(digest).value();
-    }
-  }
+  std::string environ_text;
+  std::string environ_problem;
+  VECSEAL_RETURN_IF_ERROR(ReadGuardedProcFile(proc_dir_fd, pid, "environ", kMaxCmdlineBytes,
+                                              &environ_text, &environ_problem));
+  std::vector<std::string> env_vars = internal::SplitCmdline(environ_text);
+  VECSEAL_RETURN_IF_ERROR(CheckLoadedCode(proc_dir_fd, env_vars, environ_problem, &id));
+  IdentifyScript(proc_dir_fd, exe.get(), internal::SplitCmdline(snap->marker.cmdline), env_vars,
+                 environ_problem, resolver, &id);
   return Status::Ok();
 }
 
@@ -366,20 +452,13 @@ nlohmann::json CallerIdentity::ToJson() const {
           {"exe_sha256", text(exe_sha256)},
           {"unit", text(unit)},
           {"script", text(script)},
-          {"script_sha256", text(script_sha256)}};
+          {"script_sha256", text(script_sha256)},
+          {"code_unproven", text(code_unproven)},
+          {"script_refused", text(script_refused)}};
 }
 
 IdentityResolver::IdentityResolver(IdentityResolverOptions options) : options_(options) {}
 
-namespace {
-
-int64_t MonotonicNs() {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
-}
-
-}  // namespace
 
 void IdentityResolver::FillNames(CallerIdentity* id) {
   if (options_.name_cache_seconds <= 0) {
@@ -444,7 +523,34 @@ size_t IdentityResolver::FileKeyHash::operator()(const FileKey& key) const {
   return h;
 }
 
-Result<std::string> IdentityResolver::DigestOf(int fd) {
+Result<std::string> IdentityResolver::DigestOf(int fd) { return Digest(fd, nullptr); }
+
+Result<std::string> IdentityResolver::DigestCharged(int fd, uid_t uid) { return Digest(fd, &uid); }
+
+bool IdentityResolver::ChargeHashBudget(uid_t uid, uint64_t bytes) {
+  int64_t now = MonotonicNs();
+  double capacity = static_cast<double>(options_.max_hash_bytes);
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = hash_budgets_.find(uid);
+  if (found == hash_budgets_.end()) {
+    // Bounded like the other caches; a uid dropped here starts again with a full bucket.
+    if (hash_budgets_.size() >= options_.digest_cache_capacity) hash_budgets_.clear();
+    found = hash_budgets_.emplace(uid, HashBudget{capacity, now}).first;
+  }
+  HashBudget& budget = found->second;
+  double elapsed_s = static_cast<double>(now - budget.refilled_ns) / 1e9;
+  budget.tokens = std::min(capacity, budget.tokens + elapsed_s * static_cast<double>(
+                                                          options_.digest_bytes_per_second_per_uid));
+  budget.refilled_ns = now;
+  if (budget.tokens < static_cast<double>(bytes)) {
+    ++stats_.digests_rate_limited;
+    return false;
+  }
+  budget.tokens -= static_cast<double>(bytes);
+  return true;
+}
+
+Result<std::string> IdentityResolver::Digest(int fd, const uid_t* charged_uid) {
   struct stat st;
   if (fstat(fd, &st) != 0) {
     return Status(Code::kUnavailable, "identity_unavailable",
@@ -469,6 +575,13 @@ Result<std::string> IdentityResolver::DigestOf(int fd) {
       return it->second;
     }
     ++stats_.digest_cache_misses;
+  }
+  if (charged_uid != nullptr &&
+      !ChargeHashBudget(*charged_uid, static_cast<uint64_t>(st.st_size))) {
+    return Status(Code::kResourceExhausted, "digest_rate_limited",
+                  "uid " + std::to_string(*charged_uid) + " has spent its hashing budget of " +
+                      std::to_string(options_.digest_bytes_per_second_per_uid) +
+                      " bytes per second");
   }
   // Hash outside the lock: a large file must not stall other connections' lookups.
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
@@ -508,6 +621,7 @@ Result<std::string> IdentityResolver::DigestOf(int fd) {
   // A file modified while it was hashed would cache a digest of mixed contents under its old key;
   // its mtime/ctime now differ, so the entry is never found again.
   std::lock_guard<std::mutex> lock(mutex_);
+  ++stats_.files_hashed;
   if (digests_.size() >= options_.digest_cache_capacity) digests_.clear();
   digests_.emplace(key, hex);
   return hex;
@@ -550,10 +664,10 @@ Result<CallerIdentity> IdentityResolver::Synthesize(const SyntheticCaller& calle
 
   // The daemon looks for a script only on an interpreter's command line, so a script given with
   // any other program would describe a caller that cannot exist.
-  if (!internal::IsInterpreter(id.exe)) {
+  if (!internal::IsRecognisedInterpreterPath(id.exe)) {
     return Status(Code::kInvalidArgument, "not_an_interpreter",
-                  id.exe + " is not an interpreter, so the daemon identifies no script for it; "
-                           "give the interpreter (python3, node, java, sh, ...) as the executable");
+                  id.exe + " is not a recognised interpreter, so the daemon identifies no script "
+                           "for it; give /usr/bin/python3 as the executable");
   }
   // Like OpenScript: look before reading, so that a device or a FIFO is never opened for reading.
   Fd path(open(caller.script.c_str(), O_PATH | O_CLOEXEC));

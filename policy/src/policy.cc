@@ -231,13 +231,24 @@ std::string CheckCondition(const Condition& c, const CallerIdentity& caller) {
   auto check = [&](const std::string& have) {
     return AnyOf(c.strings, have) ? std::string() : describe(have);
   };
+  // A digest of the image or script proves nothing while other code may run in the process.
+  auto unproven = [&]() {
+    return caller.code_unproven.empty()
+               ? std::string()
+               : std::string(c.name) + " cannot hold: " + caller.code_unproven;
+  };
+  auto check_script = [&](const std::string& have) {
+    if (!have.empty() || caller.script_refused.empty()) return check(have);
+    return std::string(c.name) + " is unknown: " + caller.script_refused;
+  };
   switch (c.field) {
     case Field::kUser: return check(caller.user);
     case Field::kUnit: return check(caller.unit);
     case Field::kExe: return check(caller.exe);
-    case Field::kExeSha256: return check(caller.exe_sha256);
-    case Field::kScript: return check(caller.script);
-    case Field::kScriptSha256: return check(caller.script_sha256);
+    case Field::kExeSha256: return unproven().empty() ? check(caller.exe_sha256) : unproven();
+    case Field::kScript: return unproven().empty() ? check_script(caller.script) : unproven();
+    case Field::kScriptSha256:
+      return unproven().empty() ? check_script(caller.script_sha256) : unproven();
     case Field::kGroup: {
       if (AnyOf(c.strings, caller.group)) return "";
       for (const std::string& name : caller.group_names) {

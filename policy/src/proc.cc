@@ -1,5 +1,6 @@
 #include "proc.h"
 
+#include <algorithm>
 #include <charconv>
 
 namespace vecseal::policy::internal {
@@ -196,6 +197,107 @@ std::optional<std::string> ScriptArgument(std::string_view exe_path,
     return std::string(arg);
   }
   return std::nullopt;
+}
+
+namespace {
+
+std::string_view VariableName(std::string_view entry) { return entry.substr(0, entry.find('=')); }
+
+// PYTHON* variables that change neither which code runs nor where it is imported from.
+bool IsHarmlessPythonVariable(std::string_view name) {
+  static constexpr std::string_view kHarmless[] = {
+      "PYTHONUNBUFFERED",  "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED",     "PYTHONIOENCODING",
+      "PYTHONUTF8",        "PYTHONSAFEPATH",          "PYTHONNOUSERSITE",   "PYTHONFAULTHANDLER",
+      "PYTHONCOERCECLOCALE", "PYTHONLEGACYWINDOWSSTDIO"};
+  for (std::string_view harmless : kHarmless) {
+    if (name == harmless) return true;
+  }
+  return false;
+}
+
+// Whether a Python option argument asks for the interactive prompt (after the script, or
+// instead of it): "-i" alone or in a cluster such as "-ui", up to a letter that takes a value.
+bool AsksForInspect(std::string_view arg) {
+  if (arg.size() < 2 || arg[0] != '-' || arg[1] == '-') return false;
+  for (size_t j = 1; j < arg.size(); ++j) {
+    if (arg[j] == 'i') return true;
+    if (std::string_view("cmWX").find(arg[j]) != std::string_view::npos) return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string LoaderVariableSet(const std::vector<std::string>& env_vars) {
+  for (const std::string& entry : env_vars) {
+    std::string_view name = VariableName(entry);
+    if (name == "LD_PRELOAD" || name == "LD_LIBRARY_PATH" || name == "LD_AUDIT") {
+      return std::string(name);
+    }
+  }
+  return "";
+}
+
+const std::vector<std::string_view>& SystemLibraryDirs() {
+  static const std::vector<std::string_view> kDirs = {"/usr/lib/",   "/lib/",   "/usr/lib64/",
+                                                      "/lib64/",     "/usr/lib32/", "/lib32/",
+                                                      "/usr/libexec/"};
+  return kDirs;
+}
+
+std::string ForeignExecutableMapping(std::string_view text, std::string_view exe_path) {
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    // address perms offset dev inode [path]; the path may itself contain spaces.
+    size_t pos = 0;
+    std::string_view perms;
+    for (int field = 0; field < 5 && pos < line.size(); ++field) {
+      while (pos < line.size() && line[pos] == ' ') ++pos;
+      size_t end = line.find(' ', pos);
+      if (end == std::string_view::npos) end = line.size();
+      if (field == 1) perms = line.substr(pos, end - pos);
+      pos = end;
+    }
+    if (perms.size() < 3 || perms[2] != 'x') continue;
+    while (pos < line.size() && line[pos] == ' ') ++pos;
+    std::string_view path = line.substr(std::min(pos, line.size()));
+    if (path.empty() || path[0] == '[' || path == exe_path) continue;
+    bool in_system_dir = false;
+    for (std::string_view dir : SystemLibraryDirs()) in_system_dir |= StartsWith(path, dir);
+    if (!in_system_dir) return "'" + std::string(path) + "'";
+  }
+  return "";
+}
+
+bool IsRecognisedInterpreterPath(std::string_view canonical_exe) {
+  for (std::string_view dir : {std::string_view("/usr/bin/"), std::string_view("/bin/")}) {
+    if (!StartsWith(canonical_exe, dir)) continue;
+    std::string_view base = canonical_exe.substr(dir.size());
+    if (base == "python3") return true;
+    if (!StartsWith(base, "python3.") || base.size() == 8) return false;
+    return base.substr(8).find_first_not_of("0123456789") == std::string_view::npos;
+  }
+  return false;
+}
+
+std::string PythonRunProblem(const std::vector<std::string>& argv,
+                             const std::vector<std::string>& env_vars) {
+  for (const std::string& entry : env_vars) {
+    std::string_view name = VariableName(entry);
+    if (StartsWith(name, "PYTHON") && !IsHarmlessPythonVariable(name)) {
+      return "the environment sets " + std::string(name);
+    }
+  }
+  static const std::vector<std::string_view> kTakesValue = {"-W", "-X", "--check-hash-based-pycs"};
+  for (size_t i = 1; i < argv.size(); ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--" || arg.empty() || arg[0] != '-') break;  // the script comes next
+    if (AsksForInspect(arg)) return "python runs with -i (an interactive prompt after the script)";
+    if (Contains(kTakesValue, arg)) ++i;
+  }
+  return "";
 }
 
 std::optional<StatusIds> ParseStatusIds(std::string_view text) {

@@ -29,6 +29,30 @@ bool IsInterpreter(std::string_view exe_path);
 std::optional<std::string> ScriptArgument(std::string_view exe_path,
                                           const std::vector<std::string>& argv);
 
+// Why the loader was told to run code besides the executable and its declared libraries: names
+// the first of LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT set in `env_vars` ("NAME=value" entries);
+// empty when none is.
+std::string LoaderVariableSet(const std::vector<std::string>& env_vars);
+
+// Directories whose files may be mapped executable in a process whose digest is trusted: only
+// root can write them on a standard system. /usr/local is left out (group staff on Debian).
+const std::vector<std::string_view>& SystemLibraryDirs();
+
+// The first executable mapping in /proc/PID/maps text of a file that is neither `exe_path` nor
+// inside SystemLibraryDirs(), quoted; empty when none. Anonymous and [vdso]-style mappings pass.
+std::string ForeignExecutableMapping(std::string_view maps_text, std::string_view exe_path);
+
+// Whether `canonical_exe` is a CPython the script conditions recognise: /usr/bin/python3 or
+// /usr/bin/python3.N (also under /bin). Any other program, whatever its name, runs no script.
+bool IsRecognisedInterpreterPath(std::string_view canonical_exe);
+
+// Why a CPython run with this argv and environment may execute code other than its script: an
+// interactive flag (-i in any cluster) before the script, or a PYTHON* variable outside a short
+// list of harmless ones (PYTHONPATH, PYTHONSTARTUP, PYTHONHOME, PYTHONINSPECT, PYTHONUSERBASE,
+// ...); empty when neither.
+std::string PythonRunProblem(const std::vector<std::string>& argv,
+                             const std::vector<std::string>& env_vars);
+
 struct StatusIds {
   uid_t euid = 0;
   gid_t egid = 0;

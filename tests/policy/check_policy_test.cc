@@ -162,11 +162,12 @@ TEST_F(CheckPolicyTest, AsUidWithExe) {
 // A security team tests unit and script rules before a service exists: --unit and --script
 // complete the synthesized caller, and the report reads exactly as for a live process.
 TEST_F(CheckPolicyTest, AsUidWithUnitAndScriptDecidesUnitAndScriptRules) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "/usr/bin/python3 is not installed";
   const std::string dir = std::filesystem::canonical(dir_.path());
-  WriteFile(dir + "/python3", "#!/bin/true\n", 0755);  // an interpreter by its name
+  const std::string python = std::filesystem::canonical("/usr/bin/python3");
   WriteFile(dir + "/export.py", "print('export')\n", 0644);
   WriteFile(dir + "/copy.py", "print('copy')\n", 0644);
-  const std::string python_digest = Sha256OfFile(dir + "/python3");
+  const std::string python_digest = Sha256OfFile(python);
   const std::string script_digest = Sha256OfFile(dir + "/export.py");
   WriteFile(path_, R"({"version": 1, "rules": [
     {"id": "scorer", "callers": {"uid": 0, "unit": "ticket-scorer.service"},
@@ -182,12 +183,12 @@ TEST_F(CheckPolicyTest, AsUidWithUnitAndScriptDecidesUnitAndScriptRules) {
     const size_t caller_end = run.out.find('\n', head.size());
     const std::string caller = "caller: pid 0, uid 0 (root), gid 0 (root),";
     EXPECT_EQ(run.out.substr(head.size(), caller.size()), caller);
-    return head + run.out.substr(head.size(), caller_end - head.size() + 1) + "  exe " + dir +
-           "/python3\n  exe_sha256 " + python_digest + "\n  unit " + unit + "\n  script " +
+    return head + run.out.substr(head.size(), caller_end - head.size() + 1) + "  exe " + python +
+           "\n  exe_sha256 " + python_digest + "\n  unit " + unit + "\n  script " +
            script + "\n  script_sha256 " + digest + "\n" + rules;
   };
 
-  CheckRun both = Check({path_, "--as-uid", "0", "--exe", dir + "/python3", "--unit",
+  CheckRun both = Check({path_, "--as-uid", "0", "--exe", python, "--unit",
                          "ticket-scorer.service", "--script", dir + "/export.py", "--op",
                          "encrypt", "--key", "support-ratings"});
   EXPECT_EQ(both.err, "");
@@ -198,7 +199,7 @@ TEST_F(CheckPolicyTest, AsUidWithUnitAndScriptDecidesUnitAndScriptRules) {
                              "decision: encrypt on key 'support-ratings' granted by rule "
                              "'scorer'\n"));
 
-  CheckRun no_unit = Check({path_, "--as-uid", "0", "--exe", dir + "/python3", "--op",
+  CheckRun no_unit = Check({path_, "--as-uid", "0", "--exe", python, "--op",
                             "encrypt", "--key", "support-ratings"});
   EXPECT_EQ(no_unit.status, 3);
   EXPECT_EQ(no_unit.out,
@@ -209,7 +210,7 @@ TEST_F(CheckPolicyTest, AsUidWithUnitAndScriptDecidesUnitAndScriptRules) {
                        "/export.py'\n"
                        "decision: no rule grants encrypt on key 'support-ratings'\n"));
 
-  CheckRun other_unit = Check({path_, "--as-uid", "0", "--exe", dir + "/python3", "--unit",
+  CheckRun other_unit = Check({path_, "--as-uid", "0", "--exe", python, "--unit",
                                "session-3.scope", "--script", dir + "/copy.py", "--op",
                                "decrypt", "--key", "support-ratings"});
   EXPECT_EQ(other_unit.status, 3);
@@ -272,8 +273,10 @@ TEST_F(CheckPolicyTest, KeysListDecidesLikeGetV1Keys) {
 // A script the daemon would never report (no interpreter, not a regular file, unreadable to the
 // caller) is refused, rather than shown as a caller that cannot exist.
 TEST_F(CheckPolicyTest, ScriptsTheDaemonWouldNotIdentifyAreRefused) {
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "/usr/bin/python3 is not installed";
   const std::string dir = std::filesystem::canonical(dir_.path());
-  WriteFile(dir + "/python3", "#!/bin/true\n", 0755);
+  const std::string python = "/usr/bin/python3";
+  WriteFile(dir + "/python3", "#!/bin/true\n", 0755);  // named like one, but no interpreter
   WriteFile(dir + "/scorer", "#!/bin/true\n", 0755);
   WriteFile(dir + "/export.py", "print('export')\n", 0644);
   WriteFile(dir + "/private.py", "print('private')\n", 0600);
@@ -286,17 +289,20 @@ TEST_F(CheckPolicyTest, ScriptsTheDaemonWouldNotIdentifyAreRefused) {
   };
   std::vector<Case> cases = {
       {"0", dir + "/scorer", dir + "/export.py",
-       dir + "/scorer is not an interpreter, so the daemon identifies no script for it; give the "
-             "interpreter (python3, node, java, sh, ...) as the executable"},
-      {"0", dir + "/python3", dir + "/missing.py",
+       dir + "/scorer is not a recognised interpreter, so the daemon identifies no script for "
+             "it; give /usr/bin/python3 as the executable"},
+      {"0", dir + "/python3", dir + "/export.py",
+       dir + "/python3 is not a recognised interpreter, so the daemon identifies no script for "
+             "it; give /usr/bin/python3 as the executable"},
+      {"0", python, dir + "/missing.py",
        "cannot open " + dir + "/missing.py: No such file or directory"},
-      {"0", dir + "/python3", dir,
+      {"0", python, dir,
        dir + " is not a regular file; the daemon identifies only regular files as scripts"},
-      {"0", dir + "/python3", dir + "/fifo",
+      {"0", python, dir + "/fifo",
        dir + "/fifo is not a regular file; the daemon identifies only regular files as scripts"},
   };
   if (const passwd* nobody = getpwnam("nobody"); nobody != nullptr && geteuid() == 0) {
-    cases.push_back({std::to_string(nobody->pw_uid), dir + "/python3", dir + "/private.py",
+    cases.push_back({std::to_string(nobody->pw_uid), python, dir + "/private.py",
                      "uid " + std::to_string(nobody->pw_uid) + " (nobody) may not read " + dir +
                          "/private.py (mode 0600), so the daemon would leave the script "
                          "unknown; make it readable to that user"});

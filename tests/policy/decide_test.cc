@@ -234,7 +234,7 @@ TEST(CallerIdentityTest, ToJsonHasEveryFieldAndNullsForUnknown) {
       "gid": 1003, "group": "carol",
       "groups": [{"gid": 27, "name": "sudo"}, {"gid": 60, "name": "vecseal-admin"}],
       "exe": "/usr/bin/x", "exe_sha256": null, "unit": null, "script": null,
-      "script_sha256": null})"));
+      "script_sha256": null, "code_unproven": null, "script_refused": null})"));
 }
 
 }  // namespace

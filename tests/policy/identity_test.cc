@@ -63,6 +63,14 @@ bool WaitReadable(int fd) {
   return poll(&p, 1, kGuardMillis) == 1;
 }
 
+// A python3 script that connects to argv[1], sends 'A' and waits.
+constexpr const char* kConnectingScript =
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "s.connect(sys.argv[1])\n"
+    "s.sendall(b'A')\n"
+    "s.recv(1)\n";
+
 // Tells a connected peer_helper to exec its program, and waits for the new program's 'R'.
 bool LetItExec(int conn) {
   char byte = 'G';
@@ -101,9 +109,13 @@ class PeerTest : public testing::TestWithParam<bool> {
 
   // Starts `argv` with `cwd`, as nobody (uid and gid 65534, no groups) if asked; returns its pid.
   pid_t Spawn(const std::vector<std::string>& argv, const std::string& cwd = "/",
-              bool as_nobody = false) {
+              bool as_nobody = false, const std::vector<std::string>& env = {}) {
     pid_t pid = fork();
     if (pid == 0) {
+      for (const std::string& entry : env) {
+        size_t eq = entry.find('=');
+        setenv(entry.substr(0, eq).c_str(), entry.substr(eq + 1).c_str(), 1);
+      }
       if (chdir(cwd.c_str()) != 0) _exit(126);
       if (as_nobody && (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0)) {
         _exit(125);
@@ -241,8 +253,7 @@ TEST_P(PeerTest, PythonScriptIsIdentifiedByPathAndDigest) {
             "s.sendall(b'A')\n"
             "s.recv(1)\n");
   IdentityResolver resolver(Options());
-  // A relative script path, resolved against the peer's working directory.
-  Spawn({"/usr/bin/python3", "-u", "export.py", socket_path_}, dir_.path());
+  Spawn({"/usr/bin/python3", "-u", script, socket_path_}, dir_.path());
   Fd conn = Accept();
   ASSERT_GE(conn.get(), 0);
   Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
@@ -282,19 +293,19 @@ TEST_P(PeerTest, ScriptArgumentThatIsNoRegularFileStaysUnknown) {
 }
 
 TEST_P(PeerTest, ScriptTheCallerCannotReadIsNotReported) {
-  // The helper, named python3, takes "connect" for its script. Run as nobody, it must not learn
-  // the path or digest of a root-only file through the daemon, which opens it as root.
+  // python3 runs as nobody; once it has read its script, the file becomes root-only. Nobody must
+  // not learn the path or digest of a root-only file through the daemon, which opens it as root.
   if (geteuid() != 0) GTEST_SKIP() << "dropping to nobody needs root";
-  std::string interpreter = dir_ / "python3";
-  std::string script = dir_ / "connect";
-  WriteFile(interpreter, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  if (access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "/usr/bin/python3 is not installed";
+  std::string script = dir_ / "export.py";
   for (mode_t mode : {0600, 0644}) {
-    WriteFile(script, "print(1)\n", mode);
-    ASSERT_EQ(chmod(script.c_str(), mode), 0);
-    Spawn({interpreter, "connect", socket_path_}, dir_.path(), /*as_nobody=*/true);
+    WriteFile(script, kConnectingScript, 0644);
+    ASSERT_EQ(chmod(script.c_str(), 0644), 0);
+    Spawn({"/usr/bin/python3", script, socket_path_}, dir_.path(), /*as_nobody=*/true);
     IdentityResolver resolver(Options());
     Fd conn = Accept();
     ASSERT_GE(conn.get(), 0);
+    ASSERT_EQ(chmod(script.c_str(), mode), 0);
     Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
     ASSERT_TRUE(peer.ok()) << peer.status().ToString();
     bool readable = mode == 0644;
@@ -478,6 +489,177 @@ TEST_P(PeerTest, SocketPairWithoutPeerProcessCredentialsStillNamesUs) {
   EXPECT_EQ(peer->identity().pid, getpid());
 }
 
+// Why the only rule of `policy_json` does not match `id`; empty when it matches.
+std::string WhyNot(const std::string& policy_json, const CallerIdentity& id) {
+  Result<PolicyPtr> policy = Policy::Parse(policy_json);
+  if (!policy.ok()) return "bad policy: " + policy.status().ToString();
+  std::vector<RuleExplanation> rules = (*policy)->Explain(id);
+  if (rules.size() != 1) return "expected one rule";
+  return rules[0].caller_matches ? std::string() : rules[0].why_not;
+}
+
+std::string ExeSha256Rule(const std::string& digest) {
+  return R"({"version": 1, "rules": [{"id": "pinned", "callers": {"exe_sha256": ")" + digest +
+         R"("}, "keys": ["*"], "operations": ["encrypt"]}]})";
+}
+
+std::string ScriptRule(const std::string& script) {
+  return R"({"version": 1, "rules": [{"id": "export", "callers": {"user": "root", "script": ")" +
+         script + R"(", "script_sha256": ")" + Sha256OfFile(script) +
+         R"("}, "keys": ["*"], "operations": ["encrypt"]}]})";
+}
+
+// The identity of a peer started with `argv`, `env` and working directory `cwd`.
+class CodeTest : public PeerTest {
+ protected:
+  Result<CallerIdentity> Identify(const std::vector<std::string>& argv,
+                                  const std::vector<std::string>& env, const std::string& cwd = "/") {
+    Spawn(argv, cwd, /*as_nobody=*/false, env);
+    Fd conn = Accept();
+    if (conn.get() < 0) return Status(Code::kUnavailable, "no_peer", "the peer did not connect");
+    IdentityResolver resolver(Options());
+    Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+    if (!peer.ok()) return peer.status();
+    return peer->identity();
+  }
+
+  // A copy of the helper in the temp dir, so its digest is the helper's and nothing else's.
+  std::string HelperDigest() const { return Sha256OfFile(VECSEAL_PEER_HELPER); }
+
+  bool HavePython() const { return access("/usr/bin/python3", X_OK) == 0; }
+
+  std::string WriteScript() {
+    std::string script = dir_ / "export.py";
+    WriteFile(script, kConnectingScript, 0644);
+    return script;
+  }
+};
+
+TEST_P(CodeTest, CleanProgramIsGrantedByExeSha256) {
+  Result<CallerIdentity> id = Identify(HelperArgs(), {});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  EXPECT_EQ(id->code_unproven, "");
+  EXPECT_EQ(WhyNot(ExeSha256Rule(HelperDigest()), *id), "");
+}
+
+TEST_P(CodeTest, LoaderVariablesRefuseExeSha256) {
+  // A library path that does not exist: the loader reports it and carries on, so only the
+  // variable itself, not a mapping, shows what the caller asked for.
+  for (const std::string name : {"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"}) {
+    Result<CallerIdentity> id = Identify(HelperArgs(), {name + "=" + dir_.path() + "/evil.so"});
+    ASSERT_TRUE(id.ok()) << id.status().ToString();
+    EXPECT_EQ(id->exe_sha256, HelperDigest());
+    EXPECT_EQ(WhyNot(ExeSha256Rule(HelperDigest()), *id),
+              "exe_sha256 cannot hold: the environment sets " + name);
+  }
+}
+
+TEST_P(CodeTest, PreloadedLibraryRefusesExeSha256) {
+  std::string plugin = dir_ / "evil.so";
+  WriteFile(plugin, testing_util::ReadFile(VECSEAL_TEST_PLUGIN), 0755);
+  Result<CallerIdentity> id = Identify(HelperArgs(), {"LD_PRELOAD=" + plugin});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  EXPECT_EQ(WhyNot(ExeSha256Rule(HelperDigest()), *id),
+            "exe_sha256 cannot hold: the environment sets LD_PRELOAD");
+}
+
+TEST_P(CodeTest, DlopenedLibraryFromTmpRefusesExeSha256) {
+  std::string plugin = RealPath(dir_.path()) + "/plugin.so";
+  WriteFile(plugin, testing_util::ReadFile(VECSEAL_TEST_PLUGIN), 0755);
+  Result<CallerIdentity> id = Identify(HelperArgs(), {"VECSEAL_TEST_DLOPEN=" + plugin});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  EXPECT_EQ(WhyNot(ExeSha256Rule(HelperDigest()), *id),
+            "exe_sha256 cannot hold: code from '" + plugin +
+                "', outside the system library directories, is mapped");
+}
+
+TEST_P(CodeTest, CleanPythonScriptIsGranted) {
+  if (!HavePython()) GTEST_SKIP() << "/usr/bin/python3 is not installed";
+  std::string script = WriteScript();
+  Result<CallerIdentity> id = Identify({"/usr/bin/python3", script, socket_path_}, {});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  EXPECT_EQ(id->script_refused, "");
+  EXPECT_EQ(WhyNot(ScriptRule(script), *id), "");
+}
+
+TEST_P(CodeTest, PythonThatMayRunOtherCodeIsRefused) {
+  if (!HavePython()) GTEST_SKIP() << "/usr/bin/python3 is not installed";
+  std::string script = WriteScript();
+  WriteFile(dir_ / "sitecustomize.py", "import os\n", 0644);
+  WriteFile(dir_ / "startup.py", "import os\n", 0644);
+  struct Case {
+    std::vector<std::string> argv;
+    std::vector<std::string> env;
+    std::string why;
+  };
+  const std::string python = "/usr/bin/python3";
+  const std::string interactive = "python runs with -i (an interactive prompt after the script)";
+  std::vector<Case> cases = {
+      {{python, "-i", script, socket_path_}, {}, interactive},
+      {{python, "-ui", script, socket_path_}, {}, interactive},
+      {{python, script, socket_path_}, {"PYTHONPATH=" + dir_.path()},
+       "the environment sets PYTHONPATH"},
+      {{python, script, socket_path_}, {"PYTHONSTARTUP=" + (dir_ / "startup.py")},
+       "the environment sets PYTHONSTARTUP"},
+      {{python, script, socket_path_}, {"PYTHONINSPECT=1"}, "the environment sets PYTHONINSPECT"},
+      {{python, "export.py", socket_path_}, {}, "the script path 'export.py' is relative"},
+  };
+  for (const Case& c : cases) {
+    Result<CallerIdentity> id = Identify(c.argv, c.env, dir_.path());
+    ASSERT_TRUE(id.ok()) << id.status().ToString();
+    EXPECT_EQ(id->script, "") << c.why;
+    EXPECT_EQ(WhyNot(ScriptRule(script), *id), "script is unknown: " + c.why);
+  }
+}
+
+TEST_P(CodeTest, RenamedProgramIsNoInterpreter) {
+  if (!HavePython()) GTEST_SKIP() << "/usr/bin/python3 is not installed";
+  std::string script = WriteScript();
+  std::string impostor = dir_ / "python3";
+  WriteFile(impostor, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  Result<CallerIdentity> id =
+      Identify({impostor, script}, {"VECSEAL_TEST_SOCKET=" + socket_path_});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  EXPECT_EQ(id->exe, impostor);
+  EXPECT_EQ(WhyNot(ScriptRule(script), *id),
+            "script is unknown: the executable is not a recognised interpreter "
+            "(/usr/bin/python3.N)");
+}
+
+// A caller touching its executable before each connect gets it hashed again, but only within
+// its uid's hashing budget; an unchanged file is never hashed twice.
+TEST_P(CodeTest, DigestsAreCachedRehashedOnChangeAndRateLimitedPerUid) {
+  std::string exe = dir_ / "helper";
+  WriteFile(exe, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  struct stat st;
+  ASSERT_EQ(stat(exe.c_str(), &st), 0);
+  IdentityResolverOptions options = Options();
+  options.max_hash_bytes = static_cast<uint64_t>(st.st_size) * 2;  // the bucket: two hashes
+  options.digest_bytes_per_second_per_uid = 1;
+  IdentityResolver resolver(options);
+  auto connect = [&]() -> std::string {
+    Spawn({exe, "connect", socket_path_});
+    Fd conn = Accept();
+    Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+    return peer.ok() ? peer->identity().exe_sha256 : "error: " + peer.status().ToString();
+  };
+  auto touch = [&](time_t seconds) {
+    timespec times[2] = {{seconds, 0}, {seconds, 0}};
+    return utimensat(AT_FDCWD, exe.c_str(), times, 0) == 0;
+  };
+  const std::string digest = Sha256OfFile(exe);
+  EXPECT_EQ(connect(), digest);
+  EXPECT_EQ(connect(), digest);
+  EXPECT_EQ(resolver.stats().files_hashed, 1u);
+  ASSERT_TRUE(touch(1000));
+  EXPECT_EQ(connect(), digest);
+  EXPECT_EQ(resolver.stats().files_hashed, 2u);
+  ASSERT_TRUE(touch(2000));
+  EXPECT_EQ(connect(), "");
+  EXPECT_EQ(resolver.stats().files_hashed, 2u);
+  EXPECT_EQ(resolver.stats().digests_rate_limited, 1u);
+}
+
 TEST(NameCacheTest, NamesAreCachedUnlessDisabled) {
   const struct passwd* root = getpwuid(0);
   const struct group* root_group = getgrgid(0);
@@ -536,6 +718,7 @@ TEST(PeerIdentityErrorsTest, FromPidOfSelf) {
   EXPECT_EQ(peer->identity().exe_sha256, Sha256OfFile("/proc/self/exe"));
 }
 
+INSTANTIATE_TEST_SUITE_P(PidfdSource, CodeTest, testing::Values(true, false));
 INSTANTIATE_TEST_SUITE_P(PidfdSource, PeerTest, testing::Values(true, false),
                          [](const testing::TestParamInfo<bool>& param) {
                            return param.param ? "SoPeerPidfd" : "PidfdOpenFallback";

@@ -7,6 +7,11 @@
 //   peer_helper again
 //     Connects to $VECSEAL_TEST_SOCKET like `connect`, then execs itself with the very same
 //     arguments; the second run finds $VECSEAL_TEST_FD set and holds like `hold`.
+//   peer_helper ANYTHING-ELSE (with $VECSEAL_TEST_SOCKET set)
+//     Connects to $VECSEAL_TEST_SOCKET and holds: the helper copied as "python3" and run with a
+//     script path as its first argument, an impostor interpreter.
+// With $VECSEAL_TEST_DLOPEN set, it first dlopens that library, as a plugin loader would.
+#include <dlfcn.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -34,12 +39,20 @@ int main(int argc, char** argv) {
     if (fd_text == nullptr) return 2;
     return Hold(std::atoi(fd_text), 'R');
   }
+  if (const char* library = std::getenv("VECSEAL_TEST_DLOPEN");
+      library != nullptr && dlopen(library, RTLD_NOW) == nullptr) {
+    return 5;
+  }
   bool again = argc == 2 && std::strcmp(argv[1], "again") == 0;
+  bool impostor = argc >= 2 && !again && std::strcmp(argv[1], "connect") != 0 &&
+                  std::getenv("VECSEAL_TEST_SOCKET") != nullptr;
   if (again && std::getenv("VECSEAL_TEST_FD") != nullptr) {
     return Hold(std::atoi(std::getenv("VECSEAL_TEST_FD")), 'R');
   }
-  const char* socket_path = again ? std::getenv("VECSEAL_TEST_SOCKET") : argc >= 3 ? argv[2] : "";
-  if (socket_path == nullptr || (!again && (argc < 3 || std::strcmp(argv[1], "connect") != 0))) {
+  const char* socket_path =
+      again || impostor ? std::getenv("VECSEAL_TEST_SOCKET") : argc >= 3 ? argv[2] : "";
+  if (socket_path == nullptr ||
+      (!again && !impostor && (argc < 3 || std::strcmp(argv[1], "connect") != 0))) {
     std::fprintf(stderr, "usage: peer_helper connect SOCKET [PROGRAM ARGS...] | hold | again\n");
     return 2;
   }
@@ -51,7 +64,7 @@ int main(int argc, char** argv) {
   char byte = 'A';
   if (write(fd, &byte, 1) != 1) return 3;
   if (read(fd, &byte, 1) != 1) return 0;
-  if (!again && argc == 3) return Hold(fd, 'R');
+  if (impostor || (!again && argc == 3)) return Hold(fd, 'R');
   std::string fd_text = std::to_string(fd);
   setenv("VECSEAL_TEST_FD", fd_text.c_str(), 1);
   if (again) {

@@ -124,5 +124,86 @@ TEST(ParseStatTest, SurvivesHostileCommandNames) {
   EXPECT_FALSE(ParseStat("garbage").has_value());
 }
 
+TEST(LoaderVariableSetTest, Table) {
+  EXPECT_EQ(LoaderVariableSet({"PATH=/usr/bin", "HOME=/root"}), "");
+  EXPECT_EQ(LoaderVariableSet({"PATH=/usr/bin", "LD_PRELOAD=/tmp/evil.so"}), "LD_PRELOAD");
+  EXPECT_EQ(LoaderVariableSet({"LD_LIBRARY_PATH="}), "LD_LIBRARY_PATH");
+  EXPECT_EQ(LoaderVariableSet({"LD_AUDIT=x"}), "LD_AUDIT");
+  EXPECT_EQ(LoaderVariableSet({"LD_PRELOADX=1", "XLD_PRELOAD=1", "LD_BIND_NOW=1"}), "");
+  EXPECT_EQ(LoaderVariableSet({"LD_PRELOAD"}), "LD_PRELOAD");  // no '=': still the name
+}
+
+TEST(ForeignExecutableMappingTest, Table) {
+  const std::string exe = "/opt/svc/bin/scorer";
+  struct Case {
+    std::string maps;
+    std::string foreign;
+  };
+  const Case cases[] = {
+      {"55d0c000-55d0d000 r-xp 00001000 08:01 1234 /opt/svc/bin/scorer\n"
+       "7f00-7f10 r-xp 00000000 08:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+       "7f20-7f30 r-xp 00000000 08:01 98 /lib64/ld-linux-x86-64.so.2\n"
+       "7f40-7f50 r-xp 00000000 00:00 0 \n"
+       "7ffd-7ffe r-xp 00000000 00:00 0                          [vdso]\n"
+       "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0  [vsyscall]\n",
+       ""},
+      // Data mappings of any file are not code.
+      {"7f00-7f10 rw-p 00000000 08:01 77 /tmp/data.bin\n", ""},
+      {"7f00-7f10 r-xp 00000000 08:01 77 /tmp/evil.so\n", "'/tmp/evil.so'"},
+      {"7f00-7f10 r-xp 00000000 08:01 77 /usr/local/lib/libx.so\n", "'/usr/local/lib/libx.so'"},
+      {"7f00-7f10 r-xp 00000000 08:01 77 /usr/libx/evil.so\n", "'/usr/libx/evil.so'"},
+      {"7f00-7f10 r-xp 00000000 08:01 77 /home/u/my lib.so (deleted)\n",
+       "'/home/u/my lib.so (deleted)'"},
+      // Another copy of the program is not the program.
+      {"7f00-7f10 r-xp 00000000 08:01 77 /opt/svc/bin/scorer.old\n", "'/opt/svc/bin/scorer.old'"},
+      {"", ""},
+      {"garbage\n", ""},
+  };
+  for (const Case& c : cases) EXPECT_EQ(ForeignExecutableMapping(c.maps, exe), c.foreign) << c.maps;
+}
+
+TEST(IsRecognisedInterpreterPathTest, Table) {
+  for (const char* yes : {"/usr/bin/python3", "/usr/bin/python3.11", "/bin/python3.12"}) {
+    EXPECT_TRUE(IsRecognisedInterpreterPath(yes)) << yes;
+  }
+  for (const char* no : {"/tmp/python3", "/usr/local/bin/python3.11", "/usr/bin/python3.",
+                         "/usr/bin/python3.11x", "/usr/bin/python2.7", "/usr/bin/perl",
+                         "/usr/bin/python3 (deleted)", "/home/u/usr/bin/python3", "python3"}) {
+    EXPECT_FALSE(IsRecognisedInterpreterPath(no)) << no;
+  }
+}
+
+TEST(PythonRunProblemTest, Table) {
+  struct Case {
+    std::vector<std::string> argv;
+    std::vector<std::string> env;
+    std::string problem;
+  };
+  const std::string inspect = "python runs with -i (an interactive prompt after the script)";
+  const Case cases[] = {
+      {{"python3", "/opt/etl/export.py"}, {"PATH=/usr/bin", "PYTHONUNBUFFERED=1"}, ""},
+      {{"python3", "-u", "-I", "/opt/etl/export.py", "-i"}, {}, ""},  // the script's own -i
+      {{"python3", "-W", "-i", "/opt/etl/export.py"}, {}, ""},        // -W's value
+      {{"python3", "-Wi", "/opt/etl/export.py"}, {}, ""},
+      {{"python3", "-X", "dev", "/opt/etl/export.py"}, {}, ""},
+      {{"python3", "-i", "/opt/etl/export.py"}, {}, inspect},
+      {{"python3", "-Bi", "/opt/etl/export.py"}, {}, inspect},
+      {{"python3", "-u", "-i", "--", "/opt/etl/export.py"}, {}, inspect},
+      {{"python3", "/opt/etl/export.py"}, {"PYTHONPATH=/tmp"}, "the environment sets PYTHONPATH"},
+      {{"python3", "/opt/etl/export.py"}, {"PYTHONSTARTUP=/tmp/s.py"},
+       "the environment sets PYTHONSTARTUP"},
+      {{"python3", "/opt/etl/export.py"}, {"PYTHONHOME=/tmp"}, "the environment sets PYTHONHOME"},
+      {{"python3", "/opt/etl/export.py"}, {"PYTHONINSPECT=1"}, "the environment sets PYTHONINSPECT"},
+      {{"python3", "/opt/etl/export.py"}, {"PYTHONUSERBASE=/tmp"},
+       "the environment sets PYTHONUSERBASE"},
+      {{"python3", "/opt/etl/export.py"}, {"PYTHONBREAKPOINT=os.system"},
+       "the environment sets PYTHONBREAKPOINT"},
+      {{"python3", "/opt/etl/export.py"}, {"PYTHONSAFEPATH=1", "PYTHONNOUSERSITE=1"}, ""},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(PythonRunProblem(c.argv, c.env), c.problem) << testing::PrintToString(c.argv);
+  }
+}
+
 }  // namespace
 }  // namespace vecseal::policy::internal

@@ -224,6 +224,28 @@ TEST_F(DenialMatrixTest, EveryCallerThatDiffersInOneConditionIsDeniedAndAudited)
   EXPECT_EQ(denied, table.size() - 2);
 }
 
+// The reviewed image run by its account, but told to load other code first (issue 17 row 6): the
+// digest still matches, so only the environment check can deny it. The libraries named do not
+// exist, so the loader skips them; what counts is that the caller asked for them.
+TEST_F(DenialMatrixTest, ReviewedImageWithLoaderVariablesIsDeniedAndAudited) {
+  const CallerIdentity scorer = Scorer();
+  const std::string program = bin_ + "/scorer";
+  for (const std::string variable : {"LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"}) {
+    SCOPED_TRACE(variable);
+    const CallerRun run = Request(scorer, program, {}, "guarded/encrypt");
+    const CallerRun loaded =
+        RunAs(scorer, {program, "request", daemon_->socket_path(), "guarded/encrypt"},
+              {variable + "=" + bin_ + "/missing/evil.so"});
+    const auto control = ParseAnswers(run.output);
+    const auto answers = ParseAnswers(loaded.output);
+    ASSERT_EQ(control.size(), 1u) << run.output;
+    ASSERT_EQ(answers.size(), 1u) << "exit " << loaded.exit_code << ", output: " << loaded.output;
+    EXPECT_EQ(control[0].status, 200u) << "control: the same run without the variable";
+    ExpectDenied(answers[0]);
+    ExpectAudited(answers[0], loaded.pid, scorer, ScorerUnit(), program, digest_a_);
+  }
+}
+
 // The daemon caches digests by file identity; a binary replaced on disk must not keep the old
 // digest's grant, whether it is rewritten in place (same inode, same size) or renamed over.
 TEST_F(DenialMatrixTest, ReplacedBinaryAtTheSamePathIsDenied) {

@@ -253,13 +253,17 @@ std::string SecuredDaemon::AuditBytes() const {
   return bytes;
 }
 
-CallerRun RunAs(const CallerIdentity& identity, const std::vector<std::string>& argv) {
+CallerRun RunAs(const CallerIdentity& identity, const std::vector<std::string>& argv,
+                const std::vector<std::string>& environment) {
   CallerRun run;
   std::vector<std::string> args = argv;
   std::vector<char*> argp;
   for (auto& arg : args) argp.push_back(arg.data());
   argp.push_back(nullptr);
-  char* no_environment[] = {nullptr};
+  std::vector<std::string> env_entries = environment;
+  std::vector<char*> envp;
+  for (auto& entry : env_entries) envp.push_back(entry.data());
+  envp.push_back(nullptr);
   const std::string procs =
       identity.cgroup_dir.empty() ? "" : identity.cgroup_dir + "/cgroup.procs";
   int out[2];
@@ -277,7 +281,7 @@ CallerRun RunAs(const CallerIdentity& identity, const std::vector<std::string>& 
         setgid(identity.gid) != 0 || setuid(identity.uid) != 0) {
       _exit(124);
     }
-    execve(argp[0], argp.data(), no_environment);
+    execve(argp[0], argp.data(), envp.data());
     _exit(123);
   }
   close(out[1]);

@@ -87,8 +87,9 @@ struct CallerRun {
 };
 
 // Forks, joins the cgroup, sets groups, gid and uid (in that order), execs argv[0] with argv and
-// an empty environment, and waits. Needs root.
-CallerRun RunAs(const CallerIdentity& identity, const std::vector<std::string>& argv);
+// `environment` ("NAME=value" entries; empty by default), and waits. Needs root.
+CallerRun RunAs(const CallerIdentity& identity, const std::vector<std::string>& argv,
+                const std::vector<std::string>& environment = {});
 
 // One answer line of security_caller: "STATUS REQUEST_ID BODY".
 struct Answer {

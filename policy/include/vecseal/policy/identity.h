@@ -40,9 +40,18 @@ struct CallerIdentity {
   std::string script;  // interpreters only: canonical path of the script, a regular file the
                        // caller may read (mode bits); else empty
   std::string script_sha256;  // when `script` is known and within the hashing limit
+  // Why exe_sha256, script and script_sha256 cannot vouch for the code running: a loader
+  // variable (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT), an executable mapping from outside the
+  // system library directories, or /proc/PID/environ or maps unreadable. Empty when they can.
+  // Conditions on those fields fail while it is set.
+  std::string code_unproven;
+  // Why the command line's script was left unknown (no recognised interpreter, python -i, a
+  // PYTHON* variable, a relative path); empty when identified or when no script was named.
+  std::string script_refused;
 
   // {"pid", "uid", "user", "gid", "group", "groups": [{"gid", "name"}], "exe", "exe_sha256",
-  //  "unit", "script", "script_sha256"}; unknown strings are null. No lookups: cheap per request.
+  //  "unit", "script", "script_sha256", "code_unproven", "script_refused"}; unknown (or, for the
+  //  last two, empty) strings are null. No lookups: cheap per request.
   nlohmann::json ToJson() const;
 };
 
@@ -58,6 +67,10 @@ struct IdentityResolverOptions {
   // /etc/group change; the limit covers NSS sources that are not files (LDAP, systemd). 0: no
   // cache, every identification asks NSS (tens of microseconds per name).
   int name_cache_seconds = 60;
+  // Bytes of executables and scripts hashed for one peer uid, per second, on digest-cache misses
+  // (a token bucket holding up to max_hash_bytes). Past it, that uid's digests stay unknown: a
+  // user touching large files before each connect cannot make the daemon hash for everyone else.
+  uint64_t digest_bytes_per_second_per_uid = uint64_t{64} << 20;
 };
 
 // Resolves identities and caches file digests and user and group names. Thread-safe; share one
@@ -67,6 +80,8 @@ class IdentityResolver {
   struct Stats {
     uint64_t digest_cache_hits = 0;
     uint64_t digest_cache_misses = 0;
+    uint64_t files_hashed = 0;           // digests actually computed
+    uint64_t digests_rate_limited = 0;   // misses refused by digest_bytes_per_second_per_uid
     uint64_t resolutions = 0;  // full /proc reads (first identification and after an exec)
     uint64_t name_cache_hits = 0;
     uint64_t name_cache_misses = 0;
@@ -84,6 +99,9 @@ class IdentityResolver {
   // (dev, inode, size, mtime, ctime) is known. Reads through the fd, so the digest is of the
   // file actually opened, whatever its path says now.
   Result<std::string> DigestOf(int fd);
+  // DigestOf for a peer: a cache miss is charged to `uid`'s hashing budget
+  // (digest_bytes_per_second_per_uid); digest_rate_limited (kResourceExhausted) when it is spent.
+  Result<std::string> DigestCharged(int fd, uid_t uid);
 
   // Fills user, group and group_names from uid, gid and supplementary_gids.
   void FillNames(CallerIdentity* identity);
@@ -118,6 +136,14 @@ class IdentityResolver {
     size_t operator()(const FileKey& key) const;
   };
 
+  Result<std::string> Digest(int fd, const uid_t* charged_uid);
+  // Takes `bytes` from `uid`'s token bucket; false (taking nothing) when it holds fewer.
+  bool ChargeHashBudget(uid_t uid, uint64_t bytes);
+  struct HashBudget {
+    double tokens = 0;
+    int64_t refilled_ns = 0;
+  };
+
   struct FileStamp {
     ino_t ino = 0;
     off_t size = 0;
@@ -128,6 +154,7 @@ class IdentityResolver {
   IdentityResolverOptions options_;
   mutable std::mutex mutex_;
   std::unordered_map<FileKey, std::string, FileKeyHash> digests_;
+  std::unordered_map<uid_t, HashBudget> hash_budgets_;
   std::unordered_map<uid_t, std::string> user_names_;
   std::unordered_map<gid_t, std::string> group_names_;
   int64_t names_since_ns_ = 0;  // CLOCK_MONOTONIC when the name caches were last emptied
