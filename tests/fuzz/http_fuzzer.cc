@@ -321,6 +321,7 @@ struct SentRequest {
   std::string target;
   std::string content_type;
   std::string body;
+  bool head = false;  // its response carries no body (RFC 9110 §9.3.2)
 };
 
 // The requests of the input as a strict parser with the server's limits reads them, up to the
@@ -340,7 +341,8 @@ std::vector<SentRequest> ParseRequests(const uint8_t* data, size_t size) {
     const auto& request = parser.get();
     requests.push_back(SentRequest{.target = std::string(request.target()),
                                    .content_type = std::string(request[http::field::content_type]),
-                                   .body = request.body()});
+                                   .body = request.body(),
+                                   .head = request.method() == http::verb::head});
   }
   return requests;
 }
@@ -416,7 +418,10 @@ void CheckResponses(const std::string& received, const std::vector<SentRequest>&
     VECSEAL_FUZZ_CHECK(response.find("Vecseal-Request-Id") != response.end() || status == 503,
                        "response %zu (status %u) has no Vecseal-Request-Id", index, status);
     const std::string type(response[http::field::content_type]);
-    if (status >= 400) {
+    if (index < requests.size() && requests[index].head) {
+      VECSEAL_FUZZ_CHECK(response.body().empty(), "a response to HEAD with a body of %zu bytes",
+                         response.body().size());
+    } else if (status >= 400) {
       VECSEAL_FUZZ_CHECK(type == "application/json", "error %u with Content-Type '%s'", status,
                          type.c_str());
       const json body = json::parse(response.body(), nullptr, false);
