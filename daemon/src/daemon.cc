@@ -148,8 +148,8 @@ struct Listener {
 // the way may belong to another user.
 Status CheckSocketDirectory(const std::string& socket_path) {
   const std::string dir = std::filesystem::path(socket_path).parent_path().string();
-  if (Status links = policy::CheckSymlinkOwners(dir); !links.ok()) {
-    return SocketError("the socket directory: " + links.message());
+  if (Status above = policy::CheckTrustedDirectory(dir); !above.ok()) {
+    return SocketError("the socket directory: " + above.message());
   }
   struct stat st {};
   if (stat(dir.c_str(), &st) != 0) {

@@ -82,8 +82,9 @@ Result<std::string> MakeStateDir(std::string dir) {
     dir = buffer.data();
   } else {
     // A symlink of another user's would choose where the state (PINs included) is written.
-    VECSEAL_RETURN_IF_ERROR(policy::CheckSymlinkOwners(dir));
+    VECSEAL_RETURN_IF_ERROR(policy::CheckTrustedDirectory(dir));
     if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return ErrnoError("cannot create", dir);
+    VECSEAL_RETURN_IF_ERROR(policy::CheckTrustedDirectory(dir));
   }
   char resolved[PATH_MAX];
   if (realpath(dir.c_str(), resolved) == nullptr) return ErrnoError("cannot resolve", dir);

@@ -591,10 +591,15 @@ CK_RV Session::EncryptRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
     Count(HsmCall::kEncrypt);
     rv = functions_->C_Encrypt(handle_, const_cast<CK_BYTE_PTR>(data.data()), data.size(),
                                out.data(), &length);
-    return rv == CKR_OK && length != out.size() ? CKR_FUNCTION_FAILED : rv;
+    if (rv == CKR_OK && length != out.size()) rv = CKR_FUNCTION_FAILED;
+  } else {
+    rv = EncryptUpdate(data, out, max_part);
+    if (rv == CKR_OK) return EncryptFinal();
   }
-  rv = EncryptUpdate(data, out, max_part);
-  return rv == CKR_OK ? EncryptFinal() : rv;
+  // A session that is not thrown away after a failure (the Hsm's anchor) must not keep an
+  // operation active, or its next operation fails with CKR_OPERATION_ACTIVE.
+  if (rv != CKR_OK) (void)EncryptFinal();
+  return rv;
 }
 
 CK_RV Session::EncryptInit(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key) const {

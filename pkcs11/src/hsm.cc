@@ -201,6 +201,12 @@ Result<std::string> UntrustedBecause(const Object& key, core::KeyFormat format,
     if (!flag.ok()) return std::move(flag).TakeStatus();
     if (*flag != e.value) return std::string(e.name) + (e.value ? " is false" : " is true");
   }
+  // Both formats are 256-bit keys; a shorter AES key would be a weaker v2 key.
+  auto length = key.GetAttribute(CKA_VALUE_LEN);
+  if (!length.ok()) return std::move(length).TakeStatus();
+  CK_ULONG bytes = 0;
+  if (length->size() == sizeof bytes) std::memcpy(&bytes, length->data(), sizeof bytes);
+  if (bytes != 32) return "CKA_VALUE_LEN is " + std::to_string(bytes) + ", not 32";
   return std::string();
 }
 

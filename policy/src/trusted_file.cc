@@ -65,6 +65,12 @@ Status CheckSymlinkOwnersFrom(std::string path, int links) {
     struct stat st;
     if (lstat(prefix.c_str(), &st) != 0) return Status::Ok();
     if (!S_ISLNK(st.st_mode)) continue;
+    // Whoever may write the link's directory may replace the link.
+    const std::string parent = prefix.substr(0, std::max<size_t>(prefix.rfind('/'), 1));
+    struct stat parent_st;
+    if (lstat(parent.c_str(), &parent_st) == 0) {
+      VECSEAL_RETURN_IF_ERROR(CheckOne(parent, parent_st, /*is_file=*/false));
+    }
     const uid_t euid = geteuid();
     if (st.st_uid != 0 && st.st_uid != euid) {
       return Untrusted(prefix + " is a symlink owned by uid " + std::to_string(st.st_uid) +
@@ -117,7 +123,26 @@ Status CheckTrustedFileStat(const std::string& path, struct stat* file_stat) {
   return Status::Ok();
 }
 
+Status CheckDirectoriesAbove(const std::string& directory) {
+  std::unique_ptr<char, decltype(&free)> resolved(realpath(directory.c_str(), nullptr), &free);
+  if (!resolved) return Status::Ok();  // the caller reports a missing directory itself
+  std::string current = resolved.get();
+  while (current != "/") {
+    const size_t slash = current.rfind('/');
+    current = slash == 0 ? "/" : current.substr(0, slash);
+    struct stat st;
+    if (lstat(current.c_str(), &st) != 0) continue;
+    VECSEAL_RETURN_IF_ERROR(CheckOne(current, st, /*is_file=*/false));
+  }
+  return Status::Ok();
+}
+
 }  // namespace internal
+
+Status CheckTrustedDirectory(const std::string& directory) {
+  VECSEAL_RETURN_IF_ERROR(CheckSymlinkOwners(directory));
+  return internal::CheckDirectoriesAbove(directory);
+}
 
 Status CheckTrustedFile(const std::string& path) {
   struct stat st;

@@ -704,6 +704,33 @@ TEST_F(HsmTest, KeyWithWidenedUsageIsRefusedAsUntrusted) {
       << found.status().message();
 }
 
+// A token-generated AES key of the wrong size under a vecseal label is not a format 2 key.
+TEST_F(HsmTest, ShortAesKeyIsRefusedAsUntrusted) {
+  auto raw = OpenRaw();
+  const std::string label = "vecseal:short:v1";
+  CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+  CK_KEY_TYPE key_type = CKK_AES;
+  CK_ULONG size = 16;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ATTRIBUTE key_template[] = {
+      {CKA_CLASS, &key_class, sizeof key_class}, {CKA_KEY_TYPE, &key_type, sizeof key_type},
+      {CKA_VALUE_LEN, &size, sizeof size},       {CKA_TOKEN, &yes, 1},
+      {CKA_PRIVATE, &yes, 1},                    {CKA_SENSITIVE, &yes, 1},
+      {CKA_EXTRACTABLE, &no, 1},                 {CKA_ENCRYPT, &yes, 1},
+      {CKA_SIGN, &no, 1},                        {CKA_VERIFY, &no, 1},
+      {CKA_DECRYPT, &no, 1},                     {CKA_WRAP, &no, 1},
+      {CKA_UNWRAP, &no, 1},                      {CKA_DERIVE, &no, 1},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()}};
+  ASSERT_TRUE(raw->session.GenerateKey(CKM_AES_KEY_GEN, key_template).ok());
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto key = hsm->FindKey("short");
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.status().reason(), "key_untrusted");
+  EXPECT_NE(key.status().message().find("(CKA_VALUE_LEN is 16, not 32)"), std::string::npos)
+      << key.status().message();
+}
+
 // A key carrying a vecseal label but a template that lets its bytes out is refused before use.
 TEST_F(HsmTest, KeysWhoseBytesCouldLeaveTheTokenAreRefused) {
   auto hsm = OpenHsm();

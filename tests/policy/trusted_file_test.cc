@@ -106,6 +106,38 @@ TEST_F(TrustedFileTest, RejectsASymlinkOwnedByAnotherUser) {
   EXPECT_EQ(CheckSymlinkOwners(first).message(), status.message());
 }
 
+// The socket's directory and --dev's state: whoever may write a directory above could rename
+// it away and put their own in its place. Sticky directories above (like /tmp) are fine.
+TEST_F(TrustedFileTest, TrustedDirectoryChecksEveryDirectoryAbove) {
+  const std::string above = dir_ / "above";
+  const std::string run = above + "/run";
+  ASSERT_EQ(mkdir(above.c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(run.c_str(), 0700), 0);
+  EXPECT_TRUE(CheckTrustedDirectory(run).ok());
+  ASSERT_EQ(chmod(above.c_str(), 0777), 0);
+  Status status = CheckTrustedDirectory(run);
+  EXPECT_EQ(status.reason(), "file_untrusted");
+  EXPECT_EQ(status.message(),
+            above + " is writable by group or others (mode 0777); run: chmod go-w " + above);
+  ASSERT_EQ(chmod(above.c_str(), 01777), 0);
+  EXPECT_TRUE(CheckTrustedDirectory(run).ok()) << "a sticky directory above is fine";
+}
+
+// A link of root's in a directory others may write is as good as theirs: they can replace it.
+TEST_F(TrustedFileTest, RejectsASymlinkInADirectoryOthersMayWrite) {
+  std::string path = dir_ / "policy.json";
+  WriteFile(path, kPolicy);
+  const std::string open_dir = dir_ / "open";
+  ASSERT_EQ(mkdir(open_dir.c_str(), 0755), 0);
+  ASSERT_EQ(chmod(open_dir.c_str(), 0777), 0);
+  const std::string link = open_dir + "/link.json";
+  ASSERT_EQ(symlink(path.c_str(), link.c_str()), 0);
+  Status status = CheckTrustedFile(link);
+  EXPECT_EQ(status.reason(), "file_untrusted");
+  EXPECT_EQ(status.message(), open_dir + " is writable by group or others (mode 0777); run: "
+                                         "chmod go-w " + open_dir);
+}
+
 TEST_F(TrustedFileTest, FollowsSymlinksAndChecksTheTarget) {
   std::string bad = dir_ / "bad";
   ASSERT_EQ(mkdir(bad.c_str(), 0755), 0);

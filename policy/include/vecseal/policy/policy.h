@@ -114,6 +114,11 @@ Status CheckTrustedFile(const std::string& path);
 // link otherwise.
 Status CheckSymlinkOwners(const std::string& path);
 
+// For a directory the daemon creates files in (the socket's, --dev's state): CheckSymlinkOwners,
+// and every directory above it passes CheckTrustedFile's rules, so that nobody else can rename
+// it away and put their own in its place. The directory itself is for the caller to judge.
+Status CheckTrustedDirectory(const std::string& directory);
+
 // The work behind `vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH
 // [--unit UNIT] [--script PATH]] [--op OPERATION --key NAME]`. `args` holds what follows
 // --check-policy, starting at FILE.
