@@ -97,7 +97,7 @@ class ClientFaultTest : public ::testing::Test {
     // One uid (this test) plays every client: its share is the whole limit.
     ReplaceFile(overlay, R"({"limits": {"max_connections": 256, "max_connections_per_uid": 256,
                              "header_timeout_ms": 500,
-                             "body_timeout_ms": 500, "write_timeout_ms": 1000,
+                             "body_timeout_ms": 2000, "write_timeout_ms": 1000,
                              "idle_timeout_ms": 10000},
                              "audit": {"try_append_only": false}})");
     daemon_ = std::make_unique<DaemonProcess>(DaemonOptions{

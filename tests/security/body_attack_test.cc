@@ -38,6 +38,21 @@ using nlohmann::json;
 using policy::testing_util::WriteFile;
 using Clock = std::chrono::steady_clock;
 
+// Under AddressSanitizer the daemon's RSS holds the allocator's quarantine and shadow memory, so
+// an RSS bound measures the sanitizer, not the daemon (as in tests/reliability); the answers,
+// the CPU and the latency are still checked there.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssIsMeaningful = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kRssIsMeaningful = false;
+#else
+constexpr bool kRssIsMeaningful = true;
+#endif
+#else
+constexpr bool kRssIsMeaningful = true;
+#endif
+
 constexpr uid_t kNoGrantUid = 64111;
 constexpr uid_t kOtherKeyUid = 64112;  // granted encrypt on "theirs" only
 constexpr gid_t kAttackerGid = 64113;
@@ -312,7 +327,7 @@ TEST_F(BodyAttackTest, NestedBodyWithoutGrantIsDeniedBeforeItIsRead) {
     ASSERT_TRUE(record.has_value()) << "no deny record for " << row.operation;
     EXPECT_EQ((*record)["error_code"], "permission_denied");
   }
-  EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the bodies were held or parsed";
+  if (kRssIsMeaningful) EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the bodies were held or parsed";
   EXPECT_EQ(EncryptOne(), 200u);
 }
 
@@ -348,7 +363,7 @@ TEST_F(BodyAttackTest, StalledHalfBodiesWithoutGrantHoldNoMemory) {
   std::cout << "[ figures  ] " << kConnections << " stalled half-bodies: RSS " << baseline_kib_
             << " -> " << rss_kib << " KiB (peak +" << PeakGrowthKib() << " KiB); granted p99 "
             << p99 << " ms over " << latencies_ms.size() << " requests\n";
-  EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the half-bodies were buffered";
+  if (kRssIsMeaningful) EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the half-bodies were buffered";
   EXPECT_LT(p99, 10.0);
   attacker.Finish();
 }
