@@ -327,7 +327,9 @@ TEST_F(BodyAttackTest, NestedBodyWithoutGrantIsDeniedBeforeItIsRead) {
     ASSERT_TRUE(record.has_value()) << "no deny record for " << row.operation;
     EXPECT_EQ((*record)["error_code"], "permission_denied");
   }
-  if (kRssIsMeaningful) EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the bodies were held or parsed";
+  if (kRssIsMeaningful) {
+    EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the bodies were held or parsed";
+  }
   EXPECT_EQ(EncryptOne(), 200u);
 }
 
@@ -363,7 +365,9 @@ TEST_F(BodyAttackTest, StalledHalfBodiesWithoutGrantHoldNoMemory) {
   std::cout << "[ figures  ] " << kConnections << " stalled half-bodies: RSS " << baseline_kib_
             << " -> " << rss_kib << " KiB (peak +" << PeakGrowthKib() << " KiB); granted p99 "
             << p99 << " ms over " << latencies_ms.size() << " requests\n";
-  if (kRssIsMeaningful) EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the half-bodies were buffered";
+  if (kRssIsMeaningful) {
+    EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the half-bodies were buffered";
+  }
   EXPECT_LT(p99, 10.0);
   attacker.Finish();
 }
