@@ -28,25 +28,18 @@ constexpr std::string_view kUsage =
     "(reported as warnings). TIME is UTC, ISO 8601, any prefix\n"
     "of 2026-11-25T03:04:31.123456Z (e.g. 2026-11-25 or 2026-11-25T03:04).\n";
 
-// Directories become their audit files, oldest first (the names sort by first seq).
+// Directories become their audit files, oldest first.
 bool ExpandPaths(const std::vector<std::string>& operands, std::vector<std::string>* files,
                  std::ostream& err) {
   for (const std::string& operand : operands) {
     std::error_code ec;
     if (std::filesystem::is_directory(operand, ec)) {
-      std::vector<std::string> found;
-      for (const auto& entry : std::filesystem::directory_iterator(operand, ec)) {
-        const std::string name = entry.path().filename().string();
-        if (name.starts_with("audit-") && name.ends_with(".jsonl")) {
-          found.push_back(entry.path().string());
-        }
-      }
-      if (ec) {
-        err << "vecseal audit: cannot list " << operand << ": " << ec.message() << "\n";
+      Result<std::vector<std::string>> found = LogFilesInOrder(operand);
+      if (!found.ok()) {
+        err << "vecseal audit: " << found.status().message() << "\n";
         return false;
       }
-      std::sort(found.begin(), found.end());
-      files->insert(files->end(), found.begin(), found.end());
+      files->insert(files->end(), found->begin(), found->end());
     } else {
       files->push_back(operand);
     }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -47,6 +48,14 @@ std::string LogFileName(uint64_t first_seq, std::string_view file_id_hex) {
 std::string Basename(const std::string& path) {
   const size_t slash = path.rfind('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// The first seq that a log file's name gives (IsLogFileName checked it has the digits).
+uint64_t FirstSeqOfName(const std::string& path) {
+  const std::string name = Basename(path);
+  uint64_t seq = 0;
+  std::from_chars(name.data() + kFilePrefix.size(), name.data() + 26, seq);
+  return seq;
 }
 
 std::string Dirname(const std::string& path) {
@@ -252,8 +261,14 @@ class Log::Impl {
       head_hex_ = internal::Hex(head_);
       prev_file_ = Basename(path);
       // A newer file without a complete record, a torn line, or an end that is not a stop: the
-      // last run was killed or crashed, which nothing else in the log would show.
-      if (path != candidates.front() || torn || !EndsWithStop(*line, before_line)) {
+      // last run was killed or crashed, which nothing else in the log would show. The newer file
+      // counts only if it would have held the next seq: one an earlier such kill left has the
+      // first seq of the file after it, and may sort on either side of it by its random id.
+      bool started_file_lost = false;
+      for (auto newer = candidates.begin(); *newer != path; ++newer) {
+        started_file_lost = started_file_lost || FirstSeqOfName(*newer) >= next_seq_;
+      }
+      if (started_file_lost || torn || !EndsWithStop(*line, before_line)) {
         const uint64_t last_sealed_seq = FindLastSealSeq(candidates);
         std::string body;
         internal::AppendStringField(&body, "event", "unclean_stop");

@@ -1,7 +1,10 @@
 #include "vecseal/audit/verify.h"
 
 #include <algorithm>
+#include <cstring>
 #include <deque>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <string_view>
 
@@ -428,6 +431,46 @@ class Verifier {
 bool IsEndOfLogFinding(std::string_view code) {
   return code == "no_seal" || code == "torn_end" || code == "unsealed_end" ||
          code == "missing_stop" || code == "missing_last_file";
+}
+
+namespace {
+
+bool HoldsCompleteLine(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char buffer[1 << 14];
+  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    if (std::memchr(buffer, '\n', static_cast<size_t>(in.gcount())) != nullptr) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> LogFilesInOrder(const std::string& dir) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("audit-") && name.ends_with(".jsonl")) files.push_back(entry.path());
+  }
+  if (ec) {
+    return Status(Code::kNotFound, "audit_dir_unreadable",
+                  "cannot list " + dir + ": " + ec.message());
+  }
+  std::sort(files.begin(), files.end());
+  // "audit-" and the 20 digits of the first seq: what two files of one start have in common.
+  const auto seq_part = [](const std::string& path) { return Basename(path).substr(0, 26); };
+  for (size_t begin = 0; begin < files.size();) {
+    size_t end = begin + 1;
+    while (end < files.size() && seq_part(files[end]) == seq_part(files[begin])) ++end;
+    if (end - begin > 1) {
+      std::stable_partition(files.begin() + static_cast<std::ptrdiff_t>(begin),
+                            files.begin() + static_cast<std::ptrdiff_t>(end),
+                            [](const std::string& path) { return !HoldsCompleteLine(path); });
+    }
+    begin = end;
+  }
+  return files;
 }
 
 Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem,

@@ -355,6 +355,45 @@ TEST(AuditLogTest, ReopenContinuesTheChainInANewFile) {
   EXPECT_TRUE(report.warnings.empty()) << "each run stopped cleanly: no unclean_stop";
 }
 
+// A writer killed while writing a new file's first record leaves a file with no complete
+// record; the next start writes its file with the same first seq. Whichever way the two random
+// ids sort, that start records the kill once, the log verifies as stopped, and a later clean
+// start finds nothing unclean.
+TEST(AuditLogTest, AFileLeftWithoutARecordIsOrderedBeforeItsSuccessor) {
+  for (const std::string torn_id : {"00000000", "ffffffff"}) {
+    SCOPED_TRACE("torn file id " + torn_id);
+    TempDir dir;
+    auto signer = SoftwareSigner::Generate();
+    {
+      auto log = OpenLog(TestOptions(dir.path()), signer);
+      ASSERT_NE(log, nullptr);
+      ASSERT_TRUE(log->Append(SampleEvent(0)).ok());
+      ASSERT_TRUE(log->Close().ok());  // file_start, the event, stop, seal: seq 1..4
+    }
+    const std::string torn = dir.path() + "/audit-00000000000000000005-" + torn_id + ".jsonl";
+    testing::WriteFileText(torn, R"({"event":"file_start","file_id":"00)");
+    for (int run = 0; run < 2; ++run) {
+      auto log = OpenLog(TestOptions(dir.path()), signer);
+      ASSERT_NE(log, nullptr);
+      ASSERT_TRUE(log->Append(SampleEvent(1)).ok());
+      const std::string file = log->current_file();
+      ASSERT_TRUE(log->Close().ok());
+      const auto lines = ReadLines(file);
+      ASSERT_GE(lines.size(), 2u);
+      const bool unclean = nlohmann::json::parse(lines[1])["event"] == "unclean_stop";
+      EXPECT_EQ(unclean, run == 0) << "run " << run << ": only the start after the kill says so";
+    }
+    const auto files = LogFiles(dir.path());
+    ASSERT_EQ(files.size(), 4u);
+    EXPECT_EQ(files[1], torn) << "ordered before the file that took its first seq";
+    const VerifyReport report = VerifyDir(dir.path(), signer);
+    ASSERT_TRUE(report.ok()) << report.error->code << ": " << report.error->message;
+    std::vector<std::string> codes;
+    for (const Finding& warning : report.warnings) codes.push_back(warning.code);
+    EXPECT_THAT(codes, ::testing::UnorderedElementsAre("torn_line", "empty_file", "unclean_stop"));
+  }
+}
+
 TEST(AuditLogTest, RejectsASignerThatDoesNotMatchItsPublicKey) {
   class Mismatched final : public Signer {
    public:

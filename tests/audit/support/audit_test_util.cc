@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "vecseal/audit/verify.h"
+
 namespace vecseal::audit::testing {
 
 TempDir::TempDir() {
@@ -19,13 +21,8 @@ TempDir::~TempDir() {
 }
 
 std::vector<std::string> LogFiles(const std::string& dir) {
-  std::vector<std::string> files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    if (name.starts_with("audit-") && name.ends_with(".jsonl")) files.push_back(entry.path());
-  }
-  std::sort(files.begin(), files.end());
-  return files;
+  Result<std::vector<std::string>> files = LogFilesInOrder(dir);
+  return files.ok() ? std::move(files).value() : std::vector<std::string>();
 }
 
 std::string ReadFileText(const std::string& path) {

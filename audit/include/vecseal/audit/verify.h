@@ -50,6 +50,12 @@ enum class LogEnd {
   kLive,     // those are warnings (--allow-unsealed-tail); the middle is checked as strictly
 };
 
+// The audit-*.jsonl files of `dir`, oldest first. Names sort by their first seq, except that a
+// file holding no complete record (a writer killed while starting it leaves one) comes before
+// the file with the same first seq that the next start wrote: ids are random, so names alone
+// may order the two either way.
+Result<std::vector<std::string>> LogFilesInOrder(const std::string& dir);
+
 // `files` in order (oldest first). Fails (rather than reporting) only when the key cannot be
 // parsed; an unreadable file is a finding.
 Result<VerifyReport> Verify(std::span<const std::string> files, const std::string& pubkey_pem,
