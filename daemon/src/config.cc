@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -205,12 +206,17 @@ Status ParseSocket(ObjectReader& r, SocketConfig& socket) {
   return r.TakeString("group", socket.group);
 }
 
-Status ParsePkcs11(ObjectReader& r, Pkcs11Config& pkcs11, bool require_pin) {
-  VECSEAL_RETURN_IF_ERROR(r.TakePath("module", pkcs11.module));
-  VECSEAL_RETURN_IF_ERROR(r.TakeString("token_label", pkcs11.token_label));
-  if (pkcs11.token_label.size() > 32) {
+Status TakeTokenLabel(ObjectReader& r, std::string& label) {
+  VECSEAL_RETURN_IF_ERROR(r.TakeString("token_label", label));
+  if (label.size() > 32) {
     return ConfigError(r.PathOf("token_label"), "must be at most 32 bytes (PKCS#11 limit)");
   }
+  return Status::Ok();
+}
+
+Status ParsePkcs11(ObjectReader& r, Pkcs11Config& pkcs11, bool require_pin) {
+  VECSEAL_RETURN_IF_ERROR(r.TakePath("module", pkcs11.module));
+  VECSEAL_RETURN_IF_ERROR(TakeTokenLabel(r, pkcs11.token_label));
   const auto parse_pin = [&](ObjectReader& p) { return ParsePin(p, pkcs11.pin); };
   VECSEAL_RETURN_IF_ERROR(TakeObject(r, "pin", parse_pin));
   if (require_pin && pkcs11.pin.file.empty() && pkcs11.pin.credential.empty()) {
@@ -252,6 +258,22 @@ Status ParseThreads(ObjectReader& r, ThreadsConfig& threads) {
   return r.TakeNumber("workers", 1, 256, threads.workers);
 }
 
+Status ParseAuditPkcs11(ObjectReader& r, AuditPkcs11Config& token) {
+  VECSEAL_RETURN_IF_ERROR(r.TakePath("module", token.module));
+  VECSEAL_RETURN_IF_ERROR(TakeTokenLabel(r, token.token_label));
+  if (token.token_label.empty()) {
+    return ConfigError(r.PathOf("token_label"),
+                       "is required: the label of the token that holds the audit key alone");
+  }
+  const auto parse_pin = [&](ObjectReader& p) { return ParsePin(p, token.pin); };
+  VECSEAL_RETURN_IF_ERROR(TakeObject(r, "pin", parse_pin));
+  if (token.pin.file.empty() && token.pin.credential.empty()) {
+    return ConfigError(r.PathOf("pin"), "is required: {\"file\": \"/etc/vecseal/audit.pin\"} or "
+                                        "{\"credential\": \"vecseal-audit-pin\"}");
+  }
+  return Status::Ok();
+}
+
 Status ParseAudit(ObjectReader& r, AuditConfig& audit) {
   VECSEAL_RETURN_IF_ERROR(r.TakePath("directory", audit.directory));
   VECSEAL_RETURN_IF_ERROR(r.TakePath("single_file", audit.single_file));
@@ -273,7 +295,39 @@ Status ParseAudit(ObjectReader& r, AuditConfig& audit) {
   VECSEAL_RETURN_IF_ERROR(r.TakeNumber("warn_free_bytes", 0, 1ull << 50, audit.warn_free_bytes));
   VECSEAL_RETURN_IF_ERROR(
       r.TakeNumber("refuse_free_bytes", 0, 1ull << 50, audit.refuse_free_bytes));
-  return r.TakeBool("try_append_only", audit.try_append_only);
+  VECSEAL_RETURN_IF_ERROR(r.TakeBool("try_append_only", audit.try_append_only));
+  const auto parse_token = [&](ObjectReader& t) {
+    return ParseAuditPkcs11(t, audit.pkcs11.emplace());
+  };
+  return TakeObject(r, "pkcs11", parse_token);
+}
+
+Status SameTokenError(const Config& config) {
+  return ConfigError("$.audit.pkcs11.token_label",
+                     "names the model keys' token (\"" + config.pkcs11.token_label + "\" in " +
+                         config.pkcs11.module +
+                         "), which gives the audit key no separation: whoever holds that token's "
+                         "PIN could re-sign seals over an edited log; name a token of its own, "
+                         "with its own PIN, or remove audit.pkcs11 (docs/audit.md)");
+}
+
+// A separate token is worth having only if the model keys' operators cannot use it.
+Status CheckAuditTokenSeparate(const Config& config, ConfigKind kind) {
+  const auto& token = config.audit.pkcs11;
+  if (!token) return Status::Ok();
+  if (kind == ConfigKind::kDevOverlay) {
+    return ConfigError("$.audit.pkcs11", "is not available in dev mode, which keeps every key on "
+                                         "its one token; remove it from the overlay");
+  }
+  if (token->module == config.pkcs11.module && token->token_label == config.pkcs11.token_label) {
+    return SameTokenError(config);
+  }
+  if (token->pin == config.pkcs11.pin) {
+    return ConfigError("$.audit.pkcs11.pin",
+                       "is the model-key token's PIN source (pkcs11.pin), so whoever holds that "
+                       "PIN holds the audit token's too; give the audit token a PIN of its own");
+  }
+  return Status::Ok();
 }
 
 Status ParseRoot(ObjectReader& root, Config& config, ConfigKind kind) {
@@ -300,7 +354,26 @@ Status ParseRoot(ObjectReader& root, Config& config, ConfigKind kind) {
   VECSEAL_RETURN_IF_ERROR(TakeObject(root, "threads", parse_threads));
   VECSEAL_RETURN_IF_ERROR(TakeObject(root, "policy", parse_policy));
   VECSEAL_RETURN_IF_ERROR(TakeObject(root, "audit", parse_audit));
-  return root.Finish();
+  VECSEAL_RETURN_IF_ERROR(root.Finish());
+  if (config.audit.pkcs11 && config.audit.pkcs11->module.empty()) {
+    config.audit.pkcs11->module = config.pkcs11.module;
+  }
+  return CheckAuditTokenSeparate(config, kind);
+}
+
+// Two spellings of one module file (Debian's /usr/lib/softhsm/libsofthsm2.so is a symlink into
+// the multiarch directory) load one library, so the same label there is the same token.
+Status CheckAuditModuleFile(const Config& config) {
+  const auto& token = config.audit.pkcs11;
+  if (!token || token->token_label != config.pkcs11.token_label ||
+      token->module == config.pkcs11.module) {
+    return Status::Ok();
+  }
+  std::error_code model_error, audit_error;
+  const auto model_module = std::filesystem::canonical(config.pkcs11.module, model_error);
+  const auto audit_module = std::filesystem::canonical(token->module, audit_error);
+  if (model_error || audit_error || model_module != audit_module) return Status::Ok();
+  return SameTokenError(config);
 }
 
 }  // namespace
@@ -333,6 +406,9 @@ Result<Config> LoadConfigFile(const std::string& path, ConfigKind kind) {
     return Status(Code::kUnavailable, "config_unreadable", "cannot read config file " + path);
   }
   auto config = ParseConfig(text.str(), kind);
+  if (config.ok()) {
+    if (Status separate = CheckAuditModuleFile(*config); !separate.ok()) config = separate;
+  }
   if (!config.ok()) {
     const Status& error = config.status();
     return Status(error.code(), error.reason(), path + ": " + error.message());
@@ -359,6 +435,7 @@ std::optional<std::string> RestartOnlyChange(const Config& current, const Config
   if (current.audit.directory != next.audit.directory) return "audit.directory";
   if (current.audit.key_label != next.audit.key_label) return "audit.key_label";
   if (current.audit.single_file != next.audit.single_file) return "audit.single_file";
+  if (current.audit.pkcs11 != next.audit.pkcs11) return "audit.pkcs11";
   if (current.audit.sync_every_record != next.audit.sync_every_record ||
       current.audit.sync_interval != next.audit.sync_interval ||
       current.audit.seal_every_records != next.audit.seal_every_records ||

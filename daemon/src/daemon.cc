@@ -351,15 +351,26 @@ class Daemon {
     return Status::Ok();
   }
 
-  // Opens the HSM and finishes what needs it: the audit key, and dev mode's demo key. The Hsm is
-  // kept only when all of it succeeded, so that a retry starts afresh.
+  // Opens the HSM (and the audit key's own token, when configured) and finishes what needs it:
+  // the audit key, and dev mode's demo key. The Hsms are kept only when all of it succeeded, so
+  // that a retry starts afresh.
   Status ConnectHsm() {
     auto hsm = pkcs11::Hsm::Open(HsmConfigOf(config_));
     if (!hsm.ok()) return std::move(hsm).TakeStatus();
-    auto audit_key = (*hsm)->EnsureAuditKey(config_.audit.key_label);
-    if (!audit_key.ok()) return std::move(audit_key).TakeStatus();
+    std::unique_ptr<pkcs11::Hsm> audit_hsm;
+    if (auto audit_config = AuditHsmConfigOf(config_)) {
+      auto opened = pkcs11::Hsm::Open(*audit_config);
+      if (!opened.ok()) return AuditTokenError(opened.status());
+      audit_hsm = std::move(opened).value();
+    }
+    pkcs11::Hsm& audit_token = audit_hsm ? *audit_hsm : **hsm;
+    auto audit_key = audit_token.EnsureAuditKey(config_.audit.key_label);
+    if (!audit_key.ok()) {
+      return audit_hsm ? AuditTokenError(audit_key.status()) : std::move(audit_key).TakeStatus();
+    }
     if (!dev_dir_.empty()) VECSEAL_RETURN_IF_ERROR(SeedDevKeys(**hsm, *audit_key, dev_dir_));
     hsm_ = std::move(hsm).value();
+    audit_hsm_ = std::move(audit_hsm);
     audit_signer_->Connect(*audit_key);
     return Status::Ok();
   }
@@ -594,6 +605,7 @@ class Daemon {
     if (listener_.fd >= 0 && listener_.created_path.empty()) close(listener_.fd);
     listener_ = {};
     hsm_.reset();
+    audit_hsm_.reset();
   }
 
   void AuditEvent(const char* name, const Status& status, nlohmann::json extra) {
@@ -616,6 +628,7 @@ class Daemon {
   std::string dev_dir_;
   Config config_;
   std::unique_ptr<pkcs11::Hsm> hsm_;
+  std::unique_ptr<pkcs11::Hsm> audit_hsm_;  // null: the audit key is on hsm_'s token
   HsmGate hsm_gate_;
   std::shared_ptr<HsmAuditSigner> audit_signer_ = std::make_shared<HsmAuditSigner>();
   // While the HSM has not answered since the start (main thread only).
@@ -648,6 +661,25 @@ pkcs11::HsmConfig HsmConfigOf(const Config& config) {
   hsm_config.sessions = config.pkcs11.sessions;
   hsm_config.accept_imported_keys = config.pkcs11.accept_imported_keys;
   return hsm_config;
+}
+
+std::optional<pkcs11::HsmConfig> AuditHsmConfigOf(const Config& config) {
+  const auto& token = config.audit.pkcs11;
+  if (!token) return std::nullopt;
+  pkcs11::HsmConfig hsm_config;
+  hsm_config.module_path = token->module;
+  hsm_config.token_label = token->token_label;
+  hsm_config.pin.file = token->pin.file;
+  hsm_config.pin.credential = token->pin.credential;
+  hsm_config.sessions = 1;  // seals are signed one at a time, under the audit log's lock
+  return hsm_config;
+}
+
+Status AuditTokenError(const Status& error) {
+  const bool pin = error.reason() == "hsm_login_failed" || error.reason().starts_with("pin_");
+  return Status(error.code(), error.reason(),
+                std::string(pin ? "audit.pkcs11.pin" : "audit.pkcs11") + " (the audit key's token): " +
+                    error.message());
 }
 
 std::string UsageText() {
@@ -723,6 +755,10 @@ int CheckConfig(const std::string& path, std::ostream& out, std::ostream& err) {
   const size_t rules = (*policy)->rule_count();
   out << path << ": ok (policy " << config->policy_file << ": " << rules
       << (rules == 1 ? " rule)\n" : " rules)\n");
+  if (const auto& token = config->audit.pkcs11) {
+    out << path << ": audit key \"" << config->audit.key_label << "\" on its own token \""
+        << token->token_label << "\" in " << token->module << "\n";
+  }
   if (const std::string note = GroupSizeNote(*config); !note.empty()) {
     out << path << ": note: " << note << "\n";
   }

@@ -1,5 +1,6 @@
 // `vecseald --init`: the first-run checks of an operator, in the order the daemon will meet
-// them, plus the one thing only a first run does: create and export the audit key.
+// them, plus the one thing only a first run does: create and export the audit key (on its own
+// token when audit.pkcs11 is set).
 #include "vecseal/daemon/init.h"
 
 #include <sys/stat.h>
@@ -156,11 +157,27 @@ int Init(const InitOptions& options, std::ostream& out) {
       report.Ok("mechanisms",
                 "generic secret generation, HMAC-SHA256 (format v1 keys), EC P-256, ECDSA");
     }
-    auto audit_key = (*hsm)->EnsureAuditKey(config->audit.key_label);
+  }
+
+  pkcs11::Hsm* audit_token = hsm.ok() ? hsm->get() : nullptr;
+  std::unique_ptr<pkcs11::Hsm> audit_hsm;
+  if (auto audit_config = AuditHsmConfigOf(*config)) {
+    auto opened = pkcs11::Hsm::Open(*audit_config);
+    if (opened.ok()) {
+      report.Ok("audit token", "\"" + audit_config->token_label + "\" in " +
+                                   audit_config->module_path + ", logged in");
+      audit_hsm = std::move(opened).value();
+    } else {
+      report.Failed("audit token", AuditTokenError(opened.status()));
+    }
+    audit_token = audit_hsm.get();
+  }
+  if (audit_token != nullptr) {
+    auto audit_key = audit_token->EnsureAuditKey(config->audit.key_label);
     auto key_id = audit_key.ok() ? PublicKeyFingerprint(audit_key->PublicKeyPem())
                                  : Result<std::string>(audit_key.status());
     if (!key_id.ok()) {
-      report.Failed("audit key", key_id.status());
+      report.Failed("audit key", audit_hsm ? AuditTokenError(key_id.status()) : key_id.status());
     } else {
       fingerprint = *key_id;
       report.Line("audit key", audit_key->generated() ? "created" : "found",

@@ -46,7 +46,9 @@ TEST(ConfigTest, EveryKeyIsRead) {
     "audit": {"directory": "/var/a", "single_file": "/var/a/one.jsonl", "key_label": "aud",
               "sync": "every_record", "sync_interval_ms": 5, "seal_every_records": 10,
               "seal_every_seconds": 20, "rotate_bytes": 2097152, "warn_free_bytes": 3,
-              "refuse_free_bytes": 2, "try_append_only": false}
+              "refuse_free_bytes": 2, "try_append_only": false,
+              "pkcs11": {"module": "/opt/hsm/audit.so", "token_label": "prod-audit",
+                         "pin": {"file": "/etc/v/audit.pin"}}}
   })");
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   EXPECT_EQ(config->socket.path, "/run/v/s.sock");
@@ -81,6 +83,27 @@ TEST(ConfigTest, EveryKeyIsRead) {
   EXPECT_EQ(config->audit.warn_free_bytes, 3u);
   EXPECT_EQ(config->audit.refuse_free_bytes, 2u);
   EXPECT_FALSE(config->audit.try_append_only);
+  ASSERT_TRUE(config->audit.pkcs11.has_value());
+  EXPECT_EQ(config->audit.pkcs11->module, "/opt/hsm/audit.so");
+  EXPECT_EQ(config->audit.pkcs11->token_label, "prod-audit");
+  EXPECT_EQ(config->audit.pkcs11->pin.file, "/etc/v/audit.pin");
+}
+
+TEST(ConfigTest, TheAuditKeyStaysOnTheModelKeyTokenUnlessGivenItsOwn) {
+  auto config = ParseConfig(std::string("{") + kPin + "}");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_FALSE(config->audit.pkcs11.has_value());
+
+  // Without a module of its own, the audit token is found through the model keys' module.
+  config = ParseConfig(R"({
+    "pkcs11": {"module": "/opt/hsm/lib.so", "pin": {"file": "/etc/vecseal/pin"}},
+    "audit": {"pkcs11": {"token_label": "vecseal-audit",
+                         "pin": {"credential": "vecseal-audit-pin"}}}})");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  ASSERT_TRUE(config->audit.pkcs11.has_value());
+  EXPECT_EQ(config->audit.pkcs11->module, "/opt/hsm/lib.so");
+  EXPECT_EQ(config->audit.pkcs11->token_label, "vecseal-audit");
+  EXPECT_EQ(config->audit.pkcs11->pin.credential, "vecseal-audit-pin");
 }
 
 struct BadConfig {
@@ -130,6 +153,25 @@ TEST(ConfigTest, MistakesAreRejectedWithTheirJsonPath) {
       {"{" + pin + R"(, "audit": {"sync": "always"}})",
        "$.audit.sync: must be \"every_record\" or \"interval\""},
       {"{" + pin + R"(, "threads": {"io": true}})", "$.threads.io: must be an integer, not boolean"},
+      {"{" + pin + R"(, "audit": {"pkcs11": {"pin": {"file": "/etc/vecseal/audit.pin"}}}})",
+       "$.audit.pkcs11.token_label: is required: the label of the token that holds the audit "
+       "key alone"},
+      {"{" + pin + R"(, "audit": {"pkcs11": {"token_label": "vecseal-audit"}}})",
+       "$.audit.pkcs11.pin: is required: {\"file\": \"/etc/vecseal/audit.pin\"} or "
+       "{\"credential\": \"vecseal-audit-pin\"}"},
+      {"{" + pin + R"(, "audit": {"pkcs11": {"token_label": "vecseal-audit", "sessions": 2,
+                                             "pin": {"file": "/etc/vecseal/audit.pin"}}}})",
+       "$.audit.pkcs11.sessions: unknown key (check the spelling against docs/configuration.md)"},
+      {"{" + pin + R"(, "audit": {"pkcs11": {"token_label": "vecseal",
+                                             "pin": {"file": "/etc/vecseal/audit.pin"}}}})",
+       "$.audit.pkcs11.token_label: names the model keys' token (\"vecseal\" in "
+       "/usr/lib/softhsm/libsofthsm2.so), which gives the audit key no separation: whoever holds "
+       "that token's PIN could re-sign seals over an edited log; name a token of its own, with "
+       "its own PIN, or remove audit.pkcs11 (docs/audit.md)"},
+      {"{" + pin + R"(, "audit": {"pkcs11": {"token_label": "vecseal-audit",
+                                             "pin": {"file": "/etc/vecseal/pin"}}}})",
+       "$.audit.pkcs11.pin: is the model-key token's PIN source (pkcs11.pin), so whoever holds "
+       "that PIN holds the audit token's too; give the audit token a PIN of its own"},
   };
   for (const auto& entry : table) {
     SCOPED_TRACE(entry.json);
@@ -163,6 +205,16 @@ TEST(ConfigTest, DevOverlayNeedsNoPin) {
   EXPECT_FALSE(ParseConfig(R"({"limits": {"max_vectors": 3}})", ConfigKind::kDaemon).ok());
 }
 
+TEST(ConfigTest, DevOverlayKeepsTheAuditKeyOnTheDevToken) {
+  auto overlay = ParseConfig(R"({"audit": {"pkcs11": {"token_label": "vecseal-audit",
+                                                      "pin": {"file": "/a.pin"}}}})",
+                             ConfigKind::kDevOverlay);
+  ASSERT_FALSE(overlay.ok());
+  EXPECT_EQ(overlay.status().message(),
+            "$.audit.pkcs11: is not available in dev mode, which keeps every key on its one "
+            "token; remove it from the overlay");
+}
+
 TEST(ConfigTest, RestartOnlyChangesAreNamed) {
   Config current;
   Config next = current;
@@ -171,6 +223,21 @@ TEST(ConfigTest, RestartOnlyChangesAreNamed) {
   EXPECT_EQ(RestartOnlyChange(current, next), std::nullopt);
   next.socket.path = "/run/elsewhere.sock";
   EXPECT_EQ(RestartOnlyChange(current, next), "socket.path");
+}
+
+// The audit key's token is opened once, at start: a reload that would move it is refused.
+TEST(ConfigTest, AnAuditTokenChangeNeedsARestart) {
+  Config current;
+  Config next = current;
+  next.audit.pkcs11 = AuditPkcs11Config{.module = current.pkcs11.module,
+                                        .token_label = "vecseal-audit",
+                                        .pin = PinSource{.file = "/etc/vecseal/audit.pin", .credential = {}}};
+  EXPECT_EQ(RestartOnlyChange(current, next), "audit.pkcs11");
+  current = next;
+  next.audit.pkcs11->pin = PinSource{.file = {}, .credential = "vecseal-audit-pin"};
+  EXPECT_EQ(RestartOnlyChange(current, next), "audit.pkcs11");
+  next.audit.pkcs11.reset();
+  EXPECT_EQ(RestartOnlyChange(current, next), "audit.pkcs11");
 }
 
 class CheckConfigTest : public ::testing::Test {
@@ -223,6 +290,38 @@ TEST_F(CheckConfigTest, SaysAGroupSizeAppliesToFormat1KeysOnly) {
                            ": note: derivation.group_size=16 applies to format v1 (hmac) key "
                            "versions only; format v2 (aes) versions derive every vector's own "
                            "seed in one HSM call per request\n");
+}
+
+TEST_F(CheckConfigTest, ReportsTheAuditKeysOwnToken) {
+  const std::string policy = Write("policy.json", R"({"version": 1, "rules": []})");
+  const std::string config = Write(
+      "vecseald.json",
+      std::string("{") + kPin + R"(, "policy": {"file": ")" + policy + R"("},
+        "audit": {"pkcs11": {"token_label": "vecseal-audit",
+                             "pin": {"file": "/etc/vecseal/audit.pin"}}}})");
+  std::ostringstream out, err;
+  EXPECT_EQ(CheckConfig(config, out, err), 0) << err.str();
+  EXPECT_EQ(out.str(), config + ": ok (policy " + policy + ": 0 rules)\n" + config +
+                           ": audit key \"vecseal-audit\" on its own token \"vecseal-audit\" in "
+                           "/usr/lib/softhsm/libsofthsm2.so\n");
+}
+
+// Two paths to one module file load one library: the same label there is the same token.
+TEST_F(CheckConfigTest, RefusesTheModelKeyTokenReachedThroughAnotherPathToItsModule) {
+  const std::string module = Write("module.so", "");
+  const std::string link = dir_ + "/link.so";
+  ASSERT_EQ(symlink(module.c_str(), link.c_str()), 0);
+  const std::string config = Write("vecseald.json", R"({
+      "pkcs11": {"module": ")" + module + R"(", "pin": {"file": "/etc/vecseal/pin"}},
+      "audit": {"pkcs11": {"module": ")" + link + R"(", "token_label": "vecseal",
+                           "pin": {"file": "/etc/vecseal/audit.pin"}}}})");
+  std::ostringstream out, err;
+  EXPECT_EQ(CheckConfig(config, out, err), 1);
+  EXPECT_EQ(err.str(), config + ": $.audit.pkcs11.token_label: names the model keys' token "
+                                "(\"vecseal\" in " + module + "), which gives the audit key no "
+                                "separation: whoever holds that token's PIN could re-sign seals "
+                                "over an edited log; name a token of its own, with its own PIN, "
+                                "or remove audit.pkcs11 (docs/audit.md)\n");
 }
 
 TEST_F(CheckConfigTest, RejectsAnUnknownDerivationWithItsPath) {
@@ -311,8 +410,8 @@ std::vector<std::string> DocJsonBlocks() {
 
 TEST(ConfigDocsTest, TheCompleteExampleParsesAndShowsTheDefaults) {
   const auto blocks = DocJsonBlocks();
-  ASSERT_EQ(blocks.size(), 2u) << "docs/configuration.md: expected the complete example and the "
-                                  "dev-mode overlay";
+  ASSERT_EQ(blocks.size(), 3u) << "docs/configuration.md: expected the complete example, the "
+                                  "audit token and the dev-mode overlay";
   auto config = ParseConfig(blocks[0]);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   // Apart from the PIN source and the socket group, the example spells out the defaults.
@@ -333,9 +432,21 @@ TEST(ConfigDocsTest, TheCompleteExampleParsesAndShowsTheDefaults) {
   EXPECT_EQ(config->limits.write_timeout, expected.limits.write_timeout);
   EXPECT_EQ(config->policy_file, expected.policy_file);
 
-  auto overlay = ParseConfig(blocks[1], ConfigKind::kDevOverlay);
+  auto overlay = ParseConfig(blocks[2], ConfigKind::kDevOverlay);
   ASSERT_TRUE(overlay.ok()) << overlay.status().ToString();
   EXPECT_EQ(overlay->group_size, 16u);
+}
+
+TEST(ConfigDocsTest, TheAuditTokenExampleGivesTheAuditKeyItsOwnTokenAndPin) {
+  const auto blocks = DocJsonBlocks();
+  ASSERT_EQ(blocks.size(), 3u);
+  auto config = ParseConfig(blocks[1]);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  ASSERT_TRUE(config->audit.pkcs11.has_value());
+  EXPECT_EQ(config->audit.pkcs11->module, config->pkcs11.module);
+  EXPECT_NE(config->audit.pkcs11->token_label, config->pkcs11.token_label);
+  EXPECT_EQ(config->audit.pkcs11->pin.credential, "vecseal-audit-pin");
+  EXPECT_NE(config->audit.pkcs11->pin, config->pkcs11.pin);
 }
 
 }  // namespace

@@ -54,13 +54,16 @@ class InitTest : public ::testing::Test {
     WriteConfig(token_->label());
   }
 
-  void WriteConfig(const std::string& token_label) {
+  // `audit_pkcs11`: the JSON of audit.pkcs11, or empty for none.
+  void WriteConfig(const std::string& token_label, const std::string& audit_pkcs11 = "") {
     const std::string config = R"({
       "socket": {"path": ")" + dir_ + R"(/vecseald.sock"},
       "pkcs11": {"token_label": ")" + token_label + R"(", "pin": {"file": ")" +
                                token_->pin_file() + R"("}},
       "policy": {"file": ")" + dir_ + R"(/policy.json"},
-      "audit": {"directory": ")" + audit_dir_ + R"("}})";
+      "audit": {"directory": ")" + audit_dir_ + "\"" +
+                               (audit_pkcs11.empty() ? "" : ", \"pkcs11\": " + audit_pkcs11) +
+                               "}}";
     auto written = token_->WriteFile("vecseald.json", config, 0600);
     ASSERT_TRUE(written.ok());
     config_ = *written;
@@ -167,6 +170,54 @@ TEST_F(InitTest, ConfigErrorStopsAtOnceAndUsageErrorsExitTwo) {
   EXPECT_EQ(Run({"--export-audit-key", pem_}, &out), 2) << out;
   EXPECT_NE(out.find("--export-audit-key is only meaningful with --init"), std::string::npos);
   EXPECT_EQ(Run({"--init", "--dev"}, &out), 2) << out;
+}
+
+// audit.pkcs11: the audit key is created on its own token, and the model keys' token gets none.
+TEST_F(InitTest, CreatesTheAuditKeyOnItsOwnTokenWhenConfigured) {
+  auto audit_pin = token_->AddToken(
+      {.label = "vecseal-audit", .user_pin = "audit-user-2468", .so_pin = "audit-so-1357"});
+  ASSERT_TRUE(audit_pin.ok()) << audit_pin.status().ToString();
+  const std::string audit_token =
+      R"({"token_label": "vecseal-audit", "pin": {"file": ")" + *audit_pin + R"("}})";
+  WriteConfig(token_->label(), audit_token);
+  std::string out;
+  ASSERT_EQ(Init(&out), 0) << out;
+  const std::string fingerprint = OpensslFingerprint(pem_);
+  EXPECT_NE(out.find("  token       ok: \"vecseal-test\" in /usr/lib/softhsm/libsofthsm2.so, "
+                     "logged in\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("  audit token ok: \"vecseal-audit\" in /usr/lib/softhsm/libsofthsm2.so, "
+                     "logged in\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("  audit key   created: \"vecseal-audit\" " + fingerprint + "\n"),
+            std::string::npos)
+      << out;
+
+  {
+    pkcs11::HsmConfig audit = token_->Config();
+    audit.token_label = "vecseal-audit";
+    audit.pin.file = *audit_pin;
+    auto audit_hsm = pkcs11::Hsm::Open(audit);
+    ASSERT_TRUE(audit_hsm.ok()) << audit_hsm.status().ToString();
+    auto found = (*audit_hsm)->EnsureAuditKey();
+    ASSERT_TRUE(found.ok()) << found.status().ToString();
+    EXPECT_FALSE(found->generated()) << "--init made the pair on the audit token";
+    EXPECT_EQ(found->PublicKeyPem(), ReadAll(pem_));
+  }
+
+  // A wrong audit PIN fails that check alone, naming audit.pkcs11.pin. (Only now that this
+  // process holds no session on the token: a login that is still open would make any PIN pass.)
+  ASSERT_TRUE(token_->WriteFile("vecseal-audit.pin", "wrong-audit-pin\n").ok());
+  EXPECT_EQ(Init(&out), 1) << out;
+  EXPECT_NE(out.find("  audit token FAILED: audit.pkcs11.pin (the audit key's token): login to "
+                     "token \"vecseal-audit\" failed: the PIN is wrong (CKR_PIN_INCORRECT); "
+                     "check the PIN in PIN file " + *audit_pin),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(out.find("  audit key "), std::string::npos) << out;
+  EXPECT_EQ(out.find("wrong-audit-pin"), std::string::npos) << "the PIN is never printed";
 }
 
 // docs/operations.md shows the report of a first run: every line of it, with the paths and the

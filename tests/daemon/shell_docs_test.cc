@@ -271,6 +271,26 @@ TEST(ShellDocsTest, ConfigurationMdCheckConfigExamplePrintsWhatItClaims) {
   RunExample(example, paths, dir.path());
 }
 
+TEST(ShellDocsTest, ConfigurationMdAuditTokenExampleIsReportedByCheckConfig) {
+  ScratchDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  const Example example = FindExample("docs/configuration.md", "check-config-audit-token");
+  ASSERT_NE(example.json.find("\"audit\""), std::string::npos) << "no audit.pkcs11 example before";
+  const std::string policy_md = ReadFile(VECSEAL_SOURCE_DIR "/docs/policy.md");
+  const size_t policy_at = policy_md.find("```json\n", policy_md.find("## Format"));
+  ASSERT_NE(policy_at, std::string::npos);
+  WriteFile(dir / "policy.json",
+            policy_md.substr(policy_at + 8, policy_md.find("```", policy_at + 8) - policy_at - 8),
+            std::filesystem::perms(0644));
+  WriteFile(dir / "vecseald.json",
+            Substitute(example.json, {{"/etc/vecseal/policy.json", dir / "policy.json"}}),
+            std::filesystem::perms(0600));
+  RunExample(example,
+             {{"/etc/vecseal/vecseald.json", dir / "vecseald.json"},
+              {"/etc/vecseal/policy.json", dir / "policy.json"}},
+             dir.path());
+}
+
 TEST(ShellDocsTest, ConfigurationMdDevOverlayExampleStartsAndCreatesTheKey) {
   ScratchDir dir;
   ASSERT_FALSE(dir.path().empty());

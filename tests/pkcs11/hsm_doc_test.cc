@@ -62,11 +62,13 @@ TEST_F(HsmDocTest, CommandsSetUpAWorkingToken) {
   const std::string doc = ReadDoc();
   ASSERT_FALSE(doc.empty()) << "cannot read " << VECSEAL_HSM_DOC;
   std::vector<std::string> commands = Blocks(doc, "sh");
-  ASSERT_EQ(commands.size(), 2u) << "docs/hsm.md: SoftHSM2 set-up and PIN file";
+  ASSERT_EQ(commands.size(), 3u) << "docs/hsm.md: SoftHSM2 set-up, PIN file and audit token";
   const std::map<std::string, std::string> env = {{"ETC", root_ + "/etc"},
                                                   {"STATE", root_ + "/state"},
                                                   {"SO_PIN", "doc-so-pin"},
-                                                  {"USER_PIN", "doc-user-pin"}};
+                                                  {"USER_PIN", "doc-user-pin"},
+                                                  {"AUDIT_SO_PIN", "doc-audit-so-pin"},
+                                                  {"AUDIT_USER_PIN", "doc-audit-user-pin"}};
   for (const std::string& block : commands) {
     std::string output;
     int status = testing::RunProcess({"sh", "-ec", block}, env, &output);
@@ -85,6 +87,21 @@ TEST_F(HsmDocTest, CommandsSetUpAWorkingToken) {
   params.approximation_factor = 2.5;
   ASSERT_TRUE((*hsm)->CreateKey("doc", params).ok());
   ASSERT_TRUE((*hsm)->EnsureAuditKey().ok());
+
+  // The audit token of "The audit token", with the PIN file the section writes, beside the
+  // model keys' token in the same process.
+  HsmConfig audit_config = config;
+  audit_config.token_label = "vecseal-audit";
+  audit_config.pin.file = root_ + "/etc/audit.pin";
+  EXPECT_NE(doc.find("`pin` `{\"file\": \"/etc/vecseal/audit.pin\"}`"), std::string::npos);
+  auto audit_hsm = Hsm::Open(audit_config);
+  ASSERT_TRUE(audit_hsm.ok()) << audit_hsm.status().ToString();
+  auto audit_key = (*audit_hsm)->EnsureAuditKey();
+  ASSERT_TRUE(audit_key.ok()) << audit_key.status().ToString();
+  EXPECT_TRUE(audit_key->generated()) << "a key pair of its own, not the model token's";
+  HsmConfig crossed = audit_config;
+  crossed.pin.file = config.pin.file;
+  EXPECT_EQ(Hsm::Open(crossed).status().reason(), "hsm_login_failed");
   hsm->reset();
 
   // LoadCredential=<name>:<path> as the unit snippet says, simulated: systemd copies <path> to

@@ -925,6 +925,63 @@ TEST_F(HsmTest, AuditKeySignsAndVerifiesWithOpenSsl) {
   EXPECT_FALSE(*extractable);
 }
 
+// The daemon's audit.pkcs11: the audit key on a second token of the same module, with its own
+// PIN. One process then holds two Hsms on one library, which is initialised once and must not
+// be finalised under the one that stays.
+TEST_F(HsmTest, TwoTokensOfOneModuleKeepTheirOwnPinsAndObjects) {
+  auto audit_pin = token_->AddToken(
+      {.label = "vecseal-audit", .user_pin = "audit-user-9876", .so_pin = "audit-so-5432"});
+  ASSERT_TRUE(audit_pin.ok()) << audit_pin.status().ToString();
+  HsmConfig audit_config = token_->Config();
+  audit_config.token_label = "vecseal-audit";
+  audit_config.pin = FilePin(*audit_pin);
+  HsmConfig crossed = audit_config;
+  crossed.pin = FilePin(token_->pin_file());
+  auto refused = Hsm::Open(crossed);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().reason(), "hsm_login_failed") << "the model keys' PIN is no use here";
+
+  auto model = OpenHsm();
+  ASSERT_TRUE(model);
+  ASSERT_TRUE(model->CreateKey("scores", Params(2.5, core::TransformKind::kRotate, std::nullopt,
+                                                core::KeyFormat::kV2))
+                  .ok());
+  std::string audit_pem;
+  {
+    auto audit = OpenHsm(audit_config);
+    ASSERT_TRUE(audit);
+    auto audit_key = audit->EnsureAuditKey();
+    ASSERT_TRUE(audit_key.ok()) << audit_key.status().ToString();
+    EXPECT_TRUE(audit_key->generated());
+    audit_pem = audit_key->PublicKeyPem();
+    std::array<uint8_t, 32> digest{};
+    EXPECT_TRUE(audit_key->SignDigest(digest).ok());
+    auto listed = audit->ListKeys();
+    ASSERT_TRUE(listed.ok()) << listed.status().ToString();
+    EXPECT_TRUE(listed->empty()) << "the model keys are not on the audit token";
+  }
+  // The audit token's Hsm and key are gone; the module they shared still serves the model keys.
+  EXPECT_TRUE(model->Ping().ok());
+  auto found = model->FindKey("scores");
+  ASSERT_TRUE(found.ok()) << found.status().ToString();
+
+  // No key pair on the model keys' token: whoever holds its PIN has nothing to sign seals with.
+  auto raw = OpenRaw();
+  for (CK_OBJECT_CLASS klass : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+    CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass}};
+    auto pairs = raw->session.Find(match);
+    ASSERT_TRUE(pairs.ok());
+    EXPECT_TRUE(pairs->empty()) << "class " << klass;
+  }
+
+  auto reopened = OpenHsm(audit_config);
+  ASSERT_TRUE(reopened);
+  auto again = reopened->EnsureAuditKey();
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_FALSE(again->generated());
+  EXPECT_EQ(again->PublicKeyPem(), audit_pem);
+}
+
 TEST_F(HsmTest, PingFailsClosedWithoutLogin) {
   auto hsm = OpenHsm();
   ASSERT_TRUE(hsm);

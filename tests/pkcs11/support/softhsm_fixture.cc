@@ -122,6 +122,16 @@ Result<std::unique_ptr<SoftHsmToken>> SoftHsmToken::Create(const Options& option
   return token;
 }
 
+Result<std::string> SoftHsmToken::AddToken(const Options& options) const {
+  std::string output;
+  const int status = RunProcess({"softhsm2-util", "--init-token", "--free", "--label",
+                                 options.label, "--so-pin", options.so_pin, "--pin",
+                                 options.user_pin},
+                                Environment(), &output);
+  if (status != 0) return Failed("softhsm2-util --init-token failed: " + output);
+  return WriteFile(options.label + ".pin", options.user_pin + "\n");
+}
+
 SoftHsmToken::~SoftHsmToken() {
   const char* current = std::getenv("SOFTHSM2_CONF");
   if (current != nullptr && conf_path_ == current) unsetenv("SOFTHSM2_CONF");

@@ -44,6 +44,11 @@ class SoftHsmToken {
   // An HsmConfig for this token through SoftHSM2 directly, fast backoff for tests.
   pkcs11::HsmConfig Config() const;
 
+  // Initialises one more token in this one's directory (the same SOFTHSM2_CONF serves both), with
+  // the label and PINs of `options`, and returns the path of a file holding its user PIN (mode
+  // 0600), named after the label.
+  Result<std::string> AddToken(const Options& options) const;
+
   // Writes `content` to dir()/name with `mode` and returns its path.
   Result<std::string> WriteFile(const std::string& name, const std::string& content,
                                 int mode = 0600) const;

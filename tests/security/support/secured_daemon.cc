@@ -69,6 +69,15 @@ std::unique_ptr<SecuredDaemon> SecuredDaemon::Prepare(const Options& options, st
     return nullptr;
   }
   daemon->token_ = std::move(token).value();
+  if (options.audit_token) {
+    auto audit_pin = daemon->token_->AddToken(
+        {.label = kAuditTokenLabel, .user_pin = kAuditTokenPin, .so_pin = "audit-so-pin"});
+    if (!audit_pin.ok()) {
+      *error = audit_pin.status().ToString();
+      return nullptr;
+    }
+    daemon->audit_pin_file_ = *audit_pin;
+  }
 
   char root_template[] = "/tmp/vecseal-security-XXXXXX";
   if (mkdtemp(root_template) == nullptr) {
@@ -88,16 +97,22 @@ std::unique_ptr<SecuredDaemon> SecuredDaemon::Prepare(const Options& options, st
 
   nlohmann::json socket = {{"path", daemon->socket_path_}, {"mode", "0660"}};
   if (!options.socket_group.empty()) socket["group"] = options.socket_group;
-  const nlohmann::json config = {
+  const std::string module = options.module.empty() ? testing::kSoftHsmModule : options.module;
+  nlohmann::json config = {
       {"socket", socket},
       {"pkcs11",
-       {{"module", testing::kSoftHsmModule},
+       {{"module", module},
         {"token_label", token_options.label},
         {"pin", {{"file", daemon->token_->pin_file()}}}}},
       {"policy", {{"file", daemon->policy_path_}}},
       // Append-only files would outlive the test directory; the flag is tested in tests/audit.
       {"audit",
        {{"directory", daemon->audit_dir_}, {"sync", "every_record"}, {"try_append_only", false}}}};
+  if (options.audit_token) {
+    config["audit"]["pkcs11"] = {{"module", module},
+                                 {"token_label", kAuditTokenLabel},
+                                 {"pin", {{"file", daemon->audit_pin_file_}}}};
+  }
   ok = ok && WriteWhole(daemon->config_path_, config.dump(2) + "\n", 0644) &&
        WriteWhole(daemon->policy_path_, options.policy_json, 0644);
   if (!ok) {

@@ -18,12 +18,18 @@ namespace vecseal::security_testing {
 
 // Distinctive enough that finding it anywhere is a leak, not a coincidence.
 inline constexpr const char* kTokenPin = "pin-canary-5f3e91c7";
+inline constexpr const char* kAuditTokenPin = "audit-pin-canary-0b72d4e8";
+inline constexpr const char* kAuditTokenLabel = "vecseal-audit";
 
 class SecuredDaemon {
  public:
   struct Options {
     std::string policy_json;
     std::string socket_group;  // socket.group; empty: the daemon's own group
+    // The audit key on a token of its own (audit.pkcs11): kAuditTokenLabel, PIN kAuditTokenPin.
+    bool audit_token = false;
+    // pkcs11.module, and audit.pkcs11.module; empty: SoftHSM2's.
+    std::string module = {};
   };
 
   // Lays out the token, PIN file, config and policy under a fresh directory (mode 0755 so that
@@ -47,6 +53,9 @@ class SecuredDaemon {
   const std::string& policy_path() const { return policy_path_; }
   const std::string& socket_path() const { return socket_path_; }
   const testing::SoftHsmToken& token() const { return *token_; }
+  const std::string& audit_dir() const { return audit_dir_; }
+  // The audit token's PIN file; empty without Options::audit_token.
+  const std::string& audit_pin_file() const { return audit_pin_file_; }
   std::string Log() const;  // the daemon's stderr so far
   std::vector<nlohmann::json> AuditRecords() const;
   // Every byte of the audit log files, for leak checks.
@@ -64,6 +73,7 @@ class SecuredDaemon {
   std::string policy_path_;
   std::string socket_path_;
   std::string audit_dir_;
+  std::string audit_pin_file_;
   std::string notify_path_;
   int notify_fd_ = -1;
   int pidfd_ = -1;

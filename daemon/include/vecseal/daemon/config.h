@@ -31,6 +31,8 @@ struct SocketConfig {
 struct PinSource {
   std::string file;        // a file holding the PIN (mode 0600 or stricter)
   std::string credential;  // a name under $CREDENTIALS_DIRECTORY (systemd LoadCredential=)
+
+  bool operator==(const PinSource&) const = default;
 };
 
 struct Pkcs11Config {
@@ -63,6 +65,16 @@ struct ThreadsConfig {
   unsigned workers = 4;  // HSM derivations, encryption, audit writes
 };
 
+// A token of the audit key's own, with its own PIN (audit.pkcs11): whoever holds the model-key
+// PIN then cannot re-sign seals over an edited log (docs/audit.md).
+struct AuditPkcs11Config {
+  std::string module;  // the parser fills in pkcs11.module when the file leaves it out
+  std::string token_label;
+  PinSource pin;
+
+  bool operator==(const AuditPkcs11Config&) const = default;
+};
+
 // The audit log (docs/audit.md). Defaults are audit::LogOptions's.
 struct AuditConfig {
   std::string directory = "/var/lib/vecseal/audit";
@@ -76,6 +88,7 @@ struct AuditConfig {
   uint64_t warn_free_bytes = 256ull << 20;
   uint64_t refuse_free_bytes = 64ull << 20;
   bool try_append_only = true;
+  std::optional<AuditPkcs11Config> pkcs11;  // none: the audit key is on the model-key token
 };
 
 struct Config {
