@@ -94,14 +94,15 @@ TEST_F(HsmDocTest, CommandsSetUpAWorkingToken) {
   audit_config.token_label = "vecseal-audit";
   audit_config.pin.file = root_ + "/etc/audit.pin";
   EXPECT_NE(doc.find("`pin` `{\"file\": \"/etc/vecseal/audit.pin\"}`"), std::string::npos);
+  // Tried before any login to the audit token: while one is open, Cryptoki takes any PIN.
+  HsmConfig crossed = audit_config;
+  crossed.pin.file = config.pin.file;
+  EXPECT_EQ(Hsm::Open(crossed).status().reason(), "hsm_login_failed");
   auto audit_hsm = Hsm::Open(audit_config);
   ASSERT_TRUE(audit_hsm.ok()) << audit_hsm.status().ToString();
   auto audit_key = (*audit_hsm)->EnsureAuditKey();
   ASSERT_TRUE(audit_key.ok()) << audit_key.status().ToString();
   EXPECT_TRUE(audit_key->generated()) << "a key pair of its own, not the model token's";
-  HsmConfig crossed = audit_config;
-  crossed.pin.file = config.pin.file;
-  EXPECT_EQ(Hsm::Open(crossed).status().reason(), "hsm_login_failed");
   hsm->reset();
 
   // LoadCredential=<name>:<path> as the unit snippet says, simulated: systemd copies <path> to
