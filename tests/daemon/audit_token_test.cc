@@ -154,6 +154,23 @@ TEST_F(AuditTokenTest, SealsAreSignedOnTheAuditTokenAndTheModelTokenHoldsNoKeyPa
   EXPECT_EQ(log.find(kTokenPin), std::string::npos) << "the model PIN leaked into the log";
 }
 
+// The audit token is opened once: a reload that would move the audit key is refused whole.
+TEST_F(AuditTokenTest, AReloadThatChangesTheAuditTokenIsRefused) {
+  Prepare();
+  StartAndCreateKey();
+  EditConfig([](json& config) { config["audit"].erase("pkcs11"); });
+  std::string error;
+  ASSERT_TRUE(daemon_->Reload(&error)) << error;
+  EXPECT_NE(daemon_->Log().find("audit.pkcs11 changed, which takes effect only on a restart; "
+                                "nothing reloaded"),
+            std::string::npos)
+      << daemon_->Log();
+  Encrypt();
+  ASSERT_EQ(daemon_->Stop(), 0) << daemon_->Log();
+  EXPECT_EQ(CountObjects(kModelTokenLabel, kTokenPin, CKO_PRIVATE_KEY), 0u);
+  EXPECT_TRUE(VerifyLog(AuditTokenPublicKey()).ok());
+}
+
 TEST_F(AuditTokenTest, TheModelKeyTokenNamedAsTheAuditTokenIsRefused) {
   Prepare();
   EditConfig([](json& config) { config["audit"]["pkcs11"]["token_label"] = kModelTokenLabel; });

@@ -113,8 +113,9 @@ enum class ConfigKind { kDaemon, kDevOverlay };
 // with a message that starts with the JSON path (e.g. "$.limits.max_vectors: ...").
 Result<Config> ParseConfig(std::string_view json_text, ConfigKind kind = ConfigKind::kDaemon);
 
-// Reads and parses `path`. It does not check ownership or mode: callers do that with
-// policy::CheckTrustedFile first, so that --check-config and the daemon agree.
+// Reads and parses `path`, and refuses an audit.pkcs11 that reaches the model keys' token through
+// another path to the same module file. It does not check ownership or mode: callers do that
+// with policy::CheckTrustedFile first, so that --check-config and the daemon agree.
 Result<Config> LoadConfigFile(const std::string& path, ConfigKind kind = ConfigKind::kDaemon);
 
 // What changes on SIGHUP: the policy path and the limits that new connections see. The socket,
