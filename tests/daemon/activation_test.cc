@@ -279,6 +279,17 @@ bool WaitForSocketFile(const std::string& path, struct stat* st) {
   return false;
 }
 
+// systemd-socket-activate binds the path before it listens, so a connect between the two is
+// refused: the first connect retries until the socket listens (it also starts vecseald).
+int ConnectWhenListening(const std::string& path) {
+  const auto deadline = Clock::now() + kDeadline;
+  for (;;) {
+    const int fd = ConnectUnix(path);
+    if (fd >= 0 || errno != ECONNREFUSED || Clock::now() >= deadline) return fd;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+}
+
 bool SameFile(const struct stat& a, const struct stat& b) {
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_ctim.tv_sec == b.st_ctim.tv_sec &&
          a.st_ctim.tv_nsec == b.st_ctim.tv_nsec && a.st_mode == b.st_mode;
@@ -305,7 +316,7 @@ TEST(ActivationTest, ServesTheSocketSystemdPassesAndLeavesItsFileAlone) {
 
   // Sent before vecseald exists: systemd-socket-activate starts it on this first connection,
   // and the request must wait in the passed socket's backlog rather than be lost.
-  const int early = ConnectUnix(socket_path);
+  const int early = ConnectWhenListening(socket_path);
   ASSERT_GE(early, 0) << std::strerror(errno);
   const std::string request =
       "GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
@@ -357,7 +368,7 @@ TEST(ActivationTest, RefusesTwoPassedSockets) {
   ASSERT_TRUE(daemon.Spawn(argv, {}, scratch.stderr_path(), nullptr, &error)) << error;
   struct stat st {};
   ASSERT_TRUE(WaitForSocketFile(first, &st)) << ReadFile(scratch.stderr_path());
-  const int trigger = ConnectUnix(first);
+  const int trigger = ConnectWhenListening(first);
   ASSERT_GE(trigger, 0) << std::strerror(errno);
   EXPECT_EQ(daemon.Wait(), 1) << ReadFile(scratch.stderr_path());
   close(trigger);

@@ -263,7 +263,9 @@ int ConnectUnix(const std::string& socket_path) {
   address.sun_family = AF_UNIX;
   std::strncpy(address.sun_path, socket_path.c_str(), sizeof(address.sun_path) - 1);
   if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0) {
+    const int connect_errno = errno;  // for the caller, e.g. to retry ECONNREFUSED
     close(fd);
+    errno = connect_errno;
     return -1;
   }
   return fd;
