@@ -40,6 +40,12 @@ class Cipher::TransformCache {
  public:
   using Entry = std::shared_ptr<const Transform>;
 
+  // Derived, or being derived by another caller.
+  bool Contains(size_t dimension) const {
+    std::lock_guard lock(mutex_);
+    return slots_.contains(dimension);
+  }
+
   Result<Entry> Get(size_t dimension, const std::function<Result<Entry>()>& derive) {
     std::promise<Result<Entry>> promise;
     {
@@ -100,7 +106,7 @@ class Cipher::TransformCache {
     uint64_t last_use = 0;
     size_t bytes = 0;  // 0 while the derivation is in flight
   };
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::unordered_map<size_t, Slot> slots_;
   uint64_t clock_ = 0;
   size_t bytes_ = 0;
@@ -401,6 +407,8 @@ Cipher::Cipher(std::shared_ptr<Deriver> deriver, SchemeParams params)
     : deriver_(std::move(deriver)), params_(params), transforms_(new TransformCache) {}
 
 Cipher::~Cipher() = default;
+
+bool Cipher::HasTransform(size_t dimension) const { return transforms_->Contains(dimension); }
 
 Result<std::shared_ptr<const Cipher::Transform>> Cipher::TransformFor(size_t dimension) const {
   return transforms_->Get(dimension, [&] { return DeriveTransform(dimension); });

@@ -245,6 +245,8 @@ Status ParseLimits(ObjectReader& r, Limits& limits) {
   VECSEAL_RETURN_IF_ERROR(r.TakeNumber("max_buffered_body_bytes", 64, 1ull << 40,
                                        limits.max_buffered_body_bytes));
   VECSEAL_RETURN_IF_ERROR(CheckBodyBudget(r, limits));
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("derivation_ms_per_minute_per_uid", 1, 3'600'000,
+                                       limits.derivation_ms_per_minute_per_uid));
   VECSEAL_RETURN_IF_ERROR(
       r.TakeNumber("max_header_bytes", 1024, 1 << 20, limits.max_header_bytes));
   VECSEAL_RETURN_IF_ERROR(r.TakeMillis("header_timeout_ms", limits.header_timeout));

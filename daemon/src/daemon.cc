@@ -263,7 +263,9 @@ audit::LogOptions AuditOptions(const AuditConfig& config) {
 ServiceSettings SettingsOf(const Config& config) {
   return ServiceSettings{.group_size = config.group_size,
                          .new_keys = config.new_keys,
-                         .max_vectors = config.limits.max_vectors};
+                         .max_vectors = config.limits.max_vectors,
+                         .derivation_ms_per_minute_per_uid =
+                             config.limits.derivation_ms_per_minute_per_uid};
 }
 
 // Said wherever the config is checked or applied, so that a group size is never ignored

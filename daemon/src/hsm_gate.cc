@@ -45,6 +45,13 @@ Result<pkcs11::ModelKey> HsmGate::FindKey(std::string_view name,
   return Refusal();
 }
 
+Result<uint32_t> HsmGate::FixDimension(std::string_view name, uint32_t dimension) {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) {
+    return hsm->FixDimension(name, dimension);
+  }
+  return Refusal();
+}
+
 Status HsmGate::Ping() {
   if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->Ping();
   return Refusal();

@@ -25,6 +25,7 @@ constexpr ReasonStatus kReasonTable[] = {
     {"too_many_connections_for_user", 503},
     {"body_memory_exhausted", 503},
     {"unsupported_transfer_coding", 501},
+    {"derivation_rate_limited", 429},
 };
 
 unsigned DefaultFor(Code code) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <cctype>
 #include <ctime>
@@ -254,7 +255,9 @@ Service::Service(HsmGate& hsm, audit::Log& audit_log, policy::IdentityResolver& 
       resolver_(resolver),
       metrics_(metrics),
       policy_(std::move(policy)),
-      settings_(settings) {
+      settings_(settings),
+      derivation_budget_(static_cast<double>(settings.derivation_ms_per_minute_per_uid),
+                         static_cast<double>(settings.derivation_ms_per_minute_per_uid) / 60) {
   // Request ids are unique across restarts without being guessable from the start time.
   next_request_ = (uint64_t{std::random_device{}()} << 32) | 1;
 }
@@ -263,6 +266,8 @@ void Service::Reload(policy::PolicyPtr policy, ServiceSettings settings) {
   std::lock_guard lock(mutex_);
   policy_ = std::move(policy);
   settings_ = settings;
+  derivation_budget_.Configure(static_cast<double>(settings.derivation_ms_per_minute_per_uid),
+                               static_cast<double>(settings.derivation_ms_per_minute_per_uid) / 60);
 }
 
 void Service::ForgetKeys() {
@@ -432,6 +437,51 @@ Result<Service::CachedKey> Service::KeyFor(const std::string& name,
   return entry;
 }
 
+Result<bool> Service::CheckDimension(Call& call, const std::string& key_name, CachedKey& key,
+                                     size_t dimension) {
+  VECSEAL_RETURN_IF_ERROR(core::ValidateDimension(dimension, key.info.params.transform));
+  if (!key.info.params.dimension) {
+    auto fixed = hsm_.FixDimension(key_name, static_cast<uint32_t>(dimension));
+    if (!fixed.ok()) return CountHsm(std::move(fixed).TakeStatus());
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [name_version, cached] : ciphers_) {
+        if (name_version.first == key_name) cached.info.params.dimension = *fixed;
+      }
+    }
+    key.info.params.dimension = *fixed;
+    if (*fixed == dimension) {
+      call.event.extra["dimension_fixed"] = *fixed;
+      LogLine("info", "dimension_fixed",
+              "key=" + LogValue(key_name) + " dimension=" + std::to_string(*fixed));
+    }
+  }
+  if (*key.info.params.dimension != dimension) {
+    return Status(Code::kInvalidArgument, "dimension_mismatch",
+                  "key '" + key_name + "' takes vectors of dimension " +
+                      std::to_string(*key.info.params.dimension) + ", got " +
+                      std::to_string(dimension));
+  }
+  if (key.cipher->HasTransform(dimension)) return false;
+  const uid_t uid = call.identity->uid;
+  if (!derivation_budget_.HasCredit(uid)) {
+    const double wait = derivation_budget_.SecondsUntilCredit(uid);
+    return Status(Code::kResourceExhausted, "derivation_rate_limited",
+                  "uid " + std::to_string(uid) + " has spent its derivation time (" +
+                      std::to_string(call.settings.derivation_ms_per_minute_per_uid) +
+                      " ms per minute, limits.derivation_ms_per_minute_per_uid) on new keys or "
+                      "key versions; retry in " +
+                      std::to_string(static_cast<int64_t>(std::ceil(wait))) + " s");
+  }
+  return true;
+}
+
+void Service::ChargeDerivation(const Call& call, std::chrono::steady_clock::time_point started) {
+  const auto spent = std::chrono::steady_clock::now() - started;
+  derivation_budget_.Charge(call.identity->uid,
+                            std::chrono::duration<double, std::milli>(spent).count());
+}
+
 Status Service::Encrypt(Call& call, const std::string& key_name) {
   VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kEncrypt, key_name));
   auto request = ParseVectorRequest(call.request, /*decrypt=*/false, call.settings.max_vectors);
@@ -446,21 +496,20 @@ Status Service::Encrypt(Call& call, const std::string& key_name) {
   if (!key.ok()) return std::move(key).TakeStatus();
   call.metric_key = key_name;
   call.event.key_version = key->info.version;
-  if (key->info.params.dimension && *key->info.params.dimension != batch.dimension) {
-    return Status(Code::kInvalidArgument, "dimension_mismatch",
-                  "key '" + key_name + "' takes vectors of dimension " +
-                      std::to_string(*key->info.params.dimension) + ", got " +
-                      std::to_string(batch.dimension));
-  }
   call.event.extra = json{{"key_format", static_cast<int>(key->info.params.format)}};
+  auto derives = CheckDimension(call, key_name, *key, batch.dimension);
+  if (!derives.ok()) return std::move(derives).TakeStatus();
   std::vector<core::Token> tokens(request->reversible ? count : 0);
   core::EncryptOptions options;
   options.reversible = request->reversible;
   // v2 derives every vector's own seed; the configured group size is v1's alone.
   options.group_size =
       key->info.params.format == core::KeyFormat::kV1 ? call.settings.group_size : 1;
-  VECSEAL_RETURN_IF_ERROR(CountHsm(key->cipher->Encrypt(batch.values, batch.values,
-                                                        batch.dimension, options, tokens)));
+  const auto started = std::chrono::steady_clock::now();
+  const Status encrypted = key->cipher->Encrypt(batch.values, batch.values, batch.dimension,
+                                                options, tokens);
+  if (*derives) ChargeDerivation(call, started);
+  VECSEAL_RETURN_IF_ERROR(CountHsm(encrypted));
   metrics_.CountVectors(key_name, "encrypt", count);
 
   call.response = HttpResponse(http::status::ok, call.request.version());
@@ -497,8 +546,13 @@ Status Service::Decrypt(Call& call, const std::string& key_name) {
   if (!key.ok()) return std::move(key).TakeStatus();
   call.metric_key = key_name;
   call.event.extra = json{{"key_format", static_cast<int>(key->info.params.format)}};
-  VECSEAL_RETURN_IF_ERROR(CountHsm(key->cipher->Decrypt(batch.values, batch.values,
-                                                        batch.dimension, tokens)));
+  auto derives = CheckDimension(call, key_name, *key, batch.dimension);
+  if (!derives.ok()) return std::move(derives).TakeStatus();
+  const auto started = std::chrono::steady_clock::now();
+  const Status decrypted =
+      key->cipher->Decrypt(batch.values, batch.values, batch.dimension, tokens);
+  if (*derives) ChargeDerivation(call, started);
+  VECSEAL_RETURN_IF_ERROR(CountHsm(decrypted));
   metrics_.CountVectors(key_name, "decrypt", count);
 
   call.response = HttpResponse(http::status::ok, call.request.version());

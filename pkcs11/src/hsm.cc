@@ -37,6 +37,9 @@ namespace {
 
 constexpr std::string_view kLabelPrefix = "vecseal:";
 constexpr std::string_view kParamsApplication = "vecseal/v1/params";
+// A key created without a dimension gets it at first use: a second parameter record, the same
+// as the first but for the dimension, authenticated the same way (docs/format.md §6).
+constexpr std::string_view kFixedDimensionApplication = "vecseal/v1/params-dimension";
 constexpr size_t kMaxPinSize = 255;
 constexpr size_t kMacSize = 32;
 // DER of OID 1.2.840.10045.3.1.7 (prime256v1).
@@ -472,6 +475,15 @@ struct Hsm::State {
   Result<std::array<uint8_t, kMacSize>> ParamsMacLocked(CK_OBJECT_HANDLE key,
                                                         core::KeyFormat format,
                                                         std::span<const uint8_t> canonical);
+  // The parameter record of `application` beside the key labelled `label`: canonical bytes and
+  // their tag, checked; nullopt when there is none.
+  Result<std::optional<KeyParams>> ReadParamsLocked(std::string_view application,
+                                                    CK_OBJECT_HANDLE key, core::KeyFormat format,
+                                                    const std::string& name, uint32_t version,
+                                                    const std::string& label);
+  // Writes `params` and their tag as a non-modifiable token object beside the key.
+  Status WriteParamsLocked(std::string_view application, CK_OBJECT_HANDLE key,
+                           const std::string& name, uint32_t version, const KeyParams& params);
   // kFailedPrecondition "mechanism_missing" unless the token can make and use keys of `format`.
   Status CheckDerivationMechanisms(core::KeyFormat format);
 };
@@ -776,17 +788,45 @@ Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t vers
                   "migrated from another HSM, set accept_imported_keys");
   }
 
-  CK_OBJECT_CLASS data_class = CKO_DATA;
-  std::string application(kParamsApplication);
-  CK_ATTRIBUTE data_match[] = {Attr(CKA_CLASS, data_class), Attr(CKA_TOKEN, kTrue),
-                               Attr(CKA_APPLICATION, application), Attr(CKA_LABEL, label)};
-  auto data = anchor.Find(data_match);
-  if (!data.ok()) return std::move(data).TakeStatus();
-  if (data->empty()) {
+  auto params = ReadParamsLocked(kParamsApplication, keys->front().handle(), *format, name,
+                                version, label);
+  if (!params.ok()) return std::move(params).TakeStatus();
+  if (!*params) {
     return Status(Code::kFailedPrecondition, "key_params_missing",
                   "the key " + label + " has no parameter object beside it on the token; it was "
                   "not created by vecseal or its parameters were deleted");
   }
+  KeyParams loaded = **params;
+  if (!loaded.dimension) {
+    auto fixed = ReadParamsLocked(kFixedDimensionApplication, keys->front().handle(), *format,
+                                  name, version, label);
+    if (!fixed.ok()) return std::move(fixed).TakeStatus();
+    if (*fixed) {
+      KeyParams same = **fixed;
+      same.dimension.reset();
+      if (!(*fixed)->dimension || CanonicalParamBytes(name, version, same) !=
+                                      CanonicalParamBytes(name, version, loaded)) {
+        return Tampered(label, "that fix its dimension differ from the key's in other fields");
+      }
+      loaded.dimension = (*fixed)->dimension;
+    }
+  }
+  return KeyInfo{name, version, loaded, label};
+}
+
+Result<std::optional<KeyParams>> Hsm::State::ReadParamsLocked(std::string_view application,
+                                                              CK_OBJECT_HANDLE key,
+                                                              core::KeyFormat format,
+                                                              const std::string& name,
+                                                              uint32_t version,
+                                                              const std::string& label) {
+  CK_OBJECT_CLASS data_class = CKO_DATA;
+  std::string application_value(application);
+  CK_ATTRIBUTE data_match[] = {Attr(CKA_CLASS, data_class), Attr(CKA_TOKEN, kTrue),
+                               Attr(CKA_APPLICATION, application_value), Attr(CKA_LABEL, label)};
+  auto data = anchor.Find(data_match);
+  if (!data.ok()) return std::move(data).TakeStatus();
+  if (data->empty()) return std::optional<KeyParams>();
   if (data->size() > 1) return Tampered(label, "exist twice");
   auto value = data->front().GetAttribute(CKA_VALUE);
   if (!value.ok()) return std::move(value).TakeStatus();
@@ -794,15 +834,35 @@ Result<KeyInfo> Hsm::State::LoadKeyLocked(const std::string& name, uint32_t vers
   std::span<const uint8_t> stored(*value);
   auto canonical = stored.first(stored.size() - kMacSize);
   auto tag = stored.last(kMacSize);
-  auto mac = ParamsMacLocked(keys->front().handle(), *format, canonical);
+  auto mac = ParamsMacLocked(key, format, canonical);
   if (!mac.ok()) return std::move(mac).TakeStatus();
   if (CRYPTO_memcmp(mac->data(), tag.data(), kMacSize) != 0) {
     return Tampered(label, "fail their HMAC");
   }
   auto params = ParseCanonicalParams(canonical, name, version, label);
   if (!params.ok()) return std::move(params).TakeStatus();
-  if (params->format != *format) return Tampered(label, "name another key format");
-  return KeyInfo{name, version, *params, label};
+  if (params->format != format) return Tampered(label, "name another key format");
+  return std::optional<KeyParams>(std::move(params).value());
+}
+
+Status Hsm::State::WriteParamsLocked(std::string_view application, CK_OBJECT_HANDLE key,
+                                     const std::string& name, uint32_t version,
+                                     const KeyParams& params) {
+  std::vector<uint8_t> value = CanonicalParamBytes(name, version, params);
+  auto mac = ParamsMacLocked(key, params.format, value);
+  if (!mac.ok()) return std::move(mac).TakeStatus();
+  value.insert(value.end(), mac->begin(), mac->end());
+  CK_OBJECT_CLASS data_class = CKO_DATA;
+  std::string label = KeyLabel(name, version);
+  std::string application_value(application);
+  CK_ATTRIBUTE data_template[] = {
+      Attr(CKA_CLASS, data_class),  Attr(CKA_TOKEN, kTrue),
+      Attr(CKA_PRIVATE, kTrue),     Attr(CKA_MODIFIABLE, kFalse),
+      Attr(CKA_LABEL, label),       Attr(CKA_APPLICATION, application_value),
+      Attr(CKA_VALUE, std::span<const uint8_t>(value)),
+  };
+  auto data = anchor.Create(data_template);
+  return data.ok() ? Status::Ok() : std::move(data).TakeStatus();
 }
 
 Result<KeyInfo> Hsm::State::CreateVersionLocked(const std::string& name, uint32_t version,
@@ -840,25 +900,11 @@ Result<KeyInfo> Hsm::State::CreateVersionLocked(const std::string& name, uint32_
   }
   if (!key.ok()) return std::move(key).TakeStatus();
 
-  std::vector<uint8_t> value = CanonicalParamBytes(name, version, params);
-  auto mac = ParamsMacLocked(key->handle(), params.format, value);
-  if (mac.ok()) {
-    value.insert(value.end(), mac->begin(), mac->end());
-    CK_OBJECT_CLASS data_class = CKO_DATA;
-    std::string application(kParamsApplication);
-    CK_ATTRIBUTE data_template[] = {
-        Attr(CKA_CLASS, data_class),  Attr(CKA_TOKEN, kTrue),
-        Attr(CKA_PRIVATE, kTrue),     Attr(CKA_MODIFIABLE, kFalse),
-        Attr(CKA_LABEL, label),       Attr(CKA_APPLICATION, application),
-        Attr(CKA_VALUE, std::span<const uint8_t>(value)),
-    };
-    auto data = anchor.Create(data_template);
-    if (data.ok()) return KeyInfo{name, version, params, label};
-    mac = std::move(data).TakeStatus();
-  }
+  Status written = WriteParamsLocked(kParamsApplication, key->handle(), name, version, params);
+  if (written.ok()) return KeyInfo{name, version, params, label};
   // Without its parameters the key is useless; take it back so that a retry starts clean.
   (void)key->Destroy();
-  return mac.status();
+  return written;
 }
 
 // Hsm
@@ -1073,6 +1119,49 @@ Result<ModelKey> Hsm::FindKey(std::string_view name, std::optional<uint32_t> ver
   if (!info.ok()) return std::move(info).TakeStatus();
   auto deriver = std::make_shared<HsmDeriver>(state_, info->label, info->params.format);
   return ModelKey{std::move(info).value(), std::move(deriver)};
+}
+
+Result<uint32_t> Hsm::FixDimension(std::string_view name, uint32_t dimension) {
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  std::string key_name(name);
+  return state_->Admin<uint32_t>([&](Session&) -> Result<uint32_t> {
+    auto versions = state_->KeyVersionsLocked(std::string_view(key_name));
+    if (!versions.ok()) return std::move(versions).TakeStatus();
+    if (versions->empty()) {
+      return Status(Code::kNotFound, "key_not_found", "no key " + key_name + " on the token");
+    }
+    std::vector<KeyInfo> infos;
+    std::optional<uint32_t> fixed;
+    for (const auto& [unused, version] : *versions) {
+      auto info = state_->LoadKeyLocked(key_name, version);
+      if (!info.ok()) return std::move(info).TakeStatus();
+      if (info->params.dimension) fixed = info->params.dimension;  // the newest version's wins
+      infos.push_back(std::move(info).value());
+    }
+    if (!fixed) {
+      KeyParams candidate = infos.back().params;
+      candidate.dimension = dimension;
+      VECSEAL_RETURN_IF_ERROR(ValidateKeyParams(candidate));
+      fixed = dimension;
+    }
+    // Every version, so that old ones cannot be used at other dimensions either; a version left
+    // unfixed by a failure here is fixed by the next call.
+    for (const KeyInfo& info : infos) {
+      if (info.params.dimension) continue;
+      CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+      CK_ATTRIBUTE key_match[] = {Attr(CKA_CLASS, key_class), Attr(CKA_TOKEN, kTrue),
+                                  Attr(CKA_LABEL, info.label)};
+      auto keys = state_->FindKeys(state_->anchor, key_match);
+      if (!keys.ok()) return std::move(keys).TakeStatus();
+      if (keys->size() != 1) return Tampered(info.label, "changed while its dimension was fixed");
+      KeyParams params = info.params;
+      params.dimension = fixed;
+      VECSEAL_RETURN_IF_ERROR(state_->WriteParamsLocked(kFixedDimensionApplication,
+                                                        keys->front().handle(), key_name,
+                                                        info.version, params));
+    }
+    return *fixed;
+  });
 }
 
 Status Hsm::Ping() {

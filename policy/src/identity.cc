@@ -457,7 +457,11 @@ nlohmann::json CallerIdentity::ToJson() const {
           {"script_refused", text(script_refused)}};
 }
 
-IdentityResolver::IdentityResolver(IdentityResolverOptions options) : options_(options) {}
+IdentityResolver::IdentityResolver(IdentityResolverOptions options)
+    : options_(options),
+      hash_budgets_(static_cast<double>(options.max_hash_bytes),
+                    static_cast<double>(options.digest_bytes_per_second_per_uid),
+                    options.digest_cache_capacity) {}
 
 
 void IdentityResolver::FillNames(CallerIdentity* id) {
@@ -528,26 +532,10 @@ Result<std::string> IdentityResolver::DigestOf(int fd) { return Digest(fd, nullp
 Result<std::string> IdentityResolver::DigestCharged(int fd, uid_t uid) { return Digest(fd, &uid); }
 
 bool IdentityResolver::ChargeHashBudget(uid_t uid, uint64_t bytes) {
-  int64_t now = MonotonicNs();
-  double capacity = static_cast<double>(options_.max_hash_bytes);
+  if (hash_budgets_.TryTake(uid, static_cast<double>(bytes))) return true;
   std::lock_guard<std::mutex> lock(mutex_);
-  auto found = hash_budgets_.find(uid);
-  if (found == hash_budgets_.end()) {
-    // Bounded like the other caches; a uid dropped here starts again with a full bucket.
-    if (hash_budgets_.size() >= options_.digest_cache_capacity) hash_budgets_.clear();
-    found = hash_budgets_.emplace(uid, HashBudget{capacity, now}).first;
-  }
-  HashBudget& budget = found->second;
-  double elapsed_s = static_cast<double>(now - budget.refilled_ns) / 1e9;
-  budget.tokens = std::min(capacity, budget.tokens + elapsed_s * static_cast<double>(
-                                                          options_.digest_bytes_per_second_per_uid));
-  budget.refilled_ns = now;
-  if (budget.tokens < static_cast<double>(bytes)) {
-    ++stats_.digests_rate_limited;
-    return false;
-  }
-  budget.tokens -= static_cast<double>(bytes);
-  return true;
+  ++stats_.digests_rate_limited;
+  return false;
 }
 
 Result<std::string> IdentityResolver::Digest(int fd, const uid_t* charged_uid) {

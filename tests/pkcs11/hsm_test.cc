@@ -841,6 +841,104 @@ TEST_F(HsmTest, TamperedParametersAreRefused) {
   EXPECT_TRUE(hsm->FindKey("tamper").ok());
 }
 
+// Row 5 of the hardening issue: a key created without a dimension takes the first one used, for
+// every version, so that a caller cannot make the daemon derive a transform per dimension.
+TEST_F(HsmTest, FirstUseFixesTheDimensionOfEveryVersion) {
+  for (core::KeyFormat format : {core::KeyFormat::kV1, core::KeyFormat::kV2}) {
+    const std::string name = format == core::KeyFormat::kV1 ? "fix-v1" : "fix-v2";
+    SCOPED_TRACE(name);
+    auto hsm = OpenHsm();
+    ASSERT_TRUE(hsm);
+    ASSERT_TRUE(hsm->CreateKey(name, Params(2.0, core::TransformKind::kRotate, {}, format)).ok());
+    ASSERT_TRUE(hsm->RotateKey(name, format).ok());
+    EXPECT_FALSE(hsm->FindKey(name)->info.params.dimension);
+
+    auto out_of_range = hsm->FixDimension(name, 5000);  // above a rotation's 4096
+    EXPECT_EQ(out_of_range.status().reason(), "invalid_key_params");
+    EXPECT_FALSE(hsm->FindKey(name)->info.params.dimension) << "nothing fixed by a refusal";
+
+    auto fixed = hsm->FixDimension(name, 768);
+    ASSERT_TRUE(fixed.ok()) << fixed.status().ToString();
+    EXPECT_EQ(*fixed, 768u);
+    auto again = hsm->FixDimension(name, 512);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, 768u) << "the first use wins";
+    hsm.reset();
+
+    auto reopened = OpenHsm();  // it lives on the token, not in the process
+    ASSERT_TRUE(reopened);
+    for (uint32_t version : {1u, 2u}) {
+      EXPECT_EQ(reopened->FindKey(name, version)->info.params.dimension, 768u) << version;
+    }
+    auto rotated = reopened->RotateKey(name, format);
+    ASSERT_TRUE(rotated.ok());
+    EXPECT_EQ(rotated->params.dimension, 768u) << "a new version keeps it in its own parameters";
+    auto listed = reopened->ListKeys();
+    ASSERT_TRUE(listed.ok());
+    for (const KeyInfo& info : *listed) {
+      if (info.name == name) {
+        EXPECT_EQ(info.params.dimension, 768u) << info.version;
+      }
+    }
+  }
+}
+
+TEST_F(HsmTest, AFixedDimensionIsAuthenticated) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("pin", Params(2.0)).ok());
+  ASSERT_TRUE(hsm->RotateKey("pin").ok());
+  ASSERT_TRUE(hsm->FixDimension("pin", 64).ok());
+  auto raw = OpenRaw();
+  const auto fixed_record = [&](const std::string& label) {
+    CK_OBJECT_CLASS klass = CKO_DATA;
+    std::string application = "vecseal/v1/params-dimension";
+    CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass},
+                            {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                            {CKA_APPLICATION, application.data(), application.size()}};
+    auto found = raw->session.Find(match);
+    EXPECT_TRUE(found.ok());
+    EXPECT_EQ(found->size(), 1u) << label;
+    return std::move(found->front());
+  };
+  const auto plant = [&](const std::string& label, const std::vector<uint8_t>& value) {
+    CK_OBJECT_CLASS klass = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    std::string application = "vecseal/v1/params-dimension";
+    CK_ATTRIBUTE data[] = {{CKA_CLASS, &klass, sizeof klass},
+                           {CKA_TOKEN, &yes, 1},
+                           {CKA_PRIVATE, &yes, 1},
+                           {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                           {CKA_APPLICATION, application.data(), application.size()},
+                           {CKA_VALUE, const_cast<uint8_t*>(value.data()), value.size()}};
+    ASSERT_TRUE(raw->session.Create(data).ok());
+  };
+  Object v1 = fixed_record("vecseal:pin:v1");
+  const auto v1_value = v1.GetAttribute(CKA_VALUE);
+  ASSERT_TRUE(v1_value.ok());
+
+  // Widened to another dimension under the old tag; then v1's record put beside v2.
+  std::vector<uint8_t> widened = *v1_value;
+  const size_t dimension_offset = 2 + std::string("pin").size() + 4 + 8 + 1 + 1;
+  widened[dimension_offset] = 65;
+  ASSERT_TRUE(v1.Destroy().ok());
+  plant("vecseal:pin:v1", widened);
+  EXPECT_EQ(hsm->FindKey("pin", 1).status().reason(), "key_params_tampered");
+  EXPECT_EQ(hsm->FixDimension("pin", 64).status().reason(), "key_params_tampered");
+  ASSERT_TRUE(fixed_record("vecseal:pin:v1").Destroy().ok());
+  plant("vecseal:pin:v1", *v1_value);
+  EXPECT_EQ(hsm->FindKey("pin", 1)->info.params.dimension, 64u) << "the original verifies again";
+
+  Object v2 = fixed_record("vecseal:pin:v2");
+  ASSERT_TRUE(v2.Destroy().ok());
+  plant("vecseal:pin:v2", *v1_value);
+  EXPECT_EQ(hsm->FindKey("pin", 2).status().reason(), "key_params_tampered");
+  plant("vecseal:pin:v1", *v1_value);
+  auto twice = hsm->FindKey("pin", 1);
+  EXPECT_EQ(twice.status().reason(), "key_params_tampered");
+  EXPECT_NE(twice.status().message().find("exist twice"), std::string::npos);
+}
+
 TEST_F(HsmTest, ParametersOfOneKeyDoNotVerifyForAnother) {
   auto hsm = OpenHsm();
   ASSERT_TRUE(hsm);

@@ -139,6 +139,9 @@ class Cipher {
   Status Decrypt(std::span<const float> in, std::span<float> out, size_t dimension,
                  std::span<const Token> tokens) const;
 
+  // True when T for `dimension` is cached or being derived: a call at it derives nothing new.
+  bool HasTransform(size_t dimension) const;
+
   // T(m) alone, without noise: for tests and for calibration's attacks.
   Status ApplyTransform(std::span<const float> in, std::span<float> out, size_t dimension) const;
 

@@ -53,6 +53,9 @@ struct Limits {
   // Request bodies held in memory at once, across all connections; a body that would exceed it
   // is answered 503 body_memory_exhausted before it is read.
   size_t max_buffered_body_bytes = 256 << 20;
+  // Wall time one uid may make the daemon spend, per minute, deriving the transforms of key
+  // versions it has not used yet (a token bucket): a rotation at d = 4096 takes seconds of CPU.
+  uint64_t derivation_ms_per_minute_per_uid = 30'000;
   size_t max_header_bytes = 16 << 10;
   std::chrono::milliseconds header_timeout{10'000};  // first byte to end of headers
   std::chrono::milliseconds body_timeout{60'000};    // end of headers to end of body

@@ -37,6 +37,7 @@ class HsmGate {
   Result<pkcs11::KeyInfo> CreateKey(std::string_view name, const pkcs11::KeyParams& params);
   Result<pkcs11::KeyInfo> RotateKey(std::string_view name, core::KeyFormat format);
   Result<pkcs11::ModelKey> FindKey(std::string_view name, std::optional<uint32_t> version = {});
+  Result<uint32_t> FixDimension(std::string_view name, uint32_t dimension);
   Status Ping();
   // Every counted Cryptoki function and its calls so far; empty while closed.
   std::vector<std::pair<std::string, uint64_t>> CallCounts() const;

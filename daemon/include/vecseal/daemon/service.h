@@ -19,6 +19,7 @@
 #include "vecseal/pkcs11/hsm.h"
 #include "vecseal/policy/identity.h"
 #include "vecseal/policy/policy.h"
+#include "vecseal/policy/rate_limit.h"
 
 namespace vecseal::daemon {
 
@@ -29,6 +30,8 @@ struct ServiceSettings {
   uint32_t group_size = 1;  // format v1 key versions only
   core::KeyFormat new_keys = core::KeyFormat::kV2;
   size_t max_vectors = 10000;
+  // Wall time one uid may spend deriving transforms for key versions not yet used (Limits).
+  uint64_t derivation_ms_per_minute_per_uid = 30'000;
 };
 
 class Service final : public RequestHandler {
@@ -76,6 +79,12 @@ class Service final : public RequestHandler {
   // A key creation body, once read: small, and nested no deeper than kMaxKeyJsonDepth.
   Status CheckKeyCreationBody(const Call& call);
   Result<CachedKey> KeyFor(const std::string& name, std::optional<uint32_t> version);
+  // Before any derivation: a valid dimension, the key's own (fixing it at a first use), and, when
+  // the call would derive the key version's transform, time left in the caller's derivation
+  // budget. True when it would derive; ChargeDerivation then takes the time it took.
+  Result<bool> CheckDimension(Call& call, const std::string& key_name, CachedKey& key,
+                              size_t dimension);
+  void ChargeDerivation(const Call& call, std::chrono::steady_clock::time_point started);
   Result<nlohmann::json> KeyObject(const std::string& name);
   // Writes the audit record for `call` (outcome `status`) and returns the response to send: the
   // prepared one, or 503 audit_unavailable when the record could not be written.
@@ -94,6 +103,7 @@ class Service final : public RequestHandler {
   std::map<std::pair<std::string, uint32_t>, CachedKey> ciphers_;
   std::map<std::string, uint32_t, std::less<>> newest_;
   uint64_t next_request_ = 1;
+  policy::UidRateLimiter derivation_budget_;  // milliseconds, refilled per minute
 };
 
 }  // namespace vecseal::daemon

@@ -75,7 +75,8 @@ struct KeyParams {
   core::KeyFormat format = core::KeyFormat::kV2;
   double approximation_factor = 0;  // β
   core::TransformKind transform = core::TransformKind::kRotate;
-  std::optional<uint32_t> dimension;  // fixed by the key when set
+  // The only dimension the key takes: given at creation, or fixed by its first use (FixDimension).
+  std::optional<uint32_t> dimension;
   int64_t created_unix = 0;           // set by CreateKey/RotateKey
 };
 
@@ -177,6 +178,11 @@ class Hsm {
   Result<KeyInfo> RotateKey(std::string_view name, core::KeyFormat format = core::KeyFormat::kV2);
   // The newest version when `version` is nullopt. Verifies the stored parameters.
   Result<ModelKey> FindKey(std::string_view name, std::optional<uint32_t> version = {});
+  // Fixes the dimension of every version of a key created without one, as its first use does,
+  // in authenticated records beside each version. Returns the key's dimension: `dimension`, or
+  // the one fixed before (by an earlier use, or at creation), which the caller must compare.
+  // kInvalidArgument "invalid_key_params" when `dimension` is out of range for the transform.
+  Result<uint32_t> FixDimension(std::string_view name, uint32_t dimension);
   // The audit key pair with this label, generated on first use.
   Result<AuditKey> EnsureAuditKey(std::string_view label = "vecseal-audit");
   // Cheap liveness check (C_GetSessionInfo on the anchor session), recovering if needed.

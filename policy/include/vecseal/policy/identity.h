@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "vecseal/core/status.h"
+#include "vecseal/policy/rate_limit.h"
 
 namespace vecseal::policy {
 
@@ -139,10 +140,6 @@ class IdentityResolver {
   Result<std::string> Digest(int fd, const uid_t* charged_uid);
   // Takes `bytes` from `uid`'s token bucket; false (taking nothing) when it holds fewer.
   bool ChargeHashBudget(uid_t uid, uint64_t bytes);
-  struct HashBudget {
-    double tokens = 0;
-    int64_t refilled_ns = 0;
-  };
 
   struct FileStamp {
     ino_t ino = 0;
@@ -154,7 +151,7 @@ class IdentityResolver {
   IdentityResolverOptions options_;
   mutable std::mutex mutex_;
   std::unordered_map<FileKey, std::string, FileKeyHash> digests_;
-  std::unordered_map<uid_t, HashBudget> hash_budgets_;
+  UidRateLimiter hash_budgets_;
   std::unordered_map<uid_t, std::string> user_names_;
   std::unordered_map<gid_t, std::string> group_names_;
   int64_t names_since_ns_ = 0;  // CLOCK_MONOTONIC when the name caches were last emptied
