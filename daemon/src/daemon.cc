@@ -260,12 +260,13 @@ audit::LogOptions AuditOptions(const AuditConfig& config) {
   return options;
 }
 
-ServiceSettings SettingsOf(const Config& config) {
+ServiceSettings SettingsOf(const Config& config, bool dev) {
   return ServiceSettings{.group_size = config.group_size,
                          .new_keys = config.new_keys,
                          .max_vectors = config.limits.max_vectors,
                          .derivation_ms_per_minute_per_uid =
-                             config.limits.derivation_ms_per_minute_per_uid};
+                             config.limits.derivation_ms_per_minute_per_uid,
+                         .fix_dimension_at_first_use = !dev};
 }
 
 // Said wherever the config is checked or applied, so that a group size is never ignored
@@ -454,7 +455,8 @@ class Daemon {
     listener_ = *listener;
 
     service_ = std::make_unique<Service>(hsm_gate_, *audit_log_, resolver_, metrics_,
-                                         std::move(policy).value(), SettingsOf(config_));
+                                         std::move(policy).value(),
+                                         SettingsOf(config_, !dev_dir_.empty()));
     server_ = std::make_unique<HttpServer>(
         *service_,
         ServerOptions{.io_threads = config_.threads.io, .worker_threads = config_.threads.workers},
@@ -558,7 +560,7 @@ class Daemon {
       }
     }
     if (status.ok()) {
-      service_->Reload(policy, SettingsOf(next));
+      service_->Reload(policy, SettingsOf(next, !dev_dir_.empty()));
       service_->ForgetKeys();
       server_->SetLimits(next.limits);
       config_ = std::move(next);

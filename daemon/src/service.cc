@@ -440,7 +440,7 @@ Result<Service::CachedKey> Service::KeyFor(const std::string& name,
 Result<bool> Service::CheckDimension(Call& call, const std::string& key_name, CachedKey& key,
                                      size_t dimension) {
   VECSEAL_RETURN_IF_ERROR(core::ValidateDimension(dimension, key.info.params.transform));
-  if (!key.info.params.dimension) {
+  if (!key.info.params.dimension && call.settings.fix_dimension_at_first_use) {
     auto fixed = hsm_.FixDimension(key_name, static_cast<uint32_t>(dimension));
     if (!fixed.ok()) return CountHsm(std::move(fixed).TakeStatus());
     {
@@ -456,11 +456,13 @@ Result<bool> Service::CheckDimension(Call& call, const std::string& key_name, Ca
               "key=" + LogValue(key_name) + " dimension=" + std::to_string(*fixed));
     }
   }
-  if (*key.info.params.dimension != dimension) {
+  if (key.info.params.dimension && *key.info.params.dimension != dimension) {
     return Status(Code::kInvalidArgument, "dimension_mismatch",
                   "key '" + key_name + "' takes vectors of dimension " +
                       std::to_string(*key.info.params.dimension) + ", got " +
-                      std::to_string(dimension));
+                      std::to_string(dimension) + "; a key takes one dimension: use a key made "
+                      "for " + std::to_string(dimension) +
+                      " (vecseal keys create NAME --dimension " + std::to_string(dimension) + ")");
   }
   if (key.cipher->HasTransform(dimension)) return false;
   const uid_t uid = call.identity->uid;

@@ -1,6 +1,7 @@
 // Issue #17's attacks by members of the socket group, as real other uids against a real
 // vecseald: 64 MiB nested bodies and stalled half-bodies from callers with no grant (or a grant
-// on another key), and one uid holding every connection it can. The daemon decides before it
+// on another key), one uid holding every connection it can, and a granted caller cycling
+// through dimensions or new keys to make the daemon derive. The daemon decides before it
 // reads a body, so none of these may raise its memory by more than a few MiB, and a granted
 // caller is served meanwhile.
 #include <fcntl.h>
@@ -18,6 +19,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -240,7 +242,7 @@ class BodyAttackTest : public ::testing::Test {
          {{{"id", "admin"},
            {"callers", {{"uid", 0}}},
            {"keys", {"*"}},
-           {"operations", {"keys.create", "encrypt", "decrypt"}}},
+           {"operations", {"keys.create", "keys.list", "encrypt", "decrypt"}}},
           {{"id", "their-key"},
            {"callers", {{"uid", kOtherKeyUid}}},
            {"keys", {"theirs"}},
@@ -395,6 +397,139 @@ TEST_F(BodyAttackTest, OneUidCannotHoldEveryConnection) {
   }
   EXPECT_EQ(EncryptOne(), 200u);
   attacker.Finish();
+}
+
+// One unit vector of dimension d: a row the rotate transform takes at any d.
+json UnitRow(size_t dimension) {
+  std::vector<float> row(dimension, 0.0f);
+  row[0] = 1.0f;
+  return json::array({row});
+}
+
+// "STATUS CODE" of an HttpResult, as Outcome gives it for a raw answer.
+std::string OutcomeOf(const daemon::testing::HttpResult& result) {
+  const auto parsed = json::parse(result.body, nullptr, false);
+  std::string code;
+  if (parsed.is_object() && parsed.contains("error")) code = parsed["error"].value("code", "");
+  return std::to_string(result.status) + " " + code;
+}
+
+// Attack row 5: a caller granted only encrypt on a rotate key sends d = 1024, 1023, 1022, ...
+// Each new dimension used to cost a derivation of its own (13 s of CPU at d = 4096). The first
+// use fixes the key's dimension; every other is refused before anything is derived.
+TEST_F(BodyAttackTest, ANewDimensionIsRefusedBeforeAnyDerivation) {
+  constexpr size_t kFirst = 1024, kTries = 24;
+  long refusals_ticks = -1;
+  Attacker attacker(kOtherKeyUid, socket_gid_, [&](int report) {
+    daemon::testing::HttpClient client(daemon_->socket_path());
+    for (size_t d = kFirst; d > kFirst - kTries; --d) {
+      if (d == kFirst - 1) Report(report, "cpu " + std::to_string(CpuTicks(daemon_->pid())));
+      Report(report, OutcomeOf(client.PostJson("/v1/keys/theirs/encrypt",
+                                               {{"vectors", UnitRow(d)}})));
+    }
+    Report(report, "cpu " + std::to_string(CpuTicks(daemon_->pid())));
+  });
+  const auto lines = attacker.WaitDone();
+  ASSERT_EQ(lines.size(), kTries + 2);
+  EXPECT_EQ(lines[0], "200 ") << "the first use fixes the dimension";
+  for (size_t i = 2; i <= kTries; ++i) EXPECT_EQ(lines[i], "400 dimension_mismatch") << i;
+  refusals_ticks = std::stol(lines.back().substr(4)) - std::stol(lines[1].substr(4));
+  // A rotation's transform at d ~ 1000 takes about 0.1 s here: 23 of them would be seconds.
+  EXPECT_LE(refusals_ticks, 20) << "the refused dimensions cost CPU: something was derived";
+  attacker.Finish();
+
+  const auto keys = admin_->Get("/v1/keys");
+  ASSERT_EQ(keys.status, 200u);
+  for (const json& key : json::parse(keys.body)["keys"]) {
+    if (key["name"] == "theirs") {
+      EXPECT_EQ(key["dimension"], kFirst);
+    }
+  }
+  // Decryption is held to it as well, and the fixing request's audit record says so.
+  const auto sealed = admin_->PostJson("/v1/keys/theirs/encrypt",
+                                       {{"vectors", UnitRow(kFirst)}, {"reversible", true}});
+  ASSERT_EQ(sealed.status, 200u) << sealed.body;
+  const auto decrypt = admin_->PostJson(
+      "/v1/keys/theirs/decrypt",
+      {{"vectors", UnitRow(kFirst - 1)}, {"tokens", json::parse(sealed.body)["tokens"]}});
+  EXPECT_EQ(OutcomeOf(decrypt), "400 dimension_mismatch");
+  std::map<std::string, json> fixed;  // key -> the dimension its fixing record names
+  for (const json& record : daemon_->AuditRecords()) {
+    if (record.contains("extra") && record["extra"].contains("dimension_fixed")) {
+      EXPECT_FALSE(fixed.contains(record["key"])) << "fixed once only";
+      fixed[record["key"]] = record["extra"]["dimension_fixed"];
+    }
+  }
+  EXPECT_EQ(fixed, (std::map<std::string, json>{{"demo", 3}, {"theirs", kFirst}}))
+      << "demo by SetUp's request, theirs by the attacker's first";
+  EXPECT_NE(daemon_->Log().find("event=dimension_fixed key=theirs dimension=1024"),
+            std::string::npos);
+}
+
+// The derivations a uid can cause (new keys, rotated or old versions) are paid from its own
+// budget of derivation time; another uid is not affected.
+TEST(DerivationBudgetTest, AUidThatSpentItsDerivationTimeIsRefusedAndOthersAreNot) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root: the caller setuids to another uid";
+  if (auto reason = testing::SoftHsmUnavailableReason(); !reason.empty()) GTEST_SKIP() << reason;
+  const group* socket_group = getgrnam("nogroup");
+  if (socket_group == nullptr) GTEST_SKIP() << "no group 'nogroup' to own the socket";
+  const json policy = {
+      {"version", 1},
+      {"rules",
+       {{{"id", "admin"},
+         {"callers", {{"uid", 0}}},
+         {"keys", {"*"}},
+         {"operations", {"keys.create", "encrypt"}}},
+        {{"id", "theirs"},
+         {"callers", {{"uid", kOtherKeyUid}}},
+         {"keys", {"mine-*"}},
+         {"operations", {"encrypt"}}}}}};
+  std::string error;
+  auto daemon = SecuredDaemon::Prepare({.policy_json = policy.dump(2),
+                                        .socket_group = "nogroup",
+                                        .limits = {{"derivation_ms_per_minute_per_uid", 1}}},
+                                       &error);
+  ASSERT_TRUE(daemon) << error;
+  ASSERT_TRUE(daemon->Start(&error)) << error;
+  daemon::testing::HttpClient admin(daemon->socket_path());
+  for (const char* name : {"mine-1", "mine-2", "admins"}) {
+    const auto created =
+        admin.PostJson("/v1/keys", {{"name", name}, {"approximation_factor", 2.5}});
+    ASSERT_EQ(created.status, 201u) << created.body;
+  }
+  constexpr size_t kDimension = 512;  // a rotation's derivation takes milliseconds: over 1 ms
+  Attacker attacker(kOtherKeyUid, socket_group->gr_gid, [&](int report) {
+    daemon::testing::HttpClient client(daemon->socket_path());
+    for (const char* key : {"mine-1", "mine-2", "mine-1"}) {
+      const auto result = client.PostJson(std::string("/v1/keys/") + key + "/encrypt",
+                                          {{"vectors", UnitRow(kDimension)}});
+      Report(report, OutcomeOf(result));
+      if (result.status == 429) Report(report, json::parse(result.body)["error"]["message"]);
+    }
+  });
+  const auto lines = attacker.WaitDone();
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[0], "200 ") << "the budget starts with its minute's worth";
+  EXPECT_EQ(lines[1], "429 derivation_rate_limited");
+  EXPECT_EQ(lines[2].find("uid " + std::to_string(kOtherKeyUid) +
+                          " has spent its derivation time (1 ms per minute, "
+                          "limits.derivation_ms_per_minute_per_uid) on new keys or key versions; "
+                          "retry in "),
+            0u)
+      << lines[2];
+  EXPECT_EQ(lines[3], "200 ") << "a transform already derived costs nothing";
+  attacker.Finish();
+  EXPECT_EQ(admin.PostJson("/v1/keys/admins/encrypt", {{"vectors", UnitRow(kDimension)}}).status,
+            200u)
+      << "another uid has its own budget";
+  size_t limited = 0;
+  for (const json& record : daemon->AuditRecords()) {
+    if (record.value("error_code", "") == "derivation_rate_limited") {
+      ++limited;
+      EXPECT_EQ(record["caller"]["uid"], kOtherKeyUid);
+    }
+  }
+  EXPECT_EQ(limited, 1u) << "the refusal is audited";
 }
 
 }  // namespace

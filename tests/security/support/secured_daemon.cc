@@ -113,6 +113,7 @@ std::unique_ptr<SecuredDaemon> SecuredDaemon::Prepare(const Options& options, st
                                  {"token_label", kAuditTokenLabel},
                                  {"pin", {{"file", daemon->audit_pin_file_}}}};
   }
+  if (!options.limits.is_null()) config["limits"] = options.limits;
   ok = ok && WriteWhole(daemon->config_path_, config.dump(2) + "\n", 0644) &&
        WriteWhole(daemon->policy_path_, options.policy_json, 0644);
   if (!ok) {

@@ -30,6 +30,8 @@ class SecuredDaemon {
     bool audit_token = false;
     // pkcs11.module, and audit.pkcs11.module; empty: SoftHSM2's.
     std::string module = {};
+    // The config's "limits" object; null: the defaults.
+    nlohmann::json limits = nullptr;
   };
 
   // Lays out the token, PIN file, config and policy under a fresh directory (mode 0755 so that

@@ -32,6 +32,9 @@ struct ServiceSettings {
   size_t max_vectors = 10000;
   // Wall time one uid may spend deriving transforms for key versions not yet used (Limits).
   uint64_t derivation_ms_per_minute_per_uid = 30'000;
+  // A key created without a dimension takes the first one used. Off in dev mode only, so that
+  // its demo key can be tried at any size; the derivation budget still applies there.
+  bool fix_dimension_at_first_use = true;
 };
 
 class Service final : public RequestHandler {
