@@ -41,19 +41,22 @@ using policy::testing_util::WriteFile;
 using Clock = std::chrono::steady_clock;
 
 // Under AddressSanitizer the daemon's RSS holds the allocator's quarantine and shadow memory, so
-// an RSS bound measures the sanitizer, not the daemon (as in tests/reliability); the answers,
-// the CPU and the latency are still checked there.
+// an RSS bound measures the sanitizer, not the daemon (as in tests/reliability); and every call
+// runs 2-3 times slower, so the latency target is the production build's, checked by the unit
+// stage. The answers and the CPU are checked under both.
 #if defined(__SANITIZE_ADDRESS__)
-constexpr bool kRssIsMeaningful = false;
+constexpr bool kUnderAsan = true;
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-constexpr bool kRssIsMeaningful = false;
+constexpr bool kUnderAsan = true;
 #else
-constexpr bool kRssIsMeaningful = true;
+constexpr bool kUnderAsan = false;
 #endif
 #else
-constexpr bool kRssIsMeaningful = true;
+constexpr bool kUnderAsan = false;
 #endif
+// A granted caller's single-vector p99 while the attacks run (issue #17's target: 10 ms).
+constexpr double kGrantedP99LimitMs = kUnderAsan ? 40.0 : 10.0;
 
 constexpr uid_t kNoGrantUid = 64111;
 constexpr uid_t kOtherKeyUid = 64112;  // granted encrypt on "theirs" only
@@ -329,7 +332,7 @@ TEST_F(BodyAttackTest, NestedBodyWithoutGrantIsDeniedBeforeItIsRead) {
     ASSERT_TRUE(record.has_value()) << "no deny record for " << row.operation;
     EXPECT_EQ((*record)["error_code"], "permission_denied");
   }
-  if (kRssIsMeaningful) {
+  if (!kUnderAsan) {
     EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the bodies were held or parsed";
   }
   EXPECT_EQ(EncryptOne(), 200u);
@@ -367,10 +370,10 @@ TEST_F(BodyAttackTest, StalledHalfBodiesWithoutGrantHoldNoMemory) {
   std::cout << "[ figures  ] " << kConnections << " stalled half-bodies: RSS " << baseline_kib_
             << " -> " << rss_kib << " KiB (peak +" << PeakGrowthKib() << " KiB); granted p99 "
             << p99 << " ms over " << latencies_ms.size() << " requests\n";
-  if (kRssIsMeaningful) {
+  if (!kUnderAsan) {
     EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the half-bodies were buffered";
   }
-  EXPECT_LT(p99, 10.0);
+  EXPECT_LT(p99, kGrantedP99LimitMs);
   attacker.Finish();
 }
 
