@@ -33,6 +33,8 @@ struct Caller {
   int64_t gid = -1;
   std::string exe;
   std::string exe_sha256;
+  // Why exe_sha256 is empty (policy::CallerIdentity::exe_sha256_unknown), such as "not_needed".
+  std::string exe_sha256_unknown;
   std::string unit;    // systemd unit, if any
   std::string script;  // interpreter script, if any
 };
