@@ -170,6 +170,7 @@ Result<std::string> SerializeEventBody(const Event& event) {
     AppendIntField(&inner, "gid", caller.gid);
     AppendOptionalString(&inner, "exe", caller.exe);
     AppendOptionalString(&inner, "exe_sha256", caller.exe_sha256);
+    AppendOptionalString(&inner, "exe_sha256_unknown", caller.exe_sha256_unknown);
     AppendOptionalString(&inner, "unit", caller.unit);
     AppendOptionalString(&inner, "script", caller.script);
     inner[0] = '{';  // the first field's leading comma

@@ -467,6 +467,10 @@ class Daemon {
       return server->active_connections();
     });
     metrics_.SetHsmCallsSource([gate = &hsm_gate_] { return gate->CallCounts(); });
+    metrics_.SetDigestCountsSource([resolver = &resolver_] {
+      const policy::IdentityResolver::Stats stats = resolver->stats();
+      return Metrics::DigestCounts{stats.files_hashed, stats.digests_rate_limited};
+    });
     server_->Start();
 
     if (hsm.ok()) {

@@ -32,6 +32,11 @@ void Metrics::SetHsmCallsSource(std::function<HsmCalls()> source) {
   hsm_calls_ = std::move(source);
 }
 
+void Metrics::SetDigestCountsSource(std::function<DigestCounts()> source) {
+  std::lock_guard lock(mutex_);
+  digest_counts_ = std::move(source);
+}
+
 std::string Metrics::RenderPrometheus(
     const std::function<bool(const std::string&)>& may_see_key) const {
   std::ostringstream out;
@@ -95,6 +100,15 @@ std::string Metrics::RenderPrometheus(
       out << "vecseal_hsm_calls_total{function=\"" << function << "\"} " << count << '\n';
     }
   }
+  const DigestCounts digests = digest_counts_ ? digest_counts_() : DigestCounts{};
+  out << "# HELP vecseal_digest_files_hashed_total Callers' executables and scripts hashed "
+         "(digest-cache misses a policy rule needed).\n"
+         "# TYPE vecseal_digest_files_hashed_total counter\n"
+      << "vecseal_digest_files_hashed_total " << digests.files_hashed << '\n'
+      << "# HELP vecseal_digests_rate_limited_total Digests left unknown because the caller's uid "
+         "had spent its hashing budget.\n"
+         "# TYPE vecseal_digests_rate_limited_total counter\n"
+      << "vecseal_digests_rate_limited_total " << digests.rate_limited << '\n';
   return out.str();
 }
 

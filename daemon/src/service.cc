@@ -35,10 +35,12 @@ class PeerConnection final : public ConnectionContext {
     }
   }
 
-  // Re-reads the identity (the peer may have exec'd since the last request).
-  Result<const policy::CallerIdentity*> Refresh(policy::IdentityResolver& resolver) {
+  // Re-reads the identity (the peer may have exec'd since the last request, or `needs` may ask
+  // for a digest the policy it was identified under did not).
+  Result<const policy::CallerIdentity*> Refresh(policy::IdentityResolver& resolver,
+                                                policy::DigestNeeds needs) {
     if (!peer_) return error_;
-    Status status = peer_->Refresh(resolver);
+    Status status = peer_->Refresh(resolver, needs);
     if (!status.ok()) return status;
     return &peer_->identity();
   }
@@ -87,6 +89,7 @@ audit::Caller AuditCaller(const policy::CallerIdentity& identity) {
   caller.gid = identity.gid;
   caller.exe = identity.exe;
   caller.exe_sha256 = identity.exe_sha256;
+  caller.exe_sha256_unknown = identity.exe_sha256_unknown;
   caller.unit = identity.unit;
   caller.script = identity.script;
   return caller;
@@ -277,7 +280,12 @@ void Service::ForgetKeys() {
 }
 
 std::unique_ptr<ConnectionContext> Service::Accept(int fd) {
-  return std::make_unique<PeerConnection>(policy::PeerIdentity::FromSocket(fd, resolver_));
+  policy::DigestNeeds needs;
+  {
+    std::lock_guard lock(mutex_);
+    needs = policy_->digest_needs();
+  }
+  return std::make_unique<PeerConnection>(policy::PeerIdentity::FromSocket(fd, resolver_, needs));
 }
 
 HttpResponse Service::Handle(ConnectionContext& connection, HttpRequest& request) {
@@ -297,10 +305,11 @@ HttpResponse Service::Refuse(ConnectionContext& connection, HttpRequest& request
   Call call(request, connection);
   {
     std::lock_guard lock(mutex_);
+    call.policy = policy_;
     call.event.request_id = std::to_string(next_request_++);
   }
   call.event.operation = "http";
-  auto identity = call.connection.Refresh(resolver_);
+  auto identity = call.connection.Refresh(resolver_, call.policy->digest_needs());
   if (identity.ok()) call.event.caller = AuditCaller(**identity);
   return Finish(call, status);
 }
@@ -319,7 +328,7 @@ Status Service::Route(Call& call) {
   target = target.substr(0, target.find('?'));
   const http::verb method = call.request.method();
 
-  auto identity = call.connection.Refresh(resolver_);
+  auto identity = call.connection.Refresh(resolver_, call.policy->digest_needs());
   if (!identity.ok()) return std::move(identity).TakeStatus();
   call.identity = *identity;
   call.event.caller = AuditCaller(*call.identity);
@@ -848,7 +857,7 @@ std::optional<HttpResponse> Service::Screen(ConnectionContext& connection, HttpR
 }
 
 Status Service::Admit(Call& call) {
-  auto identity = call.connection.Refresh(resolver_);
+  auto identity = call.connection.Refresh(resolver_, call.policy->digest_needs());
   if (!identity.ok()) return std::move(identity).TakeStatus();
   call.identity = *identity;
   call.event.caller = AuditCaller(*call.identity);

@@ -106,6 +106,12 @@ std::string OrDash(const std::string& s) {
   return printable ? s : internal::Quote(s);
 }
 
+// A digest, or "-" followed by why it was not computed, in parentheses, when that is known.
+std::string DigestOrWhyNot(const std::string& digest, const std::string& unknown) {
+  if (!digest.empty() || unknown.empty()) return OrDash(digest);
+  return "- (" + unknown + ")";
+}
+
 void PrintCaller(const CallerIdentity& id, std::ostream& out) {
   out << "caller: pid " << id.pid << ", uid " << id.uid << " (" << OrDash(id.user) << "), gid "
       << id.gid << " (" << OrDash(id.group) << "), groups [";
@@ -117,10 +123,11 @@ void PrintCaller(const CallerIdentity& id, std::ostream& out) {
   }
   out << "]\n"
       << "  exe " << OrDash(id.exe) << "\n"
-      << "  exe_sha256 " << OrDash(id.exe_sha256) << "\n"
+      << "  exe_sha256 " << DigestOrWhyNot(id.exe_sha256, id.exe_sha256_unknown) << "\n"
       << "  unit " << OrDash(id.unit) << "\n"
       << "  script " << OrDash(id.script) << "\n"
-      << "  script_sha256 " << OrDash(id.script_sha256) << "\n";
+      << "  script_sha256 " << DigestOrWhyNot(id.script_sha256, id.script_sha256_unknown)
+      << "\n";
 }
 
 // keys.list as GET /v1/keys decides it: allowed by a keys.list grant on any key pattern, and then
@@ -171,7 +178,8 @@ int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::os
   IdentityResolver resolver;
   CallerIdentity caller;
   if (parsed.pid) {
-    Result<PeerIdentity> peer = PeerIdentity::FromPid(static_cast<pid_t>(*parsed.pid), resolver);
+    Result<PeerIdentity> peer = PeerIdentity::FromPid(static_cast<pid_t>(*parsed.pid), resolver,
+                                                      (*policy)->digest_needs());
     if (!peer.ok()) {
       err << "vecseald: " << peer.status().message() << "\n";
       return 1;

@@ -332,10 +332,26 @@ std::string ScriptRefusal(const CallerIdentity& id, int exe_fd, const std::strin
   return "";
 }
 
+// Sets `*digest` to the digest of `fd`, charged to `uid`, when `needed`; otherwise, or when
+// hashing fails, sets `*unknown` to why it stays empty.
+void DigestIfNeeded(IdentityResolver& resolver, int fd, uid_t uid, bool needed,
+                    std::string* digest, std::string* unknown) {
+  if (!needed) {
+    *unknown = kDigestNotNeeded;
+    return;
+  }
+  Result<std::string> computed = resolver.DigestCharged(fd, uid);
+  if (computed.ok()) {
+    *digest = std::move(computed).value();
+  } else {
+    *unknown = computed.status().reason();
+  }
+}
+
 // Fills id.script and id.script_sha256 from the script argument, or id.script_refused.
 void IdentifyScript(int proc_dir_fd, int exe_fd, const std::vector<std::string>& argv,
                     const std::vector<std::string>& env_vars, const std::string& environ_problem,
-                    IdentityResolver& resolver, CallerIdentity* id) {
+                    bool digest_needed, IdentityResolver& resolver, CallerIdentity* id) {
   std::optional<std::string> script = internal::ScriptArgument(id->exe, argv);
   if (!script || script->empty()) return;
   id->script_refused = ScriptRefusal(*id, exe_fd, *script, argv, env_vars, environ_problem);
@@ -346,14 +362,15 @@ void IdentifyScript(int proc_dir_fd, int exe_fd, const std::vector<std::string>&
   // and only a file actually opened is reported.
   if (file.get() >= 0 && fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode) && MayRead(*id, st)) {
     id->script = PathOfFd(file.get());
-    Result<std::string> digest = resolver.DigestCharged(file.get(), id->uid);
-    if (digest.ok()) id->script_sha256 = std::move(digest).value();
+    DigestIfNeeded(resolver, file.get(), id->uid, digest_needed, &id->script_sha256,
+                   &id->script_sha256_unknown);
   }
 }
 
 // Reads everything but the credentials from /proc/PID (through `proc_dir_fd`). The caller must
 // confirm afterwards that the pidfd's process is still alive, which proves the reads were of it.
-Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* snap) {
+Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, DigestNeeds needs,
+                   Snapshot* snap) {
   int proc_dir_fd = fds.dir;
   CallerIdentity& id = snap->identity;
   pid_t pid = id.pid;
@@ -361,9 +378,11 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
 
   id.exe.clear();
   id.exe_sha256.clear();
+  id.exe_sha256_unknown.clear();
   id.unit.clear();
   id.script.clear();
   id.script_sha256.clear();
+  id.script_sha256_unknown.clear();
   id.code_unproven.clear();
   id.script_refused.clear();
   VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &snap->marker, &snap->start_time));
@@ -377,10 +396,12 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
 
   Fd exe(openat(proc_dir_fd, "exe", O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   if (exe.get() >= 0) {
-    Result<std::string> digest = resolver.DigestCharged(exe.get(), id.uid);
-    if (digest.ok()) id.exe_sha256 = std::move(digest).value();
+    DigestIfNeeded(resolver, exe.get(), id.uid, needs.exe, &id.exe_sha256,
+                   &id.exe_sha256_unknown);
   } else if (errno == ENOENT || errno == ESRCH) {
     return PeerGone(pid);
+  } else {
+    id.exe_sha256_unknown = "file_unreadable";
   }
   std::string cgroup;
   if (!ReadProcFile(proc_dir_fd, "cgroup", kMaxSmallFileBytes, &cgroup, &err)) {
@@ -395,7 +416,7 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
   std::vector<std::string> env_vars = internal::SplitCmdline(environ_text);
   VECSEAL_RETURN_IF_ERROR(CheckLoadedCode(proc_dir_fd, env_vars, environ_problem, &id));
   IdentifyScript(proc_dir_fd, exe.get(), internal::SplitCmdline(snap->marker.cmdline), env_vars,
-                 environ_problem, resolver, &id);
+                 environ_problem, needs.script, resolver, &id);
   return Status::Ok();
 }
 
@@ -403,14 +424,14 @@ Status ReadProcess(const ProcFds& fds, IdentityResolver& resolver, Snapshot* sna
 // before and after: otherwise an exec in the middle could pair one program's path with another's
 // digest.
 Status ReadProcessConsistently(const ProcFds& fds, IdentityResolver& resolver,
-                               bool read_credentials, Snapshot* snap) {
+                               bool read_credentials, DigestNeeds needs, Snapshot* snap) {
   constexpr int kAttempts = 3;
   pid_t pid = snap->identity.pid;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
     if (read_credentials) {
       VECSEAL_RETURN_IF_ERROR(ReadCredentialsFromStatus(fds.dir, &snap->identity));
     }
-    VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, snap));
+    VECSEAL_RETURN_IF_ERROR(ReadProcess(fds, resolver, needs, snap));
     internal::ExecMarker after;
     VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &after, nullptr));
     if (after == snap->marker) return Status::Ok();
@@ -450,9 +471,11 @@ nlohmann::json CallerIdentity::ToJson() const {
           {"groups", groups},
           {"exe", text(exe)},
           {"exe_sha256", text(exe_sha256)},
+          {"exe_sha256_unknown", text(exe_sha256_unknown)},
           {"unit", text(unit)},
           {"script", text(script)},
           {"script_sha256", text(script_sha256)},
+          {"script_sha256_unknown", text(script_sha256_unknown)},
           {"code_unproven", text(code_unproven)},
           {"script_refused", text(script_refused)}};
 }
@@ -691,7 +714,8 @@ Result<CallerIdentity> IdentityResolver::Synthesize(const SyntheticCaller& calle
   return id;
 }
 
-Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver& resolver) {
+Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver& resolver,
+                                              DigestNeeds needs) {
   uint64_t accepted_ticks = BootTimeTicks();
   ucred cred{};
   socklen_t len = sizeof cred;
@@ -735,7 +759,7 @@ Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver
   VECSEAL_RETURN_IF_ERROR(opened);
   Snapshot snap;
   snap.identity = peer.identity_;
-  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, false, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, false, needs, &snap));
   // A process that started after the connection was accepted reused the PID of the one that
   // connected (only possible without SO_PEERPIDFD).
   if (!peer.pinned_by_socket_ && snap.start_time > accepted_ticks) return PeerGone(cred.pid);
@@ -743,6 +767,7 @@ Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver
   resolver.FillNames(&snap.identity);
   peer.identity_ = std::move(snap.identity);
   peer.marker_ = std::move(snap.marker);
+  peer.digests_sought_ = needs;
   {
     std::lock_guard<std::mutex> lock(resolver.mutex_);
     ++resolver.stats_.resolutions;
@@ -750,7 +775,8 @@ Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver
   return peer;
 }
 
-Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver) {
+Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver,
+                                           DigestNeeds needs) {
   if (pid <= 0) {
     return Status(Code::kInvalidArgument, "invalid_pid", "a PID must be a positive integer");
   }
@@ -767,15 +793,16 @@ Result<PeerIdentity> PeerIdentity::FromPid(pid_t pid, IdentityResolver& resolver
   VECSEAL_RETURN_IF_ERROR(opened);
   Snapshot snap;
   snap.identity = peer.identity_;
-  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, true, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, true, needs, &snap));
   if (!Alive(peer.pidfd_)) return PeerGone(pid);
   resolver.FillNames(&snap.identity);
   peer.identity_ = std::move(snap.identity);
   peer.marker_ = std::move(snap.marker);
+  peer.digests_sought_ = needs;
   return peer;
 }
 
-Status PeerIdentity::Refresh(IdentityResolver& resolver) {
+Status PeerIdentity::Refresh(IdentityResolver& resolver, DigestNeeds needs) {
   pid_t pid = identity_.pid;
   if (pidfd_ < 0 || proc_dir_fd_ < 0) return PeerGone(pid);
   // Polling the pidfd suffices here: the /proc fds are bound to the pinned process, so a reused
@@ -784,18 +811,23 @@ Status PeerIdentity::Refresh(IdentityResolver& resolver) {
   ProcFds fds{proc_dir_fd_, stat_fd_, cmdline_fd_};
   internal::ExecMarker marker;
   VECSEAL_RETURN_IF_ERROR(ReadMarker(fds, pid, &marker, nullptr));
-  if (marker == marker_) return Status::Ok();
+  const bool newly_needed = (needs.exe && !digests_sought_.exe) ||
+                            (needs.script && !digests_sought_.script);
+  if (marker == marker_ && !newly_needed) return Status::Ok();
 
-  // The peer exec'd: it is a different program now. Its credentials stay those the kernel
-  // recorded at connect(): a process that forked (keeping the socket) and then exec'd a setuid
-  // program would otherwise lend that program's euid to the sibling still holding the socket.
+  // The peer exec'd (it is a different program now), or a reloaded policy tests a digest not
+  // computed before; the whole program is read again so that the new digest is proven to be of
+  // the same image as the rest. Its credentials stay those the kernel recorded at connect(): a
+  // process that forked (keeping the socket) and then exec'd a setuid program would otherwise
+  // lend that program's euid to the sibling still holding the socket.
   Snapshot snap;
   snap.identity = identity_;
-  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, false, &snap));
+  VECSEAL_RETURN_IF_ERROR(ReadProcessConsistently(fds, resolver, false, needs, &snap));
   if (!Alive(pidfd_)) return PeerGone(pid);
   resolver.FillNames(&snap.identity);
   identity_ = std::move(snap.identity);
   marker_ = std::move(snap.marker);
+  digests_sought_ = needs;
   std::lock_guard<std::mutex> lock(resolver.mutex_);
   ++resolver.stats_.resolutions;
   return Status::Ok();
@@ -808,6 +840,7 @@ PeerIdentity::PeerIdentity(PeerIdentity&& other) noexcept
       cmdline_fd_(std::exchange(other.cmdline_fd_, -1)),
       pinned_by_socket_(other.pinned_by_socket_),
       marker_(std::move(other.marker_)),
+      digests_sought_(other.digests_sought_),
       identity_(std::move(other.identity_)) {}
 
 PeerIdentity& PeerIdentity::operator=(PeerIdentity&& other) noexcept {
@@ -819,6 +852,7 @@ PeerIdentity& PeerIdentity::operator=(PeerIdentity&& other) noexcept {
     cmdline_fd_ = std::exchange(other.cmdline_fd_, -1);
     pinned_by_socket_ = other.pinned_by_socket_;
     marker_ = std::move(other.marker_);
+    digests_sought_ = other.digests_sought_;
     identity_ = std::move(other.identity_);
   }
   return *this;

@@ -220,6 +220,21 @@ bool AnyOf(const std::vector<uint32_t>& wanted, uint32_t have) {
   return std::find(wanted.begin(), wanted.end(), have) != wanted.end();
 }
 
+// Why a digest the caller's identity lacks was not computed, from its *_sha256_unknown reason.
+std::string DigestUnknownBecause(const std::string& reason, uid_t uid) {
+  if (reason == "digest_rate_limited") {
+    return "not hashed, since uid " + std::to_string(uid) +
+           " has spent its hashing budget (digest_rate_limited); a later connection is hashed "
+           "once the budget refills";
+  }
+  if (reason == kDigestNotNeeded) {
+    return "not computed, since no rule tested it when the caller was identified (not_needed)";
+  }
+  if (reason == "file_too_large") return "the file is larger than the hashing limit (file_too_large)";
+  if (reason == "file_unreadable") return "the file could not be opened (file_unreadable)";
+  return "the file could not be hashed (" + reason + ")";
+}
+
 // Empty when the caller satisfies `c`, else why not.
 std::string CheckCondition(const Condition& c, const CallerIdentity& caller) {
   auto describe = [&](const std::string& have) {
@@ -241,14 +256,33 @@ std::string CheckCondition(const Condition& c, const CallerIdentity& caller) {
     if (!have.empty() || caller.script_refused.empty()) return check(have);
     return std::string(c.name) + " is unknown: " + caller.script_refused;
   };
+  // A digest that was not computed is unknown for its own reason, not because it differs.
+  auto not_computed = [&](const std::string& have, const std::string& unknown) {
+    return have.empty() && !unknown.empty()
+               ? std::string(c.name) + " is unknown: " + DigestUnknownBecause(unknown, caller.uid)
+               : std::string();
+  };
   switch (c.field) {
     case Field::kUser: return check(caller.user);
     case Field::kUnit: return check(caller.unit);
     case Field::kExe: return check(caller.exe);
-    case Field::kExeSha256: return unproven().empty() ? check(caller.exe_sha256) : unproven();
+    case Field::kExeSha256: {
+      if (std::string why = unproven(); !why.empty()) return why;
+      if (std::string why = not_computed(caller.exe_sha256, caller.exe_sha256_unknown);
+          !why.empty()) {
+        return why;
+      }
+      return check(caller.exe_sha256);
+    }
     case Field::kScript: return unproven().empty() ? check_script(caller.script) : unproven();
-    case Field::kScriptSha256:
-      return unproven().empty() ? check_script(caller.script_sha256) : unproven();
+    case Field::kScriptSha256: {
+      if (std::string why = unproven(); !why.empty()) return why;
+      if (std::string why = not_computed(caller.script_sha256, caller.script_sha256_unknown);
+          !why.empty()) {
+        return why;
+      }
+      return check_script(caller.script_sha256);
+    }
     case Field::kGroup: {
       if (AnyOf(c.strings, caller.group)) return "";
       for (const std::string& name : caller.group_names) {
@@ -492,7 +526,15 @@ bool ParseOperation(std::string_view name, Operation* op) {
   return false;
 }
 
-Policy::Policy(std::vector<Rule> rules) : rules_(std::move(rules)) {}
+Policy::Policy(std::vector<Rule> rules) : rules_(std::move(rules)) {
+  digest_needs_ = DigestNeeds{.exe = false, .script = false};
+  for (const Rule& rule : rules_) {
+    for (const Condition& condition : rule.conditions) {
+      if (condition.field == Field::kExeSha256) digest_needs_.exe = true;
+      if (condition.field == Field::kScriptSha256) digest_needs_.script = true;
+    }
+  }
+}
 Policy::~Policy() = default;
 
 size_t Policy::rule_count() const { return rules_.size(); }

@@ -38,9 +38,9 @@ void WriteDocsLog(const std::string& root) {
     event.event = alice ? "encrypt" : "decrypt";
     event.request_id = "r" + std::to_string(100 + i);
     event.caller = alice ? Caller{4242, 1000, "alice", 1000, "/usr/bin/python3.11",
-                                  std::string(64, 'a'), "embedder.service", "/srv/embed.py"}
+                                  std::string(64, 'a'), "embedder.service", "/srv/embed.py", ""}
                          : Caller{5151, 1001, "bob", 1001, "/usr/local/bin/search-api",
-                                  std::string(64, 'b'), "search.service", ""};
+                                  std::string(64, 'b'), "search.service", "", ""};
     event.key = alice ? "demo" : "search";
     event.key_version = 1;
     event.operation = event.event;

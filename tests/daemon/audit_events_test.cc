@@ -68,7 +68,6 @@ TEST(AuditEventsTest, StartKeyCreateRotateAndStopAreRecordedWithTheirFields) {
 
   const std::string rule = "dev-user-" + std::to_string(geteuid());
   const std::string exe = SelfExe();
-  const std::string digest = policy::testing_util::Sha256OfFile(exe);
   const auto expect_key_record = [&](const json& record, const std::string& event, int version) {
     SCOPED_TRACE(event);
     ASSERT_TRUE(record.is_object()) << "no " << event << " record";
@@ -83,7 +82,9 @@ TEST(AuditEventsTest, StartKeyCreateRotateAndStopAreRecordedWithTheirFields) {
     EXPECT_EQ(caller["uid"], geteuid());
     EXPECT_EQ(caller["gid"], getegid());
     EXPECT_EQ(caller["exe"], exe);
-    EXPECT_EQ(caller["exe_sha256"], digest);
+    // The dev policy tests no digest, so none was computed, and the record says so.
+    EXPECT_FALSE(caller.contains("exe_sha256")) << caller;
+    EXPECT_EQ(caller["exe_sha256_unknown"], "not_needed");
   };
   const json create_record =
       Find(records, "keys.create", created.headers.at("vecseal-request-id"));

@@ -84,7 +84,8 @@ void WriteSeeds(const std::string& dir) {
     event.caller = vecseal::audit::Caller{.pid = 100 + i, .uid = 998, .user = "scorer",
                                           .gid = 998, .exe = "/usr/bin/python3",
                                           .exe_sha256 = std::string(64, 'a'),
-                                          .unit = "ticket-scorer.service", .script = {}};
+                                          .unit = "ticket-scorer.service", .script = {},
+                                          .exe_sha256_unknown = {}};
     event.key = "demo";
     event.key_version = 1;
     event.operation = "encrypt";

@@ -70,6 +70,18 @@ def stop(daemon):
             daemon.wait()
 
 
+def write_digest_policy(state_dir):
+    """The daemon hashes a caller's executable only when a rule tests exe_sha256, so --dev's own
+    policy (uid only) would hide whether the sandbox lets it read the image."""
+    rule = {"id": "needs-a-digest", "callers": {"uid": DAEMON_UID, "exe_sha256": "0" * 64},
+            "keys": ["*"], "operations": ["keys.list"]}
+    path = os.path.join(state_dir, "policy.json")
+    with open(path, "w") as f:
+        json.dump({"version": 1, "rules": [rule]}, f)
+    os.chmod(path, 0o600)
+    os.chown(path, DAEMON_UID, DAEMON_UID)
+
+
 def whoami(socket_path):
     result = subprocess.run(["setpriv", f"--reuid={CALLER_UID}", f"--regid={CALLER_UID}",
                              "--clear-groups", CURL, "-s", "-w", "\n%{http_code}",
@@ -115,6 +127,7 @@ def main():
             state_dir = os.path.join(work, str(index))
             os.mkdir(state_dir, 0o700)
             os.chown(state_dir, DAEMON_UID, DAEMON_UID)
+            write_digest_policy(state_dir)
             daemon, socket_path = start(options, caps, state_dir)
             try:
                 # Dev mode keeps its socket to its own user; open it to the other-uid caller.

@@ -229,12 +229,14 @@ TEST(CallerIdentityTest, ToJsonHasEveryFieldAndNullsForUnknown) {
   CallerIdentity id = Admin(false);
   id.pid = 42;
   id.exe = "/usr/bin/x";
+  id.exe_sha256_unknown = "not_needed";
   nlohmann::json json = id.ToJson();
   EXPECT_EQ(json, nlohmann::json::parse(R"({"pid": 42, "uid": 1003, "user": "carol",
       "gid": 1003, "group": "carol",
       "groups": [{"gid": 27, "name": "sudo"}, {"gid": 60, "name": "vecseal-admin"}],
-      "exe": "/usr/bin/x", "exe_sha256": null, "unit": null, "script": null,
-      "script_sha256": null, "code_unproven": null, "script_refused": null})"));
+      "exe": "/usr/bin/x", "exe_sha256": null, "exe_sha256_unknown": "not_needed",
+      "unit": null, "script": null, "script_sha256": null, "script_sha256_unknown": null,
+      "code_unproven": null, "script_refused": null})"));
 }
 
 }  // namespace

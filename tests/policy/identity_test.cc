@@ -12,7 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -658,6 +660,103 @@ TEST_P(CodeTest, DigestsAreCachedRehashedOnChangeAndRateLimitedPerUid) {
   EXPECT_EQ(connect(), "");
   EXPECT_EQ(resolver.stats().files_hashed, 2u);
   EXPECT_EQ(resolver.stats().digests_rate_limited, 1u);
+}
+
+// Issue #17: a digest is computed only when some rule tests it. The caller runs a 200 MB sparse
+// copy of the helper, touched before each connect so that the digest cache cannot answer.
+TEST_P(CodeTest, DigestsAreComputedOnlyWhenARuleNeedsThem) {
+  const std::string exe = dir_ / "large-helper";
+  WriteFile(exe, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  ASSERT_EQ(truncate(exe.c_str(), off_t{200} << 20), 0);
+  const std::string digest = Sha256OfFile(exe);
+  time_t stamp = 1000;
+  auto connect = [&]() {
+    timespec times[2] = {{stamp, 0}, {stamp, 0}};
+    ++stamp;
+    EXPECT_EQ(utimensat(AT_FDCWD, exe.c_str(), times, 0), 0);
+    Spawn({exe, "connect", socket_path_});
+    return Accept();
+  };
+  Result<PolicyPtr> by_uid = Policy::Parse(
+      R"({"version": 1, "rules": [{"id": "by-uid", "callers": {"uid": )" +
+      std::to_string(geteuid()) + R"(}, "keys": ["*"], "operations": ["encrypt"]}]})");
+  ASSERT_TRUE(by_uid.ok()) << by_uid.status().ToString();
+  Result<PolicyPtr> pinned = Policy::Parse(ExeSha256Rule(digest));
+  ASSERT_TRUE(pinned.ok()) << pinned.status().ToString();
+  EXPECT_EQ((*by_uid)->digest_needs(), (DigestNeeds{.exe = false, .script = false}));
+  EXPECT_EQ((*pinned)->digest_needs(), (DigestNeeds{.exe = true, .script = false}));
+  IdentityResolver resolver(Options());
+
+  using Clock = std::chrono::steady_clock;
+  auto millis = [](Clock::duration d) {
+    return std::chrono::duration<double, std::milli>(d).count();
+  };
+  Fd conn = connect();
+  const Clock::time_point unhashed_start = Clock::now();
+  Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver,
+                                                       (*by_uid)->digest_needs());
+  const Clock::duration unhashed = Clock::now() - unhashed_start;
+  ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+  EXPECT_EQ(peer->identity().exe, exe);
+  EXPECT_EQ(peer->identity().exe_sha256, "");
+  EXPECT_EQ(peer->identity().exe_sha256_unknown, kDigestNotNeeded);
+  EXPECT_TRUE(peer->identity().ToJson()["exe_sha256"].is_null());
+  EXPECT_EQ(peer->identity().ToJson()["exe_sha256_unknown"], "not_needed");
+  EXPECT_TRUE((*by_uid)->Decide(peer->identity(), Operation::kEncrypt, "k").granted);
+  ASSERT_TRUE(peer->Refresh(resolver, (*by_uid)->digest_needs()).ok());
+  EXPECT_EQ(resolver.stats().files_hashed, 0u);
+  EXPECT_EQ(resolver.stats().digest_cache_misses, 0u);
+
+  // A reload adds a digest rule: the next request on the same connection hashes.
+  const Clock::time_point hashed_start = Clock::now();
+  ASSERT_TRUE(peer->Refresh(resolver, (*pinned)->digest_needs()).ok());
+  const Clock::duration hashed = Clock::now() - hashed_start;
+  std::cout << "[ figures  ] identified without a digest rule in " << millis(unhashed)
+            << " ms; re-identified with one (200 MB hashed) in " << millis(hashed) << " ms\n";
+  EXPECT_EQ(peer->identity().exe_sha256, digest);
+  EXPECT_EQ(peer->identity().exe_sha256_unknown, "");
+  EXPECT_TRUE((*pinned)->Decide(peer->identity(), Operation::kEncrypt, "k").granted);
+  EXPECT_EQ(resolver.stats().files_hashed, 1u);
+
+  // A new connection under the digest rule hashes the touched file again, as before.
+  Fd second = connect();
+  Result<PeerIdentity> again = PeerIdentity::FromSocket(second.get(), resolver,
+                                                        (*pinned)->digest_needs());
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->identity().exe_sha256, digest);
+  EXPECT_EQ(resolver.stats().files_hashed, 2u);
+}
+
+// A digest left unknown by the uid's hashing budget is explained as such, not as a mismatch.
+TEST_P(CodeTest, RateLimitedDigestIsExplainedAsUnknownNotAsDifferent) {
+  const std::string exe = dir_ / "helper";
+  WriteFile(exe, testing_util::ReadFile(VECSEAL_PEER_HELPER), 0755);
+  struct stat st;
+  ASSERT_EQ(stat(exe.c_str(), &st), 0);
+  IdentityResolverOptions options = Options();
+  options.max_hash_bytes = static_cast<uint64_t>(st.st_size);  // the bucket: one hash
+  options.digest_bytes_per_second_per_uid = 1;
+  IdentityResolver resolver(options);
+  const std::string digest = Sha256OfFile(exe);
+  std::vector<CallerIdentity> seen;
+  for (time_t stamp : {1000, 2000}) {
+    timespec times[2] = {{stamp, 0}, {stamp, 0}};
+    ASSERT_EQ(utimensat(AT_FDCWD, exe.c_str(), times, 0), 0);
+    Spawn({exe, "connect", socket_path_});
+    Fd conn = Accept();
+    Result<PeerIdentity> peer = PeerIdentity::FromSocket(conn.get(), resolver);
+    ASSERT_TRUE(peer.ok()) << peer.status().ToString();
+    seen.push_back(peer->identity());
+  }
+  EXPECT_EQ(seen[0].exe_sha256, digest);
+  EXPECT_EQ(WhyNot(ExeSha256Rule(digest), seen[0]), "");
+  EXPECT_EQ(seen[1].exe_sha256, "");
+  EXPECT_EQ(seen[1].exe_sha256_unknown, "digest_rate_limited");
+  EXPECT_EQ(resolver.stats().digests_rate_limited, 1u);
+  EXPECT_EQ(WhyNot(ExeSha256Rule(digest), seen[1]),
+            "exe_sha256 is unknown: not hashed, since uid " + std::to_string(geteuid()) +
+                " has spent its hashing budget (digest_rate_limited); a later connection is "
+                "hashed once the budget refills");
 }
 
 TEST(NameCacheTest, NamesAreCachedUnlessDisabled) {

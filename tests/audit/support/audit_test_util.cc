@@ -67,7 +67,7 @@ Event SampleEvent(int i) {
   event.event = i % 7 == 3 ? "deny" : "encrypt";
   event.request_id = "req-" + std::to_string(i);
   event.caller = Caller{1000 + i, 1000, "alice", 1000, "/usr/bin/python3.11",
-                        std::string(64, 'a'), "embedder.service", "/srv/embed.py"};
+                        std::string(64, 'a'), "embedder.service", "/srv/embed.py", ""};
   event.key = i % 2 == 0 ? "demo" : "search";
   event.key_version = 1 + static_cast<uint32_t>(i % 3);
   event.operation = "encrypt";

@@ -35,6 +35,10 @@ struct Caller {
   std::string exe_sha256;
   std::string unit;    // systemd unit, if any
   std::string script;  // interpreter script, if any
+  // Why exe_sha256 is empty (policy::CallerIdentity::exe_sha256_unknown), such as "not_needed".
+  // Last, so that positional initializers of the fields above keep their meaning; the record
+  // writes it right after exe_sha256.
+  std::string exe_sha256_unknown;
 };
 
 // One request or daemon event. Empty strings and empty optionals are left out of the record.

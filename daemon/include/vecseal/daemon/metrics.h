@@ -30,6 +30,12 @@ class Metrics {
   // Read at render time: (Cryptoki function, calls so far) for vecseal_hsm_calls_total.
   using HsmCalls = std::vector<std::pair<std::string, uint64_t>>;
   void SetHsmCallsSource(std::function<HsmCalls()> source);
+  // Read at render time: the identity resolver's hashing of callers' executables and scripts.
+  struct DigestCounts {
+    uint64_t files_hashed = 0;
+    uint64_t rate_limited = 0;
+  };
+  void SetDigestCountsSource(std::function<DigestCounts()> source);
 
   // Every series. Key names the reader may not see (`may_see_key` false) are not shown: their
   // series are added into those of the empty key, so that totals stay right and a caller without
@@ -56,6 +62,7 @@ class Metrics {
   std::atomic<uint64_t> audit_errors_{0};
   std::function<size_t()> connections_;
   std::function<HsmCalls()> hsm_calls_;
+  std::function<DigestCounts()> digest_counts_;
 };
 
 }  // namespace vecseal::daemon

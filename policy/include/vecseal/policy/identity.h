@@ -37,10 +37,16 @@ struct CallerIdentity {
   std::vector<std::string> group_names;  // group_names[i] names supplementary_gids[i], or ""
   std::string exe;         // /proc/PID/exe link text (may end in " (deleted)")
   std::string exe_sha256;  // lower-case hex of the image actually running
+  // Why exe_sha256 is empty: kDigestNotNeeded when no policy rule tests it (it was not
+  // computed), file_unreadable when the image could not be opened, else the hashing error's
+  // reason (digest_rate_limited, file_too_large, ...). Empty when the digest is known.
+  std::string exe_sha256_unknown;
   std::string unit;        // systemd system unit ("foo.service", "session-3.scope"), or empty
   std::string script;  // interpreters only: canonical path of the script, a regular file the
                        // caller may read (mode bits); else empty
   std::string script_sha256;  // when `script` is known and within the hashing limit
+  // Why script_sha256 is empty although `script` is known, as for exe_sha256_unknown.
+  std::string script_sha256_unknown;
   // Why exe_sha256, script and script_sha256 cannot vouch for the code running: a loader
   // variable (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT), an executable mapping from outside the
   // system library directories, or /proc/PID/environ or maps unreadable. Empty when they can.
@@ -51,9 +57,21 @@ struct CallerIdentity {
   std::string script_refused;
 
   // {"pid", "uid", "user", "gid", "group", "groups": [{"gid", "name"}], "exe", "exe_sha256",
-  //  "unit", "script", "script_sha256", "code_unproven", "script_refused"}; unknown (or, for the
-  //  last two, empty) strings are null. No lookups: cheap per request.
+  //  "exe_sha256_unknown", "unit", "script", "script_sha256", "script_sha256_unknown",
+  //  "code_unproven", "script_refused"}; unknown (or, for the reasons, empty) strings are null.
+  //  No lookups: cheap per request.
   nlohmann::json ToJson() const;
+};
+
+// exe_sha256_unknown or script_sha256_unknown when no rule of the policy tests that digest.
+inline constexpr const char* kDigestNotNeeded = "not_needed";
+
+// Which digests to compute when a peer is identified. Hashing reads the whole file, so the
+// daemon asks only for those its policy's rules test (Policy::digest_needs()).
+struct DigestNeeds {
+  bool exe = true;
+  bool script = true;
+  bool operator==(const DigestNeeds&) const = default;
 };
 
 struct IdentityResolverOptions {
@@ -188,10 +206,13 @@ struct ExecMarker {
 //   identity_unavailable (kUnavailable): /proc could not be read for a live peer.
 class PeerIdentity {
  public:
-  static Result<PeerIdentity> FromSocket(int connected_fd, IdentityResolver& resolver);
+  // Computes only the digests `needs` asks for; the others are reported as kDigestNotNeeded.
+  static Result<PeerIdentity> FromSocket(int connected_fd, IdentityResolver& resolver,
+                                         DigestNeeds needs = {});
   // A process named by PID, for `--check-policy --as-pid`: credentials come from /proc/PID/status
   // instead of the socket. Diagnostics only; requests are decided from FromSocket.
-  static Result<PeerIdentity> FromPid(pid_t pid, IdentityResolver& resolver);
+  static Result<PeerIdentity> FromPid(pid_t pid, IdentityResolver& resolver,
+                                      DigestNeeds needs = {});
 
   PeerIdentity(PeerIdentity&& other) noexcept;
   PeerIdentity& operator=(PeerIdentity&& other) noexcept;
@@ -203,10 +224,11 @@ class PeerIdentity {
 
   // Cheap when nothing changed (a poll on the pidfd, a stat of /proc/PID/exe and reads of
   // /proc/PID/stat and /proc/PID/cmdline). Re-resolves the program (exe, digests, unit, script)
-  // when the peer exec'd since, keeping the credentials taken at connect(); returns peer_gone
-  // when it exited.
+  // when the peer exec'd since, or when `needs` asks for a digest that was not needed before (a
+  // reloaded policy), keeping the credentials taken at connect(); returns peer_gone when it
+  // exited.
   // On error the previous identity must not be used.
-  Status Refresh(IdentityResolver& resolver);
+  Status Refresh(IdentityResolver& resolver, DigestNeeds needs = {});
 
   // True when the pidfd came from SO_PEERPIDFD rather than the pidfd_open fallback.
   bool pinned_by_socket() const { return pinned_by_socket_; }
@@ -223,6 +245,7 @@ class PeerIdentity {
   int cmdline_fd_ = -1;
   bool pinned_by_socket_ = false;
   internal::ExecMarker marker_;
+  DigestNeeds digests_sought_;  // what the last resolution was asked to compute
   CallerIdentity identity_;
 };
 

@@ -89,6 +89,10 @@ class Policy {
 
   size_t rule_count() const;
 
+  // The digests some rule tests (exe_sha256, script_sha256): the only ones worth computing when
+  // a caller is identified under this policy.
+  DigestNeeds digest_needs() const { return digest_needs_; }
+
   // Public for std::make_shared only; build with Parse.
   struct Rule;
   explicit Policy(std::vector<Rule> rules);
@@ -96,6 +100,7 @@ class Policy {
 
  private:
   std::vector<Rule> rules_;
+  DigestNeeds digest_needs_;
 };
 
 // sshd StrictModes for a file the daemon trusts (policy, config): the file and every directory
