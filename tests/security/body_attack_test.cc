@@ -443,7 +443,8 @@ TEST_F(BodyAttackTest, ANewDimensionIsRefusedBeforeAnyDerivation) {
 
   const auto keys = admin_->Get("/v1/keys");
   ASSERT_EQ(keys.status, 200u);
-  for (const json& key : json::parse(keys.body)["keys"]) {
+  const json listed = json::parse(keys.body);  // the loop must not outlive a temporary
+  for (const json& key : listed["keys"]) {
     if (key["name"] == "theirs") {
       EXPECT_EQ(key["dimension"], kFirst);
     }
