@@ -247,6 +247,8 @@ Status ParseLimits(ObjectReader& r, Limits& limits) {
   VECSEAL_RETURN_IF_ERROR(CheckBodyBudget(r, limits));
   VECSEAL_RETURN_IF_ERROR(r.TakeNumber("derivation_ms_per_minute_per_uid", 1, 3'600'000,
                                        limits.derivation_ms_per_minute_per_uid));
+  VECSEAL_RETURN_IF_ERROR(r.TakeNumber("denied_requests_per_minute_per_uid", 1, 1'000'000,
+                                       limits.denied_requests_per_minute_per_uid));
   VECSEAL_RETURN_IF_ERROR(
       r.TakeNumber("max_header_bytes", 1024, 1 << 20, limits.max_header_bytes));
   VECSEAL_RETURN_IF_ERROR(r.TakeMillis("header_timeout_ms", limits.header_timeout));

@@ -464,7 +464,8 @@ class Daemon {
     VECSEAL_RETURN_IF_ERROR(server_->Adopt(listener_.fd));
     listener_.fd = -1;  // the server's acceptor owns it now and closes it; Cleanup must not
     metrics_.SetConnectionsSource([server = server_.get()] {
-      return server->active_connections();
+      return Metrics::ConnectionCounts{server->active_connections(),
+                                       server->delayed_for_denials()};
     });
     metrics_.SetHsmCallsSource([gate = &hsm_gate_] { return gate->CallCounts(); });
     metrics_.SetDigestCountsSource([resolver = &resolver_] {

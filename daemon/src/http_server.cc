@@ -10,6 +10,7 @@
 #include <array>
 #include <cctype>
 #include <chrono>
+#include <cmath>
 #include <exception>
 #include <optional>
 #include <sstream>
@@ -136,7 +137,11 @@ Status BodyMemoryExhausted(size_t budget) {
 class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(HttpServer& server, Socket socket, uid_t uid)
-      : server_(server), socket_(std::move(socket)), timer_(socket_.get_executor()), uid_(uid) {}
+      : server_(server),
+        socket_(std::move(socket)),
+        timer_(socket_.get_executor()),
+        penalty_timer_(socket_.get_executor()),
+        uid_(uid) {}
 
   ~Connection() {
     ReleaseSlot();
@@ -145,6 +150,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void Start() {
+    if (WaitOutDenialPenalty([self = shared_from_this()] { self->Start(); })) return;
     limits_ = server_.limits();
     // Identifying the peer reads /proc and may hash its executable: a worker's job, not an I/O
     // thread's. Nothing is read from the socket until it is done.
@@ -188,14 +194,33 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   }
 
   // Called on this connection's strand when the server drains. A connection whose next request
-  // has started to arrive is in flight, not idle.
+  // has started to arrive is in flight, not idle; one held back for its uid's refusals is not.
   void CloseIfIdle() {
     ErrorCode ec;
-    if (phase_ == Phase::kIdle && socket_.available(ec) == 0) Close();
+    if (penalised_ || (phase_ == Phase::kIdle && socket_.available(ec) == 0)) Close();
   }
 
  private:
   enum class Phase { kIdle, kHeader, kBody, kHandling, kWriting, kLingering, kClosed };
+
+  // While this uid has spent its refusals, waits (reading and identifying nothing, and costing
+  // no CPU) until it has credit again, then runs `resume`; false when there is nothing to wait
+  // for. The wait holds one of the uid's own connection slots, so it cannot grow past them.
+  template <class Resume>
+  bool WaitOutDenialPenalty(Resume resume) {
+    const std::chrono::milliseconds penalty = server_.DenialPenalty(uid_);
+    if (penalty.count() == 0 || server_.draining_.load()) return false;
+    penalised_ = true;
+    phase_ = Phase::kIdle;
+    ++server_.delayed_for_denials_;
+    penalty_timer_.expires_after(penalty);
+    penalty_timer_.async_wait([this, resume = std::move(resume)](ErrorCode ec) {
+      penalised_ = false;
+      if (ec || phase_ == Phase::kClosed) return;
+      resume();
+    });
+    return true;
+  }
 
   void ReadNext() {
     // Draining closes a connection only if no byte of a next request has arrived: a response
@@ -204,6 +229,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     if (server_.draining_.load() && buffer_.size() == 0 && socket_.available(available_ec) == 0) {
       return Close();
     }
+    if (WaitOutDenialPenalty([self = shared_from_this()] { self->ReadNext(); })) return;
     limits_ = server_.limits();
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(limits_->max_header_bytes));
@@ -463,6 +489,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
 
   void Write(std::shared_ptr<HttpResponse> response, bool keep_alive) {
     if (phase_ == Phase::kClosed) return;
+    if (response->result() == http::status::forbidden) server_.denials_.Charge(uid_, 1);
     keep_alive = keep_alive && !server_.draining_.load();
     response->keep_alive(keep_alive);
     response->prepare_payload();
@@ -537,6 +564,7 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
     phase_ = Phase::kClosed;
     ++timer_generation_;
     timer_.cancel();
+    penalty_timer_.cancel();
     ReleaseSlot();
     ErrorCode ignored;
     socket_.shutdown(Socket::shutdown_both, ignored);
@@ -554,6 +582,8 @@ class HttpServer::Connection : public std::enable_shared_from_this<Connection> {
   HttpServer& server_;
   Socket socket_;
   asio::steady_timer timer_;
+  asio::steady_timer penalty_timer_;  // see WaitOutDenialPenalty
+  bool penalised_ = false;
   const uid_t uid_;
   bool slot_released_ = false;
   size_t reserved_body_ = 0;  // of the server's body budget
@@ -578,7 +608,9 @@ HttpServer::HttpServer(RequestHandler& handler, ServerOptions options, const Lim
       workers_(std::max(1u, options.worker_threads)),
       acceptor_(asio::make_strand(io_)),
       limits_(std::make_shared<const Limits>(limits)),
-      buffers_(kRetainedBufferBytes) {}
+      buffers_(kRetainedBufferBytes),
+      denials_(static_cast<double>(limits.denied_requests_per_minute_per_uid),
+               static_cast<double>(limits.denied_requests_per_minute_per_uid) / 60.0) {}
 
 HttpServer::~HttpServer() { Drain(); }
 
@@ -607,6 +639,13 @@ void HttpServer::Start() {
 void HttpServer::SetLimits(const Limits& limits) {
   std::lock_guard lock(mutex_);
   limits_ = std::make_shared<const Limits>(limits);
+  denials_.Configure(static_cast<double>(limits.denied_requests_per_minute_per_uid),
+                     static_cast<double>(limits.denied_requests_per_minute_per_uid) / 60.0);
+}
+
+std::chrono::milliseconds HttpServer::DenialPenalty(uid_t uid) {
+  const double seconds = denials_.SecondsUntilCredit(uid);
+  return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000.0)));
 }
 
 std::shared_ptr<const Limits> HttpServer::limits() const {

@@ -22,7 +22,7 @@ void Metrics::CountVectors(const std::string& key, const std::string& operation,
   vectors_[{key, operation}] += vectors;
 }
 
-void Metrics::SetConnectionsSource(std::function<size_t()> source) {
+void Metrics::SetConnectionsSource(std::function<ConnectionCounts()> source) {
   std::lock_guard lock(mutex_);
   connections_ = std::move(source);
 }
@@ -83,6 +83,7 @@ std::string Metrics::RenderPrometheus(
         << "vecseal_request_duration_seconds_sum{" << label << "} " << histogram.sum << '\n'
         << "vecseal_request_duration_seconds_count{" << label << "} " << histogram.count << '\n';
   }
+  const ConnectionCounts connections = connections_ ? connections_() : ConnectionCounts{};
   out << "# HELP vecseal_hsm_errors_total HSM operations that failed.\n"
          "# TYPE vecseal_hsm_errors_total counter\n"
       << "vecseal_hsm_errors_total " << hsm_errors_.load() << '\n'
@@ -91,7 +92,11 @@ std::string Metrics::RenderPrometheus(
       << "vecseal_audit_errors_total " << audit_errors_.load() << '\n'
       << "# HELP vecseal_connections Open client connections.\n"
          "# TYPE vecseal_connections gauge\n"
-      << "vecseal_connections " << (connections_ ? connections_() : 0) << '\n'
+      << "vecseal_connections " << connections.open << '\n'
+      << "# HELP vecseal_delayed_for_denials_total Connections and requests held back because "
+         "their uid had spent limits.denied_requests_per_minute_per_uid.\n"
+         "# TYPE vecseal_delayed_for_denials_total counter\n"
+      << "vecseal_delayed_for_denials_total " << connections.delayed_for_denials << '\n'
       << "# HELP vecseal_hsm_calls_total Cryptoki calls made, by function (those that cost the "
          "HSM work or a round trip).\n"
          "# TYPE vecseal_hsm_calls_total counter\n";

@@ -1,17 +1,35 @@
 #!/usr/bin/python3
 """packaging/kubernetes/vecseald-daemonset.yaml: the config it ships passes
-`vecseald --check-config`, its policy denies everything, and the pod keeps the settings the
-daemon's identity checks depend on. (No cluster here: what a cluster adds is not tested.)
+`vecseald --check-config`, its policy denies everything, the pod keeps the settings the
+daemon's identity checks depend on, and its memory limit is the unit's MemoryMax= (the
+daemon's own bounds need it; docs/operations.md, "Memory and tasks"). (No cluster here: what a
+cluster adds is not tested.)
 
     daemonset_test.py SOURCE_DIR VECSEALD
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 
 import yaml
+
+# Binary suffixes, as both systemd (MemoryMax=2G) and Kubernetes (2Gi) read them.
+UNIT_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+KUBERNETES_SUFFIXES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def unit_memory_max(source):
+    with open(os.path.join(source, "packaging", "systemd", "vecseald.service")) as f:
+        match = re.search(r"^MemoryMax=(\d+)([KMGT])$", f.read(), re.MULTILINE)
+    return int(match.group(1)) * UNIT_SUFFIXES[match.group(2)]
+
+
+def kubernetes_bytes(quantity):
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)", quantity)
+    return int(match.group(1)) * KUBERNETES_SUFFIXES[match.group(2)] if match else None
 
 
 def main():
@@ -34,6 +52,11 @@ def main():
         failures.append("the container must not be privileged or escalate")
     if not security.get("readOnlyRootFilesystem"):
         failures.append("the root file system must be read-only")
+    memory_limit = kubernetes_bytes(container["resources"]["limits"]["memory"])
+    if memory_limit != unit_memory_max(source):
+        failures.append(f"limits.memory {container['resources']['limits']['memory']} is not the "
+                        f"unit's MemoryMax= ({unit_memory_max(source)} bytes), which the daemon's "
+                        "own bounds need")
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     config = json.loads(config_map["vecseald.json"])
     if os.path.dirname(config["socket"]["path"]) != mounts["socket-dir"]:

@@ -56,6 +56,11 @@ struct Limits {
   // Wall time one uid may make the daemon spend, per minute, deriving the transforms of key
   // versions it has not used yet (a token bucket): a rotation at d = 4096 takes seconds of CPU.
   uint64_t derivation_ms_per_minute_per_uid = 30'000;
+  // Requests of one uid the policy may refuse per minute (a token bucket holding a minute's
+  // worth). Past it, that uid's next connections and requests wait, unread and unidentified,
+  // until it has credit again: each refusal costs the daemon an identification and an audit
+  // record, and a caller without a grant must not be able to spend them at will.
+  uint64_t denied_requests_per_minute_per_uid = 120;
   size_t max_header_bytes = 16 << 10;
   std::chrono::milliseconds header_timeout{10'000};  // first byte to end of headers
   std::chrono::milliseconds body_timeout{60'000};    // end of headers to end of body

@@ -27,6 +27,7 @@
 #include "vecseal/core/status.h"
 #include "vecseal/daemon/config.h"
 #include "vecseal/daemon/http_body.h"
+#include "vecseal/policy/rate_limit.h"
 
 namespace vecseal::daemon {
 
@@ -99,6 +100,9 @@ class HttpServer {
   size_t active_connections() const { return open_connections_.load(); }
   // Request body bytes held now, counted against limits.max_buffered_body_bytes.
   size_t buffered_body_bytes() const { return buffered_body_bytes_.load(); }
+  // Connections and requests held back because their uid had spent
+  // limits.denied_requests_per_minute_per_uid.
+  uint64_t delayed_for_denials() const { return delayed_for_denials_.load(); }
 
   // One line per live connection (its phase, deadline, timer, and buffered, unread and reserved
   // body bytes), each taken on the connection's own strand; a connection that does not answer
@@ -129,6 +133,9 @@ class HttpServer {
   // the request must go to a worker.
   bool TryEnterInlineHandler();
   void LeaveInlineHandler();
+  // How long `uid` must wait before its next connection or request is taken up: zero unless
+  // it has spent its refusals (limits.denied_requests_per_minute_per_uid).
+  std::chrono::milliseconds DenialPenalty(uid_t uid);
 
   RequestHandler& handler_;
   ServerOptions options_;
@@ -149,6 +156,8 @@ class HttpServer {
   // Open connections per peer uid (SO_PEERCRED); guarded by mutex_.
   std::map<uid_t, size_t> connections_per_uid_;
   std::atomic<size_t> buffered_body_bytes_{0};
+  policy::UidRateLimiter denials_;
+  std::atomic<uint64_t> delayed_for_denials_{0};
   // Connection objects not yet destroyed, which Drain waits for; guarded by mutex_.
   size_t live_connections_ = 0;
   std::atomic<size_t> inline_handlers_{0};

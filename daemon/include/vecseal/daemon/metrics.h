@@ -25,8 +25,13 @@ class Metrics {
   void CountVectors(const std::string& key, const std::string& operation, uint64_t vectors);
   void CountHsmError() { hsm_errors_.fetch_add(1, std::memory_order_relaxed); }
   void CountAuditError() { audit_errors_.fetch_add(1, std::memory_order_relaxed); }
-  // Read at render time (the server's live connection count).
-  void SetConnectionsSource(std::function<size_t()> source);
+  // Read at render time: the server's live connections, and the connections and requests it
+  // held back for their uid's refusals.
+  struct ConnectionCounts {
+    size_t open = 0;
+    uint64_t delayed_for_denials = 0;
+  };
+  void SetConnectionsSource(std::function<ConnectionCounts()> source);
   // Read at render time: (Cryptoki function, calls so far) for vecseal_hsm_calls_total.
   using HsmCalls = std::vector<std::pair<std::string, uint64_t>>;
   void SetHsmCallsSource(std::function<HsmCalls()> source);
@@ -60,7 +65,7 @@ class Metrics {
   std::map<std::string, Histogram> durations_;
   std::atomic<uint64_t> hsm_errors_{0};
   std::atomic<uint64_t> audit_errors_{0};
-  std::function<size_t()> connections_;
+  std::function<ConnectionCounts()> connections_;
   std::function<HsmCalls()> hsm_calls_;
   std::function<DigestCounts()> digest_counts_;
 };
