@@ -4,9 +4,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
+#include <set>
 #include <sstream>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "vecseal/daemon/config.h"
 #include "vecseal/daemon/daemon.h"
@@ -447,6 +450,48 @@ TEST(ConfigDocsTest, TheAuditTokenExampleGivesTheAuditKeyItsOwnTokenAndPin) {
   EXPECT_NE(config->audit.pkcs11->token_label, config->pkcs11.token_label);
   EXPECT_EQ(config->audit.pkcs11->pin.credential, "vecseal-audit-pin");
   EXPECT_NE(config->audit.pkcs11->pin, config->pkcs11.pin);
+}
+
+// Every `section.key` a page of docs/ or README.md names, as `audit.seal_every_seconds`, is a
+// key the parser accepts: set in the complete example, it may be refused for its value, never
+// as an unknown key. Policy operations (`audit.read`) and file names (`policy.json`) are not
+// keys.
+TEST(ConfigDocsTest, EveryConfigKeyTheDocsNameIsAccepted) {
+  const nlohmann::json example = nlohmann::json::parse(DocJsonBlocks().at(0));
+  const std::set<std::string> sections = {"socket",  "pkcs11", "derivation", "limits",
+                                          "threads", "policy", "audit"};
+  const std::set<std::string> not_keys = {"audit.read", "pkcs11.h", "policy.json"};
+  const std::regex dotted("`([a-z0-9_]+(\\.[a-z0-9_]+)+)`");
+  std::set<std::string> named;
+  std::vector<std::string> pages = {VECSEAL_SOURCE_DIR "/README.md"};
+  for (const auto& entry : std::filesystem::directory_iterator(VECSEAL_SOURCE_DIR "/docs")) {
+    if (entry.path().extension() == ".md") pages.push_back(entry.path());
+  }
+  for (const std::string& page : pages) {
+    std::stringstream contents;
+    contents << std::ifstream(page).rdbuf();
+    const std::string text = contents.str();
+    for (std::sregex_iterator it(text.begin(), text.end(), dotted), end; it != end; ++it) {
+      const std::string path = (*it)[1];
+      if (sections.contains(path.substr(0, path.find('.'))) && !not_keys.contains(path)) {
+        named.insert(path);
+      }
+    }
+  }
+  ASSERT_GE(named.size(), 20u) << "the scan found too few keys to be working";
+  for (const std::string& path : named) {
+    bool accepted = false;
+    for (const nlohmann::json& probe : {nlohmann::json(1), nlohmann::json("x"),
+                                        nlohmann::json(true), nlohmann::json::object()}) {
+      nlohmann::json config = example;
+      config[nlohmann::json::json_pointer("/" + std::regex_replace(path, std::regex("\\."), "/"))] =
+          probe;
+      const auto parsed = ParseConfig(config.dump());
+      accepted = accepted || parsed.ok() ||
+                 parsed.status().message().find("unknown key") == std::string::npos;
+    }
+    EXPECT_TRUE(accepted) << "the docs name `" << path << "`, which is not a config key";
+  }
 }
 
 }  // namespace
