@@ -189,6 +189,14 @@ Status AtRow(Status status, const std::string& path, uint64_t first_row) {
                 path + ": row " + std::to_string(row) + ": " + message);
 }
 
+// The daemon's limits.max_vectors or max_body_bytes is below --batch: say which option to lower.
+Status NameBatchOption(Status status, size_t batch) {
+  if (status.reason() != "too_many_vectors" && status.reason() != "body_too_large") return status;
+  return Status(status.code(), status.reason(),
+                "--batch " + std::to_string(batch) + " is too large for this daemon: " +
+                    status.message());
+}
+
 Result<std::unique_ptr<Client>> ConnectClient(const std::string& socket,
                                               const std::atomic<bool>* cancel = nullptr) {
   ClientOptions options;
@@ -299,7 +307,9 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
     uint32_t version = 0;
     if (encrypt) {
       Result<client::EncryptResult> sealed = daemon.Encrypt(t.key, chunk, dimension, t.reversible, t.key_version);
-      if (!sealed.ok()) return AtRow(std::move(sealed).TakeStatus(), t.in, rows_done);
+      if (!sealed.ok()) {
+        return NameBatchOption(AtRow(std::move(sealed).TakeStatus(), t.in, rows_done), t.batch);
+      }
       version = sealed->key_version;
       VECSEAL_RETURN_IF_ERROR((*writer)->Write(sealed->vectors, records));
       if (token_out) VECSEAL_RETURN_IF_ERROR(token_out->Write(sealed->tokens));
@@ -311,7 +321,9 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
                       t.tokens + " holds fewer tokens than " + t.in + " holds vectors");
       }
       Result<client::DecryptResult> opened = daemon.Decrypt(t.key, chunk, dimension, tokens);
-      if (!opened.ok()) return AtRow(std::move(opened).TakeStatus(), t.in, rows_done);
+      if (!opened.ok()) {
+        return NameBatchOption(AtRow(std::move(opened).TakeStatus(), t.in, rows_done), t.batch);
+      }
       VECSEAL_RETURN_IF_ERROR((*writer)->Write(opened->vectors, records));
     }
     // One output file, one key version: a rotation mid-run would mix two keys in one training

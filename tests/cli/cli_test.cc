@@ -373,6 +373,20 @@ TEST_F(CliTest, BadVectorIsNamedByItsRowInTheFile) {
   EXPECT_EQ(Listing(), std::vector<std::string>{"in.npy"});
 }
 
+// A --batch above the daemon's limits.max_vectors (10000 by default) is refused by the daemon;
+// the message says which option to lower.
+TEST_F(CliTest, ABatchOverTheDaemonsLimitNamesTheOption) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("large-batch");
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(10001, 2)).ok());
+  const ProcessResult r = Vecseal(
+      {"encrypt", "--key", "large-batch", "--batch", "20000", Path("in.npy"), Path("out.npy")});
+  EXPECT_EQ(r.exit_code, 5) << r.err;
+  EXPECT_THAT(r.err, StartsWith("vecseal: --batch 20000 is too large for this daemon: the "
+                                "request holds more than the limit of 10000 vectors"));
+  EXPECT_EQ(Listing(), std::vector<std::string>{"in.npy"});
+}
+
 TEST_F(CliTest, DaemonErrorsMapToExitCodes) {
   VECSEAL_REQUIRE_DAEMON();
   CreateKey("fixed-8", "8");
