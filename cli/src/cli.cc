@@ -35,8 +35,9 @@ constexpr std::string_view kUsage = R"(usage: vecseal [--socket PATH] COMMAND [A
 
 Commands:
   encrypt --key NAME [--key-version N] [--reversible --tokens OUT.tok] [--field F] [--dim D]
-          [--batch N] IN OUT
-  decrypt --key NAME --tokens IN.tok [--field F] [--dim D] [--batch N] IN OUT
+          [--batch N] [--format npy|fvecs|jsonl|f32] IN OUT
+  decrypt --key NAME --tokens IN.tok [--field F] [--dim D] [--batch N]
+          [--format npy|fvecs|jsonl|f32] IN OUT
   keys list
   keys create NAME --approximation-factor BETA [--transform rotate|permute] [--dimension D]
                    [--derivation aes|hmac]
@@ -211,10 +212,22 @@ struct TransferArgs {
   size_t batch = kDefaultBatch;
   bool reversible = false;
   std::optional<uint32_t> key_version;  // empty: the newest
+  // --format: of IN and OUT where the name does not say it (no known extension).
+  std::optional<client::VectorFormat> format;
 };
 
+// The format of `path`: its extension's, else --format's.
+Result<client::VectorFormat> FormatOf(const std::string& path,
+                                      std::optional<client::VectorFormat> format) {
+  Result<client::VectorFormat> by_name = client::FormatFromPath(path);
+  if (by_name.ok() || format) return by_name.ok() ? *by_name : *format;
+  return Status(by_name.status().code(), by_name.status().reason(),
+                by_name.status().message() + " with --format npy|fvecs|jsonl|f32");
+}
+
 Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encrypt) {
-  Args parsed(args, {"key", "tokens", "field", "dim", "batch", "key-version"}, {"reversible"});
+  Args parsed(args, {"key", "tokens", "field", "dim", "batch", "key-version", "format"},
+              {"reversible"});
   VECSEAL_RETURN_IF_ERROR(parsed.Parse());
   TransferArgs t;
   t.key = parsed.Get("key");
@@ -244,6 +257,11 @@ Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encry
   Result<size_t> batch = parsed.GetSize("batch", kDefaultBatch, 1);
   if (!batch.ok()) return std::move(batch).TakeStatus();
   t.batch = *batch;
+  if (parsed.Has("format")) {
+    Result<client::VectorFormat> format = client::FormatFromName(parsed.Get("format"));
+    if (!format.ok()) return Usage("--format: " + format.status().message());
+    t.format = *format;
+  }
   if (t.in == t.out || t.tokens == t.in || t.tokens == t.out) {
     return Usage("IN, OUT and the token file must be different files");
   }
@@ -255,7 +273,10 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
   client::FormatOptions in_options;
   in_options.dimension = t.dimension;
   in_options.field = t.field;
-  Result<client::VectorFormat> out_format = client::FormatFromPath(t.out);
+  Result<client::VectorFormat> in_format = FormatOf(t.in, t.format);
+  if (!in_format.ok()) return std::move(in_format).TakeStatus();
+  in_options.format = *in_format;
+  Result<client::VectorFormat> out_format = FormatOf(t.out, t.format);
   if (!out_format.ok()) return std::move(out_format).TakeStatus();
 
   Result<std::unique_ptr<client::VectorReader>> reader = client::OpenVectorReader(t.in, in_options);
@@ -289,6 +310,7 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
   }
   client::FormatOptions out_options;
   out_options.field = t.field;
+  out_options.format = *out_format;
   Result<std::unique_ptr<client::VectorWriter>> writer =
       client::CreateVectorWriter(t.out, dimension, out_options);
   if (!writer.ok()) return std::move(writer).TakeStatus();

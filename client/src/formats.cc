@@ -636,6 +636,15 @@ Result<VectorFormat> FormatFromPath(std::string_view path) {
                     ": unknown file type (use .npy, .fvecs, .jsonl or .f32, or name the format)");
 }
 
+Result<VectorFormat> FormatFromName(std::string_view name) {
+  for (VectorFormat format :
+       {VectorFormat::kNpy, VectorFormat::kFvecs, VectorFormat::kJsonl, VectorFormat::kRaw}) {
+    if (FormatName(format) == name) return format;
+  }
+  return Status(Code::kInvalidArgument, "unknown_format",
+                "unknown format '" + std::string(name) + "' (use npy, fvecs, jsonl or f32)");
+}
+
 Result<std::unique_ptr<VectorReader>> OpenVectorReader(const std::string& path,
                                                        const FormatOptions& options) {
   Result<VectorFormat> format = ResolveFormat(path, options);

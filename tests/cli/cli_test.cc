@@ -218,7 +218,29 @@ TEST_F(CliTest, LocalFileErrorsNameTheFile) {
   const ProcessResult ext = Vecseal({"encrypt", "--key", "k", Path("in.npy"), Path("o.csv")});
   EXPECT_EQ(ext.exit_code, 5);
   EXPECT_EQ(ext.err, "vecseal: " + Path("o.csv") +
-                         ": unknown file type (use .npy, .fvecs, .jsonl or .f32, or name the format)\n");
+                         ": unknown file type (use .npy, .fvecs, .jsonl or .f32, or name the "
+                         "format) with --format npy|fvecs|jsonl|f32\n");
+  const ProcessResult unknown =
+      Vecseal({"encrypt", "--key", "k", "--format", "csv", Path("in.npy"), Path("o.csv")});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_THAT(unknown.err, HasSubstr("--format: unknown format 'csv' (use npy, fvecs, jsonl or f32)"));
+}
+
+// --format names the format of a file whose name does not say it, and leaves alone one whose
+// extension does: here a .npy input and an .npy-formatted output named out.bin.
+TEST_F(CliTest, FormatNamesTheFormatOfAFileWithoutAKnownExtension) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("formats");
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), Sample(3, 4)).ok());
+  const ProcessResult r = Vecseal(
+      {"encrypt", "--key", "formats", "--format", "npy", Path("in.npy"), Path("out.bin")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  client::FormatOptions as_npy;
+  as_npy.format = client::VectorFormat::kNpy;
+  Result<client::Matrix> out = client::ReadMatrix(Path("out.bin"), as_npy);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->rows, 3u);
+  EXPECT_EQ(out->dimension, 4u);
 }
 
 // On a terminal, encrypt draws a progress bar with the rate and the time left while it runs,

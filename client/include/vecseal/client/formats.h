@@ -27,6 +27,8 @@ enum class VectorFormat : uint8_t {
 std::string_view FormatName(VectorFormat format);  // "npy" | "fvecs" | "jsonl" | "f32"
 // By extension: .npy, .fvecs, .jsonl (or .ndjson), .f32.
 Result<VectorFormat> FormatFromPath(std::string_view path);
+// By FormatName's names.
+Result<VectorFormat> FormatFromName(std::string_view name);
 
 struct FormatOptions {
   std::optional<VectorFormat> format;  // unset: from the file's extension
