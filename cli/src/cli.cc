@@ -463,6 +463,12 @@ Status RunKeys(std::span<const std::string> args, const std::string& socket, std
 std::string Scalar(const nlohmann::json& value) {
   if (value.is_string()) return value.get<std::string>();
   if (value.is_null()) return "-";
+  // A group of whoami's "groups": its name, and its gid as the kernel gave it.
+  if (value.is_object() && value.contains("gid")) {
+    const nlohmann::json name = value.value("name", nlohmann::json());
+    return (name.is_string() ? name.get<std::string>() + " " : std::string()) + "(" +
+           value["gid"].dump() + ")";
+  }
   if (value.is_array()) {
     std::string joined;
     for (const nlohmann::json& v : value) joined += (joined.empty() ? "" : ", ") + Scalar(v);
@@ -482,8 +488,11 @@ Status RunWhoami(std::span<const std::string> args, const std::string& socket, s
     return Status(Code::kInternal, "bad_response", "unexpected answer from vecseald: whoami is not JSON");
   }
   if (who.contains("identity") && who["identity"].is_object()) {
+    size_t width = 0;
+    for (const auto& [name, value] : who["identity"].items()) width = std::max(width, name.size());
     for (const auto& [name, value] : who["identity"].items()) {
-      out << std::left << std::setw(14) << (name + ":") << Scalar(value) << "\n";
+      out << std::left << std::setw(static_cast<int>(width + 2)) << (name + ":") << Scalar(value)
+          << "\n";
     }
   }
   out << "grants:";

@@ -10,6 +10,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <algorithm>
 #include <chrono>
@@ -37,6 +38,17 @@
 
 namespace vecseal::daemon {
 namespace {
+
+// `text` as one shell word: in single quotes unless it needs none.
+std::string ShellQuoted(const std::string& text) {
+  const bool plain = !text.empty() && std::all_of(text.begin(), text.end(), [](unsigned char c) {
+    return std::isalnum(c) != 0 || std::strchr("/._-+,:@%", c) != nullptr;
+  });
+  if (plain) return text;
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
 
 Status UsageError(std::string message) {
   return Status(Code::kInvalidArgument, "usage", std::move(message));
@@ -489,7 +501,9 @@ class Daemon {
                                  " version=" + std::string(kVersion) +
                                  " hsm=" + (hsm.ok() ? "connected" : "waiting"));
     if (!dev_dir_.empty()) {
-      std::cout << "vecseald ready: socket " << config_.socket.path << std::endl;
+      // The second line is for pasting into the shell that will call the daemon.
+      std::cout << "vecseald ready: socket " << config_.socket.path << "\n"
+                << "export VECSEAL_SOCKET=" << ShellQuoted(config_.socket.path) << std::endl;
     }
     return Status::Ok();
   }

@@ -455,8 +455,16 @@ TEST_F(CliTest, KeysWhoamiAndStatus) {
 
   const ProcessResult who = Vecseal({"whoami"});
   EXPECT_EQ(who.exit_code, 0) << who.err;
-  EXPECT_THAT(who.out, HasSubstr("uid:"));
   EXPECT_THAT(who.out, HasSubstr("grants:"));
+  // One column of values, after the longest name (script_sha256_unknown:) and two spaces.
+  const std::string column(std::string("script_sha256_unknown:").size() + 1, ' ');
+  std::istringstream lines(who.out);
+  for (std::string line; std::getline(lines, line) && line != "grants:";) {
+    const size_t colon = line.find(':');
+    ASSERT_NE(colon, std::string::npos) << line;
+    EXPECT_EQ(line.find_first_not_of(' ', colon + 1), column.size()) << line;
+  }
+  EXPECT_THAT(who.out, HasSubstr("\nuid:" + column.substr(4) + std::to_string(getuid()) + "\n"));
 }
 
 // Exit codes 4 and 7 through the CLI, each from a daemon of its own: one whose policy grants
