@@ -531,8 +531,10 @@ TEST_F(CombinedAttackTest, AllAttacksAtOnceLeaveAGrantedCallerServed) {
             << cpu_ticks << " ticks, peak RSS +" << peak_growth_kib << " KiB; granted p99 " << p99
             << " ms, median " << latencies_ms[latencies_ms.size() / 2] << " ms over "
             << latencies_ms.size() << " requests\n";
-  EXPECT_LT(p99, kGrantedP99LimitMs);
+  // Under ASan the caller runs, forks and hashes of three attackers take the two cores (some
+  // 130 ms p99 there): the target is the production build's.
   if (!kUnderAsan) {
+    EXPECT_LT(p99, kGrantedP99LimitMs);
     EXPECT_LE(peak_growth_kib, 64u * 1024) << "over the target of 64 MiB";
   }
   EXPECT_LT(cpu_ticks, static_cast<long>(attacks) * sysconf(_SC_CLK_TCK))
