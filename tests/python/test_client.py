@@ -356,8 +356,30 @@ class InputTest(unittest.TestCase):
         with self.assertRaises(vecseal.InvalidInput) as caught:
             self.client.encrypt("demo", [[1.0, 2.0], [1.0, 2.0], [3.0]])
         self.assertEqual(caught.exception.code, "dimension_mismatch")
-        if not HAVE_NUMPY:
-            self.assertEqual(caught.exception.vector_index, 2)
+        self.assertEqual(caught.exception.vector_index, 2)
+        self.assertEqual(caught.exception.message, "vector 2 has 1 values, vector 0 has 2")
+
+    def test_values_float32_cannot_hold_are_refused_not_made_infinite(self):
+        batches = [[[0.5, 0.5], [1e300, 0.0]]]
+        if HAVE_NUMPY:
+            batches.append(np.array(batches[0], dtype=np.float64))
+        for batch in batches:
+            with self.subTest(type=type(batch).__name__), \
+                    self.assertRaises(vecseal.InvalidInput) as caught:
+                self.client.encrypt("demo", batch)
+            self.assertEqual(caught.exception.code, "non_finite_value")
+            self.assertEqual(caught.exception.vector_index, 1)
+            self.assertEqual(caught.exception.message,
+                             "vector 1 has a value outside the float32 range (±3.4e38)")
+
+    @unittest.skipUnless(HAVE_NUMPY, "integer arrays are numpy arrays")
+    def test_integer_arrays_are_refused_as_the_cli_refuses_them(self):
+        with self.assertRaises(vecseal.InvalidInput) as caught:
+            self.client.encrypt("demo", np.arange(6, dtype=np.int64).reshape(2, 3))
+        self.assertEqual(caught.exception.code, "invalid_request")
+        self.assertEqual(caught.exception.message,
+                         "vectors must be a floating-point array, not int64; convert it with "
+                         ".astype(numpy.float32)")
 
     def test_an_empty_batch_needs_no_daemon(self):
         self.assertEqual(len(self.client.encrypt("demo", [])), 0)

@@ -82,17 +82,57 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _ragged_row(rows: Any) -> Optional[InvalidInput]:
+    """The error for the first row of `rows` whose length differs from row 0's, if any."""
+    try:
+        lengths = [len(row) for row in rows]
+    except TypeError:
+        return None
+    for i, length in enumerate(lengths):
+        if length != lengths[0]:
+            return InvalidInput("dimension_mismatch",
+                                f"vector {i} has {length} values, vector 0 has {lengths[0]}",
+                                vector_index=i)
+    return None
+
+
+def _out_of_range(i: int) -> InvalidInput:
+    return InvalidInput("non_finite_value",
+                        f"vector {i} has a value outside the float32 range (±3.4e38)",
+                        vector_index=i)
+
+
 class _Matrix:
-    """The caller's vectors, normalised: n rows of d float32 values."""
+    """The caller's vectors, normalised: n rows of d float32 values. As the CLI does with
+    files, it refuses integer arrays (int64 would lose digits as float32 without a word) and
+    values that float32 cannot hold, rather than casting them."""
 
     def __init__(self, vectors: Any, what: str):
         self.single = False
         if np is not None:
+            if isinstance(vectors, np.ndarray) and vectors.dtype.kind not in "f":
+                raise InvalidInput("invalid_request",
+                                   f"{what} must be a floating-point array, not {vectors.dtype}; "
+                                   "convert it with .astype(numpy.float32)")
             try:
-                array = np.asarray(vectors, dtype=np.float32)
+                source = np.asarray(vectors)
+                if source.dtype.kind not in "fiu":
+                    raise ValueError(f"values of type {source.dtype}")  # ragged, or not numbers
+                with np.errstate(over="ignore"):
+                    array = source.astype(np.float32)
             except (ValueError, TypeError) as e:
-                raise InvalidInput("dimension_mismatch" if "inhomogeneous" in str(e)
-                                   else "invalid_request", f"{what} must be n×d numbers: {e}")
+                ragged = _ragged_row(vectors)
+                if ragged is not None:
+                    raise ragged from None
+                raise InvalidInput("invalid_request", f"{what} must be n×d numbers: {e}")
+            if source.dtype.kind == "f" and source.dtype.itemsize > 4:
+                overflowed = np.isfinite(source) & ~np.isfinite(array)
+                if overflowed.any():
+                    first = np.argwhere(overflowed)[0]
+                    raise _out_of_range(int(first[0]) if overflowed.ndim > 1 else 0)
             if array.ndim == 1 and array.size == 0:
                 array = array.reshape(0, 0)  # an empty batch
             elif array.ndim == 1:
@@ -110,6 +150,9 @@ class _Matrix:
                 self.rows = [[float(x) for x in row] for row in rows]
             except (TypeError, ValueError) as e:
                 raise InvalidInput("invalid_request", f"{what} must be n×d numbers: {e}")
+            for i, row in enumerate(self.rows):
+                if any(math.isfinite(x) and abs(x) > _FLOAT32_MAX for x in row):
+                    raise _out_of_range(i)
             self.n = len(self.rows)
             self.d = len(self.rows[0]) if self.rows else 0
             for i, row in enumerate(self.rows):
