@@ -554,6 +554,13 @@ Status Service::Decrypt(Call& call, const std::string& key_name) {
   }
   call.event.key_version = key_version;
   auto key = KeyFor(key_name, key_version);
+  if (!key.ok() && key.status().reason() == "key_not_found" && key_version) {
+    // Tokens carry a version, not a key name: the likely cause is tokens of another key.
+    return Status(Code::kNotFound, "key_not_found",
+                  "the tokens are for version " + std::to_string(*key_version) + " of a key, and '" +
+                      key_name + "' has no such version on the token: were they made under "
+                      "another key?");
+  }
   if (!key.ok()) return std::move(key).TakeStatus();
   call.metric_key = key_name;
   call.event.extra = json{{"key_format", static_cast<int>(key->info.params.format)}};

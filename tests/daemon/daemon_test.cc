@@ -406,6 +406,15 @@ TEST_F(DaemonTest, KeysCreateListRotateAndOldVersionsStillDecrypt) {
   EXPECT_EQ(mixed.ErrorCode(), "token_key_version_mismatch");
   EXPECT_EQ(mixed.Json()["error"]["vector_index"], 1);
 
+  // Tokens of version 2 of "ratings", sent to "demo", which has only version 1.
+  auto elsewhere = client_->PostJson("/v1/keys/demo/decrypt",
+                                     {{"vectors", v2.Json()["vectors"]}, {"tokens", v2.Json()["tokens"]}});
+  EXPECT_EQ(elsewhere.status, 404u);
+  EXPECT_EQ(elsewhere.ErrorCode(), "key_not_found");
+  EXPECT_EQ(elsewhere.Json()["error"]["message"],
+            "the tokens are for version 2 of a key, and 'demo' has no such version on the token: "
+            "were they made under another key?");
+
   auto listed = client_->Get("/v1/keys");
   ASSERT_EQ(listed.status, 200u);
   const json keys = listed.Json()["keys"];
