@@ -87,10 +87,15 @@ Result<std::string> ExportPublicKey(const std::string& path, const std::string& 
   }
   const std::string temporary = path + ".tmp";
   const auto failed = [&](const char* what) {
-    const Status error(Code::kUnavailable, "audit_key_export_failed",
-                       std::string(what) + " " + temporary + ": " + std::strerror(errno));
+    const int cause = errno;
+    std::string message = std::string(what) + " " + temporary + ": " + std::strerror(cause);
+    if (cause == EACCES || cause == EPERM || cause == EROFS) {
+      message += "; uid " + std::to_string(geteuid()) +
+                 " may not write there: give --export-audit-key a path it may write (then "
+                 "install the file where auditors look for it), or run --init as root";
+    }
     unlink(temporary.c_str());
-    return error;
+    return Status(Code::kUnavailable, "audit_key_export_failed", message);
   };
   FILE* file = std::fopen(temporary.c_str(), "wx");
   if (file == nullptr) return failed("cannot create");
@@ -200,7 +205,7 @@ int Init(const InitOptions& options, std::ostream& out) {
   }
 
   if (report.failed()) {
-    out << "Not ready: fix what FAILED above (docs/operations.md, \"What each error means\") "
+    out << "Not ready: fix what FAILED above (docs/operations.md, \"What each failure means\") "
            "and run vecseald --init again; it is safe to repeat.\n";
     return 1;
   }

@@ -142,6 +142,24 @@ TEST_F(InitTest, NeverOverwritesAnExportedKeyThatDiffers) {
   EXPECT_NE(out.find("Not ready"), std::string::npos) << out;
 }
 
+// A directory the user running --init may not write (here /sys, which refuses new files even to
+// root): the failure says so, and how to go on.
+TEST_F(InitTest, AnExportPathItMayNotWriteSaysWhatToDo) {
+  std::string out;
+  EXPECT_EQ(Run({"--init", "--config", config_, "--export-audit-key", "/sys/audit-key.pem"}, &out),
+            1)
+      << out;
+  EXPECT_NE(out.find("  public key  FAILED: cannot create /sys/audit-key.pem.tmp: Permission "
+                     "denied; uid " + std::to_string(geteuid()) +
+                     " may not write there: give --export-audit-key a path it may write (then "
+                     "install the file where auditors look for it), or run --init as root "
+                     "[audit_key_export_failed]"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("(docs/operations.md, \"What each failure means\")"), std::string::npos)
+      << out;
+}
+
 TEST_F(InitTest, EachFailedCheckIsNamedAndExitsOne) {
   std::string out;
   WriteConfig("no-such-token");

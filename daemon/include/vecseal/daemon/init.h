@@ -1,4 +1,4 @@
-// `vecseald --init` (docs/operations.md, "First run"): checks the config, the policy, the token
+// `vecseald --init` (docs/operations.md, "First start"): checks the config, the policy, the token
 // (login and mechanisms) and the audit directory, creates the audit key pair when missing and
 // exports its public key. Safe to repeat: a second run changes nothing.
 #pragma once
