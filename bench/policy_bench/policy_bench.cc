@@ -19,6 +19,7 @@
 
 #include "vecseal/policy/identity.h"
 #include "vecseal/policy/policy.h"
+#include "vecseal/policy/rate_limit.h"
 
 namespace vecseal::policy {
 namespace {
@@ -211,6 +212,16 @@ void BM_Decide(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Decide)->Arg(3)->Arg(30)->Arg(300);
+
+// What every request of a granted caller pays for the per-uid budgets (hashing, derivations,
+// refusals): the daemon asks whether its uid is held back before it reads each request. Threads
+// share one limiter, as the daemon's I/O threads do; each uses its own uid.
+void BM_UidBudgetCheck(benchmark::State& state) {
+  static UidRateLimiter limiter(120, 2);
+  const uid_t uid = 1000 + static_cast<uid_t>(state.thread_index());
+  for (auto _ : state) benchmark::DoNotOptimize(limiter.SecondsUntilCredit(uid));
+}
+BENCHMARK(BM_UidBudgetCheck)->Threads(1)->Threads(2);
 
 }  // namespace
 }  // namespace vecseal::policy
