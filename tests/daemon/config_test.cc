@@ -417,10 +417,11 @@ TEST(ConfigDocsTest, TheCompleteExampleParsesAndShowsTheDefaults) {
                                   "audit token and the dev-mode overlay";
   auto config = ParseConfig(blocks[0]);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
-  // Apart from the PIN source and the socket group, the example spells out the defaults.
+  // Apart from what the shipped config sets (the next test), the example spells out the defaults.
   Config expected;
-  expected.pkcs11.pin.credential = "vecseal-pin";
-  expected.socket.group = "vecseal";
+  expected.pkcs11.pin.credential = "hsm-pin";
+  expected.socket.group = "vecseal-clients";
+  expected.audit.directory = "/var/log/vecseal";
   EXPECT_EQ(RestartOnlyChange(expected, *config), std::nullopt);
   EXPECT_EQ(config->group_size, expected.group_size);
   EXPECT_EQ(config->limits.max_body_bytes, expected.limits.max_body_bytes);
@@ -429,6 +430,10 @@ TEST(ConfigDocsTest, TheCompleteExampleParsesAndShowsTheDefaults) {
   EXPECT_EQ(config->limits.max_connections_per_uid, expected.limits.max_connections_per_uid);
   EXPECT_EQ(config->limits.max_buffered_body_bytes, expected.limits.max_buffered_body_bytes);
   EXPECT_EQ(config->limits.max_header_bytes, expected.limits.max_header_bytes);
+  EXPECT_EQ(config->limits.derivation_ms_per_minute_per_uid,
+            expected.limits.derivation_ms_per_minute_per_uid);
+  EXPECT_EQ(config->limits.denied_requests_per_minute_per_uid,
+            expected.limits.denied_requests_per_minute_per_uid);
   EXPECT_EQ(config->limits.header_timeout, expected.limits.header_timeout);
   EXPECT_EQ(config->limits.body_timeout, expected.limits.body_timeout);
   EXPECT_EQ(config->limits.idle_timeout, expected.limits.idle_timeout);
@@ -450,6 +455,21 @@ TEST(ConfigDocsTest, TheAuditTokenExampleGivesTheAuditKeyItsOwnTokenAndPin) {
   EXPECT_NE(config->audit.pkcs11->token_label, config->pkcs11.token_label);
   EXPECT_EQ(config->audit.pkcs11->pin.credential, "vecseal-audit-pin");
   EXPECT_NE(config->audit.pkcs11->pin, config->pkcs11.pin);
+}
+
+// The complete example is the shipped /etc/vecseal/vecseald.json plus defaults: every value the
+// shipped file sets, the example sets alike, so that what a reader copies is what is installed.
+TEST(ConfigDocsTest, TheCompleteExampleHoldsTheShippedConfig) {
+  const nlohmann::json example = nlohmann::json::parse(DocJsonBlocks().at(0));
+  std::ifstream shipped_file(VECSEAL_SOURCE_DIR "/packaging/etc/vecseald.json");
+  const nlohmann::json shipped = nlohmann::json::parse(shipped_file);
+  const nlohmann::json flat = shipped.flatten();
+  ASSERT_GE(flat.size(), 5u);
+  for (const auto& [pointer, value] : flat.items()) {
+    const nlohmann::json::json_pointer path(pointer);
+    ASSERT_TRUE(example.contains(path)) << "the example leaves out " << pointer;
+    EXPECT_EQ(example.at(path), value) << pointer;
+  }
 }
 
 // Every `section.key` a page of docs/ or README.md names, as `audit.seal_every_seconds`, is a
