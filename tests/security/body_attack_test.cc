@@ -353,6 +353,15 @@ TEST_F(BodyAttackTest, NestedBodyWithoutGrantIsDeniedBeforeItIsRead) {
     EXPECT_LT(PeakGrowthKib(), 8u * 1024) << "the bodies were held or parsed";
   }
   EXPECT_EQ(EncryptOne(), 200u);
+  // Refused from their headers, before any key lookup: counted under no key (docs/api.md).
+  const std::string metrics = admin_->Get("/metrics").body;
+  EXPECT_NE(metrics.find("vecseal_requests_total{key=\"\",operation=\"encrypt\","
+                         "outcome=\"permission_denied\"} 2\n"),
+            std::string::npos)
+      << metrics;
+  EXPECT_EQ(metrics.find("key=\"demo\",operation=\"encrypt\",outcome=\"permission_denied\""),
+            std::string::npos)
+      << metrics;
 }
 
 // Attack row 2: many connections each send half of a 64 MiB body and stall, from a caller with
