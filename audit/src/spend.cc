@@ -147,7 +147,7 @@ std::optional<int64_t> ParseRecordTime(std::string_view text) {
 }
 
 Result<SpendScan> ScanSpends(std::span<const std::string> files, int64_t since_micros,
-                             const std::function<void(const Spend&)>& each) {
+                             const std::function<void(const Spend&)>& each, uint64_t until_seq) {
   SpendScan scan;
   std::optional<uint64_t> last_seq;
   std::string content;
@@ -195,7 +195,7 @@ Result<SpendScan> ScanSpends(std::span<const std::string> files, int64_t since_m
       if (old) continue;
       ++scan.records;
       if (head.event != "encrypt" && head.event != "decrypt") continue;
-      if (head.time_micros < since_micros) continue;
+      if (head.time_micros < since_micros || head.seq >= until_seq) continue;
       const size_t caller = line.find(",\"caller\":{");
       const auto key = StringAfter(line, ",\"key\":\"", 0);
       const auto rule = StringAfter(line, ",\"rule_id\":\"", 0);

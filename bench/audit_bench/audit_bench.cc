@@ -5,11 +5,17 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "support/audit_test_util.h"
 #include "support/software_signer.h"
 #include "vecseal/audit/log.h"
+#include "vecseal/audit/spend.h"
+#include "vecseal/audit/verify.h"
+#include "vecseal/policy/budget.h"
 
 namespace vecseal::audit {
 namespace {
@@ -78,7 +84,66 @@ void BM_BareWrite(benchmark::State& state) {
   ::close(fd);
 }
 
+// What vecseald does at start when a rule has a budget: read the log's encrypt records over the
+// window and count them into the ledger. The log (state.range(0) MiB of encrypt records as the
+// daemon writes them, all inside the window) is written once by the real writer.
+void BM_RebuildBudgets(benchmark::State& state) {
+  testing::TempDir dir;
+  LogOptions options = BenchOptions(dir.path(), LogOptions::Sync::kInterval);
+  options.warn_free_bytes = 0;
+  options.refuse_free_bytes = 0;
+  {
+    auto log = Log::Open(options, testing::SoftwareSigner::Generate());
+    if (!log.ok()) {
+      state.SkipWithError(log.status().ToString().c_str());
+      return;
+    }
+    Event event;
+    event.event = event.operation = "encrypt";
+    event.caller = Caller{48213, 1001, "scorer", 1001, "/usr/bin/python3.11", "",
+                          "ticket-scorer.service", "/opt/scorer/score.py", "not_needed"};
+    event.key_version = 3;
+    event.vectors = 1024;
+    event.dimension = 768;
+    event.reversible = false;
+    event.decision = "granted";
+    event.extra = nlohmann::json{{"key_format", 2}};
+    const uint64_t bytes = static_cast<uint64_t>(state.range(0)) << 20;
+    for (uint64_t i = 0; (*log)->next_seq() * 460 < bytes; ++i) {
+      event.request_id = std::to_string(0x5eed00000000 + i);
+      event.key = "support-" + std::to_string(i % 8);
+      event.rule_id = i % 2 == 0 ? "staging-scorer" : "nightly-export";
+      if (!(*log)->Append(event).ok()) {
+        state.SkipWithError("append failed");
+        return;
+      }
+    }
+    (void)(*log)->Close();
+  }
+  auto files = LogFilesInOrder(dir.path());
+  const policy::Budget budget{policy::Operation::kEncrypt, 1ull << 62, 86400,
+                              policy::Budget::PerCaller::kUid};
+  uint64_t records = 0, bytes = 0;
+  for (auto _ : state) {
+    policy::BudgetLedger ledger;
+    const auto now = std::chrono::steady_clock::now();
+    auto scan = ScanSpends(*files, 0, [&](const Spend& spend) {
+      if (spend.rule_id != "staging-scorer") return;
+      ledger.Add(budget, {spend.rule_id, spend.key, spend.uid, spend.unit}, spend.vectors, now);
+    });
+    if (!scan.ok()) {
+      state.SkipWithError(scan.status().ToString().c_str());
+      return;
+    }
+    records += scan->records;
+    bytes += scan->bytes_read;
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(records));
+  state.SetBytesProcessed(static_cast<int64_t>(bytes));
+}
+
 BENCHMARK(BM_BareWrite)->UseRealTime();
+BENCHMARK(BM_RebuildBudgets)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Append, interval, LogOptions::Sync::kInterval)->UseRealTime()->Threads(1);
 BENCHMARK_CAPTURE(BM_Append, interval, LogOptions::Sync::kInterval)->UseRealTime()->Threads(4);
 BENCHMARK_CAPTURE(BM_Append, every_record, LogOptions::Sync::kEveryRecord)

@@ -285,7 +285,7 @@ Status Service::RebuildBudgets(AuditFiles files) {
 }
 
 Status Service::CountFromLog(policy::BudgetLedger& ledger,
-                             std::span<const policy::RuleBudget> budgets) {
+                             std::span<const policy::RuleBudget> budgets, uint64_t until_seq) {
   if (budgets.empty() || !audit_files_) return Status::Ok();
   const auto started = std::chrono::steady_clock::now();
   const auto fail = [&](const Status& status) {
@@ -327,7 +327,7 @@ Status Service::CountFromLog(policy::BudgetLedger& ledger,
       if (age > reach(budget->window_seconds)) continue;
       ledger.Add(*budget, spender, spend.vectors, mono_now - std::chrono::microseconds(age));
     }
-  });
+  }, until_seq);
   if (!scan.ok()) return fail(scan.status());
   if (scan->complete_since_micros) {
     ledger.SetKnownSince(mono_now - std::chrono::microseconds(age_of(*scan->complete_since_micros)));
@@ -384,16 +384,23 @@ void Service::Reload(policy::PolicyPtr policy, ServiceSettings settings) {
     });
     if (!known) added.push_back(entry);
   }
-  if (!added.empty()) {
-    policy::BudgetLedger counted;
-    (void)CountFromLog(counted, added);  // a failure leaves `counted` broken, so refusing
-    budgets_.Adopt(counted, added);
+  // Requests decided under the new policy refuse on the added budgets until the records before
+  // the swap are counted; those of the old policy still in flight are counted at the next start.
+  budgets_.SetCounting(added);
+  uint64_t swapped_at = 0;
+  {
+    std::lock_guard lock(mutex_);
+    policy_ = std::move(policy);
+    settings_ = settings;
+    derivation_budget_.Configure(
+        static_cast<double>(settings.derivation_ms_per_minute_per_uid),
+        static_cast<double>(settings.derivation_ms_per_minute_per_uid) / 60);
+    swapped_at = audit_log_.next_seq();
   }
-  std::lock_guard lock(mutex_);
-  policy_ = std::move(policy);
-  settings_ = settings;
-  derivation_budget_.Configure(static_cast<double>(settings.derivation_ms_per_minute_per_uid),
-                               static_cast<double>(settings.derivation_ms_per_minute_per_uid) / 60);
+  if (added.empty()) return;
+  policy::BudgetLedger counted;
+  (void)CountFromLog(counted, added, swapped_at);  // a failure leaves `counted` broken: refusing
+  budgets_.Adopt(counted, added);
 }
 
 void Service::ForgetKeys() {
@@ -558,7 +565,7 @@ Status Service::SpendBudgets(Call& call, const std::string& key, uint64_t vector
   const std::string op = call.event.operation;
   for (const policy::Budget* budget : call.budgets) {
     std::optional<std::chrono::steady_clock::duration> lasts;
-    const std::string why = budgets_.Unavailable(*budget, now, &lasts);
+    const std::string why = budgets_.Unavailable(call.event.rule_id, *budget, now, &lasts);
     if (why.empty()) continue;
     std::string until = "; a restart that can read the audit log ends this";
     if (lasts) {
@@ -943,7 +950,7 @@ Status Service::WhoAmI(Call& call) {
       const std::string mine =
           policy::BudgetCaller(budget.per_caller, call.identity->uid, call.identity->unit);
       std::optional<std::chrono::steady_clock::duration> lasts;
-      const std::string unavailable = budgets_.Unavailable(budget, now, &lasts);
+      const std::string unavailable = budgets_.Unavailable(rule_id, budget, now, &lasts);
       if (!unavailable.empty()) shown["unavailable"] = unavailable;
       shown["spent"] = json::array();
       for (const policy::BudgetCounter& counter : budgets_.Counters(rule_id, budget, now)) {

@@ -181,6 +181,7 @@ void BudgetLedger::Adopt(BudgetLedger& from, std::span<const RuleBudget> budgets
   std::scoped_lock lock(mutex_, from.mutex_);
   for (const RuleBudget& entry : budgets) {
     const std::string prefix = Prefix(entry.rule_id, entry.budget);
+    std::erase(counting_, prefix);
     std::erase_if(counters_, [&](const auto& item) { return item.first.starts_with(prefix); });
     for (auto& [id, counter] : from.counters_) {
       if (id.starts_with(prefix)) counters_[id] = std::move(counter);
@@ -202,12 +203,23 @@ void BudgetLedger::SetBroken(std::string reason) {
   broken_ = std::move(reason);
 }
 
-std::string BudgetLedger::Unavailable(const Budget& budget, Clock::time_point now,
+void BudgetLedger::SetCounting(std::span<const RuleBudget> budgets) {
+  std::lock_guard lock(mutex_);
+  for (const RuleBudget& entry : budgets) counting_.push_back(Prefix(entry.rule_id, entry.budget));
+}
+
+std::string BudgetLedger::Unavailable(std::string_view rule_id, const Budget& budget,
+                                      Clock::time_point now,
                                       std::optional<Clock::duration>* lasts) {
   std::lock_guard lock(mutex_);
   if (!broken_.empty()) {
     *lasts = std::nullopt;
     return broken_;
+  }
+  if (!counting_.empty() &&
+      std::find(counting_.begin(), counting_.end(), Prefix(rule_id, budget)) != counting_.end()) {
+    *lasts = std::chrono::seconds(1);
+    return "a reload added this budget and its spends are being counted from the audit log";
   }
   if (!known_since_) return "";
   const Clock::time_point window_start = now - std::chrono::seconds(budget.window_seconds);

@@ -257,14 +257,14 @@ TEST(BudgetLedgerTest, RebuiltSpendsCountAndAnUnknownStartFailsClosed) {
   BudgetLedger::Reservation reservation;
   EXPECT_TRUE(ledger.Reserve(budgets, kAlice, 3, now, &reservation));
   std::optional<Clock::duration> lasts;
-  EXPECT_EQ(ledger.Unavailable(budget, now, &lasts), "");
+  EXPECT_EQ(ledger.Unavailable("r", budget, now, &lasts), "");
   ledger.SetKnownSince(now - seconds(60));
-  EXPECT_NE(ledger.Unavailable(budget, now, &lasts), "");
+  EXPECT_NE(ledger.Unavailable("r", budget, now, &lasts), "");
   ASSERT_TRUE(lasts);
   EXPECT_EQ(*lasts, seconds(3540));
-  EXPECT_EQ(ledger.Unavailable(budget, now + seconds(3540), &lasts), "");
+  EXPECT_EQ(ledger.Unavailable("r", budget, now + seconds(3540), &lasts), "");
   ledger.SetBroken("unreadable");
-  EXPECT_EQ(ledger.Unavailable(budget, now + hours(100), &lasts), "unreadable");
+  EXPECT_EQ(ledger.Unavailable("r", budget, now + hours(100), &lasts), "unreadable");
   EXPECT_FALSE(lasts);
 }
 

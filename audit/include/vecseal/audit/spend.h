@@ -41,8 +41,10 @@ struct SpendScan {
 // mid-write) is skipped, as the writer skips it. Errors (audit_unreadable, kUnavailable): a file
 // that cannot be read, or a complete line that is not a record this reader understands; then
 // nothing can be said about the spends.
+// Records from seq `until_seq` on are left out.
 Result<SpendScan> ScanSpends(std::span<const std::string> files, int64_t since_micros,
-                             const std::function<void(const Spend&)>& each);
+                             const std::function<void(const Spend&)>& each,
+                             uint64_t until_seq = UINT64_MAX);
 
 // A record's "2026-11-25T03:04:31.123456Z" as microseconds since the epoch; nullopt when it is
 // not exactly such a time.

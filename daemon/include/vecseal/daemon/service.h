@@ -56,8 +56,8 @@ class Service final : public RequestHandler {
   Status RebuildBudgets(AuditFiles files);
 
   // Atomic for requests: each request decides against one policy and one settings snapshot.
-  // Budgets the old policy did not have are counted from the audit log first; the others keep
-  // their counts, under the new limits.
+  // Budgets the old policy did not have are counted from the audit log, and refuse (503
+  // budget_unavailable) until they are; the others keep their counts, under the new limits.
   void Reload(policy::PolicyPtr policy, ServiceSettings settings);
   // Forgets cached ciphers, e.g. after keys were changed on the token by another tool.
   void ForgetKeys();
@@ -92,8 +92,9 @@ class Service final : public RequestHandler {
   // 429 budget_exhausted, or 503 budget_unavailable when the spends are not known. With
   // `vectors` 0, before the body is read: refuses only when not one vector would fit.
   Status SpendBudgets(Call& call, const std::string& key, uint64_t vectors);
-  // Fills `ledger` for `budgets` from the audit log.
-  Status CountFromLog(policy::BudgetLedger& ledger, std::span<const policy::RuleBudget> budgets);
+  // Fills `ledger` for `budgets` from the audit log's records before seq `until_seq`.
+  Status CountFromLog(policy::BudgetLedger& ledger, std::span<const policy::RuleBudget> budgets,
+                      uint64_t until_seq = UINT64_MAX);
   std::vector<Metrics::BudgetGauge> BudgetGauges();
   // Screen's decision for a request whose body is still unread: the caller's identity, then the
   // policy on the key the target names (for a key creation, on any key), then the cheap header

@@ -78,7 +78,7 @@ class BudgetLedger {
   // Every counter of `budget` under `rule_id` that holds anything, by key and caller.
   std::vector<BudgetCounter> Counters(std::string_view rule_id, const Budget& budget,
                                       Clock::time_point now);
-  // Replaces every counter of `budget` with those of `from` (a ledger filled from the log).
+  // Replaces every counter of `budgets` with those of `from` (a ledger filled from the log).
   void Adopt(BudgetLedger& from, std::span<const RuleBudget> budgets);
 
   // Spends before `since` are not known (a pruned log): a budget whose window reaches back
@@ -86,9 +86,12 @@ class BudgetLedger {
   void SetKnownSince(std::optional<Clock::time_point> since);
   // The spends could not be read at all: every budget is unavailable, with this reason.
   void SetBroken(std::string reason);
-  // Empty when `budget` can be decided at `now`; else why not, and how long that lasts
-  // (nullopt: until a restart).
-  std::string Unavailable(const Budget& budget, Clock::time_point now,
+  // These budgets are being counted from the log (a reload added them): unavailable until
+  // Adopt brings their counts.
+  void SetCounting(std::span<const RuleBudget> budgets);
+  // Empty when `budget` of `rule_id` can be decided at `now`; else why not, and how long that
+  // lasts (nullopt: until a restart).
+  std::string Unavailable(std::string_view rule_id, const Budget& budget, Clock::time_point now,
                           std::optional<Clock::duration>* lasts);
 
  private:
@@ -110,6 +113,7 @@ class BudgetLedger {
   std::unordered_map<std::string, Counter> counters_;
   std::optional<Clock::time_point> known_since_;
   std::string broken_;
+  std::vector<std::string> counting_;  // counter id prefixes
 };
 
 }  // namespace vecseal::policy
