@@ -28,32 +28,120 @@ int64_t DaysFromCivil(int64_t y, unsigned m, unsigned d) {
   return era * 146097 + static_cast<int64_t>(doe) - 719468;
 }
 
-bool ParseUint(std::string_view text, uint64_t* out) {
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *out);
-  return ec == std::errc() && end != text.data();
-}
+// Walks a record's fields in the writer's canonical form: `,"name":value` with no spaces
+// (docs/audit.md), so that a field is read without searching the line for it.
+class Cursor {
+ public:
+  Cursor(std::string_view line, size_t pos) : line_(line), pos_(pos) {}
 
-// The value of `"name":` as a number, searched from `from`; the canonical writer puts no space.
-bool UintAfter(std::string_view line, std::string_view needle, size_t from, uint64_t* out) {
-  const size_t at = line.find(needle, from);
-  return at != std::string_view::npos && ParseUint(line.substr(at + needle.size()), out);
-}
+  // At `,"name":` or `{"name":`; false at the end of an object or on anything else.
+  bool NextField(std::string_view* name) {
+    if (pos_ + 1 >= line_.size() || (line_[pos_] != ',' && line_[pos_] != '{') ||
+        line_[pos_ + 1] != '"') {
+      return false;
+    }
+    const size_t end = line_.find('"', pos_ + 2);  // names are the writer's, never escaped
+    if (end == std::string_view::npos || end + 1 >= line_.size() || line_[end + 1] != ':') {
+      return false;
+    }
+    *name = line_.substr(pos_ + 2, end - pos_ - 2);
+    pos_ = end + 2;
+    return true;
+  }
+  // A JSON string's raw contents, still escaped: inside one a quote is always escaped.
+  bool String(std::string_view* raw) {
+    if (pos_ >= line_.size() || line_[pos_] != '"') return false;
+    const size_t begin = pos_ + 1;
+    for (size_t end = line_.find('"', begin); end != std::string_view::npos;
+         end = line_.find('"', end + 1)) {
+      size_t backslashes = 0;
+      while (end - backslashes > begin && line_[end - backslashes - 1] == '\\') ++backslashes;
+      if (backslashes % 2 == 0) {
+        *raw = line_.substr(begin, end - begin);
+        pos_ = end + 1;
+        return true;
+      }
+    }
+    return false;
+  }
+  template <typename T>
+  bool Number(T* out) {
+    const auto [end, ec] = std::from_chars(line_.data() + pos_, line_.data() + line_.size(), *out);
+    if (ec != std::errc()) return false;
+    pos_ = static_cast<size_t>(end - line_.data());
+    return true;
+  }
+  // Any value: a string, an object or list (skipped whole), or a number or literal.
+  bool Skip() {
+    if (pos_ >= line_.size()) return false;
+    std::string_view ignored;
+    if (line_[pos_] == '"') return String(&ignored);
+    if (line_[pos_] == '{' || line_[pos_] == '[') {
+      int depth = 0;
+      while (pos_ < line_.size()) {
+        const char c = line_[pos_];
+        if (c == '"') {
+          if (!String(&ignored)) return false;
+          continue;
+        }
+        if (c == '{' || c == '[') ++depth;
+        if ((c == '}' || c == ']') && --depth == 0) {
+          ++pos_;
+          return true;
+        }
+        ++pos_;
+      }
+      return false;
+    }
+    while (pos_ < line_.size() && line_[pos_] != ',' && line_[pos_] != '}') ++pos_;
+    return true;
+  }
+  // The '}' that ends an object.
+  bool Close() {
+    if (pos_ >= line_.size() || line_[pos_] != '}') return false;
+    ++pos_;
+    return true;
+  }
 
-// A JSON string's raw contents (still escaped) after `needle`, which ends with the opening quote.
-// Inside a JSON string a quote is always escaped, so `,"name":"` cannot match inside a value.
-std::optional<std::string_view> StringAfter(std::string_view line, std::string_view needle,
-                                            size_t from, size_t until = std::string_view::npos) {
-  const size_t at = line.find(needle, from);
-  if (at == std::string_view::npos || at >= until) return std::nullopt;
-  const size_t begin = at + needle.size();
-  size_t end = begin;
-  while (end < line.size() && line[end] != '"') end += line[end] == '\\' ? 2 : 1;
-  if (end >= line.size()) return std::nullopt;
-  return line.substr(begin, end - begin);
+ private:
+  std::string_view line_;
+  size_t pos_;
+};
+
+// The caller, key, vectors and rule_id of an encrypt or decrypt record, read from `pos` (just
+// after its event) up to rule_id, the last of them in the canonical order.
+bool ReadSpend(std::string_view line, size_t pos, Spend* spend, std::string_view* raw_unit) {
+  Cursor cursor(line, pos);
+  bool caller = false, key = false, vectors = false;
+  *raw_unit = std::string_view();
+  std::string_view name;
+  while (cursor.NextField(&name)) {
+    if (name == "caller") {
+      caller = true;
+      std::string_view field;
+      while (cursor.NextField(&field)) {
+        const bool ok = field == "uid"    ? cursor.Number(&spend->uid)
+                        : field == "unit" ? cursor.String(raw_unit)
+                                          : cursor.Skip();
+        if (!ok) return false;
+      }
+      if (!cursor.Close()) return false;
+    } else if (name == "key") {
+      key = cursor.String(&spend->key);
+      if (!key) return false;
+    } else if (name == "vectors") {
+      vectors = cursor.Number(&spend->vectors);
+      if (!vectors) return false;
+    } else if (name == "rule_id") {
+      return caller && key && vectors && cursor.String(&spend->rule_id);
+    } else if (!cursor.Skip()) {
+      return false;
+    }
+  }
+  return false;
 }
 
 std::string Unescape(std::string_view raw) {
-  if (raw.find('\\') == std::string_view::npos) return std::string(raw);
   const auto parsed = nlohmann::json::parse("\"" + std::string(raw) + "\"", nullptr, false);
   return parsed.is_string() ? parsed.get<std::string>() : std::string(raw);
 }
@@ -91,34 +179,88 @@ bool ParseHead(std::string_view line, Head* head) {
   return true;
 }
 
-// The whole of `path`, or only its last 64 KiB (`tail`), which hold its last record.
-Status ReadFile(const std::string& path, bool tail, std::string* content, struct stat* st) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Unreadable("cannot open " + path + ": " + std::strerror(errno));
-  Status status;
-  if (fstat(fd, st) != 0) {
-    status = Unreadable("cannot stat " + path + ": " + std::strerror(errno));
-  } else {
-    const auto size = static_cast<size_t>(st->st_size);
-    const size_t offset = tail && size > (64u << 10) ? size - (64u << 10) : 0;
-    content->resize(size - offset);
-    size_t done = 0;
-    while (done < content->size()) {
-      const ssize_t n = pread(fd, content->data() + done, content->size() - done,
-                              static_cast<off_t>(offset + done));
+// A file's complete lines, read in chunks into one reused buffer (mapping a gigabyte costs a
+// page fault per page; a buffer that stays in cache does not), or only those of its last 64 KiB
+// (`tail`), which hold its last record. A torn last line is never returned.
+class LineReader {
+ public:
+  Status Open(const std::string& path, bool tail) {
+    Close();
+    path_ = path;
+    fd_ = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) return Unreadable("cannot open " + path + ": " + std::strerror(errno));
+    begin_ = end_ = 0;
+    eof_ = false;
+    skip_first_ = false;
+    if (tail) {
+      struct stat st {};
+      if (fstat(fd_, &st) != 0) return Unreadable("cannot stat " + path + ": " + std::strerror(errno));
+      if (st.st_size > static_cast<off_t>(kTail)) {
+        if (lseek(fd_, st.st_size - static_cast<off_t>(kTail), SEEK_SET) < 0) {
+          return Unreadable("cannot seek in " + path + ": " + std::strerror(errno));
+        }
+        skip_first_ = true;  // it starts mid-record
+      }
+    }
+    return Status::Ok();
+  }
+  ~LineReader() { Close(); }
+
+  // False at the end (or on an error, which status() then holds).
+  bool Next(std::string_view* line) {
+    for (;;) {
+      const std::string_view held(buffer_.data() + begin_, end_ - begin_);
+      const size_t newline = held.find('\n');
+      if (newline != std::string_view::npos) {
+        begin_ += newline + 1;
+        if (skip_first_) {
+          skip_first_ = false;
+          continue;
+        }
+        *line = held.substr(0, newline);
+        return true;
+      }
+      if (eof_ || !Fill()) return false;
+    }
+  }
+  const Status& status() const { return status_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  bool Fill() {
+    std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+    if (buffer_.size() < end_ + kChunk) buffer_.resize(end_ + kChunk);
+    for (;;) {
+      const ssize_t n = read(fd_, buffer_.data() + end_, buffer_.size() - end_);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) {
-        status = Unreadable("cannot read " + path + ": " + std::strerror(errno));
-        break;
+        status_ = Unreadable("cannot read " + path_ + ": " + std::strerror(errno));
+        return false;
       }
-      if (n == 0) break;
-      done += static_cast<size_t>(n);
+      eof_ = n == 0;
+      end_ += static_cast<size_t>(n);
+      bytes_ += static_cast<uint64_t>(n);
+      return !eof_;
     }
-    content->resize(done);
   }
-  close(fd);
-  return status;
-}
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+  static constexpr size_t kChunk = 1u << 20;
+  static constexpr size_t kTail = 64u << 10;
+  std::string path_;
+  int fd_ = -1;
+  std::string buffer_;
+  size_t begin_ = 0, end_ = 0;
+  bool eof_ = false;
+  bool skip_first_ = false;
+  uint64_t bytes_ = 0;
+  Status status_;
+};
 
 }  // namespace
 
@@ -150,7 +292,8 @@ Result<SpendScan> ScanSpends(std::span<const std::string> files, int64_t since_m
                              const std::function<void(const Spend&)>& each, uint64_t until_seq) {
   SpendScan scan;
   std::optional<uint64_t> last_seq;
-  std::string content;
+  LineReader reader;
+  std::string unit;
   Spend spend;
   for (size_t index = 0; index < files.size(); ++index) {
     const std::string& path = files[index];
@@ -161,24 +304,13 @@ Result<SpendScan> ScanSpends(std::span<const std::string> files, int64_t since_m
     const int64_t modified = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000 +
                              st.st_mtim.tv_nsec / 1000;
     const bool old = index + 1 < files.size() && modified < since_micros - 60'000'000;
-    VECSEAL_RETURN_IF_ERROR(ReadFile(path, old, &content, &st));
-    if (!old) {
-      ++scan.files_read;
-      scan.bytes_read += content.size();
-    }
-    const std::string_view text(content);
-    size_t begin = 0;
-    // A tail read starts mid-record: its first line is not one.
-    if (old && static_cast<size_t>(st.st_size) > content.size()) {
-      begin = text.find('\n') == std::string_view::npos ? text.size() : text.find('\n') + 1;
-    }
+    VECSEAL_RETURN_IF_ERROR(reader.Open(path, old));
+    if (!old) ++scan.files_read;
+    const uint64_t bytes_before = reader.bytes();
     bool first = true;
     uint64_t number = 0;
-    while (begin < text.size()) {
-      const size_t end = text.find('\n', begin);
-      if (end == std::string_view::npos) break;  // torn: never acknowledged
-      const std::string_view line = text.substr(begin, end - begin);
-      begin = end + 1;
+    std::string_view line;
+    while (reader.Next(&line)) {
       ++number;
       Head head;
       if (!ParseHead(line, &head)) {
@@ -196,31 +328,28 @@ Result<SpendScan> ScanSpends(std::span<const std::string> files, int64_t since_m
       ++scan.records;
       if (head.event != "encrypt" && head.event != "decrypt") continue;
       if (head.time_micros < since_micros || head.seq >= until_seq) continue;
-      const size_t caller = line.find(",\"caller\":{");
-      const auto key = StringAfter(line, ",\"key\":\"", 0);
-      const auto rule = StringAfter(line, ",\"rule_id\":\"", 0);
-      uint64_t vectors = 0;
-      uint64_t uid = 0;
-      if (caller == std::string_view::npos || !key || !rule ||
-          !UintAfter(line, ",\"vectors\":", 0, &vectors) ||
-          !UintAfter(line, ",\"uid\":", caller, &uid)) {
+      const size_t after_event =
+          static_cast<size_t>(head.event.data() + head.event.size() - line.data()) + 1;
+      std::string_view raw_unit;
+      spend.uid = -1;
+      if (!ReadSpend(line, after_event, &spend, &raw_unit)) {
         return Unreadable(path + ":" + std::to_string(number) + ": an " +
                           std::string(head.event) +
                           " record without caller, key, rule_id or vectors; the spends of "
                           "budgets cannot be counted");
       }
-      const size_t key_at = line.find(",\"key\":\"");
-      const auto unit = StringAfter(line, ",\"unit\":\"", caller, key_at);
+      spend.unit = raw_unit;
+      if (raw_unit.find('\\') != std::string_view::npos) {
+        unit = Unescape(raw_unit);
+        spend.unit = unit;
+      }
       spend.time_micros = head.time_micros;
       spend.operation = head.event;
-      spend.rule_id = *rule;
-      spend.key = *key;
-      spend.uid = static_cast<int64_t>(uid);
-      spend.unit = unit ? Unescape(*unit) : std::string();
-      spend.vectors = vectors;
       ++scan.spends;
       each(spend);
     }
+    VECSEAL_RETURN_IF_ERROR(reader.status());
+    if (!old) scan.bytes_read += reader.bytes() - bytes_before;
   }
   return scan;
 }

@@ -84,43 +84,75 @@ void BM_BareWrite(benchmark::State& state) {
   ::close(fd);
 }
 
-// What vecseald does at start when a rule has a budget: read the log's encrypt records over the
-// window and count them into the ledger. The log (state.range(0) MiB of encrypt records as the
-// daemon writes them, all inside the window) is written once by the real writer.
-void BM_RebuildBudgets(benchmark::State& state) {
-  testing::TempDir dir;
-  LogOptions options = BenchOptions(dir.path(), LogOptions::Sync::kInterval);
+// A log of `mib` MiB of encrypt records as the daemon writes them, written once by the real
+// writer and kept for every benchmark that reads it.
+const std::vector<std::string>* SpendLog(int64_t mib) {
+  static testing::TempDir* dir = nullptr;
+  static std::vector<std::string> files;
+  static int64_t written = 0;
+  if (written == mib) return &files;
+  delete dir;
+  dir = new testing::TempDir();
+  files.clear();
+  LogOptions options = BenchOptions(dir->path(), LogOptions::Sync::kInterval);
   options.warn_free_bytes = 0;
   options.refuse_free_bytes = 0;
-  {
-    auto log = Log::Open(options, testing::SoftwareSigner::Generate());
-    if (!log.ok()) {
-      state.SkipWithError(log.status().ToString().c_str());
+  auto log = Log::Open(options, testing::SoftwareSigner::Generate());
+  if (!log.ok()) return nullptr;
+  Event event;
+  event.event = event.operation = "encrypt";
+  event.caller = Caller{48213, 1001, "scorer", 1001, "/usr/bin/python3.11", "",
+                        "ticket-scorer.service", "/opt/scorer/score.py", "not_needed"};
+  event.key_version = 3;
+  event.vectors = 1024;
+  event.dimension = 768;
+  event.reversible = false;
+  event.decision = "granted";
+  event.extra = nlohmann::json{{"key_format", 2}};
+  const uint64_t bytes = static_cast<uint64_t>(mib) << 20;
+  for (uint64_t i = 0; (*log)->next_seq() * 460 < bytes; ++i) {
+    event.request_id = std::to_string(0x5eed00000000 + i);
+    event.key = "support-" + std::to_string(i % 8);
+    event.rule_id = i % 2 == 0 ? "staging-scorer" : "nightly-export";
+    if (!(*log)->Append(event).ok()) return nullptr;
+  }
+  if (!(*log)->Close().ok()) return nullptr;
+  auto found = LogFilesInOrder(dir->path());
+  if (!found.ok()) return nullptr;
+  files = std::move(found).value();
+  written = mib;
+  return &files;
+}
+
+// Reading alone: every record's head, and the fields of each encrypt record.
+void BM_ScanSpends(benchmark::State& state) {
+  const std::vector<std::string>* files = SpendLog(state.range(0));
+  if (files == nullptr) {
+    state.SkipWithError("cannot write the log");
+    return;
+  }
+  uint64_t records = 0, bytes = 0;
+  for (auto _ : state) {
+    auto scan = ScanSpends(*files, 0, [](const Spend& spend) { benchmark::DoNotOptimize(spend); });
+    if (!scan.ok()) {
+      state.SkipWithError(scan.status().ToString().c_str());
       return;
     }
-    Event event;
-    event.event = event.operation = "encrypt";
-    event.caller = Caller{48213, 1001, "scorer", 1001, "/usr/bin/python3.11", "",
-                          "ticket-scorer.service", "/opt/scorer/score.py", "not_needed"};
-    event.key_version = 3;
-    event.vectors = 1024;
-    event.dimension = 768;
-    event.reversible = false;
-    event.decision = "granted";
-    event.extra = nlohmann::json{{"key_format", 2}};
-    const uint64_t bytes = static_cast<uint64_t>(state.range(0)) << 20;
-    for (uint64_t i = 0; (*log)->next_seq() * 460 < bytes; ++i) {
-      event.request_id = std::to_string(0x5eed00000000 + i);
-      event.key = "support-" + std::to_string(i % 8);
-      event.rule_id = i % 2 == 0 ? "staging-scorer" : "nightly-export";
-      if (!(*log)->Append(event).ok()) {
-        state.SkipWithError("append failed");
-        return;
-      }
-    }
-    (void)(*log)->Close();
+    records += scan->records;
+    bytes += scan->bytes_read;
   }
-  auto files = LogFilesInOrder(dir.path());
+  state.SetItemsProcessed(static_cast<int64_t>(records));
+  state.SetBytesProcessed(static_cast<int64_t>(bytes));
+}
+
+// What vecseald does at start when a rule has a budget: read the log and count the rule's
+// encrypt records into the ledger (half of the records are the budgeted rule's).
+void BM_RebuildBudgets(benchmark::State& state) {
+  const std::vector<std::string>* files = SpendLog(state.range(0));
+  if (files == nullptr) {
+    state.SkipWithError("cannot write the log");
+    return;
+  }
   const policy::Budget budget{policy::Operation::kEncrypt, 1ull << 62, 86400,
                               policy::Budget::PerCaller::kUid};
   uint64_t records = 0, bytes = 0;
@@ -143,6 +175,7 @@ void BM_RebuildBudgets(benchmark::State& state) {
 }
 
 BENCHMARK(BM_BareWrite)->UseRealTime();
+BENCHMARK(BM_ScanSpends)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_RebuildBudgets)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Append, interval, LogOptions::Sync::kInterval)->UseRealTime()->Threads(1);
 BENCHMARK_CAPTURE(BM_Append, interval, LogOptions::Sync::kInterval)->UseRealTime()->Threads(4);

@@ -1,6 +1,7 @@
 #include "vecseal/policy/budget.h"
 
 #include <algorithm>
+#include <charconv>
 #include <tuple>
 
 namespace vecseal::policy {
@@ -19,15 +20,22 @@ int64_t WindowNanos(const Budget& budget) {
 // Floor division: monotonic times rebuilt from the log may lie before boot, below zero.
 int64_t FloorDiv(int64_t a, int64_t b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 
-std::string Prefix(std::string_view rule_id, const Budget& budget) {
-  std::string id(rule_id);
+void AppendPrefix(std::string& id, std::string_view rule_id, const Budget& budget) {
+  id += rule_id;
   id += '\0';
   id += OperationName(budget.operation);
   id += '\0';
-  id += std::to_string(budget.window_seconds);
+  char digits[24];
+  const auto [end, ec] = std::to_chars(digits, digits + sizeof digits, budget.window_seconds);
+  id.append(digits, end);
   id += '\0';
   id += PerCallerName(budget.per_caller);
   id += '\0';
+}
+
+std::string Prefix(std::string_view rule_id, const Budget& budget) {
+  std::string id;
+  AppendPrefix(id, rule_id, budget);
   return id;
 }
 
@@ -47,11 +55,31 @@ int64_t BudgetLedger::SlotNanos(const Budget& budget) {
 }
 
 std::string BudgetLedger::CounterId(const Budget& budget, const BudgetSpender& spender) {
-  std::string id = Prefix(spender.rule_id, budget);
+  std::string id;
+  CounterIdInto(id, budget, spender);
+  return id;
+}
+
+void BudgetLedger::CounterIdInto(std::string& id, const Budget& budget,
+                                 const BudgetSpender& spender) {
+  id.clear();
+  AppendPrefix(id, spender.rule_id, budget);
   id += spender.key;
   id += '\0';
-  id += BudgetCaller(budget.per_caller, spender.uid, spender.unit);
-  return id;
+  switch (budget.per_caller) {
+    case Budget::PerCaller::kNone: break;
+    case Budget::PerCaller::kUid: {
+      char digits[24];
+      const auto [end, ec] = std::to_chars(digits, digits + sizeof digits, spender.uid);
+      id += "uid:";
+      id.append(digits, end);
+      break;
+    }
+    case Budget::PerCaller::kUnit:
+      id += "unit:";
+      id += spender.unit;
+      break;
+  }
 }
 
 void BudgetLedger::ExpireLocked(Counter& counter, const Budget& budget, Clock::time_point now) {
@@ -80,7 +108,18 @@ std::optional<BudgetLedger::Clock::duration> BudgetLedger::RoomInLocked(
 }
 
 void BudgetLedger::AddLocked(const std::string& id, int64_t slot, uint64_t amount) {
-  Counter& counter = counters_[id];
+  auto found = counters_.find(id);
+  if (found == counters_.end()) found = counters_.emplace(id, Counter{}).first;
+  Counter& counter = found->second;
+  counter.total += amount;
+  if (!counter.slots.empty() && counter.slots.back().first == slot) {
+    counter.slots.back().second += amount;
+    return;
+  }
+  if (counter.slots.empty() || counter.slots.back().first < slot) {
+    counter.slots.emplace_back(slot, amount);
+    return;
+  }
   // Rebuilt spends arrive in log order, which a clock step may have shuffled.
   auto at = std::lower_bound(counter.slots.begin(), counter.slots.end(), slot,
                              [](const auto& entry, int64_t s) { return entry.first < s; });
@@ -89,7 +128,6 @@ void BudgetLedger::AddLocked(const std::string& id, int64_t slot, uint64_t amoun
   } else {
     counter.slots.insert(at, {slot, amount});
   }
-  counter.total += amount;
 }
 
 std::optional<BudgetLedger::Refusal> BudgetLedger::Reserve(std::span<const Budget* const> budgets,
@@ -144,7 +182,8 @@ void BudgetLedger::Release(const Reservation& reservation) {
 void BudgetLedger::Add(const Budget& budget, const BudgetSpender& spender, uint64_t amount,
                        Clock::time_point when) {
   std::lock_guard lock(mutex_);
-  AddLocked(CounterId(budget, spender), FloorDiv(Nanos(when), SlotNanos(budget)), amount);
+  CounterIdInto(scratch_, budget, spender);  // reused: a rebuild adds millions
+  AddLocked(scratch_, FloorDiv(Nanos(when), SlotNanos(budget)), amount);
 }
 
 BudgetLedger::Usage BudgetLedger::Spent(const Budget& budget, const BudgetSpender& spender,

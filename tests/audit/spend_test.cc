@@ -63,7 +63,7 @@ Result<Totals> Scan(const std::vector<std::string>& files, int64_t since = 0) {
   Totals totals;
   auto scan = ScanSpends(files, since, [&](const Spend& spend) {
     totals.vectors[std::string(spend.rule_id) + " " + std::string(spend.key) + " " +
-                   std::to_string(spend.uid) + " " + spend.unit + " " +
+                   std::to_string(spend.uid) + " " + std::string(spend.unit) + " " +
                    std::string(spend.operation)] += spend.vectors;
     ++totals.spends;
   });

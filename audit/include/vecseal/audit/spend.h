@@ -21,7 +21,7 @@ struct Spend {
   std::string_view rule_id;
   std::string_view key;
   int64_t uid = -1;
-  std::string unit;  // empty when the caller ran in none
+  std::string_view unit;  // empty when the caller ran in none
   uint64_t vectors = 0;
 };
 

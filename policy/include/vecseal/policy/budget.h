@@ -103,6 +103,7 @@ class BudgetLedger {
   // until a whole window after its slot's end, so a window never holds more than the budget.
   static int64_t SlotNanos(const Budget& budget);
   static std::string CounterId(const Budget& budget, const BudgetSpender& spender);
+  static void CounterIdInto(std::string& id, const Budget& budget, const BudgetSpender& spender);
   void ExpireLocked(Counter& counter, const Budget& budget, Clock::time_point now);
   // Time until `needed` fits under `budget`'s limit, nullopt if never.
   std::optional<Clock::duration> RoomInLocked(const Counter& counter, const Budget& budget,
@@ -114,6 +115,7 @@ class BudgetLedger {
   std::optional<Clock::time_point> known_since_;
   std::string broken_;
   std::vector<std::string> counting_;  // counter id prefixes
+  std::string scratch_;
 };
 
 }  // namespace vecseal::policy
