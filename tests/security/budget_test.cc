@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -294,6 +295,33 @@ TEST_F(BudgetTest, ALogThatCannotBeCountedFailsBudgetedRulesClosed) {
   EXPECT_EQ(refused.status, 503u);
   EXPECT_EQ(CodeOf(refused), "budget_unavailable") << refused.body;
   EXPECT_NE(refused.body.find("is not an audit record"), std::string::npos) << refused.body;
+  EXPECT_EQ(Encrypt(1, "free").status, 200u);
+}
+
+// The oldest audit file is removed: what was spent at the start of the window is unknown, so
+// the budgeted rule is refused until a whole window has passed since the first record left.
+TEST_F(BudgetTest, ALogMissingTheStartOfTheWindowFailsClosedUntilAWindowHasPassed) {
+  StartWith(PolicyWith(10));
+  ASSERT_EQ(Encrypt(1).status, 200u);
+  EXPECT_EQ(daemon_->Stop(), 0);
+  Restart();  // every start begins a file of its own
+  EXPECT_EQ(daemon_->Stop(), 0);
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(daemon_->audit_dir())) {
+    files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  ASSERT_EQ(files.size(), 2u);
+  std::filesystem::remove(files.front());
+  Restart();
+  const HttpResult refused = Encrypt(1);
+  EXPECT_EQ(refused.status, 503u);
+  EXPECT_EQ(CodeOf(refused), "budget_unavailable") << refused.body;
+  EXPECT_NE(refused.body.find("no longer holds the start of this budget's window"),
+            std::string::npos)
+      << refused.body;
+  ASSERT_TRUE(refused.headers.contains("retry-after"));
+  EXPECT_GT(std::stoi(refused.headers.at("retry-after")), 3500);
   EXPECT_EQ(Encrypt(1, "free").status, 200u);
 }
 
