@@ -3,6 +3,7 @@
 #include <charconv>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -22,10 +23,11 @@ constexpr std::string_view kUsage =
     "usage: vecseal audit verify --pubkey KEY.pem [--anchor SEQ:HEAD]... [--allow-unsealed-tail]\n"
     "                            [--json] FILE|DIR...\n"
     "       vecseal audit show [--key NAME] [--caller USER|UID|EXE|UNIT] [--event NAME]\n"
-    "                          [--since TIME] [--until TIME] [--json] FILE|DIR...\n"
+    "                          [--since TIME] [--until TIME] [--sum] [--json] FILE|DIR...\n"
     "A DIR stands for its audit-*.jsonl files in order. verify fails unless the log ends in a\n"
     "stop record and its seal; --allow-unsealed-tail accepts a running daemon's unsealed end\n"
-    "(reported as warnings). TIME is UTC, ISO 8601, any prefix\n"
+    "(reported as warnings). --sum adds up the vectors encrypted and decrypted per rule, key,\n"
+    "caller and operation instead of listing records. TIME is UTC, ISO 8601, any prefix\n"
     "of 2026-11-25T03:04:31.123456Z (e.g. 2026-11-25 or 2026-11-25T03:04).\n";
 
 // Directories become their audit files, oldest first.
@@ -235,15 +237,64 @@ std::string HumanLine(const nlohmann::json& r) {
   return line.str();
 }
 
+// What `show --sum` adds up: one row per rule, key, caller and operation.
+struct SumKey {
+  std::string rule, key, uid, user, unit, operation;
+  auto operator<=>(const SumKey&) const = default;
+};
+struct SumValue {
+  uint64_t vectors = 0;
+  uint64_t requests = 0;
+};
+
+void AddToSum(const nlohmann::json& record, std::map<SumKey, SumValue>* sums) {
+  const std::string event = Printable(record, "event", "");
+  const auto vectors = record.find("vectors");
+  if ((event != "encrypt" && event != "decrypt") || vectors == record.end() ||
+      !vectors->is_number_unsigned()) {
+    return;
+  }
+  SumKey key{Printable(record, "rule_id", "-"), Printable(record, "key", "-"), "-1", "?", "-",
+             event};
+  if (const auto caller = record.find("caller"); caller != record.end() && caller->is_object()) {
+    key.uid = Printable(*caller, "uid", "-1");
+    key.user = Printable(*caller, "user", "?");
+    key.unit = Printable(*caller, "unit", "-");
+  }
+  SumValue& value = (*sums)[key];
+  value.vectors += vectors->get<uint64_t>();
+  ++value.requests;
+}
+
+void PrintSums(const std::map<SumKey, SumValue>& sums, bool json, std::ostream& out) {
+  for (const auto& [key, value] : sums) {
+    if (json) {
+      out << nlohmann::json{{"rule", key.rule}, {"key", key.key}, {"uid", key.uid},
+                            {"user", key.user}, {"unit", key.unit}, {"operation", key.operation},
+                            {"vectors", value.vectors}, {"requests", value.requests}}
+                 .dump()
+          << "\n";
+    } else {
+      out << "rule=" << key.rule << " key=" << key.key << " caller=" << key.user << "(" << key.uid
+          << ") unit=" << key.unit << " op=" << key.operation << " vectors=" << value.vectors
+          << " requests=" << value.requests << "\n";
+    }
+  }
+}
+
 int RunShow(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   ShowFilter filter;
   bool json = false;
+  bool sum = false;
+  std::map<SumKey, SumValue> sums;
   std::vector<std::string> operands;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     const bool has_value = i + 1 < args.size();
     if (arg == "--json") {
       json = true;
+    } else if (arg == "--sum") {
+      sum = true;
     } else if (arg == "--key" && has_value) {
       filter.key = args[++i];
     } else if (arg == "--caller" && has_value) {
@@ -283,9 +334,14 @@ int RunShow(const std::vector<std::string>& args, std::ostream& out, std::ostrea
       const auto record = nlohmann::json::parse(text, nullptr, false);
       if (record.is_discarded() || !record.is_object()) continue;
       if (!Matches(record, filter)) continue;
-      out << (json ? text : HumanLine(record)) << "\n";
+      if (sum) {
+        AddToSum(record, &sums);
+      } else {
+        out << (json ? text : HumanLine(record)) << "\n";
+      }
     }
   }
+  PrintSums(sums, json, out);
   return kExitOk;
 }
 

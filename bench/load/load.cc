@@ -57,6 +57,7 @@ struct Options {
   std::string derivation = "aes";  // the key's format: aes (v2) or hmac (v1)
   std::string pkcs11_module;       // own daemon: this module instead of SoftHSM2's
   long hsm_delay_us = 0;           // own daemon: every Cryptoki call of the fault module waits
+  uint64_t budget = 0;             // own daemon: its dev rule gets this encrypt budget per 24h
   size_t connections = 2;
   size_t batch = 1024;
   size_t dimension = 768;
@@ -76,7 +77,8 @@ struct Options {
 
 constexpr std::string_view kUsage =
     "usage: vecseal_load (--socket PATH | --vecseald PATH [--group-size G]\n"
-    "                     [--pkcs11-module FAULTY.so --hsm-delay-us US]) [--key NAME]\n"
+    "                     [--pkcs11-module FAULTY.so --hsm-delay-us US] [--budget N])\n"
+    "         [--key NAME]\n"
     "         [--transform permute|rotate] [--derivation aes|hmac] [--connections C]\n"
     "         [--batch B] [--dim D]\n"
     "         [--wire binary|json] [--reversible] [--allocating] [--single-fraction F]\n"
@@ -128,6 +130,7 @@ Options ParseOptions(int argc, char** argv) {
     else if (name == "derivation") o.derivation = value;
     else if (name == "pkcs11-module") o.pkcs11_module = value;
     else if (name == "hsm-delay-us") o.hsm_delay_us = Number<long>(name, value);
+    else if (name == "budget") o.budget = Number<uint64_t>(name, value);
     else if (name == "connections") o.connections = Number<size_t>(name, value);
     else if (name == "batch") o.batch = Number<size_t>(name, value);
     else if (name == "dim") o.dimension = Number<size_t>(name, value);
@@ -157,7 +160,7 @@ class OwnDaemon {
  public:
   // `module` (the fault module of tests/pkcs11) with `delay_us` simulates a network HSM.
   OwnDaemon(const std::string& binary, size_t group_size, const std::string& module,
-            long delay_us) {
+            long delay_us, uint64_t budget) {
     char pattern[] = "/tmp/vecseal-load-XXXXXX";
     if (::mkdtemp(pattern) == nullptr) Die("mkdtemp failed");
     root_ = pattern;
@@ -165,6 +168,21 @@ class OwnDaemon {
                       log = root_ + "/vecseald.log";
     std::filesystem::create_directory(state);
     std::filesystem::permissions(state, std::filesystem::perms::owner_all);
+    if (budget > 0) {
+      // Dev mode keeps a policy it finds: its own rule, plus the budget whose cost is measured.
+      const nlohmann::json policy = {
+          {"version", 1},
+          {"rules",
+           {{{"id", "dev-user-" + std::to_string(::geteuid())},
+             {"callers", {{"uid", ::geteuid()}}},
+             {"keys", {"*"}},
+             {"operations", {"encrypt", "decrypt", "keys.list", "keys.create", "keys.rotate"}},
+             {"budgets", {{{"operation", "encrypt"}, {"vectors", budget}, {"per", "24h"}}}}}}}};
+      const std::string path = state + "/policy.json";
+      std::ofstream(path) << policy.dump(2) << "\n";
+      std::filesystem::permissions(path, std::filesystem::perms::owner_read |
+                                             std::filesystem::perms::owner_write);
+    }
     // No chattr +a: as root it would make the throwaway audit files undeletable.
     // One uid plays every client, so its share of connections is the whole limit.
     std::ofstream(config) << "{\"derivation\": {\"group_size\": " << group_size
@@ -542,7 +560,7 @@ int main(int argc, char** argv) {
   std::string socket = o.socket;
   if (!o.vecseald.empty()) {
     daemon = std::make_unique<OwnDaemon>(o.vecseald, o.group_size, o.pkcs11_module,
-                                         o.hsm_delay_us);
+                                         o.hsm_delay_us, o.budget);
     socket = daemon->socket();
   }
   {

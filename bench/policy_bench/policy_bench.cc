@@ -17,6 +17,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include "vecseal/policy/budget.h"
 #include "vecseal/policy/identity.h"
 #include "vecseal/policy/policy.h"
 #include "vecseal/policy/rate_limit.h"
@@ -222,6 +223,28 @@ void BM_UidBudgetCheck(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(limiter.SecondsUntilCredit(uid));
 }
 BENCHMARK(BM_UidBudgetCheck)->Threads(1)->Threads(2);
+
+// What a budget adds to one encrypt: the check before the body is read, the reservation after,
+// against a ledger holding state.range(0) other counters (keys and callers that spent).
+void BM_BudgetSpend(benchmark::State& state) {
+  const Budget budget{Operation::kEncrypt, 1ull << 62, 86400, Budget::PerCaller::kUid};
+  const Budget* budgets[] = {&budget};
+  BudgetLedger ledger;
+  const auto now = BudgetLedger::Clock::now();
+  const std::string rule = "staging-scorer";
+  std::vector<std::string> keys;
+  for (int64_t i = 0; i < state.range(0); ++i) keys.push_back("support-" + std::to_string(i));
+  for (const std::string& key : keys) ledger.Add(budget, {rule, key, 1000, ""}, 1, now);
+  const BudgetSpender spender{rule, "support-ratings", 1000, "ticket-scorer.service"};
+  for (auto _ : state) {
+    BudgetLedger::Reservation reservation;
+    benchmark::DoNotOptimize(ledger.Reserve(budgets, spender, 1, BudgetLedger::Clock::now(),
+                                            nullptr));
+    benchmark::DoNotOptimize(ledger.Reserve(budgets, spender, 1, BudgetLedger::Clock::now(),
+                                            &reservation));
+  }
+}
+BENCHMARK(BM_BudgetSpend)->Arg(1)->Arg(1000);
 
 }  // namespace
 }  // namespace vecseal::policy

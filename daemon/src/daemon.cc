@@ -27,6 +27,7 @@
 #include "log.h"
 #include "startup.h"
 #include "vecseal/audit/log.h"
+#include "vecseal/audit/verify.h"
 #include "vecseal/daemon/hsm_gate.h"
 #include "vecseal/daemon/http_server.h"
 #include "vecseal/daemon/init.h"
@@ -473,6 +474,11 @@ class Daemon {
         *service_,
         ServerOptions{.io_threads = config_.threads.io, .worker_threads = config_.threads.workers},
         config_.limits);
+    // Before the first request: a budget counted from nothing would hand out a fresh window.
+    (void)service_->RebuildBudgets([audit = config_.audit]() -> Result<std::vector<std::string>> {
+      if (!audit.single_file.empty()) return std::vector<std::string>{audit.single_file};
+      return audit::LogFilesInOrder(audit.directory);
+    });
     VECSEAL_RETURN_IF_ERROR(server_->Adopt(listener_.fd));
     listener_.fd = -1;  // the server's acceptor owns it now and closes it; Cleanup must not
     metrics_.SetConnectionsSource([server = server_.get()] {

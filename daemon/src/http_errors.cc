@@ -26,6 +26,8 @@ constexpr ReasonStatus kReasonTable[] = {
     {"body_memory_exhausted", 503},
     {"unsupported_transfer_coding", 501},
     {"derivation_rate_limited", 429},
+    {"budget_exhausted", 429},
+    {"budget_unavailable", 503},
 };
 
 unsigned DefaultFor(Code code) {

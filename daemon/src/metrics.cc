@@ -37,6 +37,11 @@ void Metrics::SetDigestCountsSource(std::function<DigestCounts()> source) {
   digest_counts_ = std::move(source);
 }
 
+void Metrics::SetBudgetsSource(std::function<std::vector<BudgetGauge>()> source) {
+  std::lock_guard lock(mutex_);
+  budgets_ = std::move(source);
+}
+
 std::string Metrics::RenderPrometheus(
     const std::function<bool(const std::string&)>& may_see_key) const {
   std::ostringstream out;
@@ -114,6 +119,23 @@ std::string Metrics::RenderPrometheus(
          "had spent its hashing budget.\n"
          "# TYPE vecseal_digests_rate_limited_total counter\n"
       << "vecseal_digests_rate_limited_total " << digests.rate_limited << '\n';
+  out << "# HELP vecseal_budget_spent_vectors Vectors spent in the current window of a rule's "
+         "budget, by key (every caller together).\n"
+         "# TYPE vecseal_budget_spent_vectors gauge\n";
+  const std::vector<BudgetGauge> budgets = budgets_ ? budgets_() : std::vector<BudgetGauge>();
+  const auto labels = [](const BudgetGauge& gauge) {
+    return "{rule=\"" + gauge.rule + "\",operation=\"" + gauge.operation + "\",per=\"" +
+           gauge.window + "\",key=\"" + gauge.key + "\"}";
+  };
+  for (const BudgetGauge& gauge : budgets) {
+    if (may_see_key(gauge.key)) out << "vecseal_budget_spent_vectors" << labels(gauge) << ' ' << gauge.spent << '\n';
+  }
+  out << "# HELP vecseal_budget_limit_vectors The budget those vectors are spent from (for each "
+         "caller, when the budget is per caller).\n"
+         "# TYPE vecseal_budget_limit_vectors gauge\n";
+  for (const BudgetGauge& gauge : budgets) {
+    if (may_see_key(gauge.key)) out << "vecseal_budget_limit_vectors" << labels(gauge) << ' ' << gauge.limit << '\n';
+  }
   return out.str();
 }
 

@@ -15,6 +15,7 @@
 #include <boost/beast/http/verb.hpp>
 
 #include "log.h"
+#include "vecseal/audit/spend.h"
 #include "vecseal/daemon/vector_codec.h"
 
 namespace vecseal::daemon {
@@ -247,6 +248,10 @@ struct Service::Call {
   audit::Event event;
   std::string metric_key;   // set only once the key is known to exist
   std::string allow;        // the Allow header of a 405
+  std::string retry_after;  // the Retry-After header of a 429 or 503, in seconds
+  // The granting rule's budgets on this operation, and what this request took from them.
+  std::vector<const policy::Budget*> budgets;
+  policy::BudgetLedger::Reservation reservation;
   bool health = false;
   HttpResponse response;
 };
@@ -263,14 +268,139 @@ Service::Service(HsmGate& hsm, audit::Log& audit_log, policy::IdentityResolver& 
                          static_cast<double>(settings.derivation_ms_per_minute_per_uid) / 60) {
   // Request ids are unique across restarts without being guessable from the start time.
   next_request_ = (uint64_t{std::random_device{}()} << 32) | 1;
+  metrics_.SetBudgetsSource([this] { return BudgetGauges(); });
+}
+
+Service::~Service() { metrics_.SetBudgetsSource(nullptr); }
+
+Status Service::RebuildBudgets(AuditFiles files) {
+  audit_files_ = std::move(files);
+  policy::PolicyPtr policy;
+  {
+    std::lock_guard lock(mutex_);
+    policy = policy_;
+  }
+  const std::vector<policy::RuleBudget> budgets = policy->budgets();
+  return CountFromLog(budgets_, budgets);
+}
+
+Status Service::CountFromLog(policy::BudgetLedger& ledger,
+                             std::span<const policy::RuleBudget> budgets, uint64_t until_seq) {
+  if (budgets.empty() || !audit_files_) return Status::Ok();
+  const auto started = std::chrono::steady_clock::now();
+  const auto fail = [&](const Status& status) {
+    ledger.SetBroken("the audit log could not be read to count what was spent (" +
+                     status.message() + "); a restart that can read it ends this");
+    LogLine("error", "budgets_unknown", "message=" + LogValue(status.message()));
+    return status;
+  };
+  auto files = audit_files_();
+  if (!files.ok()) return fail(files.status());
+  std::map<std::string, std::vector<const policy::Budget*>, std::less<>> by_rule;
+  uint64_t longest = 0;
+  for (const policy::RuleBudget& entry : budgets) {
+    by_rule[entry.rule_id + '\0' + std::string(policy::OperationName(entry.budget.operation))]
+        .push_back(&entry.budget);
+    longest = std::max(longest, entry.budget.window_seconds);
+  }
+  // Wall times in records become monotonic ones by their age; a record from the future (the
+  // clock was stepped back since) has age 0, so it counts a whole window from now.
+  const int64_t wall_now = std::chrono::duration_cast<std::chrono::microseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  const auto mono_now = std::chrono::steady_clock::now();
+  const auto age_of = [&](int64_t micros) { return std::max<int64_t>(0, wall_now - micros); };
+  // A spend counts up to 1/1024 of a window longer than the window (BudgetLedger's slots).
+  const auto reach = [](uint64_t window) {
+    return static_cast<int64_t>(window + window / 1024 + 1) * 1'000'000;
+  };
+  std::string rule_op;
+  auto scan = audit::ScanSpends(*files, wall_now - reach(longest), [&](const audit::Spend& spend) {
+    rule_op.assign(spend.rule_id);
+    rule_op += '\0';
+    rule_op += spend.operation;
+    const auto found = by_rule.find(rule_op);
+    if (found == by_rule.end()) return;
+    const int64_t age = age_of(spend.time_micros);
+    const policy::BudgetSpender spender{spend.rule_id, spend.key, spend.uid, spend.unit};
+    for (const policy::Budget* budget : found->second) {
+      if (age > reach(budget->window_seconds)) continue;
+      ledger.Add(*budget, spender, spend.vectors, mono_now - std::chrono::microseconds(age));
+    }
+  }, until_seq);
+  if (!scan.ok()) return fail(scan.status());
+  if (scan->complete_since_micros) {
+    ledger.SetKnownSince(mono_now - std::chrono::microseconds(age_of(*scan->complete_since_micros)));
+  }
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - started);
+  LogLine("info", "budgets_counted",
+          "files=" + std::to_string(scan->files_read) + " bytes=" +
+              std::to_string(scan->bytes_read) + " records=" + std::to_string(scan->records) +
+              " spends=" + std::to_string(scan->spends) + " ms=" + std::to_string(took.count()) +
+              (scan->complete_since_micros ? " incomplete=true" : ""));
+  return Status::Ok();
+}
+
+std::vector<Metrics::BudgetGauge> Service::BudgetGauges() {
+  policy::PolicyPtr policy;
+  {
+    std::lock_guard lock(mutex_);
+    policy = policy_;
+  }
+  std::vector<Metrics::BudgetGauge> gauges;
+  const auto now = std::chrono::steady_clock::now();
+  for (const policy::RuleBudget& entry : policy->budgets()) {
+    for (const policy::BudgetCounter& counter : budgets_.Counters(entry.rule_id, entry.budget, now)) {
+      Metrics::BudgetGauge gauge{entry.rule_id, std::string(policy::OperationName(entry.budget.operation)),
+                                 policy::FormatWindow(entry.budget.window_seconds), counter.key,
+                                 counter.spent, entry.budget.vectors};
+      // Counters of one key per caller add up to the key's series; the limit is each caller's.
+      if (!gauges.empty() && gauges.back().rule == gauge.rule &&
+          gauges.back().operation == gauge.operation && gauges.back().window == gauge.window &&
+          gauges.back().key == gauge.key) {
+        gauges.back().spent += gauge.spent;
+      } else {
+        gauges.push_back(std::move(gauge));
+      }
+    }
+  }
+  return gauges;
 }
 
 void Service::Reload(policy::PolicyPtr policy, ServiceSettings settings) {
-  std::lock_guard lock(mutex_);
-  policy_ = std::move(policy);
-  settings_ = settings;
-  derivation_budget_.Configure(static_cast<double>(settings.derivation_ms_per_minute_per_uid),
-                               static_cast<double>(settings.derivation_ms_per_minute_per_uid) / 60);
+  policy::PolicyPtr old;
+  {
+    std::lock_guard lock(mutex_);
+    old = policy_;
+  }
+  std::vector<policy::RuleBudget> added;
+  const std::vector<policy::RuleBudget> kept = old->budgets();
+  for (const policy::RuleBudget& entry : policy->budgets()) {
+    const bool known = std::any_of(kept.begin(), kept.end(), [&](const policy::RuleBudget& k) {
+      return k.rule_id == entry.rule_id && k.budget.operation == entry.budget.operation &&
+             k.budget.window_seconds == entry.budget.window_seconds &&
+             k.budget.per_caller == entry.budget.per_caller;
+    });
+    if (!known) added.push_back(entry);
+  }
+  // Requests decided under the new policy refuse on the added budgets until the records before
+  // the swap are counted; those of the old policy still in flight are counted at the next start.
+  budgets_.SetCounting(added);
+  uint64_t swapped_at = 0;
+  {
+    std::lock_guard lock(mutex_);
+    policy_ = std::move(policy);
+    settings_ = settings;
+    derivation_budget_.Configure(
+        static_cast<double>(settings.derivation_ms_per_minute_per_uid),
+        static_cast<double>(settings.derivation_ms_per_minute_per_uid) / 60);
+    swapped_at = audit_log_.next_seq();
+  }
+  if (added.empty()) return;
+  policy::BudgetLedger counted;
+  (void)CountFromLog(counted, added, swapped_at);  // a failure leaves `counted` broken: refusing
+  budgets_.Adopt(counted, added);
 }
 
 void Service::ForgetKeys() {
@@ -396,10 +526,90 @@ Status Service::Authorize(Call& call, Operation op, const std::string& key) {
   const policy::Decision decision = call.policy->Decide(*call.identity, op, key);
   call.event.decision = decision.granted ? "granted" : "denied";
   call.event.rule_id = decision.rule_id;
+  call.budgets = decision.budgets;
   if (decision.granted) return Status::Ok();
   return Status(Code::kPermissionDenied, "permission_denied",
                 "no rule grants " + std::string(policy::OperationName(op)) + " on key '" + key +
                     "'");
+}
+
+namespace {
+
+int64_t CeilSeconds(std::chrono::steady_clock::duration duration) {
+  const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(duration).count();
+  return std::max<int64_t>(1, (micros + 999'999) / 1'000'000);
+}
+
+std::string WallTimeIn(int64_t seconds) {
+  const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  return Rfc3339(now + seconds);
+}
+
+std::string BudgetOwner(const policy::Budget& budget, const policy::CallerIdentity& caller) {
+  switch (budget.per_caller) {
+    case policy::Budget::PerCaller::kNone: return "";
+    case policy::Budget::PerCaller::kUid: return " for uid " + std::to_string(caller.uid);
+    case policy::Budget::PerCaller::kUnit:
+      return caller.unit.empty() ? " for callers in no unit" : " for unit " + caller.unit;
+  }
+  return "";
+}
+
+}  // namespace
+
+Status Service::SpendBudgets(Call& call, const std::string& key, uint64_t vectors) {
+  if (call.budgets.empty()) return Status::Ok();
+  const auto now = std::chrono::steady_clock::now();
+  const std::string op = call.event.operation;
+  for (const policy::Budget* budget : call.budgets) {
+    std::optional<std::chrono::steady_clock::duration> lasts;
+    const std::string why = budgets_.Unavailable(call.event.rule_id, *budget, now, &lasts);
+    if (why.empty()) continue;
+    std::string until = "; a restart that can read the audit log ends this";
+    if (lasts) {
+      call.retry_after = std::to_string(CeilSeconds(*lasts));
+      until = "; it is known again in " + call.retry_after + " s, at " +
+              WallTimeIn(CeilSeconds(*lasts));
+    }
+    return Status(Code::kUnavailable, "budget_unavailable",
+                  "rule '" + call.event.rule_id + "' budgets " + op + " on key '" + key +
+                      "' (at most " + std::to_string(budget->vectors) + " vectors per " +
+                      policy::FormatWindow(budget->window_seconds) + "), and " + why + until);
+  }
+  const policy::BudgetSpender spender{call.event.rule_id, key, call.identity->uid,
+                                      call.identity->unit};
+  const auto refusal = budgets_.Reserve(call.budgets, spender, std::max<uint64_t>(vectors, 1),
+                                        now, vectors == 0 ? nullptr : &call.reservation);
+  if (!refusal) return Status::Ok();
+  const policy::Budget& budget = *refusal->budget;
+  std::string message = "rule '" + call.event.rule_id + "' allows " + op + " of at most " +
+                        std::to_string(budget.vectors) + " vectors per " +
+                        policy::FormatWindow(budget.window_seconds) + " on key '" + key + "'" +
+                        BudgetOwner(budget, *call.identity) + "; " +
+                        std::to_string(refusal->spent) + " spent in the window";
+  if (vectors > 0) message += ", this request has " + std::to_string(vectors);
+  if (refusal->room_in) {
+    call.retry_after = std::to_string(CeilSeconds(*refusal->room_in));
+    message += "; room for it opens in " + call.retry_after + " s, at " +
+               WallTimeIn(CeilSeconds(*refusal->room_in));
+  } else {
+    message += ", more than the whole budget: send at most " + std::to_string(budget.vectors) +
+               " vectors per request";
+  }
+  call.event.decision = "denied";
+  json detail = {{"operation", op},
+                 {"limit", budget.vectors},
+                 {"per", policy::FormatWindow(budget.window_seconds)},
+                 {"spent", refusal->spent},
+                 {"requested", vectors}};
+  if (budget.per_caller != policy::Budget::PerCaller::kNone) {
+    detail["per_caller"] = std::string(policy::PerCallerName(budget.per_caller));
+  }
+  call.event.extra = json{{"budget", std::move(detail)}};
+  if (!call.retry_after.empty()) call.event.extra["retry_after"] = std::stoll(call.retry_after);
+  return Status(Code::kResourceExhausted, "budget_exhausted", std::move(message));
 }
 
 Status Service::CountHsm(Status status) {
@@ -502,6 +712,7 @@ Status Service::Encrypt(Call& call, const std::string& key_name) {
   call.event.vectors = count;
   call.event.dimension = batch.dimension;
   call.event.reversible = request->reversible;
+  VECSEAL_RETURN_IF_ERROR(SpendBudgets(call, key_name, count));
 
   auto key = KeyFor(key_name, request->key_version);
   if (!key.ok()) return std::move(key).TakeStatus();
@@ -553,6 +764,7 @@ Status Service::Decrypt(Call& call, const std::string& key_name) {
     key_version = fields->key_version;
   }
   call.event.key_version = key_version;
+  VECSEAL_RETURN_IF_ERROR(SpendBudgets(call, key_name, count));
   auto key = KeyFor(key_name, key_version);
   if (!key.ok() && key.status().reason() == "key_not_found" && key_version) {
     // Tokens carry a version, not a key name: the likely cause is tokens of another key.
@@ -731,8 +943,39 @@ Status Service::RotateKey(Call& call, const std::string& key_name) {
 }
 
 Status Service::WhoAmI(Call& call) {
-  json body = {{"identity", call.identity->ToJson()},
-               {"grants", call.policy->GrantsFor(*call.identity)}};
+  json grants = call.policy->GrantsFor(*call.identity);
+  const std::vector<policy::RuleBudget> all = call.policy->budgets();
+  const auto now = std::chrono::steady_clock::now();
+  for (json& grant : grants) {
+    if (!grant.contains("budgets")) continue;
+    const std::string rule_id = grant["rule"].get<std::string>();
+    size_t index = 0;
+    for (const policy::RuleBudget& entry : all) {
+      if (entry.rule_id != rule_id) continue;
+      json& shown = grant["budgets"][index++];
+      const policy::Budget& budget = entry.budget;
+      const std::string mine =
+          policy::BudgetCaller(budget.per_caller, call.identity->uid, call.identity->unit);
+      std::optional<std::chrono::steady_clock::duration> lasts;
+      const std::string unavailable = budgets_.Unavailable(rule_id, budget, now, &lasts);
+      if (!unavailable.empty()) shown["unavailable"] = unavailable;
+      shown["spent"] = json::array();
+      for (const policy::BudgetCounter& counter : budgets_.Counters(rule_id, budget, now)) {
+        if (counter.caller != mine) continue;
+        const policy::BudgetSpender spender{rule_id, counter.key, call.identity->uid,
+                                            call.identity->unit};
+        const policy::BudgetLedger::Usage usage = budgets_.Spent(budget, spender, now);
+        shown["spent"].push_back(
+            {{"key", counter.key},
+             {"vectors", usage.spent},
+             {"room_opens_in_seconds",
+              usage.room_in > std::chrono::steady_clock::duration::zero()
+                  ? CeilSeconds(usage.room_in)
+                  : 0}});
+      }
+    }
+  }
+  json body = {{"identity", call.identity->ToJson()}, {"grants", std::move(grants)}};
   call.response = JsonResponse(http::status::ok, body, call.request.version());
   return Status::Ok();
 }
@@ -769,12 +1012,21 @@ HttpResponse Service::Finish(Call& call, const Status& status) {
   if (status.ok()) {
     call.event.event = call.event.operation;
   } else {
-    call.event.event = status.code() == Code::kPermissionDenied ? "deny" : "error";
+    const bool denied =
+        status.code() == Code::kPermissionDenied || status.reason() == "budget_exhausted";
+    call.event.event = denied ? "deny" : "error";
     call.event.error_code = status.reason();
     call.response = ErrorResponse(status, version);
     if (!call.allow.empty()) call.response.set(http::field::allow, call.allow);
   }
   const Status recorded = audit_log_.Append(call.event);
+  // Only vectors that left the daemon, each with its record, stay spent.
+  if ((!status.ok() || !recorded.ok()) && !call.reservation.parts.empty()) {
+    budgets_.Release(call.reservation);
+  }
+  if (recorded.ok() && !call.retry_after.empty()) {
+    call.response.set(http::field::retry_after, call.retry_after);
+  }
   if (!recorded.ok()) {
     // Fail closed: nothing leaves the daemon that the audit log does not hold.
     metrics_.CountAuditError();
@@ -894,7 +1146,7 @@ Status Service::Admit(Call& call) {
   VECSEAL_RETURN_IF_ERROR(
       Authorize(call, action == "encrypt" ? Operation::kEncrypt : Operation::kDecrypt, name));
   if (ContentTypeOf(call.request) == ContentType::kOther) return UnsupportedMediaType();
-  return Status::Ok();
+  return SpendBudgets(call, name, 0);
 }
 
 // The key's name is in the body, so only "may this caller create any key" can be asked before

@@ -173,6 +173,10 @@ int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::os
   }
   out << "policy " << parsed.file << ": valid, " << (*policy)->rule_count() << " rule"
       << ((*policy)->rule_count() == 1 ? "" : "s") << "\n";
+  for (const RuleBudget& entry : (*policy)->budgets()) {
+    out << "budget: rule " << internal::Quote(entry.rule_id) << ": " << DescribeBudget(entry.budget)
+        << "\n";
+  }
   if (!parsed.pid && !parsed.uid) return 0;
 
   IdentityResolver resolver;

@@ -205,6 +205,7 @@ struct Policy::Rule {
   std::vector<Condition> conditions;
   std::vector<std::string> key_patterns;
   uint8_t operations = 0;
+  std::vector<Budget> budgets;
 };
 
 namespace {
@@ -334,6 +335,16 @@ bool KeyMatches(const Rule& rule, std::string_view key) {
     if (internal::GlobMatch(pattern, key)) return true;
   }
   return false;
+}
+
+nlohmann::json BudgetJson(const Budget& budget) {
+  nlohmann::json out = {{"operation", std::string(OperationName(budget.operation))},
+                        {"vectors", budget.vectors},
+                        {"per", FormatWindow(budget.window_seconds)}};
+  if (budget.per_caller != Budget::PerCaller::kNone) {
+    out["per_caller"] = std::string(PerCallerName(budget.per_caller));
+  }
+  return out;
 }
 
 nlohmann::json OperationNames(uint8_t operations) {
@@ -472,16 +483,134 @@ Status ParseOperations(const std::string& path, const nlohmann::json& operations
   return Status::Ok();
 }
 
+// "24h" and the like: a positive integer and one of s, m, h, d.
+Status ParseWindow(const std::string& path, const nlohmann::json& value, uint64_t* seconds) {
+  constexpr std::string_view kExample = "; write a number and a unit, s, m, h or d (\"24h\")";
+  if (!value.is_string()) return Invalid(path, "expected a window such as \"24h\"" );
+  const std::string text = value.get<std::string>();
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 9) {
+    return Invalid(path, "invalid window " + internal::Quote(text) + std::string(kExample));
+  }
+  const uint64_t number = std::stoull(text.substr(0, digits));
+  const std::string unit = text.substr(digits);
+  uint64_t scale = 0;
+  if (unit == "s") scale = 1;
+  if (unit == "m") scale = 60;
+  if (unit == "h") scale = 3600;
+  if (unit == "d") scale = 86400;
+  if (scale == 0) {
+    return Invalid(path, "unknown unit " + internal::Quote(unit) + " in " + internal::Quote(text) +
+                             "; use s, m, h or d (\"7d\" for a week)");
+  }
+  if (number == 0) {
+    return Invalid(path, "a window of 0 s counts nothing; use 1s to 366d");
+  }
+  if (number * scale > kMaxBudgetWindowSeconds) {
+    return Invalid(path, internal::Quote(text) + " is longer than 366d; spends are counted again "
+                         "from the audit log at start, which must reach back a whole window");
+  }
+  *seconds = number * scale;
+  return Status::Ok();
+}
+
+Status ParseBudget(const std::string& path, const nlohmann::json& json, Rule* rule) {
+  if (!json.is_object()) {
+    return Invalid(path, "expected a budget object with \"operation\", \"vectors\" and \"per\"");
+  }
+  for (const auto& [name, value] : json.items()) {
+    if (name != "operation" && name != "vectors" && name != "per" && name != "per_caller") {
+      return Invalid(Join(path, name), "unknown field; a budget has only \"operation\", "
+                                       "\"vectors\", \"per\" and \"per_caller\"");
+    }
+  }
+  for (std::string_view name : {"operation", "vectors", "per"}) {
+    if (!json.contains(name)) {
+      return Invalid(Join(path, name), "missing; every budget needs \"" + std::string(name) + "\"");
+    }
+  }
+  Budget budget;
+  const std::string op_path = Join(path, "operation");
+  const nlohmann::json& op = json["operation"];
+  if (!op.is_string() || !ParseOperation(op.get<std::string>(), &budget.operation)) {
+    return Invalid(op_path, "expected \"encrypt\" or \"decrypt\"");
+  }
+  if (budget.operation != Operation::kEncrypt && budget.operation != Operation::kDecrypt) {
+    return Invalid(op_path, "a budget counts vectors, so only encrypt and decrypt take one");
+  }
+  if (!(rule->operations & Bit(budget.operation))) {
+    return Invalid(op_path, "the rule does not grant " +
+                                std::string(OperationName(budget.operation)) +
+                                "; add it to \"operations\" or remove this budget");
+  }
+  const std::string vectors_path = Join(path, "vectors");
+  const nlohmann::json& vectors = json["vectors"];
+  if (!vectors.is_number_integer()) {
+    return Invalid(vectors_path, "expected an integer number of vectors, 1 to " +
+                                     std::to_string(kMaxBudgetVectors));
+  }
+  if (vectors.is_number_unsigned() && vectors.get<uint64_t>() == 0) {
+    return Invalid(vectors_path, "a budget of 0 vectors refuses every request; remove " +
+                                     std::string(OperationName(budget.operation)) +
+                                     " from \"operations\" instead");
+  }
+  if (!vectors.is_number_unsigned() || vectors.get<uint64_t>() > kMaxBudgetVectors) {
+    return Invalid(vectors_path, vectors.dump() + " is not a number of vectors; use 1 to " +
+                                     std::to_string(kMaxBudgetVectors));
+  }
+  budget.vectors = vectors.get<uint64_t>();
+  VECSEAL_RETURN_IF_ERROR(ParseWindow(Join(path, "per"), json["per"], &budget.window_seconds));
+  if (json.contains("per_caller")) {
+    const nlohmann::json& per_caller = json["per_caller"];
+    const std::string text = per_caller.is_string() ? per_caller.get<std::string>() : "";
+    if (text == "uid") {
+      budget.per_caller = Budget::PerCaller::kUid;
+    } else if (text == "unit") {
+      budget.per_caller = Budget::PerCaller::kUnit;
+    } else {
+      return Invalid(Join(path, "per_caller"),
+                     "expected \"uid\" or \"unit\"; leave it out to share the budget among "
+                     "every caller of the rule");
+    }
+  }
+  for (const Budget& other : rule->budgets) {
+    if (other.operation == budget.operation && other.window_seconds == budget.window_seconds &&
+        other.per_caller == budget.per_caller) {
+      return Invalid(path, "a second budget for " + std::string(OperationName(budget.operation)) +
+                               " per " + FormatWindow(budget.window_seconds) +
+                               " counted alike; keep one");
+    }
+  }
+  rule->budgets.push_back(budget);
+  return Status::Ok();
+}
+
+Status ParseBudgets(const std::string& path, const nlohmann::json& budgets, Rule* rule) {
+  if (!budgets.is_array()) {
+    return Invalid(path, "expected a list of budgets, such as [{\"operation\": \"encrypt\", "
+                         "\"vectors\": 100000, \"per\": \"24h\"}]");
+  }
+  if (budgets.empty()) {
+    return Invalid(path, "empty list; give at least one budget or remove \"budgets\"");
+  }
+  for (size_t i = 0; i < budgets.size(); ++i) {
+    VECSEAL_RETURN_IF_ERROR(ParseBudget(Join(path, i), budgets[i], rule));
+  }
+  return Status::Ok();
+}
+
 Status ParseRule(const std::string& path, const nlohmann::json& json, Rule* rule) {
   if (!json.is_object()) {
     return Invalid(path, "expected a rule object with \"id\", \"callers\", \"keys\" and "
                          "\"operations\"");
   }
   for (const auto& [name, value] : json.items()) {
-    if (name != "id" && name != "callers" && name != "keys" && name != "operations") {
+    if (name != "id" && name != "callers" && name != "keys" && name != "operations" &&
+        name != "budgets") {
       return Invalid(Join(path, name),
-                     "unknown field; a rule has only \"id\", \"callers\", \"keys\" and "
-                     "\"operations\"");
+                     "unknown field; a rule has only \"id\", \"callers\", \"keys\", "
+                     "\"operations\" and \"budgets\"");
     }
   }
   for (std::string_view name : {"id", "callers", "keys", "operations"}) {
@@ -499,7 +628,9 @@ Status ParseRule(const std::string& path, const nlohmann::json& json, Rule* rule
   }
   VECSEAL_RETURN_IF_ERROR(ParseCallers(Join(path, "callers"), json["callers"], rule));
   VECSEAL_RETURN_IF_ERROR(ParseKeys(Join(path, "keys"), json["keys"], rule));
-  return ParseOperations(Join(path, "operations"), json["operations"], rule);
+  VECSEAL_RETURN_IF_ERROR(ParseOperations(Join(path, "operations"), json["operations"], rule));
+  if (!json.contains("budgets")) return Status::Ok();
+  return ParseBudgets(Join(path, "budgets"), json["budgets"], rule);
 }
 
 }  // namespace
@@ -514,6 +645,32 @@ std::string_view OperationName(Operation op) {
     case Operation::kAuditRead: return "audit.read";
   }
   return "unknown";
+}
+
+std::string FormatWindow(uint64_t seconds) {
+  if (seconds > 0 && seconds % 86400 == 0) return std::to_string(seconds / 86400) + "d";
+  if (seconds > 0 && seconds % 3600 == 0) return std::to_string(seconds / 3600) + "h";
+  if (seconds > 0 && seconds % 60 == 0) return std::to_string(seconds / 60) + "m";
+  return std::to_string(seconds) + "s";
+}
+
+std::string_view PerCallerName(Budget::PerCaller per_caller) {
+  switch (per_caller) {
+    case Budget::PerCaller::kNone: return "";
+    case Budget::PerCaller::kUid: return "uid";
+    case Budget::PerCaller::kUnit: return "unit";
+  }
+  return "";
+}
+
+std::string DescribeBudget(const Budget& budget) {
+  std::string out = std::string(OperationName(budget.operation)) + " at most " +
+                    std::to_string(budget.vectors) + " vectors per " +
+                    FormatWindow(budget.window_seconds) + ", for each key";
+  if (budget.per_caller != Budget::PerCaller::kNone) {
+    out += " and each " + std::string(PerCallerName(budget.per_caller));
+  }
+  return out;
 }
 
 bool ParseOperation(std::string_view name, Operation* op) {
@@ -538,6 +695,22 @@ Policy::Policy(std::vector<Rule> rules) : rules_(std::move(rules)) {
 Policy::~Policy() = default;
 
 size_t Policy::rule_count() const { return rules_.size(); }
+
+std::vector<RuleBudget> Policy::budgets() const {
+  std::vector<RuleBudget> out;
+  for (const Rule& rule : rules_) {
+    for (const Budget& budget : rule.budgets) out.push_back(RuleBudget{rule.id, budget});
+  }
+  return out;
+}
+
+uint64_t Policy::longest_window_seconds() const {
+  uint64_t longest = 0;
+  for (const Rule& rule : rules_) {
+    for (const Budget& budget : rule.budgets) longest = std::max(longest, budget.window_seconds);
+  }
+  return longest;
+}
 
 Result<PolicyPtr> Policy::Parse(std::string_view json_text) {
   if (json_text.size() > kMaxPolicyBytes) {
@@ -657,7 +830,11 @@ PolicyPtr Policy::AllowUser(uid_t uid) {
 Decision Policy::Decide(const CallerIdentity& caller, Operation op, std::string_view key) const {
   for (const Rule& rule : rules_) {
     if ((rule.operations & Bit(op)) && KeyMatches(rule, key) && CheckCallers(rule, caller).empty()) {
-      return Decision{true, rule.id};
+      Decision decision{true, rule.id, {}};
+      for (const Budget& budget : rule.budgets) {
+        if (budget.operation == op) decision.budgets.push_back(&budget);
+      }
+      return decision;
     }
   }
   return Decision{};
@@ -673,7 +850,7 @@ bool Policy::GrantsAny(const CallerIdentity& caller, Operation op) const {
 Decision Policy::DecideKeysList(const CallerIdentity& caller) const {
   for (const Rule& rule : rules_) {
     if ((rule.operations & Bit(Operation::kKeysList)) && CheckCallers(rule, caller).empty()) {
-      return Decision{true, rule.id};
+      return Decision{true, rule.id, {}};
     }
   }
   return Decision{};
@@ -683,7 +860,7 @@ Decision Policy::DecideListed(const CallerIdentity& caller, std::string_view key
   for (const Rule& rule : rules_) {
     if ((rule.operations & kKeyOperations) && KeyMatches(rule, key) &&
         CheckCallers(rule, caller).empty()) {
-      return Decision{true, rule.id};
+      return Decision{true, rule.id, {}};
     }
   }
   return Decision{};
@@ -706,9 +883,14 @@ nlohmann::json Policy::GrantsFor(const CallerIdentity& caller) const {
   nlohmann::json grants = nlohmann::json::array();
   for (const Rule& rule : rules_) {
     if (!CheckCallers(rule, caller).empty()) continue;
-    grants.push_back({{"rule", rule.id},
-                      {"keys", rule.key_patterns},
-                      {"operations", OperationNames(rule.operations)}});
+    nlohmann::json grant = {{"rule", rule.id},
+                            {"keys", rule.key_patterns},
+                            {"operations", OperationNames(rule.operations)}};
+    if (!rule.budgets.empty()) {
+      grant["budgets"] = nlohmann::json::array();
+      for (const Budget& budget : rule.budgets) grant["budgets"].push_back(BudgetJson(budget));
+    }
+    grants.push_back(std::move(grant));
   }
   return grants;
 }

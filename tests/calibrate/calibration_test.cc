@@ -120,6 +120,35 @@ INSTANTIATE_TEST_SUITE_P(Transforms, CalibrationTest,
                            return std::string(core::TransformName(test_info.param));
                          });
 
+// The suggested budget is where the measured inversion crosses the limit: under it at the
+// budget, at or over it with the d/2, d and 2d pairs measured beside it when those cross.
+TEST(SuggestedBudgetTest, StopsWhereTheInversionCrossesTheLimit) {
+  CountingNonces nonces;
+  CalibrationData data;
+  auto clustered = MakeClustered(1200, 32, 8, 0.35, 31);
+  data.sample = std::move(clustered.vectors);
+  for (const double limit : {0.5, 0.95, 1.0}) {
+    CalibrationOptions options;
+    options.betas = {1};
+    options.nonces = &nonces;
+    options.max_inversion_cosine = limit;
+    auto report = RunCalibration(data, options, FixedKey());
+    ASSERT_TRUE(report.ok()) << report.status().ToString();
+    const Leakage& leakage = report->results[0].leakage;
+    const SuggestedBudget& budget = leakage.budget;
+    SCOPED_TRACE("limit " + std::to_string(limit));
+    if (limit == 0.5 && budget.pairs == 0) continue;  // clustered data: one pair may reach it
+    ASSERT_GT(budget.pairs, 0u);
+    EXPECT_LT(budget.mean_cosine, limit);
+    for (const InversionResult& measured : leakage.inversion) {
+      if (measured.mean_cosine.value >= limit + measured.mean_cosine.ci95) {
+        EXPECT_LT(budget.pairs, measured.pairs);
+      }
+    }
+    EXPECT_EQ(budget.beyond_sample, limit == 1.0) << "a cosine of 1 is never reached";
+  }
+}
+
 TEST(CalibrationInputTest, GivenQueriesAreUsedInsteadOfHeldOutOnes) {
   CalibrationData data = ClusteredData();
   data.queries = MakeClustered(37, 32, 8, 0.35, 31).vectors;

@@ -34,6 +34,7 @@ CalibrationReport UnlabelledReport() {
     result.recall = {beta < 1 ? 0.95 : 0.6, 0.02};
     result.leakage.inversion = {{8, {0.85, 0.01}, {0.5, 0.05}}, {16, {0.9, 0.01}, {0.4, 0.05}}};
     result.leakage.aligned_permute = {0.7, 0.1};
+    result.leakage.budget = {beta < 1 ? size_t{5} : size_t{7}, beta < 1 ? 0.45 : 0.48, false};
     report.results.push_back(result);
   }
   Recommend(report);
@@ -53,7 +54,29 @@ TEST(ReportTest, GuidanceNamesTheRecommendedBetaAndItsLeakage) {
             "nearest known record of 40% of them (without noise: 1.000 and 100%). Only policy "
             "stops an attacker from collecting pairs.\n"
             "Ciphertext-only alignment recovers 70% of dimensions under permute and 0% under "
-            "rotate.\n");
+            "rotate.\n"
+            "Suggested budget for rules serving test environments: 5 vectors per key "
+            "(\"budgets\": [{\"operation\": \"encrypt\", \"vectors\": 5, \"per\": ...}]): an "
+            "attacker holding that many pairs reconstructs unseen vectors with mean cosine 0.450, "
+            "under 0.500. Take the window no shorter than the key's life: pairs do not expire.\n");
+}
+
+TEST(ReportTest, GuidanceSaysWhenNoBudgetKeepsTheInversionUnderTheLimit) {
+  CalibrationReport report = UnlabelledReport();
+  report.prior_cosine = 0.83;
+  report.results[0].leakage.budget = {};
+  const std::string guidance = RenderGuidance(report);
+  EXPECT_NE(guidance.find("Suggested budget: none keeps the inversion cosine under 0.500 at beta "
+                          "0.500: a single known pair already reaches it (guessing the mean gives "
+                          "0.830); grant such callers no access, or choose "
+                          "--max-inversion-cosine above that.\n"),
+            std::string::npos)
+      << guidance;
+  report.results[0].leakage.budget = {40, 0.3, true};
+  EXPECT_NE(RenderGuidance(report).find("environments: at least 40 vectors per key"),
+            std::string::npos);
+  EXPECT_EQ(nlohmann::json::parse(RenderJson(report))["results"][0]["leakage"]["suggested_budget"],
+            (nlohmann::json{{"vectors", 40}, {"mean_cosine", 0.3}, {"beyond_sample", true}}));
 }
 
 TEST(ReportTest, GuidanceSaysWhenNoBetaQualifies) {

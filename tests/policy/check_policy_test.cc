@@ -56,6 +56,19 @@ TEST_F(CheckPolicyTest, ValidFile) {
   EXPECT_EQ(run.err, "");
 }
 
+TEST_F(CheckPolicyTest, ListsBudgets) {
+  WriteFile(path_, R"({"version": 1, "rules": [
+    {"id": "test-env", "callers": {"uid": 1}, "keys": ["b-*"], "operations": ["encrypt", "decrypt"],
+     "budgets": [{"operation": "encrypt", "vectors": 500, "per": "24h", "per_caller": "unit"},
+                 {"operation": "decrypt", "vectors": 20, "per": "90m"}]}]})");
+  CheckRun run = Check({path_});
+  EXPECT_EQ(run.status, 0);
+  EXPECT_EQ(run.out, "policy " + path_ + ": valid, 1 rule\n"
+                     "budget: rule 'test-env': encrypt at most 500 vectors per 1d, for each key and "
+                     "each unit\n"
+                     "budget: rule 'test-env': decrypt at most 20 vectors per 90m, for each key\n");
+}
+
 TEST_F(CheckPolicyTest, InvalidFile) {
   WriteFile(path_, R"({"version": 1, "rules": [{"id": "x"}]})");
   CheckRun run = Check({path_});

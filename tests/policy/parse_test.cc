@@ -62,8 +62,8 @@ INSTANTIATE_TEST_SUITE_P(
                 "\"operations\""},
         BadCase{"UnknownRuleField",
                 WithRule(R"({"id": "x", "caller": {}, "keys": ["k"], "operations": ["encrypt"]})"),
-                "/rules/1/caller: unknown field; a rule has only \"id\", \"callers\", \"keys\" "
-                "and \"operations\""},
+                "/rules/1/caller: unknown field; a rule has only \"id\", \"callers\", \"keys\", "
+                "\"operations\" and \"budgets\""},
         BadCase{"MissingId", WithRule(R"({"callers": {"uid": 1}, "keys": ["k"],
                                           "operations": ["encrypt"]})"),
                 "/rules/1/id: missing; every rule needs \"id\""},

@@ -139,6 +139,60 @@ struct Encryption {
   }
 };
 
+// The inversion cosine an attacker holding the first `pairs` of the plan's pairs gets.
+double InversionCosine(const CalibrationData& data, const Plan& plan,
+                       const Matrix& encrypted_sample, const Matrix& holdout_cipher, size_t pairs,
+                       const CalibrationOptions& options) {
+  const std::span<const size_t> rows(plan.pair_rows.data(), pairs);
+  const Matrix pair_cipher = SelectRows(encrypted_sample, rows);
+  const Matrix pair_plain = SelectRows(data.sample, rows);
+  const InversionMap map = FitInversion(
+      pair_cipher, pair_plain, ChooseRidge(pair_cipher, pair_plain, options.ridge_candidates));
+  const Matrix reconstructed = Reconstruct(map, holdout_cipher);
+  double sum = 0;
+  for (size_t i = 0; i < reconstructed.rows; ++i) {
+    sum += Cosine(reconstructed.row(i), plan.holdout_plain.row(i));
+  }
+  return reconstructed.rows == 0 ? 0 : sum / static_cast<double>(reconstructed.rows);
+}
+
+// Doubles N until the cosine reaches the limit, then bisects to within 1/16 of N: a few fits
+// of small N, since the limit is crossed long before N nears d.
+SuggestedBudget SuggestBudget(const CalibrationData& data, const Plan& plan,
+                              const Matrix& encrypted_sample, const Matrix& holdout_cipher,
+                              const CalibrationOptions& options) {
+  const size_t most = plan.pair_rows.size();
+  const auto cosine = [&](size_t pairs) {
+    return InversionCosine(data, plan, encrypted_sample, holdout_cipher, pairs, options);
+  };
+  SuggestedBudget budget;
+  size_t bad = 0;
+  for (size_t pairs = 1; most > 0; pairs = std::min(most, 2 * pairs)) {
+    const double value = cosine(pairs);
+    if (value >= options.max_inversion_cosine) {
+      bad = pairs;
+      break;
+    }
+    budget.pairs = pairs;
+    budget.mean_cosine = value;
+    if (pairs == most) {
+      budget.beyond_sample = true;
+      return budget;
+    }
+  }
+  while (bad - budget.pairs > std::max<size_t>(1, budget.pairs / 16)) {
+    const size_t middle = budget.pairs + (bad - budget.pairs) / 2;
+    const double value = cosine(middle);
+    if (value >= options.max_inversion_cosine) {
+      bad = middle;
+    } else {
+      budget.pairs = middle;
+      budget.mean_cosine = value;
+    }
+  }
+  return budget;
+}
+
 Result<Leakage> MeasureLeakage(const CalibrationData& data, const Plan& plan,
                                const Encryption& encryption, const Matrix& encrypted_sample,
                                const CalibrationOptions& options) {
@@ -157,6 +211,7 @@ Result<Leakage> MeasureLeakage(const CalibrationData& data, const Plan& plan,
                                                 pool, plan.holdout_in_pool, plan.true_nearest);
     leakage.inversion.push_back({pairs, score.mean_cosine, score.identified});
   }
+  leakage.budget = SuggestBudget(data, plan, encrypted_sample, holdout_cipher, options);
 
   const Matrix public_plain = SelectRows(sample, plan.public_rows);
   const Matrix hidden_plain = SelectRows(sample, plan.hidden_rows);
@@ -267,6 +322,7 @@ Result<CalibrationReport> RunCalibration(const CalibrationData& data,
   report.sample_rows = sample.rows;
   report.queries_given = data.queries.has_value();
   report.transform = options.transform;
+  report.max_inversion_cosine = options.max_inversion_cosine;
   report.classes = data.classes;
   report.train_rows = plan.train_rows.size();
   report.test_rows = plan.test_rows.size();

@@ -31,10 +31,11 @@ constexpr size_t kMaxClasses = 1000;
 constexpr const char* kUsage =
     "usage: vecseal calibrate --sample S.npy [--labels L.txt|L.npy] [--queries Q.npy]\n"
     "                         [--betas 0.25,0.5,1,1.5,2,3,5] [--transform rotate|permute]\n"
-    "                         [--out PREFIX] [--seed N]\n"
+    "                         [--out PREFIX] [--seed N] [--max-inversion-cosine 0.5]\n"
     "Encrypts the sample under an ephemeral in-memory key for each beta, measures search\n"
     "recall, classifier accuracy and two attacks, prints a table and writes PREFIX.json and\n"
-    "PREFIX.svg (PREFIX defaults to \"report\").\n";
+    "PREFIX.svg (PREFIX defaults to \"report\"). It suggests as a budget the most known pairs\n"
+    "that keep the inversion cosine under --max-inversion-cosine.\n";
 
 struct Arguments {
   std::string sample;
@@ -44,6 +45,7 @@ struct Arguments {
   std::string transform = "rotate";
   std::string out = "report";
   std::optional<std::string> seed;
+  std::optional<std::string> max_inversion_cosine;
   bool help = false;
 };
 
@@ -57,7 +59,10 @@ std::optional<UsageError> Parse(std::span<const std::string> args, Arguments& pa
       {"--sample", &parsed.sample},       {"--betas", &parsed.betas},
       {"--transform", &parsed.transform}, {"--out", &parsed.out}};
   std::map<std::string, std::optional<std::string>*> optional_values = {
-      {"--labels", &parsed.labels}, {"--queries", &parsed.queries}, {"--seed", &parsed.seed}};
+      {"--labels", &parsed.labels},
+      {"--queries", &parsed.queries},
+      {"--seed", &parsed.seed},
+      {"--max-inversion-cosine", &parsed.max_inversion_cosine}};
   std::set<std::string> seen;
   for (size_t i = 0; i < args.size(); ++i) {
     std::string name = args[i];
@@ -262,6 +267,16 @@ int RunCalibrateCommand(std::span<const std::string> args, std::ostream& out, st
     if (error != std::errc() || end != text.data() + text.size()) {
       return Fail(err, "--seed: '" + text + "' is not a non-negative integer", kExitUsage);
     }
+  }
+  if (arguments.max_inversion_cosine) {
+    const std::string& text = *arguments.max_inversion_cosine;
+    double limit = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), limit);
+    if (error != std::errc() || end != text.data() + text.size() || !(limit > 0 && limit <= 1)) {
+      return Fail(err, "--max-inversion-cosine: '" + text + "' is not a number in (0, 1]",
+                  kExitUsage);
+    }
+    options.max_inversion_cosine = limit;
   }
 
   const std::string json_path = arguments.out + ".json";

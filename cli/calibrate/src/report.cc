@@ -113,6 +113,32 @@ std::string RenderTable(const CalibrationReport& report) {
   return out.str();
 }
 
+namespace {
+
+// The budget line: the pairs a rule serving test environments may collect per key.
+std::string BudgetGuidance(const CalibrationReport& report, const BetaResult& chosen) {
+  const SuggestedBudget& budget = chosen.leakage.budget;
+  const std::string limit = Fixed(report.max_inversion_cosine, 3);
+  std::ostringstream out;
+  if (budget.pairs == 0) {
+    out << "Suggested budget: none keeps the inversion cosine under " << limit << " at beta "
+        << Fixed(chosen.beta, 3) << ": a single known pair already reaches it (guessing the mean "
+        << "gives " << Fixed(report.prior_cosine, 3)
+        << "); grant such callers no access, or choose --max-inversion-cosine above that.\n";
+    return out.str();
+  }
+  out << "Suggested budget for rules serving test environments: " << (budget.beyond_sample ? "at least " : "")
+      << budget.pairs << " vectors per key (\"budgets\": [{\"operation\": \"encrypt\", "
+      << "\"vectors\": " << budget.pairs << ", \"per\": ...}]): an attacker holding that many "
+      << "pairs reconstructs unseen vectors with mean cosine " << Fixed(budget.mean_cosine, 3)
+      << ", under " << limit;
+  if (budget.beyond_sample) out << " with every pair the sample holds; a larger sample may allow more";
+  out << ". Take the window no shorter than the key's life: pairs do not expire.\n";
+  return out.str();
+}
+
+}  // namespace
+
 std::string RenderGuidance(const CalibrationReport& report) {
   std::ostringstream out;
   const std::string targets = "recall@" + std::to_string(report.recall_k) + " >= " +
@@ -166,6 +192,7 @@ std::string RenderGuidance(const CalibrationReport& report) {
   out << "Ciphertext-only alignment recovers " << Percent(chosen->leakage.aligned_permute.value)
       << " of dimensions under permute and " << Percent(chosen->leakage.aligned_rotate.value)
       << " under rotate.\n";
+  out << BudgetGuidance(report, *chosen);
   return out.str();
 }
 
@@ -186,7 +213,11 @@ nlohmann::json ToJson(const Leakage& leakage) {
                          {"mean_cosine", ToJson(result.mean_cosine)},
                          {"nearest_record_identified", ToJson(result.identified)}});
   }
-  return {{"known_plaintext_inversion", std::move(inversion)},
+  return {{"suggested_budget",
+           {{"vectors", leakage.budget.pairs},
+            {"mean_cosine", leakage.budget.mean_cosine},
+            {"beyond_sample", leakage.budget.beyond_sample}}},
+          {"known_plaintext_inversion", std::move(inversion)},
           {"alignment_dimensions_recovered",
            {{"permute", ToJson(leakage.aligned_permute)},
             {"rotate", ToJson(leakage.aligned_rotate)}}}};
@@ -237,6 +268,7 @@ std::string RenderJson(const CalibrationReport& report) {
       {"guidance",
        {{"min_recall", report.min_recall},
         {"max_accuracy_drop", report.max_accuracy_drop},
+        {"max_inversion_cosine", report.max_inversion_cosine},
         {"recommended_beta", report.recommended_beta ? nlohmann::json(*report.recommended_beta)
                                                      : nlohmann::json(nullptr)},
         {"text", RenderGuidance(report)}}}};

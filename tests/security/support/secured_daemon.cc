@@ -244,6 +244,15 @@ int SecuredDaemon::Stop() {
   return *exit_status_;
 }
 
+void SecuredDaemon::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+  }
+  Reap(status);
+}
+
 std::string SecuredDaemon::Log() const { return ReadWhole(root_ + "/stderr.log"); }
 
 std::vector<nlohmann::json> SecuredDaemon::AuditRecords() const {

@@ -47,6 +47,8 @@ class SecuredDaemon {
   bool Reload(std::string* error);
   // SIGTERM, then the exit status (or 128+signal).
   int Stop();
+  // SIGKILL, as a crash: no stop record, no final seal.
+  void Kill();
 
   pid_t pid() const { return pid_; }
   std::optional<int> exit_status() const { return exit_status_; }

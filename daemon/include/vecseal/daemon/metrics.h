@@ -41,10 +41,21 @@ class Metrics {
     uint64_t rate_limited = 0;
   };
   void SetDigestCountsSource(std::function<DigestCounts()> source);
+  // Read at render time: what each rule's budget has spent on each key (all callers together).
+  struct BudgetGauge {
+    std::string rule;
+    std::string operation;
+    std::string window;
+    std::string key;
+    uint64_t spent = 0;
+    uint64_t limit = 0;
+  };
+  void SetBudgetsSource(std::function<std::vector<BudgetGauge>()> source);
 
   // Every series. Key names the reader may not see (`may_see_key` false) are not shown: their
   // series are added into those of the empty key, so that totals stay right and a caller without
   // keys.list learns neither which keys exist nor how much each is used (issue #17 row 12).
+  // Budget series, which also name rules, are left out for those keys altogether.
   std::string RenderPrometheus(const std::function<bool(const std::string&)>& may_see_key) const;
 
   // Upper bounds, in seconds, of the request-duration histogram buckets (then +Inf).
@@ -68,6 +79,7 @@ class Metrics {
   std::function<ConnectionCounts()> connections_;
   std::function<HsmCalls()> hsm_calls_;
   std::function<DigestCounts()> digest_counts_;
+  std::function<std::vector<BudgetGauge>()> budgets_;
 };
 
 }  // namespace vecseal::daemon

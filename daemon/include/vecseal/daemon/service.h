@@ -5,11 +5,14 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "vecseal/audit/log.h"
 #include "vecseal/core/cipher.h"
@@ -17,6 +20,7 @@
 #include "vecseal/daemon/http_server.h"
 #include "vecseal/daemon/metrics.h"
 #include "vecseal/pkcs11/hsm.h"
+#include "vecseal/policy/budget.h"
 #include "vecseal/policy/identity.h"
 #include "vecseal/policy/policy.h"
 #include "vecseal/policy/rate_limit.h"
@@ -42,8 +46,18 @@ class Service final : public RequestHandler {
   // `hsm`, `audit_log`, `resolver` and `metrics` must outlive the Service.
   Service(HsmGate& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
           Metrics& metrics, policy::PolicyPtr policy, ServiceSettings settings);
+  ~Service() override;
+
+  // Where the audit log's files are, oldest first, for counting what budgets have spent.
+  using AuditFiles = std::function<Result<std::vector<std::string>>()>;
+  // Counts the policy's budgets from the audit log (docs/policy.md, Budgets); before serving.
+  // A log that cannot be read leaves every budgeted rule refused (503 budget_unavailable), and
+  // says why in the returned status, which the daemon logs; it does not stop the daemon.
+  Status RebuildBudgets(AuditFiles files);
 
   // Atomic for requests: each request decides against one policy and one settings snapshot.
+  // Budgets the old policy did not have are counted from the audit log, and refuse (503
+  // budget_unavailable) until they are; the others keep their counts, under the new limits.
   void Reload(policy::PolicyPtr policy, ServiceSettings settings);
   // Forgets cached ciphers, e.g. after keys were changed on the token by another tool.
   void ForgetKeys();
@@ -74,6 +88,14 @@ class Service final : public RequestHandler {
   Status Metrics(Call& call);
 
   Status Authorize(Call& call, policy::Operation op, const std::string& key);
+  // Takes `vectors` from the budgets of the rule that granted the call, or refuses it whole:
+  // 429 budget_exhausted, or 503 budget_unavailable when the spends are not known. With
+  // `vectors` 0, before the body is read: refuses only when not one vector would fit.
+  Status SpendBudgets(Call& call, const std::string& key, uint64_t vectors);
+  // Fills `ledger` for `budgets` from the audit log's records before seq `until_seq`.
+  Status CountFromLog(policy::BudgetLedger& ledger, std::span<const policy::RuleBudget> budgets,
+                      uint64_t until_seq = UINT64_MAX);
+  std::vector<Metrics::BudgetGauge> BudgetGauges();
   // Screen's decision for a request whose body is still unread: the caller's identity, then the
   // policy on the key the target names (for a key creation, on any key), then the cheap header
   // checks that would refuse it anyway once read.
@@ -107,6 +129,8 @@ class Service final : public RequestHandler {
   std::map<std::string, uint32_t, std::less<>> newest_;
   uint64_t next_request_ = 1;
   policy::UidRateLimiter derivation_budget_;  // milliseconds, refilled per minute
+  policy::BudgetLedger budgets_;
+  AuditFiles audit_files_;
 };
 
 }  // namespace vecseal::daemon

@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 #include <ostream>
 #include <span>
@@ -25,9 +26,38 @@ std::string_view OperationName(Operation op);
 // The inverse of OperationName; false for anything else.
 bool ParseOperation(std::string_view name, Operation* op);
 
+// At most `vectors` vectors of `operation` in any `window_seconds`, counted per rule and key
+// name (all versions together) and, with `per_caller`, per caller too (docs/policy.md, Budgets).
+struct Budget {
+  enum class PerCaller : uint8_t { kNone, kUid, kUnit };
+  Operation operation = Operation::kEncrypt;
+  uint64_t vectors = 0;
+  uint64_t window_seconds = 0;
+  PerCaller per_caller = PerCaller::kNone;
+};
+
+inline constexpr uint64_t kMaxBudgetVectors = 9223372036854775807u;  // 2^63 - 1
+inline constexpr uint64_t kMaxBudgetWindowSeconds = 366u * 86400u;
+
+// "24h", "90m", "7d", "45s": the largest unit that divides the window.
+std::string FormatWindow(uint64_t seconds);
+// "uid", "unit", or "" for a budget shared by every caller of the rule.
+std::string_view PerCallerName(Budget::PerCaller per_caller);
+// "encrypt at most 100000 vectors per 24h, for each key and each uid".
+std::string DescribeBudget(const Budget& budget);
+
 struct Decision {
   bool granted = false;
   std::string rule_id;  // the rule that granted; empty when denied
+  // The granting rule's budgets on the decided operation; they point into the Policy, which
+  // the caller keeps alive.
+  std::vector<const Budget*> budgets;
+};
+
+// A budget with the rule that carries it, as every part of the daemon names it.
+struct RuleBudget {
+  std::string rule_id;
+  Budget budget;
 };
 
 // How one rule relates to a caller, for `--check-policy` ("which rule would decide, and why").
@@ -81,13 +111,19 @@ class Policy {
   std::vector<std::string> ListedPatterns(const CallerIdentity& caller) const;
 
   // The rules whose callers match: [{"rule", "keys": [patterns], "operations": [names]}], in
-  // file order; for /v1/whoami.
+  // file order, with "budgets": [{"operation", "vectors", "per", "per_caller"}] on rules that
+  // carry any; for /v1/whoami.
   nlohmann::json GrantsFor(const CallerIdentity& caller) const;
 
   // Every rule with whether the caller matches it and, if not, why.
   std::vector<RuleExplanation> Explain(const CallerIdentity& caller) const;
 
   size_t rule_count() const;
+
+  // Every budget of every rule, in file order.
+  std::vector<RuleBudget> budgets() const;
+  // The longest budget window, 0 when no rule has a budget.
+  uint64_t longest_window_seconds() const;
 
   // The digests some rule tests (exe_sha256, script_sha256): the only ones worth computing when
   // a caller is identified under this policy.

@@ -41,6 +41,9 @@ struct CalibrationOptions {
   size_t max_attack_holdout = 200;
   size_t max_identification_pool = 5000;
   size_t max_alignment_half = 5000;
+  // The suggested budget keeps the inversion cosine of an attacker holding that many pairs
+  // below this.
+  double max_inversion_cosine = 0.5;
 };
 
 struct InversionResult {
@@ -49,8 +52,17 @@ struct InversionResult {
   Estimate identified;
 };
 
+// The largest N whose inversion cosine stays below CalibrationOptions::max_inversion_cosine:
+// the budget (docs/policy.md, Budgets) to give rules that serve test environments.
+struct SuggestedBudget {
+  size_t pairs = 0;            // 0: not even one pair stays below
+  double mean_cosine = 0;      // the inversion cosine at `pairs` (the prior at 0)
+  bool beyond_sample = false;  // every pair the sample holds stays below: at least `pairs`
+};
+
 struct Leakage {
   std::vector<InversionResult> inversion;  // one per N in {d/2, d, 2d} that the sample allows
+  SuggestedBudget budget;
   Estimate aligned_permute;
   Estimate aligned_rotate;
 };
@@ -91,6 +103,7 @@ struct CalibrationReport {
   std::optional<double> recommended_beta;
   double min_recall = 0.9;
   double max_accuracy_drop = 0.02;
+  double max_inversion_cosine = 0.5;
 };
 
 // Fails with kInvalidArgument when the data cannot support the measurement (too few rows for
