@@ -94,7 +94,7 @@ TEST(ModuleTest, RefusesALibraryWithoutCryptoki) {
 class CryptokiTokenTest : public testing::SoftHsmTest {};
 
 TEST_F(CryptokiTokenTest, FindsTokenByLabelOnly) {
-  auto module = Module::Load(testing::kSoftHsmModule);
+  auto module = Module::Load(token_->module_path());
   ASSERT_TRUE(module.ok()) << module.status().ToString();
   auto slot = module->FindTokenSlot(token_->label());
   ASSERT_TRUE(slot.ok()) << slot.status().ToString();
@@ -111,10 +111,10 @@ TEST_F(CryptokiTokenTest, FindsTokenByLabelOnly) {
 }
 
 TEST_F(CryptokiTokenTest, TwoModulesShareOneInitialisation) {
-  auto first = Module::Load(testing::kSoftHsmModule);
+  auto first = Module::Load(token_->module_path());
   ASSERT_TRUE(first.ok());
   {
-    auto second = Module::Load(testing::kSoftHsmModule);
+    auto second = Module::Load(token_->module_path());
     ASSERT_TRUE(second.ok()) << second.status().ToString();
   }
   // The second Module's release must not have finalised the library under the first.
@@ -125,7 +125,7 @@ TEST_F(CryptokiTokenTest, TwoModulesShareOneInitialisation) {
 }
 
 TEST_F(CryptokiTokenTest, SessionCopyIsDestroyedWithItsObject) {
-  auto module = Module::Load(testing::kSoftHsmModule);
+  auto module = Module::Load(token_->module_path());
   ASSERT_TRUE(module.ok());
   auto slot = module->FindTokenSlot(token_->label());
   ASSERT_TRUE(slot.ok());

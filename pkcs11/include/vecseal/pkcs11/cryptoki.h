@@ -172,6 +172,10 @@ class Session {
   // every session of the application). The caller owns and wipes `pin`. Exactly one attempt:
   // CKR_PIN_INCORRECT is returned, never retried.
   Status Login(std::span<const uint8_t> pin);
+  // The same, as the raw CK_RV (CKR_OK for an existing login), for callers that tell PIN errors
+  // apart. A CKR_USER_ALREADY_LOGGED_IN for a session that is not logged in (a module's stale
+  // login state) is answered with C_Logout and one more C_Login.
+  CK_RV LoginRaw(std::span<const uint8_t> pin) const;
   Status Logout();
   // C_GetSessionInfo: cheap, and fails with a recoverable code when the token is gone.
   Result<CK_SESSION_INFO> Info() const;
@@ -188,12 +192,18 @@ class Session {
   // C_CopyObject; the copy is owned (destroyed with the Object) when `owned`.
   Result<Object> Copy(CK_OBJECT_HANDLE source, std::span<const CK_ATTRIBUTE> changes, bool owned);
 
-  // C_SignInit + C_Sign. `signature` must be large enough; returns the length written.
+  // C_SignInit + C_Sign. `signature` must be large enough; returns the length written. The
+  // CK_MECHANISM form carries parameters (CKM_RSA_PKCS_PSS).
   Result<size_t> Sign(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
+                      std::span<const uint8_t> data, std::span<uint8_t> signature) const;
+  Result<size_t> Sign(const CK_MECHANISM& mechanism, CK_OBJECT_HANDLE key,
                       std::span<const uint8_t> data, std::span<uint8_t> signature) const;
   // The raw CK_RV of C_SignInit + C_Sign, for the hot path that must not build a Status.
   CK_RV SignRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key, std::span<const uint8_t> data,
                 std::span<uint8_t> signature, CK_ULONG* length) const;
+  CK_RV SignRaw(const CK_MECHANISM& mechanism, CK_OBJECT_HANDLE key,
+                std::span<const uint8_t> data, std::span<uint8_t> signature,
+                CK_ULONG* length) const;
   // One encryption operation with a mechanism whose output is as long as its input (CKM_AES_ECB):
   // C_EncryptInit, then C_Encrypt when `data` is at most `max_part` bytes, else C_EncryptUpdate
   // per part of at most `max_part` bytes and C_EncryptFinal. out.size() == data.size(), and
