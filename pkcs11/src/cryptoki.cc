@@ -226,6 +226,18 @@ Status ModuleError(const std::string& path, std::string detail) {
                 "cannot load the PKCS#11 module " + path + ": " + detail);
 }
 
+// C_Initialize with CKF_OS_LOCKING_OK, or with our mutexes for a module that cannot lock.
+CK_RV Initialize(CK_FUNCTION_LIST_PTR functions) {
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK;
+  CK_RV rv = functions->C_Initialize(&args);
+  if (rv == CKR_CANT_LOCK) {
+    args = CK_C_INITIALIZE_ARGS{CreateMutex, DestroyMutex, LockMutex, UnlockMutex, 0, nullptr};
+    rv = functions->C_Initialize(&args);
+  }
+  return rv;
+}
+
 }  // namespace
 
 std::string_view CkrName(CK_RV rv) {
@@ -253,6 +265,9 @@ bool IsRecoverable(CK_RV rv) {
     case CKR_USER_NOT_LOGGED_IN:
     case CKR_CRYPTOKI_NOT_INITIALIZED:
     case CKR_SESSION_COUNT:
+    // A slot that went away with its token or its server (p11-kit-client.so renumbers slots
+    // when it reconnects): the token is found again by its label.
+    case CKR_SLOT_ID_INVALID:
       return true;
     default:
       return false;
@@ -317,14 +332,7 @@ Result<Module> Module::Load(const std::string& path) {
   std::lock_guard lock(RegistryMutex());
   Initialised& initialised = Registry()[functions];
   if (initialised.users == 0 && !initialised.keep) {
-    CK_C_INITIALIZE_ARGS args{};
-    args.flags = CKF_OS_LOCKING_OK;
-    CK_RV rv = functions->C_Initialize(&args);
-    if (rv == CKR_CANT_LOCK) {
-      // The module cannot use the OS's locking: give it ours instead.
-      args = CK_C_INITIALIZE_ARGS{CreateMutex, DestroyMutex, LockMutex, UnlockMutex, 0, nullptr};
-      rv = functions->C_Initialize(&args);
-    }
+    const CK_RV rv = Initialize(functions);
     if (rv != CKR_OK) {
       Registry().erase(functions);
       if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
@@ -383,6 +391,19 @@ void Module::Release() {
   dlclose(library_);
   library_ = nullptr;
   functions_ = nullptr;
+}
+
+Status Module::Reinitialize() {
+  if (functions_ == nullptr) return ModuleError(path_, "not loaded");
+  std::lock_guard lock(RegistryMutex());
+  auto it = Registry().find(functions_);
+  if (it == Registry().end() || it->second.users != 1 || it->second.keep) {
+    return Status(Code::kFailedPrecondition, "hsm_error",
+                  "the PKCS#11 module " + path_ + " cannot be initialised again here");
+  }
+  functions_->C_Finalize(nullptr);
+  const CK_RV rv = Initialize(functions_);
+  return rv == CKR_OK ? Status::Ok() : CkrStatus("C_Initialize", rv);
 }
 
 Result<std::vector<std::string>> Module::TokenLabels() const {

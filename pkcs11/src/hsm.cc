@@ -433,6 +433,7 @@ struct PoolSlot {
   std::mutex mutex;
   Session session;
   uint64_t generation = 0;  // the Hsm generation this session was opened in; 0: none
+  uint64_t initialisation = 0;  // the module's initialisation it was opened in (Hsm::State)
   std::unordered_map<std::string, Object> keys;
   // The label of the format v2 key whose CKM_AES_ECB operation this session keeps open, so that
   // a request costs one C_EncryptUpdate instead of C_EncryptInit + C_Encrypt (on SoftHSM2 the
@@ -454,6 +455,9 @@ struct Hsm::State {
   // Bumped by every successful (re)connection; pooled sessions from an older generation are
   // reopened before use.
   std::atomic<uint64_t> generation{0};
+  // Bumped when recovery initialised the module again (Module::Reinitialize): handles opened
+  // before are void and are forgotten, never closed.
+  std::atomic<uint64_t> initialisation{0};
   std::atomic<uint64_t> recovery_failures{0};
   // The PIN file version the token last refused, and that refusal (guarded by admin_mutex).
   std::optional<PinFileStamp> refused_pin_file;
@@ -567,6 +571,16 @@ Status Hsm::State::Recover(uint64_t observed_generation) {
         last.reason() == "pin_file_permissions") {
       break;  // retrying a wrong PIN could lock the token
     }
+    // Last, initialise the module afresh: p11-kit-client.so does not reconnect by itself after
+    // its server went away and came back.
+    if (attempt + 1 == config.recovery_attempts) {
+      anchor.Forget();
+      if (module.Reinitialize().ok()) {
+        initialisation.fetch_add(1);
+        last = ConnectLocked();
+        if (last.ok()) return last;
+      }
+    }
   }
   recovery_failures.fetch_add(1);
   if (last.reason() == "hsm_login_failed") return last;
@@ -614,6 +628,10 @@ PoolSlot& Hsm::State::Acquire(std::unique_lock<std::mutex>& lock) {
 Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   uint64_t current = generation.load();
   if (pool_slot.generation == current && pool_slot.session.valid()) return Status::Ok();
+  if (pool_slot.initialisation != initialisation.load()) {
+    for (auto& [unused, key] : pool_slot.keys) key.Release();
+    pool_slot.session.Forget();
+  }
   pool_slot.keys.clear();  // session copies die with their session; drop them first
   pool_slot.open_encryption.clear();
   pool_slot.session.Close();
@@ -621,6 +639,7 @@ Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   if (!session.ok()) return std::move(session).TakeStatus();
   pool_slot.session = std::move(session).value();
   pool_slot.generation = current;
+  pool_slot.initialisation = initialisation.load();
   return Status::Ok();
 }
 

@@ -217,7 +217,7 @@ std::string SoftHsmUnavailableReason() {
 }
 
 pid_t SpawnProcess(const std::vector<std::string>& argv,
-                   const std::map<std::string, std::string>& extra) {
+                   const std::map<std::string, std::string>& extra, bool own_group) {
   std::map<std::string, std::string> env;
   for (char** entry = environ; *entry != nullptr; ++entry) {
     std::string text(*entry);
@@ -238,9 +238,16 @@ pid_t SpawnProcess(const std::vector<std::string>& argv,
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
   posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  if (own_group) {
+    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attributes, 0);
+  }
   pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, argp[0], &actions, nullptr, argp.data(), envp.data());
+  const int rc = posix_spawnp(&pid, argp[0], &actions, &attributes, argp.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attributes);
   return rc == 0 ? pid : -1;
 }
 
@@ -378,7 +385,9 @@ Status SoftHsmToken::StartServer() {
   std::vector<std::string> argv = {"p11-kit", "server", "--foreground", "--provider",
                                    kSoftHsmModule, "--name", server_socket_};
   for (const std::string& label : labels_) argv.push_back("pkcs11:token=" + label);
-  server_pid_ = SpawnProcess(argv, Environment());
+  // Its own process group: the server forks a p11-kit-remote per connection, which would go on
+  // serving its client after the server itself stopped.
+  server_pid_ = SpawnProcess(argv, Environment(), /*own_group=*/true);
   if (server_pid_ < 0) return Failed("cannot start p11-kit server");
   // Ready once it accepts a connection: the socket file exists before listen(2).
   const std::string path = server_socket_;
@@ -401,6 +410,8 @@ Status SoftHsmToken::StartServer() {
 
 Status SoftHsmToken::StopServer() {
   if (options_.module != TestModule::kP11KitServer) return Failed("no p11-kit server to stop");
+  if (server_pid_ <= 0) return Status::Ok();
+  kill(-server_pid_, SIGTERM);  // the p11-kit-remote of every connection, too
   StopProcess(server_pid_, /*is_child=*/true);
   server_pid_ = -1;
   unlink(server_socket_.c_str());
@@ -427,6 +438,7 @@ Result<std::string> SoftHsmToken::AddToken(const Options& options) {
 
 SoftHsmToken::~SoftHsmToken() {
   if (server_pid_ > 0) {
+    kill(-server_pid_, SIGTERM);
     StopProcess(server_pid_, /*is_child=*/true);
     unsetenv("P11_KIT_SERVER_ADDRESS");
   }

@@ -137,8 +137,9 @@ class FaultyModule {
 // waits. Returns the exit status (or -1) and the combined stdout+stderr in *output.
 int RunProcess(const std::vector<std::string>& argv,
                const std::map<std::string, std::string>& extra, std::string* output);
-// Starts argv[0] the same way without waiting, its output to /dev/null; the pid, or -1.
+// Starts argv[0] the same way without waiting, its output to /dev/null, in a process group of
+// its own when `own_group` (so that kill(-pid) reaches what it forks); the pid, or -1.
 pid_t SpawnProcess(const std::vector<std::string>& argv,
-                   const std::map<std::string, std::string>& extra);
+                   const std::map<std::string, std::string>& extra, bool own_group = false);
 
 }  // namespace vecseal::testing

@@ -27,7 +27,7 @@ std::string CkrSentence(CK_RV rv);
 // True for the codes after which reopening the session (and logging in again) may succeed:
 // CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
 // CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN (and CKR_DEVICE_MEMORY,
-// CKR_CRYPTOKI_NOT_INITIALIZED, CKR_SESSION_COUNT).
+// CKR_CRYPTOKI_NOT_INITIALIZED, CKR_SESSION_COUNT, CKR_SLOT_ID_INVALID).
 bool IsRecoverable(CK_RV rv);
 
 // True for the codes that say the device itself is missing or failing (CKR_DEVICE_ERROR,
@@ -92,6 +92,13 @@ class Module {
   const std::string& path() const { return path_; }
   // Shared with every Session opened from this module; stable across moves.
   HsmCallCounts* calls() const { return calls_.get(); }
+
+  // C_Finalize and C_Initialize again, for a module whose state broke for good: p11-kit-client.so
+  // never reconnects after its server went away. Only when no other Module shares this
+  // initialisation and the module survives it (not opencryptoki): else kFailedPrecondition.
+  // Every session and object handle of the old initialisation is void afterwards; forget them
+  // (Session::Forget, Object::Release), never close them: the numbers may be reused.
+  Status Reinitialize();
 
   // The slot whose token carries `label` (compared after trimming the blank padding).
   // kNotFound "token_not_found" when none does; kFailedPrecondition "token_label_ambiguous" when
@@ -222,6 +229,8 @@ class Session {
   // Closes now (the destructor does it otherwise); errors are ignored because the handle may
   // already be gone with the device.
   void Close();
+  // Drops the handle without closing it: after Module::Reinitialize it may name another session.
+  void Forget() { handle_ = CK_INVALID_HANDLE; }
 
  private:
   Session(CK_FUNCTION_LIST_PTR functions, HsmCallCounts* calls, CK_SESSION_HANDLE handle)
