@@ -184,7 +184,8 @@ int Init(const InitOptions& options, std::ostream& out) {
     audit_token = audit_hsm.get();
   }
   if (audit_token != nullptr) {
-    auto audit_key = audit_token->EnsureAuditKey(config->audit.key_label, config->audit.key_algorithm);
+    auto audit_key =
+        audit_token->EnsureAuditKey(config->audit.key_label, config->audit.key_algorithm);
     auto key_id = audit_key.ok() ? PublicKeyFingerprint(audit_key->PublicKeyPem())
                                  : Result<std::string>(audit_key.status());
     if (!key_id.ok()) {

@@ -458,6 +458,9 @@ struct Hsm::State {
   // Bumped when recovery initialised the module again (Module::Reinitialize): handles opened
   // before are void and are forgotten, never closed.
   std::atomic<uint64_t> initialisation{0};
+  // The most a C_EncryptUpdate is given: kDerivationPartBytes, or less for a module that refused
+  // that much with CKR_DATA_LEN_RANGE.
+  std::atomic<size_t> part_bytes{kDerivationPartBytes};
   std::atomic<uint64_t> recovery_failures{0};
   // The PIN file version the token last refused, and that refusal (guarded by admin_mutex).
   std::optional<PinFileStamp> refused_pin_file;
@@ -1142,7 +1145,17 @@ Status HsmDeriver::EncryptBlocks(std::span<const uint8_t> blocks, std::span<uint
       if (rv != CKR_OK) return std::pair<CK_RV, const char*>(rv, "C_EncryptInit");
       slot.open_encryption = label_;
     }
-    const CK_RV rv = slot.session.EncryptUpdate(blocks, out, kDerivationPartBytes);
+    CK_RV rv = slot.session.EncryptUpdate(blocks, out, state_->part_bytes.load());
+    // A module with a smaller limit per call than kDerivationPartBytes refuses the part with
+    // CKR_DATA_LEN_RANGE: halve it until the module takes it, and keep that size. The failed
+    // call ended the operation; ECB has no chaining, so starting over gives the same bytes.
+    while (rv == CKR_DATA_LEN_RANGE && state_->part_bytes.load() > core::kBlockSize) {
+      const size_t half = state_->part_bytes.load() / 2;
+      state_->part_bytes.store(std::max(core::kBlockSize, half - half % core::kBlockSize));
+      rv = slot.session.EncryptInit(CKM_AES_ECB, key);
+      if (rv != CKR_OK) break;
+      rv = slot.session.EncryptUpdate(blocks, out, state_->part_bytes.load());
+    }
     if (rv != CKR_OK) slot.open_encryption.clear();  // the module has ended the operation
     return std::pair<CK_RV, const char*>(rv, "C_EncryptUpdate");
   });

@@ -43,6 +43,11 @@ bool Executable(const std::string& name) {
   return false;
 }
 
+// Where Debian puts p11-kit-client.so and opencryptoki; VECSEAL_LIBDIR is
+// /usr/lib/<multiarch> (tests/pkcs11/CMakeLists.txt).
+constexpr const char* kP11KitClientModule = VECSEAL_LIBDIR "/pkcs11/p11-kit-client.so";
+constexpr const char* kOpenCryptokiModule = VECSEAL_LIBDIR "/opencryptoki/libopencryptoki.so.0";
+
 // opencryptoki's compiled-in places (3.8): the soft token's store (slot 3), its shared memory
 // segment, and pkcsslotd's pid file.
 constexpr const char* kOckStore = "/var/lib/opencryptoki/swtok";

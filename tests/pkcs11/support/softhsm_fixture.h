@@ -30,9 +30,6 @@
 namespace vecseal::testing {
 
 inline constexpr const char* kSoftHsmModule = "/usr/lib/softhsm/libsofthsm2.so";
-inline constexpr const char* kP11KitClientModule = VECSEAL_LIBDIR "/pkcs11/p11-kit-client.so";
-inline constexpr const char* kOpenCryptokiModule =
-    VECSEAL_LIBDIR "/opencryptoki/libopencryptoki.so.0";
 
 enum class TestModule { kSoftHsm, kP11KitServer, kOpenCryptoki };
 // VECSEAL_TEST_MODULE's choice (softhsm when unset); an unknown name is kSoftHsm, and
