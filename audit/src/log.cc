@@ -91,7 +91,7 @@ Result<internal::PublicKey> SelfTestedKey(Signer& signer) {
   if (!key.ok()) return std::move(key).TakeStatus();
   const Digest probe = internal::Sha256("vecseal/v1/audit-signer-self-test");
   Result<std::vector<uint8_t>> signature = signer.SignDigest(probe);
-  if (signature.ok()) signature = internal::NormalizeSignature(std::move(*signature));
+  if (signature.ok()) signature = key->NormalizeSignature(std::move(*signature));
   if (!signature.ok()) return std::move(signature).TakeStatus();
   if (!key->VerifyDigest(probe, *signature)) {
     return Status(Code::kFailedPrecondition, "audit_signer_mismatch",
@@ -540,7 +540,7 @@ class Log::Impl {
     }
     const Digest digest = internal::SealDigest(file_id_, next_seq_, head_);
     Result<std::vector<uint8_t>> signature = signer_->SignDigest(digest);
-    if (signature.ok()) signature = internal::NormalizeSignature(std::move(*signature));
+    if (signature.ok()) signature = key_->NormalizeSignature(std::move(*signature));
     if (!signature.ok()) return SealFailedLocked(signature.status());
     const std::string head_hex = head_hex_;
     std::string body;

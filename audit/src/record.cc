@@ -4,6 +4,7 @@
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
 
@@ -325,7 +326,14 @@ bool ReadWholeFile(const std::string& path, std::string* content) {
   return !in.bad();
 }
 
-Result<std::vector<uint8_t>> NormalizeSignature(std::vector<uint8_t> signature) {
+Result<std::vector<uint8_t>> PublicKey::NormalizeSignature(std::vector<uint8_t> signature) const {
+  if (rsa_) {
+    if (signature.size() != static_cast<size_t>(EVP_PKEY_get_size(static_cast<EVP_PKEY*>(pkey_)))) {
+      return Status(Code::kInternal, "audit_bad_signature",
+                    "the audit signer returned an RSA-PSS signature of the wrong length");
+    }
+    return signature;
+  }
   if (signature.size() != 64) {
     const unsigned char* p = signature.data();
     ECDSA_SIG* parsed = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(signature.size()));
@@ -367,11 +375,14 @@ Result<PublicKey> PublicKey::FromPem(const std::string& pem) {
   if (pkey == nullptr) return bad("the audit public key is not a PEM \"PUBLIC KEY\" block");
   char group[64] = {};
   size_t group_length = 0;
-  if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_EC ||
-      EVP_PKEY_get_group_name(pkey, group, sizeof group, &group_length) != 1 ||
-      std::string_view(group, group_length) != "prime256v1") {
+  const bool rsa = EVP_PKEY_get_base_id(pkey) == EVP_PKEY_RSA;
+  const bool p256 = EVP_PKEY_get_base_id(pkey) == EVP_PKEY_EC &&
+                    EVP_PKEY_get_group_name(pkey, group, sizeof group, &group_length) == 1 &&
+                    std::string_view(group, group_length) == "prime256v1";
+  if (!p256 && !(rsa && EVP_PKEY_get_bits(pkey) >= 3072)) {
     EVP_PKEY_free(pkey);
-    return bad("the audit public key is not an ECDSA P-256 key");
+    return bad("the audit public key is neither an ECDSA P-256 key nor an RSA key of at least "
+               "3072 bits");
   }
   unsigned char* der = nullptr;
   const int n = i2d_PUBKEY(pkey, &der);
@@ -381,6 +392,7 @@ Result<PublicKey> PublicKey::FromPem(const std::string& pem) {
   }
   PublicKey key;
   key.pkey_ = pkey;
+  key.rsa_ = rsa;
   key.key_id_ = Hex(Sha256(std::string_view(reinterpret_cast<const char*>(der),
                                             static_cast<size_t>(n))));
   OPENSSL_free(der);
@@ -388,24 +400,34 @@ Result<PublicKey> PublicKey::FromPem(const std::string& pem) {
 }
 
 PublicKey::PublicKey(PublicKey&& other) noexcept
-    : pkey_(std::exchange(other.pkey_, nullptr)), key_id_(std::move(other.key_id_)) {}
+    : pkey_(std::exchange(other.pkey_, nullptr)),
+      key_id_(std::move(other.key_id_)),
+      rsa_(other.rsa_) {}
 
 PublicKey& PublicKey::operator=(PublicKey&& other) noexcept {
   if (this != &other) {
     EVP_PKEY_free(static_cast<EVP_PKEY*>(pkey_));
     pkey_ = std::exchange(other.pkey_, nullptr);
     key_id_ = std::move(other.key_id_);
+    rsa_ = other.rsa_;
   }
   return *this;
 }
 
 PublicKey::~PublicKey() { EVP_PKEY_free(static_cast<EVP_PKEY*>(pkey_)); }
 
-bool PublicKey::VerifyDigest(const Digest& digest, std::span<const uint8_t> der_signature) const {
+bool PublicKey::VerifyDigest(const Digest& digest, std::span<const uint8_t> signature) const {
   std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(
       EVP_PKEY_CTX_new(static_cast<EVP_PKEY*>(pkey_), nullptr), &EVP_PKEY_CTX_free);
-  return ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
-         EVP_PKEY_verify(ctx.get(), der_signature.data(), der_signature.size(), digest.data(),
+  if (!ctx || EVP_PKEY_verify_init(ctx.get()) != 1) return false;
+  // RSASSA-PSS exactly as CKM_RSA_PKCS_PSS with {CKM_SHA256, CKG_MGF1_SHA256, 32} signs.
+  if (rsa_ && (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PSS_PADDING) != 1 ||
+               EVP_PKEY_CTX_set_signature_md(ctx.get(), EVP_sha256()) != 1 ||
+               EVP_PKEY_CTX_set_rsa_mgf1_md(ctx.get(), EVP_sha256()) != 1 ||
+               EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), 32) != 1)) {
+    return false;
+  }
+  return EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest.data(),
                          digest.size()) == 1;
 }
 

@@ -56,10 +56,8 @@ bool ParseBase64(std::string_view text, std::vector<uint8_t>* out);
 // -Wnull-dereference misfires on it.)
 bool ReadWholeFile(const std::string& path, std::string* content);
 
-// DER as is; a 64-byte r||s converted to DER; anything else an error.
-Result<std::vector<uint8_t>> NormalizeSignature(std::vector<uint8_t> signature);
-
-// A parsed P-256 public key.
+// A parsed audit public key: ECDSA P-256, or RSA of at least 3072 bits for RSASSA-PSS (SHA-256,
+// MGF1 with SHA-256, a 32-byte salt). Both sign the seal digest as is (docs/audit.md, "Seals").
 class PublicKey {
  public:
   static Result<PublicKey> FromPem(const std::string& pem);
@@ -68,12 +66,17 @@ class PublicKey {
   ~PublicKey();
 
   const std::string& key_id() const { return key_id_; }  // hex SHA-256 of the SPKI DER
-  bool VerifyDigest(const Digest& digest, std::span<const uint8_t> der_signature) const;
+  bool rsa() const { return rsa_; }
+  // A signature in the form seals carry: for ECDSA, DER as is and a 64-byte r||s converted to
+  // DER; for RSA-PSS, exactly the modulus's length. Anything else an error.
+  Result<std::vector<uint8_t>> NormalizeSignature(std::vector<uint8_t> signature) const;
+  bool VerifyDigest(const Digest& digest, std::span<const uint8_t> signature) const;
 
  private:
   PublicKey() = default;
   void* pkey_ = nullptr;  // EVP_PKEY*, kept opaque to keep OpenSSL out of this header
   std::string key_id_;
+  bool rsa_ = false;
 };
 
 }  // namespace vecseal::audit::internal

@@ -282,6 +282,16 @@ Status ParseAudit(ObjectReader& r, AuditConfig& audit) {
   VECSEAL_RETURN_IF_ERROR(r.TakePath("directory", audit.directory));
   VECSEAL_RETURN_IF_ERROR(r.TakePath("single_file", audit.single_file));
   VECSEAL_RETURN_IF_ERROR(r.TakeString("key_label", audit.key_label));
+  if (const json* algorithm = r.Find("key_algorithm"); algorithm != nullptr) {
+    auto parsed = algorithm->is_string()
+                      ? pkcs11::ParseAuditKeyAlgorithm(algorithm->get<std::string>())
+                      : std::nullopt;
+    if (!parsed) {
+      return ConfigError(r.PathOf("key_algorithm"),
+                         "must be \"auto\", \"ecdsa-p256\" or \"rsa-pss-3072\"");
+    }
+    audit.key_algorithm = *parsed;
+  }
   const json* sync = r.Find("sync");
   if (sync != nullptr) {
     if (!sync->is_string() || (*sync != "every_record" && *sync != "interval")) {
@@ -438,6 +448,7 @@ std::optional<std::string> RestartOnlyChange(const Config& current, const Config
   if (current.threads.workers != next.threads.workers) return "threads.workers";
   if (current.audit.directory != next.audit.directory) return "audit.directory";
   if (current.audit.key_label != next.audit.key_label) return "audit.key_label";
+  if (current.audit.key_algorithm != next.audit.key_algorithm) return "audit.key_algorithm";
   if (current.audit.single_file != next.audit.single_file) return "audit.single_file";
   if (current.audit.pkcs11 != next.audit.pkcs11) return "audit.pkcs11";
   if (current.audit.sync_every_record != next.audit.sync_every_record ||

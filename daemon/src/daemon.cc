@@ -380,7 +380,8 @@ class Daemon {
       audit_hsm = std::move(opened).value();
     }
     pkcs11::Hsm& audit_token = audit_hsm ? *audit_hsm : **hsm;
-    auto audit_key = audit_token.EnsureAuditKey(config_.audit.key_label);
+    auto audit_key =
+        audit_token.EnsureAuditKey(config_.audit.key_label, config_.audit.key_algorithm);
     if (!audit_key.ok()) {
       return audit_hsm ? AuditTokenError(audit_key.status()) : std::move(audit_key).TakeStatus();
     }

@@ -154,13 +154,24 @@ int Init(const InitOptions& options, std::ostream& out) {
   } else {
     report.Ok("token", "\"" + config->pkcs11.token_label + "\" in " + config->pkcs11.module +
                            ", logged in");
-    if (Status mechanisms = (*hsm)->CheckMechanisms(config->new_keys); !mechanisms.ok()) {
+    // The audit key's mechanisms here only when it lives on this token.
+    const bool audit_here = !AuditHsmConfigOf(*config).has_value();
+    Status mechanisms = (*hsm)->CheckMechanisms(config->new_keys);
+    auto audit_kind = audit_here ? (*hsm)->AuditKeyAlgorithmFor(config->audit.key_algorithm)
+                                 : Result<pkcs11::AuditKeyAlgorithm>(config->audit.key_algorithm);
+    if (mechanisms.ok() && !audit_kind.ok()) mechanisms = audit_kind.status();
+    if (!mechanisms.ok()) {
       report.Failed("mechanisms", mechanisms);
-    } else if (config->new_keys == core::KeyFormat::kV2) {
-      report.Ok("mechanisms", "AES-256 generation, AES-ECB (format v2 keys), EC P-256, ECDSA");
     } else {
-      report.Ok("mechanisms",
-                "generic secret generation, HMAC-SHA256 (format v1 keys), EC P-256, ECDSA");
+      const std::string audit =
+          !audit_here ? ""
+          : *audit_kind == pkcs11::AuditKeyAlgorithm::kRsaPss3072
+              ? ", RSA 3072, RSA-PSS"
+              : ", EC P-256, ECDSA";
+      report.Ok("mechanisms", config->new_keys == core::KeyFormat::kV2
+                                  ? "AES-256 generation, AES-ECB (format v2 keys)" + audit
+                                  : "generic secret generation, HMAC-SHA256 (format v1 keys)" +
+                                        audit);
     }
   }
 
@@ -178,7 +189,8 @@ int Init(const InitOptions& options, std::ostream& out) {
     audit_token = audit_hsm.get();
   }
   if (audit_token != nullptr) {
-    auto audit_key = audit_token->EnsureAuditKey(config->audit.key_label);
+    auto audit_key =
+        audit_token->EnsureAuditKey(config->audit.key_label, config->audit.key_algorithm);
     auto key_id = audit_key.ok() ? PublicKeyFingerprint(audit_key->PublicKeyPem())
                                  : Result<std::string>(audit_key.status());
     if (!key_id.ok()) {

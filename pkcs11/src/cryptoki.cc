@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <new>
 #include <utility>
 
 namespace vecseal::pkcs11 {
@@ -159,15 +160,59 @@ const CkrEntry* FindCkr(CK_RV rv) {
 }
 
 // Cryptoki's initialisation state is per process, so two Module objects for the same library
-// must share one C_Initialize/C_Finalize pair. Keyed by the dlopen handle, which dlopen itself
-// reference-counts per library.
+// must share one C_Initialize/C_Finalize pair. Keyed by the function list, not the dlopen handle:
+// p11-kit-client.so hands out a new function list, a client of its own that needs its own
+// C_Initialize, on every C_GetFunctionList; SoftHSM2 and most modules hand out the same one.
+struct Initialised {
+  size_t users = 0;
+  // Left initialised (and loaded) when the last user lets go: the module does not survive a
+  // second C_Initialize in one process (KeepsInitialised).
+  bool keep = false;
+};
 std::mutex& RegistryMutex() {
   static std::mutex mutex;
   return mutex;
 }
-std::map<void*, size_t>& Registry() {
-  static std::map<void*, size_t> registry;
+std::map<CK_FUNCTION_LIST_PTR, Initialised>& Registry() {
+  static std::map<CK_FUNCTION_LIST_PTR, Initialised> registry;
   return registry;
+}
+
+// opencryptoki 3.8 (C_GetInfo: manufacturer "IBM", "Meta PKCS11 LIBRARY") faults in a second
+// C_Initialize in the same process: the TPM token library it loads for slot 0 crashes in
+// Fork_Initializer. vecseal opens a module again when it retries an HSM that did not answer at
+// start, so such a module stays initialised until the process exits.
+bool KeepsInitialised(CK_FUNCTION_LIST_PTR functions) {
+  CK_INFO info{};
+  if (functions->C_GetInfo(&info) != CKR_OK) return false;
+  const std::string manufacturer(reinterpret_cast<const char*>(info.manufacturerID),
+                                 sizeof info.manufacturerID);
+  const std::string description(reinterpret_cast<const char*>(info.libraryDescription),
+                                sizeof info.libraryDescription);
+  return manufacturer.starts_with("IBM") && description.starts_with("Meta PKCS11 LIBRARY");
+}
+
+// Locking callbacks for a module that refuses CKF_OS_LOCKING_OK with CKR_CANT_LOCK (PKCS#11
+// §5.4: it must then use the application's mutexes).
+CK_RV CreateMutex(CK_VOID_PTR_PTR mutex) {
+  if (mutex == nullptr) return CKR_ARGUMENTS_BAD;
+  *mutex = new (std::nothrow) std::mutex;
+  return *mutex != nullptr ? CKR_OK : CKR_HOST_MEMORY;
+}
+CK_RV DestroyMutex(CK_VOID_PTR mutex) {
+  if (mutex == nullptr) return CKR_MUTEX_BAD;
+  delete static_cast<std::mutex*>(mutex);
+  return CKR_OK;
+}
+CK_RV LockMutex(CK_VOID_PTR mutex) {
+  if (mutex == nullptr) return CKR_MUTEX_BAD;
+  static_cast<std::mutex*>(mutex)->lock();
+  return CKR_OK;
+}
+CK_RV UnlockMutex(CK_VOID_PTR mutex) {
+  if (mutex == nullptr) return CKR_MUTEX_BAD;
+  static_cast<std::mutex*>(mutex)->unlock();
+  return CKR_OK;
 }
 
 std::string TrimLabel(const CK_UTF8CHAR* label, size_t size) {
@@ -179,6 +224,18 @@ std::string TrimLabel(const CK_UTF8CHAR* label, size_t size) {
 Status ModuleError(const std::string& path, std::string detail) {
   return Status(Code::kUnavailable, "hsm_module_unloadable",
                 "cannot load the PKCS#11 module " + path + ": " + detail);
+}
+
+// C_Initialize with CKF_OS_LOCKING_OK, or with our mutexes for a module that cannot lock.
+CK_RV Initialize(CK_FUNCTION_LIST_PTR functions) {
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK;
+  CK_RV rv = functions->C_Initialize(&args);
+  if (rv == CKR_CANT_LOCK) {
+    args = CK_C_INITIALIZE_ARGS{CreateMutex, DestroyMutex, LockMutex, UnlockMutex, 0, nullptr};
+    rv = functions->C_Initialize(&args);
+  }
+  return rv;
 }
 
 }  // namespace
@@ -208,6 +265,9 @@ bool IsRecoverable(CK_RV rv) {
     case CKR_USER_NOT_LOGGED_IN:
     case CKR_CRYPTOKI_NOT_INITIALIZED:
     case CKR_SESSION_COUNT:
+    // A slot that went away with its token or its server (p11-kit-client.so renumbers slots
+    // when it reconnects): the token is found again by its label.
+    case CKR_SLOT_ID_INVALID:
       return true;
     default:
       return false;
@@ -270,13 +330,11 @@ Result<Module> Module::Load(const std::string& path) {
   }
 
   std::lock_guard lock(RegistryMutex());
-  size_t& users = Registry()[module.library_];
-  if (users == 0) {
-    CK_C_INITIALIZE_ARGS args{};
-    args.flags = CKF_OS_LOCKING_OK;
-    CK_RV rv = functions->C_Initialize(&args);
+  Initialised& initialised = Registry()[functions];
+  if (initialised.users == 0 && !initialised.keep) {
+    const CK_RV rv = Initialize(functions);
     if (rv != CKR_OK) {
-      Registry().erase(module.library_);
+      Registry().erase(functions);
       if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         return ModuleError(path, "another component of this process already initialised it");
       }
@@ -290,8 +348,9 @@ Result<Module> Module::Load(const std::string& path) {
       }
       return ModuleError(path, detail);
     }
+    initialised.keep = KeepsInitialised(functions);
   }
-  ++users;
+  ++initialised.users;
   module.functions_ = functions;
   return module;
 }
@@ -319,15 +378,32 @@ void Module::Release() {
   if (library_ == nullptr) return;
   if (functions_ != nullptr) {
     std::lock_guard lock(RegistryMutex());
-    auto it = Registry().find(library_);
-    if (it != Registry().end() && --it->second == 0) {
+    auto it = Registry().find(functions_);
+    if (it != Registry().end() && --it->second.users == 0 && !it->second.keep) {
       functions_->C_Finalize(nullptr);
       Registry().erase(it);
+    } else if (it != Registry().end() && it->second.keep) {
+      library_ = nullptr;  // stays loaded for the next Load: no dlclose
+      functions_ = nullptr;
+      return;
     }
   }
   dlclose(library_);
   library_ = nullptr;
   functions_ = nullptr;
+}
+
+Status Module::Reinitialize() {
+  if (functions_ == nullptr) return ModuleError(path_, "not loaded");
+  std::lock_guard lock(RegistryMutex());
+  auto it = Registry().find(functions_);
+  if (it == Registry().end() || it->second.users != 1 || it->second.keep) {
+    return Status(Code::kFailedPrecondition, "hsm_error",
+                  "the PKCS#11 module " + path_ + " cannot be initialised again here");
+  }
+  functions_->C_Finalize(nullptr);
+  const CK_RV rv = Initialize(functions_);
+  return rv == CKR_OK ? Status::Ok() : CkrStatus("C_Initialize", rv);
 }
 
 Result<std::vector<std::string>> Module::TokenLabels() const {
@@ -477,13 +553,30 @@ void Session::Close() {
   handle_ = CK_INVALID_HANDLE;
 }
 
-Status Session::Login(std::span<const uint8_t> pin) {
+CK_RV Session::LoginRaw(std::span<const uint8_t> pin) const {
   // Cryptoki takes a non-const pointer but does not write through it.
+  auto pin_data = const_cast<CK_UTF8CHAR_PTR>(pin.data());
   Count(HsmCall::kLogin);
-  CK_RV rv = functions_->C_Login(handle_, CKU_USER,
-                                 const_cast<CK_UTF8CHAR_PTR>(pin.data()), pin.size());
-  if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) return Status::Ok();
-  return CkrStatus("C_Login", rv);
+  CK_RV rv = functions_->C_Login(handle_, CKU_USER, pin_data, pin.size());
+  if (rv == CKR_USER_ALREADY_LOGGED_IN) {
+    // Login state is per application, but a module may keep a stale one: opencryptoki 3.8,
+    // after every session was closed (C_CloseAllSessions), answers CKR_USER_ALREADY_LOGGED_IN
+    // while the new session is public. Trust the session's state; when they disagree, log out
+    // and in once.
+    CK_SESSION_INFO info{};
+    if (functions_->C_GetSessionInfo(handle_, &info) == CKR_OK &&
+        info.state != CKS_RO_USER_FUNCTIONS && info.state != CKS_RW_USER_FUNCTIONS) {
+      functions_->C_Logout(handle_);
+      Count(HsmCall::kLogin);
+      rv = functions_->C_Login(handle_, CKU_USER, pin_data, pin.size());
+    }
+  }
+  return rv == CKR_USER_ALREADY_LOGGED_IN ? CKR_OK : rv;
+}
+
+Status Session::Login(std::span<const uint8_t> pin) {
+  const CK_RV rv = LoginRaw(pin);
+  return rv == CKR_OK ? Status::Ok() : CkrStatus("C_Login", rv);
 }
 
 Status Session::Logout() {
@@ -570,9 +663,15 @@ Result<Object> Session::Copy(CK_OBJECT_HANDLE source, std::span<const CK_ATTRIBU
 CK_RV Session::SignRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
                        std::span<const uint8_t> data, std::span<uint8_t> signature,
                        CK_ULONG* length) const {
-  CK_MECHANISM mech{mechanism, nullptr, 0};
+  const CK_MECHANISM mech{mechanism, nullptr, 0};
+  return SignRaw(mech, key, data, signature, length);
+}
+
+CK_RV Session::SignRaw(const CK_MECHANISM& mechanism, CK_OBJECT_HANDLE key,
+                       std::span<const uint8_t> data, std::span<uint8_t> signature,
+                       CK_ULONG* length) const {
   Count(HsmCall::kSignInit);
-  CK_RV rv = functions_->C_SignInit(handle_, &mech, key);
+  CK_RV rv = functions_->C_SignInit(handle_, const_cast<CK_MECHANISM_PTR>(&mechanism), key);
   if (rv != CKR_OK) return rv;
   *length = signature.size();
   Count(HsmCall::kSign);
@@ -635,6 +734,12 @@ CK_RV Session::EncryptFinal() const {
 }
 
 Result<size_t> Session::Sign(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
+                             std::span<const uint8_t> data, std::span<uint8_t> signature) const {
+  const CK_MECHANISM mech{mechanism, nullptr, 0};
+  return Sign(mech, key, data, signature);
+}
+
+Result<size_t> Session::Sign(const CK_MECHANISM& mechanism, CK_OBJECT_HANDLE key,
                              std::span<const uint8_t> data, std::span<uint8_t> signature) const {
   CK_ULONG length = 0;
   CK_RV rv = SignRaw(mechanism, key, data, signature, &length);

@@ -236,6 +236,36 @@ Status InvalidConfig(std::string field, std::string fix) {
   return Status(Code::kInvalidArgument, "invalid_hsm_config", field + ": " + fix);
 }
 
+bool RefusedAttributeType(const Status& status) {
+  return status.message().find(CkrName(CKR_ATTRIBUTE_TYPE_INVALID)) != std::string::npos;
+}
+
+// Calls generate(template) with `required` and as many of `optional` as the module knows:
+// PKCS#11 2.40 added CKA_COPYABLE and CKA_ALLOWED_MECHANISMS, and a 2.20 module (opencryptoki
+// 3.8) refuses either with CKR_ATTRIBUTE_TYPE_INVALID. Subsets are tried largest first, so a
+// module that knows one of them keeps it; the key gets every required attribute or nothing.
+template <typename Generate>
+auto WithOptionalAttributes(std::span<const CK_ATTRIBUTE> required,
+                            std::span<const CK_ATTRIBUTE> optional, Generate&& generate)
+    -> decltype(generate(required)) {
+  const unsigned all = (1u << optional.size()) - 1;
+  std::vector<unsigned> subsets;
+  for (unsigned mask = 0; mask <= all; ++mask) subsets.push_back(mask);
+  std::stable_sort(subsets.begin(), subsets.end(), [](unsigned a, unsigned b) {
+    return std::popcount(a) > std::popcount(b);
+  });
+  decltype(generate(required)) result = Status(Code::kInternal, "hsm_error", "no template");
+  for (unsigned mask : subsets) {
+    std::vector<CK_ATTRIBUTE> attributes(required.begin(), required.end());
+    for (size_t i = 0; i < optional.size(); ++i) {
+      if ((mask & (1u << i)) != 0) attributes.push_back(optional[i]);
+    }
+    result = generate(std::span<const CK_ATTRIBUTE>(attributes));
+    if (result.ok() || !RefusedAttributeType(result.status())) return result;
+  }
+  return result;
+}
+
 }  // namespace
 
 // PIN
@@ -412,6 +442,7 @@ struct PoolSlot {
   std::mutex mutex;
   Session session;
   uint64_t generation = 0;  // the Hsm generation this session was opened in; 0: none
+  uint64_t initialisation = 0;  // the module's initialisation it was opened in (Hsm::State)
   std::unordered_map<std::string, Object> keys;
   // The label of the format v2 key whose CKM_AES_ECB operation this session keeps open, so that
   // a request costs one C_EncryptUpdate instead of C_EncryptInit + C_Encrypt (on SoftHSM2 the
@@ -433,6 +464,12 @@ struct Hsm::State {
   // Bumped by every successful (re)connection; pooled sessions from an older generation are
   // reopened before use.
   std::atomic<uint64_t> generation{0};
+  // Bumped when recovery initialised the module again (Module::Reinitialize): handles opened
+  // before are void and are forgotten, never closed.
+  std::atomic<uint64_t> initialisation{0};
+  // The most a C_EncryptUpdate is given: kDerivationPartBytes, or less for a module that refused
+  // that much with CKR_DATA_LEN_RANGE.
+  std::atomic<size_t> part_bytes{kDerivationPartBytes};
   std::atomic<uint64_t> recovery_failures{0};
   // The PIN file version the token last refused, and that refusal (guarded by admin_mutex).
   std::optional<PinFileStamp> refused_pin_file;
@@ -508,9 +545,9 @@ Status Hsm::State::ConnectLocked() {
   if (refused_pin_file && stamp == refused_pin_file) return refused_login;
   auto pin = ReadPin(config.pin);
   if (!pin.ok()) return std::move(pin).TakeStatus();
-  CK_RV rv = module.functions()->C_Login(session->handle(), CKU_USER, pin->data(), pin->size());
+  CK_RV rv = session->LoginRaw(std::span<const uint8_t>(pin->data(), pin->size()));
   pin = core::SecureBuffer();  // wiped now, not at scope end
-  if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+  if (rv != CKR_OK) {
     if (!IsPinError(rv)) return CkrStatus("C_Login", rv);
     refused_pin_file = stamp;
     refused_login = LoginFailed(config, rv);
@@ -545,6 +582,16 @@ Status Hsm::State::Recover(uint64_t observed_generation) {
     if (last.reason() == "hsm_login_failed" || last.reason() == "pin_source_invalid" ||
         last.reason() == "pin_file_permissions") {
       break;  // retrying a wrong PIN could lock the token
+    }
+    // Last, initialise the module afresh: p11-kit-client.so does not reconnect by itself after
+    // its server went away and came back.
+    if (attempt + 1 == config.recovery_attempts) {
+      anchor.Forget();
+      if (module.Reinitialize().ok()) {
+        initialisation.fetch_add(1);
+        last = ConnectLocked();
+        if (last.ok()) return last;
+      }
     }
   }
   recovery_failures.fetch_add(1);
@@ -593,6 +640,10 @@ PoolSlot& Hsm::State::Acquire(std::unique_lock<std::mutex>& lock) {
 Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   uint64_t current = generation.load();
   if (pool_slot.generation == current && pool_slot.session.valid()) return Status::Ok();
+  if (pool_slot.initialisation != initialisation.load()) {
+    for (auto& [unused, key] : pool_slot.keys) key.Release();
+    pool_slot.session.Forget();
+  }
   pool_slot.keys.clear();  // session copies die with their session; drop them first
   pool_slot.open_encryption.clear();
   pool_slot.session.Close();
@@ -600,6 +651,7 @@ Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   if (!session.ok()) return std::move(session).TakeStatus();
   pool_slot.session = std::move(session).value();
   pool_slot.generation = current;
+  pool_slot.initialisation = initialisation.load();
   return Status::Ok();
 }
 
@@ -891,22 +943,22 @@ Result<KeyInfo> Hsm::State::CreateVersionLocked(const std::string& name, uint32_
       Attr(CKA_CLASS, key_class),      Attr(CKA_KEY_TYPE, key_type),
       Attr(CKA_VALUE_LEN, key_size),   Attr(CKA_TOKEN, kTrue),
       Attr(CKA_PRIVATE, kTrue),        Attr(CKA_SENSITIVE, kTrue),
-      Attr(CKA_EXTRACTABLE, kFalse),   Attr(CKA_COPYABLE, copyable),
-      Attr(CKA_MODIFIABLE, copyable),  Attr(CKA_SIGN, sign),
-      Attr(CKA_VERIFY, kFalse),        Attr(CKA_DERIVE, kFalse),
-      Attr(CKA_ENCRYPT, encrypt),      Attr(CKA_DECRYPT, kFalse),
-      Attr(CKA_WRAP, kFalse),          Attr(CKA_UNWRAP, kFalse),
-      Attr(CKA_LABEL, label),          Attr(CKA_ID, label),
+      Attr(CKA_EXTRACTABLE, kFalse),   Attr(CKA_MODIFIABLE, copyable),
+      Attr(CKA_SIGN, sign),            Attr(CKA_VERIFY, kFalse),
+      Attr(CKA_DERIVE, kFalse),        Attr(CKA_ENCRYPT, encrypt),
+      Attr(CKA_DECRYPT, kFalse),       Attr(CKA_WRAP, kFalse),
+      Attr(CKA_UNWRAP, kFalse),        Attr(CKA_LABEL, label),
+      Attr(CKA_ID, label),
+  };
+  CK_ATTRIBUTE optional[] = {
+      Attr(CKA_COPYABLE, copyable),
       {CKA_ALLOWED_MECHANISMS, &allowed, sizeof allowed},
   };
   const CK_MECHANISM_TYPE generate = v2 ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN;
-  auto key = anchor.GenerateKey(generate, key_template);
-  if (!key.ok() && key.status().message().find(CkrName(CKR_ATTRIBUTE_TYPE_INVALID)) !=
-                       std::string::npos) {
-    // A module without CKA_ALLOWED_MECHANISMS (PKCS#11 2.40) still gets every usage flag.
-    key = anchor.GenerateKey(generate, std::span<const CK_ATTRIBUTE>(key_template).first(
-                                           std::size(key_template) - 1));
-  }
+  auto key = WithOptionalAttributes(key_template, optional,
+                                    [&](std::span<const CK_ATTRIBUTE> attributes) {
+                                      return anchor.GenerateKey(generate, attributes);
+                                    });
   if (!key.ok()) return std::move(key).TakeStatus();
 
   Status written = WriteParamsLocked(kParamsApplication, key->handle(), name, version, params);
@@ -1102,7 +1154,17 @@ Status HsmDeriver::EncryptBlocks(std::span<const uint8_t> blocks, std::span<uint
       if (rv != CKR_OK) return std::pair<CK_RV, const char*>(rv, "C_EncryptInit");
       slot.open_encryption = label_;
     }
-    const CK_RV rv = slot.session.EncryptUpdate(blocks, out, kDerivationPartBytes);
+    CK_RV rv = slot.session.EncryptUpdate(blocks, out, state_->part_bytes.load());
+    // A module with a smaller limit per call than kDerivationPartBytes refuses the part with
+    // CKR_DATA_LEN_RANGE: halve it until the module takes it, and keep that size. The failed
+    // call ended the operation; ECB has no chaining, so starting over gives the same bytes.
+    while (rv == CKR_DATA_LEN_RANGE && state_->part_bytes.load() > core::kBlockSize) {
+      const size_t half = state_->part_bytes.load() / 2;
+      state_->part_bytes.store(std::max(core::kBlockSize, half - half % core::kBlockSize));
+      rv = slot.session.EncryptInit(CKM_AES_ECB, key);
+      if (rv != CKR_OK) break;
+      rv = slot.session.EncryptUpdate(blocks, out, state_->part_bytes.load());
+    }
     if (rv != CKR_OK) slot.open_encryption.clear();  // the module has ended the operation
     return std::pair<CK_RV, const char*>(rv, "C_EncryptUpdate");
   });
@@ -1181,34 +1243,101 @@ Status Hsm::Ping() {
   return result.ok() ? Status::Ok() : std::move(result).TakeStatus();
 }
 
-Status Hsm::CheckMechanisms(core::KeyFormat format) {
-  struct Needed {
-    CK_MECHANISM_TYPE mechanism;
-    CK_FLAGS flag;
-    const char* what;
-  };
-  static constexpr Needed kAudit[] = {
-      {CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR,
-       "CKM_EC_KEY_PAIR_GEN with CKF_GENERATE_KEY_PAIR (the audit key)"},
-      {CKM_ECDSA, CKF_SIGN, "CKM_ECDSA with CKF_SIGN (audit seals)"},
-  };
+namespace {
+
+struct AuditMechanism {
+  CK_MECHANISM_TYPE mechanism;
+  CK_FLAGS flag;
+  CK_ULONG bits;  // the key size the module must allow, or 0
+  const char* what;
+};
+constexpr AuditMechanism kEcdsaMechanisms[] = {
+    {CKM_EC_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, 256, "CKM_EC_KEY_PAIR_GEN with CKF_GENERATE_KEY_PAIR"},
+    {CKM_ECDSA, CKF_SIGN, 0, "CKM_ECDSA with CKF_SIGN"},
+};
+constexpr AuditMechanism kRsaPssMechanisms[] = {
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, CKF_GENERATE_KEY_PAIR, kAuditRsaBits,
+     "CKM_RSA_PKCS_KEY_PAIR_GEN with CKF_GENERATE_KEY_PAIR for 3072 bits"},
+    {CKM_RSA_PKCS_PSS, CKF_SIGN, 0, "CKM_RSA_PKCS_PSS with CKF_SIGN"},
+};
+
+// The first of `needed` the slot does not offer ("" when it offers all), or the error of a
+// failed C_GetMechanismInfo.
+Result<std::string> FirstMissing(const Module& module, CK_SLOT_ID slot,
+                                 std::span<const AuditMechanism> needed) {
+  for (const AuditMechanism& each : needed) {
+    CK_MECHANISM_INFO info{};
+    const CK_RV rv = module.functions()->C_GetMechanismInfo(slot, each.mechanism, &info);
+    if (rv == CKR_MECHANISM_INVALID) return std::string(each.what);
+    if (rv != CKR_OK) return CkrStatus("C_GetMechanismInfo", rv);
+    if ((info.flags & each.flag) == 0) return std::string(each.what);
+    // Some modules give EC sizes in bytes or leave the range 0; only a stated range that
+    // excludes the size counts as missing.
+    if (each.bits != 0 && info.ulMaxKeySize != 0 && info.ulMaxKeySize < each.bits &&
+        each.mechanism != CKM_EC_KEY_PAIR_GEN) {
+      return std::string(each.what);
+    }
+  }
+  return std::string();
+}
+
+}  // namespace
+
+std::string_view AuditKeyAlgorithmName(AuditKeyAlgorithm algorithm) {
+  switch (algorithm) {
+    case AuditKeyAlgorithm::kAuto: return "auto";
+    case AuditKeyAlgorithm::kEcdsaP256: return "ecdsa-p256";
+    case AuditKeyAlgorithm::kRsaPss3072: return "rsa-pss-3072";
+  }
+  return "auto";
+}
+
+std::optional<AuditKeyAlgorithm> ParseAuditKeyAlgorithm(std::string_view name) {
+  for (AuditKeyAlgorithm each : {AuditKeyAlgorithm::kAuto, AuditKeyAlgorithm::kEcdsaP256,
+                                 AuditKeyAlgorithm::kRsaPss3072}) {
+    if (AuditKeyAlgorithmName(each) == name) return each;
+  }
+  return std::nullopt;
+}
+
+Result<AuditKeyAlgorithm> Hsm::AuditKeyAlgorithmFor(AuditKeyAlgorithm requested) {
+  const CK_SLOT_ID slot = state_->slot.load();
+  const std::string token = "token \"" + state_->config.token_label + "\"";
+  auto ec = FirstMissing(state_->module, slot, kEcdsaMechanisms);
+  if (!ec.ok()) return std::move(ec).TakeStatus();
+  if (requested != AuditKeyAlgorithm::kRsaPss3072 && ec->empty()) {
+    return AuditKeyAlgorithm::kEcdsaP256;
+  }
+  if (requested == AuditKeyAlgorithm::kEcdsaP256) {
+    return Status(Code::kFailedPrecondition, "mechanism_missing",
+                  token + " does not offer " + *ec +
+                      " (the audit key, audit.key_algorithm \"ecdsa-p256\"); set "
+                      "audit.key_algorithm to \"rsa-pss-3072\" or \"auto\", or give the audit "
+                      "key a token that offers it (audit.pkcs11)");
+  }
+  auto rsa = FirstMissing(state_->module, slot, kRsaPssMechanisms);
+  if (!rsa.ok()) return std::move(rsa).TakeStatus();
+  if (rsa->empty()) return AuditKeyAlgorithm::kRsaPss3072;
+  if (requested == AuditKeyAlgorithm::kRsaPss3072) {
+    return Status(Code::kFailedPrecondition, "mechanism_missing",
+                  token + " does not offer " + *rsa +
+                      " (the audit key, audit.key_algorithm \"rsa-pss-3072\"); set "
+                      "audit.key_algorithm to \"ecdsa-p256\" or \"auto\", or give the audit "
+                      "key a token that offers it (audit.pkcs11)");
+  }
+  return Status(Code::kFailedPrecondition, "mechanism_missing",
+                token + " offers neither ECDSA P-256 for the audit key (it lacks " + *ec +
+                    ") nor RSA-PSS (it lacks " + *rsa +
+                    "); give the audit key a token that offers one of them (audit.pkcs11)");
+}
+
+Status Hsm::CheckMechanisms(core::KeyFormat format, AuditKeyAlgorithm audit) {
   {
     std::lock_guard lock(state_->admin_mutex);
     VECSEAL_RETURN_IF_ERROR(state_->CheckDerivationMechanisms(format));
   }
-  const CK_SLOT_ID slot = state_->slot.load();
-  for (const Needed& needed : kAudit) {
-    CK_MECHANISM_INFO info{};
-    const CK_RV rv =
-        state_->module.functions()->C_GetMechanismInfo(slot, needed.mechanism, &info);
-    if (rv == CKR_MECHANISM_INVALID || (rv == CKR_OK && (info.flags & needed.flag) == 0)) {
-      return Status(Code::kFailedPrecondition, "mechanism_missing",
-                    "token \"" + state_->config.token_label + "\" does not offer " +
-                        needed.what + "; vecseal cannot use it");
-    }
-    if (rv != CKR_OK) return CkrStatus("C_GetMechanismInfo", rv);
-  }
-  return Status::Ok();
+  auto algorithm = AuditKeyAlgorithmFor(audit);
+  return algorithm.ok() ? Status::Ok() : std::move(algorithm).TakeStatus();
 }
 
 const HsmCallCounts& Hsm::calls() const { return *state_->module.calls(); }
@@ -1220,6 +1349,8 @@ struct AuditKey::State {
   std::string label;
   std::string pem;
   bool generated = false;
+  AuditKeyAlgorithm algorithm = AuditKeyAlgorithm::kEcdsaP256;
+  size_t signature_size = 64;  // raw r||s, or the RSA modulus's bytes
 };
 
 namespace {
@@ -1234,18 +1365,20 @@ std::optional<std::vector<uint8_t>> UnwrapEcPoint(const std::vector<uint8_t>& va
   return std::nullopt;
 }
 
-Result<std::string> PemFromPoint(std::span<const uint8_t> point) {
+// The SubjectPublicKeyInfo PEM of an OpenSSL key of `type` ("EC", "RSA") built from `fill`'s
+// parameters.
+template <typename Fill>
+Result<std::string> PemFromParams(const char* type, Fill&& fill) {
   auto failed = [] {
     return Status(Code::kInternal, "audit_key_invalid",
                   "OpenSSL could not encode the audit public key read from the token");
   };
   OSSL_PARAM_BLD* builder = OSSL_PARAM_BLD_new();
   if (builder == nullptr) return failed();
-  OSSL_PARAM_BLD_push_utf8_string(builder, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0);
-  OSSL_PARAM_BLD_push_octet_string(builder, OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size());
-  OSSL_PARAM* params = OSSL_PARAM_BLD_to_param(builder);
+  const bool filled = fill(builder);
+  OSSL_PARAM* params = filled ? OSSL_PARAM_BLD_to_param(builder) : nullptr;
   OSSL_PARAM_BLD_free(builder);
-  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr);
+  EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr);
   EVP_PKEY* pkey = nullptr;
   bool ok = params != nullptr && ctx != nullptr && EVP_PKEY_fromdata_init(ctx) == 1 &&
             EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) == 1;
@@ -1267,23 +1400,94 @@ Result<std::string> PemFromPoint(std::span<const uint8_t> point) {
   return pem;
 }
 
+Result<std::string> PemFromPoint(std::span<const uint8_t> point) {
+  return PemFromParams("EC", [&](OSSL_PARAM_BLD* builder) {
+    return OSSL_PARAM_BLD_push_utf8_string(builder, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1",
+                                           0) == 1 &&
+           OSSL_PARAM_BLD_push_octet_string(builder, OSSL_PKEY_PARAM_PUB_KEY, point.data(),
+                                            point.size()) == 1;
+  });
+}
+
+Result<std::string> PemFromRsa(std::span<const uint8_t> modulus,
+                               std::span<const uint8_t> exponent) {
+  BIGNUM* n = BN_bin2bn(modulus.data(), static_cast<int>(modulus.size()), nullptr);
+  BIGNUM* e = BN_bin2bn(exponent.data(), static_cast<int>(exponent.size()), nullptr);
+  auto pem = PemFromParams("RSA", [&](OSSL_PARAM_BLD* builder) {
+    return n != nullptr && e != nullptr &&
+           OSSL_PARAM_BLD_push_BN(builder, OSSL_PKEY_PARAM_RSA_N, n) == 1 &&
+           OSSL_PARAM_BLD_push_BN(builder, OSSL_PKEY_PARAM_RSA_E, e) == 1;
+  });
+  BN_free(n);
+  BN_free(e);
+  return pem;
+}
+
+CK_KEY_TYPE KeyTypeOf(const Object& object) {
+  auto value = object.GetAttribute(CKA_KEY_TYPE);
+  CK_KEY_TYPE type = CKK_VENDOR_DEFINED;
+  if (value.ok() && value->size() == sizeof type) std::memcpy(&type, value->data(), sizeof type);
+  return type;
+}
+
+// The public key's PEM and its signature size, from an EC P-256 public key object.
+Result<std::pair<std::string, size_t>> EcPublicKey(const Object& public_key,
+                                                   const std::string& key_label) {
+  auto params = public_key.GetAttribute(CKA_EC_PARAMS);
+  if (!params.ok()) return std::move(params).TakeStatus();
+  if (!std::equal(params->begin(), params->end(), std::begin(kP256Oid), std::end(kP256Oid))) {
+    return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                  "the audit key \"" + key_label + "\" is not on curve P-256");
+  }
+  auto point = public_key.GetAttribute(CKA_EC_POINT);
+  if (!point.ok()) return std::move(point).TakeStatus();
+  auto raw = UnwrapEcPoint(*point);
+  if (!raw) {
+    return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                  "the audit key \"" + key_label + "\" has a malformed CKA_EC_POINT");
+  }
+  auto pem = PemFromPoint(*raw);
+  if (!pem.ok()) return std::move(pem).TakeStatus();
+  return std::pair(std::move(pem).value(), size_t{64});
+}
+
+Result<std::pair<std::string, size_t>> RsaPublicKey(const Object& public_key,
+                                                    const std::string& key_label) {
+  auto modulus = public_key.GetAttribute(CKA_MODULUS);
+  if (!modulus.ok()) return std::move(modulus).TakeStatus();
+  auto exponent = public_key.GetAttribute(CKA_PUBLIC_EXPONENT);
+  if (!exponent.ok()) return std::move(exponent).TakeStatus();
+  auto first = std::find_if(modulus->begin(), modulus->end(), [](uint8_t b) { return b != 0; });
+  const size_t bytes = static_cast<size_t>(modulus->end() - first);
+  if (bytes * 8 < kAuditRsaBits) {
+    return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                  "the audit key \"" + key_label + "\" is an RSA key of " +
+                      std::to_string(bytes * 8) + " bits; an RSA audit key has at least " +
+                      std::to_string(kAuditRsaBits));
+  }
+  auto pem = PemFromRsa(std::span<const uint8_t>(&*first, bytes), *exponent);
+  if (!pem.ok()) return std::move(pem).TakeStatus();
+  return std::pair(std::move(pem).value(), bytes);
+}
+
 }  // namespace
 
-Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
+Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label, AuditKeyAlgorithm algorithm) {
   if (label.empty() || label.size() > 64) {
     return Status(Code::kInvalidArgument, "invalid_audit_key_label",
                   "the audit key label must be 1 to 64 bytes");
   }
   std::string key_label(label);
   bool generated = false;
-  auto pem = state_->Admin<std::string>([&](Session& anchor) -> Result<std::string> {
+  AuditKeyAlgorithm found_algorithm = AuditKeyAlgorithm::kEcdsaP256;
+  using Found = std::pair<std::string, size_t>;
+  auto found = state_->Admin<Found>([&](Session& anchor) -> Result<Found> {
     CK_OBJECT_CLASS public_class = CKO_PUBLIC_KEY;
     CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
-    CK_KEY_TYPE ec = CKK_EC;
     CK_ATTRIBUTE public_match[] = {Attr(CKA_CLASS, public_class), Attr(CKA_TOKEN, kTrue),
-                                   Attr(CKA_KEY_TYPE, ec), Attr(CKA_LABEL, key_label)};
+                                   Attr(CKA_LABEL, key_label)};
     CK_ATTRIBUTE private_match[] = {Attr(CKA_CLASS, private_class), Attr(CKA_TOKEN, kTrue),
-                                    Attr(CKA_KEY_TYPE, ec), Attr(CKA_LABEL, key_label)};
+                                    Attr(CKA_LABEL, key_label)};
     auto publics = anchor.Find(public_match);
     if (!publics.ok()) return std::move(publics).TakeStatus();
     auto privates = anchor.Find(private_match);
@@ -1296,22 +1500,42 @@ Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
     }
     Object public_key;
     if (publics->empty()) {
+      auto chosen = AuditKeyAlgorithmFor(algorithm);
+      if (!chosen.ok()) return std::move(chosen).TakeStatus();
+      const bool rsa = *chosen == AuditKeyAlgorithm::kRsaPss3072;
       std::span<const uint8_t> oid(kP256Oid);
+      CK_ULONG bits = kAuditRsaBits;
+      static constexpr uint8_t kF4[] = {0x01, 0x00, 0x01};
+      std::span<const uint8_t> exponent(kF4);
       CK_ATTRIBUTE public_template[] = {
           Attr(CKA_TOKEN, kTrue),        Attr(CKA_PRIVATE, kFalse),
           Attr(CKA_VERIFY, kTrue),       Attr(CKA_ENCRYPT, kFalse),
-          Attr(CKA_WRAP, kFalse),        Attr(CKA_EC_PARAMS, oid),
-          Attr(CKA_LABEL, key_label),    Attr(CKA_ID, key_label),
+          Attr(CKA_WRAP, kFalse),        Attr(CKA_LABEL, key_label),
+          Attr(CKA_ID, key_label),       Attr(CKA_EC_PARAMS, oid),
+          Attr(CKA_MODULUS_BITS, bits),  Attr(CKA_PUBLIC_EXPONENT, exponent),
       };
+      // EC: the first 8 and CKA_EC_PARAMS; RSA: the first 7 and the last two.
+      std::vector<CK_ATTRIBUTE> public_attributes(public_template, public_template + 7);
+      if (rsa) {
+        public_attributes.push_back(public_template[8]);
+        public_attributes.push_back(public_template[9]);
+      } else {
+        public_attributes.push_back(public_template[7]);
+      }
       CK_ATTRIBUTE private_template[] = {
           Attr(CKA_TOKEN, kTrue),          Attr(CKA_PRIVATE, kTrue),
           Attr(CKA_SENSITIVE, kTrue),      Attr(CKA_EXTRACTABLE, kFalse),
-          Attr(CKA_COPYABLE, kFalse),      Attr(CKA_MODIFIABLE, kFalse),
           Attr(CKA_SIGN, kTrue),           Attr(CKA_DECRYPT, kFalse),
           Attr(CKA_DERIVE, kFalse),        Attr(CKA_UNWRAP, kFalse),
           Attr(CKA_LABEL, key_label),      Attr(CKA_ID, key_label),
+          Attr(CKA_MODIFIABLE, kFalse),
       };
-      auto pair = anchor.GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, public_template, private_template);
+      CK_ATTRIBUTE optional[] = {Attr(CKA_COPYABLE, kFalse)};
+      const CK_MECHANISM_TYPE mechanism = rsa ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN;
+      auto pair = WithOptionalAttributes(
+          private_template, optional, [&](std::span<const CK_ATTRIBUTE> attributes) {
+            return anchor.GenerateKeyPair(mechanism, public_attributes, attributes);
+          });
       if (!pair.ok()) return std::move(pair).TakeStatus();
       public_key = std::move(pair->first);
       generated = true;
@@ -1337,43 +1561,59 @@ Result<AuditKey> Hsm::EnsureAuditKey(std::string_view label) {
         }
       }
       public_key = std::move(publics->front());
+      const CK_KEY_TYPE type = KeyTypeOf(public_key);
+      if ((type != CKK_EC && type != CKK_RSA) || KeyTypeOf(privates->front()) != type) {
+        return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                      "the audit key \"" + key_label +
+                          "\" is neither one EC P-256 pair nor one RSA pair");
+      }
+      const AuditKeyAlgorithm kind =
+          type == CKK_RSA ? AuditKeyAlgorithm::kRsaPss3072 : AuditKeyAlgorithm::kEcdsaP256;
+      if (algorithm != AuditKeyAlgorithm::kAuto && algorithm != kind) {
+        return Status(Code::kFailedPrecondition, "audit_key_invalid",
+                      "the audit key \"" + key_label + "\" on the token is " +
+                          std::string(AuditKeyAlgorithmName(kind)) +
+                          " but audit.key_algorithm is \"" +
+                          std::string(AuditKeyAlgorithmName(algorithm)) +
+                          "\"; set it to \"auto\", or start a new audit key and log directory "
+                          "(docs/audit.md)");
+      }
     }
-    auto params = public_key.GetAttribute(CKA_EC_PARAMS);
-    if (!params.ok()) return std::move(params).TakeStatus();
-    if (!std::equal(params->begin(), params->end(), std::begin(kP256Oid), std::end(kP256Oid))) {
-      return Status(Code::kFailedPrecondition, "audit_key_invalid",
-                    "the audit key \"" + key_label + "\" is not on curve P-256");
-    }
-    auto point = public_key.GetAttribute(CKA_EC_POINT);
-    if (!point.ok()) return std::move(point).TakeStatus();
-    auto raw = UnwrapEcPoint(*point);
-    if (!raw) {
-      return Status(Code::kFailedPrecondition, "audit_key_invalid",
-                    "the audit key \"" + key_label + "\" has a malformed CKA_EC_POINT");
-    }
-    return PemFromPoint(*raw);
+    const bool rsa = KeyTypeOf(public_key) == CKK_RSA;
+    found_algorithm = rsa ? AuditKeyAlgorithm::kRsaPss3072 : AuditKeyAlgorithm::kEcdsaP256;
+    return rsa ? RsaPublicKey(public_key, key_label) : EcPublicKey(public_key, key_label);
   });
-  if (!pem.ok()) return std::move(pem).TakeStatus();
+  if (!found.ok()) return std::move(found).TakeStatus();
   auto audit_state = std::make_shared<AuditKey::State>();
   audit_state->hsm = state_;
   audit_state->label = key_label;
-  audit_state->pem = std::move(pem).value();
+  audit_state->pem = std::move(found->first);
+  audit_state->signature_size = found->second;
+  audit_state->algorithm = found_algorithm;
   audit_state->generated = generated;
   return AuditKey(std::move(audit_state));
 }
 
 Result<std::vector<uint8_t>> AuditKey::SignDigest(std::span<const uint8_t, 32> digest) const {
-  std::array<uint8_t, 64> raw{};
+  const bool rsa = state_->algorithm == AuditKeyAlgorithm::kRsaPss3072;
+  // RSASSA-PSS over the digest as is: SHA-256, MGF1 with SHA-256, a salt as long as the hash.
+  CK_RSA_PKCS_PSS_PARAMS pss{CKM_SHA256, CKG_MGF1_SHA256, 32};
+  const CK_MECHANISM mechanism = rsa ? CK_MECHANISM{CKM_RSA_PKCS_PSS, &pss, sizeof pss}
+                                     : CK_MECHANISM{CKM_ECDSA, nullptr, 0};
+  std::vector<uint8_t> raw(state_->signature_size);
   auto signed_length = state_->hsm->Pooled<size_t>([&](PoolSlot& slot) -> Result<size_t> {
     auto key = state_->hsm->KeyHandle(slot, state_->label, CKO_PRIVATE_KEY);
     if (!key.ok()) return std::move(key).TakeStatus();
     state_->hsm->EndEncryption(slot);
-    return slot.session.Sign(CKM_ECDSA, *key, digest, raw);
+    return slot.session.Sign(mechanism, *key, digest, raw);
   });
   if (!signed_length.ok()) return std::move(signed_length).TakeStatus();
   if (*signed_length != raw.size()) {
-    return Status(Code::kInternal, "hsm_error", "CKM_ECDSA returned a signature of odd size");
+    return Status(Code::kInternal, "hsm_error",
+                  std::string(rsa ? "CKM_RSA_PKCS_PSS" : "CKM_ECDSA") +
+                      " returned a signature of odd size");
   }
+  if (rsa) return raw;
   ECDSA_SIG* signature = ECDSA_SIG_new();
   BIGNUM* r = BN_bin2bn(raw.data(), 32, nullptr);
   BIGNUM* s = BN_bin2bn(raw.data() + 32, 32, nullptr);
@@ -1393,6 +1633,7 @@ Result<std::vector<uint8_t>> AuditKey::SignDigest(std::span<const uint8_t, 32> d
   return der;
 }
 
+AuditKeyAlgorithm AuditKey::algorithm() const { return state_->algorithm; }
 const std::string& AuditKey::PublicKeyPem() const { return state_->pem; }
 const std::string& AuditKey::label() const { return state_->label; }
 bool AuditKey::generated() const { return state_->generated; }

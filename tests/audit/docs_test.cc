@@ -24,8 +24,8 @@ using testing::TempDir;
 
 // The log the documentation talks about: alice encrypts with "demo", bob decrypts with
 // "search" and is once denied; sealed every 5 records, rotated at 4 KiB.
-void WriteDocsLog(const std::string& root) {
-  auto signer = SoftwareSigner::Generate();
+void WriteDocsLog(const std::string& root,
+                  std::shared_ptr<SoftwareSigner> signer = SoftwareSigner::Generate()) {
   testing::WriteFileText(root + "/audit-key.pem", *signer->PublicKeyPem());
   LogOptions options = testing::TestOptions(root + "/audit");
   std::filesystem::create_directory(options.dir);
@@ -158,6 +158,35 @@ TEST(AuditDocsTest, EveryExampleInDocsAuditMdRuns) {
   }
   std::filesystem::current_path(old_cwd);
   EXPECT_GE(commands, 5) << "the examples were not found";
+}
+
+// RSA-PSS seals (an audit key on a token without EC, e.g. opencryptoki's soft token): the same
+// log verifies with `vecseal audit verify` and with docs/audit.md's independent verifier.
+TEST(AuditDocsTest, RsaPssSealsVerifyWithTheCommandAndTheIndependentVerifier) {
+  const std::string doc =
+      testing::ReadFileText(std::string(VECSEAL_SOURCE_DIR) + "/docs/audit.md");
+  const size_t start = doc.find("```python\n# verify_seals.py");
+  ASSERT_NE(start, std::string::npos) << "docs/audit.md has no verify_seals.py";
+  const size_t body = doc.find('\n', start) + 1;
+  TempDir dir;
+  WriteDocsLog(dir.path(), SoftwareSigner::GenerateRsaPss());
+  testing::WriteFileText(dir.path() + "/verify_seals.py",
+                         doc.substr(body, doc.find("```", body) - body));
+  const std::filesystem::path old_cwd = std::filesystem::current_path();
+  std::filesystem::current_path(dir.path());
+  const std::string verified = RunVecseal("vecseal audit verify --pubkey audit-key.pem audit/");
+  std::smatch last;
+  ASSERT_TRUE(std::regex_search(verified, last,
+                                std::regex("^OK: [0-9]+ records \\(seq 1\\.\\.([0-9]+)\\).* 0 warnings")))
+      << verified;
+  if (std::system("/usr/bin/python3 -c 'import cryptography' 2>/dev/null") == 0) {
+    EXPECT_EQ(RunShell(dir.path(), "python3 verify_seals.py audit-key.pem audit/*.jsonl"),
+              "chain intact up to seq " + last[1].str() + ", sealed up to seq " +
+                  last[1].str() + "\n");
+  } else {
+    std::printf("not run (python3-cryptography is not installed): verify_seals.py\n");
+  }
+  std::filesystem::current_path(old_cwd);
 }
 
 struct CommandCase {

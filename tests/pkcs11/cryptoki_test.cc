@@ -43,6 +43,9 @@ INSTANTIATE_TEST_SUITE_P(
                 true},
         CkrCase{CKR_USER_NOT_LOGGED_IN, "CKR_USER_NOT_LOGGED_IN", "the user is not logged in",
                 true},
+        CkrCase{CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID", "the slot does not exist", true},
+        CkrCase{CKR_SESSION_COUNT, "CKR_SESSION_COUNT", "the token has too many open sessions",
+                true},
         CkrCase{CKR_ATTRIBUTE_SENSITIVE, "CKR_ATTRIBUTE_SENSITIVE",
                 "the attribute is sensitive and cannot be read", false},
         CkrCase{CKR_ACTION_PROHIBITED, "CKR_ACTION_PROHIBITED",
@@ -94,7 +97,7 @@ TEST(ModuleTest, RefusesALibraryWithoutCryptoki) {
 class CryptokiTokenTest : public testing::SoftHsmTest {};
 
 TEST_F(CryptokiTokenTest, FindsTokenByLabelOnly) {
-  auto module = Module::Load(testing::kSoftHsmModule);
+  auto module = Module::Load(token_->module_path());
   ASSERT_TRUE(module.ok()) << module.status().ToString();
   auto slot = module->FindTokenSlot(token_->label());
   ASSERT_TRUE(slot.ok()) << slot.status().ToString();
@@ -111,10 +114,10 @@ TEST_F(CryptokiTokenTest, FindsTokenByLabelOnly) {
 }
 
 TEST_F(CryptokiTokenTest, TwoModulesShareOneInitialisation) {
-  auto first = Module::Load(testing::kSoftHsmModule);
+  auto first = Module::Load(token_->module_path());
   ASSERT_TRUE(first.ok());
   {
-    auto second = Module::Load(testing::kSoftHsmModule);
+    auto second = Module::Load(token_->module_path());
     ASSERT_TRUE(second.ok()) << second.status().ToString();
   }
   // The second Module's release must not have finalised the library under the first.
@@ -125,7 +128,7 @@ TEST_F(CryptokiTokenTest, TwoModulesShareOneInitialisation) {
 }
 
 TEST_F(CryptokiTokenTest, SessionCopyIsDestroyedWithItsObject) {
-  auto module = Module::Load(testing::kSoftHsmModule);
+  auto module = Module::Load(token_->module_path());
   ASSERT_TRUE(module.ok());
   auto slot = module->FindTokenSlot(token_->label());
   ASSERT_TRUE(slot.ok());

@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <openssl/sha.h>
 
 #include <cstdlib>
@@ -212,7 +213,7 @@ class HsmTest : public testing::SoftHsmTest {
   };
   std::unique_ptr<Raw> OpenRaw() {
     auto raw = std::make_unique<Raw>();
-    auto module = Module::Load(testing::kSoftHsmModule);
+    auto module = Module::Load(token_->module_path());
     EXPECT_TRUE(module.ok()) << module.status().ToString();
     raw->module = std::move(module).value();
     auto slot = raw->module.FindTokenSlot(token_->label());
@@ -294,8 +295,8 @@ TEST_F(HsmTest, TokenNotFoundNamesTheLabel) {
   EXPECT_EQ(hsm.status().code(), Code::kNotFound);
   EXPECT_EQ(hsm.status().reason(), "token_not_found");
   EXPECT_EQ(hsm.status().message(),
-            "no token labelled \"prod-hsm\" in /usr/lib/softhsm/libsofthsm2.so (tokens present: "
-            "\"vecseal-test\")");
+            "no token labelled \"prod-hsm\" in " + token_->module_path() +
+                " (tokens present: \"vecseal-test\")");
 }
 
 TEST_F(HsmTest, InvalidConfigNamesTheField) {
@@ -568,11 +569,17 @@ TEST_F(HsmTest, FormatV2KeysMayOnlyEncryptWithAesEcb) {
   std::memcpy(&key_type, type->data(), sizeof key_type);
   EXPECT_EQ(key_type, CKK_AES);
   auto allowed = key.GetAttribute(CKA_ALLOWED_MECHANISMS);
-  ASSERT_TRUE(allowed.ok()) << allowed.status().ToString();
-  ASSERT_EQ(allowed->size(), sizeof(CK_MECHANISM_TYPE));
-  CK_MECHANISM_TYPE mechanism = 0;
-  std::memcpy(&mechanism, allowed->data(), sizeof mechanism);
-  EXPECT_EQ(mechanism, static_cast<CK_MECHANISM_TYPE>(CKM_AES_ECB));
+  if (token_->module() == testing::TestModule::kP11KitServer) {
+    // p11-kit 0.24's RPC sends CKA_ALLOWED_MECHANISMS to the server but cannot read it back.
+    EXPECT_EQ(allowed.status().message(),
+              "C_GetAttributeValue failed: CKR_DEVICE_ERROR (the device reported an error)");
+  } else {
+    ASSERT_TRUE(allowed.ok()) << allowed.status().ToString();
+    ASSERT_EQ(allowed->size(), sizeof(CK_MECHANISM_TYPE));
+    CK_MECHANISM_TYPE mechanism = 0;
+    std::memcpy(&mechanism, allowed->data(), sizeof mechanism);
+    EXPECT_EQ(mechanism, static_cast<CK_MECHANISM_TYPE>(CKM_AES_ECB));
+  }
   // The token itself refuses any other use of the key, even to a PIN holder.
   std::array<uint8_t, 32> out{};
   EXPECT_FALSE(raw->session.Sign(CKM_SHA256_HMAC, key.handle(), Bytes("m"), out).ok());
@@ -953,6 +960,9 @@ TEST_F(HsmTest, ParametersOfOneKeyDoNotVerifyForAnother) {
 }
 
 TEST_F(HsmTest, AnAuditKeyPairWhosePrivateHalfCanLeaveIsRefused) {
+  if (token_->module() == testing::TestModule::kOpenCryptoki) {
+    GTEST_SKIP() << "opencryptoki's soft token has no EC mechanism to plant an EC pair with";
+  }
   auto hsm = OpenHsm();
   ASSERT_TRUE(hsm);
   auto raw = OpenRaw();
@@ -1054,9 +1064,18 @@ TEST_F(HsmTest, AuditKeySignsAndVerifiesWithOpenSsl) {
   EVP_PKEY* pkey = PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr);
   BIO_free(bio);
   ASSERT_NE(pkey, nullptr);
-  EXPECT_EQ(EVP_PKEY_get_bits(pkey), 256);
+  // ECDSA P-256 where the module has EC; RSA-PSS 3072 on one without (opencryptoki).
+  const bool rsa = audit->algorithm() == AuditKeyAlgorithm::kRsaPss3072;
+  EXPECT_EQ(rsa, token_->module() == testing::TestModule::kOpenCryptoki);
+  EXPECT_EQ(EVP_PKEY_get_bits(pkey), rsa ? 3072 : 256);
   EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new(pkey, nullptr);
   ASSERT_EQ(EVP_PKEY_verify_init(ctx), 1);
+  if (rsa) {
+    ASSERT_EQ(EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING), 1);
+    ASSERT_EQ(EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()), 1);
+    ASSERT_EQ(EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()), 1);
+    ASSERT_EQ(EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, 32), 1);
+  }
   EXPECT_EQ(EVP_PKEY_verify(ctx, signature->data(), signature->size(), digest.data(),
                             digest.size()),
             1);
@@ -1069,7 +1088,8 @@ TEST_F(HsmTest, AuditKeySignsAndVerifiesWithOpenSsl) {
 
   auto raw = OpenRaw();
   Object priv = FindOne(raw->session, CKO_PRIVATE_KEY, "vecseal-audit");
-  EXPECT_EQ(priv.GetAttribute(CKA_VALUE).status().reason(), "attribute_sensitive");
+  EXPECT_EQ(priv.GetAttribute(rsa ? CKA_PRIVATE_EXPONENT : CKA_VALUE).status().reason(),
+            "attribute_sensitive");
   auto extractable = priv.GetBool(CKA_EXTRACTABLE);
   ASSERT_TRUE(extractable.ok());
   EXPECT_FALSE(*extractable);
@@ -1079,6 +1099,9 @@ TEST_F(HsmTest, AuditKeySignsAndVerifiesWithOpenSsl) {
 // PIN. One process then holds two Hsms on one library, which is initialised once and must not
 // be finalised under the one that stays.
 TEST_F(HsmTest, TwoTokensOfOneModuleKeepTheirOwnPinsAndObjects) {
+  if (!token_->SupportsMoreTokens()) {
+    GTEST_SKIP() << testing::TestModuleName(token_->module()) << " has one token per store";
+  }
   auto audit_pin = token_->AddToken(
       {.label = "vecseal-audit", .user_pin = "audit-user-9876", .so_pin = "audit-so-5432"});
   ASSERT_TRUE(audit_pin.ok()) << audit_pin.status().ToString();
@@ -1133,6 +1156,10 @@ TEST_F(HsmTest, TwoTokensOfOneModuleKeepTheirOwnPinsAndObjects) {
 }
 
 TEST_F(HsmTest, PingFailsClosedWithoutLogin) {
+  if (token_->module() == testing::TestModule::kP11KitServer) {
+    GTEST_SKIP() << "through p11-kit server every client (here the raw session's) is a server "
+                    "process of its own, with its own login state";
+  }
   auto hsm = OpenHsm();
   ASSERT_TRUE(hsm);
   EXPECT_TRUE(hsm->Ping().ok());

@@ -22,13 +22,11 @@ std::span<const uint8_t> Bytes(std::string_view text) {
   return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
 }
 
-class RecoveryTest : public testing::SoftHsmTest {
+class RecoveryTest : public testing::FaultyModuleTest {
  protected:
   void SetUp() override {
-    SoftHsmTest::SetUp();
+    FaultyModuleTest::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
-    faulty_ = std::make_unique<FaultyModule>(*token_);
-    ASSERT_TRUE(faulty_->Set("up").ok());
     auto hsm = Hsm::Open(Config());
     ASSERT_TRUE(hsm.ok()) << hsm.status().ToString();
     hsm_ = std::move(hsm).value();
@@ -44,7 +42,7 @@ class RecoveryTest : public testing::SoftHsmTest {
   void TearDown() override {
     hsm_.reset();
     key_ = {};
-    faulty_.reset();
+    FaultyModuleTest::TearDown();
   }
 
   virtual HsmConfig Config() { return faulty_->Config(); }
@@ -57,7 +55,6 @@ class RecoveryTest : public testing::SoftHsmTest {
     return core::DeriveSecretV2(*key_.deriver, core::BlockDomain::kNoise, core::BlockInput{}, out);
   }
 
-  std::unique_ptr<FaultyModule> faulty_;
   std::unique_ptr<Hsm> hsm_;
   ModelKey key_;
   core::Seed expected_{};

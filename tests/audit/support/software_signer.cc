@@ -4,6 +4,7 @@
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 
 namespace vecseal::audit::testing {
 namespace {
@@ -21,6 +22,11 @@ std::shared_ptr<SoftwareSigner> SoftwareSigner::Generate() {
   return pkey ? std::shared_ptr<SoftwareSigner>(new SoftwareSigner(pkey)) : nullptr;
 }
 
+std::shared_ptr<SoftwareSigner> SoftwareSigner::GenerateRsaPss() {
+  EVP_PKEY* pkey = EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{3072});
+  return pkey ? std::shared_ptr<SoftwareSigner>(new SoftwareSigner(pkey)) : nullptr;
+}
+
 std::shared_ptr<SoftwareSigner> SoftwareSigner::FromPrivatePem(const std::string& pem) {
   BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
   EVP_PKEY* pkey = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
@@ -35,8 +41,15 @@ Result<std::vector<uint8_t>> SoftwareSigner::SignDigest(std::span<const uint8_t,
   EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new(static_cast<EVP_PKEY*>(pkey_), nullptr);
   size_t size = 0;
   std::vector<uint8_t> der;
-  bool ok = ctx != nullptr && EVP_PKEY_sign_init(ctx) == 1 &&
-            EVP_PKEY_sign(ctx, nullptr, &size, digest.data(), digest.size()) == 1;
+  const bool rsa = EVP_PKEY_get_base_id(static_cast<EVP_PKEY*>(pkey_)) == EVP_PKEY_RSA;
+  bool ok = ctx != nullptr && EVP_PKEY_sign_init(ctx) == 1;
+  if (ok && rsa) {
+    ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+         EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) == 1 &&
+         EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) == 1 &&
+         EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, 32) == 1;
+  }
+  ok = ok && EVP_PKEY_sign(ctx, nullptr, &size, digest.data(), digest.size()) == 1;
   if (ok) {
     der.resize(size);
     ok = EVP_PKEY_sign(ctx, der.data(), &size, digest.data(), digest.size()) == 1;
@@ -45,7 +58,7 @@ Result<std::vector<uint8_t>> SoftwareSigner::SignDigest(std::span<const uint8_t,
   EVP_PKEY_CTX_free(ctx);
   if (!ok) return Status(Code::kInternal, "sign_failed", "EVP_PKEY_sign failed");
   ++signatures;
-  if (!raw_signatures) return der;
+  if (!raw_signatures || rsa) return der;
   const unsigned char* p = der.data();
   ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der.size()));
   std::vector<uint8_t> raw(64);

@@ -1,5 +1,5 @@
-// An audit::Signer over an in-memory OpenSSL P-256 key, for tests and benchmarks only: in the
-// daemon the audit key lives in the HSM.
+// An audit::Signer over an in-memory OpenSSL P-256 key (or RSA 3072 for RSA-PSS seals), for tests
+// and benchmarks only: in the daemon the audit key lives in the HSM.
 #pragma once
 
 #include <atomic>
@@ -13,6 +13,9 @@ namespace vecseal::audit::testing {
 class SoftwareSigner final : public Signer {
  public:
   static std::shared_ptr<SoftwareSigner> Generate();
+  // RSA 3072 signing RSASSA-PSS (SHA-256, MGF1 with SHA-256, 32-byte salt), as an audit key on a
+  // token without EC does.
+  static std::shared_ptr<SoftwareSigner> GenerateRsaPss();
   static std::shared_ptr<SoftwareSigner> FromPrivatePem(const std::string& pem);
   ~SoftwareSigner() override;
 

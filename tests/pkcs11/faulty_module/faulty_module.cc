@@ -11,6 +11,12 @@
 //     close-sessions              once, when read: closes every session in the real module
 //     slow C_Sign 500             every C_Sign waits 500 ms, then goes through (a slow HSM)
 //     delay 500                   every call waits 500 µs first: a network HSM's round trip
+//     refuse-os-locking           C_Initialize with CKF_OS_LOCKING_OK fails with CKR_CANT_LOCK
+//                                 (read when C_Initialize runs)
+//     max-data 4096               C_Encrypt and C_EncryptUpdate of more than 4096 bytes fail
+//                                 with CKR_DATA_LEN_RANGE (a module's limit per call)
+//     refuse-attribute 0x171      C_GenerateKey and C_GenerateKeyPair with that attribute type
+//                                 (here CKA_COPYABLE) fail with CKR_ATTRIBUTE_TYPE_INVALID
 // Read by several processes at once (a test and the vecseald it runs) without coordination:
 // writers replace the file with rename(2).
 #include <dlfcn.h>
@@ -47,6 +53,9 @@ struct Faults {
   std::map<std::string, Rule> rules;
   std::map<std::string, long> delays_ms;
   long delay_us = 0;
+  bool refuse_os_locking = false;
+  unsigned long max_data = 0;  // 0: no limit
+  std::set<CK_ATTRIBUTE_TYPE> refused_attributes;
   std::set<CK_SLOT_ID> slots;
 };
 
@@ -93,6 +102,9 @@ void RefreshLocked() {
       g_faults.rules.clear();
       g_faults.delays_ms.clear();
       g_faults.delay_us = 0;
+      g_faults.refuse_os_locking = false;
+      g_faults.max_data = 0;
+      g_faults.refused_attributes.clear();
     }
     return;
   }
@@ -117,6 +129,9 @@ void RefreshLocked() {
   g_faults.rules.clear();
   g_faults.delays_ms.clear();
   g_faults.delay_us = 0;
+  g_faults.refuse_os_locking = false;
+  g_faults.max_data = 0;
+  g_faults.refused_attributes.clear();
   std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
@@ -136,6 +151,13 @@ void RefreshLocked() {
     } else if (command == "delay") {
       long microseconds = 0;
       if (words >> microseconds && microseconds > 0) g_faults.delay_us = microseconds;
+    } else if (command == "refuse-os-locking") {
+      g_faults.refuse_os_locking = true;
+    } else if (command == "max-data") {
+      words >> g_faults.max_data;
+    } else if (command == "refuse-attribute") {
+      std::string type;
+      if (words >> type) g_faults.refused_attributes.insert(std::strtoul(type.c_str(), nullptr, 0));
     } else if (command == "close-sessions") {
       for (CK_SLOT_ID slot : g_faults.slots) g_real->C_CloseAllSessions(slot);
     } else if (words >> code) {
@@ -183,7 +205,27 @@ CK_RV Faulty_C_Initialize(CK_VOID_PTR init_args) {
     g_faults.slots.clear();
   }
   if (CK_RV fault = Fault("C_Initialize"); fault != CKR_OK) return fault;
+  {
+    std::lock_guard lock(g_faults.mutex);
+    const auto* args = static_cast<const CK_C_INITIALIZE_ARGS*>(init_args);
+    if (g_faults.refuse_os_locking && args != nullptr && (args->flags & CKF_OS_LOCKING_OK) != 0) {
+      return CKR_CANT_LOCK;
+    }
+  }
   return g_real->C_Initialize(init_args);
+}
+
+bool TooLong(CK_ULONG size) {
+  std::lock_guard lock(g_faults.mutex);
+  return g_faults.max_data != 0 && size > g_faults.max_data;
+}
+
+bool RefusesAttribute(const CK_ATTRIBUTE* attributes, CK_ULONG count) {
+  std::lock_guard lock(g_faults.mutex);
+  for (CK_ULONG i = 0; i < count; ++i) {
+    if (g_faults.refused_attributes.count(attributes[i].type) != 0) return true;
+  }
+  return false;
 }
 
 CK_RV Faulty_C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR application,
@@ -258,7 +300,9 @@ CK_RV EndRealEncryption(CK_SESSION_HANDLE session) {
 }
 CK_RV Faulty_C_Encrypt(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG size,
                        CK_BYTE_PTR out, CK_ULONG_PTR out_size) {
-  if (CK_RV fault = Fault("C_Encrypt"); fault != CKR_OK) {
+  CK_RV fault = Fault("C_Encrypt");
+  if (fault == CKR_OK && TooLong(size)) fault = CKR_DATA_LEN_RANGE;
+  if (fault != CKR_OK) {
     EndRealEncryption(session);
     return fault;
   }
@@ -266,7 +310,9 @@ CK_RV Faulty_C_Encrypt(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG siz
 }
 CK_RV Faulty_C_EncryptUpdate(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULONG size,
                              CK_BYTE_PTR out, CK_ULONG_PTR out_size) {
-  if (CK_RV fault = Fault("C_EncryptUpdate"); fault != CKR_OK) {
+  CK_RV fault = Fault("C_EncryptUpdate");
+  if (fault == CKR_OK && TooLong(size)) fault = CKR_DATA_LEN_RANGE;
+  if (fault != CKR_OK) {
     EndRealEncryption(session);
     return fault;
   }
@@ -274,17 +320,24 @@ CK_RV Faulty_C_EncryptUpdate(CK_SESSION_HANDLE session, CK_BYTE_PTR data, CK_ULO
 }
 VECSEAL_FAULTY(C_EncryptFinal, (CK_SESSION_HANDLE session, CK_BYTE_PTR out, CK_ULONG_PTR out_size),
                (session, out, out_size))
-VECSEAL_FAULTY(C_GenerateKey,
-               (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism, CK_ATTRIBUTE_PTR attributes,
-                CK_ULONG count, CK_OBJECT_HANDLE_PTR key),
-               (session, mechanism, attributes, count, key))
-VECSEAL_FAULTY(C_GenerateKeyPair,
-               (CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism,
-                CK_ATTRIBUTE_PTR public_attributes, CK_ULONG public_count,
-                CK_ATTRIBUTE_PTR private_attributes, CK_ULONG private_count,
-                CK_OBJECT_HANDLE_PTR public_key, CK_OBJECT_HANDLE_PTR private_key),
-               (session, mechanism, public_attributes, public_count, private_attributes,
-                private_count, public_key, private_key))
+CK_RV Faulty_C_GenerateKey(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism,
+                           CK_ATTRIBUTE_PTR attributes, CK_ULONG count, CK_OBJECT_HANDLE_PTR key) {
+  if (CK_RV fault = Fault("C_GenerateKey"); fault != CKR_OK) return fault;
+  if (RefusesAttribute(attributes, count)) return CKR_ATTRIBUTE_TYPE_INVALID;
+  return g_real->C_GenerateKey(session, mechanism, attributes, count, key);
+}
+CK_RV Faulty_C_GenerateKeyPair(CK_SESSION_HANDLE session, CK_MECHANISM_PTR mechanism,
+                               CK_ATTRIBUTE_PTR public_attributes, CK_ULONG public_count,
+                               CK_ATTRIBUTE_PTR private_attributes, CK_ULONG private_count,
+                               CK_OBJECT_HANDLE_PTR public_key, CK_OBJECT_HANDLE_PTR private_key) {
+  if (CK_RV fault = Fault("C_GenerateKeyPair"); fault != CKR_OK) return fault;
+  if (RefusesAttribute(public_attributes, public_count) ||
+      RefusesAttribute(private_attributes, private_count)) {
+    return CKR_ATTRIBUTE_TYPE_INVALID;
+  }
+  return g_real->C_GenerateKeyPair(session, mechanism, public_attributes, public_count,
+                                   private_attributes, private_count, public_key, private_key);
+}
 
 }  // namespace
 

@@ -23,4 +23,18 @@ class SoftHsmTest : public ::testing::Test {
   std::unique_ptr<SoftHsmToken> token_;
 };
 
+// The same, with the fault-injecting module in front of the token's module, every fault off.
+class FaultyModuleTest : public SoftHsmTest {
+ protected:
+  void SetUp() override {
+    SoftHsmTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    faulty_ = std::make_unique<FaultyModule>(*token_);
+    ASSERT_TRUE(faulty_->Set("up").ok());
+  }
+  void TearDown() override { faulty_.reset(); }
+
+  std::unique_ptr<FaultyModule> faulty_;
+};
+
 }  // namespace vecseal::testing

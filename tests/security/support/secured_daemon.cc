@@ -97,7 +97,8 @@ std::unique_ptr<SecuredDaemon> SecuredDaemon::Prepare(const Options& options, st
 
   nlohmann::json socket = {{"path", daemon->socket_path_}, {"mode", "0660"}};
   if (!options.socket_group.empty()) socket["group"] = options.socket_group;
-  const std::string module = options.module.empty() ? testing::kSoftHsmModule : options.module;
+  const std::string module =
+      options.module.empty() ? daemon->token_->module_path() : options.module;
   nlohmann::json config = {
       {"socket", socket},
       {"pkcs11",

@@ -14,6 +14,7 @@
 
 #include "vecseal/core/deriver.h"
 #include "vecseal/core/status.h"
+#include "vecseal/pkcs11/hsm.h"
 
 namespace vecseal::daemon {
 
@@ -88,6 +89,9 @@ struct AuditConfig {
   std::string directory = "/var/lib/vecseal/audit";
   std::string single_file;                  // one fixed file instead of rotated files in directory
   std::string key_label = "vecseal-audit";  // the signing key's label on the token
+  // The kind of audit key generated (docs/audit.md): "auto" (ECDSA P-256 where the token has
+  // EC, else RSA-PSS 3072), "ecdsa-p256" or "rsa-pss-3072".
+  pkcs11::AuditKeyAlgorithm key_algorithm = pkcs11::AuditKeyAlgorithm::kAuto;
   bool sync_every_record = false;           // fdatasync per record instead of every sync_interval
   std::chrono::milliseconds sync_interval{100};
   uint64_t seal_every_records = 1000;

@@ -27,7 +27,7 @@ std::string CkrSentence(CK_RV rv);
 // True for the codes after which reopening the session (and logging in again) may succeed:
 // CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
 // CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN (and CKR_DEVICE_MEMORY,
-// CKR_CRYPTOKI_NOT_INITIALIZED, CKR_SESSION_COUNT).
+// CKR_CRYPTOKI_NOT_INITIALIZED, CKR_SESSION_COUNT, CKR_SLOT_ID_INVALID).
 bool IsRecoverable(CK_RV rv);
 
 // True for the codes that say the device itself is missing or failing (CKR_DEVICE_ERROR,
@@ -92,6 +92,13 @@ class Module {
   const std::string& path() const { return path_; }
   // Shared with every Session opened from this module; stable across moves.
   HsmCallCounts* calls() const { return calls_.get(); }
+
+  // C_Finalize and C_Initialize again, for a module whose state broke for good: p11-kit-client.so
+  // never reconnects after its server went away. Only when no other Module shares this
+  // initialisation and the module survives it (not opencryptoki): else kFailedPrecondition.
+  // Every session and object handle of the old initialisation is void afterwards; forget them
+  // (Session::Forget, Object::Release), never close them: the numbers may be reused.
+  Status Reinitialize();
 
   // The slot whose token carries `label` (compared after trimming the blank padding).
   // kNotFound "token_not_found" when none does; kFailedPrecondition "token_label_ambiguous" when
@@ -172,6 +179,10 @@ class Session {
   // every session of the application). The caller owns and wipes `pin`. Exactly one attempt:
   // CKR_PIN_INCORRECT is returned, never retried.
   Status Login(std::span<const uint8_t> pin);
+  // The same, as the raw CK_RV (CKR_OK for an existing login), for callers that tell PIN errors
+  // apart. A CKR_USER_ALREADY_LOGGED_IN for a session that is not logged in (a module's stale
+  // login state) is answered with C_Logout and one more C_Login.
+  CK_RV LoginRaw(std::span<const uint8_t> pin) const;
   Status Logout();
   // C_GetSessionInfo: cheap, and fails with a recoverable code when the token is gone.
   Result<CK_SESSION_INFO> Info() const;
@@ -188,12 +199,18 @@ class Session {
   // C_CopyObject; the copy is owned (destroyed with the Object) when `owned`.
   Result<Object> Copy(CK_OBJECT_HANDLE source, std::span<const CK_ATTRIBUTE> changes, bool owned);
 
-  // C_SignInit + C_Sign. `signature` must be large enough; returns the length written.
+  // C_SignInit + C_Sign. `signature` must be large enough; returns the length written. The
+  // CK_MECHANISM form carries parameters (CKM_RSA_PKCS_PSS).
   Result<size_t> Sign(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key,
+                      std::span<const uint8_t> data, std::span<uint8_t> signature) const;
+  Result<size_t> Sign(const CK_MECHANISM& mechanism, CK_OBJECT_HANDLE key,
                       std::span<const uint8_t> data, std::span<uint8_t> signature) const;
   // The raw CK_RV of C_SignInit + C_Sign, for the hot path that must not build a Status.
   CK_RV SignRaw(CK_MECHANISM_TYPE mechanism, CK_OBJECT_HANDLE key, std::span<const uint8_t> data,
                 std::span<uint8_t> signature, CK_ULONG* length) const;
+  CK_RV SignRaw(const CK_MECHANISM& mechanism, CK_OBJECT_HANDLE key,
+                std::span<const uint8_t> data, std::span<uint8_t> signature,
+                CK_ULONG* length) const;
   // One encryption operation with a mechanism whose output is as long as its input (CKM_AES_ECB):
   // C_EncryptInit, then C_Encrypt when `data` is at most `max_part` bytes, else C_EncryptUpdate
   // per part of at most `max_part` bytes and C_EncryptFinal. out.size() == data.size(), and
@@ -212,6 +229,8 @@ class Session {
   // Closes now (the destructor does it otherwise); errors are ignored because the handle may
   // already be gone with the device.
   void Close();
+  // Drops the handle without closing it: after Module::Reinitialize it may name another session.
+  void Forget() { handle_ = CK_INVALID_HANDLE; }
 
  private:
   Session(CK_FUNCTION_LIST_PTR functions, HsmCallCounts* calls, CK_SESSION_HANDLE handle)

@@ -101,12 +101,26 @@ struct ModelKey {
   std::shared_ptr<core::Deriver> deriver;
 };
 
-// An EC P-256 key pair generated in the token; the private half is sensitive and never
-// extractable. Copyable; shares the Hsm's state.
+// The audit key's kind. kAuto finds the pair under the label whatever its kind, and generates
+// an ECDSA P-256 pair where the token offers it, else an RSA-PSS one (opencryptoki's soft token
+// has no EC mechanism).
+enum class AuditKeyAlgorithm : uint8_t { kAuto, kEcdsaP256, kRsaPss3072 };
+// "auto", "ecdsa-p256", "rsa-pss-3072": the values of the config's audit.key_algorithm.
+std::string_view AuditKeyAlgorithmName(AuditKeyAlgorithm algorithm);
+std::optional<AuditKeyAlgorithm> ParseAuditKeyAlgorithm(std::string_view name);
+// RSA audit keys have at least this many bits (generated with exactly this many).
+inline constexpr uint32_t kAuditRsaBits = 3072;
+
+// A key pair generated in the token, ECDSA P-256 or RSA 3072 for RSASSA-PSS (SHA-256, MGF1 with
+// SHA-256, 32-byte salt); the private half is sensitive and never extractable. Copyable; shares
+// the Hsm's state.
 class AuditKey {
  public:
-  // ECDSA over a SHA-256 digest, DER-encoded (ECDSA-Sig-Value) so that OpenSSL verifies it.
+  // A signature over a SHA-256 digest (signed as is, not hashed again): for ECDSA DER-encoded
+  // (ECDSA-Sig-Value) so that OpenSSL verifies it; for RSA-PSS the modulus-sized signature.
   Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) const;
+  // kEcdsaP256 or kRsaPss3072, never kAuto.
+  AuditKeyAlgorithm algorithm() const;
   // SubjectPublicKeyInfo PEM ("-----BEGIN PUBLIC KEY-----").
   const std::string& PublicKeyPem() const;
   const std::string& label() const;
@@ -183,15 +197,26 @@ class Hsm {
   // the one fixed before (by an earlier use, or at creation), which the caller must compare.
   // kInvalidArgument "invalid_key_params" when `dimension` is out of range for the transform.
   Result<uint32_t> FixDimension(std::string_view name, uint32_t dimension);
-  // The audit key pair with this label, generated on first use.
-  Result<AuditKey> EnsureAuditKey(std::string_view label = "vecseal-audit");
+  // The audit key pair with this label, generated on first use (of `algorithm`'s kind; with
+  // kAuto, ECDSA P-256 where the token offers it, else RSA-PSS). A pair already there is used
+  // whatever its kind under kAuto; under another choice, a pair of the other kind is
+  // kFailedPrecondition "audit_key_invalid". kFailedPrecondition "mechanism_missing" when the
+  // token can make neither kind (or not the one asked for).
+  Result<AuditKey> EnsureAuditKey(std::string_view label = "vecseal-audit",
+                                  AuditKeyAlgorithm algorithm = AuditKeyAlgorithm::kAuto);
   // Cheap liveness check (C_GetSessionInfo on the anchor session), recovering if needed.
   Status Ping();
   // Every mechanism vecseal needs for new keys of `format` (v2: AES-256 generation and
   // AES-ECB encryption; v1: generic secret generation and HMAC-SHA256 signing) and for the audit
-  // key (EC P-256 pair generation, ECDSA signing): kFailedPrecondition "mechanism_missing"
-  // naming the first one the token lacks and the way out. A vendor HSM's first check.
-  Status CheckMechanisms(core::KeyFormat format = core::KeyFormat::kV2);
+  // key of `audit` (EC P-256 pair generation and ECDSA signing, or RSA pair generation and
+  // RSA-PSS signing; kAuto: either): kFailedPrecondition "mechanism_missing" naming the first
+  // one the token lacks and the way out. A vendor HSM's first check.
+  Status CheckMechanisms(core::KeyFormat format = core::KeyFormat::kV2,
+                         AuditKeyAlgorithm audit = AuditKeyAlgorithm::kAuto);
+  // The audit key kind kAuto would generate on this token: kEcdsaP256 where it offers EC
+  // P-256 pair generation and ECDSA signing, else kRsaPss3072 where it offers RSA pair
+  // generation and RSA-PSS; mechanism_missing naming both otherwise.
+  Result<AuditKeyAlgorithm> AuditKeyAlgorithmFor(AuditKeyAlgorithm requested);
   // How often this process called each counted Cryptoki function.
   const HsmCallCounts& calls() const;
 

@@ -1,0 +1,123 @@
+// Module quirks (issue #18, docs/hsm.md "Modules tested"), each raised by the fault-injecting
+// module in front of the module under test: what a vendor module does that SoftHSM2 does not.
+// Quirks only a real module shows are tested on it: opencryptoki's refusal of CKA_COPYABLE and its
+// missing EC (HsmTest and module_matrix_test on opencryptoki), a remote server's restart
+// (module_matrix_test behind p11-kit server).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+
+#include "softhsm_test.h"
+#include "vecseal/core/cipher.h"
+#include "vecseal/pkcs11/cryptoki.h"
+#include "vecseal/pkcs11/hsm.h"
+
+namespace vecseal::pkcs11 {
+namespace {
+
+class ModuleQuirkTest : public testing::FaultyModuleTest {
+ protected:
+  std::unique_ptr<Hsm> Open() {
+    auto hsm = Hsm::Open(faulty_->Config());
+    EXPECT_TRUE(hsm.ok()) << hsm.status().ToString();
+    return hsm.ok() ? std::move(hsm).value() : nullptr;
+  }
+
+  // Every seed of `vectors` vectors of a new format v2 key "model", by one EncryptBlocks.
+  Result<std::vector<uint8_t>> Derive(Hsm& hsm, size_t vectors) {
+    auto key = hsm.FindKey("model");
+    if (!key.ok()) return std::move(key).TakeStatus();
+    std::vector<uint8_t> blocks(vectors * 32), out(blocks.size());
+    for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = static_cast<uint8_t>(i * 7);
+    VECSEAL_RETURN_IF_ERROR(key->deriver->EncryptBlocks(blocks, out));
+    return out;
+  }
+
+  Status CreateKey(Hsm& hsm) {
+    KeyParams params;
+    params.approximation_factor = 2.0;
+    auto created = hsm.CreateKey("model", params);
+    return created.ok() ? Status::Ok() : created.status();
+  }
+};
+
+// A module that cannot use the OS's locking answers CKF_OS_LOCKING_OK with CKR_CANT_LOCK; with
+// vecseald's own mutex callbacks it initialises and works.
+TEST_F(ModuleQuirkTest, CantLockIsAnsweredWithOurMutexes) {
+  ASSERT_TRUE(faulty_->Set("refuse-os-locking").ok());
+  auto hsm = Open();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(CreateKey(*hsm).ok());
+  EXPECT_TRUE(Derive(*hsm, 4).ok());
+}
+
+// A module whose limit per C_EncryptUpdate is below kDerivationPartBytes: the request still
+// succeeds, with the same seeds as on a module without the limit.
+TEST_F(ModuleQuirkTest, AModulesLimitPerCallIsLearnedNotAnError) {
+  auto hsm = Open();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(CreateKey(*hsm).ok());
+  auto expected = Derive(*hsm, 1024);
+  ASSERT_TRUE(expected.ok()) << expected.status().ToString();
+  auto limited_hsm = Open();  // a fresh Hsm: it starts at kDerivationPartBytes again
+  ASSERT_TRUE(limited_hsm);
+  ASSERT_TRUE(faulty_->Set("max-data 4096").ok());
+  for (int round = 0; round < 2; ++round) {
+    auto seeds = Derive(*limited_hsm, 1024);
+    ASSERT_TRUE(seeds.ok()) << seeds.status().ToString();
+    EXPECT_EQ(*seeds, *expected) << "round " << round;
+  }
+}
+
+// A module that does not know CKA_COPYABLE (PKCS#11 2.20): keys and the audit key are made
+// without it, with every other attribute.
+TEST_F(ModuleQuirkTest, AnAttributeTheModuleRefusesIsLeftOut) {
+  ASSERT_TRUE(faulty_->Set("refuse-attribute 0x171").ok());  // CKA_COPYABLE
+  auto hsm = Open();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(CreateKey(*hsm).ok());
+  EXPECT_TRUE(Derive(*hsm, 2).ok());
+  auto audit = hsm->EnsureAuditKey();
+  EXPECT_TRUE(audit.ok()) << audit.status().ToString();
+}
+
+// After every session closed, a module answers C_Login with CKR_USER_ALREADY_LOGGED_IN though
+// the new session is public (opencryptoki does): vecseald logs out and in, and recovers.
+TEST_F(ModuleQuirkTest, AStaleAlreadyLoggedInIsLoggedOutAndInAgain) {
+  auto hsm = Open();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(CreateKey(*hsm).ok());
+  ASSERT_TRUE(faulty_->Set("close-sessions\nC_Login 0x100 1").ok());  // USER_ALREADY_LOGGED_IN
+  auto seeds = Derive(*hsm, 2);
+  EXPECT_TRUE(seeds.ok()) << seeds.status().ToString();
+  EXPECT_TRUE(hsm->Ping().ok());
+}
+
+// CKR_SESSION_COUNT while reconnecting (a token at its session limit): recovery tries again.
+TEST_F(ModuleQuirkTest, SessionCountWhileReconnectingIsRetried) {
+  auto hsm = Open();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(CreateKey(*hsm).ok());
+  ASSERT_TRUE(faulty_->Set("close-sessions\nC_OpenSession CKR_SESSION_COUNT 1").ok());
+  auto seeds = Derive(*hsm, 2);
+  EXPECT_TRUE(seeds.ok()) << seeds.status().ToString();
+}
+
+// A module that takes seconds to answer: the request waits for it and succeeds (vecseald has no
+// timeout of its own on a Cryptoki call), and other work of the Hsm is not lost.
+TEST_F(ModuleQuirkTest, AModuleThatTakesSecondsStillAnswers) {
+  auto hsm = Open();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(CreateKey(*hsm).ok());
+  ASSERT_TRUE(Derive(*hsm, 1).ok());  // the operation is open: the next call is one update
+  ASSERT_TRUE(faulty_->Set("slow C_EncryptUpdate 2000").ok());
+  const auto start = std::chrono::steady_clock::now();
+  auto seeds = Derive(*hsm, 1);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_TRUE(seeds.ok()) << seeds.status().ToString();
+  EXPECT_GE(waited, std::chrono::milliseconds(2000));
+}
+
+}  // namespace
+}  // namespace vecseal::pkcs11
