@@ -218,10 +218,13 @@ HttpResult HttpClient::Send(const HttpCall& call) {
     for (const auto& [name, value] : call.headers) request.set(name, value);
     request.body() = call.body;
     request.prepare_payload();
-    http::write(impl_->socket, request, ec);
+    // A connection refused at accept is answered and closed before the request is read, so the
+    // write may fail (EPIPE) while the answer waits to be read: read it all the same.
+    boost::system::error_code write_ec;
+    http::write(impl_->socket, request, write_ec);
     http::response_parser<http::string_body> parser;
     parser.body_limit(boost::none);
-    if (!ec) http::read(impl_->socket, impl_->buffer, parser, ec);
+    http::read(impl_->socket, impl_->buffer, parser, ec);
     if (ec) {
       // A keep-alive connection the daemon closed: retry once on a fresh one.
       impl_->socket.close(ec);
