@@ -122,7 +122,7 @@ class _Matrix:
                 if source.dtype.kind not in "fiu":
                     raise ValueError(f"values of type {source.dtype}")  # ragged, or not numbers
                 with np.errstate(over="ignore"):
-                    array = source.astype(np.float32)
+                    array = source.astype(np.float32, copy=False)
             except (ValueError, TypeError) as e:
                 ragged = _ragged_row(vectors)
                 if ragged is not None:
