@@ -110,7 +110,7 @@ class BudgetTest : public ::testing::Test {
 };
 
 TEST_F(BudgetTest, ARequestOverTheBudgetIsRefusedWholeAuditedAndCostsNoHsmCall) {
-  StartWith(PolicyWith(10));
+  ASSERT_NO_FATAL_FAILURE(StartWith(PolicyWith(10)));
   ASSERT_EQ(Encrypt(6).status, 200u);
   const uint64_t calls_before = HsmCalls();
   const HttpResult refused = Encrypt(5);
@@ -181,7 +181,7 @@ TEST_F(BudgetTest, ARequestOverTheBudgetIsRefusedWholeAuditedAndCostsNoHsmCall) 
 // Many connections race at the edge: exactly the budget is encrypted, never one vector more.
 TEST_F(BudgetTest, RacingConnectionsNeverExceedTheBudgetByOneVector) {
   constexpr uint64_t kBudget = 97;
-  StartWith(PolicyWith(kBudget));
+  ASSERT_NO_FATAL_FAILURE(StartWith(PolicyWith(kBudget)));
   std::atomic<uint64_t> encrypted{0};
   std::atomic<uint64_t> unexpected{0};
   std::vector<std::thread> threads;
@@ -214,7 +214,7 @@ TEST_F(BudgetTest, RacingConnectionsNeverExceedTheBudgetByOneVector) {
 }
 
 TEST_F(BudgetTest, SpentSurvivesARestartAKillAndAReload) {
-  StartWith(PolicyWith(10));
+  ASSERT_NO_FATAL_FAILURE(StartWith(PolicyWith(10)));
   ASSERT_EQ(Encrypt(8).status, 200u);
   EXPECT_EQ(daemon_->Stop(), 0);
   Restart();
@@ -252,6 +252,7 @@ TEST_F(BudgetTest, AWallClockSteppedBackAcrossARestartHandsOutNoFreshBudget) {
   unsetenv("VECSEAL_TEST_CLOCK_SHIFT");
   if (asan == nullptr) unsetenv("ASAN_OPTIONS");
   if (asan != nullptr) setenv("ASAN_OPTIONS", saved_asan.c_str(), 1);
+  if (HasFatalFailure()) return;  // StartWith's assertion ended only StartWith
   ASSERT_EQ(Encrypt(10).status, 200u);
   bool shifted = false;
   for (const json& record : daemon_->AuditRecords()) {
@@ -277,7 +278,7 @@ TEST_F(BudgetTest, AWallClockSteppedBackAcrossARestartHandsOutNoFreshBudget) {
 // A line in the middle of the log that is not a record: what was spent cannot be established,
 // so budgeted rules are refused (503) and unbudgeted ones still served.
 TEST_F(BudgetTest, ALogThatCannotBeCountedFailsBudgetedRulesClosed) {
-  StartWith(PolicyWith(10));
+  ASSERT_NO_FATAL_FAILURE(StartWith(PolicyWith(10)));
   ASSERT_EQ(Encrypt(1).status, 200u);
   EXPECT_EQ(daemon_->Stop(), 0);
   std::string newest;
@@ -301,7 +302,7 @@ TEST_F(BudgetTest, ALogThatCannotBeCountedFailsBudgetedRulesClosed) {
 // The oldest audit file is removed: what was spent at the start of the window is unknown, so
 // the budgeted rule is refused until a whole window has passed since the first record left.
 TEST_F(BudgetTest, ALogMissingTheStartOfTheWindowFailsClosedUntilAWindowHasPassed) {
-  StartWith(PolicyWith(10));
+  ASSERT_NO_FATAL_FAILURE(StartWith(PolicyWith(10)));
   ASSERT_EQ(Encrypt(1).status, 200u);
   EXPECT_EQ(daemon_->Stop(), 0);
   Restart();  // every start begins a file of its own
