@@ -1,7 +1,9 @@
 // Budgets (issue #19) through the real daemon on SoftHSM2: a request over the budget is refused
 // whole, audited, and costs no HSM call; racing connections never overspend; what was spent
 // survives a restart, a kill -9, a reload, and a wall clock stepped back across a restart; a log
-// that cannot be read fails budgeted rules closed.
+// that cannot be read fails budgeted rules closed; callers of other uids each spend their own
+// count, and see a budget in /metrics only when they may list its key.
+#include <grp.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -69,15 +71,17 @@ class BudgetTest : public ::testing::Test {
     if (auto reason = testing::SoftHsmUnavailableReason(); !reason.empty()) GTEST_SKIP() << reason;
   }
 
-  void StartWith(const std::string& policy) {
+  // `socket_group` empty: the daemon's own; `dimension` of the keys b-1 and free.
+  void StartWith(const std::string& policy, const std::string& socket_group = "",
+                 size_t dimension = kDimension) {
     std::string error;
-    daemon_ = SecuredDaemon::Prepare({.policy_json = policy, .socket_group = ""}, &error);
+    daemon_ = SecuredDaemon::Prepare({.policy_json = policy, .socket_group = socket_group}, &error);
     ASSERT_TRUE(daemon_) << error;
     ASSERT_TRUE(daemon_->Start(&error)) << error;
     HttpClient admin(daemon_->socket_path());
     for (const char* name : {"b-1", "free"}) {
       const auto created = admin.PostJson(
-          "/v1/keys", {{"name", name}, {"approximation_factor", 2.5}, {"dimension", kDimension}});
+          "/v1/keys", {{"name", name}, {"approximation_factor", 2.5}, {"dimension", dimension}});
       ASSERT_EQ(created.status, 201u) << created.body;
     }
   }
@@ -324,6 +328,129 @@ TEST_F(BudgetTest, ALogMissingTheStartOfTheWindowFailsClosedUntilAWindowHasPasse
   ASSERT_TRUE(refused.headers.contains("retry-after"));
   EXPECT_GT(std::stoi(refused.headers.at("retry-after")), 3500);
   EXPECT_EQ(Encrypt(1, "free").status, 200u);
+}
+
+// Two real callers of other uids under one rule whose budget counts per uid.
+class PerUidBudgetTest : public BudgetTest {
+ protected:
+  static constexpr uid_t kSpenderA = 64111;
+  static constexpr uid_t kSpenderB = 64112;
+  static constexpr gid_t kSpenderGid = 64113;
+
+  void SetUp() override {
+    BudgetTest::SetUp();
+    if (IsSkipped()) return;
+    const group* socket_group = getgrnam("nogroup");
+    if (socket_group == nullptr) GTEST_SKIP() << "no group 'nogroup' to own the socket";
+    socket_gid_ = socket_group->gr_gid;
+    // A and B encrypt on b-* with 2 vectors an hour each; only B may list keys.
+    const json policy = {
+        {"version", 1},
+        {"rules",
+         {{{"id", "admin"},
+           {"callers", {{"uid", 0}}},
+           {"keys", {"*"}},
+           {"operations", {"keys.create", "keys.list"}}},
+          {{"id", "per-uid"},
+           {"callers", {{"uid", {kSpenderA, kSpenderB}}}},
+           {"keys", {"b-*"}},
+           {"operations", {"encrypt"}},
+           {"budgets",
+            {{{"operation", "encrypt"}, {"vectors", 2}, {"per", "1h"}, {"per_caller", "uid"}}}}},
+          {{"id", "lister"},
+           {"callers", {{"uid", kSpenderB}}},
+           {"keys", {"b-*"}},
+           {"operations", {"keys.list"}}}}}};
+    // security_caller sends one vector of three values.
+    ASSERT_NO_FATAL_FAILURE(StartWith(policy.dump(2), "nogroup", 3));
+  }
+
+  CallerIdentity Spender(uid_t uid) const {
+    return {.uid = uid, .gid = kSpenderGid, .groups = {socket_gid_}, .cgroup_dir = ""};
+  }
+
+  // One single-vector encrypt on b-1 as `uid`: "STATUS CODE MESSAGE" ("200  " when it worked).
+  std::string EncryptAs(uid_t uid) const {
+    const CallerRun run = RunAs(
+        Spender(uid), {VECSEAL_SECURITY_CALLER, "request", daemon_->socket_path(), "b-1/encrypt"});
+    const std::vector<Answer> answers = ParseAnswers(run.output);
+    if (answers.size() != 1) return "no answer: " + run.output;
+    const json body = json::parse(answers[0].body, nullptr, false);
+    const json error = body.is_object() ? body.value("error", json::object()) : json::object();
+    return std::to_string(answers[0].status) + " " + error.value("code", "") + " " +
+           error.value("message", "");
+  }
+
+  // The raw answer to GET `path` as `uid`, /metrics bodies included.
+  std::string GetAs(uid_t uid, const std::string& path) const {
+    return RunAs(Spender(uid), {VECSEAL_SECURITY_CALLER, "get", daemon_->socket_path(), path})
+        .output;
+  }
+
+  gid_t socket_gid_ = 0;
+};
+
+TEST_F(PerUidBudgetTest, EachUidSpendsItsOwnCountAndARestartCountsThemApart) {
+  // Refused from its headers: no room at all is left, so the body is never read.
+  const auto ExpectRefused = [this](uid_t uid) {
+    const std::string answer = EncryptAs(uid);
+    EXPECT_TRUE(answer.starts_with(
+        "429 budget_exhausted rule 'per-uid' allows encrypt of at most 2 vectors per 1h on key "
+        "'b-1' for uid " + std::to_string(uid) + "; 2 spent in the window; room for it opens in "))
+        << answer;
+  };
+  EXPECT_EQ(EncryptAs(kSpenderA), "200  ");
+  EXPECT_EQ(EncryptAs(kSpenderA), "200  ");
+  ExpectRefused(kSpenderA);
+  EXPECT_EQ(EncryptAs(kSpenderB), "200  ") << "A's spending is not B's";
+  EXPECT_EQ(EncryptAs(kSpenderB), "200  ");
+  ExpectRefused(kSpenderB);
+
+  const std::string asked = GetAs(kSpenderA, "/v1/whoami");
+  const std::vector<Answer> whoami = ParseAnswers(asked);
+  ASSERT_EQ(whoami.size(), 1u) << asked;
+  const json grants = json::parse(whoami[0].body)["grants"];
+  ASSERT_EQ(grants.size(), 1u) << grants.dump();
+  const json& spent = grants[0]["budgets"][0]["spent"];
+  ASSERT_EQ(spent.size(), 1u) << "A sees its own count only: " << spent.dump();
+  EXPECT_EQ(spent[0]["key"], "b-1");
+  EXPECT_EQ(spent[0]["vectors"], 2);
+  EXPECT_GT(spent[0]["room_opens_in_seconds"].get<int>(), 3500);
+
+  std::vector<uid_t> refused_uids;
+  for (const json& record : daemon_->AuditRecords()) {
+    if (record.value("error_code", "") != "budget_exhausted") continue;
+    EXPECT_EQ(record["rule_id"], "per-uid");
+    EXPECT_EQ(record["key"], "b-1");
+    refused_uids.push_back(record["caller"]["uid"].get<uid_t>());
+  }
+  EXPECT_EQ(refused_uids, (std::vector<uid_t>{kSpenderA, kSpenderB}));
+
+  // The log holds each uid's spending apart: after a kill and a restart both are still spent.
+  daemon_->Kill();
+  Restart();
+  ExpectRefused(kSpenderA);
+  ExpectRefused(kSpenderB);
+}
+
+TEST_F(PerUidBudgetTest, MetricsShowABudgetOnlyToReadersWhoMayListItsKey) {
+  ASSERT_EQ(EncryptAs(kSpenderA), "200  ");
+  const std::string series =
+      "vecseal_budget_spent_vectors{rule=\"per-uid\",operation=\"encrypt\",per=\"1h\","
+      "key=\"b-1\"} 1\n";
+  const std::string limit =
+      "vecseal_budget_limit_vectors{rule=\"per-uid\",operation=\"encrypt\",per=\"1h\","
+      "key=\"b-1\"} 2\n";
+  const std::string lister = GetAs(kSpenderB, "/metrics");
+  EXPECT_NE(lister.find(series), std::string::npos) << "B may list b-1: " << lister;
+  EXPECT_NE(lister.find(limit), std::string::npos) << lister;
+  const std::string spender = GetAs(kSpenderA, "/metrics");
+  ASSERT_EQ(spender.rfind("200 ", 0), 0u) << spender;
+  EXPECT_NE(spender.find("# TYPE vecseal_budget_spent_vectors gauge"), std::string::npos);
+  EXPECT_EQ(spender.find("vecseal_budget_spent_vectors{"), std::string::npos)
+      << "A may use b-1 but not list it: " << spender;
+  EXPECT_EQ(spender.find("vecseal_budget_limit_vectors{"), std::string::npos) << spender;
+  EXPECT_EQ(spender.find("b-1"), std::string::npos) << "nowhere a key A cannot list";
 }
 
 }  // namespace

@@ -10,6 +10,8 @@
 //     connected FD and prints its answer.
 //   security_caller whoami SOCKET
 //     Connects, asks GET /v1/whoami and prints the answer.
+//   security_caller get SOCKET PATH
+//     Connects, asks GET PATH (/metrics, say) and prints the answer, whose body may span lines.
 //   security_caller connect SOCKET
 //     Only connects; prints "connected" or the errno name (e.g. "EACCES"), exit 0 or 1.
 //
@@ -72,16 +74,19 @@ std::string Header(const std::string& head, const std::string& name) {
   return head.substr(start, head.find("\r\n", start) - start);
 }
 
-// Sends one request and prints its answer; false when no complete answer came back.
-// A POST of the vector body to /v1/keys/KEY/ACTION, or a GET when `key_action` is empty.
-bool Exchange(int fd, const std::string& key_action) {
+std::string Post(const std::string& key_action) {
   const std::string body = kBody;
-  const std::string request =
-      key_action.empty()
-          ? std::string("GET /v1/whoami HTTP/1.1\r\nHost: localhost\r\n\r\n")
-          : "POST /v1/keys/" + key_action + " HTTP/1.1\r\nHost: localhost\r\n" +
-                "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-                "\r\n\r\n" + body;
+  return "POST /v1/keys/" + key_action + " HTTP/1.1\r\nHost: localhost\r\n" +
+         "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\n\r\n" + body;
+}
+
+std::string Get(const std::string& path) {
+  return "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+}
+
+// Sends one request and prints its answer; false when no complete answer came back.
+bool Exchange(int fd, const std::string& request) {
   if (!WriteAll(fd, request)) return false;
   std::string data;
   char buffer[4096];
@@ -114,7 +119,8 @@ int Usage() {
                "usage: security_caller request SOCKET KEY/ACTION [--then-exec PROGRAM]\n"
                "       security_caller on-fd FD KEY/ACTION\n"
                "       security_caller connect SOCKET\n"
-               "       security_caller whoami SOCKET\n");
+               "       security_caller whoami SOCKET\n"
+               "       security_caller get SOCKET PATH\n");
   return 2;
 }
 
@@ -134,11 +140,11 @@ int main(int argc, char** argv) {
   }
   if (mode == "on-fd" && argc == 4) {
     std::printf("euid %u\n", static_cast<unsigned>(geteuid()));
-    return Exchange(std::atoi(argv[2]), argv[3]) ? 0 : 1;
+    return Exchange(std::atoi(argv[2]), Post(argv[3])) ? 0 : 1;
   }
-  if (mode == "whoami" && argc == 3) {
+  if ((mode == "whoami" && argc == 3) || (mode == "get" && argc == 4)) {
     const int fd = Connect(argv[2]);
-    return fd >= 0 && Exchange(fd, "") ? 0 : 1;
+    return fd >= 0 && Exchange(fd, Get(mode == "get" ? argv[3] : "/v1/whoami")) ? 0 : 1;
   }
   const bool then_exec = argc == 6 && std::strcmp(argv[4], "--then-exec") == 0;
   if (mode != "request" || (argc != 4 && !then_exec)) return Usage();
@@ -147,7 +153,7 @@ int main(int argc, char** argv) {
     std::printf("connect %s\n", strerrorname_np(errno));
     return 1;
   }
-  if (!Exchange(fd, argv[3])) return 1;
+  if (!Exchange(fd, Post(argv[3]))) return 1;
   if (!then_exec) return 0;
   const std::string fd_text = std::to_string(fd);
   char on_fd[] = "on-fd";
