@@ -166,8 +166,9 @@ Status CheckSocketDirectory(const std::string& socket_path) {
   }
   struct stat st {};
   if (stat(dir.c_str(), &st) != 0) {
-    return SocketError("the socket directory " + dir + " does not exist (systemd creates it with "
-                       "RuntimeDirectory=vecseal)");
+    return SocketError("the socket directory " + dir + " does not exist: the package's "
+                       "tmpfiles.d creates /run/vecseal at boot; by hand, see "
+                       "docs/operations.md, \"Without systemd\"");
   }
   if (st.st_uid != 0 && st.st_uid != geteuid()) {
     return SocketError("the socket directory " + dir + " belongs to uid " +
@@ -239,12 +240,32 @@ Result<Listener> OpenListener(const SocketConfig& config) {
   const int bound = bind(fd, raw_address, sizeof(address));
   umask(old_umask);
   if (bound != 0) {
-    const Status error = SocketError("bind " + config.path + ": " + std::strerror(errno));
+    const int error = errno;
+    std::string message = "bind " + config.path + ": " + std::strerror(error);
+    if (error == EACCES || error == EPERM) {
+      message += "; uid " + std::to_string(geteuid()) + " may not create files in " +
+                 std::filesystem::path(config.path).parent_path().string() +
+                 ": start vecseald.socket (systemd binds the socket and passes it), or make the "
+                 "directory the daemon user's (docs/operations.md, \"Without systemd\")";
+    }
     close(fd);
-    return error;
+    return SocketError(std::move(message));
   }
-  if ((gid != static_cast<gid_t>(-1) && chown(config.path.c_str(), static_cast<uid_t>(-1), gid) != 0) ||
-      chmod(config.path.c_str(), config.mode) != 0 || listen(fd, SOMAXCONN) != 0) {
+  if (gid != static_cast<gid_t>(-1) &&
+      chown(config.path.c_str(), static_cast<uid_t>(-1), gid) != 0) {
+    const int error = errno;
+    std::string message =
+        "giving " + config.path + " to group " + config.group + ": " + std::strerror(error);
+    if (error == EPERM) {
+      message += "; the daemon's user is not a member of " + config.group +
+                 ": add it (usermod -aG " + config.group + " USER) or start it with that "
+                 "group (docs/operations.md, \"Without systemd\")";
+    }
+    close(fd);
+    unlink(config.path.c_str());
+    return SocketError(std::move(message));
+  }
+  if (chmod(config.path.c_str(), config.mode) != 0 || listen(fd, SOMAXCONN) != 0) {
     const Status error = SocketError("setting up " + config.path + ": " + std::strerror(errno));
     close(fd);
     unlink(config.path.c_str());

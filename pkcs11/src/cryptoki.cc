@@ -1,9 +1,11 @@
 #include "vecseal/pkcs11/cryptoki.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstdio>
 #include <map>
 #include <mutex>
@@ -221,6 +223,21 @@ std::string TrimLabel(const CK_UTF8CHAR* label, size_t size) {
   return text;
 }
 
+// SoftHSM2 finds its tokens through SOFTHSM2_CONF, which the service unit sets and a shell
+// started by hand does not: the most common reason it fails to start or shows no token.
+// Empty for other modules.
+std::string SoftHsmConfigHint(const std::string& module_path) {
+  if (module_path.find("softhsm") == std::string::npos) return "";
+  const char* conf = std::getenv("SOFTHSM2_CONF");
+  if (conf == nullptr) {
+    return "; SOFTHSM2_CONF is not set, so SoftHSM2 read its default configuration: set it to "
+           "the token's (the unit sets SOFTHSM2_CONF=/etc/vecseal/softhsm2.conf; see "
+           "docs/operations.md, \"Without systemd\")";
+  }
+  return "; SoftHSM2 read SOFTHSM2_CONF=" + std::string(conf) + ": check that uid " +
+         std::to_string(geteuid()) + " may read it, and read and write its directories.tokendir";
+}
+
 Status ModuleError(const std::string& path, std::string detail) {
   return Status(Code::kUnavailable, "hsm_module_unloadable",
                 "cannot load the PKCS#11 module " + path + ": " + detail);
@@ -346,7 +363,7 @@ Result<Module> Module::Load(const std::string& path) {
         return Status(Code::kUnavailable, "hsm_unavailable",
                       "cannot initialise the PKCS#11 module " + path + ": " + detail);
       }
-      return ModuleError(path, detail);
+      return ModuleError(path, detail + (rv == CKR_GENERAL_ERROR ? SoftHsmConfigHint(path) : ""));
     }
     initialised.keep = KeepsInitialised(functions);
   }
@@ -426,6 +443,13 @@ Result<std::vector<std::string>> Module::TokenLabels() const {
   return labels;
 }
 
+std::string Module::NoTokensHint() const {
+  const std::string softhsm = SoftHsmConfigHint(path_);
+  if (!softhsm.empty()) return softhsm;
+  return "; the module shows uid " + std::to_string(geteuid()) +
+         " no initialised token: check its configuration and that user's access to it";
+}
+
 Result<CK_SLOT_ID> Module::FindTokenSlot(std::string_view label) const {
   CK_ULONG count = 0;
   if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, nullptr, &count); rv != CKR_OK) {
@@ -454,7 +478,8 @@ Result<CK_SLOT_ID> Module::FindTokenSlot(std::string_view label) const {
   if (matches.empty()) {
     return Status(Code::kNotFound, "token_not_found",
                   "no token labelled \"" + std::string(label) + "\" in " + path_ +
-                      " (tokens present: " + (present.empty() ? "none" : present) + ")");
+                      " (tokens present: " + (present.empty() ? "none" : present) + ")" +
+                      (present.empty() ? NoTokensHint() : ""));
   }
   return matches.front();
 }

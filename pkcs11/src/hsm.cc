@@ -290,7 +290,8 @@ Result<std::string> PinPath(const PinSource& source) {
       return Status(Code::kFailedPrecondition, "pin_source_invalid",
                     "the PIN is the systemd credential \"" + source.credential +
                         "\" but $CREDENTIALS_DIRECTORY is not set; add LoadCredential=" +
-                        source.credential + ":<path> to the unit");
+                        source.credential + ":<path> to the unit, or without systemd set it to "
+                        "a directory holding the file (docs/operations.md, \"Without systemd\")");
     }
     path = std::string(directory) + "/" + source.credential;
   }

@@ -261,7 +261,7 @@ TEST_F(InitTest, OperationsGuideShowsTheRealReport) {
   replace(shown, "/etc/vecseal/vecseald.json", config_);
   replace(shown, "/etc/vecseal/policy.json", dir_ + "/policy.json");
   replace(shown, "\"vecseal\" in", "\"vecseal-test\" in");
-  replace(shown, "/etc/vecseal/audit-key.pem", pem_);
+  replace(shown, "/var/lib/vecseal/audit-key.pem", pem_);
   replace(shown, "/var/log/vecseal", audit_dir_);
   std::istringstream lines(shown);
   for (std::string line; std::getline(lines, line);) {

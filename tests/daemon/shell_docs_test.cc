@@ -8,10 +8,12 @@
 #include <pwd.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -303,6 +305,124 @@ TEST(ShellDocsTest, ConfigurationMdDevOverlayExampleStartsAndCreatesTheKey) {
               {"/tmp/vecseal-load", dir / "vecseal-load"},
               {"/tmp/load.json", dir / "load.json"}},
              dir.path(), "kill \"$!\"\nwait \"$!\"\n");
+}
+
+// The by-hand start of docs/operations.md, as the page's root would run it: a real other uid
+// (64120, with no passwd entry, so numbers stand in for the names), a SoftHSM2 token of its
+// own, and the shipped configuration with scratch paths.
+class WithoutSystemdTest : public ::testing::Test {
+ protected:
+  static constexpr uid_t kUid = 64120;
+
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root: the daemon runs as another uid (setpriv)";
+    ASSERT_FALSE(dir_.path().empty());
+    std::filesystem::permissions(dir_.path(), std::filesystem::perms(0755));
+    // What Token set-up and the package leave behind.
+    ASSERT_TRUE(std::filesystem::create_directory(dir_ / "tokens"));
+    WriteFile(dir_ / "softhsm2.conf",
+              "directories.tokendir = " + (dir_ / "tokens") + "\nobjectstore.backend = file\n",
+              std::filesystem::perms(0644));
+    const std::string init_token = "SOFTHSM2_CONF='" + (dir_ / "softhsm2.conf") +
+                                   "' softhsm2-util --init-token --free --label vecseal "
+                                   "--pin 4711-user --so-pin 4711-so > /dev/null && chown -R " +
+                                   Id() + ":" + Id() + " '" + (dir_ / "tokens") + "'";
+    ASSERT_EQ(std::system(init_token.c_str()), 0) << init_token;
+    WriteFile(dir_ / "hsm-pin", "4711-user\n", std::filesystem::perms(0600));
+    WriteFile(dir_ / "policy.json", R"({"version": 1, "rules": []})",
+              std::filesystem::perms(0644));
+    ASSERT_TRUE(std::filesystem::create_directory(dir_ / "log"));
+    ASSERT_EQ(chown((dir_ / "log").c_str(), kUid, kUid), 0);
+    std::filesystem::permissions(dir_ / "log", std::filesystem::perms(0700));
+    const Substitutions paths = {{"/run/vecseal", dir_ / "run"},
+                                 {"/etc/vecseal/policy.json", dir_ / "policy.json"},
+                                 {"/var/log/vecseal", dir_ / "log"},
+                                 {"vecseal-clients", "nogroup"}};
+    const std::string shipped = ReadFile(VECSEAL_SOURCE_DIR "/packaging/etc/vecseald.json");
+    ExpectMentions(shipped, paths, "packaging/etc/vecseald.json");
+    WriteFile(dir_ / "vecseald.json", Substitute(shipped, paths), std::filesystem::perms(0644));
+  }
+
+  static std::string Id() { return std::to_string(kUid); }
+
+  // The daemon's start_failed line when started as kUid with `groups` ("" for none) and `environment`
+  // (`env` arguments), after the page's first three lines with `run_owner` owning run/.
+  std::string FailedStart(const std::string& run_owner, const std::string& groups,
+                          const std::string& environment) {
+    const std::string command =
+        "install -d -o " + run_owner + " -m 0755 '" + (dir_ / "run") + "' && install -d -o " +
+        Id() + " -m 0700 '" + (dir_ / "credentials") + "' && install -o " + Id() +
+        " -m 0400 '" + (dir_ / "hsm-pin") + "' '" + (dir_ / "credentials/hsm-pin") + "' && " +
+        "timeout 60 setpriv --reuid=" + Id() + " --regid=" + Id() + " " +
+        (groups.empty() ? "--clear-groups" : "--groups=" + groups) + " env " + environment +
+        " " VECSEALD_PATH " --config '" + (dir_ / "vecseald.json") + "' 2>&1 | grep 'event=start_failed'";
+    FILE* pipe = popen(command.c_str(), "r");
+    if (pipe == nullptr) return "popen failed";
+    std::string output;
+    char buffer[4096];
+    for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;) output.append(buffer, n);
+    pclose(pipe);
+    return output;
+  }
+
+  std::string Conf() const { return "SOFTHSM2_CONF='" + (dir_ / "softhsm2.conf") + "'"; }
+  std::string Credentials() const {
+    return "CREDENTIALS_DIRECTORY='" + (dir_ / "credentials") + "'";
+  }
+
+  ScratchDir dir_;
+};
+
+TEST_F(WithoutSystemdTest, TheOperationsGuideStartsTheDaemonAsItsUser) {
+  const Example example = FindExample("docs/operations.md", "without-systemd");
+  RunExample(example,
+             {{"-o vecseal -g vecseal", "-o " + Id() + " -g " + Id()},
+              {"--reuid=vecseal --regid=vecseal", "--reuid=" + Id() + " --regid=" + Id()},
+              {"vecseal-clients", "nogroup"},
+              {"/run/vecseal", dir_ / "run"},
+              {"/run/credentials/vecseald", dir_ / "credentials"},
+              {"/etc/vecseal/hsm-pin", dir_ / "hsm-pin"},
+              {"/etc/vecseal/softhsm2.conf", dir_ / "softhsm2.conf"},
+              {"/etc/vecseal/vecseald.json", dir_ / "vecseald.json"},
+              {"/var/log/vecseald.log", dir_ / "vecseald.log"}},
+             dir_.path(), "kill -TERM \"$(pgrep -u " + Id() + " -x vecseald)\"\nwait \"$!\"\n");
+  // It ran as that uid, and stopped cleanly (the epilogue's wait returned its status 0).
+  EXPECT_NE(ReadFile(dir_ / "vecseald.log").find("event=ready"), std::string::npos);
+  struct stat socket {};
+  ASSERT_EQ(stat((dir_ / "run/vecseald.sock").c_str(), &socket), -1) << "removed at the stop";
+  bool audited = false;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_ / "log")) {
+    struct stat file {};
+    if (stat(entry.path().c_str(), &file) == 0 && file.st_uid == kUid) audited = true;
+  }
+  EXPECT_TRUE(audited) << "the audit log is written by the daemon's uid";
+}
+
+// Each step of the page left out gives the message the page shows, with what to do.
+TEST_F(WithoutSystemdTest, EachStepLeftOutIsNamedWithItsFix) {
+  const std::string bind = FailedStart("root", "nogroup", Conf() + " " + Credentials());
+  EXPECT_NE(bind.find("bind " + (dir_ / "run/vecseald.sock") + ": Permission denied; uid " +
+                      Id() + " may not create files in " + (dir_ / "run")),
+            std::string::npos)
+      << bind;
+  EXPECT_NE(bind.find("(docs/operations.md, \\\"Without systemd\\\")"), std::string::npos) << bind;
+
+  const std::string group = FailedStart(Id(), "", Conf() + " " + Credentials());
+  EXPECT_NE(group.find("to group nogroup: Operation not permitted; the daemon's user is not a "
+                       "member of nogroup: add it"),
+            std::string::npos)
+      << group;
+
+  const std::string conf = FailedStart(Id(), "nogroup", "-u SOFTHSM2_CONF " + Credentials());
+  EXPECT_NE(conf.find("SOFTHSM2_CONF is not set, so SoftHSM2 read its default configuration"),
+            std::string::npos)
+      << conf;
+
+  const std::string pin = FailedStart(Id(), "nogroup", Conf());
+  EXPECT_NE(pin.find("$CREDENTIALS_DIRECTORY is not set; add LoadCredential=hsm-pin:<path> to "
+                     "the unit, or without systemd set it"),
+            std::string::npos)
+      << pin;
 }
 
 }  // namespace

@@ -109,6 +109,8 @@ class Module {
 
  private:
   void Release();
+  // What to check when the module shows no initialised token at all.
+  std::string NoTokensHint() const;
 
   void* library_ = nullptr;
   CK_FUNCTION_LIST_PTR functions_ = nullptr;
