@@ -813,6 +813,21 @@ Status Hsm::State::CheckDerivationMechanisms(core::KeyFormat format) {
     }
     if (rv != CKR_OK) return CkrStatus("C_GetMechanismInfo", rv);
   }
+  // A module may list a key generation mechanism and still not implement C_GenerateKey
+  // (tpm2-pkcs11 1.9 does). Asked about no session, one that implements it says the session is
+  // invalid; a stub says it has no such function, and no key could ever be created.
+  CK_MECHANISM generate{v2 ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE unused = CK_INVALID_HANDLE;
+  if (module.functions()->C_GenerateKey(CK_INVALID_HANDLE, &generate, nullptr, 0, &unused) ==
+      CKR_FUNCTION_NOT_SUPPORTED) {
+    return Status(Code::kFailedPrecondition, "mechanism_missing",
+                  "the module " + config.module_path + " lists " +
+                      (v2 ? "CKM_AES_KEY_GEN" : "CKM_GENERIC_SECRET_KEY_GEN") +
+                      " but does not implement C_GenerateKey (CKR_FUNCTION_NOT_SUPPORTED); "
+                      "vecseal generates every model key inside the token, so this module "
+                      "cannot hold them: use another module for the model keys "
+                      "(docs/hsm.md, \"Modules tested\")");
+  }
   return Status::Ok();
 }
 

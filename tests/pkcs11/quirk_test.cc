@@ -82,6 +82,24 @@ TEST_F(ModuleQuirkTest, AnAttributeTheModuleRefusesIsLeftOut) {
   EXPECT_TRUE(audit.ok()) << audit.status().ToString();
 }
 
+// A module that lists CKM_AES_KEY_GEN and has no C_GenerateKey (tpm2-pkcs11 1.9 on swtpm): the
+// mechanism check that --init and every start make refuses it, naming the function, and so does
+// key creation; no request could ever reach a first encrypt with it.
+TEST_F(ModuleQuirkTest, AModuleWithoutCGenerateKeyIsRefusedByTheMechanismCheck) {
+  auto hsm = Open();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CheckMechanisms().ok()) << "SoftHSM2 implements C_GenerateKey";
+  ASSERT_TRUE(faulty_->Set("C_GenerateKey 0x54").ok());  // CKR_FUNCTION_NOT_SUPPORTED
+  const Status checked = hsm->CheckMechanisms();
+  EXPECT_EQ(checked.reason(), "mechanism_missing") << checked.ToString();
+  EXPECT_NE(checked.message().find("lists CKM_AES_KEY_GEN but does not implement C_GenerateKey "
+                                   "(CKR_FUNCTION_NOT_SUPPORTED)"),
+            std::string::npos)
+      << checked.message();
+  EXPECT_EQ(CreateKey(*hsm).reason(), "mechanism_missing");
+  EXPECT_FALSE(hsm->FindKey("model").ok()) << "nothing was made";
+}
+
 // After every session closed, a module answers C_Login with CKR_USER_ALREADY_LOGGED_IN though
 // the new session is public (opencryptoki does): vecseald logs out and in, and recovers.
 TEST_F(ModuleQuirkTest, AStaleAlreadyLoggedInIsLoggedOutAndInAgain) {
