@@ -15,28 +15,13 @@ import json
 import os
 import sys
 
-BATCH = 1024  # vectors per request: large enough to amortise a round trip, small enough to stream
-
 
 def encrypt_partition(rows, key, socket_path=None):
-    """Spark/Ray partition function: (id, embedding) rows in, (id, encrypted embedding) out.
-    Imported inside, because it runs on the executors, which need only the vecseal client."""
-    import vecseal
-    with vecseal.Client(socket_path) as client:
-        batch = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == BATCH:
-                yield from _encrypt_batch(client, key, batch)
-                batch = []
-        if batch:
-            yield from _encrypt_batch(client, key, batch)
-
-
-def _encrypt_batch(client, key, batch):
-    sealed = client.encrypt(key, [list(embedding) for _, embedding in batch])
-    for (row_id, _), vector in zip(batch, sealed):
-        yield row_id, [float(v) for v in vector]
+    """Spark/Ray partition function: (id, embedding) rows in, (id, encrypted embedding) out, the
+    same one vecseal.dask uses. Imported inside, because it runs on the executors, which need only
+    the vecseal client (and numpy)."""
+    from vecseal.partitions import encrypt_rows
+    return encrypt_rows(rows, key, socket_path=socket_path)
 
 
 def run_spark(args):

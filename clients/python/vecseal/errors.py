@@ -19,6 +19,10 @@ class VecsealError(Exception):
         # Index into the caller's whole batch (not into one of the requests it was split into).
         self.vector_index = vector_index
 
+    def __reduce__(self):
+        # Rebuilt from its fields, not from str(): errors cross processes (Dask workers, pools).
+        return (self.__class__, (self.code, self.message, self.status, self.vector_index))
+
 
 class InvalidInput(VecsealError, ValueError):
     """The request was malformed: bad shape, non-finite value, bad token, oversized..."""

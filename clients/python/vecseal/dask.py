@@ -1,0 +1,148 @@
+"""Bulk encryption with Dask: every worker encrypts its partitions through the vecseald of its own
+node (its $VECSEAL_SOCKET), so that no vector leaves its node in clear (docs/scaling.md).
+
+    import dask.array as da
+    import vecseal.dask
+
+    sealed = vecseal.dask.encrypt_array(da.from_array(embeddings, chunks=(50_000, -1)), "demo")
+    frame = vecseal.dask.encrypt_column(frame, "embedding", "demo")       # a dask DataFrame
+    vecseal.dask.encrypt_npy("in.npy", "out.npy", "demo", client=dask_client)
+
+Needs dask (and distributed for a cluster); `import vecseal` works without them. Pass
+`key_version` so that a rotation during a long job cannot mix versions: vectors of different
+versions are not comparable. encrypt_npy checks that on its own.
+"""
+
+import os
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import dask
+import dask.array as da
+
+from .errors import KeyVersionChanged
+from .partitions import BATCH, PartitionError, encrypt_partition, node_socket
+
+__all__ = ["encrypt_array", "encrypt_column", "encrypt_npy", "PartitionError"]
+
+
+def encrypt_array(array: "da.Array", key: str, *, key_version: Optional[int] = None,
+                  batch: int = BATCH) -> "da.Array":
+    """A 2-D dask array of embeddings (rows × dimension) in, its encryption out: float32, the
+    same chunks of rows, in order. Lazy, like any dask array."""
+    if array.ndim != 2:
+        raise ValueError(f"encrypt_array takes a 2-D array (rows × dimension), not {array.shape}")
+    rows = array.rechunk({1: -1}).astype(np.float32)
+    starts = np.cumsum((0,) + rows.chunks[0][:-1])
+
+    def seal(block, block_info=None):
+        first = int(starts[block_info[0]["chunk-location"][0]]) if block_info else 0
+        return encrypt_partition(block, key, key_version=key_version, batch=batch,
+                                 first_row=first)
+
+    return rows.map_blocks(seal, dtype=np.float32)
+
+
+def encrypt_column(frame: Any, column: str, key: str, *, key_version: Optional[int] = None,
+                   batch: int = BATCH) -> Any:
+    """A dask DataFrame whose `column` holds one embedding per row (a list or array): the same
+    frame, that column encrypted (float32 arrays), every other column (id, labels, text) and the
+    row order as they were."""
+    if column not in frame.columns:
+        raise KeyError(f"no column {column!r} in {list(frame.columns)}")
+
+    def seal(part):
+        if len(part) == 0:
+            return part
+        vectors = np.stack([np.asarray(v, dtype=np.float32) for v in part[column].to_numpy()])
+        sealed = encrypt_partition(vectors, key, key_version=key_version, batch=batch)
+        part = part.copy()
+        part[column] = list(sealed)
+        return part
+
+    return frame.map_partitions(seal, meta=frame._meta)
+
+
+def _seal_rows_to_part(source: str, parts: str, index: int, start: int, stop: int, key: str,
+                       key_version: Optional[int], batch: int) -> Dict[str, Any]:
+    """Encrypts rows [start, stop) of the .npy `source` into parts/INDEX.VERSION.npy, unless a
+    finished part is there: a retried job encrypts only what is missing."""
+    for name in os.listdir(parts):
+        if name.startswith(f"{index:06d}.") and name.endswith(".npy"):
+            return {"index": index, "skipped": True, "socket": None}
+    vectors = np.load(source, mmap_mode="r")[start:stop]
+    sealed, version = encrypt_partition(vectors, key, key_version=key_version, batch=batch,
+                                        first_row=start, with_version=True)
+    temporary = os.path.join(parts, f".{index:06d}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as out:
+        np.save(out, sealed)
+    os.replace(temporary, os.path.join(parts, f"{index:06d}.{version}.npy"))
+    return {"index": index, "skipped": False, "socket": node_socket()}
+
+
+def _run(client: Any, tasks: Any) -> Any:
+    """Computes the tasks on the cluster. On the first failure the rest of the job is cancelled
+    and the tasks already running are waited for, so that a retry never races this run."""
+    futures = client.compute(tasks)
+    try:
+        return client.gather(futures)
+    except BaseException:
+        client.cancel(futures)
+        keys = {future.key for future in futures}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(
+                keys.intersection(running) for running in client.processing().values()):
+            time.sleep(0.05)
+        raise
+
+
+def encrypt_npy(source: str, target: str, key: str, *, rows_per_partition: int = 20_000,
+                key_version: Optional[int] = None, batch: int = BATCH,
+                client: Any = None) -> Dict[str, Any]:
+    """Encrypts the n×d .npy file `source` into `target`, a partition of rows per task, on the
+    cluster of the distributed `client` (else dask's default scheduler). Each worker reads its
+    rows from `source` and writes a finished part under TARGET.parts/ (so both paths must be
+    reachable from every worker). When a task fails (a node's daemon down), the error names the
+    worker and node, the rest of the job is cancelled (the tasks already running are waited for)
+    and the finished parts stay: running it again encrypts only the rest, so no row is lost or
+    encrypted twice into `target`, which is written once, at the end.
+
+    Returns {"rows", "partitions", "encrypted", "skipped", "key_version", "rows_per_partition",
+    "sockets"}: the daemon socket each partition encrypted in this run was sent to, by index."""
+    n, d = np.load(source, mmap_mode="r").shape
+    parts = target + ".parts"
+    os.makedirs(parts, exist_ok=True)
+    bounds = [(i, start, min(start + rows_per_partition, n))
+              for i, start in enumerate(range(0, n, rows_per_partition))]
+    tasks = [dask.delayed(_seal_rows_to_part, pure=False)(
+        source, parts, i, start, stop, key, key_version, batch) for i, start, stop in bounds]
+    results = _run(client, tasks) if client is not None else dask.compute(*tasks)
+
+    found = {}
+    for name in os.listdir(parts):
+        if name.endswith(".npy") and not name.startswith("."):
+            index, version = name[:-4].split(".")
+            found[int(index)] = (int(version), os.path.join(parts, name))
+    missing = [i for i, _, _ in bounds if i not in found]
+    if missing:
+        raise RuntimeError(f"partitions {missing} have no output; run encrypt_npy again")
+    versions = sorted({version for version, _ in found.values()})
+    if len(versions) > 1:
+        raise KeyVersionChanged(
+            "key_version_changed",
+            f"key '{key}' was rotated during the job: its parts are under versions {versions}; "
+            f"remove {parts} and run again with key_version= set")
+    out = np.lib.format.open_memmap(target + ".tmp", mode="w+", dtype=np.float32, shape=(n, d))
+    for i, start, stop in bounds:
+        out[start:stop] = np.load(found[i][1], mmap_mode="r")
+    out.flush()
+    del out
+    os.replace(target + ".tmp", target)
+    for _, path in found.values():
+        os.remove(path)
+    os.rmdir(parts)
+    sockets = {r["index"]: r["socket"] for r in results if not r["skipped"]}
+    return {"rows": n, "partitions": len(bounds), "encrypted": len(sockets),
+            "skipped": len(bounds) - len(sockets), "key_version": versions[0],
+            "rows_per_partition": rows_per_partition, "sockets": sockets}
