@@ -158,7 +158,10 @@ def main():
             job = threading.Thread(target=run)
             job.start()
             parts = target + ".parts"
-            while job.is_alive() and len(os.listdir(parts) if os.path.isdir(parts) else []) < 4:
+            def done():
+                return [n for n in os.listdir(parts) if n.endswith(".done")] \
+                    if os.path.isdir(parts) else []
+            while job.is_alive() and len(done()) < 3:
                 time.sleep(0.01)
             hsm.kill_node(b)
             job.join(timeout=300)
@@ -167,7 +170,7 @@ def main():
             print("what the user sees:", error)
             assert "worker tcp://" in str(error) and b.socket in str(error), str(error)
             assert isinstance(error.cause, vecseal.Unavailable), repr(error.cause)
-            finished = len([n for n in os.listdir(parts) if n.endswith(".npy")])
+            finished = len(done())
             assert 0 < finished < ROWS // PARTITION, f"{finished} parts finished before the kill"
 
             # 3. The node is back; running the job again encrypts only the missing partitions.
