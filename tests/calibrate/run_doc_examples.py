@@ -25,7 +25,8 @@ def printed_output(doc_text):
     # Fences alternate between opening (with or without a language) and closing.
     fences = re.findall(r"^```(\w*)\n(.*?)^```$", doc_text, re.S | re.M)
     for language, block in fences:
-        if not language and block.startswith("vecseal calibrate:") and "Recommended beta = " in block:
+        shows_run = block.startswith("vecseal calibrate:") and "Recommended beta = " in block
+        if not language and shows_run:
             return block
     sys.exit("no printed `vecseal calibrate` output with a recommendation in the document")
 
@@ -39,7 +40,8 @@ def check_output_matches_report(output, report):
     failures = []
     rows = {}
     for line in output.splitlines():
-        match = re.match(r"^\s*(no noise|[0-9]+\.[0-9]{3})\s+([0-9.|\s-]+?)(\s+<- recommended)?$", line)
+        match = re.match(r"^\s*(no noise|[0-9]+\.[0-9]{3})\s+([0-9.|\s-]+?)(\s+<- recommended)?$",
+                         line)
         if match:
             rows[match.group(1)] = (match.group(2).replace("|", " ").split(), bool(match.group(3)))
 
@@ -50,15 +52,19 @@ def check_output_matches_report(output, report):
                    for name in ("knn_accuracy", "logistic_accuracy")]
         values += [attack["mean_cosine"]["value"] for attack in inversion]
         values += [inversion[-1]["nearest_record_identified"]["value"]]
-        values += [leakage["alignment_dimensions_recovered"][t]["value"] for t in ("permute", "rotate")]
+        aligned = leakage["alignment_dimensions_recovered"]
+        values += [aligned[transform]["value"] for transform in ("permute", "rotate")]
         return [f"{value:.3f}" for value in values]
 
     expected = {"no noise": (figures(None, 1.0, report["no_noise_leakage"]), False)}
     for result in report["results"]:
+        recommended = result["beta"] == report["guidance"]["recommended_beta"]
         expected[f"{result['beta']:.3f}"] = (figures(result["utility"], None, result["leakage"]),
-                                            result["beta"] == report["guidance"]["recommended_beta"])
-    if rows != expected:
-        failures.append(f"table rows {rows} are not the report's {expected}")
+                                            recommended)
+    for beta in sorted(set(rows) | set(expected)):
+        if rows.get(beta) != expected.get(beta):
+            failures.append(f"table row {beta}: printed {rows.get(beta)}, "
+                            f"report {expected.get(beta)}")
     for line in report["guidance"]["text"].splitlines():
         if line not in output.splitlines():
             failures.append(f"guidance line missing from the output: {line}")
