@@ -28,6 +28,7 @@
 namespace vecseal::cli {
 namespace {
 
+using client::AtRow;
 using client::Client;
 using client::ClientOptions;
 
@@ -176,18 +177,6 @@ class Progress {
 
 Status Interrupted() {
   return Status(Code::kUnavailable, "interrupted", "interrupted; no output was written");
-}
-
-// A daemon error about vector i of a batch that starts at row `first_row` of `path`.
-Status AtRow(Status status, const std::string& path, uint64_t first_row) {
-  if (!status.vector_index()) return status;
-  const uint64_t row = first_row + *status.vector_index();
-  // The daemon counts within the request ("vector 5 has ..."); the user counts in the file.
-  std::string message = status.message();
-  const std::string batch_prefix = "vector " + std::to_string(*status.vector_index()) + " ";
-  if (message.rfind(batch_prefix, 0) == 0) message = "the vector " + message.substr(batch_prefix.size());
-  return Status(status.code(), status.reason(),
-                path + ": row " + std::to_string(row) + ": " + message);
 }
 
 // The daemon's limits.max_vectors or max_body_bytes is below --batch: say which option to lower.

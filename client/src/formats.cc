@@ -3,6 +3,7 @@
 #include <bit>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -148,7 +149,9 @@ class DenseReader final : public VectorReader {
   std::vector<uint8_t> bytes_;
 };
 
-Result<std::unique_ptr<VectorReader>> OpenNpy(InputFile file, const FormatOptions& options) {
+// The header of an .npy file, and the file positioned at its data, which must be exactly the
+// size the shape says.
+Result<internal::NpyHeader> ReadNpyHeader(InputFile& file, internal::NpyArray array) {
   const std::string path = file.path();
   std::string prefix(8, '\0');
   if (file.size() < 8) return Invalid("invalid_npy", path, "not an .npy file (too short)");
@@ -169,14 +172,13 @@ Result<std::unique_ptr<VectorReader>> OpenNpy(InputFile file, const FormatOption
     VECSEAL_RETURN_IF_ERROR(file.ReadExact(std::span<uint8_t>(
         reinterpret_cast<uint8_t*>(prefix.data()) + *preamble, header_size)));
   }
-  Result<internal::NpyHeader> header = internal::ParseNpyHeader(prefix);
+  Result<internal::NpyHeader> header = internal::ParseNpyHeader(prefix, array);
   if (!header.ok()) {
     return Invalid(header.status().reason(), path, header.status().message());
   }
   if (header->dimension == 0 && header->rows != 0) {
     return Invalid("invalid_dimension", path, "shape has dimension 0");
   }
-  VECSEAL_RETURN_IF_ERROR(CheckDimension(path, header->dimension, options));
   const uint64_t row_bytes = header->dimension * header->item_size;
   const uint64_t data_size = file.size() - header->data_offset;
   if (row_bytes != 0 && header->rows > std::numeric_limits<uint64_t>::max() / row_bytes) {
@@ -188,6 +190,13 @@ Result<std::unique_ptr<VectorReader>> OpenNpy(InputFile file, const FormatOption
                        std::to_string(header->rows) + ", " + std::to_string(header->dimension) +
                        ") needs " + std::to_string(header->rows * row_bytes));
   }
+  return header;
+}
+
+Result<std::unique_ptr<VectorReader>> OpenNpy(InputFile file, const FormatOptions& options) {
+  Result<internal::NpyHeader> header = ReadNpyHeader(file, internal::NpyArray::kVectors);
+  if (!header.ok()) return std::move(header).TakeStatus();
+  VECSEAL_RETURN_IF_ERROR(CheckDimension(file.path(), header->dimension, options));
   return std::unique_ptr<VectorReader>(std::make_unique<DenseReader>(VectorFormat::kNpy, std::move(file),
                                        static_cast<size_t>(header->dimension), header->rows,
                                        header->item_size, header->big_endian));
@@ -710,6 +719,102 @@ Status WriteMatrix(const std::string& path, const Matrix& matrix, const FormatOp
   if (!writer.ok()) return std::move(writer).TakeStatus();
   VECSEAL_RETURN_IF_ERROR((*writer)->Write(matrix.data));
   return (*writer)->Commit();
+}
+
+namespace {
+
+Status LabelError(const std::string& path, uint64_t row, const std::string& problem) {
+  return Invalid("invalid_label", path,
+                 "row " + std::to_string(row) + ": label " + problem +
+                     " (labels name classes: map them to whole numbers first)");
+}
+
+Result<int64_t> WholeLabel(const std::string& path, uint64_t row, double value) {
+  // 2^63 is exact as a double; every whole double below it in magnitude fits an int64.
+  constexpr double kLimit = 9223372036854775808.0;
+  if (std::isfinite(value) && value == std::trunc(value) && value >= -kLimit && value < kLimit) {
+    return static_cast<int64_t>(value);
+  }
+  if (std::isnan(value)) return LabelError(path, row, "NaN is not a whole number");
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", value);
+  const bool whole = std::isfinite(value) && value == std::trunc(value);
+  return LabelError(path, row, std::string(text) + (whole ? " is outside the int64 range"
+                                                         : " is not a whole number"));
+}
+
+Result<int64_t> DecodeLabel(const std::string& path, uint64_t row, const uint8_t* item,
+                            const internal::NpyHeader& header) {
+  uint64_t bits = 0;
+  for (size_t b = 0; b < header.item_size; ++b) {
+    const size_t from = header.big_endian ? header.item_size - 1 - b : b;
+    bits |= static_cast<uint64_t>(item[from]) << (8 * b);
+  }
+  const unsigned width = static_cast<unsigned>(8 * header.item_size);
+  switch (header.kind) {
+    case 'b':
+    case 'u':
+      if (bits > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        return LabelError(path, row, std::to_string(bits) + " is outside the int64 range");
+      }
+      return static_cast<int64_t>(bits);
+    case 'i':
+      // Sign-extend from the item's width.
+      if (width < 64 && (bits >> (width - 1)) != 0) bits |= ~uint64_t{0} << width;
+      return static_cast<int64_t>(bits);
+    default:
+      return WholeLabel(path, row,
+                        header.item_size == 4 ? static_cast<double>(std::bit_cast<float>(
+                                                    static_cast<uint32_t>(bits)))
+                                              : std::bit_cast<double>(bits));
+  }
+}
+
+}  // namespace
+
+Result<std::vector<int64_t>> ReadLabelColumn(const std::string& path) {
+  std::vector<int64_t> labels;
+  Result<VectorFormat> format = FormatFromPath(path);
+  if (format.ok() && *format == VectorFormat::kNpy) {
+    Result<InputFile> file = InputFile::Open(path);
+    if (!file.ok()) return std::move(file).TakeStatus();
+    Result<internal::NpyHeader> header = ReadNpyHeader(*file, internal::NpyArray::kColumn);
+    if (!header.ok()) return std::move(header).TakeStatus();
+    std::vector<uint8_t> bytes(static_cast<size_t>(header->rows * header->item_size));
+    VECSEAL_RETURN_IF_ERROR(file->ReadExact(bytes));
+    labels.reserve(static_cast<size_t>(header->rows));
+    for (uint64_t row = 0; row < header->rows; ++row) {
+      Result<int64_t> label = DecodeLabel(path, row, &bytes[row * header->item_size], *header);
+      if (!label.ok()) return std::move(label).TakeStatus();
+      labels.push_back(*label);
+    }
+    return labels;
+  }
+  Result<Matrix> matrix = ReadMatrix(path);
+  if (!matrix.ok()) return std::move(matrix).TakeStatus();
+  if (matrix->dimension != 1) {
+    return Invalid("invalid_label", path,
+                   "labels must be one column, not " + std::to_string(matrix->dimension));
+  }
+  for (size_t row = 0; row < matrix->rows; ++row) {
+    Result<int64_t> label = WholeLabel(path, row, matrix->data[row]);
+    if (!label.ok()) return std::move(label).TakeStatus();
+    labels.push_back(*label);
+  }
+  return labels;
+}
+
+Status AtRow(Status status, const std::string& path, uint64_t first_row) {
+  if (!status.vector_index()) return status;
+  const uint64_t row = first_row + *status.vector_index();
+  // The daemon counts within the request ("vector 5 has ..."); the user counts in the file.
+  std::string message = status.message();
+  const std::string batch_prefix = "vector " + std::to_string(*status.vector_index()) + " ";
+  if (message.rfind(batch_prefix, 0) == 0) {
+    message = "the vector " + message.substr(batch_prefix.size());
+  }
+  return Status(status.code(), status.reason(),
+                path + ": row " + std::to_string(row) + ": " + message);
 }
 
 // Token files.

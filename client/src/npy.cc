@@ -18,7 +18,7 @@ Status Invalid(std::string message) {
 // Only what that literal needs is accepted; anything else is an error, never a guess.
 class HeaderParser {
  public:
-  explicit HeaderParser(std::string_view text) : text_(text) {}
+  HeaderParser(std::string_view text, NpyArray array) : text_(text), array_(array) {}
 
   Status Parse(NpyHeader& header) {
     SkipSpace();
@@ -106,14 +106,31 @@ class HeaderParser {
     return Status::Ok();
   }
 
-  static Status ParseDescr(const std::string& descr, NpyHeader& header) {
+  Status ParseDescr(const std::string& descr, NpyHeader& header) const {
     if (descr == "<f4" || descr == ">f4" || descr == "<f8" || descr == ">f8") {
       header.big_endian = descr[0] == '>';
       header.item_size = descr[2] == '4' ? 4 : 8;
       return Status::Ok();
     }
+    if (array_ == NpyArray::kColumn && descr.size() == 3 &&
+        std::string_view("<>|").find(descr[0]) != std::string_view::npos &&
+        std::string_view("iub").find(descr[1]) != std::string_view::npos &&
+        std::string_view("1248").find(descr[2]) != std::string_view::npos) {
+      header.kind = descr[1];
+      header.item_size = static_cast<size_t>(descr[2] - '0');
+      header.big_endian = descr[0] == '>';
+      // NumPy writes '|' (no byte order) exactly for one-byte items.
+      const bool one_byte = header.item_size == 1;
+      if ((descr[0] == '|') == one_byte && (header.kind != 'b' || one_byte)) {
+        return Status::Ok();
+      }
+    }
     return Status(Code::kInvalidArgument, "unsupported_npy_dtype",
-                  "dtype '" + descr + "' is not supported (want float32 '<f4' or float64 '<f8')");
+                  "dtype '" + descr + "' is not supported (want " +
+                      (array_ == NpyArray::kColumn
+                           ? "integers, booleans, float32 or float64"
+                           : "float32 '<f4' or float64 '<f8'") +
+                      ")");
   }
 
   Result<uint64_t> ParseInt() {
@@ -149,20 +166,26 @@ class HeaderParser {
       if (Consume(')')) break;
       return Invalid("expected ',' or ')' in 'shape'");
     }
-    if (dims.size() != 2) {
-      std::string shape = "(";
-      for (size_t i = 0; i < dims.size(); ++i) {
-        shape += (i ? ", " : "") + std::to_string(dims[i]);
-      }
-      shape += dims.size() == 1 ? ",)" : ")";
-      return Invalid("shape " + shape + " is not 2-D (rows, dimension)");
+    if (array_ == NpyArray::kColumn && (dims.size() == 1 || (dims.size() == 2 && dims[1] == 1))) {
+      header.rows = dims[0];
+      header.dimension = 1;
+      return Status::Ok();
     }
-    header.rows = dims[0];
-    header.dimension = dims[1];
-    return Status::Ok();
+    if (array_ == NpyArray::kVectors && dims.size() == 2) {
+      header.rows = dims[0];
+      header.dimension = dims[1];
+      return Status::Ok();
+    }
+    std::string shape = "(";
+    for (size_t i = 0; i < dims.size(); ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
+    shape += dims.size() == 1 ? ",)" : ")";
+    return Invalid("shape " + shape + (array_ == NpyArray::kColumn
+                                           ? " is not one column (rows,) or (rows, 1)"
+                                           : " is not 2-D (rows, dimension)"));
   }
 
   std::string_view text_;
+  NpyArray array_;
   size_t pos_ = 0;
 };
 
@@ -179,7 +202,7 @@ Result<size_t> NpyPreambleSize(std::string_view first8) {
                  std::to_string(static_cast<uint8_t>(first8[7])));
 }
 
-Result<NpyHeader> ParseNpyHeader(std::string_view prefix) {
+Result<NpyHeader> ParseNpyHeader(std::string_view prefix, NpyArray array) {
   Result<size_t> preamble = NpyPreambleSize(prefix.substr(0, 8));
   if (!preamble.ok()) return std::move(preamble).TakeStatus();
   if (prefix.size() < *preamble) return Invalid("truncated .npy preamble");
@@ -193,7 +216,7 @@ Result<NpyHeader> ParseNpyHeader(std::string_view prefix) {
   if (prefix.size() - *preamble < header_size) return Invalid("truncated .npy header");
   NpyHeader header;
   header.data_offset = *preamble + header_size;
-  HeaderParser parser(prefix.substr(*preamble, header_size));
+  HeaderParser parser(prefix.substr(*preamble, header_size), array);
   VECSEAL_RETURN_IF_ERROR(parser.Parse(header));
   return header;
 }

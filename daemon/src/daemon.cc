@@ -317,7 +317,9 @@ Status SeedDevKeys(pkcs11::Hsm& hsm, const pkcs11::AuditKey& audit_key, const st
   auto demo = hsm.FindKey("demo");
   if (!demo.ok() && demo.status().reason() == "key_not_found") {
     pkcs11::KeyParams params;
-    params.approximation_factor = 2.5;
+    // What `vecseal calibrate` recommends on the demo's unit-norm digits (docs/choosing-beta.md;
+    // its doc test holds docs/configuration.md, and so this value, to that recommendation).
+    params.approximation_factor = 0.2;
     params.transform = core::TransformKind::kRotate;
     auto created = hsm.CreateKey("demo", params);
     if (!created.ok()) return std::move(created).TakeStatus();

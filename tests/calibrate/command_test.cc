@@ -1,6 +1,9 @@
 // `vecseal calibrate` as a user runs it: real files in a temporary directory, exact error lines
 // and exit codes.
 #include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -171,29 +174,138 @@ TEST_F(CommandTest, LabelProblemsNameTheFileAndLine) {
   EXPECT_EQ(err_.str(), "vecseal calibrate: " + Path("gap.txt") + ": line 3 is empty\n");
 }
 
-TEST_F(CommandTest, NumericLabelsMayComeAsAOneColumnArray) {
+// An .npy file as NumPy writes it, of one column of `values` stored as `descr`.
+std::string NpyColumn(const std::string& descr, const std::string& shape,
+                      const std::vector<double>& values) {
+  std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  dict.append(63 - (10 + dict.size()) % 64, ' ');
+  std::string out = std::string("\x93NUMPY\x01\x00", 8);
+  out += static_cast<char>((dict.size() + 1) & 0xff);
+  out += static_cast<char>((dict.size() + 1) >> 8);
+  out += dict + "\n";
+  const size_t size = static_cast<size_t>(descr[2] - '0');
+  for (double value : values) {
+    uint64_t bits = 0;
+    if (descr[1] != 'f') {
+      bits = static_cast<uint64_t>(static_cast<int64_t>(value));
+    } else if (size == 4) {
+      bits = std::bit_cast<uint32_t>(static_cast<float>(value));
+    } else {
+      bits = std::bit_cast<uint64_t>(value);
+    }
+    for (size_t b = 0; b < size; ++b) {
+      const size_t shift = 8 * (descr[0] == '>' ? size - 1 - b : b);
+      out += static_cast<char>((bits >> shift) & 0xff);
+    }
+  }
+  return out;
+}
+
+struct LabelCase {
+  std::string name;
+  std::string descr;
+  bool column;  // (n, 1) rather than (n,)
+};
+
+class LabelFormatTest : public CommandTest, public ::testing::WithParamInterface<LabelCase> {};
+
+// What scikit-learn and NumPy hand a user: any integer type, booleans or floats, 1-D or (n, 1).
+TEST_P(LabelFormatTest, ClassesComeFromAnyNumericColumn) {
+  const LabelCase& c = GetParam();
   const auto data = testing::MakeClustered(300, 16, 4, 0.4, 41);
-  client::Matrix labels{300, 1, {}};
-  for (uint32_t label : data.labels) labels.data.push_back(static_cast<float>(label) * 10);
-  ASSERT_TRUE(client::WriteMatrix(Path("labels.npy"), labels).ok());
+  std::vector<double> labels;
+  // Booleans hold two classes; the others four, spread out and (where signed) negative too.
+  for (uint32_t label : data.labels) {
+    const double spread = label * 50.0;
+    labels.push_back(c.descr[1] == 'b' ? label % 2 : c.descr[1] == 'u' ? spread : spread - 75);
+  }
+  const std::string shape = c.column ? "(300, 1)" : "(300,)";
+  std::ofstream(Path("labels.npy"), std::ios::binary) << NpyColumn(c.descr, shape, labels);
   ASSERT_EQ(Run({"--sample", Path("sample.npy"), "--labels", Path("labels.npy"), "--betas", "1",
                  "--out", Path("r")}),
             0)
       << err_.str();
   std::ifstream json_file(Path("r.json"));
-  EXPECT_EQ(nlohmann::json::parse(json_file)["data"]["labels"]["classes"], 4);
+  EXPECT_EQ(nlohmann::json::parse(json_file)["data"]["labels"]["classes"],
+            c.descr[1] == 'b' ? 2 : 4);
+}
 
-  labels.data[7] = 2.5f;
-  ASSERT_TRUE(client::WriteMatrix(Path("labels.npy"), labels).ok());
-  EXPECT_EQ(Run({"--sample", Path("sample.npy"), "--labels", Path("labels.npy")}), 1);
-  EXPECT_EQ(err_.str(),
-            "vecseal calibrate: " + Path("labels.npy") + ": label 7 is not a whole number\n");
+INSTANTIATE_TEST_SUITE_P(
+    Dtypes, LabelFormatTest,
+    ::testing::Values(LabelCase{"int64", "<i8", false}, LabelCase{"int32", "<i4", false},
+                      LabelCase{"int16_column", "<i2", true}, LabelCase{"uint8", "|u1", false},
+                      LabelCase{"uint16", "<u2", false}, LabelCase{"uint32_column", "<u4", true},
+                      LabelCase{"uint64", "<u8", false}, LabelCase{"int64_big_endian", ">i8", true},
+                      LabelCase{"float64", "<f8", false}, LabelCase{"float32_column", "<f4", true},
+                      LabelCase{"bool", "|b1", false}),
+    [](const auto& test_info) { return test_info.param.name; });
+
+TEST_F(CommandTest, LabelValuesThatNameNoClassAreRefusedByFileAndRow) {
+  const std::vector<std::pair<double, std::string>> cases = {
+      {2.5, "label 2.5 is not a whole number"},
+      {std::nan(""), "label NaN is not a whole number"},
+      {1e20, "label 1e+20 is outside the int64 range"}};
+  for (const auto& [value, problem] : cases) {
+    SCOPED_TRACE(problem);
+    std::vector<double> labels(300, 1.0);
+    labels[7] = value;
+    std::ofstream(Path("labels.npy"), std::ios::binary) << NpyColumn("<f8", "(300,)", labels);
+    EXPECT_EQ(Run({"--sample", Path("sample.npy"), "--labels", Path("labels.npy")}), 1);
+    EXPECT_EQ(err_.str(), "vecseal calibrate: " + Path("labels.npy") + ": row 7: " + problem +
+                              " (labels name classes: map them to whole numbers first)\n");
+  }
+  std::vector<double> labels(300, 1.0);
+  std::ofstream(Path("huge.npy"), std::ios::binary) << NpyColumn("<u8", "(300,)", labels);
+  {  // 2^64 - 1 in row 0
+    std::fstream patch(Path("huge.npy"), std::ios::binary | std::ios::in | std::ios::out);
+    patch.seekp(128);
+    patch << std::string(8, '\xff');
+  }
+  EXPECT_EQ(Run({"--sample", Path("sample.npy"), "--labels", Path("huge.npy")}), 1);
+  EXPECT_EQ(err_.str(), "vecseal calibrate: " + Path("huge.npy") +
+                            ": row 0: label 18446744073709551615 is outside the int64 range "
+                            "(labels name classes: map them to whole numbers first)\n");
 
   client::Matrix wide{300, 2, std::vector<float>(600, 1.0f)};
   ASSERT_TRUE(client::WriteMatrix(Path("wide.npy"), wide).ok());
   EXPECT_EQ(Run({"--sample", Path("sample.npy"), "--labels", Path("wide.npy")}), 1);
   EXPECT_EQ(err_.str(), "vecseal calibrate: " + Path("wide.npy") +
-                            ": labels must have one column, not 2\n");
+                            ": shape (300, 2) is not one column (rows,) or (rows, 1)\n");
+  std::ofstream(Path("complex.npy"), std::ios::binary) << NpyColumn("<c8", "(300,)", {});
+  EXPECT_EQ(Run({"--sample", Path("sample.npy"), "--labels", Path("complex.npy")}), 1);
+  EXPECT_EQ(err_.str(), "vecseal calibrate: " + Path("complex.npy") +
+                            ": dtype '<c8' is not supported (want integers, booleans, float32 or "
+                            "float64)\n");
+}
+
+TEST_F(CommandTest, LabelsInAnotherVectorFormatAreOneColumnOfWholeNumbers) {
+  const auto data = testing::MakeClustered(300, 16, 4, 0.4, 41);
+  client::Matrix labels{300, 1, {}};
+  for (uint32_t label : data.labels) labels.data.push_back(static_cast<float>(label) * 10);
+  ASSERT_TRUE(client::WriteMatrix(Path("labels.fvecs"), labels).ok());
+  ASSERT_EQ(Run({"--sample", Path("sample.npy"), "--labels", Path("labels.fvecs"), "--betas", "1",
+                 "--out", Path("r")}),
+            0)
+      << err_.str();
+  labels.data[7] = 2.5f;
+  ASSERT_TRUE(client::WriteMatrix(Path("labels.fvecs"), labels).ok());
+  EXPECT_EQ(Run({"--sample", Path("sample.npy"), "--labels", Path("labels.fvecs")}), 1);
+  EXPECT_EQ(err_.str(), "vecseal calibrate: " + Path("labels.fvecs") +
+                            ": row 7: label 2.5 is not a whole number (labels name classes: map "
+                            "them to whole numbers first)\n");
+}
+
+TEST_F(CommandTest, NonFiniteVectorsAreNamedByFileAndRow) {
+  const auto data = testing::MakeClustered(300, 16, 4, 0.4, 41);
+  client::Matrix sample{data.vectors.rows, data.vectors.cols, data.vectors.values};
+  sample.data[137 * 16 + 5] = std::nanf("");
+  ASSERT_TRUE(client::WriteMatrix(Path("nan.npy"), sample).ok());
+  EXPECT_EQ(Run({"--sample", Path("nan.npy")}), 1);
+  EXPECT_EQ(err_.str(), "vecseal calibrate: " + Path("nan.npy") +
+                            ": row 137: the vector has a non-finite value (NaN) at component 5; "
+                            "repair or drop that row\n");
+  EXPECT_EQ(Run({"--sample", Path("sample.npy"), "--queries", Path("nan.npy")}), 1);
+  EXPECT_NE(err_.str().find(Path("nan.npy") + ": row 137: "), std::string::npos) << err_.str();
 }
 
 }  // namespace

@@ -85,10 +85,28 @@ TEST(ReportTest, GuidanceSaysWhenNoBetaQualifies) {
   Recommend(report);
   EXPECT_EQ(RenderGuidance(report),
             "No beta tried keeps recall@10 >= 0.90. The smallest, 0.500, gives recall@10 0.500; "
-            "try smaller values.\n");
+            "try smaller values: --betas 0.025,0.05,0.1,0.15,0.25,0.5.\n");
   EXPECT_EQ(RenderTable(report).find("<- recommended"), std::string::npos);
   const nlohmann::json json = nlohmann::json::parse(RenderJson(report));
   EXPECT_TRUE(json["guidance"]["recommended_beta"].is_null());
+  EXPECT_EQ(json["guidance"]["next_betas"], (nlohmann::json{0.025, 0.05, 0.1, 0.15, 0.25, 0.5}));
+}
+
+TEST(ReportTest, GuidanceWarnsWhenTheLargestBetaTriedIsRecommended) {
+  CalibrationReport report = UnlabelledReport();
+  EXPECT_TRUE(NextBetas(report).empty());  // 0.5 is recommended and 2 was tried above it
+  EXPECT_TRUE(nlohmann::json::parse(RenderJson(report))["guidance"]["next_betas"].empty());
+  report.results[1].recall.value = 0.91;
+  Recommend(report);
+  ASSERT_EQ(report.recommended_beta, 2.0);
+  const std::string guidance = RenderGuidance(report);
+  EXPECT_NE(guidance.find("(recall@10 0.910 +/- 0.020).\nWarning: that is the largest beta tried, "
+                          "so a larger one may keep the targets too; run again with --betas "
+                          "2,3,4,6,10,20.\n"),
+            std::string::npos)
+      << guidance;
+  EXPECT_EQ(nlohmann::json::parse(RenderJson(report))["guidance"]["next_betas"],
+            (nlohmann::json{2, 3, 4, 6, 10, 20}));
 }
 
 TEST(ReportTest, TableMarksTheRecommendedRowAndDashesMissingClassifiers) {
@@ -116,6 +134,22 @@ TEST(ReportTest, SvgDrawsOneLinePerMeasuredSeriesAndTheRecommendation) {
   EXPECT_EQ(Count(svg, "recommended &#946; = 0.5<"), 2u);  // one per panel
   EXPECT_EQ(Count(svg, "<text"), Count(svg, "</text>"));
   EXPECT_TRUE(svg.ends_with("</svg>\n"));
+}
+
+TEST(ReportTest, SvgDrawsTheBaselinesEachPanelIsReadAgainst) {
+  CalibrationReport report = UnlabelledReport();
+  report.prior_cosine = 0.83;
+  report.plain_knn_accuracy = Estimate{0.97, 0.01};
+  report.plain_logistic_accuracy = Estimate{0.95, 0.01};
+  const std::string svg = RenderSvg(report);
+  // Each baseline is a dotted line across its panel, labelled there and in the legend.
+  EXPECT_EQ(Count(svg, "stroke-dasharray=\"2 3\""), 2u * 4u);
+  EXPECT_EQ(Count(svg, ">target recall 0.9<"), 2u);
+  EXPECT_EQ(Count(svg, ">k-NN on plaintext 0.970<"), 2u);
+  EXPECT_EQ(Count(svg, ">logistic regression on plaintext 0.950<"), 2u);
+  EXPECT_EQ(Count(svg, ">inversion cosine of guessing the mean 0.830<"), 2u);
+  // The leakage baseline sits at 0.83 of the panel's 260-pixel height below its top at y = 60.
+  EXPECT_NE(svg.find("y1=\"104.2\" y2=\"104.2\" stroke=\"#d62728\""), std::string::npos) << svg;
 }
 
 }  // namespace

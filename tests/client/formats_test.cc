@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -303,6 +304,15 @@ TEST_F(FormatsTest, NpyHeaderParserSurvivesMutations) {
       EXPECT_LE(header->data_offset, mutated.size());
     } else {
       EXPECT_FALSE(header.status().message().empty());
+    }
+    Result<internal::NpyHeader> column =
+        internal::ParseNpyHeader(mutated, internal::NpyArray::kColumn);
+    if (column.ok()) {
+      EXPECT_TRUE(std::has_single_bit(column->item_size) && column->item_size <= 8);
+      EXPECT_EQ(column->dimension, 1u);
+      EXPECT_LE(column->data_offset, mutated.size());
+    } else {
+      EXPECT_FALSE(column.status().message().empty());
     }
   }
 }

@@ -66,7 +66,7 @@ double MaxAbsDifference(const std::vector<float>& a, const std::vector<float>& b
   return worst;
 }
 
-// Decryption is approximate in floating point; this bound is far below the noise (β/4 = 0.625
+// Decryption is approximate in floating point; this bound is far below the noise (β/4 = 0.05
 // in norm for the demo key), so passing it means the noise really was removed.
 constexpr double kDecryptTolerance = 1e-3;
 

@@ -4,7 +4,8 @@
 # chrootless with DPKG_ROOT), its installed default config passes the installed
 # `vecseald --check-config`, and it purges leaving only the kept state (token, audit log) and the
 # system user; a C++ service builds with find_package(vecseal) against the installed
-# libvecseal-dev. Usage: check_package.sh SOURCE_DIR
+# libvecseal-dev; Debian's python3 imports the client from python3-vecseal's files.
+# Usage: check_package.sh SOURCE_DIR
 set -eu
 source_dir=$1
 [ "$(id -u)" -eq 0 ] || { echo "SKIP: dpkg --root needs root to set the package's owners"; exit 77; }
@@ -14,6 +15,8 @@ deb=$("$source_dir/scripts/package" "$work/out")
 dpkg-deb --info "$deb" | grep -q '^ Package: vecseal$'
 dev=$(echo "$work"/out/libvecseal-dev_*.deb)
 [ -f "$dev" ] || { echo "FAIL: no libvecseal-dev package beside $deb"; exit 1; }
+python_deb=$(echo "$work"/out/python3-vecseal_*_all.deb)
+[ -f "$python_deb" ] || { echo "FAIL: no python3-vecseal package beside $deb"; exit 1; }
 
 root="$work/root"
 mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
@@ -61,7 +64,26 @@ out=$("$work/consumer/my_service" "$work/m.npy" "$work/none.sock" 2>&1) || true
 [ "$out" = "formats ok
 connect_failed: cannot connect to $work/none.sock: no such file" ] || fail "consumer printed: $out"
 
-dpkg_root --purge vecseal libvecseal-dev
+# The Python client: unpacked, not configured, because dh_python3's postinst byte-compiles with
+# py3compile, which ignores DPKG_ROOT and would compile the host's /usr/lib/python3 (Python
+# compiles on first import anyway). It lands where Debian's python3 looks, and from there that
+# python3 imports it and gets a typed error from a socket that is not there.
+dpkg_root --unpack "$python_deb" >/dev/null 2>&1
+dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Status}\n' python3-vecseal | grep -q 'install ok unpacked' ||
+  fail "python3-vecseal did not unpack"
+dist=/usr/lib/python3/dist-packages
+/usr/bin/python3 -c "import sys; sys.exit('$dist' not in sys.path)" ||
+  fail "Debian's python3 does not search $dist"
+out=$(cd / && PYTHONPATH="$root$dist" /usr/bin/python3 -c '
+import sys, vecseal
+try:
+    vecseal.Client(sys.argv[1]).keys()
+except vecseal.Unavailable as error:
+    print(vecseal.__file__, error.code)
+' "$work/none.sock" 2>&1) || true
+[ "$out" = "$root$dist/vecseal/__init__.py daemon_not_running" ] || fail "import vecseal printed: $out"
+
+dpkg_root --purge vecseal libvecseal-dev python3-vecseal
 left=$(cd "$root" && find . -path ./var/lib/dpkg -prune -o -print | LC_ALL=C sort | tr '\n' ' ')
 # /var/lib/systemd is deb-systemd-helper's state directory, emptied by the purge (on a real
 # system it exists before and after).

@@ -66,7 +66,7 @@ def float32(x):
 
 @unittest.skipUnless(os.environ.get("VECSEAL_SOCKET"), "needs a daemon: run via with_daemon.py")
 class DaemonTest(unittest.TestCase):
-    BETA = 2.5  # the dev daemon's key `demo`
+    BETA = 0.2  # the dev daemon's key `demo` (docs/configuration.md, "Dev mode")
 
     def setUp(self):
         self.client = vecseal.Client()

@@ -15,6 +15,7 @@
 #include "vecseal/calibrate/calibration.h"
 #include "vecseal/calibrate/report.h"
 #include "vecseal/client/formats.h"
+#include "vecseal/core/cipher.h"
 #include "vecseal/core/deriver.h"
 
 namespace vecseal::calibrate {
@@ -129,6 +130,11 @@ Result<Matrix> ReadVectors(const std::string& path) {
   matrix.rows = read->rows;
   matrix.cols = read->dimension;
   matrix.values = std::move(read->data);
+  if (matrix.rows == 0) return matrix;
+  if (Status finite = core::ValidateVectors(matrix.values, matrix.cols); !finite.ok()) {
+    const Status named = client::AtRow(std::move(finite), path, 0);
+    return Status(named.code(), named.reason(), named.message() + "; repair or drop that row");
+  }
   return matrix;
 }
 
@@ -158,8 +164,7 @@ void IndexClasses(const std::vector<std::string>& names, Labels& labels, size_t&
   classes = distinct.size();
 }
 
-// .txt: one label per line (any text). Anything else goes through the vector readers, which
-// accept an (n, 1) array of whole numbers.
+// .txt: one label per line (any text). Anything else is a column of whole numbers.
 Status ReadLabels(const std::string& path, Labels& labels, size_t& classes) {
   std::vector<std::string> names;
   if (path.ends_with(".txt")) {
@@ -176,22 +181,9 @@ Status ReadLabels(const std::string& path, Labels& labels, size_t& classes) {
       if (names[i].empty()) return LabelError(path, "line " + std::to_string(i + 1) + " is empty");
     }
   } else {
-    Result<Matrix> read = ReadVectors(path);
-    if (!read.ok()) {
-      return LabelError(path, read.status().message() +
-                                  " (labels must be a float32 or float64 (n, 1) array, or a "
-                                  ".txt file with one label per line)");
-    }
-    if (read->cols != 1) {
-      return LabelError(path, "labels must have one column, not " + std::to_string(read->cols));
-    }
-    for (size_t i = 0; i < read->rows; ++i) {
-      const float value = read->values[i];
-      if (!std::isfinite(value) || value != std::floor(value) || std::abs(value) > 1e9f) {
-        return LabelError(path, "label " + std::to_string(i) + " is not a whole number");
-      }
-      names.push_back(std::to_string(static_cast<long long>(value)));
-    }
+    Result<std::vector<int64_t>> column = client::ReadLabelColumn(path);
+    if (!column.ok()) return LabelError(path, column.status().message());
+    for (int64_t label : *column) names.push_back(std::to_string(label));
   }
   IndexClasses(names, labels, classes);
   if (classes > kMaxClasses) {

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
+#include <ranges>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -21,6 +23,24 @@ std::string Fixed(double value, int decimals) {
 }
 
 std::string Percent(double share) { return Fixed(100 * share, 0) + "%"; }
+
+// Three significant digits, so that a suggested grid reads like one a person would type.
+double Round3(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.3g", value);
+  return std::strtod(buffer, nullptr);
+}
+
+// As --betas takes them: 7.5,10,15.
+std::string BetaList(const std::vector<double>& betas) {
+  std::string text;
+  for (double beta : betas) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%g", beta);
+    text += (text.empty() ? "" : ",") + std::string(buffer);
+  }
+  return text;
+}
 
 // Right-aligns `text` in a column of `width` characters (all ASCII here).
 std::string Cell(const std::string& text, size_t width) {
@@ -139,6 +159,21 @@ std::string BudgetGuidance(const CalibrationReport& report, const BetaResult& ch
 
 }  // namespace
 
+std::vector<double> NextBetas(const CalibrationReport& report) {
+  if (report.results.empty()) return {};
+  const auto [smallest, largest] = std::ranges::minmax(
+      report.results | std::views::transform([](const BetaResult& result) { return result.beta; }));
+  std::vector<double> betas;
+  if (report.recommended_beta && *report.recommended_beta == largest) {
+    for (double factor : {1.0, 1.5, 2.0, 3.0, 5.0, 10.0}) betas.push_back(Round3(largest * factor));
+  } else if (!report.recommended_beta) {
+    for (double factor : {0.05, 0.1, 0.2, 0.3, 0.5, 1.0}) {
+      betas.push_back(Round3(smallest * factor));
+    }
+  }
+  return betas;
+}
+
 std::string RenderGuidance(const CalibrationReport& report) {
   std::ostringstream out;
   const std::string targets = "recall@" + std::to_string(report.recall_k) + " >= " +
@@ -156,7 +191,8 @@ std::string RenderGuidance(const CalibrationReport& report) {
       const BetaResult& smallest = *std::ranges::min_element(
           report.results, {}, [](const BetaResult& result) { return result.beta; });
       out << " The smallest, " << Fixed(smallest.beta, 3) << ", gives recall@" << report.recall_k
-          << " " << Fixed(smallest.recall.value, 3) << "; try smaller values.";
+          << " " << Fixed(smallest.recall.value, 3) << "; try smaller values: --betas "
+          << BetaList(NextBetas(report)) << ".";
     }
     out << "\n";
     return out.str();
@@ -173,6 +209,10 @@ std::string RenderGuidance(const CalibrationReport& report) {
         << Fixed(report.plain_logistic_accuracy->value, 3);
   }
   out << ").\n";
+  if (const std::vector<double> next = NextBetas(report); !next.empty()) {
+    out << "Warning: that is the largest beta tried, so a larger one may keep the targets too; "
+        << "run again with --betas " << BetaList(next) << ".\n";
+  }
   if (report.median_neighbour_distance > 0) {
     out << "That is " << Fixed(chosen->beta / report.median_neighbour_distance, 1)
         << "x the median nearest-neighbour distance (" << Fixed(report.median_neighbour_distance, 3)
@@ -271,6 +311,7 @@ std::string RenderJson(const CalibrationReport& report) {
         {"max_inversion_cosine", report.max_inversion_cosine},
         {"recommended_beta", report.recommended_beta ? nlohmann::json(*report.recommended_beta)
                                                      : nlohmann::json(nullptr)},
+        {"next_betas", NextBetas(report)},
         {"text", RenderGuidance(report)}}}};
   return json.dump(2) + "\n";
 }
@@ -282,6 +323,14 @@ struct Series {
   std::string colour;
   bool dashed = false;
   std::vector<std::pair<double, double>> points;  // (β, value)
+};
+
+// A level that does not depend on β, drawn across the panel: a target, or what an attacker or
+// a model gets without encryption in the way.
+struct Reference {
+  std::string name;
+  std::string colour;
+  double value = 0;
 };
 
 // Round tick steps (1, 2 or 5 × 10^k) giving about `target` intervals over [0, max].
@@ -303,8 +352,8 @@ std::string TickLabel(double value) {
 
 // One chart of shares in [0, 1] against β, with its legend underneath.
 void DrawPanel(std::ostringstream& svg, double left, double top, const std::string& title,
-               const std::vector<Series>& series, double max_beta,
-               std::optional<double> recommended, std::optional<double> target) {
+               const std::vector<Series>& series, std::vector<Reference> references,
+               double max_beta, std::optional<double> recommended) {
   constexpr double kWidth = 380, kHeight = 260;
   const auto x = [&](double beta) { return left + kWidth * beta / max_beta; };
   const auto y = [&](double value) { return top + kHeight * (1 - value); };
@@ -329,10 +378,18 @@ void DrawPanel(std::ostringstream& svg, double left, double top, const std::stri
   }
   svg << "<text x=\"" << left + kWidth / 2 << "\" y=\"" << top + kHeight + 36
       << "\" text-anchor=\"middle\" font-size=\"12\">approximation factor &#946;</text>\n";
-  if (target) {
-    svg << "<line x1=\"" << left << "\" x2=\"" << left + kWidth << "\" y1=\"" << y(*target)
-        << "\" y2=\"" << y(*target) << "\" stroke=\"#1f77b4\" stroke-opacity=\"0.5\""
-        << " stroke-dasharray=\"2 3\"/>\n";
+  // Labelled at the right edge, top to bottom, each at least a line below the one above it.
+  std::ranges::sort(references, std::ranges::greater(), &Reference::value);
+  double label_y = top;
+  for (const Reference& reference : references) {
+    svg << "<line x1=\"" << left << "\" x2=\"" << left + kWidth << "\" y1=\""
+        << y(reference.value) << "\" y2=\"" << y(reference.value) << "\" stroke=\""
+        << reference.colour << "\" stroke-opacity=\"0.6\" stroke-dasharray=\"2 3\"/>\n";
+    label_y = std::max(label_y + 13, y(reference.value) - 4);
+    svg << "<text x=\"" << left + kWidth - 4 << "\" y=\"" << label_y
+        << "\" text-anchor=\"end\" font-size=\"10\" fill=\"" << reference.colour
+        << "\" stroke=\"#fff\" stroke-width=\"3\" paint-order=\"stroke\">"
+        << reference.name << "</text>\n";
   }
   if (recommended) {
     svg << "<line x1=\"" << x(*recommended) << "\" x2=\"" << x(*recommended) << "\" y1=\"" << top
@@ -363,12 +420,13 @@ void DrawPanel(std::ostringstream& svg, double left, double top, const std::stri
         << line.name << "</text>\n";
     legend_y += 17;
   }
-  if (target) {
+  for (const Reference& reference : references) {
     svg << "<line x1=\"" << left << "\" x2=\"" << left + 24 << "\" y1=\"" << legend_y - 4
-        << "\" y2=\"" << legend_y - 4 << "\" stroke=\"#1f77b4\" stroke-opacity=\"0.5\""
-        << " stroke-dasharray=\"2 3\"/>\n";
-    svg << "<text x=\"" << left + 30 << "\" y=\"" << legend_y << "\" font-size=\"12\">target recall "
-        << TickLabel(*target) << "</text>\n";
+        << "\" y2=\"" << legend_y - 4 << "\" stroke=\"" << reference.colour
+        << "\" stroke-opacity=\"0.6\" stroke-dasharray=\"2 3\"/>\n";
+    svg << "<text x=\"" << left + 30 << "\" y=\"" << legend_y << "\" font-size=\"12\">"
+        << reference.name << "</text>\n";
+    legend_y += 17;
   }
 }
 
@@ -382,13 +440,16 @@ std::string RenderSvg(const CalibrationReport& report) {
   std::vector<Series> utility = {
       {"recall@" + std::to_string(report.recall_k) + " of nearest-neighbour search", "#1f77b4",
        false, {}}};
+  std::vector<Reference> utility_references = {
+      {"target recall " + TickLabel(report.min_recall), "#1f77b4", report.min_recall}};
   if (report.plain_knn_accuracy) {
-    utility.push_back({"k-NN accuracy (plaintext " +
-                           Fixed(report.plain_knn_accuracy->value, 3) + ")",
-                       "#2ca02c", false, {}});
-    utility.push_back({"logistic regression accuracy (plaintext " +
-                           Fixed(report.plain_logistic_accuracy->value, 3) + ")",
-                       "#9467bd", false, {}});
+    utility.push_back({"k-NN accuracy", "#2ca02c", false, {}});
+    utility.push_back({"logistic regression accuracy", "#9467bd", false, {}});
+    utility_references.push_back({"k-NN on plaintext " + Fixed(report.plain_knn_accuracy->value, 3),
+                                  "#2ca02c", report.plain_knn_accuracy->value});
+    utility_references.push_back(
+        {"logistic regression on plaintext " + Fixed(report.plain_logistic_accuracy->value, 3),
+         "#9467bd", report.plain_logistic_accuracy->value});
   }
   const InversionResult* baseline = Strongest(report.transform_only);
   const std::string pairs = baseline ? std::to_string(baseline->pairs) : "?";
@@ -419,10 +480,12 @@ std::string RenderSvg(const CalibrationReport& report) {
   svg << "<text x=\"480\" y=\"22\" text-anchor=\"middle\" font-size=\"13\">vecseal calibrate: "
       << report.sample_rows << " vectors, d = " << report.dimension << ", "
       << core::TransformName(report.transform) << "</text>\n";
-  DrawPanel(svg, 60, 60, "Utility (higher is better)", utility, max_beta, report.recommended_beta,
-            report.min_recall);
-  DrawPanel(svg, 540, 60, "Leakage (lower is safer)", leakage, max_beta, report.recommended_beta,
-            std::nullopt);
+  DrawPanel(svg, 60, 60, "Utility (higher is better)", utility, std::move(utility_references),
+            max_beta, report.recommended_beta);
+  DrawPanel(svg, 540, 60, "Leakage (lower is safer)", leakage,
+            {{"inversion cosine of guessing the mean " + Fixed(report.prior_cosine, 3), "#d62728",
+              report.prior_cosine}},
+            max_beta, report.recommended_beta);
   svg << "</svg>\n";
   return svg.str();
 }

@@ -106,6 +106,15 @@ Result<Matrix> ReadMatrix(const std::string& path, const FormatOptions& options 
 Status WriteMatrix(const std::string& path, const Matrix& matrix,
                    const FormatOptions& options = {});
 
+// Class labels, one per row: a 1-D or (n, 1) .npy array of integers (int8 to int64, uint8 to
+// uint64), booleans or floats, or one column in any other vector format. Labels name classes,
+// so a float must be a whole number; errors name the file and the row.
+Result<std::vector<int64_t>> ReadLabelColumn(const std::string& path);
+
+// A status about vector i of a batch that starts at row `first_row` of `path` (one with a
+// vector index), reworded to name the file's row; other statuses pass unchanged.
+Status AtRow(Status status, const std::string& path, uint64_t first_row);
+
 // Token files hold the reversible-mode tokens of one encrypted file, row for row
 // (docs/cli.md "Token files"):
 //   magic "VSTOKEN1" (8) ‖ token_size u32le (41) ‖ reserved u32le (0) ‖ count u64le ‖

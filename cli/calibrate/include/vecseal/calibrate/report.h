@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "vecseal/calibrate/calibration.h"
 
@@ -11,6 +12,9 @@ namespace vecseal::calibrate {
 std::string RenderTable(const CalibrationReport& report);
 // The sentences under the table: which β meets the targets and what it leaves an attacker.
 std::string RenderGuidance(const CalibrationReport& report);
+// The β values to try next when the answer may lie outside those tried: above the largest when
+// it is the one recommended, below the smallest when none qualifies; otherwise none.
+std::vector<double> NextBetas(const CalibrationReport& report);
 std::string RenderJson(const CalibrationReport& report);
 std::string RenderSvg(const CalibrationReport& report);
 
