@@ -69,7 +69,7 @@ std::string ParseArgs(std::span<const std::string> args, Args* out) {
       Operation op;
       if (!ParseOperation(value, &op)) {
         return "--op must be one of encrypt, decrypt, keys.list, keys.create, keys.rotate, "
-               "audit.read";
+               "keys.config, keys.delete, rewrap, audit.read";
       }
       out->op = op;
     } else if (flag == "--key") {
