@@ -22,12 +22,12 @@ constexpr size_t kMaxKeyPatternLength = 128;
 constexpr size_t kMaxRuleIdLength = 64;
 
 constexpr std::array<Operation, 9> kAllOperations = {
-    Operation::kEncrypt,    Operation::kDecrypt,     Operation::kKeysList,
-    Operation::kKeysCreate, Operation::kKeysRotate,  Operation::kAuditRead,
-    Operation::kKeysConfig, Operation::kKeysDelete, Operation::kRewrap};
+    Operation::kEncrypt,    Operation::kDecrypt,    Operation::kRewrap,
+    Operation::kKeysList,   Operation::kKeysCreate, Operation::kKeysRotate,
+    Operation::kKeysConfig, Operation::kKeysDelete, Operation::kAuditRead};
 
 constexpr std::string_view kOperationList =
-    "encrypt, decrypt, keys.list, keys.create, keys.rotate, keys.config, keys.delete, rewrap or "
+    "encrypt, decrypt, rewrap, keys.list, keys.create, keys.rotate, keys.config, keys.delete or "
     "audit.read";
 
 enum class Field { kUser, kUid, kGroup, kGid, kUnit, kExe, kExeSha256, kScript, kScriptSha256 };

@@ -156,12 +156,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"OperationUnknown", WithRule(R"({"id": "x", "callers": {"uid": 1}, "keys": ["k"],
                                                  "operations": ["encrypt", "sign"]})"),
                 "/rules/1/operations/1: unknown operation 'sign'; use encrypt, decrypt, "
-                "keys.list, keys.create, keys.rotate, keys.config, keys.delete, rewrap or "
+                "rewrap, keys.list, keys.create, keys.rotate, keys.config, keys.delete or "
                 "audit.read"},
         BadCase{"OperationsEmpty", WithRule(R"({"id": "x", "callers": {"uid": 1}, "keys": ["k"],
                                                 "operations": []})"),
                 "/rules/1/operations: empty list; list at least one of encrypt, decrypt, "
-                "keys.list, keys.create, keys.rotate, keys.config, keys.delete, rewrap or "
+                "rewrap, keys.list, keys.create, keys.rotate, keys.config, keys.delete or "
                 "audit.read"},
         BadCase{"ControlCharsEscaped", WithRule(R"({"id": "x", "callers": {"uid": 1},
                                                     "keys": ["k\u001b[31m"],
