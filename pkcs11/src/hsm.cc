@@ -500,6 +500,7 @@ struct PoolSlot {
   // init is most of the cost; on a network HSM it is a second round trip). ECB has no chaining,
   // so each update's output is exactly what a fresh C_Encrypt gives. Empty: none open.
   std::string open_encryption;
+  uint64_t key_epoch = 0;  // Hsm::State::key_epoch when `keys` and the open operation were set
 };
 
 }  // namespace
@@ -522,6 +523,9 @@ struct Hsm::State {
   // that much with CKR_DATA_LEN_RANGE.
   std::atomic<size_t> part_bytes{kDerivationPartBytes};
   std::atomic<uint64_t> recovery_failures{0};
+  // Bumped when vecseal destroys a model key: a pooled session's cached handles and open
+  // operation may belong to it, and a new key of the same label must not be served by them.
+  std::atomic<uint64_t> key_epoch{0};
   // The PIN file version the token last refused, and that refusal (guarded by admin_mutex).
   std::optional<PinFileStamp> refused_pin_file;
   Status refused_login;
@@ -698,7 +702,15 @@ PoolSlot& Hsm::State::Acquire(std::unique_lock<std::mutex>& lock) {
 
 Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   uint64_t current = generation.load();
-  if (pool_slot.generation == current && pool_slot.session.valid()) return Status::Ok();
+  const uint64_t epoch = key_epoch.load();
+  if (pool_slot.generation == current && pool_slot.session.valid()) {
+    if (pool_slot.key_epoch != epoch) {
+      EndEncryption(pool_slot);
+      pool_slot.keys.clear();
+      pool_slot.key_epoch = epoch;
+    }
+    return Status::Ok();
+  }
   if (pool_slot.initialisation != initialisation.load()) {
     for (auto& [unused, key] : pool_slot.keys) key.Release();
     pool_slot.session.Forget();
@@ -711,6 +723,7 @@ Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   pool_slot.session = std::move(session).value();
   pool_slot.generation = current;
   pool_slot.initialisation = initialisation.load();
+  pool_slot.key_epoch = epoch;
   return Status::Ok();
 }
 
@@ -1432,7 +1445,10 @@ Result<std::vector<uint32_t>> Hsm::DeleteKey(std::string_view name) {
                               Attr(CKA_LABEL, label)};
       auto keys = state_->FindKeys(state_->anchor, match);
       if (!keys.ok()) return std::move(keys).TakeStatus();
-      for (Object& key : *keys) VECSEAL_RETURN_IF_ERROR(key.Destroy());
+      for (Object& key : *keys) {
+        state_->key_epoch.fetch_add(1);
+        VECSEAL_RETURN_IF_ERROR(key.Destroy());
+      }
       destroyed.push_back(version);
     }
     // Then every record of the key (parameters, dimension, minimum versions), including those

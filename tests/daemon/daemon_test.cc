@@ -571,6 +571,33 @@ TEST_F(DaemonTest, DeleteNeedsItsGrantAndForceWhileThePolicyNamesTheKey) {
   EXPECT_EQ(gone.status, 405u);
 }
 
+// A pooled session keeps a key version's AES operation open between requests: after a deletion,
+// a new key of the same name must not be served by the old key's operation.
+TEST_F(DaemonTest, AKeyDeletedAndCreatedAgainIsANewKey) {
+  const json create = {{"name", "reborn"}, {"approximation_factor", 2.0}, {"dimension", 3}};
+  ASSERT_EQ(client_->PostJson("/v1/keys", create).status, 201u);
+  const json plain = {{0.6, 0.8, 0.0}};
+  auto before = client_->PostJson("/v1/keys/reborn/encrypt",
+                                  {{"vectors", plain}, {"reversible", true}});
+  ASSERT_EQ(before.status, 200u) << before.body;
+  ASSERT_EQ(Delete(*client_, "/v1/keys/reborn").status, 200u);
+  EXPECT_EQ(client_->PostJson("/v1/keys/reborn/encrypt", {{"vectors", plain}}).ErrorCode(),
+            "key_not_found");
+  ASSERT_EQ(client_->PostJson("/v1/keys", create).status, 201u);
+  auto after = client_->PostJson("/v1/keys/reborn/encrypt",
+                                 {{"vectors", plain}, {"reversible", true}});
+  ASSERT_EQ(after.status, 200u) << after.body;
+  auto old_tokens = client_->PostJson(
+      "/v1/keys/reborn/decrypt",
+      {{"vectors", before.Json()["vectors"]}, {"tokens", before.Json()["tokens"]}});
+  EXPECT_EQ(old_tokens.status, 400u) << old_tokens.body;
+  EXPECT_EQ(old_tokens.ErrorCode(), "token_authentication_failed");
+  auto new_tokens = client_->PostJson(
+      "/v1/keys/reborn/decrypt",
+      {{"vectors", after.Json()["vectors"]}, {"tokens", after.Json()["tokens"]}});
+  EXPECT_EQ(new_tokens.status, 200u) << new_tokens.body;
+}
+
 // vecseal_hsm_calls_total{function="NAME"}, read from /metrics.
 uint64_t HsmCalls(HttpClient& client, const std::string& function) {
   const std::string text = client.Get("/metrics").body;
