@@ -42,6 +42,10 @@ Commands:
   keys create NAME --approximation-factor BETA [--transform rotate|permute] [--dimension D]
                    [--derivation aes|hmac]
   keys rotate NAME
+  keys show NAME          the key's versions, which of them are retired, its minimum versions
+  keys config NAME [--min-encryption-version N] [--min-decryption-version M]
+  keys delete NAME [--force]   destroy every version in the HSM (--force: although the
+                               policy still names the key)
   whoami          what vecseald knows about you and what the policy grants you
   status          vecseald's health (HSM, audit log)
   audit verify|show ...   check or read the audit log (vecseal audit --help)
@@ -398,11 +402,25 @@ void PrintKey(const client::KeyInfo& key, std::ostream& out) {
   }
 }
 
+// "  versions: v1 retired, v2 decrypt_only, v3 active  (min encryption 3, min decryption 2)".
+void PrintVersionStates(const client::KeyInfo& key, std::ostream& out) {
+  out << "  versions:";
+  for (size_t i = 0; i < key.versions.size(); ++i) {
+    out << (i == 0 ? " v" : ", v") << key.versions[i] << " "
+        << (i < key.states.size() ? key.states[i] : "?");
+  }
+  out << "  (min encryption " << key.min_encryption_version << ", min decryption "
+      << key.min_decryption_version << ")\n";
+}
+
 Status RunKeys(std::span<const std::string> args, const std::string& socket, std::ostream& out) {
-  Args parsed(args, {"approximation-factor", "transform", "dimension", "derivation"}, {});
+  Args parsed(args,
+              {"approximation-factor", "transform", "dimension", "derivation",
+               "min-encryption-version", "min-decryption-version"},
+              {"force"});
   VECSEAL_RETURN_IF_ERROR(parsed.Parse());
   const std::vector<std::string>& pos = parsed.positionals();
-  if (pos.empty()) return Usage("keys needs list, create or rotate");
+  if (pos.empty()) return Usage("keys needs list, create, rotate, show, config or delete");
   const std::string& sub = pos[0];
   if (sub == "list") {
     if (pos.size() != 1) return Usage("keys list takes no arguments");
@@ -457,7 +475,52 @@ Status RunKeys(std::span<const std::string> args, const std::string& socket, std
     PrintKey(*key, out);
     return Status::Ok();
   }
-  return Usage("unknown keys command '" + sub + "' (list, create or rotate)");
+  if (sub == "show") {
+    if (pos.size() != 2) return Usage("keys show needs exactly one NAME");
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<client::KeyInfo> key = (*daemon)->GetKey(pos[1]);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    PrintKey(*key, out);
+    PrintVersionStates(*key, out);
+    return Status::Ok();
+  }
+  if (sub == "config") {
+    if (pos.size() != 2) return Usage("keys config needs exactly one NAME");
+    std::optional<uint32_t> minimums[2];
+    const char* names[2] = {"min-encryption-version", "min-decryption-version"};
+    for (size_t i = 0; i < 2; ++i) {
+      if (!parsed.Has(names[i])) continue;
+      Result<size_t> version = parsed.GetSize(names[i], 0, 1);
+      if (!version.ok()) return std::move(version).TakeStatus();
+      if (*version > UINT32_MAX) return Usage(std::string("--") + names[i] + " is too large");
+      minimums[i] = static_cast<uint32_t>(*version);
+    }
+    if (!minimums[0] && !minimums[1]) {
+      return Usage("keys config needs --min-encryption-version N, --min-decryption-version M "
+                   "or both");
+    }
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<client::KeyInfo> key = (*daemon)->ConfigureKey(pos[1], minimums[0], minimums[1]);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    out << "configured ";
+    PrintKey(*key, out);
+    PrintVersionStates(*key, out);
+    return Status::Ok();
+  }
+  if (sub == "delete") {
+    if (pos.size() != 2) return Usage("keys delete needs exactly one NAME");
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<std::vector<uint32_t>> destroyed = (*daemon)->DeleteKey(pos[1], parsed.Has("force"));
+    if (!destroyed.ok()) return std::move(destroyed).TakeStatus();
+    out << "deleted " << pos[1] << ": destroyed versions";
+    for (uint32_t version : *destroyed) out << " " << version;
+    out << "\n";
+    return Status::Ok();
+  }
+  return Usage("unknown keys command '" + sub + "' (list, create, rotate, show, config or delete)");
 }
 
 std::string Scalar(const nlohmann::json& value) {

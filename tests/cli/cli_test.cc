@@ -165,7 +165,13 @@ TEST_F(CliTest, UsageErrorsAreOneLineWithExitCodeTwo) {
       {{"keys", "create", "k"}, "keys create needs --approximation-factor BETA (see: vecseal calibrate)"},
       {{"keys", "create", "k", "--approximation-factor", "-1"},
        "--approximation-factor must be a positive number, not '-1'"},
-      {{"keys", "drop", "k"}, "unknown keys command 'drop' (list, create or rotate)"},
+      {{"keys", "drop", "k"},
+       "unknown keys command 'drop' (list, create, rotate, show, config or delete)"},
+      {{"keys", "config", "k"},
+       "keys config needs --min-encryption-version N, --min-decryption-version M or both"},
+      {{"keys", "config", "k", "--min-decryption-version", "0"},
+       "--min-decryption-version must be an integer of at least 1, not '0'"},
+      {{"keys", "delete"}, "keys delete needs exactly one NAME"},
       {{"frobnicate"}, "unknown command 'frobnicate'"},
   };
   for (const auto& [args, message] : cases) {
@@ -447,6 +453,23 @@ TEST_F(CliTest, KeysWhoamiAndStatus) {
   const ProcessResult listed = Vecseal({"keys", "list"});
   ASSERT_EQ(listed.exit_code, 0) << listed.err;
   EXPECT_THAT(listed.out, HasSubstr("model-a  version 2  rotate  beta 2.5"));
+  const ProcessResult configured =
+      Vecseal({"keys", "config", "model-a", "--min-encryption-version", "2"});
+  ASSERT_EQ(configured.exit_code, 0) << configured.err;
+  EXPECT_THAT(configured.out, HasSubstr("versions: v1 decrypt_only, v2 active  (min encryption 2, "
+                                        "min decryption 1)"));
+  const ProcessResult too_far =
+      Vecseal({"keys", "config", "model-a", "--min-decryption-version", "3"});
+  EXPECT_EQ(too_far.exit_code, 5) << too_far.err;
+  EXPECT_THAT(too_far.err, HasSubstr("min_decryption_version (3)"));
+  const ProcessResult shown = Vecseal({"keys", "show", "model-a"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.err;
+  EXPECT_THAT(shown.out, HasSubstr("v1 decrypt_only, v2 active"));
+  const ProcessResult deleted = Vecseal({"keys", "delete", "model-a"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.err;
+  EXPECT_EQ(deleted.out, "deleted model-a: destroyed versions 1 2\n");
+  const ProcessResult gone = Vecseal({"keys", "show", "model-a"});
+  EXPECT_EQ(gone.exit_code, 6) << gone.err;
 
   const ProcessResult status = Vecseal({"status"});
   EXPECT_EQ(status.exit_code, 0) << status.err;
