@@ -310,6 +310,19 @@ Result<KeyInfo> ParseKeyInfo(const nlohmann::json& j) {
   }
 }
 
+// Whole vectors of `dimension`, and one token for each.
+Status CheckTokenBatch(const char* what, std::span<const float> vectors, size_t dimension,
+                       std::span<const uint8_t> tokens) {
+  if (dimension != 0 && vectors.size() % dimension == 0 &&
+      tokens.size() == vectors.size() / dimension * kTokenSize) {
+    return Status::Ok();
+  }
+  return Status(Code::kInvalidArgument, "invalid_length",
+                std::string(what) + " needs whole vectors of dimension " +
+                    std::to_string(dimension) + " and one " + std::to_string(kTokenSize) +
+                    "-byte token per vector");
+}
+
 // The base64 tokens of a JSON answer, appended to `out` as kTokenSize bytes each.
 Status DecodeTokens(const std::vector<std::string>& texts, std::vector<uint8_t>& out) {
   for (const std::string& text : texts) {
@@ -318,6 +331,24 @@ Status DecodeTokens(const std::vector<std::string>& texts, std::vector<uint8_t>&
     out.insert(out.end(), bytes->begin(), bytes->end());
   }
   return Status::Ok();
+}
+
+// The JSON answer of an encrypt or rewrap: `floats` values of `dimension` and `token_bytes`
+// bytes of tokens, or an error.
+Result<EncryptResult> ReadSealedJson(const HttpResponse& response, size_t dimension,
+                                     size_t floats, size_t token_bytes) {
+  if (response.status != 200) return StatusFromResponse(response);
+  EncryptResult result;
+  std::vector<std::string> token_texts;
+  result.vectors.reserve(floats);
+  VectorsResponseReader reader(dimension, result.vectors, token_texts);
+  VECSEAL_RETURN_IF_ERROR(reader.Read(response.body, result.key_version));
+  result.dimension = dimension;
+  VECSEAL_RETURN_IF_ERROR(DecodeTokens(token_texts, result.tokens));
+  if (result.vectors.size() != floats || result.tokens.size() != token_bytes) {
+    return BadResponse("a response with the wrong number of vectors or tokens");
+  }
+  return result;
 }
 
 // {"vectors": [...], "tokens": ["base64", ...]}: a decrypt or rewrap body.
@@ -738,17 +769,7 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   body += "}";
   Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
   if (!response.ok()) return std::move(response).TakeStatus();
-  if (response->status != 200) return StatusFromResponse(*response);
-  std::vector<std::string> token_texts;
-  result.vectors.reserve(vectors.size());
-  VectorsResponseReader reader(dimension, result.vectors, token_texts);
-  VECSEAL_RETURN_IF_ERROR(reader.Read(response->body, result.key_version));
-  result.dimension = dimension;
-  VECSEAL_RETURN_IF_ERROR(DecodeTokens(token_texts, result.tokens));
-  if (result.vectors.size() != vectors.size() || result.tokens.size() != (reversible ? n * kTokenSize : 0)) {
-    return BadResponse("a response with the wrong number of vectors or tokens");
-  }
-  return result;
+  return ReadSealedJson(*response, dimension, vectors.size(), reversible ? n * kTokenSize : 0);
 }
 
 Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float> vectors,
@@ -799,12 +820,7 @@ Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float
 Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const float> vectors,
                                       size_t dimension, std::span<const uint8_t> tokens) {
   VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
-  if (dimension == 0 || vectors.size() % dimension != 0 ||
-      tokens.size() != vectors.size() / dimension * kTokenSize) {
-    return Status(Code::kInvalidArgument, "invalid_length",
-                  "decrypt needs whole vectors of dimension " + std::to_string(dimension) +
-                      " and one " + std::to_string(kTokenSize) + "-byte token per vector");
-  }
+  VECSEAL_RETURN_IF_ERROR(CheckTokenBatch("decrypt", vectors, dimension, tokens));
   const std::string target = "/v1/keys/" + std::string(key) + "/decrypt";
   DecryptResult result;
   if (options_.wire == Wire::kBinary) {
@@ -924,28 +940,12 @@ Result<std::vector<uint32_t>> Client::DeleteKey(std::string_view key, bool force
 Result<EncryptResult> Client::Rewrap(std::string_view key, std::span<const float> vectors,
                                      size_t dimension, std::span<const uint8_t> tokens) {
   VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
-  if (dimension == 0 || vectors.size() % dimension != 0 ||
-      tokens.size() != vectors.size() / dimension * kTokenSize) {
-    return Status(Code::kInvalidArgument, "invalid_length",
-                  "rewrap needs whole vectors of dimension " + std::to_string(dimension) +
-                      " and one " + std::to_string(kTokenSize) + "-byte token per vector");
-  }
+  VECSEAL_RETURN_IF_ERROR(CheckTokenBatch("rewrap", vectors, dimension, tokens));
   Result<HttpResponse> response =
       Call("POST", "/v1/keys/" + std::string(key) + "/rewrap", "application/json",
            JsonTokensBody(vectors, dimension, tokens), {});
   if (!response.ok()) return std::move(response).TakeStatus();
-  if (response->status != 200) return StatusFromResponse(*response);
-  EncryptResult result;
-  std::vector<std::string> token_texts;
-  result.vectors.reserve(vectors.size());
-  VectorsResponseReader reader(dimension, result.vectors, token_texts);
-  VECSEAL_RETURN_IF_ERROR(reader.Read(response->body, result.key_version));
-  result.dimension = dimension;
-  VECSEAL_RETURN_IF_ERROR(DecodeTokens(token_texts, result.tokens));
-  if (result.vectors.size() != vectors.size() || result.tokens.size() != tokens.size()) {
-    return BadResponse("a response with the wrong number of vectors or tokens");
-  }
-  return result;
+  return ReadSealedJson(*response, dimension, vectors.size(), tokens.size());
 }
 
 Result<std::string> Client::Whoami() {

@@ -189,6 +189,34 @@ TEST_F(PinTest, ErrorsNameTheSourceNeverTheContent) {
 
 // The Hsm against a real SoftHSM2 token.
 
+// The token's data objects of `application` labelled `label`, as a PIN holder sees them.
+std::vector<Object> FindRecords(Session& session, const std::string& application,
+                                const std::string& label) {
+  CK_OBJECT_CLASS klass = CKO_DATA;
+  CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass},
+                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                          {CKA_APPLICATION, const_cast<char*>(application.data()),
+                           application.size()}};
+  auto found = session.Find(match);
+  EXPECT_TRUE(found.ok());
+  return found.ok() ? std::move(found).value() : std::vector<Object>();
+}
+
+// Creates a data object as a PIN holder could: a record vecseal did not write.
+void PlantRecord(Session& session, const std::string& application, const std::string& label,
+                 const std::vector<uint8_t>& value) {
+  CK_OBJECT_CLASS klass = CKO_DATA;
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE data[] = {{CKA_CLASS, &klass, sizeof klass},
+                         {CKA_TOKEN, &yes, 1},
+                         {CKA_PRIVATE, &yes, 1},
+                         {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                         {CKA_APPLICATION, const_cast<char*>(application.data()),
+                          application.size()},
+                         {CKA_VALUE, const_cast<uint8_t*>(value.data()), value.size()}};
+  ASSERT_TRUE(session.Create(data).ok());
+}
+
 class HsmTest : public testing::SoftHsmTest {
  protected:
 
@@ -897,28 +925,14 @@ TEST_F(HsmTest, AFixedDimensionIsAuthenticated) {
   ASSERT_TRUE(hsm->RotateKey("pin").ok());
   ASSERT_TRUE(hsm->FixDimension("pin", 64).ok());
   auto raw = OpenRaw();
+  const std::string application = "vecseal/v1/params-dimension";
   const auto fixed_record = [&](const std::string& label) {
-    CK_OBJECT_CLASS klass = CKO_DATA;
-    std::string application = "vecseal/v1/params-dimension";
-    CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass},
-                            {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-                            {CKA_APPLICATION, application.data(), application.size()}};
-    auto found = raw->session.Find(match);
-    EXPECT_TRUE(found.ok());
-    EXPECT_EQ(found->size(), 1u) << label;
-    return std::move(found->front());
+    std::vector<Object> found = FindRecords(raw->session, application, label);
+    EXPECT_EQ(found.size(), 1u) << label;
+    return found.empty() ? Object() : std::move(found.front());
   };
   const auto plant = [&](const std::string& label, const std::vector<uint8_t>& value) {
-    CK_OBJECT_CLASS klass = CKO_DATA;
-    CK_BBOOL yes = CK_TRUE;
-    std::string application = "vecseal/v1/params-dimension";
-    CK_ATTRIBUTE data[] = {{CKA_CLASS, &klass, sizeof klass},
-                           {CKA_TOKEN, &yes, 1},
-                           {CKA_PRIVATE, &yes, 1},
-                           {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-                           {CKA_APPLICATION, application.data(), application.size()},
-                           {CKA_VALUE, const_cast<uint8_t*>(value.data()), value.size()}};
-    ASSERT_TRUE(raw->session.Create(data).ok());
+    PlantRecord(raw->session, application, label, value);
   };
   Object v1 = fixed_record("vecseal:pin:v1");
   const auto v1_value = v1.GetAttribute(CKA_VALUE);
@@ -962,28 +976,12 @@ TEST_F(HsmTest, ParametersOfOneKeyDoNotVerifyForAnother) {
 // Minimum versions (docs/hsm.md, "What is on the token").
 
 std::vector<Object> ConfigRecords(Session& session, const std::string& label) {
-  CK_OBJECT_CLASS klass = CKO_DATA;
-  std::string application = "vecseal/v1/key-config";
-  CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass},
-                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-                          {CKA_APPLICATION, application.data(), application.size()}};
-  auto found = session.Find(match);
-  EXPECT_TRUE(found.ok());
-  return found.ok() ? std::move(found).value() : std::vector<Object>();
+  return FindRecords(session, "vecseal/v1/key-config", label);
 }
 
 void PlantConfigRecord(Session& session, const std::string& label,
                        const std::vector<uint8_t>& value) {
-  CK_OBJECT_CLASS klass = CKO_DATA;
-  CK_BBOOL yes = CK_TRUE;
-  std::string application = "vecseal/v1/key-config";
-  CK_ATTRIBUTE data[] = {{CKA_CLASS, &klass, sizeof klass},
-                         {CKA_TOKEN, &yes, 1},
-                         {CKA_PRIVATE, &yes, 1},
-                         {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-                         {CKA_APPLICATION, application.data(), application.size()},
-                         {CKA_VALUE, const_cast<uint8_t*>(value.data()), value.size()}};
-  ASSERT_TRUE(session.Create(data).ok());
+  PlantRecord(session, "vecseal/v1/key-config", label, value);
 }
 
 TEST_F(HsmTest, MinimumVersionsAreCheckedStoredAndOutliveARestart) {
