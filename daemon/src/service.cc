@@ -971,7 +971,9 @@ Status Service::ConfigureKey(Call& call, const std::string& key_name) {
   if (body.empty()) {
     return InvalidRequest("give min_encryption_version, min_decryption_version or both");
   }
-  // The stored values, not a cached copy: what is not given stays as the token has it.
+  // The stored values, not a cached copy: what is not given stays as the token has it. One
+  // change at a time, so that two requests setting one field each do not undo each other.
+  std::lock_guard changing(key_config_mutex_);
   auto current = hsm_.ReadKeyConfig(key_name);
   if (!current.ok()) return CountHsm(std::move(current).TakeStatus());
   pkcs11::KeyConfig wanted = *current;

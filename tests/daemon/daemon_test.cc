@@ -473,6 +473,23 @@ TEST_F(DaemonTest, RetiredVersionsAreRefusedAndRewrapMovesTokensToTheNewest) {
   ASSERT_EQ(opened.status, 200u) << opened.body;
   EXPECT_EQ(opened.Json()["key_version"], 2);
   EXPECT_LT(MaxAbsDifference(Flatten(opened.Json()["vectors"]), plain), kDecryptTolerance);
+  // Binary: what a reversible binary encrypt returned goes in, the same shape comes out.
+  auto binary_v1 = client_->PostBinary(
+      "/v1/keys/life/encrypt", FloatsToBytes(plain),
+      {{"Vecseal-Dimension", "4"}, {"Vecseal-Reversible", "true"}, {"Vecseal-Key-Version", "1"}});
+  ASSERT_EQ(binary_v1.status, 200u) << binary_v1.body;
+  auto binary_moved = client_->PostBinary("/v1/keys/life/rewrap", binary_v1.body,
+                                          {{"Vecseal-Dimension", "4"}});
+  ASSERT_EQ(binary_moved.status, 200u) << binary_moved.body;
+  EXPECT_EQ(binary_moved.headers["vecseal-key-version"], "2");
+  ASSERT_EQ(binary_moved.body.size(), binary_v1.body.size());
+  auto binary_opened = client_->PostBinary("/v1/keys/life/decrypt", binary_moved.body,
+                                           {{"Vecseal-Dimension", "4"}});
+  ASSERT_EQ(binary_opened.status, 200u) << binary_opened.body;
+  EXPECT_EQ(binary_opened.headers["vecseal-key-version"], "2");
+  EXPECT_LT(MaxAbsDifference(BytesToFloats(binary_opened.body, plain.size()), plain),
+            kDecryptTolerance);
+
   const json rewrap_record = LastRecordOf(*daemon_, "rewrap");
   EXPECT_EQ(rewrap_record["key_version"], 2);
   EXPECT_EQ(rewrap_record["extra"]["from_key_version"], 1);

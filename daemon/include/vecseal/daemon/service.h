@@ -140,6 +140,7 @@ class Service final : public RequestHandler {
   std::map<std::pair<std::string, uint32_t>, CachedKey> ciphers_;
   std::map<std::string, uint32_t, std::less<>> newest_;
   std::map<std::string, pkcs11::KeyConfig, std::less<>> configs_;
+  std::mutex key_config_mutex_;  // held across a configuration's read and write on the token
   uint64_t next_request_ = 1;
   policy::UidRateLimiter derivation_budget_;  // milliseconds, refilled per minute
   policy::BudgetLedger budgets_;
