@@ -1035,6 +1035,14 @@ Status Service::DeleteKey(Call& call, const std::string& key_name) {
                       "), so callers may still depend on it; remove it from the policy and "
                       "reload, or delete with force=true");
   }
+  // What cannot be undone is not started while the log could not record it; the record is
+  // still written after the deletion, so a log that fails in between leaves a 503 for a key
+  // that is gone (the daemon's log says so).
+  if (!audit_log_.healthy()) {
+    return Status(Code::kUnavailable, "audit_unavailable",
+                  "the audit log cannot be written now, so nothing is deleted; vecseald's log "
+                  "says why");
+  }
   auto deleted = hsm_.DeleteKey(key_name);
   // Whatever happened on the token, nothing cached about the key may be used again.
   ForgetKey(key_name);

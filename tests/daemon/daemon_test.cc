@@ -1242,6 +1242,11 @@ TEST(DaemonAuditTest, AuditFailureFailsClosedEndToEnd) {
   EXPECT_EQ(encrypted.status, 503u);
   EXPECT_EQ(encrypted.ErrorCode(), "audit_unavailable");
   EXPECT_EQ(encrypted.body.find("\"vectors\""), std::string::npos) << "no vectors without a record";
+  // Nothing irreversible is started while the log is known to be failing.
+  auto deleted = Delete(client, "/v1/keys/demo");
+  EXPECT_EQ(deleted.status, 503u);
+  EXPECT_EQ(deleted.ErrorCode(), "audit_unavailable");
+  EXPECT_EQ(daemon->Log().find("event=key_deleted"), std::string::npos) << daemon->Log();
   auto health = client.Get("/v1/health");
   EXPECT_EQ(health.status, 503u);
   EXPECT_EQ(health.Json()["audit"], "unavailable");
