@@ -38,6 +38,9 @@ Commands:
           [--batch N] [--format npy|fvecs|jsonl|f32] IN OUT
   decrypt --key NAME --tokens IN.tok [--field F] [--dim D] [--batch N]
           [--format npy|fvecs|jsonl|f32] IN OUT
+  rewrap --key NAME --tokens IN.tok --tokens-out OUT.tok [--field F] [--dim D] [--batch N]
+         [--format npy|fvecs|jsonl|f32] IN OUT
+          reversible ciphertexts re-encrypted under the newest key version, in vecseald
   keys list
   keys create NAME --approximation-factor BETA [--transform rotate|permute] [--dimension D]
                    [--derivation aes|hmac]
@@ -210,8 +213,22 @@ Result<std::unique_ptr<Client>> ConnectClient(const std::string& socket,
   return Client::Connect(std::move(options));
 }
 
+// What a file transfer asks of the daemon for each batch.
+enum class Transfer { kEncrypt, kDecrypt, kRewrap };
+
+std::string TransferName(Transfer transfer) {
+  switch (transfer) {
+    case Transfer::kEncrypt: return "encrypt";
+    case Transfer::kDecrypt: return "decrypt";
+    case Transfer::kRewrap: return "rewrap";
+  }
+  return "";
+}
+
 struct TransferArgs {
+  Transfer transfer = Transfer::kEncrypt;
   std::string key, in, out, tokens, field;
+  std::string tokens_out;  // rewrap: the new tokens
   size_t dimension = 0;
   size_t batch = kDefaultBatch;
   bool reversible = false;
@@ -229,19 +246,27 @@ Result<client::VectorFormat> FormatOf(const std::string& path,
                 by_name.status().message() + " with --format npy|fvecs|jsonl|f32");
 }
 
-Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encrypt) {
-  Args parsed(args, {"key", "tokens", "field", "dim", "batch", "key-version", "format"},
+Result<TransferArgs> ParseTransfer(std::span<const std::string> args, Transfer transfer) {
+  Args parsed(args,
+              {"key", "tokens", "tokens-out", "field", "dim", "batch", "key-version", "format"},
               {"reversible"});
   VECSEAL_RETURN_IF_ERROR(parsed.Parse());
   TransferArgs t;
+  t.transfer = transfer;
   t.key = parsed.Get("key");
   t.tokens = parsed.Get("tokens");
+  t.tokens_out = parsed.Get("tokens-out");
   t.field = parsed.Get("field", "embedding");
   t.reversible = parsed.Has("reversible");
-  const std::string command = encrypt ? "encrypt" : "decrypt";
-  if (!encrypt && t.reversible) return Usage("decrypt takes no --reversible");
+  const bool encrypt = transfer == Transfer::kEncrypt;
+  const std::string command = TransferName(transfer);
+  if (!encrypt && t.reversible) return Usage(command + " takes no --reversible");
   if (!encrypt && parsed.Has("key-version")) {
-    return Usage("decrypt takes no --key-version: the tokens name the version");
+    return Usage(command + " takes no --key-version: the tokens name the version");
+  }
+  if ((transfer == Transfer::kRewrap) == t.tokens_out.empty()) {
+    return Usage(transfer == Transfer::kRewrap ? "rewrap needs --tokens-out OUT.tok"
+                                               : command + " takes no --tokens-out");
   }
   Result<size_t> version = parsed.GetSize("key-version", 0, 1);
   if (!version.ok()) return std::move(version).TakeStatus();
@@ -254,7 +279,7 @@ Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encry
   if (encrypt && t.reversible != !t.tokens.empty()) {
     return Usage("--reversible and --tokens OUT.tok go together");
   }
-  if (!encrypt && t.tokens.empty()) return Usage("decrypt needs --tokens IN.tok");
+  if (!encrypt && t.tokens.empty()) return Usage(command + " needs --tokens IN.tok");
   Result<size_t> dim = parsed.GetSize("dim", 0, 1);
   if (!dim.ok()) return std::move(dim).TakeStatus();
   t.dimension = *dim;
@@ -266,14 +291,20 @@ Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encry
     if (!format.ok()) return Usage("--format: " + format.status().message());
     t.format = *format;
   }
-  if (t.in == t.out || t.tokens == t.in || t.tokens == t.out) {
-    return Usage("IN, OUT and the token file must be different files");
+  std::vector<std::string> files = {t.in, t.out};
+  for (const std::string& named : {t.tokens, t.tokens_out}) {
+    if (!named.empty()) files.push_back(named);
+  }
+  std::sort(files.begin(), files.end());
+  if (std::adjacent_find(files.begin(), files.end()) != files.end()) {
+    return Usage("IN, OUT and the token files must be different files");
   }
   return t;
 }
 
-Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socket,
-                   std::ostream& err, const std::atomic<bool>& interrupted) {
+Status RunTransfer(const TransferArgs& t, const std::string& socket, std::ostream& err,
+                   const std::atomic<bool>& interrupted) {
+  const bool encrypt = t.transfer == Transfer::kEncrypt;
   client::FormatOptions in_options;
   in_options.dimension = t.dimension;
   in_options.field = t.field;
@@ -306,9 +337,9 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
 
   // The destination files exist only as temporaries until both are committed.
   std::unique_ptr<client::TokenFileWriter> token_out;
-  if (encrypt && t.reversible) {
+  if ((encrypt && t.reversible) || t.transfer == Transfer::kRewrap) {
     Result<std::unique_ptr<client::TokenFileWriter>> created =
-        client::TokenFileWriter::Create(t.tokens, client::kTokenSize);
+        client::TokenFileWriter::Create(encrypt ? t.tokens : t.tokens_out, client::kTokenSize);
     if (!created.ok()) return std::move(created).TakeStatus();
     token_out = std::move(created).value();
   }
@@ -346,15 +377,25 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
         return Status(Code::kInvalidArgument, "token_count_mismatch",
                       t.tokens + " holds fewer tokens than " + t.in + " holds vectors");
       }
-      Result<client::DecryptResult> opened = daemon.Decrypt(t.key, chunk, dimension, tokens);
-      if (!opened.ok()) {
-        return NameBatchOption(AtRow(std::move(opened).TakeStatus(), t.in, rows_done), t.batch);
+      if (t.transfer == Transfer::kRewrap) {
+        Result<client::EncryptResult> moved = daemon.Rewrap(t.key, chunk, dimension, tokens);
+        if (!moved.ok()) {
+          return NameBatchOption(AtRow(std::move(moved).TakeStatus(), t.in, rows_done), t.batch);
+        }
+        version = moved->key_version;
+        VECSEAL_RETURN_IF_ERROR((*writer)->Write(moved->vectors, records));
+        VECSEAL_RETURN_IF_ERROR(token_out->Write(moved->tokens));
+      } else {
+        Result<client::DecryptResult> opened = daemon.Decrypt(t.key, chunk, dimension, tokens);
+        if (!opened.ok()) {
+          return NameBatchOption(AtRow(std::move(opened).TakeStatus(), t.in, rows_done), t.batch);
+        }
+        VECSEAL_RETURN_IF_ERROR((*writer)->Write(opened->vectors, records));
       }
-      VECSEAL_RETURN_IF_ERROR((*writer)->Write(opened->vectors, records));
     }
     // One output file, one key version: a rotation mid-run would mix two keys in one training
     // set, which no model could use.
-    if (encrypt) {
+    if (t.transfer != Transfer::kDecrypt) {
       if (key_version && *key_version != version) {
         return Status(Code::kFailedPrecondition, "key_rotated",
                       "key '" + t.key + "' was rotated during the run (version " +
@@ -376,7 +417,8 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
   VECSEAL_RETURN_IF_ERROR((*writer)->Commit());
   progress.Finish();
   if (::isatty(STDERR_FILENO) == 1) {
-    err << (encrypt ? "encrypted " : "decrypted ") << rows_done << " vectors of dimension "
+    err << (encrypt ? "encrypted " : t.transfer == Transfer::kDecrypt ? "decrypted " : "rewrapped ")
+        << rows_done << " vectors of dimension "
         << dimension << " with key '" << t.key << "'"
         << (key_version ? " version " + std::to_string(*key_version) : std::string()) << " into "
         << t.out << "\n";
@@ -680,8 +722,8 @@ int Run(std::span<const std::string> args, std::ostream& out, std::ostream& err,
     }
     rest.push_back(args[j]);
   }
-  if ((command == "encrypt" || command == "decrypt" || command == "keys" || command == "whoami" ||
-       command == "status") &&
+  if ((command == "encrypt" || command == "decrypt" || command == "rewrap" || command == "keys" ||
+       command == "whoami" || command == "status") &&
       std::find(rest.begin(), rest.end(), "--help") != rest.end()) {
     out << kUsage;
     return kExitOk;
@@ -689,9 +731,12 @@ int Run(std::span<const std::string> args, std::ostream& out, std::ostream& err,
 
   Status status;
   int code = kExitOk;
-  if (command == "encrypt" || command == "decrypt") {
-    Result<TransferArgs> parsed = ParseTransfer(rest, command == "encrypt");
-    status = parsed.ok() ? RunTransfer(*parsed, command == "encrypt", socket, err, interrupted)
+  if (command == "encrypt" || command == "decrypt" || command == "rewrap") {
+    const Transfer transfer = command == "encrypt"   ? Transfer::kEncrypt
+                              : command == "decrypt" ? Transfer::kDecrypt
+                                                     : Transfer::kRewrap;
+    Result<TransferArgs> parsed = ParseTransfer(rest, transfer);
+    status = parsed.ok() ? RunTransfer(*parsed, socket, err, interrupted)
                          : std::move(parsed).TakeStatus();
   } else if (command == "keys") {
     status = RunKeys(rest, socket, out);

@@ -564,6 +564,52 @@ TEST_F(CliTest, KeyVersionEncryptsUnderAnOlderVersion) {
   EXPECT_FALSE(std::filesystem::exists(Path("five.npy")));
 }
 
+// rewrap moves a reversible file of version 1 to version 2: new ciphertexts and tokens, which
+// decrypt to the plaintext; the old tokens then no longer match the new file.
+TEST_F(CliTest, RewrapMovesAReversibleFileToTheNewestVersion) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("moving");
+  const client::Matrix plain = Sample(5, 6);
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), plain).ok());
+  ASSERT_EQ(Vecseal({"encrypt", "--key", "moving", "--reversible", "--tokens", Path("v1.tok"),
+                     Path("in.npy"), Path("v1.npy")})
+                .exit_code,
+            0);
+  ASSERT_EQ(Vecseal({"keys", "rotate", "moving"}).exit_code, 0);
+  const ProcessResult moved =
+      Vecseal({"rewrap", "--key", "moving", "--tokens", Path("v1.tok"), "--tokens-out",
+               Path("v2.tok"), "--batch", "2", Path("v1.npy"), Path("v2.npy")});
+  ASSERT_EQ(moved.exit_code, 0) << moved.err;
+  auto tokens = client::TokenFileReader::Open(Path("v2.tok"), client::kTokenSize);
+  ASSERT_TRUE(tokens.ok());
+  EXPECT_EQ((*tokens)->count(), 5u);
+  std::vector<uint8_t> first;
+  ASSERT_TRUE((*tokens)->Next(1, first).ok());
+  EXPECT_EQ(first[1], 2) << "the new tokens name version 2";
+  const ProcessResult opened = Vecseal({"decrypt", "--key", "moving", "--tokens", Path("v2.tok"),
+                                        Path("v2.npy"), Path("opened.npy")});
+  ASSERT_EQ(opened.exit_code, 0) << opened.err;
+  auto back = client::ReadMatrix(Path("opened.npy"));
+  ASSERT_TRUE(back.ok());
+  for (size_t i = 0; i < plain.data.size(); ++i) ASSERT_NEAR(back->data[i], plain.data[i], 1e-3);
+
+  const ProcessResult no_out = Vecseal({"rewrap", "--key", "moving", "--tokens", Path("v1.tok"),
+                                        Path("v1.npy"), Path("x.npy")});
+  EXPECT_EQ(no_out.exit_code, 2);
+  EXPECT_EQ(no_out.err, "vecseal: rewrap needs --tokens-out OUT.tok (see: vecseal --help)\n");
+  ASSERT_EQ(Vecseal({"keys", "config", "moving", "--min-encryption-version", "2",
+                     "--min-decryption-version", "2"})
+                .exit_code,
+            0);
+  const ProcessResult retired =
+      Vecseal({"rewrap", "--key", "moving", "--tokens", Path("v1.tok"), "--tokens-out",
+               Path("again.tok"), Path("v1.npy"), Path("again.npy")});
+  EXPECT_EQ(retired.exit_code, 5) << retired.err;
+  EXPECT_THAT(retired.err, HasSubstr("retired for decryption"));
+  EXPECT_FALSE(std::filesystem::exists(Path("again.npy")));
+  EXPECT_FALSE(std::filesystem::exists(Path("again.tok")));
+}
+
 TEST_F(CliTest, DecryptChecksTokenCount) {
   VECSEAL_REQUIRE_DAEMON();
   CreateKey("tok-count");
