@@ -1073,6 +1073,9 @@ Status Service::Rewrap(Call& call, const std::string& key_name) {
   auto token_version = TokensVersion(request->tokens);
   if (!token_version.ok()) return std::move(token_version).TakeStatus();
   VECSEAL_RETURN_IF_ERROR(CheckDecryptable(key_name, *token_version));
+  // Each rewrap is a fresh encryption of the same plaintext: unbounded, they would let a caller
+  // average the noise away. So they spend from budgets like encryptions.
+  VECSEAL_RETURN_IF_ERROR(SpendBudgets(call, key_name, count));
   auto from = KeyFor(key_name, *token_version);
   if (!from.ok()) return std::move(from).TakeStatus();
   auto to = KeyFor(key_name, std::nullopt);
@@ -1434,8 +1437,6 @@ Status Service::Admit(Call& call) {
     return Status::Ok();
   }
   if (ContentTypeOf(call.request) == ContentType::kOther) return UnsupportedMediaType();
-  // A rewrap hands out no plaintext and no new (plaintext, ciphertext) pair: no budget counts it.
-  if (op == Operation::kRewrap) return Status::Ok();
   return SpendBudgets(call, name, 0);
 }
 

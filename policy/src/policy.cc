@@ -537,10 +537,12 @@ Status ParseBudget(const std::string& path, const nlohmann::json& json, Rule* ru
   const std::string op_path = Join(path, "operation");
   const nlohmann::json& op = json["operation"];
   if (!op.is_string() || !ParseOperation(op.get<std::string>(), &budget.operation)) {
-    return Invalid(op_path, "expected \"encrypt\" or \"decrypt\"");
+    return Invalid(op_path, "expected \"encrypt\", \"decrypt\" or \"rewrap\"");
   }
-  if (budget.operation != Operation::kEncrypt && budget.operation != Operation::kDecrypt) {
-    return Invalid(op_path, "a budget counts vectors, so only encrypt and decrypt take one");
+  if (budget.operation != Operation::kEncrypt && budget.operation != Operation::kDecrypt &&
+      budget.operation != Operation::kRewrap) {
+    return Invalid(op_path,
+                   "a budget counts vectors, so only encrypt, decrypt and rewrap take one");
   }
   if (!(rule->operations & Bit(budget.operation))) {
     return Invalid(op_path, "the rule does not grant " +

@@ -588,6 +588,44 @@ TEST_F(DaemonTest, DeleteNeedsItsGrantAndForceWhileThePolicyNamesTheKey) {
   EXPECT_EQ(gone.status, 405u);
 }
 
+// Rewraps of one token are fresh encryptions of one plaintext: a rewrap budget caps them, and a
+// budget that a reload adds counts the rewraps already in the audit log.
+TEST_F(DaemonTest, RewrapsSpendFromRewrapBudgetsCountedFromTheLog) {
+  ASSERT_EQ(client_->PostJson("/v1/keys", {{"name", "spent"}, {"approximation_factor", 2.0},
+                                           {"dimension", 3}})
+                .status,
+            201u);
+  auto sealed = client_->PostJson("/v1/keys/spent/encrypt",
+                                  {{"vectors", {{0.6, 0.8, 0.0}, {0.0, 0.6, 0.8}}},
+                                   {"reversible", true}});
+  ASSERT_EQ(sealed.status, 200u) << sealed.body;
+  const json request = {{"vectors", sealed.Json()["vectors"]}, {"tokens", sealed.Json()["tokens"]}};
+  const std::string policy_path = daemon_->state_dir() + "/policy.json";
+  const auto migrator = [&](const std::string& budgets, size_t reloads) {
+    std::ofstream(policy_path, std::ios::trunc)
+        << R"({"version": 1, "rules": [{"id": "migrator", "callers": {"uid": )" << getuid()
+        << R"(}, "keys": ["*"], "operations": ["rewrap"])" << budgets << "}]}";
+    daemon_->Signal(SIGHUP);
+    ASSERT_TRUE(WaitForLog(*daemon_, "event=reloaded", reloads)) << daemon_->Log();
+  };
+  migrator("", 1);
+  ASSERT_EQ(client_->PostJson("/v1/keys/spent/rewrap", request).status, 200u);
+  migrator(R"(, "budgets": [{"operation": "rewrap", "vectors": 5, "per": "1h"}])", 2);
+  HttpResult second;
+  for (int attempt = 0; attempt < 500; ++attempt) {  // 503 until the log is counted
+    second = client_->PostJson("/v1/keys/spent/rewrap", request);
+    if (second.status != 503) break;
+    usleep(10'000);
+  }
+  ASSERT_EQ(second.status, 200u) << second.body;  // 2 + 2 of 5
+  auto third = client_->PostJson("/v1/keys/spent/rewrap", request);
+  EXPECT_EQ(third.status, 429u) << third.body;
+  EXPECT_EQ(third.ErrorCode(), "budget_exhausted");
+  EXPECT_NE(third.Json()["error"]["message"].get<std::string>().find("4 spent in the window"),
+            std::string::npos)
+      << third.body;
+}
+
 // A pooled session keeps a key version's AES operation open between requests: after a deletion,
 // a new key of the same name must not be served by the old key's operation.
 TEST_F(DaemonTest, AKeyDeletedAndCreatedAgainIsANewKey) {
