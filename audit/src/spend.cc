@@ -108,8 +108,8 @@ class Cursor {
   size_t pos_;
 };
 
-// The caller, key, vectors and rule_id of an encrypt or decrypt record, read from `pos` (just
-// after its event) up to rule_id, the last of them in the canonical order.
+// The caller, key, vectors and rule_id of an encrypt, decrypt or rewrap record, read from `pos`
+// (just after its event) up to rule_id, the last of them in the canonical order.
 bool ReadSpend(std::string_view line, size_t pos, Spend* spend, std::string_view* raw_unit) {
   Cursor cursor(line, pos);
   bool caller = false, key = false, vectors = false;
@@ -326,7 +326,7 @@ Result<SpendScan> ScanSpends(std::span<const std::string> files, int64_t since_m
       last_seq = head.seq;
       if (old) continue;
       ++scan.records;
-      if (head.event != "encrypt" && head.event != "decrypt") continue;
+      if (head.event != "encrypt" && head.event != "decrypt" && head.event != "rewrap") continue;
       if (head.time_micros < since_micros || head.seq >= until_seq) continue;
       const size_t after_event =
           static_cast<size_t>(head.event.data() + head.event.size() - line.data()) + 1;

@@ -39,10 +39,17 @@ Commands:
           [--batch N] [--format npy|fvecs|jsonl|f32] IN OUT
   decrypt --key NAME --tokens IN.tok [--field F] [--dim D] [--batch N]
           [--format npy|fvecs|jsonl|f32] IN OUT
+  rewrap --key NAME --tokens IN.tok --tokens-out OUT.tok [--field F] [--dim D] [--batch N]
+         [--format npy|fvecs|jsonl|f32] IN OUT
+          reversible ciphertexts re-encrypted under the newest key version, in vecseald
   keys list
   keys create NAME --approximation-factor BETA [--transform rotate|permute] [--dimension D]
                    [--derivation aes|hmac]
   keys rotate NAME
+  keys show NAME          the key's versions, which of them are retired, its minimum versions
+  keys config NAME [--min-encryption-version N] [--min-decryption-version M]
+  keys delete NAME [--force]   destroy every version in the HSM (--force: although the
+                               policy still names the key)
   whoami          what vecseald knows about you and what the policy grants you
   status          vecseald's health (HSM, audit log)
   audit verify|show ...   check or read the audit log (vecseal audit --help)
@@ -195,8 +202,22 @@ Result<std::unique_ptr<Client>> ConnectClient(const std::string& socket,
   return Client::Connect(std::move(options));
 }
 
+// What a file transfer asks of the daemon for each batch.
+enum class Transfer { kEncrypt, kDecrypt, kRewrap };
+
+std::string TransferName(Transfer transfer) {
+  switch (transfer) {
+    case Transfer::kEncrypt: return "encrypt";
+    case Transfer::kDecrypt: return "decrypt";
+    case Transfer::kRewrap: return "rewrap";
+  }
+  return "";
+}
+
 struct TransferArgs {
+  Transfer transfer = Transfer::kEncrypt;
   std::string key, in, out, tokens, field;
+  std::string tokens_out;  // rewrap: the new tokens
   size_t dimension = 0;
   size_t batch = kDefaultBatch;
   bool reversible = false;
@@ -214,19 +235,27 @@ Result<client::VectorFormat> FormatOf(const std::string& path,
                 by_name.status().message() + " with --format npy|fvecs|jsonl|f32");
 }
 
-Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encrypt) {
-  Args parsed(args, {"key", "tokens", "field", "dim", "batch", "key-version", "format"},
+Result<TransferArgs> ParseTransfer(std::span<const std::string> args, Transfer transfer) {
+  Args parsed(args,
+              {"key", "tokens", "tokens-out", "field", "dim", "batch", "key-version", "format"},
               {"reversible"});
   VECSEAL_RETURN_IF_ERROR(parsed.Parse());
   TransferArgs t;
+  t.transfer = transfer;
   t.key = parsed.Get("key");
   t.tokens = parsed.Get("tokens");
+  t.tokens_out = parsed.Get("tokens-out");
   t.field = parsed.Get("field", "embedding");
   t.reversible = parsed.Has("reversible");
-  const std::string command = encrypt ? "encrypt" : "decrypt";
-  if (!encrypt && t.reversible) return Usage("decrypt takes no --reversible");
+  const bool encrypt = transfer == Transfer::kEncrypt;
+  const std::string command = TransferName(transfer);
+  if (!encrypt && t.reversible) return Usage(command + " takes no --reversible");
   if (!encrypt && parsed.Has("key-version")) {
-    return Usage("decrypt takes no --key-version: the tokens name the version");
+    return Usage(command + " takes no --key-version: the tokens name the version");
+  }
+  if ((transfer == Transfer::kRewrap) == t.tokens_out.empty()) {
+    return Usage(transfer == Transfer::kRewrap ? "rewrap needs --tokens-out OUT.tok"
+                                               : command + " takes no --tokens-out");
   }
   Result<size_t> version = parsed.GetSize("key-version", 0, 1);
   if (!version.ok()) return std::move(version).TakeStatus();
@@ -239,7 +268,7 @@ Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encry
   if (encrypt && t.reversible != !t.tokens.empty()) {
     return Usage("--reversible and --tokens OUT.tok go together");
   }
-  if (!encrypt && t.tokens.empty()) return Usage("decrypt needs --tokens IN.tok");
+  if (!encrypt && t.tokens.empty()) return Usage(command + " needs --tokens IN.tok");
   Result<size_t> dim = parsed.GetSize("dim", 0, 1);
   if (!dim.ok()) return std::move(dim).TakeStatus();
   t.dimension = *dim;
@@ -251,14 +280,20 @@ Result<TransferArgs> ParseTransfer(std::span<const std::string> args, bool encry
     if (!format.ok()) return Usage("--format: " + format.status().message());
     t.format = *format;
   }
-  if (t.in == t.out || t.tokens == t.in || t.tokens == t.out) {
-    return Usage("IN, OUT and the token file must be different files");
+  std::vector<std::string> files = {t.in, t.out};
+  for (const std::string& named : {t.tokens, t.tokens_out}) {
+    if (!named.empty()) files.push_back(named);
+  }
+  std::sort(files.begin(), files.end());
+  if (std::adjacent_find(files.begin(), files.end()) != files.end()) {
+    return Usage("IN, OUT and the token files must be different files");
   }
   return t;
 }
 
-Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socket,
-                   std::ostream& err, const std::atomic<bool>& interrupted) {
+Status RunTransfer(const TransferArgs& t, const std::string& socket, std::ostream& err,
+                   const std::atomic<bool>& interrupted) {
+  const bool encrypt = t.transfer == Transfer::kEncrypt;
   client::FormatOptions in_options;
   in_options.dimension = t.dimension;
   in_options.field = t.field;
@@ -291,9 +326,9 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
 
   // The destination files exist only as temporaries until both are committed.
   std::unique_ptr<client::TokenFileWriter> token_out;
-  if (encrypt && t.reversible) {
+  if ((encrypt && t.reversible) || t.transfer == Transfer::kRewrap) {
     Result<std::unique_ptr<client::TokenFileWriter>> created =
-        client::TokenFileWriter::Create(t.tokens, client::kTokenSize);
+        client::TokenFileWriter::Create(encrypt ? t.tokens : t.tokens_out, client::kTokenSize);
     if (!created.ok()) return std::move(created).TakeStatus();
     token_out = std::move(created).value();
   }
@@ -331,15 +366,25 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
         return Status(Code::kInvalidArgument, "token_count_mismatch",
                       t.tokens + " holds fewer tokens than " + t.in + " holds vectors");
       }
-      Result<client::DecryptResult> opened = daemon.Decrypt(t.key, chunk, dimension, tokens);
-      if (!opened.ok()) {
-        return NameBatchOption(AtRow(std::move(opened).TakeStatus(), t.in, rows_done), t.batch);
+      if (t.transfer == Transfer::kRewrap) {
+        Result<client::EncryptResult> moved = daemon.Rewrap(t.key, chunk, dimension, tokens);
+        if (!moved.ok()) {
+          return NameBatchOption(AtRow(std::move(moved).TakeStatus(), t.in, rows_done), t.batch);
+        }
+        version = moved->key_version;
+        VECSEAL_RETURN_IF_ERROR((*writer)->Write(moved->vectors, records));
+        VECSEAL_RETURN_IF_ERROR(token_out->Write(moved->tokens));
+      } else {
+        Result<client::DecryptResult> opened = daemon.Decrypt(t.key, chunk, dimension, tokens);
+        if (!opened.ok()) {
+          return NameBatchOption(AtRow(std::move(opened).TakeStatus(), t.in, rows_done), t.batch);
+        }
+        VECSEAL_RETURN_IF_ERROR((*writer)->Write(opened->vectors, records));
       }
-      VECSEAL_RETURN_IF_ERROR((*writer)->Write(opened->vectors, records));
     }
     // One output file, one key version: a rotation mid-run would mix two keys in one training
     // set, which no model could use.
-    if (encrypt) {
+    if (t.transfer != Transfer::kDecrypt) {
       if (key_version && *key_version != version) {
         return Status(Code::kFailedPrecondition, "key_rotated",
                       "key '" + t.key + "' was rotated during the run (version " +
@@ -361,7 +406,8 @@ Status RunTransfer(const TransferArgs& t, bool encrypt, const std::string& socke
   VECSEAL_RETURN_IF_ERROR((*writer)->Commit());
   progress.Finish();
   if (::isatty(STDERR_FILENO) == 1) {
-    err << (encrypt ? "encrypted " : "decrypted ") << rows_done << " vectors of dimension "
+    err << (encrypt ? "encrypted " : t.transfer == Transfer::kDecrypt ? "decrypted " : "rewrapped ")
+        << rows_done << " vectors of dimension "
         << dimension << " with key '" << t.key << "'"
         << (key_version ? " version " + std::to_string(*key_version) : std::string()) << " into "
         << t.out << "\n";
@@ -387,11 +433,25 @@ void PrintKey(const client::KeyInfo& key, std::ostream& out) {
   }
 }
 
+// "  versions: v1 retired, v2 decrypt_only, v3 active  (min encryption 3, min decryption 2)".
+void PrintVersionStates(const client::KeyInfo& key, std::ostream& out) {
+  out << "  versions:";
+  for (size_t i = 0; i < key.versions.size(); ++i) {
+    out << (i == 0 ? " v" : ", v") << key.versions[i] << " "
+        << (i < key.states.size() ? key.states[i] : "?");
+  }
+  out << "  (min encryption " << key.min_encryption_version << ", min decryption "
+      << key.min_decryption_version << ")\n";
+}
+
 Status RunKeys(std::span<const std::string> args, const std::string& socket, std::ostream& out) {
-  Args parsed(args, {"approximation-factor", "transform", "dimension", "derivation"}, {});
+  Args parsed(args,
+              {"approximation-factor", "transform", "dimension", "derivation",
+               "min-encryption-version", "min-decryption-version"},
+              {"force"});
   VECSEAL_RETURN_IF_ERROR(parsed.Parse());
   const std::vector<std::string>& pos = parsed.positionals();
-  if (pos.empty()) return Usage("keys needs list, create or rotate");
+  if (pos.empty()) return Usage("keys needs list, create, rotate, show, config or delete");
   const std::string& sub = pos[0];
   if (sub == "list") {
     if (pos.size() != 1) return Usage("keys list takes no arguments");
@@ -446,7 +506,52 @@ Status RunKeys(std::span<const std::string> args, const std::string& socket, std
     PrintKey(*key, out);
     return Status::Ok();
   }
-  return Usage("unknown keys command '" + sub + "' (list, create or rotate)");
+  if (sub == "show") {
+    if (pos.size() != 2) return Usage("keys show needs exactly one NAME");
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<client::KeyInfo> key = (*daemon)->GetKey(pos[1]);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    PrintKey(*key, out);
+    PrintVersionStates(*key, out);
+    return Status::Ok();
+  }
+  if (sub == "config") {
+    if (pos.size() != 2) return Usage("keys config needs exactly one NAME");
+    std::optional<uint32_t> minimums[2];
+    const char* names[2] = {"min-encryption-version", "min-decryption-version"};
+    for (size_t i = 0; i < 2; ++i) {
+      if (!parsed.Has(names[i])) continue;
+      Result<size_t> version = parsed.GetSize(names[i], 0, 1);
+      if (!version.ok()) return std::move(version).TakeStatus();
+      if (*version > UINT32_MAX) return Usage(std::string("--") + names[i] + " is too large");
+      minimums[i] = static_cast<uint32_t>(*version);
+    }
+    if (!minimums[0] && !minimums[1]) {
+      return Usage("keys config needs --min-encryption-version N, --min-decryption-version M "
+                   "or both");
+    }
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<client::KeyInfo> key = (*daemon)->ConfigureKey(pos[1], minimums[0], minimums[1]);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    out << "configured ";
+    PrintKey(*key, out);
+    PrintVersionStates(*key, out);
+    return Status::Ok();
+  }
+  if (sub == "delete") {
+    if (pos.size() != 2) return Usage("keys delete needs exactly one NAME");
+    Result<std::unique_ptr<Client>> daemon = ConnectClient(socket);
+    if (!daemon.ok()) return std::move(daemon).TakeStatus();
+    Result<std::vector<uint32_t>> destroyed = (*daemon)->DeleteKey(pos[1], parsed.Has("force"));
+    if (!destroyed.ok()) return std::move(destroyed).TakeStatus();
+    out << "deleted " << pos[1] << ": destroyed versions";
+    for (uint32_t version : *destroyed) out << " " << version;
+    out << "\n";
+    return Status::Ok();
+  }
+  return Usage("unknown keys command '" + sub + "' (list, create, rotate, show, config or delete)");
 }
 
 std::string Scalar(const nlohmann::json& value) {
@@ -606,8 +711,8 @@ int Run(std::span<const std::string> args, std::ostream& out, std::ostream& err,
     }
     rest.push_back(args[j]);
   }
-  if ((command == "encrypt" || command == "decrypt" || command == "keys" || command == "whoami" ||
-       command == "status") &&
+  if ((command == "encrypt" || command == "decrypt" || command == "rewrap" || command == "keys" ||
+       command == "whoami" || command == "status") &&
       std::find(rest.begin(), rest.end(), "--help") != rest.end()) {
     out << kUsage;
     return kExitOk;
@@ -615,9 +720,12 @@ int Run(std::span<const std::string> args, std::ostream& out, std::ostream& err,
 
   Status status;
   int code = kExitOk;
-  if (command == "encrypt" || command == "decrypt") {
-    Result<TransferArgs> parsed = ParseTransfer(rest, command == "encrypt");
-    status = parsed.ok() ? RunTransfer(*parsed, command == "encrypt", socket, err, interrupted)
+  if (command == "encrypt" || command == "decrypt" || command == "rewrap") {
+    const Transfer transfer = command == "encrypt"   ? Transfer::kEncrypt
+                              : command == "decrypt" ? Transfer::kDecrypt
+                                                     : Transfer::kRewrap;
+    Result<TransferArgs> parsed = ParseTransfer(rest, transfer);
+    status = parsed.ok() ? RunTransfer(*parsed, socket, err, interrupted)
                          : std::move(parsed).TakeStatus();
   } else if (command == "keys") {
     status = RunKeys(rest, socket, out);

@@ -297,10 +297,73 @@ Result<KeyInfo> ParseKeyInfo(const nlohmann::json& j) {
     if (j.contains("format")) key.format = j.at("format").get<int>();
     if (j.contains("derivation")) key.derivation = j.at("derivation").get<std::string>();
     if (j.contains("formats")) key.formats = j.at("formats").get<std::vector<int>>();
+    if (j.contains("min_encryption_version")) {
+      key.min_encryption_version = j.at("min_encryption_version").get<uint32_t>();
+    }
+    if (j.contains("min_decryption_version")) {
+      key.min_decryption_version = j.at("min_decryption_version").get<uint32_t>();
+    }
+    if (j.contains("states")) key.states = j.at("states").get<std::vector<std::string>>();
     return key;
   } catch (const nlohmann::json::exception& e) {
     return BadResponse(std::string("malformed key object (") + e.what() + ")");
   }
+}
+
+// Whole vectors of `dimension`, and one token for each.
+Status CheckTokenBatch(const char* what, std::span<const float> vectors, size_t dimension,
+                       std::span<const uint8_t> tokens) {
+  if (dimension != 0 && vectors.size() % dimension == 0 &&
+      tokens.size() == vectors.size() / dimension * kTokenSize) {
+    return Status::Ok();
+  }
+  return Status(Code::kInvalidArgument, "invalid_length",
+                std::string(what) + " needs whole vectors of dimension " +
+                    std::to_string(dimension) + " and one " + std::to_string(kTokenSize) +
+                    "-byte token per vector");
+}
+
+// The base64 tokens of a JSON answer, appended to `out` as kTokenSize bytes each.
+Status DecodeTokens(const std::vector<std::string>& texts, std::vector<uint8_t>& out) {
+  for (const std::string& text : texts) {
+    std::optional<std::vector<uint8_t>> bytes = Unbase64(text);
+    if (!bytes || bytes->size() != kTokenSize) return BadResponse("a malformed token");
+    out.insert(out.end(), bytes->begin(), bytes->end());
+  }
+  return Status::Ok();
+}
+
+// The JSON answer of an encrypt or rewrap: `floats` values of `dimension` and `token_bytes`
+// bytes of tokens, or an error.
+Result<EncryptResult> ReadSealedJson(const HttpResponse& response, size_t dimension,
+                                     size_t floats, size_t token_bytes) {
+  if (response.status != 200) return StatusFromResponse(response);
+  EncryptResult result;
+  std::vector<std::string> token_texts;
+  result.vectors.reserve(floats);
+  VectorsResponseReader reader(dimension, result.vectors, token_texts);
+  VECSEAL_RETURN_IF_ERROR(reader.Read(response.body, result.key_version));
+  result.dimension = dimension;
+  VECSEAL_RETURN_IF_ERROR(DecodeTokens(token_texts, result.tokens));
+  if (result.vectors.size() != floats || result.tokens.size() != token_bytes) {
+    return BadResponse("a response with the wrong number of vectors or tokens");
+  }
+  return result;
+}
+
+// {"vectors": [...], "tokens": ["base64", ...]}: a decrypt or rewrap body.
+std::string JsonTokensBody(std::span<const float> vectors, size_t dimension,
+                           std::span<const uint8_t> tokens) {
+  std::string body = R"({"vectors":)";
+  AppendJsonVectors(body, vectors, dimension);
+  body += R"(,"tokens":[)";
+  for (size_t i = 0; i < tokens.size(); i += kTokenSize) {
+    body += i == 0 ? "\"" : ",\"";
+    body += Base64(tokens.subspan(i, kTokenSize));
+    body += '"';
+  }
+  body += "]}";
+  return body;
 }
 
 Result<nlohmann::json> ParseJsonBody(const HttpResponse& response) {
@@ -706,21 +769,7 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   body += "}";
   Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
   if (!response.ok()) return std::move(response).TakeStatus();
-  if (response->status != 200) return StatusFromResponse(*response);
-  std::vector<std::string> token_texts;
-  result.vectors.reserve(vectors.size());
-  VectorsResponseReader reader(dimension, result.vectors, token_texts);
-  VECSEAL_RETURN_IF_ERROR(reader.Read(response->body, result.key_version));
-  result.dimension = dimension;
-  for (const std::string& text : token_texts) {
-    std::optional<std::vector<uint8_t>> bytes = Unbase64(text);
-    if (!bytes || bytes->size() != kTokenSize) return BadResponse("a malformed token");
-    result.tokens.insert(result.tokens.end(), bytes->begin(), bytes->end());
-  }
-  if (result.vectors.size() != vectors.size() || result.tokens.size() != (reversible ? n * kTokenSize : 0)) {
-    return BadResponse("a response with the wrong number of vectors or tokens");
-  }
-  return result;
+  return ReadSealedJson(*response, dimension, vectors.size(), reversible ? n * kTokenSize : 0);
 }
 
 Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float> vectors,
@@ -771,12 +820,7 @@ Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float
 Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const float> vectors,
                                       size_t dimension, std::span<const uint8_t> tokens) {
   VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
-  if (dimension == 0 || vectors.size() % dimension != 0 ||
-      tokens.size() != vectors.size() / dimension * kTokenSize) {
-    return Status(Code::kInvalidArgument, "invalid_length",
-                  "decrypt needs whole vectors of dimension " + std::to_string(dimension) +
-                      " and one " + std::to_string(kTokenSize) + "-byte token per vector");
-  }
+  VECSEAL_RETURN_IF_ERROR(CheckTokenBatch("decrypt", vectors, dimension, tokens));
   const std::string target = "/v1/keys/" + std::string(key) + "/decrypt";
   DecryptResult result;
   if (options_.wire == Wire::kBinary) {
@@ -797,16 +841,8 @@ Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const floa
     DecodeFloatsLe(response->body, result.vectors);
     return result;
   }
-  std::string body = R"({"vectors":)";
-  AppendJsonVectors(body, vectors, dimension);
-  body += R"(,"tokens":[)";
-  for (size_t i = 0; i < tokens.size(); i += kTokenSize) {
-    body += i == 0 ? "\"" : ",\"";
-    body += Base64(tokens.subspan(i, kTokenSize));
-    body += '"';
-  }
-  body += "]}";
-  Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
+  Result<HttpResponse> response =
+      Call("POST", target, "application/json", JsonTokensBody(vectors, dimension, tokens), {});
   if (!response.ok()) return std::move(response).TakeStatus();
   if (response->status != 200) return StatusFromResponse(*response);
   std::vector<std::string> ignored_tokens;
@@ -858,6 +894,58 @@ Result<KeyInfo> Client::RotateKey(std::string_view key) {
   Result<nlohmann::json> body = ParseJsonBody(*response);
   if (!body.ok()) return std::move(body).TakeStatus();
   return ParseKeyInfo(*body);
+}
+
+Result<KeyInfo> Client::GetKey(std::string_view key) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  Result<HttpResponse> response = Call("GET", "/v1/keys/" + std::string(key), "", "", {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  Result<nlohmann::json> body = ParseJsonBody(*response);
+  if (!body.ok()) return std::move(body).TakeStatus();
+  return ParseKeyInfo(*body);
+}
+
+Result<KeyInfo> Client::ConfigureKey(std::string_view key,
+                                     std::optional<uint32_t> min_encryption_version,
+                                     std::optional<uint32_t> min_decryption_version) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  nlohmann::json request = nlohmann::json::object();
+  if (min_encryption_version) request["min_encryption_version"] = *min_encryption_version;
+  if (min_decryption_version) request["min_decryption_version"] = *min_decryption_version;
+  Result<HttpResponse> response = Call("POST", "/v1/keys/" + std::string(key) + "/config",
+                                       "application/json", request.dump(), {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  Result<nlohmann::json> body = ParseJsonBody(*response);
+  if (!body.ok()) return std::move(body).TakeStatus();
+  return ParseKeyInfo(*body);
+}
+
+Result<std::vector<uint32_t>> Client::DeleteKey(std::string_view key, bool force) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  Result<HttpResponse> response =
+      Call("DELETE", "/v1/keys/" + std::string(key) + (force ? "?force=true" : ""), "", "", {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  if (response->status != 200) return StatusFromResponse(*response);
+  Result<nlohmann::json> body = ParseJsonBody(*response);
+  if (!body.ok()) return std::move(body).TakeStatus();
+  try {
+    return body->at("destroyed_versions").get<std::vector<uint32_t>>();
+  } catch (const nlohmann::json::exception& e) {
+    return BadResponse(std::string("malformed deletion answer (") + e.what() + ")");
+  }
+}
+
+Result<EncryptResult> Client::Rewrap(std::string_view key, std::span<const float> vectors,
+                                     size_t dimension, std::span<const uint8_t> tokens) {
+  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(CheckTokenBatch("rewrap", vectors, dimension, tokens));
+  Result<HttpResponse> response =
+      Call("POST", "/v1/keys/" + std::string(key) + "/rewrap", "application/json",
+           JsonTokensBody(vectors, dimension, tokens), {});
+  if (!response.ok()) return std::move(response).TakeStatus();
+  return ReadSealedJson(*response, dimension, vectors.size(), tokens.size());
 }
 
 Result<std::string> Client::Whoami() {

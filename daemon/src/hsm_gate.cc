@@ -52,6 +52,24 @@ Result<uint32_t> HsmGate::FixDimension(std::string_view name, uint32_t dimension
   return Refusal();
 }
 
+Result<pkcs11::KeyConfig> HsmGate::ReadKeyConfig(std::string_view name) {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->ReadKeyConfig(name);
+  return Refusal();
+}
+
+Result<pkcs11::KeyConfig> HsmGate::ConfigureKey(std::string_view name,
+                                                const pkcs11::KeyConfig& config) {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) {
+    return hsm->ConfigureKey(name, config);
+  }
+  return Refusal();
+}
+
+Result<std::vector<uint32_t>> HsmGate::DeleteKey(std::string_view name) {
+  if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->DeleteKey(name);
+  return Refusal();
+}
+
 Status HsmGate::Ping() {
   if (pkcs11::Hsm* hsm = hsm_.load(std::memory_order_acquire)) return hsm->Ping();
   return Refusal();

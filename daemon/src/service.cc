@@ -233,6 +233,77 @@ Result<VectorRequest> ParseVectorRequest(HttpRequest& request, bool decrypt, siz
   return parsed;
 }
 
+// A JSON object body, with no field repeated at any level: a repeated field is refused, not
+// resolved to its last value, so that two readers of one body never disagree on what it asks.
+Result<json> ParseJsonObject(const HttpRequest& request) {
+  if (ContentTypeOf(request) != ContentType::kJson) return UnsupportedMediaType();
+  const std::string_view text = request.body().view();
+  std::vector<std::set<std::string>> fields_seen;
+  std::string repeated;
+  const json::parser_callback_t note_fields = [&](int, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) fields_seen.emplace_back();
+    if (event == json::parse_event_t::object_end && !fields_seen.empty()) fields_seen.pop_back();
+    if (event == json::parse_event_t::key && !fields_seen.empty() &&
+        !fields_seen.back().insert(parsed.get<std::string>()).second && repeated.empty()) {
+      repeated = parsed.get<std::string>().substr(0, 32);
+    }
+    return true;
+  };
+  json body = json::parse(text.begin(), text.end(), note_fields, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    return Status(Code::kInvalidArgument, "invalid_json", "the request body is not valid JSON");
+  }
+  if (!repeated.empty()) return InvalidRequest("the field \"" + repeated + "\" is repeated");
+  if (!body.is_object()) return InvalidRequest("the request body must be a JSON object");
+  return body;
+}
+
+// `?force=true` on the request target: false when absent.
+Result<bool> ForceParameter(const HttpRequest& request) {
+  std::string_view target(request.target().data(), request.target().size());
+  const size_t question = target.find('?');
+  if (question == std::string_view::npos) return false;
+  std::string_view query = target.substr(question + 1);
+  bool force = false;
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    const std::string_view item = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (item == "force=true") {
+      force = true;
+    } else if (item != "force=false") {
+      return InvalidRequest("the only query parameter is force=true or force=false");
+    }
+  }
+  return force;
+}
+
+// The one key version all tokens carry (nullopt for none): the version to decrypt under.
+Result<std::optional<uint32_t>> TokensVersion(std::span<const core::Token> tokens) {
+  std::optional<uint32_t> key_version;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    auto fields = core::ParseToken(tokens[i]);
+    if (!fields.ok()) return std::move(fields).TakeStatus().WithVectorIndex(i);
+    if (key_version && *key_version != fields->key_version) {
+      return Status(Code::kInvalidArgument, "token_key_version_mismatch",
+                    "token " + std::to_string(i) + " is for key version " +
+                        std::to_string(fields->key_version) + ", token 0 for version " +
+                        std::to_string(*key_version) + "; send one version per request")
+          .WithVectorIndex(i);
+    }
+    key_version = fields->key_version;
+  }
+  return key_version;
+}
+
+Status VersionRetired(const std::string& key_name, uint32_t version, const char* use,
+                      const char* field, uint32_t minimum) {
+  return Status(Code::kInvalidArgument, "key_version_retired",
+                "version " + std::to_string(version) + " of key '" + key_name +
+                    "' is retired for " + use + ": the key's " + field + " is " +
+                    std::to_string(minimum));
+}
+
 }  // namespace
 
 struct Service::Call {
@@ -407,6 +478,7 @@ void Service::ForgetKeys() {
   std::lock_guard lock(mutex_);
   ciphers_.clear();
   newest_.clear();
+  configs_.clear();
 }
 
 std::unique_ptr<ConnectionContext> Service::Accept(int fd) {
@@ -450,7 +522,8 @@ bool Service::ExpectsBody(const HttpRequest& header) const {
   target = target.substr(0, target.find('?'));
   return target == "/v1/keys" ||
          (target.starts_with("/v1/keys/") &&
-          (target.ends_with("/encrypt") || target.ends_with("/decrypt")));
+          (target.ends_with("/encrypt") || target.ends_with("/decrypt") ||
+           target.ends_with("/rewrap") || target.ends_with("/config")));
 }
 
 Status Service::Route(Call& call) {
@@ -500,22 +573,40 @@ Status Service::Route(Call& call) {
   if (target.starts_with(kKeysPrefix)) {
     const std::string_view rest = target.substr(kKeysPrefix.size());
     const size_t slash = rest.find('/');
-    if (slash != std::string_view::npos) {
-      const std::string name(rest.substr(0, slash));
-      const std::string_view action = rest.substr(slash + 1);
-      if (action == "encrypt" || action == "decrypt" || action == "rotate") {
-        call.event.operation = action == "rotate" ? "keys.rotate" : std::string(action);
-        call.event.key = name;
-        VECSEAL_RETURN_IF_ERROR(only(http::verb::post, "POST"));
-        const Status valid = pkcs11::ValidateKeyName(name);
-        if (!valid.ok()) {
-          call.event.key.clear();  // not a name: keep caller input out of the record
-          return valid;
-        }
-        if (action == "encrypt") return Encrypt(call, name);
-        if (action == "decrypt") return Decrypt(call, name);
-        return RotateKey(call, name);
+    // Keep caller input that is not a key name out of the record.
+    const auto valid_name = [&call](const std::string& name) {
+      const Status valid = pkcs11::ValidateKeyName(name);
+      if (!valid.ok()) call.event.key.clear();
+      return valid;
+    };
+    if (slash == std::string_view::npos) {
+      const std::string name(rest);
+      call.event.key = name;
+      if (method == http::verb::delete_) {
+        call.event.operation = "keys.delete";
+        VECSEAL_RETURN_IF_ERROR(valid_name(name));
+        return DeleteKey(call, name);
       }
+      call.event.operation = "keys.get";
+      VECSEAL_RETURN_IF_ERROR(only(http::verb::get, "GET, DELETE"));
+      VECSEAL_RETURN_IF_ERROR(valid_name(name));
+      return GetKey(call, name);
+    }
+    const std::string name(rest.substr(0, slash));
+    const std::string_view action = rest.substr(slash + 1);
+    if (action == "encrypt" || action == "decrypt" || action == "rotate" || action == "config" ||
+        action == "rewrap") {
+      call.event.operation = action == "rotate"   ? "keys.rotate"
+                             : action == "config" ? "keys.config"
+                                                  : std::string(action);
+      call.event.key = name;
+      VECSEAL_RETURN_IF_ERROR(only(http::verb::post, "POST"));
+      VECSEAL_RETURN_IF_ERROR(valid_name(name));
+      if (action == "encrypt") return Encrypt(call, name);
+      if (action == "decrypt") return Decrypt(call, name);
+      if (action == "rewrap") return Rewrap(call, name);
+      if (action == "config") return ConfigureKey(call, name);
+      return RotateKey(call, name);
     }
   }
   call.event.operation = "unknown";
@@ -718,6 +809,12 @@ Status Service::Encrypt(Call& call, const std::string& key_name) {
   if (!key.ok()) return std::move(key).TakeStatus();
   call.metric_key = key_name;
   call.event.key_version = key->info.version;
+  auto config = ConfigFor(key_name);
+  if (!config.ok()) return std::move(config).TakeStatus();
+  if (key->info.version < config->min_encryption_version) {
+    return VersionRetired(key_name, key->info.version, "encryption", "min_encryption_version",
+                          config->min_encryption_version);
+  }
   call.event.extra = json{{"key_format", static_cast<int>(key->info.params.format)}};
   auto derives = CheckDimension(call, key_name, *key, batch.dimension);
   if (!derives.ok()) return std::move(derives).TakeStatus();
@@ -750,20 +847,11 @@ Status Service::Decrypt(Call& call, const std::string& key_name) {
   call.event.dimension = batch.dimension;
 
   // The key version comes from the tokens, so that old versions decrypt after a rotation.
-  std::optional<uint32_t> key_version;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    auto fields = core::ParseToken(tokens[i]);
-    if (!fields.ok()) return std::move(fields).TakeStatus().WithVectorIndex(i);
-    if (key_version && *key_version != fields->key_version) {
-      return Status(Code::kInvalidArgument, "token_key_version_mismatch",
-                    "token " + std::to_string(i) + " is for key version " +
-                        std::to_string(fields->key_version) + ", token 0 for version " +
-                        std::to_string(*key_version) + "; send one version per request")
-          .WithVectorIndex(i);
-    }
-    key_version = fields->key_version;
-  }
+  auto token_version = TokensVersion(tokens);
+  if (!token_version.ok()) return std::move(token_version).TakeStatus();
+  const std::optional<uint32_t> key_version = *token_version;
   call.event.key_version = key_version;
+  VECSEAL_RETURN_IF_ERROR(CheckDecryptable(key_name, key_version));
   VECSEAL_RETURN_IF_ERROR(SpendBudgets(call, key_name, count));
   auto key = KeyFor(key_name, key_version);
   if (!key.ok() && key.status().reason() == "key_not_found" && key_version) {
@@ -819,6 +907,211 @@ Result<nlohmann::json> Service::KeyObject(const std::string& name) {
               {"created", Rfc3339(newest->params.created_unix)}};
 }
 
+Result<pkcs11::KeyConfig> Service::ConfigFor(const std::string& name) {
+  {
+    std::lock_guard lock(mutex_);
+    const auto cached = configs_.find(name);
+    if (cached != configs_.end()) return cached->second;
+  }
+  auto config = hsm_.ReadKeyConfig(name);
+  if (!config.ok()) return CountHsm(std::move(config).TakeStatus());
+  std::lock_guard lock(mutex_);
+  configs_[name] = *config;
+  return config;
+}
+
+Status Service::CheckDecryptable(const std::string& key_name, std::optional<uint32_t> version) {
+  if (!version) return Status::Ok();
+  auto config = ConfigFor(key_name);
+  // A key that is not there is reported by the lookup that follows, with its own message.
+  if (!config.ok() && config.status().reason() == "key_not_found") return Status::Ok();
+  if (!config.ok()) return std::move(config).TakeStatus();
+  if (*version >= config->min_decryption_version) return Status::Ok();
+  return VersionRetired(key_name, *version, "decryption", "min_decryption_version",
+                        config->min_decryption_version);
+}
+
+void Service::ForgetKey(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  std::erase_if(ciphers_, [&](const auto& entry) { return entry.first.first == name; });
+  newest_.erase(name);
+  configs_.erase(name);
+}
+
+Status Service::GetKey(Call& call, const std::string& key_name) {
+  // Exactly the keys GET /v1/keys would list to this caller, so that neither answer reveals a
+  // name the other hides; decided before the token is asked whether the key exists.
+  const policy::Decision may_list = call.policy->DecideKeysList(*call.identity);
+  const policy::Decision listed = call.policy->DecideListed(*call.identity, key_name);
+  call.event.decision = may_list.granted && listed.granted ? "granted" : "denied";
+  call.event.rule_id = may_list.granted && listed.granted ? listed.rule_id : "";
+  if (!may_list.granted || !listed.granted) {
+    return Status(Code::kPermissionDenied, "permission_denied",
+                  "no rule grants keys.list on key '" + key_name + "'");
+  }
+  return KeyAnswer(call, key_name);
+}
+
+Status Service::ConfigureKey(Call& call, const std::string& key_name) {
+  VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kKeysConfig, key_name));
+  VECSEAL_RETURN_IF_ERROR(CheckKeyCreationBody(call));
+  auto parsed = ParseJsonObject(call.request);
+  if (!parsed.ok()) return std::move(parsed).TakeStatus();
+  const json& body = *parsed;
+  for (const auto& [field, value] : body.items()) {
+    if (field != "min_encryption_version" && field != "min_decryption_version") {
+      return InvalidRequest("unknown field \"" + field.substr(0, 32) +
+                            "\" (expected min_encryption_version, min_decryption_version)");
+    }
+    if (!value.is_number_unsigned() || value.get<uint64_t>() == 0 ||
+        value.get<uint64_t>() > UINT32_MAX) {
+      return InvalidRequest("\"" + field + "\" must be a key version (an integer from 1)");
+    }
+  }
+  if (body.empty()) {
+    return InvalidRequest("give min_encryption_version, min_decryption_version or both");
+  }
+  // The stored values, not a cached copy: what is not given stays as the token has it. One
+  // change at a time, so that two requests setting one field each do not undo each other.
+  std::lock_guard changing(key_config_mutex_);
+  auto current = hsm_.ReadKeyConfig(key_name);
+  if (!current.ok()) return CountHsm(std::move(current).TakeStatus());
+  pkcs11::KeyConfig wanted = *current;
+  if (body.contains("min_encryption_version")) {
+    wanted.min_encryption_version = body["min_encryption_version"].get<uint32_t>();
+  }
+  if (body.contains("min_decryption_version")) {
+    wanted.min_decryption_version = body["min_decryption_version"].get<uint32_t>();
+  }
+  call.event.extra = json{{"min_encryption_version", wanted.min_encryption_version},
+                          {"min_decryption_version", wanted.min_decryption_version}};
+  auto stored = hsm_.ConfigureKey(key_name, wanted);
+  if (!stored.ok()) return CountHsm(std::move(stored).TakeStatus());
+  {
+    std::lock_guard lock(mutex_);
+    configs_[key_name] = *stored;
+  }
+  LogLine("info", "key_configured",
+          "key=" + LogValue(key_name) +
+              " min_encryption_version=" + std::to_string(stored->min_encryption_version) +
+              " min_decryption_version=" + std::to_string(stored->min_decryption_version));
+  return KeyAnswer(call, key_name);
+}
+
+Status Service::KeyAnswer(Call& call, const std::string& key_name) {
+  call.metric_key = key_name;
+  auto object = KeyObject(key_name);
+  if (!object.ok()) return std::move(object).TakeStatus();
+  auto config = ConfigFor(key_name);
+  if (!config.ok()) return std::move(config).TakeStatus();
+  json& body = *object;
+  body["min_encryption_version"] = config->min_encryption_version;
+  body["min_decryption_version"] = config->min_decryption_version;
+  json states = json::array();
+  for (const json& version : body["versions"]) {
+    const uint32_t v = version.get<uint32_t>();
+    states.push_back(v >= config->min_encryption_version   ? "active"
+                     : v >= config->min_decryption_version ? "decrypt_only"
+                                                           : "retired");
+  }
+  body["states"] = std::move(states);
+  call.response = JsonResponse(http::status::ok, body, call.request.version());
+  return Status::Ok();
+}
+
+Status Service::DeleteKey(Call& call, const std::string& key_name) {
+  VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kKeysDelete, key_name));
+  auto force = ForceParameter(call.request);
+  if (!force.ok()) return std::move(force).TakeStatus();
+  const std::vector<std::string> naming = call.policy->RulesNaming(key_name);
+  if (!naming.empty()) {
+    call.event.extra = json{{"rules_naming_key", naming}, {"force", *force}};
+  }
+  if (!naming.empty() && !*force) {
+    std::string rules;
+    for (const std::string& id : naming) rules += (rules.empty() ? "'" : ", '") + id + "'";
+    return Status(Code::kFailedPrecondition, "key_in_policy",
+                  "the policy still names key '" + key_name + "' (rule " + rules +
+                      "), so callers may still depend on it; remove it from the policy and "
+                      "reload, or delete with force=true");
+  }
+  // What cannot be undone is not started while the log could not record it; the record is
+  // still written after the deletion, so a log that fails in between leaves a 503 for a key
+  // that is gone (the daemon's log says so).
+  if (!audit_log_.healthy()) {
+    return Status(Code::kUnavailable, "audit_unavailable",
+                  "the audit log cannot be written now, so nothing is deleted; vecseald's log "
+                  "says why");
+  }
+  auto deleted = hsm_.DeleteKey(key_name);
+  // Whatever happened on the token, nothing cached about the key may be used again.
+  ForgetKey(key_name);
+  if (!deleted.ok()) {
+    LogLine("error", "key_delete_failed",
+            "key=" + LogValue(key_name) + " reason=" + deleted.status().reason() +
+                " message=" + LogValue(deleted.status().message()));
+    return CountHsm(std::move(deleted).TakeStatus());
+  }
+  call.event.extra["destroyed_versions"] = *deleted;
+  LogLine("info", "key_deleted",
+          "key=" + LogValue(key_name) + " versions=" + std::to_string(deleted->size()));
+  call.response = JsonResponse(
+      http::status::ok, json{{"name", key_name}, {"destroyed_versions", *deleted}},
+      call.request.version());
+  return Status::Ok();
+}
+
+Status Service::Rewrap(Call& call, const std::string& key_name) {
+  VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kRewrap, key_name));
+  auto request = ParseVectorRequest(call.request, /*decrypt=*/true, call.settings.max_vectors);
+  if (!request.ok()) return std::move(request).TakeStatus();
+  VectorBatch& batch = request->batch;
+  const size_t count = batch.count();
+  call.event.vectors = count;
+  call.event.dimension = batch.dimension;
+  call.event.reversible = true;
+  auto token_version = TokensVersion(request->tokens);
+  if (!token_version.ok()) return std::move(token_version).TakeStatus();
+  VECSEAL_RETURN_IF_ERROR(CheckDecryptable(key_name, *token_version));
+  // Each rewrap is a fresh encryption of the same plaintext: unbounded, they would let a caller
+  // average the noise away. So they spend from budgets like encryptions.
+  VECSEAL_RETURN_IF_ERROR(SpendBudgets(call, key_name, count));
+  auto from = KeyFor(key_name, *token_version);
+  if (!from.ok()) return std::move(from).TakeStatus();
+  auto to = KeyFor(key_name, std::nullopt);
+  if (!to.ok()) return std::move(to).TakeStatus();
+  call.metric_key = key_name;
+  call.event.key_version = to->info.version;
+  call.event.extra = json{{"from_key_version", from->info.version},
+                          {"key_format", static_cast<int>(to->info.params.format)}};
+  auto derives_from = CheckDimension(call, key_name, *from, batch.dimension);
+  if (!derives_from.ok()) return std::move(derives_from).TakeStatus();
+  auto derives_to = CheckDimension(call, key_name, *to, batch.dimension);
+  if (!derives_to.ok()) return std::move(derives_to).TakeStatus();
+
+  // The plaintext exists only here, in locked memory wiped when it goes out of scope.
+  auto plain = core::SecureBuffer::Allocate(batch.values.size() * sizeof(float));
+  if (!plain.ok()) return std::move(plain).TakeStatus();
+  const std::span<float> plain_values(plain->as<float>(), batch.values.size());
+  const auto started = std::chrono::steady_clock::now();
+  Status status =
+      from->cipher->Decrypt(batch.values, plain_values, batch.dimension, request->tokens);
+  std::vector<core::Token> tokens(count);
+  if (status.ok()) {
+    core::EncryptOptions options;
+    options.reversible = true;
+    options.group_size =
+        to->info.params.format == core::KeyFormat::kV1 ? call.settings.group_size : 1;
+    status = to->cipher->Encrypt(plain_values, batch.values, batch.dimension, options, tokens);
+  }
+  if (*derives_from || *derives_to) ChargeDerivation(call, started);
+  VECSEAL_RETURN_IF_ERROR(CountHsm(status));
+  metrics_.CountVectors(key_name, "rewrap", count);
+  call.response = HttpResponse(http::status::ok, call.request.version());
+  SetVectorsResponse(call.response, request->type, key_name, to->info.version, batch, tokens);
+  return Status::Ok();
+}
+
 Status Service::ListKeys(Call& call) {
   const policy::Decision allowed = call.policy->DecideKeysList(*call.identity);
   call.event.decision = allowed.granted ? "granted" : "denied";
@@ -845,27 +1138,9 @@ Status Service::ListKeys(Call& call) {
 }
 
 Status Service::CreateKey(Call& call) {
-  if (ContentTypeOf(call.request) != ContentType::kJson) return UnsupportedMediaType();
-  const std::string_view text = call.request.body().view();
-  // A repeated field is refused, not resolved to its last value: two readers of one body must
-  // never disagree on which key it creates.
-  std::vector<std::set<std::string>> fields_seen;
-  std::string repeated;
-  const json::parser_callback_t note_fields = [&](int, json::parse_event_t event, json& parsed) {
-    if (event == json::parse_event_t::object_start) fields_seen.emplace_back();
-    if (event == json::parse_event_t::object_end && !fields_seen.empty()) fields_seen.pop_back();
-    if (event == json::parse_event_t::key && !fields_seen.empty() &&
-        !fields_seen.back().insert(parsed.get<std::string>()).second && repeated.empty()) {
-      repeated = parsed.get<std::string>().substr(0, 32);
-    }
-    return true;
-  };
-  const json body = json::parse(text.begin(), text.end(), note_fields, /*allow_exceptions=*/false);
-  if (body.is_discarded()) {
-    return Status(Code::kInvalidArgument, "invalid_json", "the request body is not valid JSON");
-  }
-  if (!repeated.empty()) return InvalidRequest("the field \"" + repeated + "\" is repeated");
-  if (!body.is_object()) return InvalidRequest("the request body must be a JSON object");
+  auto parsed = ParseJsonObject(call.request);
+  if (!parsed.ok()) return std::move(parsed).TakeStatus();
+  const json& body = *parsed;
   for (const auto& [field, value] : body.items()) {
     if (field != "name" && field != "approximation_factor" && field != "transform" &&
         field != "dimension" && field != "derivation") {
@@ -1067,13 +1342,13 @@ HttpResponse Service::Finish(Call& call, const Status& status) {
 // handlers, which still decide in full once the body is read.
 namespace {
 
-// A key creation body is four short fields; anything larger is not one.
+// A key creation or configuration body is a few short fields; anything larger is not one.
 constexpr size_t kMaxKeyCreationBodyBytes = 64 << 10;
 
 Status KeyCreationBodyTooLarge() {
   return Status(Code::kResourceExhausted, "body_too_large",
-                "a key creation body is at most " + std::to_string(kMaxKeyCreationBodyBytes) +
-                    " bytes");
+                "a key creation or configuration body is at most " +
+                    std::to_string(kMaxKeyCreationBodyBytes) + " bytes");
 }
 
 // The Content-Length the request declares; nullopt for a chunked body.
@@ -1131,11 +1406,22 @@ Status Service::Admit(Call& call) {
   const size_t slash = rest.find('/');
   const std::string_view action =
       slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
-  if (action != "encrypt" && action != "decrypt") {
+  Operation op = Operation::kEncrypt;
+  if (action == "encrypt") {
+    call.event.operation = "encrypt";
+  } else if (action == "decrypt") {
+    call.event.operation = "decrypt";
+    op = Operation::kDecrypt;
+  } else if (action == "rewrap") {
+    call.event.operation = "rewrap";
+    op = Operation::kRewrap;
+  } else if (action == "config") {
+    call.event.operation = "keys.config";
+    op = Operation::kKeysConfig;
+  } else {
     call.event.operation = "unknown";
     return Status(Code::kNotFound, "not_found", "no such endpoint; see docs/api.md");
   }
-  call.event.operation = std::string(action);
   const std::string name(rest.substr(0, slash));
   call.event.key = name;
   const Status valid = pkcs11::ValidateKeyName(name);
@@ -1143,8 +1429,13 @@ Status Service::Admit(Call& call) {
     call.event.key.clear();  // not a name: keep caller input out of the record
     return valid;
   }
-  VECSEAL_RETURN_IF_ERROR(
-      Authorize(call, action == "encrypt" ? Operation::kEncrypt : Operation::kDecrypt, name));
+  VECSEAL_RETURN_IF_ERROR(Authorize(call, op, name));
+  if (op == Operation::kKeysConfig) {
+    if (ContentTypeOf(call.request) != ContentType::kJson) return UnsupportedMediaType();
+    const auto length = DeclaredLength(call.request);
+    if (length && *length > kMaxKeyCreationBodyBytes) return KeyCreationBodyTooLarge();
+    return Status::Ok();
+  }
   if (ContentTypeOf(call.request) == ContentType::kOther) return UnsupportedMediaType();
   return SpendBudgets(call, name, 0);
 }

@@ -40,6 +40,11 @@ constexpr std::string_view kParamsApplication = "vecseal/v1/params";
 // A key created without a dimension gets it at first use: a second parameter record, the same
 // as the first but for the dimension, authenticated the same way (docs/format.md §6).
 constexpr std::string_view kFixedDimensionApplication = "vecseal/v1/params-dimension";
+// A key's minimum versions (KeyConfig), beside each version. Its canonical bytes start with
+// kConfigMarker, which no parameter record can (theirs start with the format, 1 or 2), so that
+// one can never pass for the other under the same MAC.
+constexpr std::string_view kConfigApplication = "vecseal/v1/key-config";
+constexpr uint8_t kConfigMarker = 0xC1;
 constexpr size_t kMaxPinSize = 255;
 constexpr size_t kMacSize = 32;
 // DER of OID 1.2.840.10045.3.1.7 (prime256v1).
@@ -429,6 +434,52 @@ std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version
   return out;
 }
 
+namespace {
+
+// kConfigMarker ‖ len(name) (u8) ‖ name ‖ version (u32) ‖ sequence (u64)
+//   ‖ min_encryption_version (u32) ‖ min_decryption_version (u32), little-endian.
+std::vector<uint8_t> CanonicalConfigBytes(std::string_view name, uint32_t version,
+                                          uint64_t sequence, const KeyConfig& config) {
+  std::vector<uint8_t> out;
+  out.push_back(kConfigMarker);
+  out.push_back(static_cast<uint8_t>(name.size()));
+  for (char c : name) out.push_back(static_cast<uint8_t>(c));
+  PutU32(out, version);
+  PutU64(out, sequence);
+  PutU32(out, config.min_encryption_version);
+  PutU32(out, config.min_decryption_version);
+  return out;
+}
+
+struct StoredConfig {
+  KeyConfig config;
+  uint64_t sequence = 0;  // 0: no record, the defaults
+};
+
+Result<StoredConfig> ParseCanonicalConfig(std::span<const uint8_t> bytes, std::string_view name,
+                                          uint32_t version, std::string_view label) {
+  constexpr size_t kFixed = 4 + 8 + 4 + 4;
+  if (bytes.size() < 2 || bytes[0] != kConfigMarker || bytes.size() != 2 + bytes[1] + kFixed) {
+    return Tampered(label, "(minimum versions) have an unknown layout");
+  }
+  std::string_view stored_name(reinterpret_cast<const char*>(bytes.data() + 2), bytes[1]);
+  auto rest = bytes.subspan(2 + bytes[1]);
+  if (stored_name != name || GetLe(rest.subspan(0, 4)) != version) {
+    return Tampered(label, "(minimum versions) belong to another key");
+  }
+  StoredConfig stored;
+  stored.sequence = GetLe(rest.subspan(4, 8));
+  stored.config.min_encryption_version = static_cast<uint32_t>(GetLe(rest.subspan(12, 4)));
+  stored.config.min_decryption_version = static_cast<uint32_t>(GetLe(rest.subspan(16, 4)));
+  if (stored.sequence == 0 || stored.config.min_decryption_version == 0 ||
+      stored.config.min_decryption_version > stored.config.min_encryption_version) {
+    return Tampered(label, "(minimum versions) are out of range");
+  }
+  return stored;
+}
+
+}  // namespace
+
 // Shared state
 
 namespace {
@@ -450,6 +501,7 @@ struct PoolSlot {
   // init is most of the cost; on a network HSM it is a second round trip). ECB has no chaining,
   // so each update's output is exactly what a fresh C_Encrypt gives. Empty: none open.
   std::string open_encryption;
+  uint64_t key_epoch = 0;  // Hsm::State::key_epoch when `keys` and the open operation were set
 };
 
 }  // namespace
@@ -472,6 +524,9 @@ struct Hsm::State {
   // that much with CKR_DATA_LEN_RANGE.
   std::atomic<size_t> part_bytes{kDerivationPartBytes};
   std::atomic<uint64_t> recovery_failures{0};
+  // Bumped when vecseal destroys a model key: a pooled session's cached handles and open
+  // operation may belong to it, and a new key of the same label must not be served by them.
+  std::atomic<uint64_t> key_epoch{0};
   // The PIN file version the token last refused, and that refusal (guarded by admin_mutex).
   std::optional<PinFileStamp> refused_pin_file;
   Status refused_login;
@@ -533,6 +588,14 @@ struct Hsm::State {
                            const std::string& name, uint32_t version, const KeyParams& params);
   // kFailedPrecondition "mechanism_missing" unless the token can make and use keys of `format`.
   Status CheckDerivationMechanisms(core::KeyFormat format);
+  // The one token object of class `klass` labelled `label`; key_params_tampered when twice.
+  Result<Object> TokenObjectLocked(CK_OBJECT_CLASS klass, const std::string& label);
+  // The key's configuration records beside each of `infos` (every version), checked; the one
+  // with the highest sequence. `records`, when given, receives every record object found.
+  Result<StoredConfig> ReadConfigLocked(const std::vector<KeyInfo>& infos,
+                                        std::vector<Object>* records = nullptr);
+  // Every version of `name`, loaded and checked; key_not_found when there is none.
+  Result<std::vector<KeyInfo>> LoadVersionsLocked(const std::string& name);
 };
 
 Status Hsm::State::ConnectLocked() {
@@ -640,7 +703,15 @@ PoolSlot& Hsm::State::Acquire(std::unique_lock<std::mutex>& lock) {
 
 Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   uint64_t current = generation.load();
-  if (pool_slot.generation == current && pool_slot.session.valid()) return Status::Ok();
+  const uint64_t epoch = key_epoch.load();
+  if (pool_slot.generation == current && pool_slot.session.valid()) {
+    if (pool_slot.key_epoch != epoch) {
+      EndEncryption(pool_slot);
+      pool_slot.keys.clear();
+      pool_slot.key_epoch = epoch;
+    }
+    return Status::Ok();
+  }
   if (pool_slot.initialisation != initialisation.load()) {
     for (auto& [unused, key] : pool_slot.keys) key.Release();
     pool_slot.session.Forget();
@@ -653,6 +724,7 @@ Status Hsm::State::EnsureOpen(PoolSlot& pool_slot) {
   pool_slot.session = std::move(session).value();
   pool_slot.generation = current;
   pool_slot.initialisation = initialisation.load();
+  pool_slot.key_epoch = epoch;
   return Status::Ok();
 }
 
@@ -984,6 +1056,66 @@ Result<KeyInfo> Hsm::State::CreateVersionLocked(const std::string& name, uint32_
   return written;
 }
 
+Result<Object> Hsm::State::TokenObjectLocked(CK_OBJECT_CLASS klass, const std::string& label) {
+  CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, klass), Attr(CKA_TOKEN, kTrue), Attr(CKA_LABEL, label)};
+  auto found = FindKeys(anchor, match);
+  if (!found.ok()) return std::move(found).TakeStatus();
+  if (found->size() != 1) {
+    if (found->empty()) return Status(Code::kNotFound, "key_not_found", "no " + label + " on the token");
+    return Tampered(label, "exist twice (two keys carry the label)");
+  }
+  return std::move(found->front());
+}
+
+Result<StoredConfig> Hsm::State::ReadConfigLocked(const std::vector<KeyInfo>& infos,
+                                                  std::vector<Object>* records) {
+  StoredConfig best;
+  std::string application_value(kConfigApplication);
+  CK_OBJECT_CLASS data_class = CKO_DATA;
+  for (const KeyInfo& info : infos) {
+    CK_ATTRIBUTE data_match[] = {Attr(CKA_CLASS, data_class), Attr(CKA_TOKEN, kTrue),
+                                 Attr(CKA_APPLICATION, application_value),
+                                 Attr(CKA_LABEL, info.label)};
+    auto data = anchor.Find(data_match);
+    if (!data.ok()) return std::move(data).TakeStatus();
+    if (data->empty()) continue;
+    auto key = TokenObjectLocked(CKO_SECRET_KEY, info.label);
+    if (!key.ok()) return std::move(key).TakeStatus();
+    for (Object& record : *data) {
+      auto value = record.GetAttribute(CKA_VALUE);
+      if (!value.ok()) return std::move(value).TakeStatus();
+      if (value->size() < kMacSize) return Tampered(info.label, "(minimum versions) are truncated");
+      std::span<const uint8_t> stored(*value);
+      auto canonical = stored.first(stored.size() - kMacSize);
+      auto mac = ParamsMacLocked(key->handle(), info.params.format, canonical);
+      if (!mac.ok()) return std::move(mac).TakeStatus();
+      if (CRYPTO_memcmp(mac->data(), stored.last(kMacSize).data(), kMacSize) != 0) {
+        return Tampered(info.label, "(minimum versions) fail their HMAC");
+      }
+      auto parsed = ParseCanonicalConfig(canonical, info.name, info.version, info.label);
+      if (!parsed.ok()) return std::move(parsed).TakeStatus();
+      if (parsed->sequence > best.sequence) best = *parsed;
+      if (records != nullptr) records->push_back(std::move(record));
+    }
+  }
+  return best;
+}
+
+Result<std::vector<KeyInfo>> Hsm::State::LoadVersionsLocked(const std::string& name) {
+  auto versions = KeyVersionsLocked(std::string_view(name));
+  if (!versions.ok()) return std::move(versions).TakeStatus();
+  if (versions->empty()) {
+    return Status(Code::kNotFound, "key_not_found", "no key " + name + " on the token");
+  }
+  std::vector<KeyInfo> infos;
+  for (const auto& [unused, version] : *versions) {
+    auto info = LoadKeyLocked(name, version);
+    if (!info.ok()) return std::move(info).TakeStatus();
+    infos.push_back(std::move(info).value());
+  }
+  return infos;
+}
+
 // Hsm
 
 Result<std::unique_ptr<Hsm>> Hsm::Open(const HsmConfig& config) {
@@ -1249,6 +1381,123 @@ Result<uint32_t> Hsm::FixDimension(std::string_view name, uint32_t dimension) {
     }
     return *fixed;
   });
+}
+
+Result<KeyConfig> Hsm::ReadKeyConfig(std::string_view name) {
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  std::string key_name(name);
+  return state_->Admin<KeyConfig>([&](Session&) -> Result<KeyConfig> {
+    auto infos = state_->LoadVersionsLocked(key_name);
+    if (!infos.ok()) return std::move(infos).TakeStatus();
+    auto stored = state_->ReadConfigLocked(*infos);
+    if (!stored.ok()) return std::move(stored).TakeStatus();
+    return stored->config;
+  });
+}
+
+Result<KeyConfig> Hsm::ConfigureKey(std::string_view name, const KeyConfig& config) {
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  std::string key_name(name);
+  return state_->Admin<KeyConfig>([&](Session&) -> Result<KeyConfig> {
+    auto infos = state_->LoadVersionsLocked(key_name);
+    if (!infos.ok()) return std::move(infos).TakeStatus();
+    const uint32_t newest = infos->back().version;
+    if (config.min_decryption_version < 1 ||
+        config.min_decryption_version > config.min_encryption_version ||
+        config.min_encryption_version > newest) {
+      return Status(Code::kInvalidArgument, "invalid_key_config",
+                    "the minimum versions of key " + key_name +
+                        " must satisfy 1 <= min_decryption_version (" +
+                        std::to_string(config.min_decryption_version) +
+                        ") <= min_encryption_version (" +
+                        std::to_string(config.min_encryption_version) +
+                        ") <= the newest version (" + std::to_string(newest) +
+                        "); rotate first to retire the newest version for encryption");
+    }
+    std::vector<Object> old_records;
+    auto stored = state_->ReadConfigLocked(*infos, &old_records);
+    if (!stored.ok()) return std::move(stored).TakeStatus();
+    if (stored->sequence != 0 && stored->config == config) return config;
+    const uint64_t sequence = stored->sequence + 1;
+    for (const KeyInfo& info : *infos) {
+      auto key = state_->TokenObjectLocked(CKO_SECRET_KEY, info.label);
+      if (!key.ok()) return std::move(key).TakeStatus();
+      std::vector<uint8_t> value = CanonicalConfigBytes(key_name, info.version, sequence, config);
+      auto mac = state_->ParamsMacLocked(key->handle(), info.params.format, value);
+      if (!mac.ok()) return std::move(mac).TakeStatus();
+      value.insert(value.end(), mac->begin(), mac->end());
+      CK_OBJECT_CLASS data_class = CKO_DATA;
+      std::string application_value(kConfigApplication);
+      CK_ATTRIBUTE data_template[] = {
+          Attr(CKA_CLASS, data_class),  Attr(CKA_TOKEN, kTrue),
+          Attr(CKA_PRIVATE, kTrue),     Attr(CKA_MODIFIABLE, kFalse),
+          Attr(CKA_LABEL, info.label),  Attr(CKA_APPLICATION, application_value),
+          Attr(CKA_VALUE, std::span<const uint8_t>(value)),
+      };
+      // A failure here leaves the new sequence on some versions only: it already wins, and a
+      // retry writes it on the rest.
+      auto created = state_->anchor.Create(data_template);
+      if (!created.ok()) return std::move(created).TakeStatus();
+    }
+    // Older records lose to the new sequence anyway; removing them only keeps the token tidy.
+    for (Object& record : old_records) (void)record.Destroy();
+    return config;
+  });
+}
+
+Result<std::vector<uint32_t>> Hsm::DeleteKey(std::string_view name) {
+  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  std::string key_name(name);
+  std::vector<uint32_t> destroyed;  // across Admin's retry after a recovery
+  bool found_any = false;
+  auto deleted = state_->Admin<bool>([&](Session&) -> Result<bool> {
+    auto versions = state_->KeyVersionsLocked(std::string_view(key_name));
+    if (!versions.ok()) return std::move(versions).TakeStatus();
+    for (const auto& [unused, version] : *versions) {
+      found_any = true;
+      CK_OBJECT_CLASS key_class = CKO_SECRET_KEY;
+      std::string label = KeyLabel(key_name, version);
+      CK_ATTRIBUTE match[] = {Attr(CKA_CLASS, key_class), Attr(CKA_TOKEN, kTrue),
+                              Attr(CKA_LABEL, label)};
+      auto keys = state_->FindKeys(state_->anchor, match);
+      if (!keys.ok()) return std::move(keys).TakeStatus();
+      for (Object& key : *keys) {
+        state_->key_epoch.fetch_add(1);
+        VECSEAL_RETURN_IF_ERROR(key.Destroy());
+      }
+      destroyed.push_back(version);
+    }
+    // Then every record of the key (parameters, dimension, minimum versions), including those
+    // a deletion cut short left behind: a new key of the same name must not meet them.
+    CK_OBJECT_CLASS data_class = CKO_DATA;
+    CK_ATTRIBUTE data_match[] = {Attr(CKA_CLASS, data_class), Attr(CKA_TOKEN, kTrue)};
+    auto records = state_->anchor.Find(data_match);
+    if (!records.ok()) return std::move(records).TakeStatus();
+    for (Object& record : *records) {
+      auto label = record.GetAttribute(CKA_LABEL);
+      if (!label.ok()) return std::move(label).TakeStatus();
+      auto parsed = ParseKeyLabel(
+          std::string_view(reinterpret_cast<const char*>(label->data()), label->size()));
+      if (!parsed || parsed->first != key_name) continue;
+      found_any = true;
+      VECSEAL_RETURN_IF_ERROR(record.Destroy());
+    }
+    return true;
+  });
+  if (deleted.ok() && !found_any) {
+    return Status(Code::kNotFound, "key_not_found", "no key " + key_name + " on the token");
+  }
+  if (deleted.ok()) return destroyed;
+  if (!found_any) return std::move(deleted).TakeStatus();
+  std::string done = "none";
+  if (!destroyed.empty()) {
+    done.clear();
+    for (uint32_t version : destroyed) done += (done.empty() ? "" : ", ") + std::to_string(version);
+  }
+  return Status(Code::kUnavailable, "key_deletion_incomplete",
+                "the deletion of key " + key_name + " stopped part way (" +
+                    deleted.status().message() + "); versions destroyed: " + done +
+                    ". The rest of the key is still on the token; delete it again to finish");
 }
 
 Status Hsm::Ping() {

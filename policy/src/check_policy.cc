@@ -68,8 +68,8 @@ std::string ParseArgs(std::span<const std::string> args, Args* out) {
     } else if (flag == "--op") {
       Operation op;
       if (!ParseOperation(value, &op)) {
-        return "--op must be one of encrypt, decrypt, keys.list, keys.create, keys.rotate, "
-               "audit.read";
+        return "--op must be one of encrypt, decrypt, rewrap, keys.list, keys.create, "
+               "keys.rotate, keys.config, keys.delete, audit.read";
       }
       out->op = op;
     } else if (flag == "--key") {

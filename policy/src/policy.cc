@@ -21,12 +21,14 @@ constexpr int kMaxDepth = 16;
 constexpr size_t kMaxKeyPatternLength = 128;
 constexpr size_t kMaxRuleIdLength = 64;
 
-constexpr std::array<Operation, 6> kAllOperations = {
-    Operation::kEncrypt,    Operation::kDecrypt,    Operation::kKeysList,
-    Operation::kKeysCreate, Operation::kKeysRotate, Operation::kAuditRead};
+constexpr std::array<Operation, 9> kAllOperations = {
+    Operation::kEncrypt,    Operation::kDecrypt,    Operation::kRewrap,
+    Operation::kKeysList,   Operation::kKeysCreate, Operation::kKeysRotate,
+    Operation::kKeysConfig, Operation::kKeysDelete, Operation::kAuditRead};
 
 constexpr std::string_view kOperationList =
-    "encrypt, decrypt, keys.list, keys.create, keys.rotate or audit.read";
+    "encrypt, decrypt, rewrap, keys.list, keys.create, keys.rotate, keys.config, keys.delete or "
+    "audit.read";
 
 enum class Field { kUser, kUid, kGroup, kGid, kUnit, kExe, kExeSha256, kScript, kScriptSha256 };
 
@@ -51,12 +53,13 @@ constexpr std::array<FieldInfo, 9> kFields = {{
 constexpr std::string_view kFieldList =
     "user, uid, group, gid, unit, exe, exe_sha256, script, script_sha256";
 
-uint8_t Bit(Operation op) { return static_cast<uint8_t>(1u << static_cast<unsigned>(op)); }
+uint16_t Bit(Operation op) { return static_cast<uint16_t>(1u << static_cast<unsigned>(op)); }
 
 // The operations on a key; a grant of any of them makes the key show in the caller's listing.
-const uint8_t kKeyOperations = static_cast<uint8_t>(
+const uint16_t kKeyOperations = static_cast<uint16_t>(
     Bit(Operation::kEncrypt) | Bit(Operation::kDecrypt) | Bit(Operation::kKeysList) |
-    Bit(Operation::kKeysCreate) | Bit(Operation::kKeysRotate));
+    Bit(Operation::kKeysCreate) | Bit(Operation::kKeysRotate) | Bit(Operation::kKeysConfig) |
+    Bit(Operation::kKeysDelete) | Bit(Operation::kRewrap));
 
 Status Invalid(const std::string& path, const std::string& problem) {
   return Status(Code::kInvalidArgument, "policy_invalid",
@@ -204,7 +207,7 @@ struct Policy::Rule {
   std::string id;
   std::vector<Condition> conditions;
   std::vector<std::string> key_patterns;
-  uint8_t operations = 0;
+  uint16_t operations = 0;
   std::vector<Budget> budgets;
 };
 
@@ -347,7 +350,7 @@ nlohmann::json BudgetJson(const Budget& budget) {
   return out;
 }
 
-nlohmann::json OperationNames(uint8_t operations) {
+nlohmann::json OperationNames(uint16_t operations) {
   nlohmann::json names = nlohmann::json::array();
   for (Operation op : kAllOperations) {
     if (operations & Bit(op)) names.push_back(std::string(OperationName(op)));
@@ -534,10 +537,12 @@ Status ParseBudget(const std::string& path, const nlohmann::json& json, Rule* ru
   const std::string op_path = Join(path, "operation");
   const nlohmann::json& op = json["operation"];
   if (!op.is_string() || !ParseOperation(op.get<std::string>(), &budget.operation)) {
-    return Invalid(op_path, "expected \"encrypt\" or \"decrypt\"");
+    return Invalid(op_path, "expected \"encrypt\", \"decrypt\" or \"rewrap\"");
   }
-  if (budget.operation != Operation::kEncrypt && budget.operation != Operation::kDecrypt) {
-    return Invalid(op_path, "a budget counts vectors, so only encrypt and decrypt take one");
+  if (budget.operation != Operation::kEncrypt && budget.operation != Operation::kDecrypt &&
+      budget.operation != Operation::kRewrap) {
+    return Invalid(op_path,
+                   "a budget counts vectors, so only encrypt, decrypt and rewrap take one");
   }
   if (!(rule->operations & Bit(budget.operation))) {
     return Invalid(op_path, "the rule does not grant " +
@@ -643,6 +648,9 @@ std::string_view OperationName(Operation op) {
     case Operation::kKeysCreate: return "keys.create";
     case Operation::kKeysRotate: return "keys.rotate";
     case Operation::kAuditRead: return "audit.read";
+    case Operation::kKeysConfig: return "keys.config";
+    case Operation::kKeysDelete: return "keys.delete";
+    case Operation::kRewrap: return "rewrap";
   }
   return "unknown";
 }
@@ -815,7 +823,7 @@ std::string Policy::AllowUserJson(uid_t uid) {
       {"id", "dev-user-" + std::to_string(uid)},
       {"callers", {{"uid", uid}}},
       {"keys", {"*"}},
-      {"operations", OperationNames(0x3f)},
+      {"operations", OperationNames(0x1ff)},
   };
   nlohmann::json doc = {{"version", 1}, {"rules", {rule}}};
   return doc.dump(2) + "\n";
@@ -864,6 +872,18 @@ Decision Policy::DecideListed(const CallerIdentity& caller, std::string_view key
     }
   }
   return Decision{};
+}
+
+std::vector<std::string> Policy::RulesNaming(std::string_view key) const {
+  std::vector<std::string> ids;
+  for (const Rule& rule : rules_) {
+    const bool names = std::any_of(rule.key_patterns.begin(), rule.key_patterns.end(),
+                                   [&](const std::string& pattern) {
+                                     return pattern != "*" && internal::GlobMatch(pattern, key);
+                                   });
+    if (names) ids.push_back(rule.id);
+  }
+  return ids;
 }
 
 std::vector<std::string> Policy::ListedPatterns(const CallerIdentity& caller) const {

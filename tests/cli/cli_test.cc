@@ -165,7 +165,13 @@ TEST_F(CliTest, UsageErrorsAreOneLineWithExitCodeTwo) {
       {{"keys", "create", "k"}, "keys create needs --approximation-factor BETA (see: vecseal calibrate)"},
       {{"keys", "create", "k", "--approximation-factor", "-1"},
        "--approximation-factor must be a positive number, not '-1'"},
-      {{"keys", "drop", "k"}, "unknown keys command 'drop' (list, create or rotate)"},
+      {{"keys", "drop", "k"},
+       "unknown keys command 'drop' (list, create, rotate, show, config or delete)"},
+      {{"keys", "config", "k"},
+       "keys config needs --min-encryption-version N, --min-decryption-version M or both"},
+      {{"keys", "config", "k", "--min-decryption-version", "0"},
+       "--min-decryption-version must be an integer of at least 1, not '0'"},
+      {{"keys", "delete"}, "keys delete needs exactly one NAME"},
       {{"frobnicate"}, "unknown command 'frobnicate'"},
   };
   for (const auto& [args, message] : cases) {
@@ -447,6 +453,23 @@ TEST_F(CliTest, KeysWhoamiAndStatus) {
   const ProcessResult listed = Vecseal({"keys", "list"});
   ASSERT_EQ(listed.exit_code, 0) << listed.err;
   EXPECT_THAT(listed.out, HasSubstr("model-a  version 2  rotate  beta 2.5"));
+  const ProcessResult configured =
+      Vecseal({"keys", "config", "model-a", "--min-encryption-version", "2"});
+  ASSERT_EQ(configured.exit_code, 0) << configured.err;
+  EXPECT_THAT(configured.out, HasSubstr("versions: v1 decrypt_only, v2 active  (min encryption 2, "
+                                        "min decryption 1)"));
+  const ProcessResult too_far =
+      Vecseal({"keys", "config", "model-a", "--min-decryption-version", "3"});
+  EXPECT_EQ(too_far.exit_code, 5) << too_far.err;
+  EXPECT_THAT(too_far.err, HasSubstr("min_decryption_version (3)"));
+  const ProcessResult shown = Vecseal({"keys", "show", "model-a"});
+  ASSERT_EQ(shown.exit_code, 0) << shown.err;
+  EXPECT_THAT(shown.out, HasSubstr("v1 decrypt_only, v2 active"));
+  const ProcessResult deleted = Vecseal({"keys", "delete", "model-a"});
+  ASSERT_EQ(deleted.exit_code, 0) << deleted.err;
+  EXPECT_EQ(deleted.out, "deleted model-a: destroyed versions 1 2\n");
+  const ProcessResult gone = Vecseal({"keys", "show", "model-a"});
+  EXPECT_EQ(gone.exit_code, 6) << gone.err;
 
   const ProcessResult status = Vecseal({"status"});
   EXPECT_EQ(status.exit_code, 0) << status.err;
@@ -539,6 +562,52 @@ TEST_F(CliTest, KeyVersionEncryptsUnderAnOlderVersion) {
       {"encrypt", "--key", "pinned", "--key-version", "5", Path("in.npy"), Path("five.npy")});
   EXPECT_EQ(missing.exit_code, 6) << missing.err;
   EXPECT_FALSE(std::filesystem::exists(Path("five.npy")));
+}
+
+// rewrap moves a reversible file of version 1 to version 2: new ciphertexts and tokens, which
+// decrypt to the plaintext; the old tokens then no longer match the new file.
+TEST_F(CliTest, RewrapMovesAReversibleFileToTheNewestVersion) {
+  VECSEAL_REQUIRE_DAEMON();
+  CreateKey("moving");
+  const client::Matrix plain = Sample(5, 6);
+  ASSERT_TRUE(client::WriteMatrix(Path("in.npy"), plain).ok());
+  ASSERT_EQ(Vecseal({"encrypt", "--key", "moving", "--reversible", "--tokens", Path("v1.tok"),
+                     Path("in.npy"), Path("v1.npy")})
+                .exit_code,
+            0);
+  ASSERT_EQ(Vecseal({"keys", "rotate", "moving"}).exit_code, 0);
+  const ProcessResult moved =
+      Vecseal({"rewrap", "--key", "moving", "--tokens", Path("v1.tok"), "--tokens-out",
+               Path("v2.tok"), "--batch", "2", Path("v1.npy"), Path("v2.npy")});
+  ASSERT_EQ(moved.exit_code, 0) << moved.err;
+  auto tokens = client::TokenFileReader::Open(Path("v2.tok"), client::kTokenSize);
+  ASSERT_TRUE(tokens.ok());
+  EXPECT_EQ((*tokens)->count(), 5u);
+  std::vector<uint8_t> first;
+  ASSERT_TRUE((*tokens)->Next(1, first).ok());
+  EXPECT_EQ(first[1], 2) << "the new tokens name version 2";
+  const ProcessResult opened = Vecseal({"decrypt", "--key", "moving", "--tokens", Path("v2.tok"),
+                                        Path("v2.npy"), Path("opened.npy")});
+  ASSERT_EQ(opened.exit_code, 0) << opened.err;
+  auto back = client::ReadMatrix(Path("opened.npy"));
+  ASSERT_TRUE(back.ok());
+  for (size_t i = 0; i < plain.data.size(); ++i) ASSERT_NEAR(back->data[i], plain.data[i], 1e-3);
+
+  const ProcessResult no_out = Vecseal({"rewrap", "--key", "moving", "--tokens", Path("v1.tok"),
+                                        Path("v1.npy"), Path("x.npy")});
+  EXPECT_EQ(no_out.exit_code, 2);
+  EXPECT_EQ(no_out.err, "vecseal: rewrap needs --tokens-out OUT.tok (see: vecseal --help)\n");
+  ASSERT_EQ(Vecseal({"keys", "config", "moving", "--min-encryption-version", "2",
+                     "--min-decryption-version", "2"})
+                .exit_code,
+            0);
+  const ProcessResult retired =
+      Vecseal({"rewrap", "--key", "moving", "--tokens", Path("v1.tok"), "--tokens-out",
+               Path("again.tok"), Path("v1.npy"), Path("again.npy")});
+  EXPECT_EQ(retired.exit_code, 5) << retired.err;
+  EXPECT_THAT(retired.err, HasSubstr("retired for decryption"));
+  EXPECT_FALSE(std::filesystem::exists(Path("again.npy")));
+  EXPECT_FALSE(std::filesystem::exists(Path("again.tok")));
 }
 
 TEST_F(CliTest, DecryptChecksTokenCount) {

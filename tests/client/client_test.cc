@@ -358,6 +358,42 @@ TEST_F(ClientDaemonTest, EncryptUnderAnOlderKeyVersion) {
   }
 }
 
+TEST_F(ClientDaemonTest, LifecycleRewrapRetireAndDelete) {
+  VECSEAL_REQUIRE_DAEMON();
+  Result<std::unique_ptr<Client>> client = ConnectTo(socket_);
+  ASSERT_TRUE(client.ok());
+  const std::string key = "lifecycle";
+  ASSERT_TRUE((*client)->CreateKey({key, 2.0, "rotate", 8, ""}).ok());
+  const std::vector<float> plain = Vectors(3, 8);
+  Result<EncryptResult> sealed = (*client)->Encrypt(key, plain, 8, /*reversible=*/true);
+  ASSERT_TRUE(sealed.ok()) << sealed.status().ToString();
+  ASSERT_TRUE((*client)->RotateKey(key).ok());
+
+  Result<EncryptResult> moved = (*client)->Rewrap(key, sealed->vectors, 8, sealed->tokens);
+  ASSERT_TRUE(moved.ok()) << moved.status().ToString();
+  EXPECT_EQ(moved->key_version, 2u);
+  ASSERT_EQ(moved->tokens.size(), sealed->tokens.size());
+  Result<DecryptResult> opened = (*client)->Decrypt(key, moved->vectors, 8, moved->tokens);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_EQ(opened->key_version, 2u);
+  for (size_t i = 0; i < plain.size(); ++i) ASSERT_NEAR(opened->vectors[i], plain[i], 1e-3);
+
+  Result<KeyInfo> retired = (*client)->ConfigureKey(key, 2, std::nullopt);
+  ASSERT_TRUE(retired.ok()) << retired.status().ToString();
+  EXPECT_EQ(retired->states, (std::vector<std::string>{"decrypt_only", "active"}));
+  EXPECT_EQ(retired->min_encryption_version, 2u);
+  Result<KeyInfo> shown = (*client)->GetKey(key);
+  ASSERT_TRUE(shown.ok()) << shown.status().ToString();
+  EXPECT_EQ(shown->min_decryption_version, 1u);
+  Result<EncryptResult> old_version = (*client)->Encrypt(key, plain, 8, false, 1);
+  EXPECT_EQ(old_version.status().reason(), "key_version_retired");
+
+  Result<std::vector<uint32_t>> deleted = (*client)->DeleteKey(key);
+  ASSERT_TRUE(deleted.ok()) << deleted.status().ToString();
+  EXPECT_EQ(*deleted, (std::vector<uint32_t>{1, 2}));
+  EXPECT_EQ((*client)->GetKey(key).status().reason(), "key_not_found");
+}
+
 TEST_F(ClientDaemonTest, DaemonErrorsBecomeStatuses) {
   VECSEAL_REQUIRE_DAEMON();
   Result<std::unique_ptr<Client>> client = ConnectTo(socket_);

@@ -423,6 +423,236 @@ TEST_F(DaemonTest, KeysCreateListRotateAndOldVersionsStillDecrypt) {
   EXPECT_EQ(names, (std::vector<std::string>{"demo", "ratings"}));
 }
 
+// The newest audit record of `operation` (with extra fields), or null.
+json LastRecordOf(const DevDaemon& daemon, const std::string& operation) {
+  json found;
+  for (const auto& record : daemon.AuditRecords()) {
+    if (record.value("operation", "") == operation) found = record;
+  }
+  return found;
+}
+
+HttpResult Delete(HttpClient& client, const std::string& target) {
+  return client.Send(HttpCall{.method = "DELETE", .target = target, .body = "",
+                              .content_type = {}, .headers = {}});
+}
+
+TEST_F(DaemonTest, RetiredVersionsAreRefusedAndRewrapMovesTokensToTheNewest) {
+  ASSERT_EQ(client_->PostJson("/v1/keys", {{"name", "life"}, {"approximation_factor", 2.0},
+                                           {"dimension", 4}})
+                .status,
+            201u);
+  const auto plain = RandomVectors(3, 4, 11);
+  auto v1 = client_->PostJson("/v1/keys/life/encrypt",
+                              {{"vectors", Rows(plain, 4)}, {"reversible", true}});
+  ASSERT_EQ(v1.status, 200u) << v1.body;
+  const json v1_request = {{"vectors", v1.Json()["vectors"]}, {"tokens", v1.Json()["tokens"]}};
+  ASSERT_EQ(client_->Send(HttpCall{.method = "POST", .target = "/v1/keys/life/rotate", .body = "",
+                                    .content_type = {}, .headers = {}})
+                .status,
+            200u);
+
+  auto shown = client_->Get("/v1/keys/life");
+  ASSERT_EQ(shown.status, 200u) << shown.body;
+  EXPECT_EQ(shown.Json()["versions"], json::array({1, 2}));
+  EXPECT_EQ(shown.Json()["states"], json::array({"active", "active"}));
+  EXPECT_EQ(shown.Json()["min_encryption_version"], 1);
+  EXPECT_EQ(shown.Json()["dimension"], 4);
+  EXPECT_EQ(client_->Get("/v1/keys/nothing").ErrorCode(), "key_not_found");
+  EXPECT_EQ(client_->Get("/v1/keys/Bad!").ErrorCode(), "invalid_key_name");
+
+  // Rewrap: version 1 tokens in, version 2 ciphertexts and tokens out, never the plaintext.
+  auto rewrapped = client_->PostJson("/v1/keys/life/rewrap", v1_request);
+  ASSERT_EQ(rewrapped.status, 200u) << rewrapped.body;
+  EXPECT_EQ(rewrapped.Json()["key_version"], 2);
+  ASSERT_EQ(rewrapped.Json()["tokens"].size(), 3u);
+  EXPECT_GT(MaxAbsDifference(Flatten(rewrapped.Json()["vectors"]), plain), 1e-2);
+  auto opened = client_->PostJson("/v1/keys/life/decrypt",
+                                  {{"vectors", rewrapped.Json()["vectors"]},
+                                   {"tokens", rewrapped.Json()["tokens"]}});
+  ASSERT_EQ(opened.status, 200u) << opened.body;
+  EXPECT_EQ(opened.Json()["key_version"], 2);
+  EXPECT_LT(MaxAbsDifference(Flatten(opened.Json()["vectors"]), plain), kDecryptTolerance);
+  // Binary: what a reversible binary encrypt returned goes in, the same shape comes out.
+  auto binary_v1 = client_->PostBinary(
+      "/v1/keys/life/encrypt", FloatsToBytes(plain),
+      {{"Vecseal-Dimension", "4"}, {"Vecseal-Reversible", "true"}, {"Vecseal-Key-Version", "1"}});
+  ASSERT_EQ(binary_v1.status, 200u) << binary_v1.body;
+  auto binary_moved = client_->PostBinary("/v1/keys/life/rewrap", binary_v1.body,
+                                          {{"Vecseal-Dimension", "4"}});
+  ASSERT_EQ(binary_moved.status, 200u) << binary_moved.body;
+  EXPECT_EQ(binary_moved.headers["vecseal-key-version"], "2");
+  ASSERT_EQ(binary_moved.body.size(), binary_v1.body.size());
+  auto binary_opened = client_->PostBinary("/v1/keys/life/decrypt", binary_moved.body,
+                                           {{"Vecseal-Dimension", "4"}});
+  ASSERT_EQ(binary_opened.status, 200u) << binary_opened.body;
+  EXPECT_EQ(binary_opened.headers["vecseal-key-version"], "2");
+  EXPECT_LT(MaxAbsDifference(BytesToFloats(binary_opened.body, plain.size()), plain),
+            kDecryptTolerance);
+
+  const json rewrap_record = LastRecordOf(*daemon_, "rewrap");
+  EXPECT_EQ(rewrap_record["key_version"], 2);
+  EXPECT_EQ(rewrap_record["extra"]["from_key_version"], 1);
+  EXPECT_EQ(rewrap_record["vectors"], 3);
+
+  auto retire_encrypt = client_->PostJson("/v1/keys/life/config", {{"min_encryption_version", 2}});
+  ASSERT_EQ(retire_encrypt.status, 200u) << retire_encrypt.body;
+  EXPECT_EQ(retire_encrypt.Json()["states"], json::array({"decrypt_only", "active"}));
+  auto old_encrypt = client_->PostJson("/v1/keys/life/encrypt",
+                                       {{"vectors", Rows(plain, 4)}, {"key_version", 1}});
+  EXPECT_EQ(old_encrypt.status, 400u);
+  EXPECT_EQ(old_encrypt.ErrorCode(), "key_version_retired");
+  EXPECT_EQ(old_encrypt.Json()["error"]["message"],
+            "version 1 of key 'life' is retired for encryption: the key's "
+            "min_encryption_version is 2");
+  EXPECT_EQ(client_->PostJson("/v1/keys/life/decrypt", v1_request).status, 200u)
+      << "retired for encryption only";
+
+  auto retire_decrypt = client_->PostJson("/v1/keys/life/config", {{"min_decryption_version", 2}});
+  ASSERT_EQ(retire_decrypt.status, 200u) << retire_decrypt.body;
+  EXPECT_EQ(retire_decrypt.Json()["states"], json::array({"retired", "active"}));
+  for (const char* target : {"/v1/keys/life/decrypt", "/v1/keys/life/rewrap"}) {
+    auto refused = client_->PostJson(target, v1_request);
+    EXPECT_EQ(refused.status, 400u) << target;
+    EXPECT_EQ(refused.ErrorCode(), "key_version_retired") << target;
+  }
+  const json config_record = LastRecordOf(*daemon_, "keys.config");
+  EXPECT_EQ(config_record["extra"]["min_decryption_version"], 2);
+  EXPECT_EQ(config_record["extra"]["min_encryption_version"], 2);
+
+  struct Bad {
+    json body;
+    std::string code;
+  };
+  for (const Bad& bad : {Bad{{{"min_decryption_version", 3}}, "invalid_key_config"},
+                         Bad{{{"min_encryption_version", 0}}, "invalid_request"},
+                         Bad{{{"min_encryption_version", "2"}}, "invalid_request"},
+                         Bad{{{"retire", 1}}, "invalid_request"},
+                         Bad{json::object(), "invalid_request"}}) {
+    auto refused = client_->PostJson("/v1/keys/life/config", bad.body);
+    EXPECT_EQ(refused.status, 400u) << bad.body.dump();
+    EXPECT_EQ(refused.ErrorCode(), bad.code) << bad.body.dump();
+  }
+  EXPECT_EQ(client_->Get("/v1/keys/life").Json()["states"], json::array({"retired", "active"}));
+}
+
+TEST_F(DaemonTest, DeleteNeedsItsGrantAndForceWhileThePolicyNamesTheKey) {
+  ASSERT_EQ(client_->PostJson("/v1/keys", {{"name", "doomed"}, {"approximation_factor", 2.0}})
+                .status,
+            201u);
+  ASSERT_EQ(client_->PostJson("/v1/keys/doomed/encrypt", {{"vectors", {{1, 2}}}}).status, 200u);
+  const std::string policy_path = daemon_->state_dir() + "/policy.json";
+  const auto apply = [&](const std::string& rules, size_t reloads) {
+    std::ofstream(policy_path, std::ios::trunc) << R"({"version": 1, "rules": [)" << rules << "]}";
+    daemon_->Signal(SIGHUP);
+    ASSERT_TRUE(WaitForLog(*daemon_, "event=reloaded", reloads)) << daemon_->Log();
+  };
+  const std::string me = std::to_string(getuid());
+  apply(R"({"id": "no-delete", "callers": {"uid": )" + me +
+            R"(}, "keys": ["*"], "operations": ["keys.list", "encrypt"]})",
+        1);
+  auto denied = Delete(*client_, "/v1/keys/doomed");
+  EXPECT_EQ(denied.status, 403u);
+  EXPECT_EQ(denied.Json()["error"]["message"], "no rule grants keys.delete on key 'doomed'");
+
+  apply(R"({"id": "admins", "callers": {"uid": )" + me +
+            R"(}, "keys": ["*"], "operations": ["keys.delete"]},
+           {"id": "scorer", "callers": {"uid": 4242}, "keys": ["doomed"], "operations": ["encrypt"]})",
+        2);
+  auto in_use = Delete(*client_, "/v1/keys/doomed");
+  EXPECT_EQ(in_use.status, 409u);
+  EXPECT_EQ(in_use.ErrorCode(), "key_in_policy");
+  EXPECT_NE(in_use.Json()["error"]["message"].get<std::string>().find("'scorer'"),
+            std::string::npos);
+  EXPECT_EQ(Delete(*client_, "/v1/keys/doomed?force=yes").ErrorCode(), "invalid_request");
+  // Without keys.list the caller learns nothing of the key from GET either.
+  EXPECT_EQ(client_->Get("/v1/keys/doomed").status, 403u);
+
+  auto forced = Delete(*client_, "/v1/keys/doomed?force=true");
+  ASSERT_EQ(forced.status, 200u) << forced.body;
+  EXPECT_EQ(forced.Json()["destroyed_versions"], json::array({1}));
+  EXPECT_EQ(Delete(*client_, "/v1/keys/doomed?force=true").ErrorCode(), "key_not_found");
+  const json record = LastRecordOf(*daemon_, "keys.delete");
+  EXPECT_EQ(record["event"], "error") << "the last one found nothing to delete";
+  bool deleted_audited = false;
+  for (const auto& r : daemon_->AuditRecords()) {
+    if (r.value("event", "") == "keys.delete") {
+      deleted_audited = true;
+      EXPECT_EQ(r["key"], "doomed");
+      EXPECT_EQ(r["extra"]["destroyed_versions"], json::array({1}));
+      EXPECT_EQ(r["extra"]["force"], true);
+    }
+  }
+  EXPECT_TRUE(deleted_audited);
+  auto gone = Delete(*client_, "/v1/keys/doomed/encrypt");
+  EXPECT_EQ(gone.status, 405u);
+}
+
+// Rewraps of one token are fresh encryptions of one plaintext: a rewrap budget caps them, and a
+// budget that a reload adds counts the rewraps already in the audit log.
+TEST_F(DaemonTest, RewrapsSpendFromRewrapBudgetsCountedFromTheLog) {
+  ASSERT_EQ(client_->PostJson("/v1/keys", {{"name", "spent"}, {"approximation_factor", 2.0},
+                                           {"dimension", 3}})
+                .status,
+            201u);
+  auto sealed = client_->PostJson("/v1/keys/spent/encrypt",
+                                  {{"vectors", {{0.6, 0.8, 0.0}, {0.0, 0.6, 0.8}}},
+                                   {"reversible", true}});
+  ASSERT_EQ(sealed.status, 200u) << sealed.body;
+  const json request = {{"vectors", sealed.Json()["vectors"]}, {"tokens", sealed.Json()["tokens"]}};
+  const std::string policy_path = daemon_->state_dir() + "/policy.json";
+  const auto migrator = [&](const std::string& budgets, size_t reloads) {
+    std::ofstream(policy_path, std::ios::trunc)
+        << R"({"version": 1, "rules": [{"id": "migrator", "callers": {"uid": )" << getuid()
+        << R"(}, "keys": ["*"], "operations": ["rewrap"])" << budgets << "}]}";
+    daemon_->Signal(SIGHUP);
+    ASSERT_TRUE(WaitForLog(*daemon_, "event=reloaded", reloads)) << daemon_->Log();
+  };
+  migrator("", 1);
+  ASSERT_EQ(client_->PostJson("/v1/keys/spent/rewrap", request).status, 200u);
+  migrator(R"(, "budgets": [{"operation": "rewrap", "vectors": 5, "per": "1h"}])", 2);
+  HttpResult second;
+  for (int attempt = 0; attempt < 500; ++attempt) {  // 503 until the log is counted
+    second = client_->PostJson("/v1/keys/spent/rewrap", request);
+    if (second.status != 503) break;
+    usleep(10'000);
+  }
+  ASSERT_EQ(second.status, 200u) << second.body;  // 2 + 2 of 5
+  auto third = client_->PostJson("/v1/keys/spent/rewrap", request);
+  EXPECT_EQ(third.status, 429u) << third.body;
+  EXPECT_EQ(third.ErrorCode(), "budget_exhausted");
+  EXPECT_NE(third.Json()["error"]["message"].get<std::string>().find("4 spent in the window"),
+            std::string::npos)
+      << third.body;
+}
+
+// A pooled session keeps a key version's AES operation open between requests: after a deletion,
+// a new key of the same name must not be served by the old key's operation.
+TEST_F(DaemonTest, AKeyDeletedAndCreatedAgainIsANewKey) {
+  const json create = {{"name", "reborn"}, {"approximation_factor", 2.0}, {"dimension", 3}};
+  ASSERT_EQ(client_->PostJson("/v1/keys", create).status, 201u);
+  const json plain = {{0.6, 0.8, 0.0}};
+  auto before = client_->PostJson("/v1/keys/reborn/encrypt",
+                                  {{"vectors", plain}, {"reversible", true}});
+  ASSERT_EQ(before.status, 200u) << before.body;
+  ASSERT_EQ(Delete(*client_, "/v1/keys/reborn").status, 200u);
+  EXPECT_EQ(client_->PostJson("/v1/keys/reborn/encrypt", {{"vectors", plain}}).ErrorCode(),
+            "key_not_found");
+  ASSERT_EQ(client_->PostJson("/v1/keys", create).status, 201u);
+  auto after = client_->PostJson("/v1/keys/reborn/encrypt",
+                                 {{"vectors", plain}, {"reversible", true}});
+  ASSERT_EQ(after.status, 200u) << after.body;
+  auto old_tokens = client_->PostJson(
+      "/v1/keys/reborn/decrypt",
+      {{"vectors", before.Json()["vectors"]}, {"tokens", before.Json()["tokens"]}});
+  EXPECT_EQ(old_tokens.status, 400u) << old_tokens.body;
+  EXPECT_EQ(old_tokens.ErrorCode(), "token_authentication_failed");
+  auto new_tokens = client_->PostJson(
+      "/v1/keys/reborn/decrypt",
+      {{"vectors", after.Json()["vectors"]}, {"tokens", after.Json()["tokens"]}});
+  EXPECT_EQ(new_tokens.status, 200u) << new_tokens.body;
+}
+
 // vecseal_hsm_calls_total{function="NAME"}, read from /metrics.
 uint64_t HsmCalls(HttpClient& client, const std::string& function) {
   const std::string text = client.Get("/metrics").body;
@@ -1050,6 +1280,11 @@ TEST(DaemonAuditTest, AuditFailureFailsClosedEndToEnd) {
   EXPECT_EQ(encrypted.status, 503u);
   EXPECT_EQ(encrypted.ErrorCode(), "audit_unavailable");
   EXPECT_EQ(encrypted.body.find("\"vectors\""), std::string::npos) << "no vectors without a record";
+  // Nothing irreversible is started while the log is known to be failing.
+  auto deleted = Delete(client, "/v1/keys/demo");
+  EXPECT_EQ(deleted.status, 503u);
+  EXPECT_EQ(deleted.ErrorCode(), "audit_unavailable");
+  EXPECT_EQ(daemon->Log().find("event=key_deleted"), std::string::npos) << daemon->Log();
   auto health = client.Get("/v1/health");
   EXPECT_EQ(health.status, 503u);
   EXPECT_EQ(health.Json()["audit"], "unavailable");

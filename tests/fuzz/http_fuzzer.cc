@@ -96,7 +96,8 @@ std::string PolicyJson() {
   const std::string uid = std::to_string(geteuid());
   return R"({"version": 1, "rules": [
     {"id": "fuzz-client", "callers": {"uid": )" + uid + R"(},
-     "keys": ["demo", "fixed4"], "operations": ["encrypt", "decrypt", "keys.list"]},
+     "keys": ["demo", "fixed4"],
+     "operations": ["encrypt", "decrypt", "rewrap", "keys.list", "keys.config"]},
     {"id": "fuzz-admin", "callers": {"uid": )" + uid + R"(},
      "keys": ["new-1"], "operations": ["keys.create"]}]})";
 }

@@ -16,9 +16,10 @@ namespace {
 using vecseal::policy::CallerIdentity;
 using vecseal::policy::Operation;
 
-constexpr std::array<Operation, 6> kOperations = {
-    Operation::kEncrypt,    Operation::kDecrypt,    Operation::kKeysList,
-    Operation::kKeysCreate, Operation::kKeysRotate, Operation::kAuditRead};
+constexpr std::array<Operation, 9> kOperations = {
+    Operation::kEncrypt,    Operation::kDecrypt,    Operation::kRewrap,
+    Operation::kKeysList,   Operation::kKeysCreate, Operation::kKeysRotate,
+    Operation::kKeysConfig, Operation::kKeysDelete, Operation::kAuditRead};
 
 std::vector<CallerIdentity> Callers() {
   CallerIdentity scorer;

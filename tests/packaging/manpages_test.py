@@ -44,7 +44,7 @@ main_help = help_text(vecseal)
 # calibrate's own options are left to `vecseal calibrate --help`, which the page points to.
 cli_help = main_help + help_text(vecseal, "audit")
 expect_all(cli_text, vecseal_page, options.findall(cli_help), "option")
-commands = re.findall(r"^  ([a-z]+(?: (?:list|create|rotate))?)\b", main_help, re.M)
+commands = re.findall(r"^  ([a-z]+(?: (?:list|create|rotate|show|config|delete))?)\b", main_help, re.M)
 expect_all(cli_text, vecseal_page, commands, "command")
 exit_codes = re.findall(r"\b(\d+) [a-z]", main_help[main_help.index("Exit codes:"):])
 for code in exit_codes:

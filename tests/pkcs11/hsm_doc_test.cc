@@ -139,7 +139,8 @@ TEST_F(HsmDocTest, ErrorTableListsEveryReason) {
                            "pin_unreadable",        "pin_file_permissions", "pin_source_invalid",
                            "key_not_found",         "key_exists",           "key_params_tampered",
                            "key_params_missing",    "audit_key_invalid",    "key_unprotected",
-                           "mechanism_missing",     "key_untrusted"};
+                           "mechanism_missing",     "key_untrusted",        "invalid_key_config",
+                           "key_deletion_incomplete"};
   for (const char* reason : reasons) {
     EXPECT_NE(doc.find(std::string("| `") + reason + "` |"), std::string::npos) << reason;
   }

@@ -189,6 +189,34 @@ TEST_F(PinTest, ErrorsNameTheSourceNeverTheContent) {
 
 // The Hsm against a real SoftHSM2 token.
 
+// The token's data objects of `application` labelled `label`, as a PIN holder sees them.
+std::vector<Object> FindRecords(Session& session, const std::string& application,
+                                const std::string& label) {
+  CK_OBJECT_CLASS klass = CKO_DATA;
+  CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass},
+                          {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                          {CKA_APPLICATION, const_cast<char*>(application.data()),
+                           application.size()}};
+  auto found = session.Find(match);
+  EXPECT_TRUE(found.ok());
+  return found.ok() ? std::move(found).value() : std::vector<Object>();
+}
+
+// Creates a data object as a PIN holder could: a record vecseal did not write.
+void PlantRecord(Session& session, const std::string& application, const std::string& label,
+                 const std::vector<uint8_t>& value) {
+  CK_OBJECT_CLASS klass = CKO_DATA;
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE data[] = {{CKA_CLASS, &klass, sizeof klass},
+                         {CKA_TOKEN, &yes, 1},
+                         {CKA_PRIVATE, &yes, 1},
+                         {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+                         {CKA_APPLICATION, const_cast<char*>(application.data()),
+                          application.size()},
+                         {CKA_VALUE, const_cast<uint8_t*>(value.data()), value.size()}};
+  ASSERT_TRUE(session.Create(data).ok());
+}
+
 class HsmTest : public testing::SoftHsmTest {
  protected:
 
@@ -897,28 +925,14 @@ TEST_F(HsmTest, AFixedDimensionIsAuthenticated) {
   ASSERT_TRUE(hsm->RotateKey("pin").ok());
   ASSERT_TRUE(hsm->FixDimension("pin", 64).ok());
   auto raw = OpenRaw();
+  const std::string application = "vecseal/v1/params-dimension";
   const auto fixed_record = [&](const std::string& label) {
-    CK_OBJECT_CLASS klass = CKO_DATA;
-    std::string application = "vecseal/v1/params-dimension";
-    CK_ATTRIBUTE match[] = {{CKA_CLASS, &klass, sizeof klass},
-                            {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-                            {CKA_APPLICATION, application.data(), application.size()}};
-    auto found = raw->session.Find(match);
-    EXPECT_TRUE(found.ok());
-    EXPECT_EQ(found->size(), 1u) << label;
-    return std::move(found->front());
+    std::vector<Object> found = FindRecords(raw->session, application, label);
+    EXPECT_EQ(found.size(), 1u) << label;
+    return found.empty() ? Object() : std::move(found.front());
   };
   const auto plant = [&](const std::string& label, const std::vector<uint8_t>& value) {
-    CK_OBJECT_CLASS klass = CKO_DATA;
-    CK_BBOOL yes = CK_TRUE;
-    std::string application = "vecseal/v1/params-dimension";
-    CK_ATTRIBUTE data[] = {{CKA_CLASS, &klass, sizeof klass},
-                           {CKA_TOKEN, &yes, 1},
-                           {CKA_PRIVATE, &yes, 1},
-                           {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-                           {CKA_APPLICATION, application.data(), application.size()},
-                           {CKA_VALUE, const_cast<uint8_t*>(value.data()), value.size()}};
-    ASSERT_TRUE(raw->session.Create(data).ok());
+    PlantRecord(raw->session, application, label, value);
   };
   Object v1 = fixed_record("vecseal:pin:v1");
   const auto v1_value = v1.GetAttribute(CKA_VALUE);
@@ -957,6 +971,141 @@ TEST_F(HsmTest, ParametersOfOneKeyDoNotVerifyForAnother) {
   ReplaceParams(raw->session, "vecseal:swap:v2", *v1);
   EXPECT_EQ(hsm->FindKey("swap", 2).status().reason(), "key_params_tampered");
   EXPECT_TRUE(hsm->FindKey("swap", 1).ok());
+}
+
+// Minimum versions (docs/hsm.md, "What is on the token").
+
+std::vector<Object> ConfigRecords(Session& session, const std::string& label) {
+  return FindRecords(session, "vecseal/v1/key-config", label);
+}
+
+void PlantConfigRecord(Session& session, const std::string& label,
+                       const std::vector<uint8_t>& value) {
+  PlantRecord(session, "vecseal/v1/key-config", label, value);
+}
+
+TEST_F(HsmTest, MinimumVersionsAreCheckedStoredAndOutliveARestart) {
+  {
+    auto hsm = OpenHsm();
+    ASSERT_TRUE(hsm);
+    ASSERT_TRUE(hsm->CreateKey("aging", Params(2.0)).ok());
+    ASSERT_TRUE(hsm->RotateKey("aging").ok());
+    ASSERT_TRUE(hsm->RotateKey("aging").ok());
+    auto defaults = hsm->ReadKeyConfig("aging");
+    ASSERT_TRUE(defaults.ok()) << defaults.status().ToString();
+    EXPECT_EQ(*defaults, (KeyConfig{1, 1}));
+    for (const KeyConfig& wrong : {KeyConfig{1, 0}, KeyConfig{1, 2}, KeyConfig{4, 1}}) {
+      auto refused = hsm->ConfigureKey("aging", wrong);
+      EXPECT_EQ(refused.status().reason(), "invalid_key_config")
+          << wrong.min_encryption_version << "/" << wrong.min_decryption_version;
+    }
+    EXPECT_EQ(hsm->ConfigureKey("absent", KeyConfig{1, 1}).status().reason(), "key_not_found");
+    auto stored = hsm->ConfigureKey("aging", KeyConfig{3, 2});
+    ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+    // The records are MACed under each version's key, so using the keys still works.
+    EXPECT_TRUE(hsm->FindKey("aging", 1).ok());
+  }
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  auto reread = hsm->ReadKeyConfig("aging");
+  ASSERT_TRUE(reread.ok()) << reread.status().ToString();
+  EXPECT_EQ(*reread, (KeyConfig{3, 2}));
+  // Lowering is a change like any other; only the newest record remains.
+  ASSERT_TRUE(hsm->ConfigureKey("aging", KeyConfig{2, 1}).ok());
+  EXPECT_EQ(*hsm->ReadKeyConfig("aging"), (KeyConfig{2, 1}));
+  auto raw = OpenRaw();
+  for (const char* label : {"vecseal:aging:v1", "vecseal:aging:v2", "vecseal:aging:v3"}) {
+    EXPECT_EQ(ConfigRecords(raw->session, label).size(), 1u) << label;
+  }
+}
+
+TEST_F(HsmTest, MinimumVersionsCannotBeForgedOrRolledBackByOneRecord) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("held", Params(2.0)).ok());
+  ASSERT_TRUE(hsm->RotateKey("held").ok());
+  ASSERT_TRUE(hsm->CreateKey("other", Params(2.0)).ok());
+  ASSERT_TRUE(hsm->ConfigureKey("held", KeyConfig{1, 1}).ok());
+  auto raw = OpenRaw();
+  auto first = ConfigRecords(raw->session, "vecseal:held:v1");
+  ASSERT_EQ(first.size(), 1u);
+  const auto old_value = first.front().GetAttribute(CKA_VALUE);
+  ASSERT_TRUE(old_value.ok());
+  ASSERT_TRUE(hsm->ConfigureKey("held", KeyConfig{2, 2}).ok());
+
+  // The older record restored beside v1, in place of the newer: v2's newer record still wins.
+  auto newer = ConfigRecords(raw->session, "vecseal:held:v1");
+  ASSERT_EQ(newer.size(), 1u);
+  ASSERT_TRUE(newer.front().Destroy().ok());
+  PlantConfigRecord(raw->session, "vecseal:held:v1", *old_value);
+  EXPECT_EQ(*hsm->ReadKeyConfig("held"), (KeyConfig{2, 2}));
+
+  // An edited record fails its MAC; so does one moved to another key.
+  auto current = ConfigRecords(raw->session, "vecseal:held:v2");
+  ASSERT_EQ(current.size(), 1u);
+  auto lowered = current.front().GetAttribute(CKA_VALUE);
+  ASSERT_TRUE(lowered.ok());
+  const size_t min_decryption_offset = 2 + std::string("held").size() + 4 + 8 + 4;
+  ASSERT_EQ((*lowered)[min_decryption_offset], 2);
+  (*lowered)[min_decryption_offset] = 1;
+  ASSERT_TRUE(current.front().Destroy().ok());
+  PlantConfigRecord(raw->session, "vecseal:held:v2", *lowered);
+  EXPECT_EQ(hsm->ReadKeyConfig("held").status().reason(), "key_params_tampered");
+  PlantConfigRecord(raw->session, "vecseal:other:v1", *old_value);
+  EXPECT_EQ(hsm->ReadKeyConfig("other").status().reason(), "key_params_tampered");
+}
+
+TEST_F(HsmTest, DeleteKeyDestroysEveryObjectOfTheKeyAndNothingElse) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("gone", Params(2.0)).ok());
+  ASSERT_TRUE(hsm->RotateKey("gone").ok());
+  ASSERT_TRUE(hsm->FixDimension("gone", 8).ok());
+  ASSERT_TRUE(hsm->ConfigureKey("gone", KeyConfig{2, 1}).ok());
+  ASSERT_TRUE(hsm->CreateKey("gone2", Params(2.0)).ok());  // a name that extends it stays
+  auto deleted = hsm->DeleteKey("gone");
+  ASSERT_TRUE(deleted.ok()) << deleted.status().ToString();
+  EXPECT_EQ(*deleted, (std::vector<uint32_t>{1, 2}));
+  EXPECT_EQ(hsm->FindKey("gone").status().reason(), "key_not_found");
+  EXPECT_EQ(hsm->DeleteKey("gone").status().reason(), "key_not_found");
+  EXPECT_TRUE(hsm->FindKey("gone2").ok());
+  auto raw = OpenRaw();
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE token_objects[] = {{CKA_TOKEN, &yes, 1}};
+  auto left = raw->session.Find(token_objects);
+  ASSERT_TRUE(left.ok());
+  for (const Object& object : *left) {
+    auto label = object.GetAttribute(CKA_LABEL);
+    ASSERT_TRUE(label.ok());
+    EXPECT_FALSE(std::string(label->begin(), label->end()).starts_with("vecseal:gone:"));
+  }
+  // A new key of the name starts clean: no old dimension or minimum versions.
+  auto fresh = hsm->CreateKey("gone", Params(2.0));
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  EXPECT_FALSE(hsm->FindKey("gone")->info.params.dimension.has_value());
+  EXPECT_EQ(*hsm->ReadKeyConfig("gone"), (KeyConfig{1, 1}));
+}
+
+TEST_F(HsmTest, ADeletionCutShortIsFinishedByDeletingAgain) {
+  auto hsm = OpenHsm();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(hsm->CreateKey("half", Params(2.0)).ok());
+  ASSERT_TRUE(hsm->RotateKey("half").ok());
+  auto raw = OpenRaw();
+  // What a deletion stopped after its first key object leaves: v2 whole, v1's records alone.
+  ASSERT_TRUE(FindOne(raw->session, CKO_SECRET_KEY, "vecseal:half:v1").Destroy().ok());
+  EXPECT_EQ(hsm->FindKey("half")->info.version, 2u) << "the newest version still encrypts";
+  auto finished = hsm->DeleteKey("half");
+  ASSERT_TRUE(finished.ok()) << finished.status().ToString();
+  EXPECT_EQ(*finished, std::vector<uint32_t>{2});
+  // Only records left (every key object gone): deleting removes them and succeeds.
+  ASSERT_TRUE(hsm->CreateKey("orphans", Params(2.0)).ok());
+  ASSERT_TRUE(FindOne(raw->session, CKO_SECRET_KEY, "vecseal:orphans:v1").Destroy().ok());
+  auto swept = hsm->DeleteKey("orphans");
+  ASSERT_TRUE(swept.ok()) << swept.status().ToString();
+  EXPECT_TRUE(swept->empty());
+  EXPECT_EQ(hsm->DeleteKey("orphans").status().reason(), "key_not_found");
+  EXPECT_TRUE(hsm->CreateKey("orphans", Params(2.0)).ok());
 }
 
 TEST_F(HsmTest, AnAuditKeyPairWhosePrivateHalfCanLeaveIsRefused) {

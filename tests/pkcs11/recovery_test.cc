@@ -134,6 +134,38 @@ TEST_F(RecoveryTest, NonRecoverableErrorIsNotRetried) {
   EXPECT_EQ(seed, expected_);
 }
 
+TEST_F(RecoveryTest, ADeletionCutShortSaysWhatIsGoneAndTheNextOneFinishes) {
+  ASSERT_TRUE(hsm_->RotateKey("model").ok());
+  ASSERT_TRUE(hsm_->RotateKey("model").ok());
+  // Version 1's key object goes; the next destroy, version 2's, fails for good.
+  ASSERT_TRUE(faulty_->Set("C_DestroyObject CKR_FUNCTION_FAILED 1 after 1").ok());
+  auto cut = hsm_->DeleteKey("model");
+  ASSERT_FALSE(cut.ok());
+  EXPECT_EQ(cut.status().code(), Code::kUnavailable);
+  EXPECT_EQ(cut.status().reason(), "key_deletion_incomplete");
+  EXPECT_NE(cut.status().message().find("versions destroyed: 1."), std::string::npos)
+      << cut.status().message();
+  EXPECT_NE(cut.status().message().find("CKR_FUNCTION_FAILED"), std::string::npos);
+  EXPECT_EQ(hsm_->FindKey("model", 1).status().reason(), "key_not_found");
+  auto newest = hsm_->FindKey("model");
+  ASSERT_TRUE(newest.ok()) << newest.status().ToString();
+  EXPECT_EQ(newest->info.version, 3u) << "the newest version still encrypts";
+
+  auto finished = hsm_->DeleteKey("model");
+  ASSERT_TRUE(finished.ok()) << finished.status().ToString();
+  EXPECT_EQ(*finished, (std::vector<uint32_t>{2, 3}));
+  EXPECT_EQ(hsm_->DeleteKey("model").status().reason(), "key_not_found");
+}
+
+TEST_F(RecoveryTest, ADeletionThroughAnHsmOutageRecoversAndCompletes) {
+  ASSERT_TRUE(hsm_->RotateKey("model").ok());
+  ASSERT_TRUE(faulty_->Set("C_DestroyObject CKR_DEVICE_ERROR 1 after 1").ok());
+  auto deleted = hsm_->DeleteKey("model");
+  ASSERT_TRUE(deleted.ok()) << deleted.status().ToString();
+  EXPECT_EQ(*deleted, (std::vector<uint32_t>{1, 2}));
+  EXPECT_EQ(hsm_->FindKey("model").status().reason(), "key_not_found");
+}
+
 TEST_F(RecoveryTest, DownThenUp) {
   ASSERT_TRUE(faulty_->Set("down").ok());
   core::Seed seed{};

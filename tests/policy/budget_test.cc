@@ -64,10 +64,10 @@ INSTANTIATE_TEST_SUITE_P(
                   "\"operations\" or remove this budget"},
         BadBudget{"NotAVectorOperation",
                   R"([{"operation": "keys.list", "vectors": 1, "per": "1h"}])",
-                  "/rules/0/budgets/0/operation: a budget counts vectors, so only encrypt and "
-                  "decrypt take one"},
+                  "/rules/0/budgets/0/operation: a budget counts vectors, so only encrypt, "
+                  "decrypt and rewrap take one"},
         BadBudget{"UnknownOperation", R"([{"operation": "sign", "vectors": 1, "per": "1h"}])",
-                  "/rules/0/budgets/0/operation: expected \"encrypt\" or \"decrypt\""},
+                  "/rules/0/budgets/0/operation: expected \"encrypt\", \"decrypt\" or \"rewrap\""},
         BadBudget{"Zero", R"([{"operation": "encrypt", "vectors": 0, "per": "1h"}])",
                   "/rules/0/budgets/0/vectors: a budget of 0 vectors refuses every request; "
                   "remove encrypt from \"operations\" instead"},

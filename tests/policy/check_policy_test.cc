@@ -100,7 +100,8 @@ TEST_F(CheckPolicyTest, UsageErrors) {
        "give either --as-pid or --as-uid, not both"},
       {{path_, "--op", "encrypt"}, "--op needs a caller (--as-pid or --as-uid)"},
       {{path_, "--as-pid", "1", "--op", "sign"},
-       "--op must be one of encrypt, decrypt, keys.list, keys.create, keys.rotate, audit.read"},
+       "--op must be one of encrypt, decrypt, rewrap, keys.list, keys.create, keys.rotate, "
+       "keys.config, keys.delete, audit.read"},
       {{path_, "--as-pid", "1", "--key", "k"}, "--key needs --op"},
       {{path_, "--verbose", "1"}, "unknown option '--verbose'"},
       {{path_, "--as-uid", "0", "--exe", "/bin/sh", "--unit", "ticket-scorer"},

@@ -156,11 +156,13 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"OperationUnknown", WithRule(R"({"id": "x", "callers": {"uid": 1}, "keys": ["k"],
                                                  "operations": ["encrypt", "sign"]})"),
                 "/rules/1/operations/1: unknown operation 'sign'; use encrypt, decrypt, "
-                "keys.list, keys.create, keys.rotate or audit.read"},
+                "rewrap, keys.list, keys.create, keys.rotate, keys.config, keys.delete or "
+                "audit.read"},
         BadCase{"OperationsEmpty", WithRule(R"({"id": "x", "callers": {"uid": 1}, "keys": ["k"],
                                                 "operations": []})"),
                 "/rules/1/operations: empty list; list at least one of encrypt, decrypt, "
-                "keys.list, keys.create, keys.rotate or audit.read"},
+                "rewrap, keys.list, keys.create, keys.rotate, keys.config, keys.delete or "
+                "audit.read"},
         BadCase{"ControlCharsEscaped", WithRule(R"({"id": "x", "callers": {"uid": 1},
                                                     "keys": ["k\u001b[31m"],
                                                     "operations": ["encrypt"]})"),
@@ -213,7 +215,8 @@ TEST(PolicyParseTest, EmptyRuleListDeniesEverything) {
 
 TEST(PolicyParseTest, OperationNamesRoundTrip) {
   for (Operation op : {Operation::kEncrypt, Operation::kDecrypt, Operation::kKeysList,
-                       Operation::kKeysCreate, Operation::kKeysRotate, Operation::kAuditRead}) {
+                       Operation::kKeysCreate, Operation::kKeysRotate, Operation::kAuditRead,
+                       Operation::kKeysConfig, Operation::kKeysDelete, Operation::kRewrap}) {
     Operation parsed;
     ASSERT_TRUE(ParseOperation(OperationName(op), &parsed)) << OperationName(op);
     EXPECT_EQ(parsed, op);
@@ -223,12 +226,47 @@ TEST(PolicyParseTest, OperationNamesRoundTrip) {
   EXPECT_FALSE(ParseOperation("", &unused));
 }
 
+TEST(PolicyParseTest, LifecycleOperationsParseByName) {
+  Result<PolicyPtr> policy = Policy::Parse(R"({"version": 1, "rules": [
+      { "id": "admins", "callers": { "uid": 7 }, "keys": ["*"],
+        "operations": ["keys.config", "keys.delete"] },
+      { "id": "rewrapper", "callers": { "uid": 8 }, "keys": ["support-*"],
+        "operations": ["rewrap"] } ] })");
+  ASSERT_TRUE(policy.ok()) << policy.status().ToString();
+  CallerIdentity admin;
+  admin.uid = 7;
+  EXPECT_TRUE((*policy)->Decide(admin, Operation::kKeysDelete, "x").granted);
+  EXPECT_TRUE((*policy)->Decide(admin, Operation::kKeysConfig, "x").granted);
+  EXPECT_FALSE((*policy)->Decide(admin, Operation::kRewrap, "support-a").granted);
+  CallerIdentity rewrapper;
+  rewrapper.uid = 8;
+  EXPECT_TRUE((*policy)->Decide(rewrapper, Operation::kRewrap, "support-a").granted);
+  EXPECT_FALSE((*policy)->Decide(rewrapper, Operation::kDecrypt, "support-a").granted);
+  // A rewrap grant shows the key in the caller's listing, as any grant on a key does.
+  EXPECT_TRUE((*policy)->DecideListed(rewrapper, "support-a").granted);
+}
+
+TEST(PolicyParseTest, RulesNamingSkipsTheCatchAll) {
+  Result<PolicyPtr> policy = Policy::Parse(R"({"version": 1, "rules": [
+      { "id": "admins", "callers": { "uid": 7 }, "keys": ["*"], "operations": ["keys.delete"] },
+      { "id": "scorer", "callers": { "uid": 8 }, "keys": ["support-ratings"],
+        "operations": ["encrypt"] },
+      { "id": "support", "callers": { "uid": 9 }, "keys": ["billing", "support-*"],
+        "operations": ["decrypt"] } ] })");
+  ASSERT_TRUE(policy.ok()) << policy.status().ToString();
+  EXPECT_EQ((*policy)->RulesNaming("support-ratings"),
+            (std::vector<std::string>{"scorer", "support"}));
+  EXPECT_EQ((*policy)->RulesNaming("billing"), std::vector<std::string>{"support"});
+  EXPECT_TRUE((*policy)->RulesNaming("search").empty());
+}
+
 TEST(PolicyParseTest, AllowUserGrantsOnlyThatUid) {
   PolicyPtr policy = Policy::AllowUser(1234);
   CallerIdentity caller;
   caller.uid = 1234;
   for (Operation op : {Operation::kEncrypt, Operation::kDecrypt, Operation::kKeysList,
-                       Operation::kKeysCreate, Operation::kKeysRotate, Operation::kAuditRead}) {
+                       Operation::kKeysCreate, Operation::kKeysRotate, Operation::kAuditRead,
+                       Operation::kKeysConfig, Operation::kKeysDelete, Operation::kRewrap}) {
     Decision decision = policy->Decide(caller, op, "demo");
     EXPECT_TRUE(decision.granted) << OperationName(op);
     EXPECT_EQ(decision.rule_id, "dev-user-1234");

@@ -232,6 +232,39 @@ class DaemonTest(unittest.TestCase):
             with self.assertRaises(vecseal.InvalidInput):
                 client.encrypt(key, batch(plain), key_version=0)
 
+    def test_lifecycle_rewrap_retire_and_delete(self):
+        key = self.unique_key("life")
+        self.client.create_key(key, approximation_factor=2.0, dimension=4)
+        plain = unit_vectors(3, 4, seed=5)
+        sealed, tokens = self.client.encrypt(key, batch(plain), reversible=True)
+        self.client.rotate_key(key)
+        shown = self.client.get_key(key)
+        self.assertEqual(shown.versions, (1, 2))
+        self.assertEqual(shown.states, ("active", "active"))
+        self.assertEqual(shown.min_encryption_version, 1)
+
+        moved, new_tokens = self.client.rewrap(key, sealed, tokens)
+        self.assertEqual([t[1] for t in new_tokens], [2, 2, 2])  # version 2, byte 1 of a token
+        self.assertGreater(max(abs(a - b) for r, p in zip(rows(moved), plain)
+                               for a, b in zip(r, p)), 1e-2)
+        opened = rows(self.client.decrypt(key, moved, new_tokens))
+        self.assertAlmostEqual(opened[1][2], plain[1][2], delta=1e-4)
+
+        retired = self.client.configure_key(key, min_encryption_version=2,
+                                            min_decryption_version=2)
+        self.assertEqual(retired.states, ("retired", "active"))
+        with self.assertRaises(vecseal.InvalidInput) as caught:
+            self.client.decrypt(key, sealed, tokens)
+        self.assertEqual((caught.exception.status, caught.exception.code),
+                         (400, "key_version_retired"))
+        with self.assertRaises(vecseal.InvalidInput) as caught:
+            self.client.configure_key(key, min_decryption_version=3)
+        self.assertEqual(caught.exception.code, "invalid_key_config")
+
+        self.assertEqual(self.client.delete_key(key), [1, 2])
+        with self.assertRaises(vecseal.KeyNotFound):
+            self.client.get_key(key)
+
     def test_create_key_with_a_taken_name_raises_key_exists(self):
         with self.assertRaises(vecseal.KeyExists) as caught:
             self.client.create_key("demo", approximation_factor=1.0)

@@ -323,7 +323,9 @@ TEST_F(BodyAttackTest, NestedBodyWithoutGrantIsDeniedBeforeItIsRead) {
   const Row rows[] = {{kNoGrantUid, "/v1/keys", "keys.create"},
                       {kNoGrantUid, "/v1/keys/demo/encrypt", "encrypt"},
                       {kOtherKeyUid, "/v1/keys", "keys.create"},
-                      {kOtherKeyUid, "/v1/keys/demo/encrypt", "encrypt"}};
+                      {kOtherKeyUid, "/v1/keys/demo/encrypt", "encrypt"},
+                      {kNoGrantUid, "/v1/keys/demo/rewrap", "rewrap"},
+                      {kNoGrantUid, "/v1/keys/demo/config", "keys.config"}};
   for (const Row& row : rows) {
     SCOPED_TRACE("uid " + std::to_string(row.uid) + " " + row.target);
     const long cpu_before = CpuTicks(daemon_->pid());

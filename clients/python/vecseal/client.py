@@ -44,6 +44,11 @@ class KeyInfo:
     format: int = 0          # the newest version's ciphertext format: 2 (aes) or 1 (hmac)
     derivation: str = ""     # "aes" or "hmac"
     formats: Tuple[int, ...] = ()  # the format of each of versions
+    # From get_key and configure_key only (0 and () from keys, create_key, rotate_key): the
+    # minimum versions, and "active", "decrypt_only" or "retired" for each of versions.
+    min_encryption_version: int = 0
+    min_decryption_version: int = 0
+    states: Tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, obj: Dict[str, Any]) -> "KeyInfo":
@@ -54,7 +59,10 @@ class KeyInfo:
                        transform=obj["transform"], dimension=obj.get("dimension"),
                        created=obj.get("created", ""), format=int(obj.get("format", 0)),
                        derivation=obj.get("derivation", ""),
-                       formats=tuple(int(f) for f in obj.get("formats", ())))
+                       formats=tuple(int(f) for f in obj.get("formats", ())),
+                       min_encryption_version=int(obj.get("min_encryption_version", 0)),
+                       min_decryption_version=int(obj.get("min_decryption_version", 0)),
+                       states=tuple(str(state) for state in obj.get("states", ())))
         except (KeyError, TypeError, ValueError) as e:
             raise ProtocolError("bad_response", f"unexpected key object from vecseald: {e!r}")
 
@@ -275,6 +283,50 @@ class Client:
         path = f"/v1/keys/{_check_key_name(name)}/rotate"
         return KeyInfo.from_json(self._json_call("POST", path, None, retry_safe=False))
 
+    def get_key(self, name: str) -> KeyInfo:
+        """One key, with its minimum versions and the state of each version."""
+        return KeyInfo.from_json(self._json_call("GET", f"/v1/keys/{_check_key_name(name)}"))
+
+    def configure_key(self, name: str, min_encryption_version: Optional[int] = None,
+                      min_decryption_version: Optional[int] = None) -> KeyInfo:
+        """Retires old versions: below min_encryption_version they no longer encrypt, below
+        min_decryption_version their tokens no longer decrypt. None keeps a minimum as it is.
+        Needs the "keys.config" permission."""
+        request: Dict[str, int] = {}
+        if min_encryption_version is not None:
+            request["min_encryption_version"] = min_encryption_version
+        if min_decryption_version is not None:
+            request["min_decryption_version"] = min_decryption_version
+        path = f"/v1/keys/{_check_key_name(name)}/config"
+        return KeyInfo.from_json(self._json_call("POST", path, request, retry_safe=False))
+
+    def delete_key(self, name: str, force: bool = False) -> List[int]:
+        """Destroys every version of a key in the HSM, for good; returns the versions destroyed.
+        The daemon refuses (409 key_in_policy) while the policy names the key, unless force.
+        Needs the "keys.delete" permission."""
+        path = f"/v1/keys/{_check_key_name(name)}" + ("?force=true" if force else "")
+        reply = self._json_call("DELETE", path, None, retry_safe=False)
+        return [int(v) for v in reply.get("destroyed_versions", [])]
+
+    def rewrap(self, key: str, vectors: Any, tokens: Any) -> ReversibleBatch:
+        """Re-encrypts reversible ciphertexts, given their tokens, under the newest version of
+        `key` inside the daemon: returns new vectors and tokens, never the plaintext. Needs the
+        "rewrap" permission only. Always sent as JSON."""
+        path = f"/v1/keys/{_check_key_name(key)}/rewrap"
+        matrix = _Matrix(vectors, "vectors")
+        token_list = _token_list(matrix, tokens)
+        out = _Output(matrix.n, matrix.d, matrix.single)
+        new_tokens: List[bytes] = [b""] * matrix.n
+        for positions, sub_matrix, sub_tokens in _by_token_version(matrix, token_list):
+            for start, stop, (rows, chunk_tokens) in self._chunks(
+                    len(positions), matrix.d, TOKEN_SIZE,
+                    lambda a, b: self._rewrap_chunk(path, sub_matrix, sub_tokens, a, b),
+                    index_map=positions):
+                out.put(positions[start:stop], rows)
+                for position, token in zip(positions[start:stop], chunk_tokens):
+                    new_tokens[position] = token
+        return ReversibleBatch(out.result(), new_tokens[0] if matrix.single else new_tokens)
+
     # ---- encryption --------------------------------------------------------------------------
 
     def encrypt(self, key: str, vectors: Any, reversible: bool = False,
@@ -319,20 +371,9 @@ class Client:
         different key versions may be mixed: they are sent in separate requests."""
         path = f"/v1/keys/{_check_key_name(key)}/decrypt"
         matrix = _Matrix(vectors, "vectors")
-        if matrix.single and isinstance(tokens, (bytes, bytearray, memoryview, str)):
-            tokens = [tokens]
-        token_list = [_token_bytes(t, i) for i, t in enumerate(tokens)]
-        if len(token_list) != matrix.n:
-            raise InvalidInput("invalid_request",
-                               f"{matrix.n} vectors but {len(token_list)} tokens")
+        token_list = _token_list(matrix, tokens)
         out = _Output(matrix.n, matrix.d, matrix.single)
-        # The daemon takes one key version per request; the version is bytes 1..4 of a token.
-        groups: Dict[bytes, List[int]] = {}
-        for i, token in enumerate(token_list):
-            groups.setdefault(token[1:5], []).append(i)
-        for positions in groups.values():
-            sub_matrix = matrix if len(groups) == 1 else _select(matrix, positions)
-            sub_tokens = token_list if len(groups) == 1 else [token_list[i] for i in positions]
+        for positions, sub_matrix, sub_tokens in _by_token_version(matrix, token_list):
             for start, stop, rows in self._chunks(
                     len(positions), matrix.d, TOKEN_SIZE,
                     lambda a, b: self._decrypt_chunk(path, sub_matrix, sub_tokens, a, b),
@@ -423,6 +464,17 @@ class Client:
         request = {"vectors": matrix.rows_as_lists(start, stop),
                    "tokens": [base64.b64encode(t).decode("ascii") for t in tokens[start:stop]]}
         return _json_rows(self._json_call("POST", path, request, retry_safe=True), n, d)
+
+    def _rewrap_chunk(self, path: str, matrix: _Matrix, tokens: List[bytes], start: int,
+                      stop: int):
+        n, d = stop - start, matrix.d
+        request = {"vectors": matrix.rows_as_lists(start, stop),
+                   "tokens": [base64.b64encode(t).decode("ascii") for t in tokens[start:stop]]}
+        reply = self._json_call("POST", path, request, retry_safe=True)
+        encoded = reply.get("tokens")
+        if not isinstance(encoded, list) or len(encoded) != n:
+            raise ProtocolError("bad_response", "missing or wrong number of tokens")
+        return _json_rows(reply, n, d), [base64.b64decode(t) for t in encoded]
 
     # ---- HTTP --------------------------------------------------------------------------------
 
@@ -536,6 +588,28 @@ def _token_bytes(token: Any, index: int) -> bytes:
                            f"token {index} has {len(token)} bytes, not {TOKEN_SIZE}",
                            vector_index=index)
     return token
+
+
+def _token_list(matrix: _Matrix, tokens: Any) -> List[bytes]:
+    if matrix.single and isinstance(tokens, (bytes, bytearray, memoryview, str)):
+        tokens = [tokens]
+    token_list = [_token_bytes(t, i) for i, t in enumerate(tokens)]
+    if len(token_list) != matrix.n:
+        raise InvalidInput("invalid_request", f"{matrix.n} vectors but {len(token_list)} tokens")
+    return token_list
+
+
+def _by_token_version(matrix: _Matrix, tokens: List[bytes]):
+    """(positions, vectors, tokens) for each key version among the tokens: the daemon takes one
+    version per request, and the version is bytes 1..4 of a token."""
+    groups: Dict[bytes, List[int]] = {}
+    for i, token in enumerate(tokens):
+        groups.setdefault(token[1:5], []).append(i)
+    for positions in groups.values():
+        if len(groups) == 1:
+            yield positions, matrix, tokens
+        else:
+            yield positions, _select(matrix, positions), [tokens[i] for i in positions]
 
 
 def _select(matrix: _Matrix, positions: List[int]) -> _Matrix:

@@ -6,6 +6,7 @@
 //                               command per line:
 //     C_Sign CKR_DEVICE_ERROR     every C_Sign fails with CKR_DEVICE_ERROR
 //     C_Sign CKR_DEVICE_ERROR 2   the next two C_Sign calls fail
+//     C_Sign CKR_DEVICE_ERROR 1 after 3   the fourth C_Sign fails (three go through first)
 //     down [CKR_...]              every call fails (default CKR_DEVICE_REMOVED)
 //     up                          nothing fails (also: an empty or missing file)
 //     close-sessions              once, when read: closes every session in the real module
@@ -41,6 +42,7 @@ namespace {
 struct Rule {
   CK_RV rv = CKR_OK;
   long remaining = -1;  // -1: forever
+  long passing = 0;     // calls that go through before the failures start
 };
 
 struct Faults {
@@ -162,7 +164,10 @@ void RefreshLocked() {
       for (CK_SLOT_ID slot : g_faults.slots) g_real->C_CloseAllSessions(slot);
     } else if (words >> code) {
       if (!(words >> count)) count = -1;
-      g_faults.rules[command] = Rule{ParseCkr(code), count};
+      std::string after;
+      long passing = 0;
+      if (words >> after && after == "after") words >> passing;
+      g_faults.rules[command] = Rule{ParseCkr(code), count, passing};
     }
   }
 }
@@ -184,6 +189,10 @@ CK_RV Fault(const char* function) {
   if (g_faults.down) return g_faults.down_rv;
   auto it = g_faults.rules.find(function);
   if (it == g_faults.rules.end() || it->second.remaining == 0) return CKR_OK;
+  if (it->second.passing > 0) {
+    --it->second.passing;
+    return CKR_OK;
+  }
   if (it->second.remaining > 0) --it->second.remaining;
   return it->second.rv;
 }

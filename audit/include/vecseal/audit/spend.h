@@ -35,7 +35,7 @@ struct SpendScan {
   std::optional<int64_t> complete_since_micros;
 };
 
-// Calls `each` for every encrypt and decrypt record of `files` (oldest first) timed at or after
+// Calls `each` for every encrypt, decrypt and rewrap record of `files` (oldest first) timed at or after
 // `since_micros`. Files last modified more than a minute before `since_micros` are not read
 // (only their last record, to see that no file is missing after them). A torn last line (a crash
 // mid-write) is skipped, as the writer skips it. Errors (audit_unreadable, kUnavailable): a file

@@ -78,6 +78,11 @@ struct KeyInfo {
   int format = 0;
   std::string derivation;
   std::vector<int> formats;
+  // From GetKey and ConfigureKey only (0 and empty from ListKeys, CreateKey, RotateKey): the
+  // key's minimum versions and, for each of `versions`, "active", "decrypt_only" or "retired".
+  uint32_t min_encryption_version = 0;
+  uint32_t min_decryption_version = 0;
+  std::vector<std::string> states;
 };
 
 struct KeySpec {
@@ -126,6 +131,20 @@ class Client {
   Result<std::vector<KeyInfo>> ListKeys();
   Result<KeyInfo> CreateKey(const KeySpec& spec);
   Result<KeyInfo> RotateKey(std::string_view key);
+  // GET /v1/keys/{name}: the key with its minimum versions and version states.
+  Result<KeyInfo> GetKey(std::string_view key);
+  // Sets the minimums given (docs/api.md, "Retiring versions"); one left empty keeps its value.
+  Result<KeyInfo> ConfigureKey(std::string_view key,
+                               std::optional<uint32_t> min_encryption_version,
+                               std::optional<uint32_t> min_decryption_version);
+  // Destroys every version of the key; `force` deletes it although the policy names it.
+  // Returns the versions destroyed.
+  Result<std::vector<uint32_t>> DeleteKey(std::string_view key, bool force = false);
+  // Re-encrypts reversible ciphertexts (with their tokens, all of one version) under the key's
+  // newest version inside the daemon: new ciphertexts and tokens, never the plaintext. Sent as
+  // JSON whatever the wire.
+  Result<EncryptResult> Rewrap(std::string_view key, std::span<const float> vectors,
+                               size_t dimension, std::span<const uint8_t> tokens);
 
   // The raw JSON bodies of GET /v1/whoami and GET /v1/health. Health returns the body for 200
   // and for 503 alike (it names the failing part); other statuses are errors.

@@ -38,6 +38,9 @@ class HsmGate {
   Result<pkcs11::KeyInfo> RotateKey(std::string_view name, core::KeyFormat format);
   Result<pkcs11::ModelKey> FindKey(std::string_view name, std::optional<uint32_t> version = {});
   Result<uint32_t> FixDimension(std::string_view name, uint32_t dimension);
+  Result<pkcs11::KeyConfig> ReadKeyConfig(std::string_view name);
+  Result<pkcs11::KeyConfig> ConfigureKey(std::string_view name, const pkcs11::KeyConfig& config);
+  Result<std::vector<uint32_t>> DeleteKey(std::string_view name);
   Status Ping();
   // Every counted Cryptoki function and its calls so far; empty while closed.
   std::vector<std::pair<std::string, uint64_t>> CallCounts() const;

@@ -83,6 +83,12 @@ class Service final : public RequestHandler {
   Status ListKeys(Call& call);
   Status CreateKey(Call& call);
   Status RotateKey(Call& call, const std::string& key_name);
+  Status GetKey(Call& call, const std::string& key_name);
+  Status ConfigureKey(Call& call, const std::string& key_name);
+  Status DeleteKey(Call& call, const std::string& key_name);
+  Status Rewrap(Call& call, const std::string& key_name);
+  // Answers with the key object, its minimum versions and the state of each version.
+  Status KeyAnswer(Call& call, const std::string& key_name);
   Status WhoAmI(Call& call);
   Status Health(Call& call);
   Status Metrics(Call& call);
@@ -104,6 +110,12 @@ class Service final : public RequestHandler {
   // A key creation body, once read: small, and nested no deeper than kMaxKeyJsonDepth.
   Status CheckKeyCreationBody(const Call& call);
   Result<CachedKey> KeyFor(const std::string& name, std::optional<uint32_t> version);
+  // The key's minimum versions, read from the token once and then cached.
+  Result<pkcs11::KeyConfig> ConfigFor(const std::string& name);
+  // key_version_retired when tokens of `version` may no longer be decrypted.
+  Status CheckDecryptable(const std::string& key_name, std::optional<uint32_t> version);
+  // Drops every cached cipher and configuration of one key.
+  void ForgetKey(const std::string& name);
   // Before any derivation: a valid dimension, the key's own (fixing it at a first use), and, when
   // the call would derive the key version's transform, time left in the caller's derivation
   // budget. True when it would derive; ChargeDerivation then takes the time it took.
@@ -127,6 +139,8 @@ class Service final : public RequestHandler {
   // (name, version) -> cipher; versions_[name] is the newest version we know of.
   std::map<std::pair<std::string, uint32_t>, CachedKey> ciphers_;
   std::map<std::string, uint32_t, std::less<>> newest_;
+  std::map<std::string, pkcs11::KeyConfig, std::less<>> configs_;
+  std::mutex key_config_mutex_;  // held across a configuration's read and write on the token
   uint64_t next_request_ = 1;
   policy::UidRateLimiter derivation_budget_;  // milliseconds, refilled per minute
   policy::BudgetLedger budgets_;

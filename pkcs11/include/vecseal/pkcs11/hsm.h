@@ -80,6 +80,15 @@ struct KeyParams {
   int64_t created_unix = 0;           // set by CreateKey/RotateKey
 };
 
+// Which versions of a key may still be used (Vault's min_encryption_version and
+// min_decryption_version): versions below min_encryption_version no longer encrypt, versions
+// below min_decryption_version no longer decrypt. 1 and 1 (every version) until configured.
+struct KeyConfig {
+  uint32_t min_encryption_version = 1;
+  uint32_t min_decryption_version = 1;
+  friend bool operator==(const KeyConfig&, const KeyConfig&) = default;
+};
+
 struct KeyInfo {
   std::string name;
   uint32_t version = 0;
@@ -173,6 +182,8 @@ std::vector<uint8_t> CanonicalParamBytes(std::string_view name, uint32_t version
 //                                            extractable or not sensitive, or whose usage flags
 //                                            are not its format's (planted or altered)
 //   kFailedPrecondition "mechanism_missing"   the token lacks a mechanism the operation needs
+//   kInvalidArgument "invalid_key_config"     minimum versions out of order or beyond the newest
+//   kUnavailable "key_deletion_incomplete"    DeleteKey destroyed some objects, not all
 class Hsm {
  public:
   // Loads and initialises the module, finds the token, logs in (one attempt), opens the anchor
@@ -204,6 +215,22 @@ class Hsm {
   // token can make neither kind (or not the one asked for).
   Result<AuditKey> EnsureAuditKey(std::string_view label = "vecseal-audit",
                                   AuditKeyAlgorithm algorithm = AuditKeyAlgorithm::kAuto);
+  // The key's minimum versions, from authenticated records beside its versions on the token:
+  // each record is MACed like the parameters, under the key version it lies beside, and carries
+  // a sequence number; the highest wins, so a record restored from an older copy of the token
+  // does not undo a later change. Defaults (1, 1) when none was written. A record that fails its
+  // MAC fails the call (key_params_tampered).
+  Result<KeyConfig> ReadKeyConfig(std::string_view name);
+  // Stores new minimum versions beside every version of the key, then removes the older
+  // records. Needs 1 <= min_decryption_version <= min_encryption_version <= the newest version,
+  // else kInvalidArgument "invalid_key_config".
+  Result<KeyConfig> ConfigureKey(std::string_view name, const KeyConfig& config);
+  // Destroys every version of the key and every record beside them, oldest version first, so
+  // that a deletion cut short leaves the newest versions (and encryption under the newest).
+  // Returns the versions destroyed. key_not_found when nothing of the key is on the token. When
+  // it fails after destroying something: kUnavailable "key_deletion_incomplete" naming what was
+  // destroyed and what remains; calling it again finishes the work.
+  Result<std::vector<uint32_t>> DeleteKey(std::string_view name);
   // Cheap liveness check (C_GetSessionInfo on the anchor session), recovering if needed.
   Status Ping();
   // Every mechanism vecseal needs for new keys of `format` (v2: AES-256 generation and

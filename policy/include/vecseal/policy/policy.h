@@ -19,9 +19,20 @@
 
 namespace vecseal::policy {
 
-enum class Operation { kEncrypt, kDecrypt, kKeysList, kKeysCreate, kKeysRotate, kAuditRead };
+enum class Operation {
+  kEncrypt,
+  kDecrypt,
+  kKeysList,
+  kKeysCreate,
+  kKeysRotate,
+  kAuditRead,
+  kKeysConfig,
+  kKeysDelete,
+  kRewrap,
+};
 
-// "encrypt", "decrypt", "keys.list", "keys.create", "keys.rotate", "audit.read".
+// "encrypt", "decrypt", "keys.list", "keys.create", "keys.rotate", "audit.read", "keys.config",
+// "keys.delete", "rewrap".
 std::string_view OperationName(Operation op);
 // The inverse of OperationName; false for anything else.
 bool ParseOperation(std::string_view name, Operation* op);
@@ -105,6 +116,11 @@ class Policy {
   // on that key name (audit.read, which concerns no key, does not count), so that a listing
   // never names a key on which the caller holds nothing.
   Decision DecideListed(const CallerIdentity& caller, std::string_view key) const;
+
+  // The ids of the rules that name `key`: a key pattern other than the catch-all "*" matches
+  // it, whatever the rule's callers and operations. A key they name is still meant to be used,
+  // so deleting it needs force; "*" names no key in particular (admin rules use it).
+  std::vector<std::string> RulesNaming(std::string_view key) const;
 
   // The key patterns of the rules that make keys listed for this caller (DecideListed), in file
   // order without repeats: what `--check-policy --op keys.list` reports.
