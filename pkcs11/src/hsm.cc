@@ -517,8 +517,9 @@ struct Hsm::State {
   // Bumped by every successful (re)connection; pooled sessions from an older generation are
   // reopened before use.
   std::atomic<uint64_t> generation{0};
-  // Bumped when recovery initialised the module again (Module::Reinitialize): handles opened
-  // before are void and are forgotten, never closed.
+  // Bumped when handles opened before are void and may name other sessions and objects now:
+  // recovery initialised the module again (Module::Reinitialize), or found the anchor gone
+  // (RetireAnchorLocked). Such handles are forgotten, never closed.
   std::atomic<uint64_t> initialisation{0};
   // The most a C_EncryptUpdate is given: kDerivationPartBytes, or less for a module that refused
   // that much with CKR_DATA_LEN_RANGE.
@@ -547,6 +548,11 @@ struct Hsm::State {
   }
 
   Status ConnectLocked();
+  // Before recovery opens a session: closes the anchor, or forgets it and every pooled session
+  // when the module has dropped it. A module that closed all our sessions may reissue their
+  // numbers to the next ones it opens (opencryptoki restarts at 1), and closing a stale number
+  // then closes a new session, and with the last one the login.
+  void RetireAnchorLocked();
   Status Recover(uint64_t observed_generation);
 
   // Runs fn(anchor) under the admin lock; on a recoverable failure, recovers and runs it once
@@ -624,6 +630,22 @@ Status Hsm::State::ConnectLocked() {
   return Status::Ok();
 }
 
+void Hsm::State::RetireAnchorLocked() {
+  if (!anchor.valid()) return;
+  CK_SESSION_INFO info{};
+  const CK_RV rv = anchor.functions()->C_GetSessionInfo(anchor.handle(), &info);
+  // The anchor is this Hsm's only read-write session: a read-only one under its number is a
+  // pooled session opened since, on a number the module reused.
+  const bool gone = rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+                    (rv == CKR_OK && (info.flags & CKF_RW_SESSION) == 0);
+  if (!gone) {
+    anchor.Close();
+    return;
+  }
+  anchor.Forget();
+  initialisation.fetch_add(1);
+}
+
 Status Hsm::State::Recover(uint64_t observed_generation) {
   uint64_t failures_seen = recovery_failures.load();
   std::lock_guard lock(admin_mutex);
@@ -634,6 +656,7 @@ Status Hsm::State::Recover(uint64_t observed_generation) {
                   "the HSM (token \"" + config.token_label +
                       "\") is unavailable; a reconnection attempt just failed");
   }
+  RetireAnchorLocked();
   std::chrono::milliseconds backoff = config.initial_backoff;
   Status last;
   for (size_t attempt = 0; attempt < config.recovery_attempts; ++attempt) {

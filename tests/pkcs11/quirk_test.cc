@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <fstream>
 #include <memory>
+#include <sstream>
 
 #include "softhsm_test.h"
 #include "vecseal/core/cipher.h"
@@ -110,6 +112,25 @@ TEST_F(ModuleQuirkTest, AStaleAlreadyLoggedInIsLoggedOutAndInAgain) {
   auto seeds = Derive(*hsm, 2);
   EXPECT_TRUE(seeds.ok()) << seeds.status().ToString();
   EXPECT_TRUE(hsm->Ping().ok());
+}
+
+// A module may give the numbers of the sessions it dropped to the next ones it opens (opencryptoki
+// 3.8 restarts at 1 after C_CloseAllSessions), so recovery never closes a session from before
+// the loss: closing the old number would close a new session, and with the last one the login.
+TEST_F(ModuleQuirkTest, RecoveryNeverClosesASessionTheModuleDropped) {
+  auto hsm = Open();
+  ASSERT_TRUE(hsm);
+  ASSERT_TRUE(CreateKey(*hsm).ok());
+  ASSERT_TRUE(Derive(*hsm, 2).ok());  // a pooled session too, not only the anchor
+  const std::string log = token_->dir() + "/stale-closes.log";
+  ASSERT_TRUE(faulty_->Set("stale-closes " + log + "\nclose-sessions").ok());
+  auto seeds = Derive(*hsm, 2);
+  EXPECT_TRUE(seeds.ok()) << seeds.status().ToString();
+  EXPECT_TRUE(hsm->Ping().ok());
+  EXPECT_TRUE(hsm->ListKeys().ok());
+  std::ostringstream closes;
+  if (std::ifstream in(log); in) closes << in.rdbuf();
+  EXPECT_EQ(closes.str(), "");
 }
 
 // CKR_SESSION_COUNT while reconnecting (a token at its session limit): recovery tries again.

@@ -258,6 +258,12 @@ TEST_F(RecoveryTest, ControlledFromAnotherProcess) {
 // A device code from C_Initialize is the HSM being away (vecseald waits for it); any other code
 // is the module itself failing (vecseald stops).
 TEST_F(RecoveryTest, ModuleThatFailsToInitialiseIsRefusedByCause) {
+  if (token_->module() == testing::TestModule::kOpenCryptoki) {
+    GTEST_SKIP() << "opencryptoki 3.8 crashes in a second C_Initialize in one process, so vecseal "
+                    "leaves it initialised (cryptoki.cc, KeepsInitialised) and the C_Initialize "
+                    "this test fails never comes after SetUp's; the cause is told apart in "
+                    "cryptoki.cc whatever the module, and proven on SoftHSM2";
+  }
   hsm_.reset();
   key_ = {};  // the module is finalised once nothing holds it
   ASSERT_TRUE(faulty_->Set("C_Initialize CKR_DEVICE_ERROR").ok());

@@ -10,6 +10,9 @@
 //     down [CKR_...]              every call fails (default CKR_DEVICE_REMOVED)
 //     up                          nothing fails (also: an empty or missing file)
 //     close-sessions              once, when read: closes every session in the real module
+//     stale-closes PATH           appends a line to PATH for every C_CloseSession of a session
+//                                 that close-sessions dropped and no C_OpenSession reissued: a
+//                                 module that reuses numbers (opencryptoki) would close a new one
 //     slow C_Sign 500             every C_Sign waits 500 ms, then goes through (a slow HSM)
 //     delay 500                   every call waits 500 µs first: a network HSM's round trip
 //     refuse-os-locking           C_Initialize with CKF_OS_LOCKING_OK fails with CKR_CANT_LOCK
@@ -30,6 +33,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -59,6 +63,9 @@ struct Faults {
   unsigned long max_data = 0;  // 0: no limit
   std::set<CK_ATTRIBUTE_TYPE> refused_attributes;
   std::set<CK_SLOT_ID> slots;
+  std::set<CK_SESSION_HANDLE> open_sessions;
+  std::set<CK_SESSION_HANDLE> dropped_sessions;
+  std::string stale_close_log;
 };
 
 CK_FUNCTION_LIST_PTR g_real = nullptr;
@@ -107,6 +114,7 @@ void RefreshLocked() {
       g_faults.refuse_os_locking = false;
       g_faults.max_data = 0;
       g_faults.refused_attributes.clear();
+      g_faults.stale_close_log.clear();
     }
     return;
   }
@@ -134,6 +142,7 @@ void RefreshLocked() {
   g_faults.refuse_os_locking = false;
   g_faults.max_data = 0;
   g_faults.refused_attributes.clear();
+  g_faults.stale_close_log.clear();
   std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
@@ -160,8 +169,12 @@ void RefreshLocked() {
     } else if (command == "refuse-attribute") {
       std::string type;
       if (words >> type) g_faults.refused_attributes.insert(std::strtoul(type.c_str(), nullptr, 0));
+    } else if (command == "stale-closes") {
+      words >> g_faults.stale_close_log;
     } else if (command == "close-sessions") {
       for (CK_SLOT_ID slot : g_faults.slots) g_real->C_CloseAllSessions(slot);
+      g_faults.dropped_sessions.merge(g_faults.open_sessions);
+      g_faults.open_sessions.clear();
     } else if (words >> code) {
       if (!(words >> count)) count = -1;
       std::string after;
@@ -212,6 +225,8 @@ CK_RV Faulty_C_Initialize(CK_VOID_PTR init_args) {
     g_faults.down = false;
     g_faults.rules.clear();
     g_faults.slots.clear();
+    g_faults.open_sessions.clear();
+    g_faults.dropped_sessions.clear();
   }
   if (CK_RV fault = Fault("C_Initialize"); fault != CKR_OK) return fault;
   {
@@ -244,7 +259,26 @@ CK_RV Faulty_C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR applicat
     std::lock_guard lock(g_faults.mutex);
     g_faults.slots.insert(slot);
   }
-  return g_real->C_OpenSession(slot, flags, application, notify, session);
+  const CK_RV rv = g_real->C_OpenSession(slot, flags, application, notify, session);
+  if (rv == CKR_OK) {
+    std::lock_guard lock(g_faults.mutex);
+    g_faults.open_sessions.insert(*session);
+    g_faults.dropped_sessions.erase(*session);
+  }
+  return rv;
+}
+
+CK_RV Faulty_C_CloseSession(CK_SESSION_HANDLE session) {
+  if (CK_RV fault = Fault("C_CloseSession"); fault != CKR_OK) return fault;
+  {
+    std::lock_guard lock(g_faults.mutex);
+    if (g_faults.dropped_sessions.count(session) != 0 && !g_faults.stale_close_log.empty()) {
+      std::ofstream(g_faults.stale_close_log, std::ios::app)
+          << "C_CloseSession of dropped session " << session << "\n";
+    }
+    g_faults.open_sessions.erase(session);
+  }
+  return g_real->C_CloseSession(session);
 }
 
 VECSEAL_FAULTY(C_GetSlotList, (CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count),
@@ -253,7 +287,6 @@ VECSEAL_FAULTY(C_GetTokenInfo, (CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info), (slot,
 VECSEAL_FAULTY(C_GetMechanismInfo,
                (CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info),
                (slot, type, info))
-VECSEAL_FAULTY(C_CloseSession, (CK_SESSION_HANDLE session), (session))
 VECSEAL_FAULTY(C_GetSessionInfo, (CK_SESSION_HANDLE session, CK_SESSION_INFO_PTR info),
                (session, info))
 VECSEAL_FAULTY(C_Login,
