@@ -23,6 +23,12 @@ verify() {
 verify vecseald.service vecseald.socket
 echo "verify: ok"
 
+# A wrong PIN exits 1; a restart would spend another login attempt on the token each time, and
+# could lock its PIN (docs/hsm.md, "A wrong PIN").
+grep -qx 'Restart=on-failure' "$packaging/systemd/vecseald.service" &&
+  grep -qx 'RestartPreventExitStatus=1' "$packaging/systemd/vecseald.service" ||
+  { echo "FAIL: the unit must restart on failure, but never after exit status 1"; exit 1; }
+
 # --threshold counts tenths: 10 is an exposure of 1.0.
 systemd-analyze security --offline=yes --threshold=10 --no-pager \
   "$packaging/systemd/vecseald.service" | tail -n 1
