@@ -38,16 +38,26 @@ def own_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_ticks():
+    """(busy, iowait, all) ticks of every CPU since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    busy = user + nice + system + irq + softirq + steal
+    return busy, iowait, busy + idle + iowait
+
+
 def measure(label, run, daemons, others):
     before = {p: cpu_seconds(p) for p in daemons + others}
     own = own_cpu()
+    machine = machine_ticks()
     start = time.perf_counter()
     run()
     wall = time.perf_counter() - start
+    busy, iowait, total = (after - then for after, then in zip(machine_ticks(), machine))
     daemon_cpu = sum(cpu_seconds(p) - before[p] for p in daemons)
     other_cpu = sum(cpu_seconds(p) - before[p] for p in others)
     return {"label": label, "wall": wall, "daemons": daemon_cpu, "others": other_cpu,
-            "self": own_cpu() - own}
+            "self": own_cpu() - own, "busy": busy / total, "iowait": iowait / total}
 
 
 def main():
@@ -102,7 +112,8 @@ def main():
                     results.append(result)
                     print(f"round {round_ + 1} {label}: {rows / result['wall']:,.0f} vectors/s; "
                           f"CPU s: daemons {result['daemons']:.2f}, workers+scheduler "
-                          f"{result['others']:.2f}, this process {result['self']:.2f}",
+                          f"{result['others']:.2f}, this process {result['self']:.2f}; "
+                          f"machine busy {result['busy']:.0%}, iowait {result['iowait']:.0%}",
                           flush=True)
         finally:
             client_one.close()
@@ -119,7 +130,9 @@ def main():
         print(f"  {label}: {medians[label]:,.0f} vectors/s; CPU s per 100k vectors: daemons "
               f"{statistics.median(r['daemons'] for r in runs) * 1e5 / rows:.2f}, "
               f"workers+scheduler {statistics.median(r['others'] for r in runs) * 1e5 / rows:.2f}, "
-              f"this process {statistics.median(r['self'] for r in runs) * 1e5 / rows:.2f}")
+              f"this process {statistics.median(r['self'] for r in runs) * 1e5 / rows:.2f}; "
+              f"machine busy {statistics.median(r['busy'] for r in runs):.0%}, "
+              f"iowait {statistics.median(r['iowait'] for r in runs):.0%}")
     labels = list(by_label)
     print(f"  dask 1 worker / plain loop: {medians[labels[1]] / medians[labels[0]]:.2f}")
     print(f"  dask 2 workers / 1 worker:  {medians[labels[2]] / medians[labels[1]]:.2f}")
