@@ -6,7 +6,9 @@ partitions in one process with the Python client: the peer that Dask's overhead 
 against. Rounds alternate the three; each prints vectors/s and the CPU seconds spent by the
 daemons, the workers (client and Dask in one process), the scheduler and the plain loop.
 
-    bench/load/dask_scaling.py VECSEALD [ROUNDS] [ROWS]
+    bench/load/dask_scaling.py VECSEALD [ROUNDS] [ROWS] [ROWS_PER_PARTITION]
+
+ROWS_PER_PARTITION defaults to encrypt_npy's own default, 20 000.
 """
 import os
 import resource
@@ -24,7 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
 import numpy as np  # noqa: E402
 import shared_hsm  # noqa: E402
 
-DIM, PARTITION = 384, 10_000
+DIM = 384
 
 
 def cpu_seconds(pid):
@@ -64,6 +66,7 @@ def main():
     vecseald = sys.argv[1]
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     rows = int(sys.argv[3]) if len(sys.argv) > 3 else 200_000
+    partition = int(sys.argv[4]) if len(sys.argv) > 4 else 20_000
     import vecseal
     import vecseal.dask
     from vecseal.partitions import encrypt_partition
@@ -90,15 +93,15 @@ def main():
                 out = np.lib.format.open_memmap(os.path.join(work, "plain.npy"), mode="w+",
                                                 dtype=np.float32, shape=data.shape)
                 source_rows = np.load(source, mmap_mode="r")
-                for start in range(0, rows, PARTITION):
-                    out[start:start + PARTITION] = encrypt_partition(
-                        source_rows[start:start + PARTITION], "bench", socket_path=a.socket)
+                for start in range(0, rows, partition):
+                    out[start:start + partition] = encrypt_partition(
+                        source_rows[start:start + partition], "bench", socket_path=a.socket)
                 out.flush()
 
             def dask_job(client, name):
                 def job():
                     vecseal.dask.encrypt_npy(source, os.path.join(work, name), "bench",
-                                             rows_per_partition=PARTITION, client=client)
+                                             rows_per_partition=partition, client=client)
                 return job
 
             for round_ in range(rounds):

@@ -164,7 +164,8 @@ TEST_F(PinTest, ErrorsNameTheSourceNeverTheContent) {
       {CredentialPin("hsm-pin"),
        "pin_source_invalid",
        "the PIN is the systemd credential \"hsm-pin\" but $CREDENTIALS_DIRECTORY is not set; add "
-       "LoadCredential=hsm-pin:<path> to the unit"},
+       "LoadCredential=hsm-pin:<path> to the unit, or without systemd set it to a directory "
+       "holding the file (docs/operations.md, \"Without systemd\")"},
       {CredentialPin("../pin"),
        "pin_source_invalid",
        "a credential name is a plain file name under $CREDENTIALS_DIRECTORY, without \"/\""},
