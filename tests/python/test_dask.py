@@ -173,8 +173,15 @@ def main():
             finished = len(done())
             assert 0 < finished < ROWS // PARTITION, f"{finished} parts finished before the kill"
 
-            # 3. The node is back; running the job again encrypts only the missing partitions.
+            # 3. The node is back; running the job again encrypts only the missing partitions
+            # (and only when cut into the same partitions as before).
             b = hsm.start_node("b")
+            try:
+                vecseal.dask.encrypt_npy(source, target, "dask-job",
+                                         rows_per_partition=PARTITION // 2, client=client)
+                raise AssertionError("a retry with other partitions was accepted")
+            except ValueError as refused:
+                assert "unfinished job of another shape" in str(refused), str(refused)
             before = a.encrypted_vectors() + b.encrypted_vectors()
             result = vecseal.dask.encrypt_npy(source, target, "dask-job",
                                               rows_per_partition=PARTITION, client=client)

@@ -13,6 +13,7 @@ Needs dask (and distributed for a cluster); `import vecseal` works without them.
 versions are not comparable. encrypt_npy checks that on its own.
 """
 
+import json
 import os
 import time
 from typing import Any, Dict, Optional
@@ -132,6 +133,19 @@ def encrypt_npy(source: str, target: str, key: str, *, rows_per_partition: int =
     del layout
     parts, unfinished = target + ".parts", target + ".parts/unfinished.npy"
     os.makedirs(parts, exist_ok=True)
+    # A retry must cut the rows into the same partitions, or the marks would name other rows.
+    job = {"source": os.path.abspath(source), "rows": n, "dimension": d, "key": key,
+           "rows_per_partition": rows_per_partition}
+    job_file = os.path.join(parts, "job.json")
+    if os.path.exists(job_file):
+        with open(job_file) as f:
+            earlier = json.load(f)
+        if earlier != job:
+            raise ValueError(f"{parts} holds an unfinished job of another shape ({earlier}); run "
+                             f"encrypt_npy with the same arguments, or remove {parts}")
+    else:
+        with open(job_file, "w") as f:
+            json.dump(job, f)
     if not os.path.exists(unfinished):
         # Sparse until written; each task fills its rows in place, so nothing is copied twice.
         np.lib.format.open_memmap(unfinished, mode="w+", dtype="<f4", shape=(n, d)).flush()
