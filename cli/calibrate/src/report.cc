@@ -161,8 +161,13 @@ std::string BudgetGuidance(const CalibrationReport& report, const BetaResult& ch
 
 std::vector<double> NextBetas(const CalibrationReport& report) {
   if (report.results.empty()) return {};
-  const auto [smallest, largest] = std::ranges::minmax(
-      report.results | std::views::transform([](const BetaResult& result) { return result.beta; }));
+  // A plain loop: clang 14, the sanitizer build's compiler, cannot compile libstdc++ 12's views.
+  double smallest = report.results.front().beta;
+  double largest = smallest;
+  for (const BetaResult& result : report.results) {
+    smallest = std::min(smallest, result.beta);
+    largest = std::max(largest, result.beta);
+  }
   std::vector<double> betas;
   if (report.recommended_beta && *report.recommended_beta == largest) {
     for (double factor : {1.0, 1.5, 2.0, 3.0, 5.0, 10.0}) betas.push_back(Round3(largest * factor));
