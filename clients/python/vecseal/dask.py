@@ -104,12 +104,18 @@ def _run(client: Any, tasks: Any) -> Any:
         return client.gather(futures)
     except BaseException:
         client.cancel(futures)
+        # The scheduler forgets a cancelled task at once, but a worker cannot stop one that is
+        # running: ask the workers themselves until none of this job's tasks still executes.
         keys = {future.key for future in futures}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and any(
-                keys.intersection(running) for running in client.processing().values()):
+                keys.intersection(running) for running in client.run(_executing).values()):
             time.sleep(0.05)
         raise
+
+
+def _executing(dask_worker: Any) -> list:
+    return [task.key for task in dask_worker.state.executing]
 
 
 def encrypt_npy(source: str, target: str, key: str, *, rows_per_partition: int = 20_000,
