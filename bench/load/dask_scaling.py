@@ -48,7 +48,8 @@ def machine_ticks():
     return busy, iowait, busy + idle + iowait
 
 
-def measure(label, run, daemons, others):
+def measure(label, run, daemons, workers, scheduler):
+    others = workers + scheduler
     before = {p: cpu_seconds(p) for p in daemons + others}
     own = own_cpu()
     machine = machine_ticks()
@@ -57,8 +58,10 @@ def measure(label, run, daemons, others):
     wall = time.perf_counter() - start
     busy, iowait, total = (after - then for after, then in zip(machine_ticks(), machine))
     daemon_cpu = sum(cpu_seconds(p) - before[p] for p in daemons)
-    other_cpu = sum(cpu_seconds(p) - before[p] for p in others)
-    return {"label": label, "wall": wall, "daemons": daemon_cpu, "others": other_cpu,
+    worker_cpu = sum(cpu_seconds(p) - before[p] for p in workers)
+    scheduler_cpu = sum(cpu_seconds(p) - before[p] for p in scheduler)
+    return {"label": label, "wall": wall, "daemons": daemon_cpu, "workers": worker_cpu,
+            "scheduler": scheduler_cpu,
             "self": own_cpu() - own, "busy": busy / total, "iowait": iowait / total}
 
 
@@ -90,13 +93,19 @@ def main():
         daemons = [a.process.pid, b.process.pid]
         try:
             def plain():
-                out = np.lib.format.open_memmap(os.path.join(work, "plain.npy"), mode="w+",
-                                                dtype=np.float32, shape=data.shape)
+                # Written as encrypt_npy's tasks write: a pwrite of each partition's rows at
+                # their offset, the file synced once at the end.
+                target = os.path.join(work, "plain.npy")
+                np.lib.format.open_memmap(target, mode="w+", dtype=np.float32,
+                                          shape=data.shape).flush()
+                offset = np.load(target, mmap_mode="r").offset
                 source_rows = np.load(source, mmap_mode="r")
                 for start in range(0, rows, partition):
-                    out[start:start + partition] = encrypt_partition(
-                        source_rows[start:start + partition], "bench", socket_path=a.socket)
-                out.flush()
+                    sealed = encrypt_partition(source_rows[start:start + partition], "bench",
+                                               socket_path=a.socket)
+                    vecseal.dask._write_at(target, offset + start * DIM * 4, sealed)
+                with open(target, "rb+") as written:
+                    os.fsync(written.fileno())
 
             def dask_job(client, name):
                 def job():
@@ -109,13 +118,14 @@ def main():
                         ("plain loop, node a", plain, None),
                         ("dask, 1 worker on node a", dask_job(client_one, "one.npy"), one),
                         ("dask, 2 workers on nodes a and b", dask_job(client_two, "two.npy"), two)):
-                    others = [p.pid for p in cluster.processes] if cluster else []
-                    result = measure(label, run, daemons, others)
+                    pids = [p.pid for p in cluster.processes] if cluster else []
+                    result = measure(label, run, daemons, pids[1:], pids[:1])
                     result["round"] = round_ + 1
                     results.append(result)
                     print(f"round {round_ + 1} {label}: {rows / result['wall']:,.0f} vectors/s; "
-                          f"CPU s: daemons {result['daemons']:.2f}, workers+scheduler "
-                          f"{result['others']:.2f}, this process {result['self']:.2f}; "
+                          f"CPU s: daemons {result['daemons']:.2f}, workers "
+                          f"{result['workers']:.2f}, scheduler {result['scheduler']:.2f}, "
+                          f"this process {result['self']:.2f}; "
                           f"machine busy {result['busy']:.0%}, iowait {result['iowait']:.0%}",
                           flush=True)
         finally:
@@ -132,7 +142,8 @@ def main():
         medians[label] = statistics.median(rows / r["wall"] for r in runs)
         print(f"  {label}: {medians[label]:,.0f} vectors/s; CPU s per 100k vectors: daemons "
               f"{statistics.median(r['daemons'] for r in runs) * 1e5 / rows:.2f}, "
-              f"workers+scheduler {statistics.median(r['others'] for r in runs) * 1e5 / rows:.2f}, "
+              f"workers {statistics.median(r['workers'] for r in runs) * 1e5 / rows:.2f}, "
+              f"scheduler {statistics.median(r['scheduler'] for r in runs) * 1e5 / rows:.2f}, "
               f"this process {statistics.median(r['self'] for r in runs) * 1e5 / rows:.2f}; "
               f"machine busy {statistics.median(r['busy'] for r in runs):.0%}, "
               f"iowait {statistics.median(r['iowait'] for r in runs):.0%}")
