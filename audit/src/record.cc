@@ -14,6 +14,8 @@
 #include <fstream>
 #include <memory>
 
+#include "vecseal/wire/base64.h"
+
 namespace vecseal::audit::internal {
 namespace {
 
@@ -294,25 +296,14 @@ Digest SealDigest(std::span<const uint8_t, 16> file_id, uint64_t seq, const Dige
   return Sha256(message);
 }
 
-std::string Base64(std::span<const uint8_t> bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
-  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), bytes.data(),
-                                static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
-}
+std::string Base64(std::span<const uint8_t> bytes) { return wire::Base64Encode(bytes); }
 
 bool ParseBase64(std::string_view text, std::vector<uint8_t>* out) {
-  if (text.empty() || text.size() % 4 != 0 || text.size() > 4096) return false;
-  out->assign(text.size() / 4 * 3, 0);
-  const int n = EVP_DecodeBlock(out->data(), reinterpret_cast<const unsigned char*>(text.data()),
-                                static_cast<int>(text.size()));
-  if (n < 0) return false;
-  size_t padding = 0;
-  if (text.back() == '=') ++padding;
-  if (text.size() >= 2 && text[text.size() - 2] == '=') ++padding;
-  out->resize(static_cast<size_t>(n) - padding);
-  return Base64(*out) == text;  // only the canonical encoding
+  if (text.empty() || text.size() > 4096) return false;  // a seal's signature, not any text
+  auto bytes = wire::Base64Decode(text);
+  if (!bytes) return false;
+  *out = std::move(*bytes);
+  return true;
 }
 
 bool ReadWholeFile(const std::string& path, std::string* content) {

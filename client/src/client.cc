@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <bit>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -17,10 +16,19 @@
 
 #include <nlohmann/json.hpp>
 
+#include "vecseal/wire/base64.h"
+#include "vecseal/wire/binary_floats.h"
+#include "vecseal/wire/http_status.h"
+#include "vecseal/wire/json_floats.h"
+#include "vecseal/wire/key_name.h"
+#include "vecseal/wire/tokens.h"
+
 namespace vecseal::client {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+static_assert(kTokenSize == core::kTokenSize, "the client's public token size is the wire's");
 
 constexpr size_t kMaxHeaderBytes = 64 * 1024;
 constexpr size_t kMaxBodyBytes = size_t{1} << 31;
@@ -66,138 +74,6 @@ std::string ConnectErrorText(int error) {
     case ENOTDIR: return "a path component is not a directory";
     default: return Lower(std::strerror(error));
   }
-}
-
-Code CodeForHttpStatus(int status) {
-  switch (status) {
-    case 400: return Code::kInvalidArgument;
-    case 403: return Code::kPermissionDenied;
-    case 404: return Code::kNotFound;
-    case 409: return Code::kAlreadyExists;
-    case 408:
-    case 503: return Code::kUnavailable;
-    case 411:
-    case 415:
-    case 405: return Code::kInvalidArgument;
-    case 413:
-    case 429: return Code::kResourceExhausted;
-    default: return Code::kInternal;
-  }
-}
-
-bool ValidKeyName(std::string_view name) {
-  if (name.empty() || name.size() > 64) return false;
-  for (size_t i = 0; i < name.size(); ++i) {
-    const char c = name[i];
-    const bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-    if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-'))) return false;
-  }
-  return true;
-}
-
-Status CheckKeyName(std::string_view name) {
-  if (ValidKeyName(name)) return Status::Ok();
-  return Status(Code::kInvalidArgument, "invalid_key_name",
-                "key name '" + std::string(name) +
-                    "' is invalid (1-64 characters: a-z 0-9 . _ -, starting with a letter or digit)");
-}
-
-void AppendFloatsLe(std::string& out, std::span<const float> values) {
-  const size_t start = out.size();
-  out.resize(start + values.size() * 4);
-  if constexpr (std::endian::native == std::endian::little) {
-    std::memcpy(out.data() + start, values.data(), values.size() * 4);
-  } else {
-    for (size_t i = 0; i < values.size(); ++i) {
-      const auto bits = std::bit_cast<uint32_t>(values[i]);
-      for (int b = 0; b < 4; ++b) out[start + i * 4 + b] = static_cast<char>(bits >> (8 * b));
-    }
-  }
-}
-
-// The little-endian bytes of `values`: a view of them where the host is little-endian (no
-// copy of megabytes per request), else a converted copy in `scratch`.
-std::string_view FloatsLe(std::span<const float> values, std::string& scratch) {
-  if constexpr (std::endian::native == std::endian::little) {
-    return std::string_view(reinterpret_cast<const char*>(values.data()), values.size() * 4);
-  }
-  AppendFloatsLe(scratch, values);
-  return scratch;
-}
-
-// Little-endian float32 bytes, received in place, to native floats.
-void FloatsFromLe(std::span<float> values) {
-  if constexpr (std::endian::native != std::endian::little) {
-    for (float& value : values) {
-      value = std::bit_cast<float>(__builtin_bswap32(std::bit_cast<uint32_t>(value)));
-    }
-  }
-}
-
-void DecodeFloatsLe(std::string_view bytes, std::vector<float>& out) {
-  out.resize(bytes.size() / 4);
-  if constexpr (std::endian::native == std::endian::little) {
-    std::memcpy(out.data(), bytes.data(), out.size() * 4);
-  } else {
-    for (size_t i = 0; i < out.size(); ++i) {
-      uint32_t bits = 0;
-      for (int b = 0; b < 4; ++b) bits |= static_cast<uint32_t>(static_cast<uint8_t>(bytes[i * 4 + b])) << (8 * b);
-      out[i] = std::bit_cast<float>(bits);
-    }
-  }
-}
-
-constexpr char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-std::string Base64(std::span<const uint8_t> in) {
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  for (size_t i = 0; i < in.size(); i += 3) {
-    uint32_t v = static_cast<uint32_t>(in[i]) << 16;
-    if (i + 1 < in.size()) v |= static_cast<uint32_t>(in[i + 1]) << 8;
-    if (i + 2 < in.size()) v |= in[i + 2];
-    out += kBase64[(v >> 18) & 63];
-    out += kBase64[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kBase64[(v >> 6) & 63] : '=';
-    out += i + 2 < in.size() ? kBase64[v & 63] : '=';
-  }
-  return out;
-}
-
-std::optional<std::vector<uint8_t>> Unbase64(std::string_view in) {
-  if (in.size() % 4 != 0) return std::nullopt;
-  std::vector<uint8_t> out;
-  for (size_t i = 0; i < in.size(); i += 4) {
-    uint32_t v = 0;
-    int pad = 0;
-    for (size_t j = 0; j < 4; ++j) {
-      const char c = in[i + j];
-      const char* at = std::strchr(kBase64, c);
-      if (c == '=' && i + 4 == in.size() && j >= 2) {
-        ++pad;
-        v <<= 6;
-        continue;
-      }
-      if (c == '\0' || at == nullptr || pad > 0) return std::nullopt;
-      v = (v << 6) | static_cast<uint32_t>(at - kBase64);
-    }
-    out.push_back(static_cast<uint8_t>(v >> 16));
-    if (pad < 2) out.push_back(static_cast<uint8_t>(v >> 8));
-    if (pad < 1) out.push_back(static_cast<uint8_t>(v));
-  }
-  return out;
-}
-
-// [[v, ...], ...] with the shortest text that reads back as the same float32.
-void AppendJsonVectors(std::string& body, std::span<const float> vectors, size_t dimension) {
-  char number[32];
-  body += '[';
-  for (size_t i = 0; i < vectors.size(); ++i) {
-    body += i == 0 ? "[" : (i % dimension == 0 ? "],[" : ",");
-    const auto [end, ec] = std::to_chars(number, number + sizeof(number), vectors[i]);
-    body.append(number, end);
-  }
-  body += vectors.empty() ? "]" : "]]";
 }
 
 // Reads "key_version", "vectors" and "tokens" of a JSON encrypt or decrypt response with SAX
@@ -326,9 +202,9 @@ Status CheckTokenBatch(const char* what, std::span<const float> vectors, size_t 
 // The base64 tokens of a JSON answer, appended to `out` as kTokenSize bytes each.
 Status DecodeTokens(const std::vector<std::string>& texts, std::vector<uint8_t>& out) {
   for (const std::string& text : texts) {
-    std::optional<std::vector<uint8_t>> bytes = Unbase64(text);
-    if (!bytes || bytes->size() != kTokenSize) return BadResponse("a malformed token");
-    out.insert(out.end(), bytes->begin(), bytes->end());
+    const std::optional<core::Token> token = wire::DecodeToken(text);
+    if (!token) return BadResponse("a malformed token");
+    out.insert(out.end(), token->begin(), token->end());
   }
   return Status::Ok();
 }
@@ -355,11 +231,11 @@ Result<EncryptResult> ReadSealedJson(const HttpResponse& response, size_t dimens
 std::string JsonTokensBody(std::span<const float> vectors, size_t dimension,
                            std::span<const uint8_t> tokens) {
   std::string body = R"({"vectors":)";
-  AppendJsonVectors(body, vectors, dimension);
+  wire::AppendVectorsJson(body, vectors, dimension);
   body += R"(,"tokens":[)";
   for (size_t i = 0; i < tokens.size(); i += kTokenSize) {
     body += i == 0 ? "\"" : ",\"";
-    body += Base64(tokens.subspan(i, kTokenSize));
+    body += wire::Base64Encode(tokens.subspan(i, kTokenSize));
     body += '"';
   }
   body += "]}";
@@ -389,7 +265,7 @@ std::optional<std::string_view> HttpResponse::Header(std::string_view lower_case
 }
 
 Status StatusFromResponse(const HttpResponse& response) {
-  const Code code = CodeForHttpStatus(response.status);
+  const Code code = wire::CodeForHttpStatus(static_cast<unsigned>(response.status));
   nlohmann::json body = nlohmann::json::parse(response.body, nullptr, false);
   if (body.is_object() && body.contains("error") && body["error"].is_object()) {
     const nlohmann::json& error = body["error"];
@@ -742,7 +618,7 @@ Result<HttpResponse> Client::Request(std::string_view method, std::string_view t
 Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const float> vectors,
                                       size_t dimension, bool reversible,
                                       std::optional<uint32_t> key_version) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(key));
   if (dimension == 0 || vectors.size() % dimension != 0) {
     return Status(Code::kInvalidArgument, "invalid_length",
                   std::to_string(vectors.size()) + " values are not whole vectors of dimension " +
@@ -765,7 +641,7 @@ Result<EncryptResult> Client::Encrypt(std::string_view key, std::span<const floa
   body += reversible ? "true" : "false";
   if (key_version) body += R"(,"key_version":)" + std::to_string(*key_version);
   body += R"(,"vectors":)";
-  AppendJsonVectors(body, vectors, dimension);
+  wire::AppendVectorsJson(body, vectors, dimension);
   body += "}";
   Result<HttpResponse> response = Call("POST", target, "application/json", body, {});
   if (!response.ok()) return std::move(response).TakeStatus();
@@ -776,7 +652,7 @@ Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float
                                      size_t dimension, std::span<float> out,
                                      std::span<uint8_t> tokens,
                                      std::optional<uint32_t> key_version) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(key));
   if (dimension == 0 || vectors.size() % dimension != 0 || out.size() != vectors.size() ||
       (!tokens.empty() && tokens.size() != vectors.size() / dimension * kTokenSize)) {
     return Status(Code::kInvalidArgument, "invalid_length",
@@ -804,7 +680,7 @@ Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float
       .first = std::span<char>(reinterpret_cast<char*>(out.data()), out.size() * sizeof(float)),
       .second = std::span<char>(reinterpret_cast<char*>(tokens.data()), tokens.size())};
   Result<HttpResponse> response = Call("POST", target, "application/octet-stream",
-                                       FloatsLe(vectors, scratch), headers, &into);
+                                       wire::LittleEndianBytes(vectors, scratch), headers, &into);
   if (!response.ok()) return std::move(response).TakeStatus();
   if (response->status != 200) return StatusFromResponse(*response);
   const auto version = ParseDecimal<uint32_t>(response->Header("vecseal-key-version").value_or(""));
@@ -813,19 +689,19 @@ Result<uint32_t> Client::EncryptInto(std::string_view key, std::span<const float
     return BadResponse("a body of " + std::to_string(response->body.size()) + " bytes for " +
                        std::to_string(n) + " vectors");
   }
-  FloatsFromLe(out);
+  wire::ConvertLittleEndian(out);
   return *version;
 }
 
 Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const float> vectors,
                                       size_t dimension, std::span<const uint8_t> tokens) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(key));
   VECSEAL_RETURN_IF_ERROR(CheckTokenBatch("decrypt", vectors, dimension, tokens));
   const std::string target = "/v1/keys/" + std::string(key) + "/decrypt";
   DecryptResult result;
   if (options_.wire == Wire::kBinary) {
     std::string body;
-    AppendFloatsLe(body, vectors);
+    wire::AppendLittleEndian(body, vectors);
     body.append(reinterpret_cast<const char*>(tokens.data()), tokens.size());
     const std::pair<std::string, std::string> headers[] = {
         {"Vecseal-Dimension", std::to_string(dimension)}};
@@ -838,7 +714,7 @@ Result<DecryptResult> Client::Decrypt(std::string_view key, std::span<const floa
     const auto version = ParseDecimal<uint32_t>(response->Header("vecseal-key-version").value_or("0"));
     result.key_version = version.value_or(0);
     result.dimension = dimension;
-    DecodeFloatsLe(response->body, result.vectors);
+    wire::ReadLittleEndian(response->body, result.vectors);
     return result;
   }
   Result<HttpResponse> response =
@@ -871,7 +747,7 @@ Result<std::vector<KeyInfo>> Client::ListKeys() {
 }
 
 Result<KeyInfo> Client::CreateKey(const KeySpec& spec) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(spec.name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(spec.name));
   nlohmann::json request = {{"name", spec.name},
                             {"approximation_factor", spec.approximation_factor},
                             {"transform", spec.transform}};
@@ -886,7 +762,7 @@ Result<KeyInfo> Client::CreateKey(const KeySpec& spec) {
 }
 
 Result<KeyInfo> Client::RotateKey(std::string_view key) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(key));
   Result<HttpResponse> response =
       Call("POST", "/v1/keys/" + std::string(key) + "/rotate", "application/json", "{}", {});
   if (!response.ok()) return std::move(response).TakeStatus();
@@ -897,7 +773,7 @@ Result<KeyInfo> Client::RotateKey(std::string_view key) {
 }
 
 Result<KeyInfo> Client::GetKey(std::string_view key) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(key));
   Result<HttpResponse> response = Call("GET", "/v1/keys/" + std::string(key), "", "", {});
   if (!response.ok()) return std::move(response).TakeStatus();
   if (response->status != 200) return StatusFromResponse(*response);
@@ -909,7 +785,7 @@ Result<KeyInfo> Client::GetKey(std::string_view key) {
 Result<KeyInfo> Client::ConfigureKey(std::string_view key,
                                      std::optional<uint32_t> min_encryption_version,
                                      std::optional<uint32_t> min_decryption_version) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(key));
   nlohmann::json request = nlohmann::json::object();
   if (min_encryption_version) request["min_encryption_version"] = *min_encryption_version;
   if (min_decryption_version) request["min_decryption_version"] = *min_decryption_version;
@@ -923,7 +799,7 @@ Result<KeyInfo> Client::ConfigureKey(std::string_view key,
 }
 
 Result<std::vector<uint32_t>> Client::DeleteKey(std::string_view key, bool force) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(key));
   Result<HttpResponse> response =
       Call("DELETE", "/v1/keys/" + std::string(key) + (force ? "?force=true" : ""), "", "", {});
   if (!response.ok()) return std::move(response).TakeStatus();
@@ -939,7 +815,7 @@ Result<std::vector<uint32_t>> Client::DeleteKey(std::string_view key, bool force
 
 Result<EncryptResult> Client::Rewrap(std::string_view key, std::span<const float> vectors,
                                      size_t dimension, std::span<const uint8_t> tokens) {
-  VECSEAL_RETURN_IF_ERROR(CheckKeyName(key));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(key));
   VECSEAL_RETURN_IF_ERROR(CheckTokenBatch("rewrap", vectors, dimension, tokens));
   Result<HttpResponse> response =
       Call("POST", "/v1/keys/" + std::string(key) + "/rewrap", "application/json",

@@ -1,15 +1,15 @@
 #include "vecseal/daemon/vector_codec.h"
 
-#include <array>
 #include <cassert>
-#include <bit>
 #include <charconv>
-#include <cmath>
 #include <cstring>
 #include <limits>
 #include <utility>
 
 #include <nlohmann/json.hpp>
+
+#include "vecseal/wire/binary_floats.h"
+#include "vecseal/wire/tokens.h"
 
 namespace vecseal::daemon {
 namespace {
@@ -24,27 +24,6 @@ Status TooManyVectors(size_t max_vectors) {
   return Status(Code::kResourceExhausted, "too_many_vectors",
                 "the request holds more than the limit of " + std::to_string(max_vectors) +
                     " vectors; split it into smaller batches");
-}
-
-// The wire is little-endian; a big-endian host converts in place.
-[[maybe_unused]] void SwapBytes(std::span<float> values) {
-  for (float& value : values) {
-    value = std::bit_cast<float>(__builtin_bswap32(std::bit_cast<uint32_t>(value)));
-  }
-}
-
-// Text to float32, rounded once from the decimal text (not via double). Values beyond float32's
-// range become ±inf so that core::ValidateVectors reports them as non-finite with their index;
-// values too small for float32 underflow to zero or a subnormal, as a cast would.
-float ParseFloat(std::string_view text) {
-  float value = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error == std::errc() && end == text.data() + text.size()) return value;
-  double wide = 0;
-  std::from_chars(text.data(), text.data() + text.size(), wide);
-  if (std::isfinite(wide) && std::fabs(wide) < 1.0) return static_cast<float>(wide);
-  return std::signbit(wide) ? -std::numeric_limits<float>::infinity()
-                            : std::numeric_limits<float>::infinity();
 }
 
 Status TooDeep(size_t max_depth) {
@@ -126,7 +105,7 @@ class VectorRequestSax {
   }
   bool number_float(number_float_t, const string_t& text) {
     if (IsKeyVersion()) return WrongType("a fraction");
-    return Number(ParseFloat(text));
+    return Number(wire::ParseFloat32(text));
   }
   bool string(string_t& value) {
     if (state_ == State::kTokens) {
@@ -300,19 +279,6 @@ class VectorRequestSax {
   Status status_;
 };
 
-constexpr std::string_view kBase64Alphabet =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-constexpr std::array<int8_t, 256> MakeBase64Table() {
-  std::array<int8_t, 256> table{};
-  for (auto& entry : table) entry = -1;
-  for (size_t i = 0; i < kBase64Alphabet.size(); ++i) {
-    table[static_cast<uint8_t>(kBase64Alphabet[i])] = static_cast<int8_t>(i);
-  }
-  return table;
-}
-constexpr auto kBase64Table = MakeBase64Table();
-
 }  // namespace
 
 Status CheckJsonDepth(std::string_view body, size_t max_depth) {
@@ -359,7 +325,7 @@ Result<VectorBatch> ParseBinaryVectors(ByteBuffer body, size_t dimension, size_t
   batch.dimension = dimension;
   // ByteBuffer storage is 64-byte aligned, so the floats can be used where they lie.
   batch.values = std::span<float>(reinterpret_cast<float*>(body.data()), count * dimension);
-  if constexpr (std::endian::native == std::endian::big) SwapBytes(batch.values);
+  wire::ConvertLittleEndian(batch.values);
   if (tokens != nullptr) {
     tokens->resize(count);
     const std::byte* token_bytes = body.data() + sizeof(float) * batch.values.size();
@@ -374,87 +340,23 @@ Result<VectorBatch> ParseBinaryVectors(ByteBuffer body, size_t dimension, size_t
 
 ByteBuffer TakeBinaryVectors(VectorBatch& batch) {
   assert(!batch.body.empty() && "a batch parsed from a binary body");
-  if constexpr (std::endian::native == std::endian::big) SwapBytes(batch.values);
+  wire::ConvertLittleEndian(batch.values);
   batch.body.Truncate(batch.values.size() * sizeof(float));
   batch.values = {};
   return std::move(batch.body);
 }
 
-void AppendFloat(std::string& out, float value) {
-  std::array<char, 32> text;
-  const auto result = std::to_chars(text.data(), text.data() + text.size(), value);
-  out.append(text.data(), result.ptr);
-}
-
-void AppendVectorsJson(std::string& out, std::span<const float> values, size_t dimension) {
-  out.reserve(out.size() + values.size() * 12 + 8);
-  out += '[';
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (i % dimension == 0) out += (i == 0 ? "[" : "],[");
-    else out += ',';
-    AppendFloat(out, values[i]);
-  }
-  if (!values.empty()) out += ']';
-  out += ']';
-}
-
-std::string Base64Encode(std::span<const uint8_t> bytes) {
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  for (size_t i = 0; i < bytes.size(); i += 3) {
-    const size_t left = bytes.size() - i;
-    const uint32_t group = (uint32_t{bytes[i]} << 16) |
-                           (left > 1 ? uint32_t{bytes[i + 1]} << 8 : 0) |
-                           (left > 2 ? uint32_t{bytes[i + 2]} : 0);
-    out += kBase64Alphabet[(group >> 18) & 63];
-    out += kBase64Alphabet[(group >> 12) & 63];
-    out += left > 1 ? kBase64Alphabet[(group >> 6) & 63] : '=';
-    out += left > 2 ? kBase64Alphabet[group & 63] : '=';
-  }
-  return out;
-}
-
-std::optional<std::vector<uint8_t>> Base64Decode(std::string_view text) {
-  if (text.size() % 4 != 0) return std::nullopt;
-  std::vector<uint8_t> out;
-  out.reserve(text.size() / 4 * 3);
-  for (size_t i = 0; i < text.size(); i += 4) {
-    const bool last = i + 4 == text.size();
-    size_t padding = 0;
-    uint32_t group = 0;
-    for (size_t j = 0; j < 4; ++j) {
-      const char c = text[i + j];
-      if (c == '=' && last && j >= 2) {
-        ++padding;
-        group <<= 6;
-        continue;
-      }
-      const int8_t sextet = kBase64Table[static_cast<uint8_t>(c)];
-      if (sextet < 0 || padding > 0) return std::nullopt;
-      group = (group << 6) | static_cast<uint32_t>(sextet);
-    }
-    // Unused bits under the padding must be zero, so every byte string has one encoding.
-    if ((padding == 1 && (group & 0xff) != 0) || (padding == 2 && (group & 0xffff) != 0)) {
-      return std::nullopt;
-    }
-    out.push_back(static_cast<uint8_t>(group >> 16));
-    if (padding < 2) out.push_back(static_cast<uint8_t>(group >> 8));
-    if (padding < 1) out.push_back(static_cast<uint8_t>(group));
-  }
-  return out;
-}
-
 Result<std::vector<core::Token>> DecodeTokens(std::span<const std::string> texts) {
   std::vector<core::Token> tokens(texts.size());
   for (size_t i = 0; i < texts.size(); ++i) {
-    auto bytes = Base64Decode(texts[i]);
-    if (!bytes || bytes->size() != core::kTokenSize) {
+    auto token = wire::DecodeToken(texts[i]);
+    if (!token) {
       return Status(Code::kInvalidArgument, "invalid_token",
                     "token " + std::to_string(i) + " is not base64 of " +
                         std::to_string(core::kTokenSize) + " bytes")
           .WithVectorIndex(i);
     }
-    std::memcpy(tokens[i].data(), bytes->data(), core::kTokenSize);
+    tokens[i] = *token;
   }
   return tokens;
 }

@@ -1,6 +1,5 @@
-// Vectors on the wire: JSON request bodies parsed with a SAX handler (numbers converted from
-// their exact text with std::from_chars<float>), JSON output with the shortest float32 text
-// (std::to_chars), little-endian float32 binary bodies, and base64 tokens.
+// Request bodies as the daemon reads them: JSON parsed with a SAX handler, little-endian float32
+// binary bodies taken over in place, and base64 tokens. The encodings themselves are wire/'s.
 #pragma once
 
 #include <cstddef>
@@ -13,6 +12,8 @@
 #include "vecseal/core/cipher.h"
 #include "vecseal/core/status.h"
 #include "vecseal/daemon/http_body.h"
+#include "vecseal/wire/base64.h"
+#include "vecseal/wire/json_floats.h"
 
 namespace vecseal::daemon {
 
@@ -76,14 +77,11 @@ ByteBuffer TakeBinaryVectors(VectorBatch& batch);
 // [1, core::kMaxDimension].
 Result<size_t> ParseDimensionHeader(std::string_view value, bool present);
 
-// Shortest text that reads back as the same float32.
-void AppendFloat(std::string& out, float value);
-// [[v, ...], ...] for n×d floats.
-void AppendVectorsJson(std::string& out, std::span<const float> values, size_t dimension);
-
-std::string Base64Encode(std::span<const uint8_t> bytes);
-// Strict RFC 4648 base64 with padding; nullopt on anything else.
-std::optional<std::vector<uint8_t>> Base64Decode(std::string_view text);
+// The wire's encodings, named here too for the daemon's routes, its tests and the token fuzzer.
+using wire::AppendFloat;
+using wire::AppendVectorsJson;
+using wire::Base64Decode;
+using wire::Base64Encode;
 
 // Every token must be base64 of exactly core::kTokenSize bytes: invalid_token with its
 // vector_index otherwise.
