@@ -54,7 +54,6 @@ TEST(WireJsonFloats, OutOfRangeTextBecomesInfinityAndTinyUnderflows) {
   EXPECT_EQ(ParseFloat32("3.4028235e38"), Limits::max());
   EXPECT_EQ(ParseFloat32("1e39"), Limits::infinity());
   EXPECT_EQ(ParseFloat32("-1e39"), -Limits::infinity());
-  EXPECT_EQ(ParseFloat32("1e400"), Limits::infinity());
   EXPECT_EQ(ParseFloat32("1e-46"), 0.0f);
   EXPECT_EQ(ParseFloat32("1e-45"), Limits::denorm_min());
   EXPECT_EQ(ParseFloat32("7"), 7.0f);
