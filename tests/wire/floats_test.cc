@@ -57,6 +57,15 @@ TEST(WireJsonFloats, OutOfRangeTextBecomesInfinityAndTinyUnderflows) {
   EXPECT_EQ(ParseFloat32("1e-46"), 0.0f);
   EXPECT_EQ(ParseFloat32("1e-45"), Limits::denorm_min());
   EXPECT_EQ(ParseFloat32("7"), 7.0f);
+  // Beyond double's range too: still ±inf above one and a signed zero below.
+  EXPECT_EQ(ParseFloat32("1e400"), Limits::infinity());
+  EXPECT_EQ(ParseFloat32("-1e400"), -Limits::infinity());
+  EXPECT_EQ(ParseFloat32("12.5e99999999999999999999"), Limits::infinity());
+  EXPECT_EQ(ParseFloat32("0.0001e400"), Limits::infinity());
+  EXPECT_EQ(ParseFloat32("1e-400"), 0.0f);
+  EXPECT_TRUE(std::signbit(ParseFloat32("-1e-400")));
+  EXPECT_EQ(ParseFloat32("1000e-400"), 0.0f);
+  EXPECT_EQ(ParseFloat32(std::string(400, '9')), Limits::infinity());
 }
 
 TEST(WireJsonFloats, VectorsAreRowsOfDimension) {
