@@ -32,7 +32,9 @@
 #include "vecseal/daemon/http_server.h"
 #include "vecseal/daemon/init.h"
 #include "vecseal/daemon/metrics.h"
+#include "vecseal/daemon/peer_identifier.h"
 #include "vecseal/daemon/service.h"
+#include "vecseal/daemon/settings.h"
 #include "vecseal/pkcs11/hsm.h"
 #include "vecseal/policy/identity.h"
 #include "vecseal/policy/policy.h"
@@ -275,34 +277,6 @@ Result<Listener> OpenListener(const SocketConfig& config) {
   return Listener{.fd = fd, .created_path = config.path};
 }
 
-audit::LogOptions AuditOptions(const AuditConfig& config) {
-  audit::LogOptions options;
-  options.dir = config.directory;
-  options.single_file = config.single_file;
-  options.sync = config.sync_every_record ? audit::LogOptions::Sync::kEveryRecord
-                                          : audit::LogOptions::Sync::kInterval;
-  options.sync_interval = config.sync_interval;
-  options.seal_every_records = config.seal_every_records;
-  options.seal_every = config.seal_every;
-  options.rotate_bytes = config.rotate_bytes;
-  options.warn_free_bytes = config.warn_free_bytes;
-  options.refuse_free_bytes = config.refuse_free_bytes;
-  options.try_append_only = config.try_append_only;
-  options.notice = [](std::string_view level, std::string_view message) {
-    LogLine(level, "audit_notice", "message=" + LogValue(message));
-  };
-  return options;
-}
-
-ServiceSettings SettingsOf(const Config& config, bool dev) {
-  return ServiceSettings{.group_size = config.group_size,
-                         .new_keys = config.new_keys,
-                         .max_vectors = config.limits.max_vectors,
-                         .derivation_ms_per_minute_per_uid =
-                             config.limits.derivation_ms_per_minute_per_uid,
-                         .fix_dimension_at_first_use = !dev};
-}
-
 // Said wherever the config is checked or applied, so that a group size is never ignored
 // silently: it cannot apply to format v2 key versions.
 std::string GroupSizeNote(const Config& config) {
@@ -483,7 +457,7 @@ class Daemon {
       return hsm;
     }
 
-    auto log = audit::Log::Open(AuditOptions(config_.audit), audit_signer_);
+    auto log = audit::Log::Open(AuditLogOptions(config_.audit), audit_signer_);
     if (!log.ok()) return std::move(log).TakeStatus();
     audit_log_ = std::move(log).value();
 
@@ -491,9 +465,9 @@ class Daemon {
     if (!listener.ok()) return std::move(listener).TakeStatus();
     listener_ = *listener;
 
-    service_ = std::make_unique<Service>(hsm_gate_, *audit_log_, resolver_, metrics_,
+    service_ = std::make_unique<Service>(hsm_gate_, *audit_log_, peers_, metrics_,
                                          std::move(policy).value(),
-                                         SettingsOf(config_, !dev_dir_.empty()));
+                                         ServiceSettingsOf(config_, !dev_dir_.empty()));
     server_ = std::make_unique<HttpServer>(
         *service_,
         ServerOptions{.io_threads = config_.threads.io, .worker_threads = config_.threads.workers},
@@ -609,7 +583,7 @@ class Daemon {
       }
     }
     if (status.ok()) {
-      service_->Reload(policy, SettingsOf(next, !dev_dir_.empty()));
+      service_->Reload(policy, ServiceSettingsOf(next, !dev_dir_.empty()));
       service_->ForgetKeys();
       server_->SetLimits(next.limits);
       config_ = std::move(next);
@@ -692,6 +666,7 @@ class Daemon {
   std::string hsm_failure_;  // the cause last logged
   std::unique_ptr<audit::Log> audit_log_;
   policy::IdentityResolver resolver_;
+  KernelPeerIdentifier peers_{resolver_};
   Metrics metrics_;
   Listener listener_;
   std::unique_ptr<Service> service_;
