@@ -641,5 +641,23 @@ TEST_F(ServiceRouteTest, EveryRequestIsAuditedBeforeTheResponse) {
   }
 }
 
+// audit.read is reserved (docs/policy.md): even a caller granted it, as the dev policy does, finds
+// no endpoint that serves the log; the log is read from its files. Moved from
+// audit_events_test.cc.
+TEST(ServiceAuditTest, NoEndpointServesTheAuditLog) {
+  std::string error;
+  auto daemon = InProcessDaemon::Start({}, &error);
+  ASSERT_NE(daemon, nullptr) << error;
+  HttpClient client(daemon->socket_path());
+  const auto whoami = client.Get("/v1/whoami");
+  ASSERT_EQ(whoami.status, 200u) << whoami.body;
+  ASSERT_NE(whoami.body.find("\"audit.read\""), std::string::npos) << "the dev policy grants it";
+  for (const char* target : {"/v1/audit", "/v1/audit/log", "/v1/audit/records"}) {
+    const auto answer = client.Get(target);
+    EXPECT_EQ(answer.status, 404u) << target;
+    EXPECT_EQ(answer.ErrorCode(), "not_found") << target;
+  }
+}
+
 }  // namespace
 }  // namespace vecseal::daemon::testing
