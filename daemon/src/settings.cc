@@ -32,4 +32,12 @@ ServiceSettings ServiceSettingsOf(const Config& config, bool dev) {
                          .fix_dimension_at_first_use = !dev};
 }
 
+std::string GroupSizeNote(const Config& config) {
+  if (config.group_size == 1) return "";
+  return "derivation.group_size=" + std::to_string(config.group_size) +
+         " applies to format v1 (hmac) key versions only; format v2 (aes) versions derive every "
+         "vector's own seed in one HSM call per request";
+}
+
+
 }  // namespace vecseal::daemon
