@@ -9,36 +9,14 @@
 #include <gtest/gtest.h>
 
 #include "support/in_process_daemon.h"
+#include "support/in_process_test.h"
 
 namespace vecseal::daemon::testing {
 namespace {
 
 using nlohmann::json;
 
-class ServicePolicyTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string error;
-    daemon_ = InProcessDaemon::Start(
-        {.overlay_json = R"({"limits": {"max_body_bytes": 1048576, "max_vectors": 64}})",
-         .policy_json = {}},
-        &error);
-    ASSERT_NE(daemon_, nullptr) << error;
-    client_ = std::make_unique<HttpClient>(daemon_->socket_path());
-  }
-
-  std::unique_ptr<InProcessDaemon> daemon_;
-  std::unique_ptr<HttpClient> client_;
-};
-
-// The newest audit record of `operation` (with extra fields), or null.
-json LastRecordOf(const InProcessDaemon& daemon, const std::string& operation) {
-  json found;
-  for (const auto& record : daemon.AuditRecords()) {
-    if (record.value("operation", "") == operation) found = record;
-  }
-  return found;
-}
+class ServicePolicyTest : public InProcessTest {};
 
 HttpResult Delete(HttpClient& client, const std::string& target) {
   return client.Send(HttpCall{.method = "DELETE", .target = target, .body = "",

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "support/in_process_daemon.h"
+#include "support/in_process_test.h"
 #include "support/vectors.h"
 
 namespace vecseal::daemon::testing {
@@ -21,21 +22,7 @@ namespace {
 
 using nlohmann::json;
 
-class ServiceRouteTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string error;
-    daemon_ = InProcessDaemon::Start(
-        {.overlay_json = R"({"limits": {"max_body_bytes": 1048576, "max_vectors": 64}})",
-         .policy_json = {}},
-        &error);
-    ASSERT_NE(daemon_, nullptr) << error;
-    client_ = std::make_unique<HttpClient>(daemon_->socket_path());
-  }
-
-  std::unique_ptr<InProcessDaemon> daemon_;
-  std::unique_ptr<HttpClient> client_;
-};
+class ServiceRouteTest : public InProcessTest {};
 
 TEST_F(ServiceRouteTest, JsonRoundTripsOneWayAndReversibleInSeveralDimensions) {
   for (size_t dimension : {1u, 3u, 64u, 768u}) {
@@ -364,15 +351,6 @@ TEST_F(ServiceRouteTest, KeysCreateListRotateAndOldVersionsStillDecrypt) {
   std::vector<std::string> names;
   for (const auto& key : keys) names.push_back(key["name"]);
   EXPECT_EQ(names, (std::vector<std::string>{"demo", "ratings"}));
-}
-
-// The newest audit record of `operation` (with extra fields), or null.
-json LastRecordOf(const InProcessDaemon& daemon, const std::string& operation) {
-  json found;
-  for (const auto& record : daemon.AuditRecords()) {
-    if (record.value("operation", "") == operation) found = record;
-  }
-  return found;
 }
 
 TEST_F(ServiceRouteTest, RetiredVersionsAreRefusedAndRewrapMovesTokensToTheNewest) {
