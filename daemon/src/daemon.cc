@@ -1,12 +1,10 @@
+// vecseald's lifecycle: start (config, HSM, audit log, listener, service), serve until a signal
+// (SIGHUP reloads, SIGTERM drains), retry an HSM that did not answer, stop.
 #include "vecseal/daemon/daemon.h"
 
-#include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -16,7 +14,6 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -24,6 +21,7 @@
 #include <optional>
 #include <utility>
 
+#include "listener.h"
 #include "log.h"
 #include "startup.h"
 #include "vecseal/audit/log.h"
@@ -32,7 +30,9 @@
 #include "vecseal/daemon/http_server.h"
 #include "vecseal/daemon/init.h"
 #include "vecseal/daemon/metrics.h"
+#include "vecseal/daemon/peer_identifier.h"
 #include "vecseal/daemon/service.h"
+#include "vecseal/daemon/settings.h"
 #include "vecseal/pkcs11/hsm.h"
 #include "vecseal/policy/identity.h"
 #include "vecseal/policy/policy.h"
@@ -49,14 +49,6 @@ std::string ShellQuoted(const std::string& text) {
   std::string quoted = "'";
   for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return quoted + "'";
-}
-
-Status UsageError(std::string message) {
-  return Status(Code::kInvalidArgument, "usage", std::move(message));
-}
-
-Status SocketError(std::string message) {
-  return Status(Code::kUnavailable, "socket_unavailable", std::move(message));
 }
 
 // No core dumps and no ptrace by other users: derived secrets live in this process's memory.
@@ -149,168 +141,6 @@ class HsmAuditSigner final : public audit::Signer {
   mutable std::mutex mutex_;
   std::optional<pkcs11::AuditKey> key_;
 };
-
-struct Listener {
-  int fd = -1;
-  std::string created_path;  // unlinked at exit; empty for a socket passed by systemd
-};
-
-// Anyone who can write the socket's directory can bind the path first, or replace the socket,
-// and receive callers' plaintext: the sticky bit does not stop the first (issue #17 row 13). So
-// the directory must be the daemon's (or root's) and writable by nobody else, and no symlink on
-// the way may belong to another user.
-Status CheckSocketDirectory(const std::string& socket_path) {
-  const std::string dir = std::filesystem::path(socket_path).parent_path().string();
-  if (Status above = policy::CheckTrustedDirectory(dir); !above.ok()) {
-    return SocketError("the socket directory: " + above.message());
-  }
-  struct stat st {};
-  if (stat(dir.c_str(), &st) != 0) {
-    return SocketError("the socket directory " + dir + " does not exist: the package's "
-                       "tmpfiles.d creates /run/vecseal at boot; by hand, see "
-                       "docs/operations.md, \"Without systemd\"");
-  }
-  if (st.st_uid != 0 && st.st_uid != geteuid()) {
-    return SocketError("the socket directory " + dir + " belongs to uid " +
-                       std::to_string(st.st_uid) + ", not to the daemon's user or root; put the "
-                       "socket in a directory of the daemon's, such as /run/vecseal");
-  }
-  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-    return SocketError("the socket directory " + dir +
-                       " is writable by group or others, so another user could bind the socket "
-                       "path first; chmod go-w " + dir + " or use a directory of the daemon's");
-  }
-  return Status::Ok();
-}
-
-Result<Listener> OpenListener(const SocketConfig& config) {
-  const int passed = sd_listen_fds(1);
-  if (passed < 0) return SocketError(std::string("sd_listen_fds: ") + std::strerror(-passed));
-  if (passed > 1) {
-    return SocketError("systemd passed " + std::to_string(passed) +
-                       " sockets; vecseald.socket must declare exactly one ListenStream=");
-  }
-  if (passed == 1) {
-    if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, nullptr, 0) <= 0) {
-      return SocketError("the socket systemd passed is not a listening Unix stream socket");
-    }
-    LogLine("info", "socket", "source=systemd");
-    return Listener{.fd = SD_LISTEN_FDS_START, .created_path = {}};
-  }
-
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  if (config.path.size() >= sizeof(address.sun_path)) {
-    return SocketError("socket path " + config.path + " is longer than " +
-                       std::to_string(sizeof(address.sun_path) - 1) + " bytes");
-  }
-  std::memcpy(address.sun_path, config.path.c_str(), config.path.size() + 1);
-  VECSEAL_RETURN_IF_ERROR(CheckSocketDirectory(config.path));
-
-  gid_t gid = static_cast<gid_t>(-1);
-  if (!config.group.empty()) {
-    std::vector<char> buffer(16384);
-    group entry{};
-    group* found = nullptr;
-    if (getgrnam_r(config.group.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 ||
-        found == nullptr) {
-      return SocketError("socket.group '" + config.group + "' is not a known group");
-    }
-    gid = found->gr_gid;
-  }
-
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return SocketError(std::string("socket: ") + std::strerror(errno));
-  const auto* raw_address = reinterpret_cast<const sockaddr*>(&address);
-  struct stat st {};
-  if (lstat(config.path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      close(fd);
-      return SocketError(config.path + " exists and is not a socket; remove it");
-    }
-    // A stale socket from a crashed daemon is replaced; a live one means a second daemon.
-    if (connect(fd, raw_address, sizeof(address)) == 0) {
-      close(fd);
-      return SocketError("another daemon is already listening on " + config.path);
-    }
-    unlink(config.path.c_str());
-  }
-  // Bind under a tight umask so that the socket is never reachable with looser permissions.
-  const mode_t old_umask = umask(0177);
-  const int bound = bind(fd, raw_address, sizeof(address));
-  umask(old_umask);
-  if (bound != 0) {
-    const int error = errno;
-    std::string message = "bind " + config.path + ": " + std::strerror(error);
-    if (error == EACCES || error == EPERM) {
-      message += "; uid " + std::to_string(geteuid()) + " may not create files in " +
-                 std::filesystem::path(config.path).parent_path().string() +
-                 ": start vecseald.socket (systemd binds the socket and passes it), or make the "
-                 "directory the daemon user's (docs/operations.md, \"Without systemd\")";
-    }
-    close(fd);
-    return SocketError(std::move(message));
-  }
-  if (gid != static_cast<gid_t>(-1) &&
-      chown(config.path.c_str(), static_cast<uid_t>(-1), gid) != 0) {
-    const int error = errno;
-    std::string message =
-        "giving " + config.path + " to group " + config.group + ": " + std::strerror(error);
-    if (error == EPERM) {
-      message += "; the daemon's user is not a member of " + config.group +
-                 ": add it (usermod -aG " + config.group + " USER) or start it with that "
-                 "group (docs/operations.md, \"Without systemd\")";
-    }
-    close(fd);
-    unlink(config.path.c_str());
-    return SocketError(std::move(message));
-  }
-  if (chmod(config.path.c_str(), config.mode) != 0 || listen(fd, SOMAXCONN) != 0) {
-    const Status error = SocketError("setting up " + config.path + ": " + std::strerror(errno));
-    close(fd);
-    unlink(config.path.c_str());
-    return error;
-  }
-  LogLine("info", "socket", "source=self path=" + LogValue(config.path));
-  return Listener{.fd = fd, .created_path = config.path};
-}
-
-audit::LogOptions AuditOptions(const AuditConfig& config) {
-  audit::LogOptions options;
-  options.dir = config.directory;
-  options.single_file = config.single_file;
-  options.sync = config.sync_every_record ? audit::LogOptions::Sync::kEveryRecord
-                                          : audit::LogOptions::Sync::kInterval;
-  options.sync_interval = config.sync_interval;
-  options.seal_every_records = config.seal_every_records;
-  options.seal_every = config.seal_every;
-  options.rotate_bytes = config.rotate_bytes;
-  options.warn_free_bytes = config.warn_free_bytes;
-  options.refuse_free_bytes = config.refuse_free_bytes;
-  options.try_append_only = config.try_append_only;
-  options.notice = [](std::string_view level, std::string_view message) {
-    LogLine(level, "audit_notice", "message=" + LogValue(message));
-  };
-  return options;
-}
-
-ServiceSettings SettingsOf(const Config& config, bool dev) {
-  return ServiceSettings{.group_size = config.group_size,
-                         .new_keys = config.new_keys,
-                         .max_vectors = config.limits.max_vectors,
-                         .derivation_ms_per_minute_per_uid =
-                             config.limits.derivation_ms_per_minute_per_uid,
-                         .fix_dimension_at_first_use = !dev};
-}
-
-// Said wherever the config is checked or applied, so that a group size is never ignored
-// silently: it cannot apply to format v2 key versions.
-std::string GroupSizeNote(const Config& config) {
-  if (config.group_size == 1) return "";
-  return "derivation.group_size=" + std::to_string(config.group_size) +
-         " applies to format v1 (hmac) key versions only; format v2 (aes) versions derive every "
-         "vector's own seed in one HSM call per request";
-}
 
 // The model key `demo` and the exported audit public key of dev mode.
 Status SeedDevKeys(pkcs11::Hsm& hsm, const pkcs11::AuditKey& audit_key, const std::string& dir) {
@@ -483,7 +313,7 @@ class Daemon {
       return hsm;
     }
 
-    auto log = audit::Log::Open(AuditOptions(config_.audit), audit_signer_);
+    auto log = audit::Log::Open(AuditLogOptions(config_.audit), audit_signer_);
     if (!log.ok()) return std::move(log).TakeStatus();
     audit_log_ = std::move(log).value();
 
@@ -491,9 +321,9 @@ class Daemon {
     if (!listener.ok()) return std::move(listener).TakeStatus();
     listener_ = *listener;
 
-    service_ = std::make_unique<Service>(hsm_gate_, *audit_log_, resolver_, metrics_,
+    service_ = std::make_unique<Service>(hsm_gate_, *audit_log_, peers_, metrics_,
                                          std::move(policy).value(),
-                                         SettingsOf(config_, !dev_dir_.empty()));
+                                         ServiceSettingsOf(config_, !dev_dir_.empty()));
     server_ = std::make_unique<HttpServer>(
         *service_,
         ServerOptions{.io_threads = config_.threads.io, .worker_threads = config_.threads.workers},
@@ -609,7 +439,7 @@ class Daemon {
       }
     }
     if (status.ok()) {
-      service_->Reload(policy, SettingsOf(next, !dev_dir_.empty()));
+      service_->Reload(policy, ServiceSettingsOf(next, !dev_dir_.empty()));
       service_->ForgetKeys();
       server_->SetLimits(next.limits);
       config_ = std::move(next);
@@ -692,6 +522,7 @@ class Daemon {
   std::string hsm_failure_;  // the cause last logged
   std::unique_ptr<audit::Log> audit_log_;
   policy::IdentityResolver resolver_;
+  KernelPeerIdentifier peers_{resolver_};
   Metrics metrics_;
   Listener listener_;
   std::unique_ptr<Service> service_;
@@ -700,124 +531,6 @@ class Daemon {
 
 }  // namespace
 
-Result<Config> LoadTrustedConfig(const std::string& path, ConfigKind kind) {
-  VECSEAL_RETURN_IF_ERROR(policy::CheckTrustedFile(path));
-  return LoadConfigFile(path, kind);
-}
-
-pkcs11::HsmConfig HsmConfigOf(const Config& config) {
-  pkcs11::HsmConfig hsm_config;
-  hsm_config.module_path = config.pkcs11.module;
-  hsm_config.token_label = config.pkcs11.token_label;
-  hsm_config.pin.file = config.pkcs11.pin.file;
-  hsm_config.pin.credential = config.pkcs11.pin.credential;
-  hsm_config.sessions = config.pkcs11.sessions;
-  hsm_config.accept_imported_keys = config.pkcs11.accept_imported_keys;
-  return hsm_config;
-}
-
-std::optional<pkcs11::HsmConfig> AuditHsmConfigOf(const Config& config) {
-  const auto& token = config.audit.pkcs11;
-  if (!token) return std::nullopt;
-  pkcs11::HsmConfig hsm_config;
-  hsm_config.module_path = token->module;
-  hsm_config.token_label = token->token_label;
-  hsm_config.pin.file = token->pin.file;
-  hsm_config.pin.credential = token->pin.credential;
-  hsm_config.sessions = 1;  // seals are signed one at a time, under the audit log's lock
-  return hsm_config;
-}
-
-Status AuditTokenError(const Status& error) {
-  const bool pin = error.reason() == "hsm_login_failed" || error.reason().starts_with("pin_");
-  return Status(error.code(), error.reason(),
-                std::string(pin ? "audit.pkcs11.pin" : "audit.pkcs11") + " (the audit key's token): " +
-                    error.message());
-}
-
-std::string UsageText() {
-  return "usage: vecseald [--config FILE]\n"
-         "       vecseald --init [--config FILE] [--export-audit-key PEM]\n"
-         "       vecseald --dev [--state-dir DIR] [--config FILE]\n"
-         "       vecseald --check-config FILE\n"
-         "       vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH "
-         "[--unit UNIT] [--script PATH]] [--op OPERATION --key NAME]\n"
-         "       vecseald --version\n";
-}
-
-Result<CommandLine> ParseCommandLine(std::span<const std::string> args) {
-  CommandLine result;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    const auto value = [&](const char* flag) -> Result<std::string> {
-      if (i + 1 >= args.size()) return UsageError(std::string(flag) + " needs a value");
-      return args[++i];
-    };
-    if (arg == "--help" || arg == "-h") {
-      result.mode = CommandLine::Mode::kHelp;
-    } else if (arg == "--version") {
-      result.mode = CommandLine::Mode::kVersion;
-    } else if (arg == "--dev") {
-      result.dev = true;
-    } else if (arg == "--init") {
-      result.mode = CommandLine::Mode::kInit;
-    } else if (arg == "--config" || arg == "--check-config" || arg == "--state-dir" ||
-               arg == "--export-audit-key") {
-      auto text = value(arg.c_str());
-      if (!text.ok()) return std::move(text).TakeStatus();
-      if (arg == "--state-dir") {
-        result.state_dir = *text;
-      } else if (arg == "--export-audit-key") {
-        result.export_audit_key = *text;
-      } else {
-        result.config_path = *text;
-        if (arg == "--check-config") result.mode = CommandLine::Mode::kCheckConfig;
-      }
-    } else if (arg == "--check-policy") {
-      result.mode = CommandLine::Mode::kCheckPolicy;
-      result.check_policy_args.assign(args.begin() + static_cast<ptrdiff_t>(i) + 1, args.end());
-      break;
-    } else {
-      return UsageError("unknown argument '" + arg + "'");
-    }
-  }
-  if (!result.state_dir.empty() && !result.dev) {
-    return UsageError("--state-dir is only meaningful with --dev");
-  }
-  if (result.dev && result.mode != CommandLine::Mode::kServe &&
-      result.mode != CommandLine::Mode::kHelp) {
-    return UsageError("--dev cannot be combined with --init, --check-config or --check-policy");
-  }
-  if (!result.export_audit_key.empty() && result.mode != CommandLine::Mode::kInit) {
-    return UsageError("--export-audit-key is only meaningful with --init");
-  }
-  return result;
-}
-
-int CheckConfig(const std::string& path, std::ostream& out, std::ostream& err) {
-  auto config = LoadTrustedConfig(path, ConfigKind::kDaemon);
-  if (!config.ok()) {
-    err << config.status().message() << "\n";
-    return 1;
-  }
-  auto policy = policy::Policy::LoadFile(config->policy_file);
-  if (!policy.ok()) {
-    err << path << ": policy.file: " << policy.status().message() << "\n";
-    return 1;
-  }
-  const size_t rules = (*policy)->rule_count();
-  out << path << ": ok (policy " << config->policy_file << ": " << rules
-      << (rules == 1 ? " rule)\n" : " rules)\n");
-  if (const auto& token = config->audit.pkcs11) {
-    out << path << ": audit key \"" << config->audit.key_label << "\" on its own token \""
-        << token->token_label << "\" in " << token->module << "\n";
-  }
-  if (const std::string note = GroupSizeNote(*config); !note.empty()) {
-    out << path << ": note: " << note << "\n";
-  }
-  return 0;
-}
-
 int Serve(const CommandLine& command_line) {
   const sigset_t signals = ControlSignals();
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
@@ -825,37 +538,6 @@ int Serve(const CommandLine& command_line) {
   signal(SIGPIPE, SIG_IGN);
   Daemon daemon(command_line);
   return daemon.Run();
-}
-
-int Main(std::span<const std::string> args) {
-  auto command_line = ParseCommandLine(args);
-  if (!command_line.ok()) {
-    std::cerr << "vecseald: " << command_line.status().message() << "\n" << UsageText();
-    return 2;
-  }
-  switch (command_line->mode) {
-    case CommandLine::Mode::kHelp:
-      std::cout << UsageText();
-      return 0;
-    case CommandLine::Mode::kVersion:
-      std::cout << "vecseald " << kVersion << "\n";
-      return 0;
-    case CommandLine::Mode::kInit: {
-      InitOptions options;
-      if (!command_line->config_path.empty()) options.config_path = command_line->config_path;
-      if (!command_line->export_audit_key.empty()) {
-        options.export_audit_key = command_line->export_audit_key;
-      }
-      return Init(options, std::cout);
-    }
-    case CommandLine::Mode::kCheckConfig:
-      return CheckConfig(command_line->config_path, std::cout, std::cerr);
-    case CommandLine::Mode::kCheckPolicy:
-      return policy::RunCheckPolicy(command_line->check_policy_args, std::cout, std::cerr);
-    case CommandLine::Mode::kServe:
-      break;
-  }
-  return Serve(*command_line);
 }
 
 }  // namespace vecseal::daemon

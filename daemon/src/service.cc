@@ -25,30 +25,19 @@ namespace http = boost::beast::http;
 using nlohmann::json;
 using policy::Operation;
 
-// The identity of one connection, taken from the kernel when it was accepted.
+// The peer of one connection, identified when it was accepted.
 class PeerConnection final : public ConnectionContext {
  public:
-  explicit PeerConnection(Result<policy::PeerIdentity> peer) {
-    if (peer.ok()) {
-      peer_.emplace(std::move(peer).value());
-    } else {
-      error_ = std::move(peer).TakeStatus();
-    }
-  }
+  explicit PeerConnection(std::unique_ptr<Peer> peer) : peer_(std::move(peer)) {}
 
-  // Re-reads the identity (the peer may have exec'd since the last request, or `needs` may ask
-  // for a digest the policy it was identified under did not).
-  Result<const policy::CallerIdentity*> Refresh(policy::IdentityResolver& resolver,
-                                                policy::DigestNeeds needs) {
-    if (!peer_) return error_;
-    Status status = peer_->Refresh(resolver, needs);
-    if (!status.ok()) return status;
-    return &peer_->identity();
+  // The identity for this request (the peer may have exec'd since the last one, or `needs` may
+  // ask for a digest the policy it was identified under did not).
+  Result<const policy::CallerIdentity*> Refresh(policy::DigestNeeds needs) {
+    return peer_->Refresh(needs);
   }
 
  private:
-  std::optional<policy::PeerIdentity> peer_;
-  Status error_;
+  std::unique_ptr<Peer> peer_;
 };
 
 enum class ContentType { kJson, kBinary, kOther };
@@ -327,11 +316,11 @@ struct Service::Call {
   HttpResponse response;
 };
 
-Service::Service(HsmGate& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
+Service::Service(KeyStore& keys, audit::Log& audit_log, PeerIdentifier& peers,
                  daemon::Metrics& metrics, policy::PolicyPtr policy, ServiceSettings settings)
-    : hsm_(hsm),
+    : keys_(keys),
       audit_log_(audit_log),
-      resolver_(resolver),
+      peers_(peers),
       metrics_(metrics),
       policy_(std::move(policy)),
       settings_(settings),
@@ -487,7 +476,7 @@ std::unique_ptr<ConnectionContext> Service::Accept(int fd) {
     std::lock_guard lock(mutex_);
     needs = policy_->digest_needs();
   }
-  return std::make_unique<PeerConnection>(policy::PeerIdentity::FromSocket(fd, resolver_, needs));
+  return std::make_unique<PeerConnection>(peers_.Identify(fd, needs));
 }
 
 HttpResponse Service::Handle(ConnectionContext& connection, HttpRequest& request) {
@@ -511,7 +500,7 @@ HttpResponse Service::Refuse(ConnectionContext& connection, HttpRequest& request
     call.event.request_id = std::to_string(next_request_++);
   }
   call.event.operation = "http";
-  auto identity = call.connection.Refresh(resolver_, call.policy->digest_needs());
+  auto identity = call.connection.Refresh(call.policy->digest_needs());
   if (identity.ok()) call.event.caller = AuditCaller(**identity);
   return Finish(call, status);
 }
@@ -531,7 +520,7 @@ Status Service::Route(Call& call) {
   target = target.substr(0, target.find('?'));
   const http::verb method = call.request.method();
 
-  auto identity = call.connection.Refresh(resolver_, call.policy->digest_needs());
+  auto identity = call.connection.Refresh(call.policy->digest_needs());
   if (!identity.ok()) return std::move(identity).TakeStatus();
   call.identity = *identity;
   call.event.caller = AuditCaller(*call.identity);
@@ -722,7 +711,7 @@ Result<Service::CachedKey> Service::KeyFor(const std::string& name,
       if (cached != ciphers_.end()) return cached->second;
     }
   }
-  auto key = hsm_.FindKey(name, version);
+  auto key = keys_.FindKey(name, version);
   if (!key.ok()) {
     const std::string& reason = key.status().reason();
     // A key on the token that vecseal will not use is an operator's matter, not only a caller's.
@@ -751,7 +740,7 @@ Result<bool> Service::CheckDimension(Call& call, const std::string& key_name, Ca
                                      size_t dimension) {
   VECSEAL_RETURN_IF_ERROR(core::ValidateDimension(dimension, key.info.params.transform));
   if (!key.info.params.dimension && call.settings.fix_dimension_at_first_use) {
-    auto fixed = hsm_.FixDimension(key_name, static_cast<uint32_t>(dimension));
+    auto fixed = keys_.FixDimension(key_name, static_cast<uint32_t>(dimension));
     if (!fixed.ok()) return CountHsm(std::move(fixed).TakeStatus());
     {
       std::lock_guard lock(mutex_);
@@ -879,7 +868,7 @@ Status Service::Decrypt(Call& call, const std::string& key_name) {
 }
 
 Result<nlohmann::json> Service::KeyObject(const std::string& name) {
-  auto keys = hsm_.ListKeys();
+  auto keys = keys_.ListKeys();
   if (!keys.ok()) return CountHsm(std::move(keys).TakeStatus());
   json versions = json::array();
   json formats = json::array();
@@ -913,7 +902,7 @@ Result<pkcs11::KeyConfig> Service::ConfigFor(const std::string& name) {
     const auto cached = configs_.find(name);
     if (cached != configs_.end()) return cached->second;
   }
-  auto config = hsm_.ReadKeyConfig(name);
+  auto config = keys_.ReadKeyConfig(name);
   if (!config.ok()) return CountHsm(std::move(config).TakeStatus());
   std::lock_guard lock(mutex_);
   configs_[name] = *config;
@@ -974,7 +963,7 @@ Status Service::ConfigureKey(Call& call, const std::string& key_name) {
   // The stored values, not a cached copy: what is not given stays as the token has it. One
   // change at a time, so that two requests setting one field each do not undo each other.
   std::lock_guard changing(key_config_mutex_);
-  auto current = hsm_.ReadKeyConfig(key_name);
+  auto current = keys_.ReadKeyConfig(key_name);
   if (!current.ok()) return CountHsm(std::move(current).TakeStatus());
   pkcs11::KeyConfig wanted = *current;
   if (body.contains("min_encryption_version")) {
@@ -985,7 +974,7 @@ Status Service::ConfigureKey(Call& call, const std::string& key_name) {
   }
   call.event.extra = json{{"min_encryption_version", wanted.min_encryption_version},
                           {"min_decryption_version", wanted.min_decryption_version}};
-  auto stored = hsm_.ConfigureKey(key_name, wanted);
+  auto stored = keys_.ConfigureKey(key_name, wanted);
   if (!stored.ok()) return CountHsm(std::move(stored).TakeStatus());
   {
     std::lock_guard lock(mutex_);
@@ -1043,7 +1032,7 @@ Status Service::DeleteKey(Call& call, const std::string& key_name) {
                   "the audit log cannot be written now, so nothing is deleted; vecseald's log "
                   "says why");
   }
-  auto deleted = hsm_.DeleteKey(key_name);
+  auto deleted = keys_.DeleteKey(key_name);
   // Whatever happened on the token, nothing cached about the key may be used again.
   ForgetKey(key_name);
   if (!deleted.ok()) {
@@ -1120,7 +1109,7 @@ Status Service::ListKeys(Call& call) {
     return Status(Code::kPermissionDenied, "permission_denied",
                   "no rule grants keys.list on any key");
   }
-  auto keys = hsm_.ListKeys();
+  auto keys = keys_.ListKeys();
   if (!keys.ok()) return CountHsm(std::move(keys).TakeStatus());
   json listed = json::array();
   std::string current;
@@ -1189,7 +1178,7 @@ Status Service::CreateKey(Call& call) {
     params.format = *format;
   }
   VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateNewKeyParams(params));
-  auto created = hsm_.CreateKey(name, params);
+  auto created = keys_.CreateKey(name, params);
   if (!created.ok()) return CountHsm(std::move(created).TakeStatus());
   call.event.key_version = created->version;
   call.event.extra = json{{"key_format", static_cast<int>(created->params.format)}};
@@ -1202,7 +1191,7 @@ Status Service::CreateKey(Call& call) {
 
 Status Service::RotateKey(Call& call, const std::string& key_name) {
   VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kKeysRotate, key_name));
-  auto rotated = hsm_.RotateKey(key_name, call.settings.new_keys);
+  auto rotated = keys_.RotateKey(key_name, call.settings.new_keys);
   if (!rotated.ok()) return CountHsm(std::move(rotated).TakeStatus());
   call.event.extra = json{{"key_format", static_cast<int>(rotated->params.format)}};
   {
@@ -1257,7 +1246,7 @@ Status Service::WhoAmI(Call& call) {
 
 Status Service::Health(Call& call) {
   call.health = true;
-  const Status hsm = hsm_.Ping();
+  const Status hsm = keys_.Ping();
   if (!hsm.ok()) metrics_.CountHsmError();
   const bool audit_ok = audit_log_.healthy();
   const bool ok = hsm.ok() && audit_ok;
@@ -1391,7 +1380,7 @@ std::optional<HttpResponse> Service::Screen(ConnectionContext& connection, HttpR
 }
 
 Status Service::Admit(Call& call) {
-  auto identity = call.connection.Refresh(resolver_, call.policy->digest_needs());
+  auto identity = call.connection.Refresh(call.policy->digest_needs());
   if (!identity.ok()) return std::move(identity).TakeStatus();
   call.identity = *identity;
   call.event.caller = AuditCaller(*call.identity);

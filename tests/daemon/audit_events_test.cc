@@ -2,7 +2,7 @@
 // daemon's version), key creation and rotation (events named after their operations,
 // `keys.create` and `keys.rotate`, as docs/audit.md lists them), a failed rotation, and `stop`
 // followed by the final seal. Each record must hold what an auditor needs: who, which key and
-// version, the decision and the rule.
+// version, the decision and the rule. (That no endpoint serves the log is service_routes_test.cc.)
 #include <unistd.h>
 
 #include <climits>
@@ -112,23 +112,6 @@ TEST(AuditEventsTest, StartKeyCreateRotateAndStopAreRecordedWithTheirFields) {
   EXPECT_EQ(records.back()["event"], "seal");
   EXPECT_EQ(records.back()["reason"], "close");
   EXPECT_GT(records.back()["seq"], stop["seq"]);
-}
-
-// audit.read is reserved (docs/policy.md): even a caller granted it, as the dev policy does, finds
-// no endpoint that serves the log; the log is read from its files.
-TEST(AuditEventsTest, NoEndpointServesTheAuditLog) {
-  std::string error;
-  auto daemon = DevDaemon::Start(DevDaemonOptions{}, &error);
-  ASSERT_NE(daemon, nullptr) << error;
-  HttpClient client(daemon->socket_path());
-  const auto whoami = client.Get("/v1/whoami");
-  ASSERT_EQ(whoami.status, 200u) << whoami.body;
-  ASSERT_NE(whoami.body.find("\"audit.read\""), std::string::npos) << "the dev policy grants it";
-  for (const char* target : {"/v1/audit", "/v1/audit/log", "/v1/audit/records"}) {
-    const auto answer = client.Get(target);
-    EXPECT_EQ(answer.status, 404u) << target;
-    EXPECT_EQ(answer.ErrorCode(), "not_found") << target;
-  }
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The HTTP request path end to end, in-process: request bytes -> vecseald's HttpServer and
-// Service (the real ones, wired as daemon.cc wires them) on a Unix socket, with a real SoftHSM2
-// token, audit log and policy in a dev-mode state directory made once per process.
+// Service (the real ones) on a Unix socket, with a real audit log and policy, over the test
+// harness's fake key store (tests/daemon/support/in_process_daemon.h), built once per process.
 //
 // Per input: connect, send the bytes, half-close, read until the server closes (bounded: a hang
 // is a finding). Invariants: what comes back is a sequence of complete, well-formed HTTP
@@ -31,18 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fuzz_util.h"
-#include "vecseal/audit/log.h"
-#include "vecseal/daemon/daemon.h"
-#include "vecseal/daemon/hsm_gate.h"
-#include "vecseal/daemon/http_server.h"
-#include "vecseal/daemon/metrics.h"
-#include "vecseal/daemon/service.h"
-#include "vecseal/pkcs11/hsm.h"
-#include "vecseal/policy/identity.h"
-#include "vecseal/policy/policy.h"
-
-// SoftHSM2 keeps some allocations until the process ends; they are not ours to chase.
-extern "C" const char* __lsan_default_suppressions() { return "leak:libsofthsm2.so\n"; }
+#include "support/in_process_daemon.h"
 
 namespace {
 
@@ -57,32 +46,8 @@ constexpr size_t kMaxHeaderBytes = 4096;
 // Far beyond anything an input of libFuzzer's size needs; reaching it means the server hung.
 constexpr int kResponseTimeoutMs = 20000;  // below libFuzzer's -timeout=30
 
-class AuditKeySigner final : public audit::Signer {
- public:
-  explicit AuditKeySigner(pkcs11::AuditKey key) : key_(std::move(key)) {}
-  Result<std::vector<uint8_t>> SignDigest(std::span<const uint8_t, 32> digest) override {
-    return key_.SignDigest(digest);
-  }
-  Result<std::string> PublicKeyPem() override { return key_.PublicKeyPem(); }
-
- private:
-  pkcs11::AuditKey key_;
-};
-
 // Everything the daemon would hold; built once, never torn down (the process just exits).
-struct Daemon {
-  std::string socket_path;
-  std::string audit_dir;
-  std::unique_ptr<pkcs11::Hsm> hsm;
-  std::unique_ptr<daemon::HsmGate> hsm_gate;
-  std::unique_ptr<audit::Log> audit_log;
-  policy::IdentityResolver resolver;
-  daemon::Metrics metrics;
-  std::unique_ptr<daemon::Service> service;
-  std::unique_ptr<daemon::HttpServer> server;
-};
-
-Daemon* g_daemon = nullptr;
+vecseal::daemon::testing::InProcessDaemon* g_daemon = nullptr;
 
 template <typename T>
 T Must(Result<T> result, const char* what) {
@@ -102,76 +67,34 @@ std::string PolicyJson() {
      "keys": ["new-1"], "operations": ["keys.create"]}]})";
 }
 
-void StartDaemon() {
-  daemon::Config overlay;
-  overlay.limits.max_body_bytes = kMaxBodyBytes;
-  overlay.limits.max_vectors = kMaxVectors;
-  overlay.limits.max_connections = 16;
-  overlay.limits.max_header_bytes = kMaxHeaderBytes;
-  overlay.limits.header_timeout = std::chrono::milliseconds(3000);
-  overlay.limits.body_timeout = std::chrono::milliseconds(3000);
-  overlay.limits.idle_timeout = std::chrono::milliseconds(3000);
-  overlay.limits.write_timeout = std::chrono::milliseconds(3000);
-  auto state = Must(daemon::PrepareDevState(fuzz::ScratchDir() + "/state", overlay), "dev state");
-  const daemon::Config& config = state.config;
+std::string OverlayJson() {
+  return R"({"limits": {"max_body_bytes": )" + std::to_string(kMaxBodyBytes) +
+         R"(, "max_vectors": )" + std::to_string(kMaxVectors) +
+         R"(, "max_connections": 16, "max_header_bytes": )" + std::to_string(kMaxHeaderBytes) +
+         R"(, "header_timeout_ms": 3000, "body_timeout_ms": 3000, "idle_timeout_ms": 3000,
+            "write_timeout_ms": 3000},
+            "threads": {"io": 1, "workers": 2},
+            "audit": {"rotate_bytes": 1048576, "warn_free_bytes": 0, "refuse_free_bytes": 0}})";
+}
 
-  g_daemon = new Daemon;
-  g_daemon->socket_path = config.socket.path;
-  g_daemon->audit_dir = config.audit.directory;
-  pkcs11::HsmConfig hsm_config;
-  hsm_config.module_path = config.pkcs11.module;
-  hsm_config.token_label = config.pkcs11.token_label;
-  hsm_config.pin.file = config.pkcs11.pin.file;
-  g_daemon->hsm = Must(pkcs11::Hsm::Open(hsm_config), "Hsm::Open");
-  g_daemon->hsm_gate = std::make_unique<daemon::HsmGate>(*g_daemon->hsm);
-  auto audit_key = Must(g_daemon->hsm->EnsureAuditKey(config.audit.key_label), "audit key");
-  pkcs11::KeyParams demo;
-  demo.approximation_factor = 2.5;
-  demo.transform = core::TransformKind::kRotate;
-  (void)Must(g_daemon->hsm->CreateKey("demo", demo), "create demo");
+void StartDaemon() {
+  std::string error;
+  auto started = vecseal::daemon::testing::InProcessDaemon::Start(
+      {.overlay_json = OverlayJson(), .policy_json = PolicyJson()}, &error);
+  VECSEAL_FUZZ_CHECK(started != nullptr, "in-process daemon: %s", error.c_str());
+  g_daemon = started.release();
   pkcs11::KeyParams fixed4;
   fixed4.approximation_factor = 1.0;
   fixed4.transform = core::TransformKind::kPermute;
   fixed4.dimension = 4;
-  (void)Must(g_daemon->hsm->CreateKey("fixed4", fixed4), "create fixed4");
-
-  audit::LogOptions log_options;
-  log_options.dir = config.audit.directory;
-  log_options.rotate_bytes = 1 << 20;
-  log_options.warn_free_bytes = 0;
-  log_options.refuse_free_bytes = 0;
-  log_options.notice = [](std::string_view, std::string_view) {};
-  g_daemon->audit_log = Must(
-      audit::Log::Open(log_options, std::make_shared<AuditKeySigner>(audit_key)), "audit log");
-  auto policy = Must(policy::Policy::Parse(PolicyJson()), "policy");
-
-  g_daemon->service = std::make_unique<daemon::Service>(
-      *g_daemon->hsm_gate, *g_daemon->audit_log, g_daemon->resolver, g_daemon->metrics,
-      std::move(policy),
-      daemon::ServiceSettings{.group_size = 1, .max_vectors = config.limits.max_vectors});
-  g_daemon->server = std::make_unique<daemon::HttpServer>(
-      *g_daemon->service, daemon::ServerOptions{.io_threads = 1, .worker_threads = 2},
-      config.limits);
-
-  const int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  VECSEAL_FUZZ_CHECK(listener >= 0, "socket: %s", std::strerror(errno));
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::memcpy(address.sun_path, g_daemon->socket_path.c_str(), g_daemon->socket_path.size() + 1);
-  unlink(g_daemon->socket_path.c_str());
-  VECSEAL_FUZZ_CHECK(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-                         listen(listener, 64) == 0,
-                     "bind/listen: %s", std::strerror(errno));
-  const Status adopted = g_daemon->server->Adopt(listener);
-  VECSEAL_FUZZ_CHECK(adopted.ok(), "Adopt: %s", adopted.ToString().c_str());
-  g_daemon->server->Start();
+  (void)Must(g_daemon->keys().CreateKey("fixed4", fixed4), "create fixed4");
 }
 
 // Rotated audit files pile up over millions of requests; only the current one matters here.
 void PruneAudit() {
-  const std::string current = g_daemon->audit_log->current_file();
+  const std::string current = g_daemon->audit_log().current_file();
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(g_daemon->audit_dir, ec)) {
+  for (const auto& entry : std::filesystem::directory_iterator(g_daemon->audit_dir(), ec)) {
     if (entry.path().string() != current && entry.path().filename() != current) {
       std::filesystem::remove(entry.path(), ec);
     }
@@ -180,7 +103,8 @@ void PruneAudit() {
 
 // What every thread of the process is doing, to tell a stuck server from a starved machine.
 void DescribeHang(int client_fd) {
-  std::fprintf(stderr, "hang: %zu active connections:\n", g_daemon->server->active_connections());
+  std::fprintf(stderr, "hang: %zu active connections:\n",
+               g_daemon->server().active_connections());
   {
     std::error_code ec;
     std::fprintf(stderr, "hang: client fd %d -> %s; descriptors:\n", client_fd,
@@ -197,7 +121,7 @@ void DescribeHang(int client_fd) {
     if (std::system(all.c_str()) != 0) std::fprintf(stderr, "hang: ss found none\n");
   }
   for (const std::string& line :
-       g_daemon->server->DescribeConnections(std::chrono::milliseconds(2000))) {
+       g_daemon->server().DescribeConnections(std::chrono::milliseconds(2000))) {
     std::fprintf(stderr, "  %s\n", line.c_str());
   }
   std::fprintf(stderr, "hang: threads (name state wchan):\n");
@@ -239,7 +163,7 @@ void DescribeHang(int client_fd) {
   if (access("/usr/bin/ss", X_OK) == 0) {
     std::fflush(stderr);
     const std::string command = "/usr/bin/ss -xap 2>/dev/null | grep -F '" +
-                                g_daemon->socket_path + "' 1>&2";
+                                g_daemon->socket_path() + "' 1>&2";
     if (std::system(command.c_str()) != 0) std::fprintf(stderr, "hang: ss found no socket\n");
   }
   // Every thread's stack, where gdb is installed and may attach (a process cannot trace
@@ -272,7 +196,8 @@ std::string Exchange(const uint8_t* data, size_t size) {
   VECSEAL_FUZZ_CHECK(fd >= 0, "socket: %s", std::strerror(errno));
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
-  std::memcpy(address.sun_path, g_daemon->socket_path.c_str(), g_daemon->socket_path.size() + 1);
+  const std::string& path = g_daemon->socket_path();
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
   int connected = connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
   if (connected != 0 && errno == EAGAIN) {
     pollfd wait{.fd = fd, .events = POLLOUT, .revents = 0};

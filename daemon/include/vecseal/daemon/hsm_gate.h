@@ -12,11 +12,12 @@
 #include <vector>
 
 #include "vecseal/core/status.h"
+#include "vecseal/daemon/key_store.h"
 #include "vecseal/pkcs11/hsm.h"
 
 namespace vecseal::daemon {
 
-class HsmGate {
+class HsmGate final : public KeyStore {
  public:
   // Closed: every call is refused.
   HsmGate() = default;
@@ -33,17 +34,20 @@ class HsmGate {
   void SetWaiting(const Status& why);
 
   // pkcs11::Hsm's operations, or kUnavailable "hsm_unavailable" while closed.
-  Result<std::vector<pkcs11::KeyInfo>> ListKeys();
-  Result<pkcs11::KeyInfo> CreateKey(std::string_view name, const pkcs11::KeyParams& params);
-  Result<pkcs11::KeyInfo> RotateKey(std::string_view name, core::KeyFormat format);
-  Result<pkcs11::ModelKey> FindKey(std::string_view name, std::optional<uint32_t> version = {});
-  Result<uint32_t> FixDimension(std::string_view name, uint32_t dimension);
-  Result<pkcs11::KeyConfig> ReadKeyConfig(std::string_view name);
-  Result<pkcs11::KeyConfig> ConfigureKey(std::string_view name, const pkcs11::KeyConfig& config);
-  Result<std::vector<uint32_t>> DeleteKey(std::string_view name);
-  Status Ping();
+  Result<std::vector<pkcs11::KeyInfo>> ListKeys() override;
+  Result<pkcs11::KeyInfo> CreateKey(std::string_view name,
+                                    const pkcs11::KeyParams& params) override;
+  Result<pkcs11::KeyInfo> RotateKey(std::string_view name, core::KeyFormat format) override;
+  Result<pkcs11::ModelKey> FindKey(std::string_view name,
+                                   std::optional<uint32_t> version = {}) override;
+  Result<uint32_t> FixDimension(std::string_view name, uint32_t dimension) override;
+  Result<pkcs11::KeyConfig> ReadKeyConfig(std::string_view name) override;
+  Result<pkcs11::KeyConfig> ConfigureKey(std::string_view name,
+                                         const pkcs11::KeyConfig& config) override;
+  Result<std::vector<uint32_t>> DeleteKey(std::string_view name) override;
+  Status Ping() override;
   // Every counted Cryptoki function and its calls so far; empty while closed.
-  std::vector<std::pair<std::string, uint64_t>> CallCounts() const;
+  std::vector<std::pair<std::string, uint64_t>> CallCounts() const override;
 
  private:
   Status Refusal() const;

@@ -16,9 +16,10 @@
 
 #include "vecseal/audit/log.h"
 #include "vecseal/core/cipher.h"
-#include "vecseal/daemon/hsm_gate.h"
 #include "vecseal/daemon/http_server.h"
+#include "vecseal/daemon/key_store.h"
 #include "vecseal/daemon/metrics.h"
+#include "vecseal/daemon/peer_identifier.h"
 #include "vecseal/pkcs11/hsm.h"
 #include "vecseal/policy/budget.h"
 #include "vecseal/policy/identity.h"
@@ -43,9 +44,9 @@ struct ServiceSettings {
 
 class Service final : public RequestHandler {
  public:
-  // `hsm`, `audit_log`, `resolver` and `metrics` must outlive the Service.
-  Service(HsmGate& hsm, audit::Log& audit_log, policy::IdentityResolver& resolver,
-          Metrics& metrics, policy::PolicyPtr policy, ServiceSettings settings);
+  // `keys`, `audit_log`, `peers` and `metrics` must outlive the Service.
+  Service(KeyStore& keys, audit::Log& audit_log, PeerIdentifier& peers, Metrics& metrics,
+          policy::PolicyPtr policy, ServiceSettings settings);
   ~Service() override;
 
   // Where the audit log's files are, oldest first, for counting what budgets have spent.
@@ -128,9 +129,9 @@ class Service final : public RequestHandler {
   HttpResponse Finish(Call& call, const Status& status);
   Status CountHsm(Status status);
 
-  HsmGate& hsm_;
+  KeyStore& keys_;
   audit::Log& audit_log_;
-  policy::IdentityResolver& resolver_;
+  PeerIdentifier& peers_;
   daemon::Metrics& metrics_;
 
   mutable std::mutex mutex_;
