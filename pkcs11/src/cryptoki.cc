@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
@@ -484,6 +485,42 @@ Result<CK_SLOT_ID> Module::FindTokenSlot(std::string_view label) const {
   return matches.front();
 }
 
+Result<std::vector<CK_SLOT_ID>> Module::AllSlots() const {
+  CK_ULONG count = 0;
+  if (CK_RV rv = functions_->C_GetSlotList(CK_FALSE, nullptr, &count); rv != CKR_OK) {
+    return CkrStatus("C_GetSlotList", rv);
+  }
+  std::vector<CK_SLOT_ID> slots(count);
+  if (CK_RV rv = functions_->C_GetSlotList(CK_FALSE, slots.data(), &count); rv != CKR_OK) {
+    return CkrStatus("C_GetSlotList", rv);
+  }
+  slots.resize(count);
+  return slots;
+}
+
+Result<CK_TOKEN_INFO> Module::TokenInfo(CK_SLOT_ID slot) const {
+  CK_TOKEN_INFO info{};
+  if (CK_RV rv = functions_->C_GetTokenInfo(slot, &info); rv != CKR_OK) {
+    return CkrStatus("C_GetTokenInfo", rv);
+  }
+  return info;
+}
+
+Status Module::InitToken(CK_SLOT_ID slot, std::span<const uint8_t> so_pin,
+                         std::string_view label) const {
+  std::array<CK_UTF8CHAR, 32> padded{};
+  if (label.size() > padded.size()) {
+    return Status(Code::kInvalidArgument, "invalid_token_label",
+                  "a token label is at most 32 bytes");
+  }
+  padded.fill(' ');
+  std::memcpy(padded.data(), label.data(), label.size());
+  // Cryptoki takes a non-const pointer but does not write through it.
+  auto pin_data = const_cast<CK_UTF8CHAR_PTR>(so_pin.data());
+  CK_RV rv = functions_->C_InitToken(slot, pin_data, so_pin.size(), padded.data());
+  return rv == CKR_OK ? Status::Ok() : CkrStatus("C_InitToken", rv);
+}
+
 // Object
 
 Object::~Object() {
@@ -607,6 +644,19 @@ Status Session::Login(std::span<const uint8_t> pin) {
 Status Session::Logout() {
   CK_RV rv = functions_->C_Logout(handle_);
   return rv == CKR_OK || rv == CKR_USER_NOT_LOGGED_IN ? Status::Ok() : CkrStatus("C_Logout", rv);
+}
+
+Status Session::LoginSecurityOfficer(std::span<const uint8_t> so_pin) {
+  auto pin_data = const_cast<CK_UTF8CHAR_PTR>(so_pin.data());
+  Count(HsmCall::kLogin);
+  CK_RV rv = functions_->C_Login(handle_, CKU_SO, pin_data, so_pin.size());
+  return rv == CKR_OK ? Status::Ok() : CkrStatus("C_Login", rv);
+}
+
+Status Session::InitPin(std::span<const uint8_t> pin) {
+  auto pin_data = const_cast<CK_UTF8CHAR_PTR>(pin.data());
+  CK_RV rv = functions_->C_InitPIN(handle_, pin_data, pin.size());
+  return rv == CKR_OK ? Status::Ok() : CkrStatus("C_InitPIN", rv);
 }
 
 Result<CK_SESSION_INFO> Session::Info() const {
