@@ -425,17 +425,10 @@ Status Module::Reinitialize() {
 }
 
 Result<std::vector<std::string>> Module::TokenLabels() const {
-  CK_ULONG count = 0;
-  if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, nullptr, &count); rv != CKR_OK) {
-    return CkrStatus("C_GetSlotList", rv);
-  }
-  std::vector<CK_SLOT_ID> slots(count);
-  if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, slots.data(), &count); rv != CKR_OK) {
-    return CkrStatus("C_GetSlotList", rv);
-  }
-  slots.resize(count);
+  auto slots = SlotList(CK_TRUE);
+  if (!slots.ok()) return std::move(slots).TakeStatus();
   std::vector<std::string> labels;
-  for (CK_SLOT_ID slot : slots) {
+  for (CK_SLOT_ID slot : *slots) {
     CK_TOKEN_INFO info{};
     if (functions_->C_GetTokenInfo(slot, &info) != CKR_OK) continue;  // removed meanwhile
     if ((info.flags & CKF_TOKEN_INITIALIZED) == 0) continue;
@@ -452,18 +445,11 @@ std::string Module::NoTokensHint() const {
 }
 
 Result<CK_SLOT_ID> Module::FindTokenSlot(std::string_view label) const {
-  CK_ULONG count = 0;
-  if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, nullptr, &count); rv != CKR_OK) {
-    return CkrStatus("C_GetSlotList", rv);
-  }
-  std::vector<CK_SLOT_ID> slots(count);
-  if (CK_RV rv = functions_->C_GetSlotList(CK_TRUE, slots.data(), &count); rv != CKR_OK) {
-    return CkrStatus("C_GetSlotList", rv);
-  }
-  slots.resize(count);
+  auto slots = SlotList(CK_TRUE);
+  if (!slots.ok()) return std::move(slots).TakeStatus();
   std::vector<CK_SLOT_ID> matches;
   std::string present;
-  for (CK_SLOT_ID slot : slots) {
+  for (CK_SLOT_ID slot : *slots) {
     CK_TOKEN_INFO info{};
     if (functions_->C_GetTokenInfo(slot, &info) != CKR_OK) continue;
     if ((info.flags & CKF_TOKEN_INITIALIZED) == 0) continue;
@@ -485,18 +471,20 @@ Result<CK_SLOT_ID> Module::FindTokenSlot(std::string_view label) const {
   return matches.front();
 }
 
-Result<std::vector<CK_SLOT_ID>> Module::AllSlots() const {
+Result<std::vector<CK_SLOT_ID>> Module::SlotList(CK_BBOOL token_present) const {
   CK_ULONG count = 0;
-  if (CK_RV rv = functions_->C_GetSlotList(CK_FALSE, nullptr, &count); rv != CKR_OK) {
+  if (CK_RV rv = functions_->C_GetSlotList(token_present, nullptr, &count); rv != CKR_OK) {
     return CkrStatus("C_GetSlotList", rv);
   }
   std::vector<CK_SLOT_ID> slots(count);
-  if (CK_RV rv = functions_->C_GetSlotList(CK_FALSE, slots.data(), &count); rv != CKR_OK) {
+  if (CK_RV rv = functions_->C_GetSlotList(token_present, slots.data(), &count); rv != CKR_OK) {
     return CkrStatus("C_GetSlotList", rv);
   }
   slots.resize(count);
   return slots;
 }
+
+Result<std::vector<CK_SLOT_ID>> Module::AllSlots() const { return SlotList(CK_FALSE); }
 
 Result<CK_TOKEN_INFO> Module::TokenInfo(CK_SLOT_ID slot) const {
   CK_TOKEN_INFO info{};

@@ -116,6 +116,8 @@ class Module {
 
  private:
   void Release();
+  // C_GetSlotList, asked for the count first.
+  Result<std::vector<CK_SLOT_ID>> SlotList(CK_BBOOL token_present) const;
   // What to check when the module shows no initialised token at all.
   std::string NoTokensHint() const;
 
