@@ -15,15 +15,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "audit_command.h"
+#include "calibrate_command.h"
 #include "vecseal/client/client.h"
 #include "vecseal/client/formats.h"
-
-#ifdef VECSEAL_CLI_HAS_AUDIT
-#include "vecseal/audit/verify.h"
-#endif
-#ifdef VECSEAL_CLI_HAS_CALIBRATE
-#include "vecseal/calibrate/calibrate.h"
-#endif
 
 namespace vecseal::cli {
 namespace {
@@ -736,17 +731,9 @@ int Run(std::span<const std::string> args, std::ostream& out, std::ostream& err,
     if (result.ok()) return *result;
     status = std::move(result).TakeStatus();
   } else if (command == "audit") {
-#ifdef VECSEAL_CLI_HAS_AUDIT
     return audit::RunAuditCommand(rest, out, err);
-#else
-    status = Status(Code::kInternal, "not_built", "this vecseal was built without the audit module");
-#endif
   } else if (command == "calibrate") {
-#ifdef VECSEAL_CLI_HAS_CALIBRATE
     return calibrate::RunCalibrateCommand(rest, out, err);
-#else
-    status = Status(Code::kInternal, "not_built", "this vecseal was built without calibrate");
-#endif
   } else {
     status = Usage("unknown command '" + command + "'");
   }

@@ -10,12 +10,14 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "vecseal/core/secure_memory.h"
 #include "vecseal/daemon/daemon.h"
 #include "vecseal/pkcs11/cryptoki.h"
+#include "vecseal/pkcs11/token_init.h"
 #include "vecseal/policy/policy.h"
 
 namespace vecseal::daemon {
@@ -104,53 +106,27 @@ Result<std::string> MakeStateDir(std::string dir) {
   return dir;
 }
 
-Status InitToken(const std::string& module_path, const std::string& pin_path,
-                 const std::string& so_pin_path) {
+// Initialises the first free SoftHSM2 slot as the dev token, with random SO and user PINs
+// written to their files.
+Status InitDevToken(const std::string& module_path, const std::string& pin_path,
+                    const std::string& so_pin_path) {
   auto module = pkcs11::Module::Load(module_path);
   if (!module.ok()) return std::move(module).TakeStatus();
   if (module->FindTokenSlot(kDevTokenLabel).ok()) return Status::Ok();
-
-  CK_FUNCTION_LIST_PTR f = module->functions();
-  CK_ULONG count = 0;
-  CK_RV rv = f->C_GetSlotList(CK_FALSE, nullptr, &count);
-  if (rv != CKR_OK) return pkcs11::CkrStatus("C_GetSlotList", rv);
-  std::vector<CK_SLOT_ID> slots(count);
-  rv = f->C_GetSlotList(CK_FALSE, slots.data(), &count);
-  if (rv != CKR_OK) return pkcs11::CkrStatus("C_GetSlotList", rv);
-  slots.resize(count);
-  std::optional<CK_SLOT_ID> free_slot;
-  for (CK_SLOT_ID slot : slots) {
-    CK_TOKEN_INFO info{};
-    if (f->C_GetTokenInfo(slot, &info) == CKR_OK && (info.flags & CKF_TOKEN_INITIALIZED) == 0) {
-      free_slot = slot;
-      break;
-    }
-  }
-  if (!free_slot) return DevError("the PKCS#11 module offers no uninitialised token slot");
+  auto free_slot = pkcs11::FindUninitialisedSlot(*module);
+  if (!free_slot.ok()) return std::move(free_slot).TakeStatus();
+  if (!*free_slot) return DevError("the PKCS#11 module offers no uninitialised token slot");
 
   auto so_pin = RandomPin();
   if (!so_pin.ok()) return std::move(so_pin).TakeStatus();
   auto pin = RandomPin();
   if (!pin.ok()) return std::move(pin).TakeStatus();
-  std::array<CK_UTF8CHAR, 32> label{};
-  label.fill(' ');
-  std::memcpy(label.data(), kDevTokenLabel.data(), kDevTokenLabel.size());
-  auto* so_pin_bytes = reinterpret_cast<CK_UTF8CHAR_PTR>(so_pin->data());
-  auto* pin_bytes = reinterpret_cast<CK_UTF8CHAR_PTR>(pin->data());
-  rv = f->C_InitToken(*free_slot, so_pin_bytes, so_pin->size(), label.data());
-  if (rv != CKR_OK) return pkcs11::CkrStatus("C_InitToken", rv);
-  // SoftHSM2 moves an initialised token to a new slot id; look it up again by label.
-  auto slot = module->FindTokenSlot(kDevTokenLabel);
-  if (!slot.ok()) return std::move(slot).TakeStatus();
-  CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
-  rv = f->C_OpenSession(*slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &session);
-  if (rv != CKR_OK) return pkcs11::CkrStatus("C_OpenSession", rv);
-  rv = f->C_Login(session, CKU_SO, so_pin_bytes, so_pin->size());
-  if (rv == CKR_OK) rv = f->C_InitPIN(session, pin_bytes, pin->size());
-  f->C_Logout(session);
-  f->C_CloseSession(session);
-  if (rv != CKR_OK) return pkcs11::CkrStatus("C_InitPIN", rv);
-  Status written = WriteNewFile(pin_path, *pin + "\n", 0600);
+  auto bytes = [](const std::string& text) {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  };
+  auto slot = pkcs11::InitToken(*module, **free_slot, kDevTokenLabel, bytes(*so_pin), bytes(*pin));
+  Status written = slot.ok() ? Status::Ok() : std::move(slot).TakeStatus();
+  if (written.ok()) written = WriteNewFile(pin_path, *pin + "\n", 0600);
   if (written.ok()) written = WriteNewFile(so_pin_path, *so_pin + "\n", 0600);
   core::SecureWipe(pin->data(), pin->size());
   core::SecureWipe(so_pin->data(), so_pin->size());
@@ -185,7 +161,8 @@ Result<DevState> PrepareDevState(std::string state_dir, Config overlay) {
   const std::string pin_path = state.dir + "/hsm-pin";
   const bool have_pin = Exists(pin_path);
   if (!have_pin) {
-    VECSEAL_RETURN_IF_ERROR(InitToken(config.pkcs11.module, pin_path, state.dir + "/hsm-so-pin"));
+    VECSEAL_RETURN_IF_ERROR(
+        InitDevToken(config.pkcs11.module, pin_path, state.dir + "/hsm-so-pin"));
   }
 
   const std::string policy_path = state.dir + "/policy.json";

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "audit_command.h"
 #include "support/audit_test_util.h"
 #include "support/software_signer.h"
 #include "vecseal/audit/log.h"

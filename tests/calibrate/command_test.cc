@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "synthetic.h"
-#include "vecseal/calibrate/calibrate.h"
+#include "calibrate_command.h"
 #include "vecseal/client/formats.h"
 
 namespace vecseal::calibrate {

@@ -65,8 +65,4 @@ Result<VerifyReport> Verify(std::span<const std::string> files, const std::strin
 // missing_stop, missing_last_file): nothing vouches for the end, rather than something altered.
 bool IsEndOfLogFinding(std::string_view code);
 
-// `vecseal audit ARGS...` (ARGS after "audit"): verify | show. Returns the process exit code:
-// 0 verified (warnings allowed), 1 alteration found, 2 usage error, 3 cannot read key or files.
-int RunAuditCommand(std::span<const std::string> args, std::ostream& out, std::ostream& err);
-
 }  // namespace vecseal::audit

@@ -106,9 +106,18 @@ class Module {
   Result<CK_SLOT_ID> FindTokenSlot(std::string_view label) const;
   // Labels of every token present, trimmed; for error messages and `vecseal hsm status`.
   Result<std::vector<std::string>> TokenLabels() const;
+  // Every slot, with or without a token (C_GetSlotList with tokenPresent false).
+  Result<std::vector<CK_SLOT_ID>> AllSlots() const;
+  // C_GetTokenInfo; fails for a slot without a token.
+  Result<CK_TOKEN_INFO> TokenInfo(CK_SLOT_ID slot) const;
+  // C_InitToken: (re)initialises the token in `slot` with `so_pin` and `label` (at most 32
+  // bytes, padded with blanks here).
+  Status InitToken(CK_SLOT_ID slot, std::span<const uint8_t> so_pin, std::string_view label) const;
 
  private:
   void Release();
+  // C_GetSlotList, asked for the count first.
+  Result<std::vector<CK_SLOT_ID>> SlotList(CK_BBOOL token_present) const;
   // What to check when the module shows no initialised token at all.
   std::string NoTokensHint() const;
 
@@ -186,6 +195,10 @@ class Session {
   // login state) is answered with C_Logout and one more C_Login.
   CK_RV LoginRaw(std::span<const uint8_t> pin) const;
   Status Logout();
+  // C_Login as CKU_SO, exactly once.
+  Status LoginSecurityOfficer(std::span<const uint8_t> so_pin);
+  // C_InitPIN: sets the user PIN; the session must be logged in as the SO.
+  Status InitPin(std::span<const uint8_t> pin);
   // C_GetSessionInfo: cheap, and fails with a recoverable code when the token is gone.
   Result<CK_SESSION_INFO> Info() const;
 

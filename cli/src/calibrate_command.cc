@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "vecseal/calibrate/calibrate.h"
+#include "calibrate_command.h"
 #include "vecseal/calibrate/calibration.h"
 #include "vecseal/calibrate/report.h"
 #include "vecseal/client/formats.h"

@@ -8,11 +8,20 @@
 
 #include <nlohmann/json.hpp>
 
-#include "record.h"
+#include "audit_command.h"
 #include "vecseal/audit/verify.h"
 
 namespace vecseal::audit {
 namespace {
+
+bool ReadPublicKeyFile(const std::string& path, std::string* pem) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream content;
+  content << in.rdbuf();
+  *pem = std::move(content).str();
+  return !in.bad();
+}
 
 constexpr int kExitOk = 0;
 constexpr int kExitAltered = 1;
@@ -105,7 +114,7 @@ int RunVerify(const std::vector<std::string>& args, std::ostream& out, std::ostr
     return kExitUsage;
   }
   std::string pem;
-  if (!internal::ReadWholeFile(pubkey_path, &pem)) {
+  if (!ReadPublicKeyFile(pubkey_path, &pem)) {
     err << "vecseal audit verify: cannot read " << pubkey_path << "\n";
     return kExitUnreadable;
   }

@@ -1,10 +1,9 @@
-#include "vecseal/policy/identity.h"
-
+// The /proc snapshot of a peer: PeerIdentity pins the process with a pidfd, reads its
+// credentials, executable, unit, script and loaded code through /proc/PID, and reads again
+// after an exec.
 #include <fcntl.h>
-#include <grp.h>
 #include <linux/openat2.h>
 #include <poll.h>
-#include <pwd.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -12,16 +11,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <functional>
 #include <utility>
 
+#include "identity_internal.h"
 #include "proc.h"
+#include "vecseal/policy/identity.h"
 
 // Debian 12's headers predate Linux 6.5.
 #ifndef SO_PEERPIDFD
@@ -35,21 +33,9 @@ constexpr size_t kMaxCmdlineBytes = size_t{1} << 20;
 constexpr size_t kMaxSmallFileBytes = size_t{1} << 16;
 constexpr size_t kMaxMapsBytes = size_t{8} << 20;
 
-// Closes a file descriptor on scope exit.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
+using internal::Fd;
+using internal::MayRead;
+using internal::PathOfFd;
 
 Status PeerGone(pid_t pid) {
   return Status(Code::kPermissionDenied, "peer_gone",
@@ -122,50 +108,12 @@ bool Alive(int pidfd) {
   return rc == 0 || errno == EPERM;
 }
 
-int64_t MonotonicNs() {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
-}
-
 uint64_t BootTimeTicks() {
   timespec now{};
   clock_gettime(CLOCK_BOOTTIME, &now);
   auto ticks_per_second = static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
   return static_cast<uint64_t>(now.tv_sec) * ticks_per_second +
          static_cast<uint64_t>(now.tv_nsec) * ticks_per_second / 1000000000u;
-}
-
-std::string UserName(uid_t uid) {
-  passwd entry{};
-  passwd* found = nullptr;
-  std::vector<char> buffer(4096);
-  while (getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) == ERANGE &&
-         buffer.size() < (size_t{1} << 20)) {
-    buffer.resize(buffer.size() * 2);
-  }
-  return found ? std::string(found->pw_name) : std::string();
-}
-
-std::string GroupName(gid_t gid) {
-  group entry{};
-  group* found = nullptr;
-  std::vector<char> buffer(4096);
-  while (getgrgid_r(gid, &entry, buffer.data(), buffer.size(), &found) == ERANGE &&
-         buffer.size() < (size_t{1} << 20)) {
-    buffer.resize(buffer.size() * 2);
-  }
-  return found ? std::string(found->gr_name) : std::string();
-}
-
-
-// The canonical path of an open file, as the daemon sees it.
-std::string PathOfFd(int fd) {
-  std::string link = "/proc/self/fd/" + std::to_string(fd);
-  char buffer[PATH_MAX];
-  ssize_t n = readlink(link.c_str(), buffer, sizeof buffer);
-  return n > 0 && static_cast<size_t>(n) < sizeof buffer ? std::string(buffer, static_cast<size_t>(n))
-                                                       : std::string();
 }
 
 // Opens the script the way the peer would: absolute paths inside its root directory, relative
@@ -185,19 +133,6 @@ int OpenScript(int proc_dir_fd, const std::string& script) {
   // Reopening through /proc/self/fd opens the very inode just checked, not the path again.
   std::string self = "/proc/self/fd/" + std::to_string(path.get());
   return open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-}
-
-// Whether the caller's credentials let it read `st`, by its mode bits (ACLs are not consulted, so
-// an ACL-only grant reads as no). The daemon opens the script with its own rights; without this a
-// caller could name any file on its command line and learn the file's digest from /v1/whoami.
-bool MayRead(const CallerIdentity& id, const struct stat& st) {
-  if (id.uid == 0) return true;
-  if (st.st_uid == id.uid) return (st.st_mode & S_IRUSR) != 0;
-  bool in_group = st.st_gid == id.gid || std::find(id.supplementary_gids.begin(),
-                                                   id.supplementary_gids.end(),
-                                                   st.st_gid) != id.supplementary_gids.end();
-  if (in_group) return (st.st_mode & S_IRGRP) != 0;
-  return (st.st_mode & S_IROTH) != 0;
 }
 
 struct Snapshot {
@@ -456,263 +391,27 @@ std::vector<gid_t> PeerGroups(int socket_fd) {
 
 }  // namespace
 
-nlohmann::json CallerIdentity::ToJson() const {
-  auto text = [](const std::string& s) { return s.empty() ? nlohmann::json() : nlohmann::json(s); };
-  nlohmann::json groups = nlohmann::json::array();
-  for (size_t i = 0; i < supplementary_gids.size(); ++i) {
-    std::string name = i < group_names.size() ? group_names[i] : std::string();
-    groups.push_back({{"gid", supplementary_gids[i]}, {"name", text(name)}});
-  }
-  return {{"pid", pid},
-          {"uid", uid},
-          {"user", text(user)},
-          {"gid", gid},
-          {"group", text(group)},
-          {"groups", groups},
-          {"exe", text(exe)},
-          {"exe_sha256", text(exe_sha256)},
-          {"exe_sha256_unknown", text(exe_sha256_unknown)},
-          {"unit", text(unit)},
-          {"script", text(script)},
-          {"script_sha256", text(script_sha256)},
-          {"script_sha256_unknown", text(script_sha256_unknown)},
-          {"code_unproven", text(code_unproven)},
-          {"script_refused", text(script_refused)}};
+namespace internal {
+
+std::string PathOfFd(int fd) {
+  std::string link = "/proc/self/fd/" + std::to_string(fd);
+  char buffer[PATH_MAX];
+  ssize_t n = readlink(link.c_str(), buffer, sizeof buffer);
+  return n > 0 && static_cast<size_t>(n) < sizeof buffer ? std::string(buffer, static_cast<size_t>(n))
+                                                       : std::string();
 }
 
-IdentityResolver::IdentityResolver(IdentityResolverOptions options)
-    : options_(options),
-      hash_budgets_(static_cast<double>(options.max_hash_bytes),
-                    static_cast<double>(options.digest_bytes_per_second_per_uid),
-                    options.digest_cache_capacity) {}
-
-
-void IdentityResolver::FillNames(CallerIdentity* id) {
-  if (options_.name_cache_seconds <= 0) {
-    id->user = UserName(id->uid);
-    id->group = GroupName(id->gid);
-    id->group_names.clear();
-    for (gid_t gid : id->supplementary_gids) id->group_names.push_back(GroupName(gid));
-    return;
-  }
-  auto stamp = [](const char* path) {
-    struct stat st;
-    if (stat(path, &st) != 0) return FileStamp{};
-    return FileStamp{st.st_ino, st.st_size,
-                     int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec};
-  };
-  FileStamp passwd = stamp("/etc/passwd");
-  FileStamp group = stamp("/etc/group");
-  int64_t now = MonotonicNs();
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (passwd != passwd_stamp_ || group != group_stamp_ ||
-      now - names_since_ns_ > int64_t{options_.name_cache_seconds} * 1000000000) {
-    user_names_.clear();
-    group_names_.clear();
-    passwd_stamp_ = passwd;
-    group_stamp_ = group;
-    names_since_ns_ = now;
-  }
-  // NSS may be slow (LDAP): look names up without holding the lock.
-  auto lookup = [&](auto& cache, uint32_t key, std::string (*resolve)(uint32_t)) {
-    auto it = cache.find(key);
-    if (it != cache.end()) {
-      ++stats_.name_cache_hits;
-      return it->second;
-    }
-    ++stats_.name_cache_misses;
-    lock.unlock();
-    std::string name = resolve(key);
-    lock.lock();
-    if (cache.size() >= options_.digest_cache_capacity) cache.clear();
-    cache.emplace(key, name);
-    return name;
-  };
-  id->user = lookup(user_names_, id->uid, UserName);
-  id->group = lookup(group_names_, id->gid, GroupName);
-  id->group_names.clear();
-  for (gid_t gid : id->supplementary_gids) {
-    id->group_names.push_back(lookup(group_names_, gid, GroupName));
-  }
+bool MayRead(const CallerIdentity& id, const struct stat& st) {
+  if (id.uid == 0) return true;
+  if (st.st_uid == id.uid) return (st.st_mode & S_IRUSR) != 0;
+  bool in_group = st.st_gid == id.gid || std::find(id.supplementary_gids.begin(),
+                                                   id.supplementary_gids.end(),
+                                                   st.st_gid) != id.supplementary_gids.end();
+  if (in_group) return (st.st_mode & S_IRGRP) != 0;
+  return (st.st_mode & S_IROTH) != 0;
 }
 
-IdentityResolver::Stats IdentityResolver::stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return stats_;
-}
-
-size_t IdentityResolver::FileKeyHash::operator()(const FileKey& key) const {
-  size_t h = std::hash<uint64_t>()(key.dev);
-  for (uint64_t part : {static_cast<uint64_t>(key.ino), static_cast<uint64_t>(key.size),
-                        static_cast<uint64_t>(key.mtime_ns), static_cast<uint64_t>(key.ctime_ns)}) {
-    h ^= std::hash<uint64_t>()(part) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-  }
-  return h;
-}
-
-Result<std::string> IdentityResolver::DigestOf(int fd) { return Digest(fd, nullptr); }
-
-Result<std::string> IdentityResolver::DigestCharged(int fd, uid_t uid) { return Digest(fd, &uid); }
-
-bool IdentityResolver::ChargeHashBudget(uid_t uid, uint64_t bytes) {
-  if (hash_budgets_.TryTake(uid, static_cast<double>(bytes))) return true;
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++stats_.digests_rate_limited;
-  return false;
-}
-
-Result<std::string> IdentityResolver::Digest(int fd, const uid_t* charged_uid) {
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
-    return Status(Code::kUnavailable, "identity_unavailable",
-                  std::string("cannot examine a file to hash: ") + std::strerror(errno));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    return Status(Code::kInvalidArgument, "not_a_regular_file", "only regular files are hashed");
-  }
-  if (static_cast<uint64_t>(st.st_size) > options_.max_hash_bytes) {
-    return Status(Code::kResourceExhausted, "file_too_large",
-                  "the file is larger than the hashing limit of " +
-                      std::to_string(options_.max_hash_bytes) + " bytes");
-  }
-  FileKey key{st.st_dev, st.st_ino, st.st_size,
-              int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
-              int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec};
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = digests_.find(key);
-    if (it != digests_.end()) {
-      ++stats_.digest_cache_hits;
-      return it->second;
-    }
-    ++stats_.digest_cache_misses;
-  }
-  if (charged_uid != nullptr &&
-      !ChargeHashBudget(*charged_uid, static_cast<uint64_t>(st.st_size))) {
-    return Status(Code::kResourceExhausted, "digest_rate_limited",
-                  "uid " + std::to_string(*charged_uid) + " has spent its hashing budget of " +
-                      std::to_string(options_.digest_bytes_per_second_per_uid) +
-                      " bytes per second");
-  }
-  // Hash outside the lock: a large file must not stall other connections' lookups.
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
-    return Status(Code::kInternal, "digest_failed", "OpenSSL could not start a SHA-256 digest");
-  }
-  std::vector<unsigned char> buffer(size_t{1} << 16);
-  off_t offset = 0;
-  while (true) {
-    ssize_t n = pread(fd, buffer.data(), buffer.size(), offset);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      return Status(Code::kUnavailable, "identity_unavailable",
-                    std::string("cannot read a file to hash: ") + std::strerror(errno));
-    }
-    if (n == 0) break;
-    if (EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(n)) != 1) {
-      return Status(Code::kInternal, "digest_failed", "OpenSSL SHA-256 update failed");
-    }
-    offset += n;
-    if (static_cast<uint64_t>(offset) > options_.max_hash_bytes) {
-      return Status(Code::kResourceExhausted, "file_too_large",
-                    "the file grew past the hashing limit while it was read");
-    }
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int digest_len = 0;
-  if (EVP_DigestFinal_ex(ctx.get(), digest, &digest_len) != 1) {
-    return Status(Code::kInternal, "digest_failed", "OpenSSL SHA-256 final failed");
-  }
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  for (unsigned int i = 0; i < digest_len; ++i) {
-    hex += kHex[digest[i] >> 4];
-    hex += kHex[digest[i] & 0xf];
-  }
-  // A file modified while it was hashed would cache a digest of mixed contents under its old key;
-  // its mtime/ctime now differ, so the entry is never found again.
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++stats_.files_hashed;
-  if (digests_.size() >= options_.digest_cache_capacity) digests_.clear();
-  digests_.emplace(key, hex);
-  return hex;
-}
-
-Result<CallerIdentity> IdentityResolver::Synthesize(const SyntheticCaller& caller) {
-  const uid_t uid = caller.uid;
-  const std::string& exe_path = caller.exe;
-  CallerIdentity id;
-  id.uid = uid;
-  passwd entry{};
-  passwd* found = nullptr;
-  std::vector<char> buffer(1 << 16);
-  if (getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found) != 0 || found == nullptr) {
-    return Status(Code::kNotFound, "unknown_user",
-                  "uid " + std::to_string(uid) + " has no passwd entry; give a uid that has one");
-  }
-  id.user = found->pw_name;
-  id.gid = found->pw_gid;
-  int count = 64;
-  std::vector<gid_t> groups(static_cast<size_t>(count));
-  if (getgrouplist(found->pw_name, found->pw_gid, groups.data(), &count) < 0) {
-    groups.resize(static_cast<size_t>(count));
-    getgrouplist(found->pw_name, found->pw_gid, groups.data(), &count);
-  }
-  groups.resize(static_cast<size_t>(count));
-  id.supplementary_gids = std::move(groups);
-  FillNames(&id);
-  Fd exe(open(exe_path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
-  if (exe.get() < 0) {
-    return Status(Code::kNotFound, "file_unreadable",
-                  "cannot open " + exe_path + ": " + std::strerror(errno));
-  }
-  id.exe = PathOfFd(exe.get());
-  Result<std::string> digest = DigestOf(exe.get());
-  if (!digest.ok()) return std::move(digest).TakeStatus();
-  id.exe_sha256 = std::move(digest).value();
-  id.unit = caller.unit;
-  if (caller.script.empty()) return id;
-
-  // The daemon looks for a script only on an interpreter's command line, so a script given with
-  // any other program would describe a caller that cannot exist.
-  if (!internal::IsRecognisedInterpreterPath(id.exe)) {
-    return Status(Code::kInvalidArgument, "not_an_interpreter",
-                  id.exe + " is not a recognised interpreter, so the daemon identifies no script "
-                           "for it; give /usr/bin/python3 as the executable");
-  }
-  // Like OpenScript: look before reading, so that a device or a FIFO is never opened for reading.
-  Fd path(open(caller.script.c_str(), O_PATH | O_CLOEXEC));
-  if (path.get() < 0) {
-    return Status(Code::kNotFound, "file_unreadable",
-                  "cannot open " + caller.script + ": " + std::strerror(errno));
-  }
-  struct stat st;
-  if (fstat(path.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    return Status(Code::kInvalidArgument, "file_unreadable",
-                  caller.script + " is not a regular file; the daemon identifies only regular "
-                                  "files as scripts");
-  }
-  if (!MayRead(id, st)) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return Status(Code::kPermissionDenied, "script_unreadable",
-                  "uid " + std::to_string(uid) + " (" + id.user + ") may not read " +
-                      caller.script + " (mode " + mode +
-                      "), so the daemon would leave the script unknown; make it readable to "
-                      "that user");
-  }
-  std::string self = "/proc/self/fd/" + std::to_string(path.get());
-  Fd file(open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
-  if (file.get() < 0) {
-    return Status(Code::kNotFound, "file_unreadable",
-                  "cannot open " + caller.script + ": " + std::strerror(errno));
-  }
-  id.script = PathOfFd(file.get());
-  Result<std::string> script_digest = DigestOf(file.get());
-  if (!script_digest.ok()) return std::move(script_digest).TakeStatus();
-  id.script_sha256 = std::move(script_digest).value();
-  return id;
-}
+}  // namespace internal
 
 Result<PeerIdentity> PeerIdentity::FromSocket(int connected_fd, IdentityResolver& resolver,
                                               DigestNeeds needs) {
