@@ -17,6 +17,7 @@
 #include "log.h"
 #include "vecseal/audit/spend.h"
 #include "vecseal/daemon/vector_codec.h"
+#include "vecseal/wire/key_name.h"
 
 namespace vecseal::daemon {
 namespace {
@@ -564,7 +565,7 @@ Status Service::Route(Call& call) {
     const size_t slash = rest.find('/');
     // Keep caller input that is not a key name out of the record.
     const auto valid_name = [&call](const std::string& name) {
-      const Status valid = pkcs11::ValidateKeyName(name);
+      const Status valid = wire::CheckKeyName(name);
       if (!valid.ok()) call.event.key.clear();
       return valid;
     };
@@ -1142,7 +1143,7 @@ Status Service::CreateKey(Call& call) {
     return InvalidRequest("\"name\" must be a string");
   }
   const std::string name = body["name"].get<std::string>();
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   call.event.key = name;
   VECSEAL_RETURN_IF_ERROR(Authorize(call, Operation::kKeysCreate, name));
 
@@ -1413,7 +1414,7 @@ Status Service::Admit(Call& call) {
   }
   const std::string name(rest.substr(0, slash));
   call.event.key = name;
-  const Status valid = pkcs11::ValidateKeyName(name);
+  const Status valid = wire::CheckKeyName(name);
   if (!valid.ok()) {
     call.event.key.clear();  // not a name: keep caller input out of the record
     return valid;

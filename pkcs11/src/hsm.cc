@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "hsm_state.h"
+#include "vecseal/wire/key_name.h"
 
 namespace vecseal::pkcs11 {
 namespace {
@@ -58,7 +59,7 @@ Result<std::vector<KeyInfo>> Hsm::ListKeys() {
 }
 
 Result<KeyInfo> Hsm::CreateKey(std::string_view name, const KeyParams& params) {
-  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   VECSEAL_RETURN_IF_ERROR(ValidateNewKeyParams(params));
   KeyParams stamped = params;
   stamped.created_unix = std::chrono::duration_cast<std::chrono::seconds>(
@@ -78,7 +79,7 @@ Result<KeyInfo> Hsm::CreateKey(std::string_view name, const KeyParams& params) {
 }
 
 Result<KeyInfo> Hsm::RotateKey(std::string_view name, core::KeyFormat format) {
-  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::string key_name(name);
   return state_->Admin<KeyInfo>([&](Session&) -> Result<KeyInfo> {
     auto versions = state_->KeyVersionsLocked(std::string_view(key_name));
@@ -104,7 +105,7 @@ Result<KeyInfo> Hsm::RotateKey(std::string_view name, core::KeyFormat format) {
 }
 
 Result<ModelKey> Hsm::FindKey(std::string_view name, std::optional<uint32_t> version) {
-  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::string key_name(name);
   auto info = state_->Admin<KeyInfo>([&](Session&) -> Result<KeyInfo> {
     uint32_t wanted = version.value_or(0);
@@ -124,7 +125,7 @@ Result<ModelKey> Hsm::FindKey(std::string_view name, std::optional<uint32_t> ver
 }
 
 Result<uint32_t> Hsm::FixDimension(std::string_view name, uint32_t dimension) {
-  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::string key_name(name);
   return state_->Admin<uint32_t>([&](Session&) -> Result<uint32_t> {
     auto versions = state_->KeyVersionsLocked(std::string_view(key_name));
@@ -167,7 +168,7 @@ Result<uint32_t> Hsm::FixDimension(std::string_view name, uint32_t dimension) {
 }
 
 Result<KeyConfig> Hsm::ReadKeyConfig(std::string_view name) {
-  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::string key_name(name);
   return state_->Admin<KeyConfig>([&](Session&) -> Result<KeyConfig> {
     auto infos = state_->LoadVersionsLocked(key_name);
@@ -179,7 +180,7 @@ Result<KeyConfig> Hsm::ReadKeyConfig(std::string_view name) {
 }
 
 Result<KeyConfig> Hsm::ConfigureKey(std::string_view name, const KeyConfig& config) {
-  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::string key_name(name);
   return state_->Admin<KeyConfig>([&](Session&) -> Result<KeyConfig> {
     auto infos = state_->LoadVersionsLocked(key_name);
@@ -229,7 +230,7 @@ Result<KeyConfig> Hsm::ConfigureKey(std::string_view name, const KeyConfig& conf
 }
 
 Result<std::vector<uint32_t>> Hsm::DeleteKey(std::string_view name) {
-  VECSEAL_RETURN_IF_ERROR(ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::string key_name(name);
   std::vector<uint32_t> destroyed;  // across Admin's retry after a recovery
   bool found_any = false;

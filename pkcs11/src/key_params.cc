@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "hsm_state.h"
+#include "vecseal/wire/key_name.h"
 
 namespace vecseal::pkcs11 {
 namespace {
@@ -80,17 +81,6 @@ Result<StoredConfig> ParseCanonicalConfig(std::span<const uint8_t> bytes, std::s
 
 // The key-name grammar, in one function: the API checks names with it, and ParseKeyLabel the
 // labels found on the token.
-Status ValidateKeyName(std::string_view name) {
-  auto ok_first = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
-  auto ok_rest = [&](char c) { return ok_first(c) || c == '.' || c == '_' || c == '-'; };
-  bool valid = !name.empty() && name.size() <= 64 && ok_first(name[0]) &&
-               std::all_of(name.begin() + 1, name.end(), ok_rest);
-  if (valid) return Status::Ok();
-  return Status(Code::kInvalidArgument, "invalid_key_name",
-                "a key name is 1 to 64 characters from a-z, 0-9, '.', '_' and '-', starting with "
-                "a letter or digit");
-}
-
 Status ValidateKeyParams(const KeyParams& params) {
   if (params.format != core::KeyFormat::kV1 && params.format != core::KeyFormat::kV2) {
     return Status(Code::kInvalidArgument, "invalid_key_params",
@@ -157,7 +147,7 @@ std::optional<std::pair<std::string, uint32_t>> ParseKeyLabel(std::string_view l
   if (colon == std::string_view::npos) return std::nullopt;
   std::string_view name = label.substr(0, colon);
   std::string_view digits = label.substr(colon + 2);
-  if (!ValidateKeyName(name).ok() || digits.empty() || digits.size() > 10 || digits[0] == '0') {
+  if (!wire::CheckKeyName(name).ok() || digits.empty() || digits.size() > 10 || digits[0] == '0') {
     return std::nullopt;
   }
   uint64_t version = 0;

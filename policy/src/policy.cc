@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "policy_internal.h"
+#include "vecseal/wire/key_name.h"
 
 namespace vecseal::policy {
 namespace {
@@ -154,10 +155,6 @@ class PathTracker {
 
   std::vector<Frame> frames_;
 };
-
-bool IsKeyNameChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-}
 
 bool IsRuleIdChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
@@ -454,7 +451,7 @@ Status ParseKeys(const std::string& path, const nlohmann::json& keys, Rule* rule
     std::string pattern = keys[i].get<std::string>();
     bool valid = !pattern.empty() && pattern.size() <= kMaxKeyPatternLength &&
                  std::all_of(pattern.begin(), pattern.end(),
-                             [](char c) { return IsKeyNameChar(c) || c == '*' || c == '?'; });
+                             [](char c) { return wire::IsKeyNameCharacter(c) || c == '*' || c == '?'; });
     if (!valid) {
       return Invalid(item_path, "invalid key pattern " + internal::Quote(pattern) +
                                     "; key names use a-z, 0-9, '.', '_' and '-', and patterns "

@@ -48,35 +48,6 @@ KeyParams Params(double beta, core::TransformKind transform = core::TransformKin
   return params;
 }
 
-struct NameCase {
-  std::string name;
-  bool valid;
-};
-
-class KeyNameTest : public ::testing::TestWithParam<NameCase> {};
-
-TEST_P(KeyNameTest, Validates) {
-  Status status = ValidateKeyName(GetParam().name);
-  EXPECT_EQ(status.ok(), GetParam().valid) << GetParam().name;
-  if (!status.ok()) {
-    EXPECT_EQ(status.code(), Code::kInvalidArgument);
-    EXPECT_EQ(status.reason(), "invalid_key_name");
-    EXPECT_EQ(status.message(),
-              "a key name is 1 to 64 characters from a-z, 0-9, '.', '_' and '-', starting with a "
-              "letter or digit");
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(Names, KeyNameTest,
-                         ::testing::Values(NameCase{"support-ratings", true},
-                                           NameCase{"m1.v2_x", true}, NameCase{"0", true},
-                                           NameCase{std::string(64, 'a'), true},
-                                           NameCase{std::string(65, 'a'), false},
-                                           NameCase{"", false}, NameCase{"-lead", false},
-                                           NameCase{".hidden", false}, NameCase{"Upper", false},
-                                           NameCase{"a:b", false}, NameCase{"a/b", false},
-                                           NameCase{"a b", false}));
-
 struct ParamsCase {
   KeyParams params;
   std::string message;  // empty: valid

@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "vecseal/wire/key_name.h"
+
 namespace vecseal::daemon::testing {
 namespace {
 
@@ -57,7 +59,7 @@ Result<std::vector<pkcs11::KeyInfo>> FakeKeyStore::ListKeys() {
 
 Result<pkcs11::KeyInfo> FakeKeyStore::CreateKey(std::string_view name,
                                                 const pkcs11::KeyParams& params) {
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateNewKeyParams(params));
   std::lock_guard lock(mutex_);
   VECSEAL_RETURN_IF_ERROR(Enter("CreateKey"));
@@ -74,7 +76,7 @@ Result<pkcs11::KeyInfo> FakeKeyStore::CreateKey(std::string_view name,
 }
 
 Result<pkcs11::KeyInfo> FakeKeyStore::RotateKey(std::string_view name, core::KeyFormat format) {
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::lock_guard lock(mutex_);
   VECSEAL_RETURN_IF_ERROR(Enter("RotateKey"));
   const std::string key_name(name);
@@ -95,7 +97,7 @@ Result<pkcs11::KeyInfo> FakeKeyStore::RotateKey(std::string_view name, core::Key
 
 Result<pkcs11::ModelKey> FakeKeyStore::FindKey(std::string_view name,
                                                std::optional<uint32_t> version) {
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::lock_guard lock(mutex_);
   VECSEAL_RETURN_IF_ERROR(Enter("FindKey"));
   const std::string key_name(name);
@@ -112,7 +114,7 @@ Result<pkcs11::ModelKey> FakeKeyStore::FindKey(std::string_view name,
 }
 
 Result<uint32_t> FakeKeyStore::FixDimension(std::string_view name, uint32_t dimension) {
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::lock_guard lock(mutex_);
   VECSEAL_RETURN_IF_ERROR(Enter("FixDimension"));
   auto key = KeyNamed(std::string(name));
@@ -135,7 +137,7 @@ Result<uint32_t> FakeKeyStore::FixDimension(std::string_view name, uint32_t dime
 }
 
 Result<pkcs11::KeyConfig> FakeKeyStore::ReadKeyConfig(std::string_view name) {
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::lock_guard lock(mutex_);
   VECSEAL_RETURN_IF_ERROR(Enter("ReadKeyConfig"));
   auto key = KeyNamed(std::string(name));
@@ -145,7 +147,7 @@ Result<pkcs11::KeyConfig> FakeKeyStore::ReadKeyConfig(std::string_view name) {
 
 Result<pkcs11::KeyConfig> FakeKeyStore::ConfigureKey(std::string_view name,
                                                      const pkcs11::KeyConfig& config) {
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::lock_guard lock(mutex_);
   VECSEAL_RETURN_IF_ERROR(Enter("ConfigureKey"));
   const std::string key_name(name);
@@ -169,7 +171,7 @@ Result<pkcs11::KeyConfig> FakeKeyStore::ConfigureKey(std::string_view name,
 }
 
 Result<std::vector<uint32_t>> FakeKeyStore::DeleteKey(std::string_view name) {
-  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyName(name));
+  VECSEAL_RETURN_IF_ERROR(wire::CheckKeyName(name));
   std::lock_guard lock(mutex_);
   VECSEAL_RETURN_IF_ERROR(Enter("DeleteKey"));
   const std::string key_name(name);

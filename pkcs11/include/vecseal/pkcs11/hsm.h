@@ -143,8 +143,6 @@ class AuditKey {
   std::shared_ptr<const State> state_;
 };
 
-// [a-z0-9][a-z0-9._-]{0,63}; kInvalidArgument "invalid_key_name" otherwise.
-Status ValidateKeyName(std::string_view name);
 // β finite and > 0, dimension (when set) valid for the transform; kInvalidArgument
 // "invalid_key_params". What a stored key must satisfy.
 Status ValidateKeyParams(const KeyParams& params);
