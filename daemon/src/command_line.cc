@@ -3,6 +3,7 @@
 #include <iostream>
 #include <string>
 
+#include "check_policy.h"
 #include "startup.h"
 #include "vecseal/daemon/daemon.h"
 #include "vecseal/daemon/init.h"
@@ -127,7 +128,7 @@ int Main(std::span<const std::string> args) {
     case CommandLine::Mode::kCheckConfig:
       return CheckConfig(command_line->config_path, std::cout, std::cerr);
     case CommandLine::Mode::kCheckPolicy:
-      return policy::RunCheckPolicy(command_line->check_policy_args, std::cout, std::cerr);
+      return RunCheckPolicy(command_line->check_policy_args, std::cout, std::cerr);
     case CommandLine::Mode::kServe:
       break;
   }

@@ -114,7 +114,7 @@ class PathTracker {
         std::string key = parsed.get<std::string>();
         if (!frame.keys.insert(key).second) {
           throw CallbackError{PathBelow(frames_.size() - 1),
-                              "field " + internal::Quote(key) + " appears twice; keep one"};
+                              "field " + Quote(key) + " appears twice; keep one"};
         }
         frame.key = std::move(key);
         break;
@@ -178,7 +178,7 @@ std::string QuoteList(const std::vector<std::string>& values) {
   std::string out;
   for (size_t i = 0; i < values.size(); ++i) {
     if (i > 0) out += i + 1 == values.size() ? " or " : ", ";
-    out += internal::Quote(values[i]);
+    out += Quote(values[i]);
   }
   return out;
 }
@@ -239,9 +239,9 @@ std::string DigestUnknownBecause(const std::string& reason, uid_t uid) {
 // Empty when the caller satisfies `c`, else why not.
 std::string CheckCondition(const Condition& c, const CallerIdentity& caller) {
   auto describe = [&](const std::string& have) {
-    std::string wants = c.strings.size() == 1 ? internal::Quote(c.strings[0])
+    std::string wants = c.strings.size() == 1 ? Quote(c.strings[0])
                                               : "one of " + QuoteList(c.strings);
-    std::string is = have.empty() ? "unknown" : internal::Quote(have);
+    std::string is = have.empty() ? "unknown" : Quote(have);
     return std::string(c.name) + " is " + is + ", the rule wants " + wants;
   };
   auto check = [&](const std::string& have) {
@@ -296,7 +296,7 @@ std::string CheckCondition(const Condition& c, const CallerIdentity& caller) {
           have.push_back(name);
         }
       }
-      std::string wants = c.strings.size() == 1 ? internal::Quote(c.strings[0])
+      std::string wants = c.strings.size() == 1 ? Quote(c.strings[0])
                                                 : "one of " + QuoteList(c.strings);
       return "groups are " + (have.empty() ? std::string("unknown") : QuoteList(have)) +
              ", the rule wants " + wants;
@@ -453,7 +453,7 @@ Status ParseKeys(const std::string& path, const nlohmann::json& keys, Rule* rule
                  std::all_of(pattern.begin(), pattern.end(),
                              [](char c) { return wire::IsKeyNameCharacter(c) || c == '*' || c == '?'; });
     if (!valid) {
-      return Invalid(item_path, "invalid key pattern " + internal::Quote(pattern) +
+      return Invalid(item_path, "invalid key pattern " + Quote(pattern) +
                                     "; key names use a-z, 0-9, '.', '_' and '-', and patterns "
                                     "add only '*' and '?'");
     }
@@ -475,7 +475,7 @@ Status ParseOperations(const std::string& path, const nlohmann::json& operations
     std::string name = operations[i].get<std::string>();
     Operation op;
     if (!ParseOperation(name, &op)) {
-      return Invalid(item_path, "unknown operation " + internal::Quote(name) + "; use " +
+      return Invalid(item_path, "unknown operation " + Quote(name) + "; use " +
                                     std::string(kOperationList));
     }
     rule->operations |= Bit(op);
@@ -491,7 +491,7 @@ Status ParseWindow(const std::string& path, const nlohmann::json& value, uint64_
   size_t digits = 0;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
   if (digits == 0 || digits > 9) {
-    return Invalid(path, "invalid window " + internal::Quote(text) + std::string(kExample));
+    return Invalid(path, "invalid window " + Quote(text) + std::string(kExample));
   }
   const uint64_t number = std::stoull(text.substr(0, digits));
   const std::string unit = text.substr(digits);
@@ -501,14 +501,14 @@ Status ParseWindow(const std::string& path, const nlohmann::json& value, uint64_
   if (unit == "h") scale = 3600;
   if (unit == "d") scale = 86400;
   if (scale == 0) {
-    return Invalid(path, "unknown unit " + internal::Quote(unit) + " in " + internal::Quote(text) +
+    return Invalid(path, "unknown unit " + Quote(unit) + " in " + Quote(text) +
                              "; use s, m, h or d (\"7d\" for a week)");
   }
   if (number == 0) {
     return Invalid(path, "a window of 0 s counts nothing; use 1s to 366d");
   }
   if (number * scale > kMaxBudgetWindowSeconds) {
-    return Invalid(path, internal::Quote(text) + " is longer than 366d; spends are counted again "
+    return Invalid(path, Quote(text) + " is longer than 366d; spends are counted again "
                          "from the audit log at start, which must reach back a whole window");
   }
   *seconds = number * scale;
@@ -625,7 +625,7 @@ Status ParseRule(const std::string& path, const nlohmann::json& json, Rule* rule
   rule->id = id.get<std::string>();
   if (rule->id.empty() || rule->id.size() > kMaxRuleIdLength ||
       !std::all_of(rule->id.begin(), rule->id.end(), IsRuleIdChar)) {
-    return Invalid(Join(path, "id"), "invalid rule id " + internal::Quote(rule->id) +
+    return Invalid(Join(path, "id"), "invalid rule id " + Quote(rule->id) +
                                          "; use 1 to 64 letters, digits, '.', '_' or '-'");
   }
   VECSEAL_RETURN_IF_ERROR(ParseCallers(Join(path, "callers"), json["callers"], rule));
@@ -763,7 +763,7 @@ Result<PolicyPtr> Policy::Parse(std::string_view json_text) {
     VECSEAL_RETURN_IF_ERROR(ParseRule(path, rules_json[i], &rule));
     auto [it, inserted] = first_index.emplace(rule.id, i);
     if (!inserted) {
-      return Invalid(Join(path, "id"), "duplicate rule id " + internal::Quote(rule.id) +
+      return Invalid(Join(path, "id"), "duplicate rule id " + Quote(rule.id) +
                                            " (also /rules/" + std::to_string(it->second) +
                                            "/id); give each rule its own id");
     }
@@ -921,8 +921,6 @@ std::vector<RuleExplanation> Policy::Explain(const CallerIdentity& caller) const
   return out;
 }
 
-namespace internal {
-
 std::string Quote(std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out = "'";
@@ -938,6 +936,8 @@ std::string Quote(std::string_view s) {
   }
   return out + "'";
 }
+
+namespace internal {
 
 bool GlobMatch(std::string_view pattern, std::string_view name) {
   // Iterative matching with one backtrack point: linear in practice, never exponential.

@@ -1,4 +1,4 @@
-// Shared by policy.cc, trusted_file.cc and check_policy.cc.
+// Shared by policy.cc and trusted_file.cc.
 #pragma once
 
 #include <sys/stat.h>
@@ -9,9 +9,6 @@
 #include "vecseal/core/status.h"
 
 namespace vecseal::policy::internal {
-
-// `s` in single quotes, with control and non-ASCII bytes escaped, for error messages and output.
-std::string Quote(std::string_view s);
 
 // CheckTrustedFile, also returning the stat of the resolved file so a later open can confirm it
 // opened that same file.

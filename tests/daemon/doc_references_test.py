@@ -11,7 +11,7 @@ import re
 import sys
 
 REFERENCE = re.compile(r'docs/([a-z-]+\.md),? \\?"([^"\\]+)\\?"')
-SOURCES = ["core", "pkcs11", "policy", "audit", "client", "daemon", "cli", "clients", "scripts",
+SOURCES = ["core", "wire", "pkcs11", "policy", "audit", "client", "daemon", "cli", "clients", "scripts",
            "packaging", "tools", "examples"]
 
 

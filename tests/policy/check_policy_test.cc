@@ -1,4 +1,4 @@
-// RunCheckPolicy: the work behind `vecseald --check-policy`.
+// daemon::RunCheckPolicy: the work behind `vecseald --check-policy`.
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "check_policy.h"
 #include "test_util.h"
 #include "vecseal/policy/policy.h"
 
@@ -30,7 +31,7 @@ struct CheckRun {
 CheckRun Check(std::vector<std::string> args) {
   std::ostringstream out;
   std::ostringstream err;
-  int status = RunCheckPolicy(args, out, err);
+  int status = daemon::RunCheckPolicy(args, out, err);
   return CheckRun{status, out.str(), err.str()};
 }
 

@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "check_policy.h"
 #include "test_util.h"
 #include "vecseal/policy/policy.h"
 
@@ -136,7 +137,7 @@ void CheckConsole(const std::string& policy_json, const Block& block) {
   args[0] = path;
   std::ostringstream out;
   std::ostringstream err;
-  int status = RunCheckPolicy(args, out, err);
+  int status = daemon::RunCheckPolicy(args, out, err);
   bool asks_decision = std::find(args.begin(), args.end(), "--op") != args.end();
   std::string transcript = out.str();
   for (size_t i = 1; i < lines.size(); ++i) {

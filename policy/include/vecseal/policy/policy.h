@@ -176,11 +176,8 @@ Status CheckSymlinkOwners(const std::string& path);
 // it away and put their own in its place. The directory itself is for the caller to judge.
 Status CheckTrustedDirectory(const std::string& directory);
 
-// The work behind `vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH
-// [--unit UNIT] [--script PATH]] [--op OPERATION --key NAME]`. `args` holds what follows
-// --check-policy, starting at FILE.
-// Prints a verdict to `out`, errors to `err`. Exit status: 0 valid (and granted, when --op was
-// given), 1 invalid or untrusted file or unresolvable caller, 2 usage error, 3 valid but denied.
-int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::ostream& err);
+// `s` in single quotes, with control and non-ASCII bytes escaped: how messages and
+// `--check-policy` show names and values taken from a policy file or a caller.
+std::string Quote(std::string_view s);
 
 }  // namespace vecseal::policy

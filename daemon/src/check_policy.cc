@@ -3,11 +3,25 @@
 #include <charconv>
 #include <optional>
 
-#include "policy_internal.h"
+#include "check_policy.h"
+#include "vecseal/policy/identity.h"
 #include "vecseal/policy/policy.h"
 
-namespace vecseal::policy {
+namespace vecseal::daemon {
 namespace {
+
+using policy::CallerIdentity;
+using policy::Decision;
+using policy::IdentityResolver;
+using policy::Operation;
+using policy::OperationName;
+using policy::ParseOperation;
+using policy::PeerIdentity;
+using policy::Policy;
+using policy::PolicyPtr;
+using policy::Quote;
+using policy::RuleBudget;
+using policy::RuleExplanation;
 
 constexpr std::string_view kUsage =
     "usage: vecseald --check-policy FILE [--as-pid PID | --as-uid N --exe PATH [--unit UNIT] "
@@ -75,7 +89,7 @@ std::string ParseArgs(std::span<const std::string> args, Args* out) {
     } else if (flag == "--key") {
       out->key = value;
     } else {
-      return "unknown option " + internal::Quote(flag);
+      return "unknown option " + Quote(flag);
     }
   }
   if (out->pid && out->uid) return "give either --as-pid or --as-uid, not both";
@@ -103,7 +117,7 @@ std::string OrDash(const std::string& s) {
   bool printable = std::all_of(s.begin(), s.end(), [](char c) {
     return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f;
   });
-  return printable ? s : internal::Quote(s);
+  return printable ? s : Quote(s);
 }
 
 // A digest, or "-" followed by why it was not computed, in parentheses, when that is known.
@@ -139,7 +153,7 @@ int DecideListing(const Policy& policy, const CallerIdentity& caller,
     out << "decision: no rule grants keys.list on any key\n";
     return 3;
   }
-  out << "decision: keys.list granted by rule " << internal::Quote(allowed.rule_id);
+  out << "decision: keys.list granted by rule " << Quote(allowed.rule_id);
   if (!key) {
     out << "; it lists the keys matching";
     for (const std::string& pattern : policy.ListedPatterns(caller)) out << " " << pattern;
@@ -148,11 +162,11 @@ int DecideListing(const Policy& policy, const CallerIdentity& caller,
   }
   Decision listed = policy.DecideListed(caller, *key);
   if (listed.granted) {
-    out << "; key " << internal::Quote(*key) << " is listed, through rule "
-        << internal::Quote(listed.rule_id) << "\n";
+    out << "; key " << Quote(*key) << " is listed, through rule "
+        << Quote(listed.rule_id) << "\n";
     return 0;
   }
-  out << "; key " << internal::Quote(*key)
+  out << "; key " << Quote(*key)
       << " is not listed: no rule grants this caller an operation on it\n";
   return 3;
 }
@@ -174,7 +188,7 @@ int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::os
   out << "policy " << parsed.file << ": valid, " << (*policy)->rule_count() << " rule"
       << ((*policy)->rule_count() == 1 ? "" : "s") << "\n";
   for (const RuleBudget& entry : (*policy)->budgets()) {
-    out << "budget: rule " << internal::Quote(entry.rule_id) << ": " << DescribeBudget(entry.budget)
+    out << "budget: rule " << Quote(entry.rule_id) << ": " << DescribeBudget(entry.budget)
         << "\n";
   }
   if (!parsed.pid && !parsed.uid) return 0;
@@ -204,7 +218,7 @@ int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::os
   PrintCaller(caller, out);
   nlohmann::json grants = (*policy)->GrantsFor(caller);
   for (const RuleExplanation& rule : (*policy)->Explain(caller)) {
-    out << "rule " << internal::Quote(rule.rule_id) << ": ";
+    out << "rule " << Quote(rule.rule_id) << ": ";
     if (!rule.caller_matches) {
       out << "does not match: " << rule.why_not << "\n";
       continue;
@@ -223,13 +237,13 @@ int RunCheckPolicy(std::span<const std::string> args, std::ostream& out, std::os
   std::string key = parsed.key.value_or("");
   Decision decision = (*policy)->Decide(caller, *parsed.op, key);
   if (decision.granted) {
-    out << "decision: " << OperationName(*parsed.op) << " on key " << internal::Quote(key)
-        << " granted by rule " << internal::Quote(decision.rule_id) << "\n";
+    out << "decision: " << OperationName(*parsed.op) << " on key " << Quote(key)
+        << " granted by rule " << Quote(decision.rule_id) << "\n";
     return 0;
   }
   out << "decision: no rule grants " << OperationName(*parsed.op) << " on key "
-      << internal::Quote(key) << "\n";
+      << Quote(key) << "\n";
   return 3;
 }
 
-}  // namespace vecseal::policy
+}  // namespace vecseal::daemon
