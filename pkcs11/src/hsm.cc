@@ -186,18 +186,7 @@ Result<KeyConfig> Hsm::ConfigureKey(std::string_view name, const KeyConfig& conf
     auto infos = state_->LoadVersionsLocked(key_name);
     if (!infos.ok()) return std::move(infos).TakeStatus();
     const uint32_t newest = infos->back().version;
-    if (config.min_decryption_version < 1 ||
-        config.min_decryption_version > config.min_encryption_version ||
-        config.min_encryption_version > newest) {
-      return Status(Code::kInvalidArgument, "invalid_key_config",
-                    "the minimum versions of key " + key_name +
-                        " must satisfy 1 <= min_decryption_version (" +
-                        std::to_string(config.min_decryption_version) +
-                        ") <= min_encryption_version (" +
-                        std::to_string(config.min_encryption_version) +
-                        ") <= the newest version (" + std::to_string(newest) +
-                        "); rotate first to retire the newest version for encryption");
-    }
+    VECSEAL_RETURN_IF_ERROR(ValidateKeyConfig(key_name, config, newest));
     std::vector<Object> old_records;
     auto stored = state_->ReadConfigLocked(*infos, &old_records);
     if (!stored.ok()) return std::move(stored).TakeStatus();

@@ -81,6 +81,22 @@ Result<StoredConfig> ParseCanonicalConfig(std::span<const uint8_t> bytes, std::s
 
 // The key-name grammar, in one function: the API checks names with it, and ParseKeyLabel the
 // labels found on the token.
+Status ValidateKeyConfig(std::string_view name, const KeyConfig& config, uint32_t newest) {
+  if (config.min_decryption_version >= 1 &&
+      config.min_decryption_version <= config.min_encryption_version &&
+      config.min_encryption_version <= newest) {
+    return Status::Ok();
+  }
+  return Status(Code::kInvalidArgument, "invalid_key_config",
+                "the minimum versions of key " + std::string(name) +
+                    " must satisfy 1 <= min_decryption_version (" +
+                    std::to_string(config.min_decryption_version) +
+                    ") <= min_encryption_version (" +
+                    std::to_string(config.min_encryption_version) + ") <= the newest version (" +
+                    std::to_string(newest) +
+                    "); rotate first to retire the newest version for encryption");
+}
+
 Status ValidateKeyParams(const KeyParams& params) {
   if (params.format != core::KeyFormat::kV1 && params.format != core::KeyFormat::kV2) {
     return Status(Code::kInvalidArgument, "invalid_key_params",

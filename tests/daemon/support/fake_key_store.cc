@@ -154,18 +154,7 @@ Result<pkcs11::KeyConfig> FakeKeyStore::ConfigureKey(std::string_view name,
   auto key = KeyNamed(key_name);
   if (!key.ok()) return std::move(key).TakeStatus();
   const auto newest = static_cast<uint32_t>((*key)->versions.size());
-  if (config.min_decryption_version < 1 ||
-      config.min_decryption_version > config.min_encryption_version ||
-      config.min_encryption_version > newest) {
-    return Status(Code::kInvalidArgument, "invalid_key_config",
-                  "the minimum versions of key " + key_name +
-                      " must satisfy 1 <= min_decryption_version (" +
-                      std::to_string(config.min_decryption_version) +
-                      ") <= min_encryption_version (" +
-                      std::to_string(config.min_encryption_version) +
-                      ") <= the newest version (" + std::to_string(newest) +
-                      "); rotate first to retire the newest version for encryption");
-  }
+  VECSEAL_RETURN_IF_ERROR(pkcs11::ValidateKeyConfig(key_name, config, newest));
   (*key)->config = config;
   return config;
 }

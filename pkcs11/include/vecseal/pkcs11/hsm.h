@@ -146,6 +146,9 @@ class AuditKey {
 // β finite and > 0, dimension (when set) valid for the transform; kInvalidArgument
 // "invalid_key_params". What a stored key must satisfy.
 Status ValidateKeyParams(const KeyParams& params);
+// 1 <= min_decryption_version <= min_encryption_version <= `newest`, the key's newest version;
+// kInvalidArgument "invalid_key_config" naming `name` otherwise.
+Status ValidateKeyConfig(std::string_view name, const KeyConfig& config, uint32_t newest);
 // β of a new key: between these bounds. Below, the noise (radius β/4) is under 0.025% of a unit
 // vector's norm, which is no protection; above, it drowns any embedding, and large inputs
 // overflow float32.
